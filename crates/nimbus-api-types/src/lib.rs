@@ -1,0 +1,4 @@
+//! Wire types of each API dialect: serde shapes only, no logic, so that clients can share them
+//! without compiling the server.
+
+pub mod lambda;

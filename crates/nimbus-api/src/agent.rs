@@ -1,0 +1,95 @@
+//! The agent protocol endpoints (`/internal/agent/v1/...`). Authenticated by host token (register)
+//! or host secret (everything else), never by a tenant key.
+
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use nimbus_control::agents;
+use nimbus_core::ids::HostId;
+use nimbus_core::Error;
+use nimbus_proto as proto;
+
+use crate::middleware::InternalErrorContext;
+use crate::ApiState;
+
+pub fn router() -> Router<ApiState> {
+    Router::new().route("/register", post(register)).route("/report", post(report)).route("/desired", post(desired))
+}
+
+pub struct AgentError(Error);
+
+impl From<Error> for AgentError {
+    fn from(e: Error) -> Self {
+        AgentError(e)
+    }
+}
+
+impl IntoResponse for AgentError {
+    fn into_response(self) -> Response {
+        let status = match &self.0 {
+            Error::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Error::NotFound { .. } => StatusCode::NOT_FOUND,
+            Error::InvalidValue { .. } | Error::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            Error::Internal { .. } | Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::CONFLICT,
+        };
+        let body = proto::AgentError { code: self.0.code().to_owned(), message: self.0.external_message() };
+        let mut r = (status, Json(body)).into_response();
+        if let Error::Internal { internal } = &self.0 {
+            r.extensions_mut().insert(InternalErrorContext(internal.clone()));
+        }
+        r
+    }
+}
+
+/// JSON body for the agent endpoints, with errors in the agent error shape.
+pub struct AgentJson<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<ApiState> for AgentJson<T> {
+    type Rejection = AgentError;
+
+    async fn from_request(req: axum::extract::Request, _: &ApiState) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::to_bytes(req.into_body(), crate::MAX_BODY_BYTES)
+            .await
+            .map_err(|_| Error::InvalidRequest { message: "body unreadable or too large".into() })?;
+        serde_json::from_slice(&bytes).map(AgentJson).map_err(|e| Error::InvalidRequest { message: e.to_string() }.into())
+    }
+}
+
+/// The host whose secret authenticates this request.
+pub struct AgentHost(pub HostId);
+
+impl FromRequestParts<ApiState> for AgentHost {
+    type Rejection = AgentError;
+
+    async fn from_request_parts(parts: &mut Parts, s: &ApiState) -> Result<Self, Self::Rejection> {
+        let secret = crate::auth::presented_key(&parts.headers).ok_or(Error::Unauthenticated)?;
+        Ok(AgentHost(agents::authenticate(&s.control, &secret).await?))
+    }
+}
+
+async fn register(
+    State(s): State<ApiState>,
+    AgentJson(req): AgentJson<proto::RegisterRequest>,
+) -> Result<Json<proto::RegisterResponse>, AgentError> {
+    Ok(Json(agents::register(&s.control, req).await?))
+}
+
+async fn report(
+    State(s): State<ApiState>,
+    AgentHost(host): AgentHost,
+    AgentJson(req): AgentJson<proto::ReportRequest>,
+) -> Result<Json<proto::ReportResponse>, AgentError> {
+    Ok(Json(agents::report(&s.control, &host, req).await?))
+}
+
+async fn desired(
+    State(s): State<ApiState>,
+    AgentHost(host): AgentHost,
+    AgentJson(req): AgentJson<proto::DesiredRequest>,
+) -> Result<Json<proto::DesiredResponse>, AgentError> {
+    Ok(Json(agents::desired(&s.control, &host, req).await?))
+}

@@ -1,0 +1,49 @@
+//! The HTTP surface: one axum router serving every dialect on one port, the agent protocol and
+//! operator endpoints.
+//!
+//! Handlers are thin: extract (auth `Actor`, dialect JSON), call one `nimbus-control` function,
+//! render. Tower layers do only generic work: request ids, panic catching, logging of internal
+//! errors with the request id.
+
+pub mod agent;
+pub mod auth;
+pub mod lambda;
+pub mod middleware;
+pub mod ratelimit;
+pub mod server;
+
+use std::sync::Arc;
+
+use axum::routing::get;
+use axum::Router;
+use nimbus_control::Control;
+
+/// Largest request body accepted: `user_data` may be 1 MiB, and JSON escaping can double it.
+pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct ApiState {
+    pub control: Control,
+    pub limiter: Arc<ratelimit::RateLimiter>,
+    pub lambda_cache: Arc<lambda::ListCache>,
+}
+
+impl ApiState {
+    pub fn new(control: Control) -> Self {
+        let limits = control.config().rate_limits.clone();
+        ApiState { control, limiter: Arc::new(ratelimit::RateLimiter::new(limits)), lambda_cache: Arc::new(lambda::ListCache::default()) }
+    }
+}
+
+/// The complete application router.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .nest("/api/v1", lambda::router())
+        .nest("/internal/agent/v1", agent::router())
+        .route("/healthz", get(|| async { "ok\n" }))
+        .fallback(middleware::not_found)
+        .with_state(state)
+        .layer(axum::middleware::from_fn(middleware::request_id))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(middleware::panic_response))
+}

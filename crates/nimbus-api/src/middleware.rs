@@ -1,0 +1,52 @@
+//! Generic layers: request ids (echoed as `X-Request-Id`), the log line for internal errors, the
+//! panic catcher and the top-level fallback.
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use nimbus_core::ids::random_hex_id;
+
+/// Attached by error renderers to responses for internal errors, so that the one log line that
+/// explains them carries the request id.
+#[derive(Clone, Debug)]
+pub struct InternalErrorContext(pub String);
+
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+pub async fn request_id(mut req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(random_hex_id);
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let mut resp = next.run(req).await;
+    if let Some(ctx) = resp.extensions().get::<InternalErrorContext>() {
+        tracing::error!(request_id = %id, %method, %path, error = %ctx.0, "internal error");
+    }
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+pub fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("handler panicked");
+    let body = r#"{"error":{"code":"global/internal-error","message":"An internal error occurred.","suggestion":"Retry the request; if it persists, contact the operator."}}"#;
+    Response::builder()
+        .status(StatusCode::INTERNAL_SERVER_ERROR)
+        .header("content-type", "application/json")
+        .body(Body::from(body))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+pub async fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, axum::Json(serde_json::json!({"error": {"code": "not_found", "message": "No such endpoint."}}))).into_response()
+}

@@ -1,0 +1,155 @@
+//! Operator actions: organizations, API keys, host tokens. Reached from the `nimbus admin` CLI,
+//! never from a tenant API key.
+
+use nimbus_core::auth::{hash_secret, new_secret, Permissions};
+use nimbus_core::firewall::default_global_rules;
+use nimbus_core::ids::*;
+use nimbus_core::model::{ApiKey, Org};
+use nimbus_core::Error;
+use nimbus_store::{NewEvent, Store};
+use serde_json::json;
+
+use crate::Control;
+
+pub const API_KEY_PREFIX: &str = "nmb_";
+pub const HOST_TOKEN_PREFIX: &str = "nmbh_";
+
+fn check_org_name(name: &str) -> Result<(), Error> {
+    let ok = (1..=64).contains(&name.len()) && name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid("name", "must be 1 to 64 letters, digits, '-', '_' or '.'"))
+    }
+}
+
+pub async fn org_create(c: &Control, name: &str, email: Option<&str>) -> Result<Org, Error> {
+    check_org_name(name)?;
+    let email = email.map(str::to_owned).unwrap_or_else(|| format!("admin@{name}.nimbus.local"));
+    if email.len() > 254 || !email.contains('@') {
+        return Err(Error::invalid("email", "must be an email address"));
+    }
+    let org = Org { id: OrgId::generate(), name: name.to_owned(), email, created_at: c.now() };
+    let mut tx = c.store().begin().await?;
+    Store::org_insert_in_txn(&mut tx, &org, &default_global_rules()).await?;
+    Store::event_append_in_txn(
+        &mut tx,
+        NewEvent {
+            org_id: Some(&org.id),
+            kind: "organization.created",
+            resource_type: "organization",
+            resource_id: org.id.as_str(),
+            actor_key_id: None,
+            payload: json!({"name": org.name}),
+            now: org.created_at,
+        },
+    )
+    .await?;
+    Store::commit(tx).await?;
+    Ok(org)
+}
+
+/// Finds an org by id or by name.
+pub async fn org_find(c: &Control, name_or_id: &str) -> Result<Org, Error> {
+    if let Some(id) = OrgId::parse(name_or_id) {
+        if let Some(o) = c.store().org_get(&id).await? {
+            return Ok(o);
+        }
+    }
+    c.store().org_get_by_name(name_or_id).await?.ok_or_else(|| Error::not_found("organization", name_or_id))
+}
+
+/// Creates an API key and returns it with its secret, which is not stored and cannot be shown
+/// again. `secret` lets `nimbus dev --api-key` choose the exact key.
+pub async fn api_key_create(
+    c: &Control,
+    org: &Org,
+    name: &str,
+    permissions: Permissions,
+    secret: Option<&str>,
+) -> Result<(ApiKey, String), Error> {
+    if name.is_empty() || name.chars().count() > 64 {
+        return Err(Error::invalid("name", "must be 1 to 64 characters"));
+    }
+    let (plain, hash, prefix) = match secret {
+        Some(s) => {
+            if s.len() < 16 || s.len() > 256 || !s.bytes().all(|b| b.is_ascii_graphic()) || s.contains(':') {
+                return Err(Error::invalid("api-key", "must be 16 to 256 printable characters without ':'"));
+            }
+            (s.to_owned(), hash_secret(s), s.chars().take(12).collect())
+        }
+        None => {
+            let s = new_secret(API_KEY_PREFIX);
+            (s.plain, s.hash, s.prefix)
+        }
+    };
+    let key = ApiKey {
+        id: ApiKeyId::generate(),
+        org_id: org.id.clone(),
+        name: name.to_owned(),
+        prefix,
+        permissions,
+        created_at: c.now(),
+        revoked_at: None,
+    };
+    let mut tx = c.store().begin().await?;
+    Store::api_key_insert_in_txn(&mut tx, &key, &hash).await?;
+    Store::event_append_in_txn(
+        &mut tx,
+        NewEvent {
+            org_id: Some(&org.id),
+            kind: "api_key.created",
+            resource_type: "api_key",
+            resource_id: key.id.as_str(),
+            actor_key_id: None,
+            payload: json!({"name": key.name, "prefix": key.prefix, "permissions": permissions.names()}),
+            now: key.created_at,
+        },
+    )
+    .await?;
+    Store::commit(tx).await?;
+    Ok((key, plain))
+}
+
+/// Whether a key with this exact secret already exists (for idempotent `nimbus dev --api-key`).
+pub async fn api_key_exists(c: &Control, secret: &str) -> Result<bool, Error> {
+    Ok(c.store().api_key_by_hash(&hash_secret(secret)).await?.is_some())
+}
+
+pub async fn api_key_revoke(c: &Control, org: &Org, id: &str) -> Result<(), Error> {
+    let id = ApiKeyId::parse(id).ok_or_else(|| Error::not_found("api key", id))?;
+    let now = c.now();
+    let mut tx = c.store().begin().await?;
+    if !Store::api_key_revoke_in_txn(&mut tx, &org.id, &id, now).await? {
+        return Err(Error::not_found("api key", id.as_str()));
+    }
+    Store::event_append_in_txn(
+        &mut tx,
+        NewEvent {
+            org_id: Some(&org.id),
+            kind: "api_key.revoked",
+            resource_type: "api_key",
+            resource_id: id.as_str(),
+            actor_key_id: None,
+            payload: json!({}),
+            now,
+        },
+    )
+    .await?;
+    Store::commit(tx).await?;
+    c.inner.auth_cache.clear();
+    Ok(())
+}
+
+/// Creates a host registration token for a region; returns the secret (shown once).
+pub async fn host_token_create(c: &Control, region: &str) -> Result<String, Error> {
+    if c.config().region(region).is_none() {
+        return Err(Error::invalid("region", format!("{region:?} is not a configured region")));
+    }
+    let s = new_secret(HOST_TOKEN_PREFIX);
+    let id = HostTokenId::generate();
+    let mut tx = c.store().begin().await?;
+    Store::host_token_insert_in_txn(&mut tx, &id, region, &s.prefix, &s.hash, c.now()).await?;
+    Store::commit(tx).await?;
+    Ok(s.plain)
+}

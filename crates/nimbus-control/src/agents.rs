@@ -1,0 +1,207 @@
+//! The server side of the agent protocol: registration, reports (heartbeat + actual state) and
+//! the desired state each host long-polls for.
+//!
+//! Reports drive the instance lifecycle forward: a booting instance the host reports running
+//! becomes active; a terminating instance the host no longer has becomes terminated and its
+//! capacity returns to the host. Every change is a conditional update in one transaction with its
+//! event, so a stale or repeated report changes nothing.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use nimbus_core::auth::{hash_secret, new_secret};
+use nimbus_core::catalog::Resources;
+use nimbus_core::ids::*;
+use nimbus_core::instance::InstanceState;
+use nimbus_core::model::{Gpu, Instance};
+use nimbus_core::Error;
+use nimbus_proto as proto;
+use nimbus_store::{Conn, HostRegistration, InstanceUpdate, NewEvent, Store};
+use serde_json::json;
+
+use crate::Control;
+
+pub const HOST_SECRET_PREFIX: &str = "nmbs_";
+const MAX_WAIT: Duration = Duration::from_secs(30);
+
+pub async fn register(c: &Control, req: proto::RegisterRequest) -> Result<proto::RegisterResponse, Error> {
+    if req.protocol_version != proto::PROTOCOL_VERSION {
+        return Err(Error::invalid(
+            "protocol_version",
+            format!("server speaks agent protocol {}, agent speaks {}", proto::PROTOCOL_VERSION, req.protocol_version),
+        ));
+    }
+    let (token_id, region) = c.store().host_token_by_hash(&hash_secret(&req.token)).await?.ok_or(Error::Unauthenticated)?;
+    let inv = &req.inventory;
+    if req.machine_id.is_empty() || req.machine_id.len() > 128 {
+        return Err(Error::invalid("machine_id", "must be 1 to 128 characters"));
+    }
+    if inv.vcpus < 0 || inv.memory_mib < 0 || inv.disk_gib < 0 || inv.gpus.len() > 64 {
+        return Err(Error::invalid("inventory", "sizes must be non-negative and at most 64 GPUs"));
+    }
+    let gpus: Vec<Gpu> = inv
+        .gpus
+        .iter()
+        .map(|g| Gpu { index: g.index, model: g.model.clone(), memory_mib: g.memory_mib, uuid: g.uuid.clone(), instance_id: None })
+        .collect();
+    let secret = new_secret(HOST_SECRET_PREFIX);
+    let now = c.now();
+    let mut tx = c.store().begin().await?;
+    let host_id = Store::host_register_in_txn(
+        &mut tx,
+        &HostRegistration {
+            token_id: &token_id,
+            region: &region,
+            machine_id: &req.machine_id,
+            name: &inv.hostname,
+            driver: &inv.driver,
+            cpu_model: &inv.cpu_model,
+            total: Resources { vcpus: inv.vcpus, memory_mib: inv.memory_mib, disk_gib: inv.disk_gib },
+            gpus: &gpus,
+            secret_hash: &secret.hash,
+            now,
+        },
+    )
+    .await?;
+    Store::event_append_in_txn(
+        &mut tx,
+        NewEvent {
+            org_id: None,
+            kind: "host.registered",
+            resource_type: "host",
+            resource_id: host_id.as_str(),
+            actor_key_id: None,
+            payload: json!({"name": inv.hostname, "region": region, "gpus": inv.gpus.len(), "driver": inv.driver}),
+            now,
+        },
+    )
+    .await?;
+    Store::commit(tx).await?;
+    Ok(proto::RegisterResponse {
+        host_id: host_id.to_string(),
+        host_secret: secret.plain,
+        region,
+        heartbeat_interval_ms: c.config().agents.heartbeat_interval_ms,
+    })
+}
+
+/// The host an agent credential belongs to.
+pub async fn authenticate(c: &Control, secret: &str) -> Result<HostId, Error> {
+    c.store().host_id_by_secret(&hash_secret(secret)).await?.ok_or(Error::Unauthenticated)
+}
+
+async fn system_event(tx: &mut Conn, inst: &Instance, kind: &str, payload: serde_json::Value, now: i64) -> Result<(), Error> {
+    Store::event_append_in_txn(
+        tx,
+        NewEvent {
+            org_id: Some(&inst.org_id),
+            kind,
+            resource_type: "instance",
+            resource_id: inst.id.as_str(),
+            actor_key_id: None,
+            payload,
+            now,
+        },
+    )
+    .await
+}
+
+/// Applies a report: heartbeat plus the actual state of the host's instances.
+pub async fn report(c: &Control, host: &HostId, req: proto::ReportRequest) -> Result<proto::ReportResponse, Error> {
+    use proto::ActualState as A;
+    use InstanceState as S;
+    let now = c.now();
+    let mut tx = c.store().begin().await?;
+    Store::host_seen_in_txn(&mut tx, host, now).await?;
+    let gen = {
+        let hosts = Store::host_list_in(&mut tx, None, false).await?;
+        hosts.iter().find(|h| &h.id == host).map(|h| h.desired_generation).ok_or_else(|| Error::not_found("host", host.as_str()))?
+    };
+    let reports: HashMap<&str, &proto::InstanceReport> = req.instances.iter().map(|r| (r.id.as_str(), r)).collect();
+    let instances = Store::instance_list_by_host_in(&mut tx, host).await?;
+    let mut changed_orgs: Vec<OrgId> = Vec::new();
+    for inst in &instances {
+        let r = reports.get(inst.id.as_str()).copied();
+        let addrs = InstanceUpdate { ip: r.and_then(|r| r.ip.clone()), private_ip: r.and_then(|r| r.private_ip.clone()) };
+        let target = match (inst.state, r.map(|r| r.state)) {
+            (S::Booting | S::Starting | S::Unhealthy, Some(A::Running)) => Some(S::Active),
+            (S::Restarting, Some(A::Running)) if r.is_some_and(|r| r.restart_generation >= inst.restart_generation) => Some(S::Active),
+            (S::Booting | S::Restarting | S::Starting | S::Active, Some(A::Failed)) => Some(S::Unhealthy),
+            (S::Stopping, Some(A::Stopped)) => Some(S::Stopped),
+            // Absent from a host that has applied the latest desired state: it is gone.
+            (S::Terminating, None) if req.applied_generation >= gen => Some(S::Terminated),
+            _ => None,
+        };
+        let applied = match target {
+            Some(to) => {
+                let ok = Store::instance_transition_in_txn(&mut tx, &inst.id, inst.state, to, &addrs, now).await?;
+                if ok {
+                    if to == S::Terminated {
+                        Store::host_release_in_txn(&mut tx, host, &inst.resources, &inst.id).await?;
+                    }
+                    let msg = r.and_then(|r| r.message.clone());
+                    system_event(
+                        &mut tx,
+                        inst,
+                        &format!("instance.{}", to.as_str()),
+                        json!({"from": inst.state.as_str(), "message": msg}),
+                        now,
+                    )
+                    .await?;
+                }
+                ok
+            }
+            None if r.is_some() => Store::instance_set_addresses_in_txn(&mut tx, &inst.id, &addrs, now).await?,
+            None => false,
+        };
+        if applied && !changed_orgs.contains(&inst.org_id) {
+            changed_orgs.push(inst.org_id.clone());
+        }
+    }
+    for org in &changed_orgs {
+        Store::org_bump_instances_generation_in_txn(&mut tx, org).await?;
+    }
+    Store::commit(tx).await?;
+    Ok(proto::ReportResponse { desired_generation: gen })
+}
+
+/// The host's desired state, answered when its generation differs from `known_generation` or
+/// after waiting up to `wait_ms` (capped at 30 s) for it to change.
+pub async fn desired(c: &Control, host: &HostId, req: proto::DesiredRequest) -> Result<proto::DesiredResponse, Error> {
+    let notify = c.hosts().handle(host);
+    let notified = notify.notified();
+    tokio::pin!(notified);
+    notified.as_mut().enable();
+    let gen = c.store().host_desired_generation(host).await?;
+    if gen == req.known_generation && req.wait_ms > 0 {
+        let wait = Duration::from_millis(req.wait_ms).min(MAX_WAIT);
+        let _ = tokio::time::timeout(wait, notified).await;
+    }
+    let gen = c.store().host_desired_generation(host).await?;
+    let instances = c.store().instance_list_by_host(host).await?;
+    let images = c.store().image_list().await?;
+    let image_name = |id: &ImageId| images.iter().find(|i| &i.id == id).map(|i| i.name.clone()).unwrap_or_default();
+    let desired = instances
+        .iter()
+        .filter(|i| i.state.wants_running() || matches!(i.state, InstanceState::Stopping | InstanceState::Stopped))
+        .map(|i| proto::DesiredInstance {
+            id: i.id.to_string(),
+            hostname: i.hostname.clone(),
+            image: image_name(&i.image_id),
+            vcpus: i.resources.vcpus,
+            memory_mib: i.resources.memory_mib,
+            disk_gib: i.resources.disk_gib,
+            gpu_indices: i.gpu_indices.clone(),
+            ssh_public_keys: i.ssh_public_keys.clone(),
+            user_data: i.user_data.clone(),
+            power: if i.state.wants_running() { proto::Power::Running } else { proto::Power::Stopped },
+            restart_generation: i.restart_generation,
+            file_system_mounts: i
+                .file_system_mounts
+                .iter()
+                .map(|m| proto::MountSpec { file_system_id: m.file_system_id.to_string(), mount_point: m.mount_point.clone() })
+                .collect(),
+        })
+        .collect();
+    Ok(proto::DesiredResponse { generation: gen, instances: desired })
+}

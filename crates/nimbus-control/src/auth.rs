@@ -1,0 +1,56 @@
+//! Authentication of tenant API keys.
+//!
+//! Keys are looked up by the SHA-256 of the presented secret. A short in-process cache (2 s) keeps
+//! hot paths off the database; revocation through this process clears it at once, and another
+//! replica's revocation takes effect within the TTL.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use nimbus_core::auth::{hash_secret, Actor};
+use nimbus_core::Error;
+
+use crate::Control;
+
+const TTL_MICROS: i64 = 2_000_000;
+const MAX_ENTRIES: usize = 10_000;
+
+#[derive(Default)]
+pub(crate) struct AuthCache {
+    map: Mutex<HashMap<String, (Actor, i64)>>,
+}
+
+impl AuthCache {
+    fn get(&self, hash: &str, now: i64) -> Option<Actor> {
+        let m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(hash).filter(|(_, at)| now - at < TTL_MICROS).map(|(a, _)| a.clone())
+    }
+
+    fn put(&self, hash: String, actor: Actor, now: i64) {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() >= MAX_ENTRIES {
+            m.retain(|_, (_, at)| now - *at < TTL_MICROS);
+        }
+        m.insert(hash, (actor, now));
+    }
+
+    pub(crate) fn clear(&self) {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+}
+
+/// The actor for a presented API key secret, or `Unauthenticated`.
+pub async fn authenticate(c: &Control, secret: &str) -> Result<Actor, Error> {
+    if secret.is_empty() || secret.len() > 256 {
+        return Err(Error::Unauthenticated);
+    }
+    let hash = hash_secret(secret);
+    let now = c.now();
+    if let Some(a) = c.inner.auth_cache.get(&hash, now) {
+        return Ok(a);
+    }
+    let key = c.store().api_key_by_hash(&hash).await?.ok_or(Error::Unauthenticated)?;
+    let actor = Actor { org_id: key.org_id, key_id: key.id, key_prefix: key.prefix, permissions: key.permissions };
+    c.inner.auth_cache.put(hash, actor.clone(), now);
+    Ok(actor)
+}

@@ -1,0 +1,280 @@
+//! Operator configuration: the catalog (regions, instance types, images), quotas and rate limits,
+//! read from TOML. Every section has defaults, so an empty file (or none) gives a working cloud:
+//! Lambda's region codes, GPU types modelled on Lambda's real ones, and CPU-only types that fit a
+//! small development machine.
+
+use serde::{Deserialize, Serialize};
+
+use nimbus_core::catalog::{InstanceType, Region, LAMBDA_REGION_CODES};
+use nimbus_core::Error;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_regions")]
+    pub regions: Vec<Region>,
+    #[serde(default = "default_instance_types")]
+    pub instance_types: Vec<InstanceType>,
+    #[serde(default = "default_images")]
+    pub images: Vec<ImageConfig>,
+    #[serde(default)]
+    pub quotas: Quotas,
+    #[serde(default)]
+    pub rate_limits: RateLimits,
+    #[serde(default)]
+    pub agents: AgentTimings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImageConfig {
+    pub name: String,
+    pub family: String,
+    pub description: String,
+    pub version: String,
+    #[serde(default = "default_arch")]
+    pub architecture: String,
+}
+
+fn default_arch() -> String {
+    "x86_64".to_owned()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Quotas {
+    pub instances_per_org: i64,
+    pub ssh_keys_per_org: i64,
+    pub file_systems_per_org: i64,
+    pub firewall_rulesets_per_org: i64,
+    /// Most instances one launch request may ask for.
+    pub max_launch_quantity: i64,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Quotas {
+            instances_per_org: 10_000,
+            ssh_keys_per_org: 1024,
+            file_systems_per_org: 100,
+            firewall_rulesets_per_org: 100,
+            max_launch_quantity: 50,
+        }
+    }
+}
+
+/// A token bucket: `per_second` sustained, `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Rate {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+/// Per-API-key limits by route class. Defaults are Lambda's documented ones.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimits {
+    pub enabled: bool,
+    pub default: Rate,
+    pub launch: Rate,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits { enabled: true, default: Rate { per_second: 1.0, burst: 20 }, launch: Rate { per_second: 0.1, burst: 1 } }
+    }
+}
+
+impl RateLimits {
+    /// Limits for `nimbus dev` and tests: high enough never to get in a developer's way.
+    pub fn generous() -> Self {
+        RateLimits {
+            enabled: true,
+            default: Rate { per_second: 100_000.0, burst: 100_000 },
+            launch: Rate { per_second: 10_000.0, burst: 10_000 },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentTimings {
+    /// Agents report at least this often.
+    pub heartbeat_interval_ms: u64,
+    /// A host not heard from for this long is marked down and its instances unhealthy.
+    pub host_timeout_ms: u64,
+}
+
+impl Default for AgentTimings {
+    fn default() -> Self {
+        AgentTimings { heartbeat_interval_ms: 5_000, host_timeout_ms: 30_000 }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            regions: default_regions(),
+            instance_types: default_instance_types(),
+            images: default_images(),
+            quotas: Quotas::default(),
+            rate_limits: RateLimits::default(),
+            agents: AgentTimings::default(),
+        }
+    }
+}
+
+impl Config {
+    pub fn from_toml(s: &str) -> Result<Config, Error> {
+        let c: Config = toml::from_str(s).map_err(|e| Error::invalid("config", e.to_string()))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn validate(&self) -> Result<(), Error> {
+        for r in &self.regions {
+            if !LAMBDA_REGION_CODES.contains(&r.name.as_str()) {
+                return Err(Error::invalid(
+                    "config.regions",
+                    format!("region {:?} is not a Lambda region code; real Lambda clients reject other names", r.name),
+                ));
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for t in &self.instance_types {
+            if !names.insert(&t.name) {
+                return Err(Error::invalid("config.instance_types", format!("{} is listed twice", t.name)));
+            }
+            if t.vcpus <= 0 || t.memory_gib <= 0 || t.storage_gib <= 0 || t.gpus < 0 || t.price_cents_per_hour < 0 {
+                return Err(Error::invalid("config.instance_types", format!("{} has a non-positive size", t.name)));
+            }
+            if (t.gpus > 0) == t.gpu_model.is_empty() {
+                return Err(Error::invalid("config.instance_types", format!("{}: gpu_model is required exactly when gpus > 0", t.name)));
+            }
+        }
+        if self.images.is_empty() {
+            return Err(Error::invalid("config.images", "at least one image is required"));
+        }
+        Ok(())
+    }
+
+    pub fn instance_type(&self, name: &str) -> Option<&InstanceType> {
+        self.instance_types.iter().find(|t| t.name == name)
+    }
+
+    pub fn region(&self, name: &str) -> Option<&Region> {
+        self.regions.iter().find(|r| r.name == name)
+    }
+}
+
+fn default_regions() -> Vec<Region> {
+    let d = |n: &str, desc: &str| Region { name: n.to_owned(), description: desc.to_owned() };
+    vec![
+        d("us-east-1", "Virginia, USA"),
+        d("us-east-2", "Washington DC, USA"),
+        d("us-west-1", "California, USA"),
+        d("us-west-2", "Arizona, USA"),
+        d("us-west-3", "Utah, USA"),
+        d("us-south-1", "Texas, USA"),
+        d("us-midwest-1", "Illinois, USA"),
+        d("europe-central-1", "Germany"),
+        d("asia-northeast-1", "Tokyo, Japan"),
+        d("asia-south-1", "India"),
+        d("me-west-1", "Israel"),
+        d("australia-east-1", "Australia"),
+    ]
+}
+
+fn gpu_type(name: &str, count: i64, model_desc: &str, gpu_model: &str, vcpus: i64, mem: i64, disk: i64, cents: i64) -> InstanceType {
+    InstanceType {
+        name: name.to_owned(),
+        description: format!("{count}x {model_desc}"),
+        gpu_description: model_desc.to_owned(),
+        price_cents_per_hour: cents,
+        vcpus,
+        memory_gib: mem,
+        storage_gib: disk,
+        gpus: count,
+        gpu_model: gpu_model.to_owned(),
+    }
+}
+
+fn cpu_type(name: &str, desc: &str, vcpus: i64, mem: i64, disk: i64, cents: i64) -> InstanceType {
+    InstanceType {
+        name: name.to_owned(),
+        description: desc.to_owned(),
+        gpu_description: "None".to_owned(),
+        price_cents_per_hour: cents,
+        vcpus,
+        memory_gib: mem,
+        storage_gib: disk,
+        gpus: 0,
+        gpu_model: String::new(),
+    }
+}
+
+/// Shapes and prices modelled on Lambda's public on-demand types; the `gpu_model` patterns match
+/// the names NVML reports for those GPUs.
+fn default_instance_types() -> Vec<InstanceType> {
+    vec![
+        gpu_type("gpu_1x_a10", 1, "A10 (24 GB PCIe)", "A10", 30, 200, 1400, 75),
+        gpu_type("gpu_1x_rtx6000", 1, "RTX 6000 (24 GB)", "RTX 6000", 14, 46, 512, 50),
+        gpu_type("gpu_1x_a6000", 1, "RTX A6000 (48 GB)", "RTX A6000", 14, 100, 512, 80),
+        gpu_type("gpu_2x_a6000", 2, "RTX A6000 (48 GB)", "RTX A6000", 28, 200, 1024, 160),
+        gpu_type("gpu_4x_a6000", 4, "RTX A6000 (48 GB)", "RTX A6000", 56, 400, 1024, 320),
+        gpu_type("gpu_1x_a100", 1, "A100 (40 GB PCIe)", "A100 PCIE", 30, 200, 512, 129),
+        gpu_type("gpu_1x_a100_sxm4", 1, "A100 (40 GB SXM4)", "A100 SXM4", 30, 200, 512, 129),
+        gpu_type("gpu_2x_a100", 2, "A100 (40 GB PCIe)", "A100 PCIE", 60, 400, 1024, 258),
+        gpu_type("gpu_4x_a100", 4, "A100 (40 GB PCIe)", "A100 PCIE", 120, 800, 1024, 516),
+        gpu_type("gpu_8x_a100", 8, "A100 (40 GB SXM4)", "A100 SXM4", 124, 1800, 5939, 1032),
+        gpu_type("gpu_8x_a100_80gb_sxm4", 8, "A100 (80 GB SXM4)", "A100 SXM4 80GB", 240, 1800, 19_858, 1432),
+        gpu_type("gpu_1x_h100_pcie", 1, "H100 (80 GB PCIe)", "H100 PCIe", 26, 200, 1024, 249),
+        gpu_type("gpu_1x_h100_sxm5", 1, "H100 (80 GB SXM5)", "H100 HBM3", 26, 225, 2816, 329),
+        gpu_type("gpu_2x_h100_sxm5", 2, "H100 (80 GB SXM5)", "H100 HBM3", 52, 450, 5632, 658),
+        gpu_type("gpu_4x_h100_sxm5", 4, "H100 (80 GB SXM5)", "H100 HBM3", 104, 900, 11_264, 1316),
+        gpu_type("gpu_8x_h100_sxm5", 8, "H100 (80 GB SXM5)", "H100 HBM3", 208, 1800, 22_528, 2392),
+        gpu_type("gpu_1x_gh200", 1, "GH200 (96 GB)", "GH200", 64, 432, 4096, 149),
+        gpu_type("gpu_8x_v100", 8, "Tesla V100 (16 GB)", "V100", 92, 448, 5996, 440),
+        cpu_type("cpu_1x_small", "1 vCPU, 1 GiB RAM (CPU only)", 1, 1, 10, 2),
+        cpu_type("cpu_2x_medium", "2 vCPUs, 4 GiB RAM (CPU only)", 2, 4, 40, 8),
+        cpu_type("cpu_4x_large", "4 vCPUs, 16 GiB RAM (CPU only)", 4, 16, 100, 20),
+    ]
+}
+
+fn default_images() -> Vec<ImageConfig> {
+    vec![ImageConfig {
+        name: "debian-12".to_owned(),
+        family: "debian-12".to_owned(),
+        description: "Debian 12 (bookworm) with OpenSSH, sudo, python3, curl".to_owned(),
+        version: "12".to_owned(),
+        architecture: default_arch(),
+    }]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_lambda_shaped() {
+        let c = Config::default();
+        c.validate().expect("default config validates");
+        let a10 = c.instance_type("gpu_1x_a10").expect("a10");
+        assert_eq!(a10.description, "1x A10 (24 GB PCIe)");
+        // dstack's gpuhunt parses descriptions with this pattern.
+        for t in c.instance_types.iter().filter(|t| t.gpus > 0) {
+            let (count, rest) = t.description.split_once("x ").expect("NNx prefix");
+            assert_eq!(count.len(), 1, "{}", t.name);
+            assert!(rest.contains(" GB"), "{}", t.name);
+        }
+    }
+
+    #[test]
+    fn toml_overrides_and_rejects_bad_regions() {
+        let c = Config::from_toml("[quotas]\ninstances_per_org = 3\n").expect("parses");
+        assert_eq!(c.quotas.instances_per_org, 3);
+        assert_eq!(c.quotas.ssh_keys_per_org, 1024);
+        let bad = "[[regions]]\nname = \"mars-1\"\ndescription = \"Mars\"\n";
+        assert!(Config::from_toml(bad).is_err());
+        assert!(Config::from_toml("[nonsense]\nx = 1\n").is_err());
+    }
+}

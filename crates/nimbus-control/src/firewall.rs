@@ -1,0 +1,133 @@
+//! Firewall rules: the org-wide global rules (Lambda's `/firewall-rules` and
+//! `/firewall-rulesets/global` are the same set) and named, regional rulesets attached to
+//! instances at launch. The agent enforces them with nftables (container-runtime issue).
+
+use nimbus_core::auth::{Actor, Permission};
+use nimbus_core::firewall::FirewallRule;
+use nimbus_core::ids::FirewallRulesetId;
+use nimbus_core::model::FirewallRuleset;
+use nimbus_core::{validate, ConflictReason, Error};
+use nimbus_store::Store;
+use serde_json::json;
+
+use crate::{emit, Control};
+
+const MAX_RULES: usize = 256;
+
+fn check_rules(rules: &[FirewallRule]) -> Result<(), Error> {
+    if rules.len() > MAX_RULES {
+        return Err(Error::invalid("rules", format!("at most {MAX_RULES} rules are allowed")));
+    }
+    Ok(())
+}
+
+pub async fn global_get(c: &Control, actor: &Actor) -> Result<Vec<FirewallRule>, Error> {
+    actor.require(Permission::Read)?;
+    c.store().org_global_rules(&actor.org_id).await
+}
+
+pub async fn global_set(c: &Control, actor: &Actor, rules: Vec<FirewallRule>) -> Result<Vec<FirewallRule>, Error> {
+    actor.require(Permission::Edit)?;
+    check_rules(&rules)?;
+    let now = c.now();
+    let mut tx = c.store().begin().await?;
+    Store::org_set_global_rules_in_txn(&mut tx, &actor.org_id, &rules).await?;
+    emit(&mut tx, actor, "firewall.global_rules_updated", "firewall_ruleset", "global", json!({"rules": rules.len()}), now).await?;
+    Store::commit(tx).await?;
+    Ok(rules)
+}
+
+pub async fn ruleset_create(
+    c: &Control,
+    actor: &Actor,
+    name: &str,
+    region: &str,
+    rules: Vec<FirewallRule>,
+) -> Result<FirewallRuleset, Error> {
+    actor.require(Permission::Create)?;
+    validate::ruleset_name(name)?;
+    check_rules(&rules)?;
+    if c.config().region(region).is_none() {
+        return Err(Error::invalid("region", format!("{region:?} is not a region of this cloud")));
+    }
+    let now = c.now();
+    let rs = FirewallRuleset {
+        id: FirewallRulesetId::generate(),
+        org_id: actor.org_id.clone(),
+        name: name.to_owned(),
+        region: region.to_owned(),
+        rules,
+        created_at: now,
+        instance_ids: Vec::new(),
+    };
+    let mut tx = c.store().begin().await?;
+    let limit = c.config().quotas.firewall_rulesets_per_org;
+    if Store::ruleset_count_in(&mut tx, &actor.org_id).await? >= limit {
+        return Err(Error::QuotaExceeded { message: format!("an organization may have at most {limit} firewall rulesets") });
+    }
+    Store::ruleset_insert_in_txn(&mut tx, &rs).await?;
+    emit(&mut tx, actor, "firewall_ruleset.created", "firewall_ruleset", rs.id.as_str(), json!({"name": name}), now).await?;
+    Store::commit(tx).await?;
+    Ok(rs)
+}
+
+pub async fn ruleset_list(c: &Control, actor: &Actor) -> Result<Vec<FirewallRuleset>, Error> {
+    actor.require(Permission::Read)?;
+    c.store().ruleset_list_by_org(&actor.org_id).await
+}
+
+fn parse_id(id: &str) -> Result<FirewallRulesetId, Error> {
+    FirewallRulesetId::parse(id).ok_or_else(|| Error::not_found("firewall ruleset", id))
+}
+
+pub async fn ruleset_get(c: &Control, actor: &Actor, id: &str) -> Result<FirewallRuleset, Error> {
+    actor.require(Permission::Read)?;
+    let rid = parse_id(id)?;
+    let mut conn = c.store().reader().await?;
+    let rs = Store::ruleset_get_in(&mut conn, &actor.org_id, &rid).await?;
+    rs.ok_or_else(|| Error::not_found("firewall ruleset", id))
+}
+
+pub async fn ruleset_update(
+    c: &Control,
+    actor: &Actor,
+    id: &str,
+    name: Option<&str>,
+    rules: Option<Vec<FirewallRule>>,
+) -> Result<FirewallRuleset, Error> {
+    actor.require(Permission::Edit)?;
+    let rid = parse_id(id)?;
+    if let Some(n) = name {
+        validate::ruleset_name(n)?;
+    }
+    if let Some(r) = &rules {
+        check_rules(r)?;
+    }
+    let now = c.now();
+    let mut tx = c.store().begin().await?;
+    let cur = Store::ruleset_get_in(&mut tx, &actor.org_id, &rid).await?.ok_or_else(|| Error::not_found("firewall ruleset", id))?;
+    let name = name.unwrap_or(&cur.name).to_owned();
+    let rules = rules.unwrap_or(cur.rules);
+    Store::ruleset_update_in_txn(&mut tx, &actor.org_id, &rid, &name, &rules, now).await?;
+    emit(&mut tx, actor, "firewall_ruleset.updated", "firewall_ruleset", rid.as_str(), json!({"name": name}), now).await?;
+    let out = Store::ruleset_get_in(&mut tx, &actor.org_id, &rid).await?.ok_or_else(|| Error::not_found("firewall ruleset", id))?;
+    Store::commit(tx).await?;
+    Ok(out)
+}
+
+pub async fn ruleset_delete(c: &Control, actor: &Actor, id: &str) -> Result<(), Error> {
+    actor.require(Permission::Delete)?;
+    let rid = parse_id(id)?;
+    let now = c.now();
+    let mut tx = c.store().begin().await?;
+    let cur = Store::ruleset_get_in(&mut tx, &actor.org_id, &rid).await?.ok_or_else(|| Error::not_found("firewall ruleset", id))?;
+    if !cur.instance_ids.is_empty() {
+        return Err(Error::conflict(
+            ConflictReason::FirewallRulesetInUse,
+            format!("firewall ruleset {} is attached to {} instance(s)", cur.name, cur.instance_ids.len()),
+        ));
+    }
+    Store::ruleset_delete_in_txn(&mut tx, &actor.org_id, &rid).await?;
+    emit(&mut tx, actor, "firewall_ruleset.deleted", "firewall_ruleset", rid.as_str(), json!({"name": cur.name}), now).await?;
+    Store::commit(tx).await
+}

@@ -1,0 +1,354 @@
+//! Instances: launch (validate, schedule, reserve, insert in one transaction), list, get, rename,
+//! restart and terminate. Agents' reports move instances through the rest of the lifecycle
+//! (see `agents`).
+
+use nimbus_core::auth::{Actor, Permission};
+use nimbus_core::catalog::InstanceType;
+use nimbus_core::ids::*;
+use nimbus_core::instance::InstanceState;
+use nimbus_core::model::{FileSystemMount, Instance};
+use nimbus_core::{validate, ConflictReason, Error};
+use nimbus_store::{InstanceUpdate, NewInstance, Store};
+use serde_json::json;
+
+use crate::scheduler::{self, Request};
+use crate::{emit, images, Control};
+
+/// How a launch names its image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageRef {
+    Id(String),
+    Family(String),
+}
+
+/// A launch request in domain terms, whatever dialect it came from.
+#[derive(Debug, Clone, Default)]
+pub struct LaunchSpec {
+    pub region: String,
+    pub instance_type: String,
+    pub ssh_key_names: Vec<String>,
+    pub file_system_names: Vec<String>,
+    /// `(file system id, mount point)`; mount point `None` means the file system's default.
+    pub file_system_mounts: Vec<(String, Option<String>)>,
+    pub hostname: Option<String>,
+    pub name: Option<String>,
+    pub image: Option<ImageRef>,
+    pub user_data: Option<String>,
+    pub tags: Vec<(String, String)>,
+    pub firewall_ruleset_ids: Vec<String>,
+    pub quantity: i64,
+}
+
+fn check_mount_point(p: &str) -> Result<(), Error> {
+    let ok = p.starts_with('/')
+        && p.len() <= 255
+        && !p.split('/').any(|s| s == ".." || s == ".")
+        && !p.chars().any(|c| c.is_control())
+        && p != "/";
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid("file_system_mounts.mount_point", format!("{p:?} must be an absolute path below /")))
+    }
+}
+
+/// Launches `spec.quantity` instances; returns the ids of those placed. Fewer than requested
+/// when capacity runs out part-way (as Lambda does); none placed is `InsufficientCapacity`.
+pub async fn launch(c: &Control, actor: &Actor, spec: LaunchSpec) -> Result<Vec<InstanceId>, Error> {
+    actor.require(Permission::Create)?;
+    let cfg = c.config();
+    if spec.quantity < 1 || spec.quantity > cfg.quotas.max_launch_quantity {
+        return Err(Error::invalid("quantity", format!("must be between 1 and {}", cfg.quotas.max_launch_quantity)));
+    }
+    if let Some(n) = &spec.name {
+        validate::instance_name(n)?;
+    }
+    if let Some(h) = &spec.hostname {
+        validate::hostname(h)?;
+    }
+    if let Some(u) = &spec.user_data {
+        validate::user_data(u)?;
+    }
+    validate::tags(&spec.tags)?;
+    if cfg.region(&spec.region).is_none() {
+        return Err(Error::invalid("region_name", format!("{:?} is not a region of this cloud", spec.region)));
+    }
+    let itype: &InstanceType =
+        cfg.instance_type(&spec.instance_type).ok_or_else(|| Error::not_found("instance type", &spec.instance_type))?;
+    if spec.ssh_key_names.is_empty() {
+        return Err(Error::invalid("ssh_key_names", "at least one SSH key name is required"));
+    }
+    let image = images::resolve(c, spec.image.as_ref(), &spec.region).await?;
+
+    let now = c.now();
+    let mut tx = c.store().begin().await?;
+
+    let mut public_keys = Vec::new();
+    for name in &spec.ssh_key_names {
+        let k = Store::ssh_key_get_by_name_in(&mut tx, &actor.org_id, name).await?.ok_or_else(|| Error::not_found("SSH key", name))?;
+        public_keys.push(k.public_key);
+    }
+
+    let mut mounts: Vec<FileSystemMount> = Vec::new();
+    let mut add_mount = |fs: nimbus_core::model::FileSystem, mp: Option<String>| -> Result<(), Error> {
+        if fs.region != spec.region {
+            return Err(Error::conflict(
+                ConflictReason::FileSystemWrongRegion,
+                format!("file system {} is in {}, not in {}", fs.name, fs.region, spec.region),
+            ));
+        }
+        let mount_point = mp.unwrap_or(fs.mount_point);
+        check_mount_point(&mount_point)?;
+        if mounts.iter().any(|m| m.file_system_id == fs.id) {
+            return Err(Error::invalid("file_system_names", format!("file system {} is given twice", fs.name)));
+        }
+        if mounts.iter().any(|m| m.mount_point == mount_point) {
+            return Err(Error::invalid("file_system_mounts", format!("mount point {mount_point} is used twice")));
+        }
+        mounts.push(FileSystemMount { file_system_id: fs.id, mount_point });
+        Ok(())
+    };
+    for name in &spec.file_system_names {
+        let fs =
+            Store::file_system_get_by_name_in(&mut tx, &actor.org_id, name).await?.ok_or_else(|| Error::not_found("file system", name))?;
+        add_mount(fs, None)?;
+    }
+    for (id, mp) in &spec.file_system_mounts {
+        let fsid = FileSystemId::parse(id).ok_or_else(|| Error::not_found("file system", id))?;
+        let fs = Store::file_system_get_in(&mut tx, &actor.org_id, &fsid).await?.ok_or_else(|| Error::not_found("file system", id))?;
+        add_mount(fs, mp.clone())?;
+    }
+
+    let mut rulesets = Vec::new();
+    for id in &spec.firewall_ruleset_ids {
+        let rid = FirewallRulesetId::parse(id).ok_or_else(|| Error::not_found("firewall ruleset", id))?;
+        let rs = Store::ruleset_get_in(&mut tx, &actor.org_id, &rid).await?.ok_or_else(|| Error::not_found("firewall ruleset", id))?;
+        if rs.region != spec.region {
+            return Err(Error::invalid("firewall_rulesets", format!("ruleset {} is in {}, not in {}", rs.name, rs.region, spec.region)));
+        }
+        if !rulesets.contains(&rs.id) {
+            rulesets.push(rs.id);
+        }
+    }
+
+    let live = Store::instance_count_live_by_org_in(&mut tx, &actor.org_id).await?;
+    if live + spec.quantity > cfg.quotas.instances_per_org {
+        return Err(Error::QuotaExceeded {
+            message: format!("this organization may run at most {} instances", cfg.quotas.instances_per_org),
+        });
+    }
+
+    let req = Request::for_type(&spec.region, itype);
+    let mut hosts = Store::host_list_in(&mut tx, Some(&spec.region), true).await?;
+    let mut launched = Vec::new();
+    let mut woken = Vec::new();
+    'each: for _ in 0..spec.quantity {
+        // A claim only fails when a concurrent transaction (another replica on PostgreSQL) took
+        // the capacity first; re-read the hosts and try again a few times.
+        for _attempt in 0..3 {
+            let Some(p) = scheduler::place(&hosts, &req) else { break 'each };
+            let id = InstanceId::generate();
+            let host_id = hosts[p.host_index].id.clone();
+            if !Store::host_claim_in_txn(&mut tx, &host_id, &req.resources, &p.gpu_indices, &id).await? {
+                hosts = Store::host_list_in(&mut tx, Some(&spec.region), true).await?;
+                continue;
+            }
+            let h = &mut hosts[p.host_index];
+            h.used.vcpus += req.resources.vcpus;
+            h.used.memory_mib += req.resources.memory_mib;
+            h.used.disk_gib += req.resources.disk_gib;
+            for g in h.gpus.iter_mut().filter(|g| p.gpu_indices.contains(&g.index)) {
+                g.instance_id = Some(id.clone());
+            }
+            let inst = Instance {
+                hostname: spec.hostname.clone().unwrap_or_else(|| format!("nimbus-{}", &id.as_str()[..12])),
+                id,
+                org_id: actor.org_id.clone(),
+                name: spec.name.clone(),
+                state: InstanceState::Booting,
+                region: spec.region.clone(),
+                instance_type: itype.name.clone(),
+                host_id: Some(host_id.clone()),
+                resources: req.resources,
+                gpu_indices: p.gpu_indices.clone(),
+                image_id: image.clone(),
+                ssh_key_names: spec.ssh_key_names.clone(),
+                ssh_public_keys: public_keys.clone(),
+                user_data: spec.user_data.clone(),
+                tags: spec.tags.clone(),
+                file_system_mounts: mounts.clone(),
+                firewall_ruleset_ids: rulesets.clone(),
+                ip: None,
+                private_ip: None,
+                restart_generation: 0,
+                generation: 1,
+                created_at: now,
+                updated_at: now,
+                terminated_at: None,
+            };
+            Store::instance_insert_in_txn(&mut tx, NewInstance { instance: &inst }).await?;
+            emit(
+                &mut tx,
+                actor,
+                "instance.created",
+                "instance",
+                inst.id.as_str(),
+                json!({"name": inst.name, "instance_type": inst.instance_type, "region": inst.region, "host_id": host_id.as_str()}),
+                now,
+            )
+            .await?;
+            launched.push(inst.id);
+            if !woken.contains(&host_id) {
+                woken.push(host_id);
+            }
+            continue 'each;
+        }
+        break;
+    }
+    if launched.is_empty() {
+        return Err(Error::InsufficientCapacity { message: "Not enough capacity to fulfill launch request.".to_owned() });
+    }
+    Store::org_bump_instances_generation_in_txn(&mut tx, &actor.org_id).await?;
+    Store::commit(tx).await?;
+    for h in &woken {
+        c.hosts().wake(h);
+    }
+    Ok(launched)
+}
+
+pub async fn list(c: &Control, actor: &Actor) -> Result<Vec<Instance>, Error> {
+    actor.require(Permission::Read)?;
+    c.store().instance_list_by_org(&actor.org_id).await
+}
+
+/// Generation of the org's instance set, for response caches.
+pub async fn list_generation(c: &Control, actor: &Actor) -> Result<i64, Error> {
+    actor.require(Permission::Read)?;
+    c.store().org_instances_generation(&actor.org_id).await
+}
+
+fn parse_id(id: &str) -> Result<InstanceId, Error> {
+    InstanceId::parse(id).ok_or_else(|| Error::not_found("instance", id))
+}
+
+pub async fn get(c: &Control, actor: &Actor, id: &str) -> Result<Instance, Error> {
+    actor.require(Permission::Read)?;
+    let iid = parse_id(id)?;
+    c.store().instance_get(&actor.org_id, &iid).await?.ok_or_else(|| Error::not_found("instance", id))
+}
+
+pub async fn rename(c: &Control, actor: &Actor, id: &str, name: Option<&str>) -> Result<Instance, Error> {
+    actor.require(Permission::Edit)?;
+    if let Some(n) = name {
+        validate::instance_name(n)?;
+    }
+    let iid = parse_id(id)?;
+    let now = c.now();
+    let mut tx = c.store().begin().await?;
+    if !Store::instance_set_name_in_txn(&mut tx, &actor.org_id, &iid, name, now).await? {
+        return Err(Error::not_found("instance", id));
+    }
+    emit(&mut tx, actor, "instance.renamed", "instance", iid.as_str(), json!({"name": name}), now).await?;
+    Store::org_bump_instances_generation_in_txn(&mut tx, &actor.org_id).await?;
+    Store::commit(tx).await?;
+    get(c, actor, id).await
+}
+
+/// Loads every id of the org or fails with the first unknown one, before changing anything.
+async fn load_all(c: &Control, actor: &Actor, ids: &[String]) -> Result<Vec<Instance>, Error> {
+    if ids.is_empty() {
+        return Err(Error::invalid("instance_ids", "at least one instance id is required"));
+    }
+    let mut out: Vec<Instance> = Vec::with_capacity(ids.len());
+    for id in ids {
+        let iid = parse_id(id)?;
+        if out.iter().any(|i| i.id == iid) {
+            continue;
+        }
+        out.push(c.store().instance_get(&actor.org_id, &iid).await?.ok_or_else(|| Error::not_found("instance", id))?);
+    }
+    Ok(out)
+}
+
+pub async fn restart(c: &Control, actor: &Actor, ids: &[String]) -> Result<Vec<Instance>, Error> {
+    actor.require(Permission::Edit)?;
+    let found = load_all(c, actor, ids).await?;
+    for i in &found {
+        if !i.state.can_transition_to(InstanceState::Restarting) && i.state != InstanceState::Restarting {
+            return Err(Error::conflict(
+                ConflictReason::InvalidState,
+                format!("instance {} is {} and cannot be restarted", i.id, i.state.as_str()),
+            ));
+        }
+    }
+    let now = c.now();
+    let mut tx = c.store().begin().await?;
+    let mut hosts = Vec::new();
+    for i in &found {
+        if i.state == InstanceState::Restarting {
+            continue;
+        }
+        if !Store::instance_request_restart_in_txn(&mut tx, &i.id, i.state, now).await? {
+            return Err(Error::conflict(ConflictReason::Concurrent, format!("instance {} changed meanwhile; retry", i.id)));
+        }
+        emit(&mut tx, actor, "instance.restart_requested", "instance", i.id.as_str(), json!({}), now).await?;
+        if let Some(h) = &i.host_id {
+            Store::host_bump_generation_in_txn(&mut tx, h).await?;
+            hosts.push(h.clone());
+        }
+    }
+    Store::org_bump_instances_generation_in_txn(&mut tx, &actor.org_id).await?;
+    Store::commit(tx).await?;
+    for h in &hosts {
+        c.hosts().wake(h);
+    }
+    reload(c, actor, &found).await
+}
+
+pub async fn terminate(c: &Control, actor: &Actor, ids: &[String]) -> Result<Vec<Instance>, Error> {
+    actor.require(Permission::Delete)?;
+    let found = load_all(c, actor, ids).await?;
+    let now = c.now();
+    let mut tx = c.store().begin().await?;
+    let mut hosts = Vec::new();
+    for i in &found {
+        if matches!(i.state, InstanceState::Terminating | InstanceState::Terminated) {
+            continue;
+        }
+        if !Store::instance_transition_in_txn(&mut tx, &i.id, i.state, InstanceState::Terminating, &InstanceUpdate::default(), now).await? {
+            return Err(Error::conflict(ConflictReason::Concurrent, format!("instance {} changed meanwhile; retry", i.id)));
+        }
+        emit(&mut tx, actor, "instance.terminate_requested", "instance", i.id.as_str(), json!({}), now).await?;
+        match &i.host_id {
+            Some(h) => {
+                Store::host_bump_generation_in_txn(&mut tx, h).await?;
+                hosts.push(h.clone());
+            }
+            None => {
+                Store::instance_transition_in_txn(
+                    &mut tx,
+                    &i.id,
+                    InstanceState::Terminating,
+                    InstanceState::Terminated,
+                    &InstanceUpdate::default(),
+                    now,
+                )
+                .await?;
+            }
+        }
+    }
+    Store::org_bump_instances_generation_in_txn(&mut tx, &actor.org_id).await?;
+    Store::commit(tx).await?;
+    for h in &hosts {
+        c.hosts().wake(h);
+    }
+    reload(c, actor, &found).await
+}
+
+async fn reload(c: &Control, actor: &Actor, found: &[Instance]) -> Result<Vec<Instance>, Error> {
+    let mut out = Vec::with_capacity(found.len());
+    for i in found {
+        out.push(c.store().instance_get(&actor.org_id, &i.id).await?.ok_or_else(|| Error::not_found("instance", i.id.as_str()))?);
+    }
+    Ok(out)
+}

@@ -1,0 +1,99 @@
+//! Use-case services of the control plane: everything every API dialect does, written once.
+//!
+//! Each public function validates its input, opens one store transaction for any state change
+//! (appending the outbox event in the same transaction), commits, and only then wakes background
+//! work with a data-free hint. Nothing here knows about HTTP or a wire format; dialects convert
+//! to and from the domain types of `nimbus-core`.
+
+pub mod admin;
+pub mod agents;
+pub mod audit;
+pub mod auth;
+pub mod capacity;
+pub mod config;
+pub mod firewall;
+pub mod images;
+pub mod instances;
+pub mod notify;
+pub mod reconcile;
+pub mod scheduler;
+pub mod ssh_keys;
+pub mod storage;
+
+use std::sync::Arc;
+
+use nimbus_core::clock::Clock;
+use nimbus_store::Store;
+
+pub use config::Config;
+
+/// Shared handle to the control plane; cheap to clone.
+#[derive(Clone)]
+pub struct Control {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    clock: Arc<dyn Clock>,
+    config: Config,
+    hosts: notify::HostNotifier,
+    auth_cache: auth::AuthCache,
+}
+
+impl Control {
+    /// Builds the control plane over an opened store and makes sure the configured images exist.
+    pub async fn new(store: Store, clock: Arc<dyn Clock>, config: Config) -> nimbus_core::Result<Control> {
+        config.validate()?;
+        let c = Control {
+            inner: Arc::new(Inner { store, clock, config, hosts: notify::HostNotifier::default(), auth_cache: auth::AuthCache::default() }),
+        };
+        images::sync_configured(&c).await?;
+        Ok(c)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn now(&self) -> i64 {
+        self.inner.clock.now_micros()
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
+    }
+
+    pub(crate) fn hosts(&self) -> &notify::HostNotifier {
+        &self.inner.hosts
+    }
+}
+
+/// Appends a tenant-caused event to the outbox inside `tx`.
+pub(crate) async fn emit(
+    tx: &mut nimbus_store::Conn,
+    actor: &nimbus_core::auth::Actor,
+    kind: &str,
+    resource_type: &str,
+    resource_id: &str,
+    payload: serde_json::Value,
+    now: i64,
+) -> nimbus_core::Result<()> {
+    Store::event_append_in_txn(
+        tx,
+        nimbus_store::NewEvent {
+            org_id: Some(&actor.org_id),
+            kind,
+            resource_type,
+            resource_id,
+            actor_key_id: Some(&actor.key_id),
+            payload,
+            now,
+        },
+    )
+    .await
+}

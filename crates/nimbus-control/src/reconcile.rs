@@ -1,0 +1,74 @@
+//! Background reconciliation on the server.
+//!
+//! Host liveness: a host that has not reported within `agents.host_timeout_ms` is marked down and
+//! its running instances become `unhealthy`; its next report brings them back (see `agents`).
+//! The task is idempotent (conditional updates only), so several replicas running it at once
+//! waste a little work but never conflict.
+
+use std::time::Duration;
+
+use nimbus_core::instance::InstanceState;
+use nimbus_core::Error;
+use nimbus_store::{InstanceUpdate, NewEvent, Store};
+use serde_json::json;
+
+use crate::Control;
+
+/// One pass; returns how many instances it marked unhealthy.
+pub async fn host_liveness_once(c: &Control) -> Result<usize, Error> {
+    let now = c.now();
+    let timeout_micros = i64::try_from(c.config().agents.host_timeout_ms).unwrap_or(i64::MAX / 1000) * 1000;
+    let mut tx = c.store().begin().await?;
+    let down = Store::host_mark_stale_down_in_txn(&mut tx, now - timeout_micros).await?;
+    let mut n = 0;
+    for host in &down {
+        let running = [InstanceState::Booting, InstanceState::Active, InstanceState::Restarting, InstanceState::Starting];
+        for (id, org, st) in Store::instance_ids_on_hosts_in_states_in(&mut tx, host, &running).await? {
+            if Store::instance_transition_in_txn(&mut tx, &id, st, InstanceState::Unhealthy, &InstanceUpdate::default(), now).await? {
+                Store::event_append_in_txn(
+                    &mut tx,
+                    NewEvent {
+                        org_id: Some(&org),
+                        kind: "instance.unhealthy",
+                        resource_type: "instance",
+                        resource_id: id.as_str(),
+                        actor_key_id: None,
+                        payload: json!({"reason": "host stopped reporting", "host_id": host.as_str()}),
+                        now,
+                    },
+                )
+                .await?;
+                Store::org_bump_instances_generation_in_txn(&mut tx, &org).await?;
+                n += 1;
+            }
+        }
+        Store::event_append_in_txn(
+            &mut tx,
+            NewEvent {
+                org_id: None,
+                kind: "host.down",
+                resource_type: "host",
+                resource_id: host.as_str(),
+                actor_key_id: None,
+                payload: json!({}),
+                now,
+            },
+        )
+        .await?;
+    }
+    Store::commit(tx).await?;
+    Ok(n)
+}
+
+/// Runs the liveness pass forever at the heartbeat interval.
+pub fn spawn(c: Control) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let every = Duration::from_millis(c.config().agents.heartbeat_interval_ms.max(100));
+        loop {
+            tokio::time::sleep(every).await;
+            if let Err(e) = host_liveness_once(&c).await {
+                tracing::warn!(error = %e, "host liveness pass failed");
+            }
+        }
+    })
+}

@@ -1,0 +1,132 @@
+//! Placement as pure functions: given hosts with their free capacity and a request, choose a
+//! host and the GPU indices to reserve. No IO here; the caller claims the choice in the store with
+//! conditional updates and retries on a lost race.
+//!
+//! Policy: among hosts that fit, prefer the one whose free GPUs of the requested model are
+//! fewest (best fit, so that large contiguous GPU sets stay free for large requests), then the one
+//! with the least free vCPU, then the oldest host (stable order).
+
+use nimbus_core::catalog::{gpu_model_matches, InstanceType, Resources};
+use nimbus_core::model::{Host, HostStatus};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request<'a> {
+    pub region: &'a str,
+    pub resources: Resources,
+    pub gpus: i64,
+    pub gpu_model: &'a str,
+}
+
+impl<'a> Request<'a> {
+    pub fn for_type(region: &'a str, t: &'a InstanceType) -> Self {
+        Request { region, resources: t.resources(), gpus: t.gpus, gpu_model: &t.gpu_model }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub host_index: usize,
+    pub gpu_indices: Vec<i64>,
+}
+
+/// Free GPU indices on `host` that match `model`, in index order.
+fn free_matching_gpus(host: &Host, model: &str) -> Vec<i64> {
+    host.gpus.iter().filter(|g| g.instance_id.is_none() && gpu_model_matches(model, &g.model)).map(|g| g.index).collect()
+}
+
+/// Chooses where `req` goes, or `None` when no host can take it.
+pub fn place(hosts: &[Host], req: &Request<'_>) -> Option<Placement> {
+    let mut best: Option<(usize, (usize, i64), Vec<i64>)> = None;
+    for (i, h) in hosts.iter().enumerate() {
+        if h.status != HostStatus::Up || h.region != req.region || !req.resources.fits_in(&h.free()) {
+            continue;
+        }
+        let gpus = if req.gpus > 0 {
+            let free = free_matching_gpus(h, req.gpu_model);
+            if (free.len() as i64) < req.gpus {
+                continue;
+            }
+            free
+        } else {
+            Vec::new()
+        };
+        let score = (gpus.len(), h.free().vcpus);
+        if best.as_ref().is_none_or(|(_, s, _)| score < *s) {
+            best = Some((i, score, gpus));
+        }
+    }
+    best.map(|(i, _, free)| Placement {
+        host_index: i,
+        gpu_indices: free.into_iter().take(usize::try_from(req.gpus).unwrap_or(0)).collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nimbus_core::ids::{HostId, InstanceId};
+    use nimbus_core::model::Gpu;
+
+    fn host(region: &str, vcpus: i64, gpus: &[(&str, bool)]) -> Host {
+        Host {
+            id: HostId::generate(),
+            name: "h".into(),
+            region: region.into(),
+            driver: "sim".into(),
+            cpu_model: "cpu".into(),
+            total: Resources { vcpus, memory_mib: 1 << 20, disk_gib: 10_000 },
+            used: Resources::default(),
+            gpus: gpus
+                .iter()
+                .enumerate()
+                .map(|(i, (m, busy))| Gpu {
+                    index: i as i64,
+                    model: (*m).into(),
+                    memory_mib: 81_920,
+                    uuid: format!("GPU-{i}"),
+                    instance_id: busy.then(InstanceId::generate),
+                })
+                .collect(),
+            status: HostStatus::Up,
+            last_seen_at: 0,
+            desired_generation: 1,
+            created_at: 0,
+        }
+    }
+
+    fn req(gpus: i64, model: &'static str, vcpus: i64) -> Request<'static> {
+        Request { region: "us-east-1", resources: Resources { vcpus, memory_mib: 1024, disk_gib: 10 }, gpus, gpu_model: model }
+    }
+
+    #[test]
+    fn respects_region_model_and_busy_gpus() {
+        let hosts = vec![
+            host("us-west-1", 64, &[("NVIDIA H100 80GB HBM3", false)]),
+            host("us-east-1", 64, &[("NVIDIA A100-SXM4-40GB", false)]),
+            host("us-east-1", 64, &[("NVIDIA H100 80GB HBM3", true), ("NVIDIA H100 80GB HBM3", false)]),
+        ];
+        let p = place(&hosts, &req(1, "H100 HBM3", 8)).expect("fits host 2");
+        assert_eq!(p, Placement { host_index: 2, gpu_indices: vec![1] });
+        assert!(place(&hosts, &req(2, "H100 HBM3", 8)).is_none());
+        assert!(place(&hosts, &req(1, "GH200", 8)).is_none());
+    }
+
+    #[test]
+    fn best_fit_keeps_big_gpu_sets_free() {
+        let eight = [("NVIDIA H100 80GB HBM3", false); 8];
+        let hosts = vec![host("us-east-1", 208, &eight), host("us-east-1", 208, &eight[..2])];
+        let p = place(&hosts, &req(1, "H100 HBM3", 8)).expect("fits");
+        assert_eq!(p.host_index, 1, "the small host takes the small request");
+        let p = place(&hosts, &req(8, "H100 HBM3", 8)).expect("fits");
+        assert_eq!(p, Placement { host_index: 0, gpu_indices: (0..8).collect() });
+    }
+
+    #[test]
+    fn cpu_limits_and_down_hosts() {
+        let mut hosts = vec![host("us-east-1", 2, &[]), host("us-east-1", 4, &[])];
+        assert_eq!(place(&hosts, &req(0, "", 3)).map(|p| p.host_index), Some(1));
+        hosts[1].status = HostStatus::Down;
+        assert!(place(&hosts, &req(0, "", 3)).is_none());
+        assert_eq!(place(&hosts, &req(0, "", 2)).map(|p| p.host_index), Some(0));
+    }
+}

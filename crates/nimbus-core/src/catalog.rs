@@ -1,0 +1,98 @@
+//! The catalog: regions and instance types an operator offers, and the capacity arithmetic that
+//! decides whether a request fits a host.
+
+use serde::{Deserialize, Serialize};
+
+/// Lambda's public region codes. Real Lambda clients refuse any other region name, in requests and
+/// in responses, so Nimbus regions must be named from this list.
+pub const LAMBDA_REGION_CODES: [&str; 17] = [
+    "asia-northeast-1",
+    "asia-northeast-2",
+    "asia-south-1",
+    "australia-east-1",
+    "europe-central-1",
+    "me-west-1",
+    "us-east-1",
+    "us-east-2",
+    "us-east-3",
+    "us-midwest-1",
+    "us-midwest-2",
+    "us-south-1",
+    "us-south-2",
+    "us-south-3",
+    "us-west-1",
+    "us-west-2",
+    "us-west-3",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Region {
+    pub name: String,
+    pub description: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceType {
+    pub name: String,
+    pub description: String,
+    pub gpu_description: String,
+    pub price_cents_per_hour: i64,
+    pub vcpus: i64,
+    pub memory_gib: i64,
+    pub storage_gib: i64,
+    pub gpus: i64,
+    /// Substring that a host GPU's model name must contain (case-insensitive), e.g. `H100`.
+    /// Empty for CPU-only types.
+    #[serde(default)]
+    pub gpu_model: String,
+}
+
+impl InstanceType {
+    pub fn resources(&self) -> Resources {
+        Resources { vcpus: self.vcpus, memory_mib: self.memory_gib * 1024, disk_gib: self.storage_gib }
+    }
+}
+
+/// Scalar resources of a host or a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Resources {
+    pub vcpus: i64,
+    pub memory_mib: i64,
+    pub disk_gib: i64,
+}
+
+impl Resources {
+    pub fn fits_in(&self, free: &Resources) -> bool {
+        self.vcpus <= free.vcpus && self.memory_mib <= free.memory_mib && self.disk_gib <= free.disk_gib
+    }
+
+    pub fn minus(&self, o: &Resources) -> Resources {
+        Resources { vcpus: self.vcpus - o.vcpus, memory_mib: self.memory_mib - o.memory_mib, disk_gib: self.disk_gib - o.disk_gib }
+    }
+}
+
+/// True when a host GPU model name (as NVML reports it, e.g. `NVIDIA A100-SXM4-40GB`) satisfies an
+/// instance type's pattern: every token of the pattern must equal a token of the model name,
+/// ignoring case and punctuation. Whole tokens, so that `A10` never matches an `A100`.
+pub fn gpu_model_matches(pattern: &str, host_model: &str) -> bool {
+    let tokens = |s: &str| -> Vec<String> {
+        s.split(|c: char| !c.is_ascii_alphanumeric()).filter(|t| !t.is_empty()).map(str::to_ascii_lowercase).collect()
+    };
+    let host = tokens(host_model);
+    let want = tokens(pattern);
+    !want.is_empty() && want.iter().all(|t| host.contains(t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpu_matching_ignores_case_and_punctuation() {
+        assert!(gpu_model_matches("H100 HBM3", "NVIDIA H100 80GB HBM3"));
+        assert!(!gpu_model_matches("H100-HBM3", "NVIDIA H100 PCIe"));
+        assert!(gpu_model_matches("h100 pcie", "NVIDIA H100 PCIe"));
+        assert!(gpu_model_matches("a100", "NVIDIA A100-SXM4-40GB"));
+        assert!(!gpu_model_matches("A10", "NVIDIA H100"));
+    }
+}

@@ -1,0 +1,172 @@
+//! Domain records: what the store persists and the services hand to the dialects for rendering.
+//! Plain data; invariants are enforced by the services that create them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::auth::Permissions;
+use crate::catalog::Resources;
+use crate::firewall::FirewallRule;
+use crate::ids::*;
+use crate::instance::InstanceState;
+
+#[derive(Debug, Clone)]
+pub struct Org {
+    pub id: OrgId,
+    pub name: String,
+    pub email: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiKey {
+    pub id: ApiKeyId,
+    pub org_id: OrgId,
+    pub name: String,
+    pub prefix: String,
+    pub permissions: Permissions,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostStatus {
+    Up,
+    Down,
+}
+
+impl HostStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            HostStatus::Up => "up",
+            HostStatus::Down => "down",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gpu {
+    pub index: i64,
+    pub model: String,
+    pub memory_mib: i64,
+    pub uuid: String,
+    /// The instance holding this GPU, if any.
+    pub instance_id: Option<InstanceId>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub id: HostId,
+    pub name: String,
+    pub region: String,
+    pub driver: String,
+    pub cpu_model: String,
+    pub total: Resources,
+    pub used: Resources,
+    pub gpus: Vec<Gpu>,
+    pub status: HostStatus,
+    pub last_seen_at: i64,
+    pub desired_generation: i64,
+    pub created_at: i64,
+}
+
+impl Host {
+    pub fn free(&self) -> Resources {
+        self.total.minus(&self.used)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileSystemMount {
+    pub file_system_id: FileSystemId,
+    pub mount_point: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Instance {
+    pub id: InstanceId,
+    pub org_id: OrgId,
+    pub name: Option<String>,
+    pub hostname: String,
+    pub state: InstanceState,
+    pub region: String,
+    pub instance_type: String,
+    pub host_id: Option<HostId>,
+    pub resources: Resources,
+    pub gpu_indices: Vec<i64>,
+    pub image_id: ImageId,
+    pub ssh_key_names: Vec<String>,
+    /// The public keys as they were at launch; the agent installs exactly these.
+    pub ssh_public_keys: Vec<String>,
+    pub user_data: Option<String>,
+    pub tags: Vec<(String, String)>,
+    pub file_system_mounts: Vec<FileSystemMount>,
+    pub firewall_ruleset_ids: Vec<FirewallRulesetId>,
+    pub ip: Option<String>,
+    pub private_ip: Option<String>,
+    pub restart_generation: i64,
+    pub generation: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub terminated_at: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SshKey {
+    pub id: SshKeyId,
+    pub org_id: OrgId,
+    pub name: String,
+    pub public_key: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct FileSystem {
+    pub id: FileSystemId,
+    pub org_id: OrgId,
+    pub name: String,
+    pub region: String,
+    pub mount_point: String,
+    pub created_at: i64,
+    /// Whether a non-terminated instance mounts it.
+    pub in_use: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct FirewallRuleset {
+    pub id: FirewallRulesetId,
+    pub org_id: OrgId,
+    pub name: String,
+    pub region: String,
+    pub rules: Vec<FirewallRule>,
+    pub created_at: i64,
+    /// Non-terminated instances that use it.
+    pub instance_ids: Vec<InstanceId>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub id: ImageId,
+    pub name: String,
+    pub description: String,
+    pub family: String,
+    pub version: String,
+    pub architecture: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// One entry of the outbox: every state change appends one in the same transaction.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub seq: i64,
+    pub id: EventId,
+    pub org_id: Option<OrgId>,
+    /// `instance.created`, `ssh_key.deleted`, …
+    pub kind: String,
+    pub resource_type: String,
+    pub resource_id: String,
+    /// The API key id that caused it, or `None` for the system.
+    pub actor_key_id: Option<ApiKeyId>,
+    pub payload: serde_json::Value,
+    pub created_at: i64,
+}

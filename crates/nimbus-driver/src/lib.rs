@@ -1,0 +1,49 @@
+//! Instance drivers: the `Driver` trait the agent reconciles through, and its implementations.
+//! `sim` is a test and benchmark double and never the default; the container driver (namespaces,
+//! overlayfs, cgroups, sshd) and the VM driver implement the same trait.
+//!
+//! Contract every driver keeps:
+//! - `ensure` is idempotent: calling it for an instance that already runs as specified changes
+//!   nothing; calling it twice equals calling it once.
+//! - `list` reports everything the driver has on this host, including instances created by a
+//!   previous agent process, so a restarted agent adopts instead of duplicating or killing them.
+//! - `destroy` is idempotent and leaves nothing behind (processes, mounts, cgroups, links).
+
+pub mod sim;
+
+use async_trait::async_trait;
+use nimbus_proto::{DesiredInstance, InstanceReport, Inventory};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("instance {id}: {message}")]
+    Instance { id: String, message: String },
+    #[error("driver failure: {0}")]
+    Host(String),
+}
+
+pub type Result<T> = std::result::Result<T, DriverError>;
+
+#[async_trait]
+pub trait Driver: Send + Sync + 'static {
+    /// `container`, `vm` or `sim`.
+    fn name(&self) -> &'static str;
+
+    /// What this host offers. Drivers that do not virtualise hardware report the real machine.
+    async fn inventory(&self) -> Result<Inventory>;
+
+    /// Every instance this driver has on the host, with its observed state.
+    async fn list(&self) -> Result<Vec<InstanceReport>>;
+
+    /// Makes the instance exist and run as specified (creating or starting it as needed).
+    async fn ensure(&self, spec: &DesiredInstance) -> Result<InstanceReport>;
+
+    /// Restarts a running instance; the instance's disk survives.
+    async fn restart(&self, spec: &DesiredInstance) -> Result<InstanceReport>;
+
+    /// Stops the instance, keeping its disk.
+    async fn stop(&self, id: &str) -> Result<()>;
+
+    /// Removes the instance and everything it owns on the host. Unknown ids are fine.
+    async fn destroy(&self, id: &str) -> Result<()>;
+}

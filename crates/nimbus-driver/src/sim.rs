@@ -1,0 +1,162 @@
+//! `sim`: a driver double for tests and benchmarks. It runs nothing: it records instances in
+//! memory (and, when given a state file, on disk, so a restarted agent adopts them like a real
+//! driver would) and reports them running at once. Its inventory is whatever it is configured
+//! with, which lets a test register a host with eight fake H100s. Never the default driver; the
+//! agent announces it loudly.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use nimbus_proto::{ActualState, DesiredInstance, GpuInfo, InstanceReport, Inventory, Power};
+
+use crate::{Driver, DriverError, Result};
+
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub hostname: String,
+    pub vcpus: i64,
+    pub memory_mib: i64,
+    pub disk_gib: i64,
+    /// `(model, count)`, e.g. `("NVIDIA H100 80GB HBM3", 8)`.
+    pub gpus: Vec<(String, i64)>,
+    /// Where to persist instances across agent restarts; `None` keeps them in memory only.
+    pub state_file: Option<PathBuf>,
+    /// Third octet block for fake addresses, so several sim hosts hand out distinct ones.
+    pub address_block: u8,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            hostname: "sim-host".to_owned(),
+            vcpus: 64,
+            memory_mib: 512 * 1024,
+            disk_gib: 10_000,
+            gpus: Vec::new(),
+            state_file: None,
+            address_block: 0,
+        }
+    }
+}
+
+pub struct SimDriver {
+    cfg: SimConfig,
+    state: Mutex<BTreeMap<String, InstanceReport>>,
+    next_addr: Mutex<u32>,
+}
+
+impl SimDriver {
+    pub fn new(cfg: SimConfig) -> Self {
+        let state: BTreeMap<String, InstanceReport> =
+            cfg.state_file.as_ref().and_then(|p| std::fs::read(p).ok()).and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        let next = state.len() as u32 + 1;
+        SimDriver { cfg, state: Mutex::new(state), next_addr: Mutex::new(next) }
+    }
+
+    fn persist(&self, m: &BTreeMap<String, InstanceReport>) -> Result<()> {
+        if let Some(p) = &self.cfg.state_file {
+            let tmp = p.with_extension("tmp");
+            let bytes = serde_json::to_vec(m).map_err(|e| DriverError::Host(e.to_string()))?;
+            std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, p)).map_err(|e| DriverError::Host(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    fn addresses(&self) -> (String, String) {
+        let mut n = self.next_addr.lock().unwrap_or_else(|p| p.into_inner());
+        let k = *n;
+        *n += 1;
+        let (hi, lo) = ((k >> 8) & 0xff, k & 0xff);
+        // Documentation ranges: never routable, so nothing ever sends traffic to a sim address.
+        (format!("198.51.{}.{}", hi.wrapping_add(u32::from(self.cfg.address_block)) & 0xff, lo), format!("10.255.{hi}.{lo}"))
+    }
+
+    fn with_state<T>(&self, f: impl FnOnce(&mut BTreeMap<String, InstanceReport>) -> T) -> Result<T> {
+        let mut m = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let out = f(&mut m);
+        self.persist(&m)?;
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl Driver for SimDriver {
+    fn name(&self) -> &'static str {
+        "sim"
+    }
+
+    async fn inventory(&self) -> Result<Inventory> {
+        let mut gpus = Vec::new();
+        for (model, count) in &self.cfg.gpus {
+            for _ in 0..*count {
+                let index = gpus.len() as i64;
+                gpus.push(GpuInfo {
+                    index,
+                    model: model.clone(),
+                    memory_mib: 81_559,
+                    uuid: format!("GPU-sim-{}-{index}", self.cfg.hostname),
+                });
+            }
+        }
+        Ok(Inventory {
+            hostname: self.cfg.hostname.clone(),
+            cpu_model: "sim CPU".to_owned(),
+            vcpus: self.cfg.vcpus,
+            memory_mib: self.cfg.memory_mib,
+            disk_gib: self.cfg.disk_gib,
+            gpus,
+            driver: "sim".to_owned(),
+        })
+    }
+
+    async fn list(&self) -> Result<Vec<InstanceReport>> {
+        Ok(self.state.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect())
+    }
+
+    async fn ensure(&self, spec: &DesiredInstance) -> Result<InstanceReport> {
+        let fresh = self.addresses();
+        self.with_state(|m| {
+            let r = m.entry(spec.id.clone()).or_insert_with(|| InstanceReport {
+                id: spec.id.clone(),
+                state: ActualState::Running,
+                ip: Some(fresh.0.clone()),
+                private_ip: Some(fresh.1.clone()),
+                restart_generation: spec.restart_generation,
+                message: None,
+            });
+            r.state = match spec.power {
+                Power::Running => ActualState::Running,
+                Power::Stopped => ActualState::Stopped,
+            };
+            r.clone()
+        })
+    }
+
+    async fn restart(&self, spec: &DesiredInstance) -> Result<InstanceReport> {
+        self.ensure(spec).await?;
+        self.with_state(|m| {
+            let r = m.get_mut(&spec.id).map(|r| {
+                r.restart_generation = spec.restart_generation;
+                r.state = ActualState::Running;
+                r.clone()
+            });
+            r.ok_or_else(|| DriverError::Instance { id: spec.id.clone(), message: "vanished during restart".into() })
+        })?
+    }
+
+    async fn stop(&self, id: &str) -> Result<()> {
+        self.with_state(|m| {
+            if let Some(r) = m.get_mut(id) {
+                r.state = ActualState::Stopped;
+            }
+        })
+    }
+
+    async fn destroy(&self, id: &str) -> Result<()> {
+        self.with_state(|m| {
+            m.remove(id);
+        })
+    }
+}

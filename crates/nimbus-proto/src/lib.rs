@@ -1,0 +1,155 @@
+//! The agent ⇄ server protocol (`/internal/agent/...`), versioned.
+//!
+//! The agent initiates every exchange, so hosts behind NAT work and the server keeps no
+//! connection state it could not rebuild:
+//! 1. `POST register` with a host token and the inventory → a host id and a host secret (the
+//!    agent keeps both in its data dir and re-registers with them after a restart).
+//! 2. `POST report` with `Authorization: Bearer <host secret>`: heartbeat plus the actual state of
+//!    every instance the driver knows. Sent on a timer and whenever something changes.
+//! 3. `POST desired` (long-poll): "what should I run, given I have seen generation N?" Answers
+//!    at once when the host's desired generation differs from N, otherwise waits up to
+//!    `wait_ms` for a change.
+
+use serde::{Deserialize, Serialize};
+
+/// Bumped on incompatible changes; the server refuses agents that speak another version.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+pub const PATH_REGISTER: &str = "/internal/agent/v1/register";
+pub const PATH_REPORT: &str = "/internal/agent/v1/report";
+pub const PATH_DESIRED: &str = "/internal/agent/v1/desired";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuInfo {
+    pub index: i64,
+    /// As NVML reports it, e.g. `NVIDIA H100 80GB HBM3`.
+    pub model: String,
+    pub memory_mib: i64,
+    pub uuid: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inventory {
+    pub hostname: String,
+    pub cpu_model: String,
+    pub vcpus: i64,
+    pub memory_mib: i64,
+    pub disk_gib: i64,
+    pub gpus: Vec<GpuInfo>,
+    /// Driver name (`container`, `vm`, `sim`).
+    pub driver: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    pub protocol_version: u32,
+    /// The host token from `nimbus admin host-token create`.
+    pub token: String,
+    /// Stable identity of this machine (e.g. from /etc/machine-id plus the data dir), so that a
+    /// re-registering agent gets its host record back instead of a new one.
+    pub machine_id: String,
+    pub inventory: Inventory,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    pub host_id: String,
+    /// Credential for `report` and `desired`; shown once, stored hashed.
+    pub host_secret: String,
+    pub region: String,
+    /// How often the agent must report, at least.
+    pub heartbeat_interval_ms: u64,
+}
+
+/// What the driver observes of one instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActualState {
+    /// Being created or started.
+    Creating,
+    Running,
+    Stopped,
+    /// The driver tried and failed; `message` says why.
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceReport {
+    pub id: String,
+    pub state: ActualState,
+    #[serde(default)]
+    pub ip: Option<String>,
+    #[serde(default)]
+    pub private_ip: Option<String>,
+    /// The restart generation the instance last (re)started at.
+    pub restart_generation: i64,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReportRequest {
+    /// Every instance the driver has, running or not. Desired instances that are absent here do
+    /// not exist on the host (yet, or any more).
+    pub instances: Vec<InstanceReport>,
+    /// The desired generation the agent had applied when it took this snapshot. The server only
+    /// concludes "absent, therefore gone" for instances the agent had already been told to remove.
+    pub applied_generation: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReportResponse {
+    pub desired_generation: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DesiredRequest {
+    pub known_generation: i64,
+    pub wait_ms: u64,
+}
+
+/// One instance the host should run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredInstance {
+    pub id: String,
+    pub hostname: String,
+    pub image: String,
+    pub vcpus: i64,
+    pub memory_mib: i64,
+    pub disk_gib: i64,
+    pub gpu_indices: Vec<i64>,
+    pub ssh_public_keys: Vec<String>,
+    #[serde(default)]
+    pub user_data: Option<String>,
+    /// `running` or `stopped`.
+    pub power: Power,
+    pub restart_generation: i64,
+    pub file_system_mounts: Vec<MountSpec>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Power {
+    Running,
+    Stopped,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountSpec {
+    pub file_system_id: String,
+    pub mount_point: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DesiredResponse {
+    pub generation: i64,
+    /// Complete desired set: anything the host runs that is not listed here must go.
+    pub instances: Vec<DesiredInstance>,
+}
+
+/// Error body of the agent endpoints.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentError {
+    pub code: String,
+    pub message: String,
+}

@@ -1,0 +1,309 @@
+//! Hosts: registration, inventory, liveness, and the capacity ledger the scheduler claims from.
+
+use nimbus_core::catalog::Resources;
+use nimbus_core::ids::*;
+use nimbus_core::model::{Gpu, Host};
+use nimbus_core::Error;
+use sqlx::any::AnyRow;
+
+use crate::rows::{self, get};
+use crate::{db_err, Conn, Store};
+
+/// What an agent presents when it registers.
+pub struct HostRegistration<'a> {
+    pub token_id: &'a HostTokenId,
+    pub region: &'a str,
+    pub machine_id: &'a str,
+    pub name: &'a str,
+    pub driver: &'a str,
+    pub cpu_model: &'a str,
+    pub total: Resources,
+    pub gpus: &'a [Gpu],
+    pub secret_hash: &'a str,
+    pub now: i64,
+}
+
+const HOST_COLS: &str = "id, name, region, driver, cpu_model, vcpus_total, memory_mib_total, disk_gib_total, \
+    vcpus_used, memory_mib_used, disk_gib_used, status, last_seen_at, desired_generation, created_at";
+
+impl Store {
+    /// Registers a host, or re-registers the same machine (same token and machine id), keeping its
+    /// id, its capacity ledger and its GPU assignments. Returns the host id.
+    pub async fn host_register_in_txn(tx: &mut Conn, r: &HostRegistration<'_>) -> Result<HostId, Error> {
+        let existing = sqlx::query("SELECT id FROM hosts WHERE token_id = $1 AND machine_id = $2")
+            .bind(r.token_id.as_str())
+            .bind(r.machine_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err("looking up host"))?;
+        let id = match existing {
+            Some(row) => {
+                let id = HostId::from_trusted(get(&row, "id")?);
+                sqlx::query(
+                    "UPDATE hosts SET name = $1, driver = $2, cpu_model = $3, vcpus_total = $4, memory_mib_total = $5, \
+                     disk_gib_total = $6, secret_hash = $7, status = 'up', last_seen_at = $8, \
+                     desired_generation = desired_generation + 1 WHERE id = $9",
+                )
+                .bind(r.name)
+                .bind(r.driver)
+                .bind(r.cpu_model)
+                .bind(r.total.vcpus)
+                .bind(r.total.memory_mib)
+                .bind(r.total.disk_gib)
+                .bind(r.secret_hash)
+                .bind(r.now)
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err("updating host"))?;
+                id
+            }
+            None => {
+                let id = HostId::generate();
+                sqlx::query(
+                    "INSERT INTO hosts (id, name, region, token_id, machine_id, secret_hash, driver, cpu_model, \
+                     vcpus_total, memory_mib_total, disk_gib_total, status, last_seen_at, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'up', $12, $12)",
+                )
+                .bind(id.as_str())
+                .bind(r.name)
+                .bind(r.region)
+                .bind(r.token_id.as_str())
+                .bind(r.machine_id)
+                .bind(r.secret_hash)
+                .bind(r.driver)
+                .bind(r.cpu_model)
+                .bind(r.total.vcpus)
+                .bind(r.total.memory_mib)
+                .bind(r.total.disk_gib)
+                .bind(r.now)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err("inserting host"))?;
+                id
+            }
+        };
+        // GPUs: refresh what the agent sees; a GPU that vanished is dropped only if nobody holds it.
+        let idxs: Vec<i64> = r.gpus.iter().map(|g| g.index).collect();
+        for g in r.gpus {
+            let updated = sqlx::query("UPDATE host_gpus SET model = $1, memory_mib = $2, uuid = $3 WHERE host_id = $4 AND idx = $5")
+                .bind(&g.model)
+                .bind(g.memory_mib)
+                .bind(&g.uuid)
+                .bind(id.as_str())
+                .bind(g.index)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err("updating gpu"))?;
+            if updated.rows_affected() == 0 {
+                sqlx::query("INSERT INTO host_gpus (host_id, idx, model, memory_mib, uuid) VALUES ($1, $2, $3, $4, $5)")
+                    .bind(id.as_str())
+                    .bind(g.index)
+                    .bind(&g.model)
+                    .bind(g.memory_mib)
+                    .bind(&g.uuid)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err("inserting gpu"))?;
+            }
+        }
+        let gpus = Self::host_gpus_in(&mut *tx, &id).await?;
+        for g in gpus.iter().filter(|g| !idxs.contains(&g.index) && g.instance_id.is_none()) {
+            sqlx::query("DELETE FROM host_gpus WHERE host_id = $1 AND idx = $2")
+                .bind(id.as_str())
+                .bind(g.index)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err("removing gpu"))?;
+        }
+        Ok(id)
+    }
+
+    async fn host_gpus_in(c: &mut Conn, host: &HostId) -> Result<Vec<Gpu>, Error> {
+        sqlx::query("SELECT idx, model, memory_mib, uuid, instance_id FROM host_gpus WHERE host_id = $1 ORDER BY idx")
+            .bind(host.as_str())
+            .fetch_all(c)
+            .await
+            .map_err(db_err("listing gpus"))?
+            .iter()
+            .map(rows::gpu)
+            .collect()
+    }
+
+    /// The host whose agent credential hashes to `secret_hash`.
+    pub async fn host_id_by_secret(&self, secret_hash: &str) -> Result<Option<HostId>, Error> {
+        let row = sqlx::query("SELECT id FROM hosts WHERE secret_hash = $1")
+            .bind(secret_hash)
+            .fetch_optional(self.r())
+            .await
+            .map_err(db_err("looking up host credential"))?;
+        row.map(|r| get::<String>(&r, "id").map(HostId::from_trusted)).transpose()
+    }
+
+    /// Attaches GPUs to host rows with one query for all of them (the launch path reads every host
+    /// of a region, so one query per host would dominate its cost).
+    async fn hosts_with_gpus(c: &mut Conn, rows: Vec<AnyRow>) -> Result<Vec<Host>, Error> {
+        let gpu_rows = sqlx::query("SELECT host_id, idx, model, memory_mib, uuid, instance_id FROM host_gpus ORDER BY host_id, idx")
+            .fetch_all(&mut *c)
+            .await
+            .map_err(db_err("listing gpus"))?;
+        let mut by_host: std::collections::HashMap<String, Vec<Gpu>> = std::collections::HashMap::new();
+        for g in &gpu_rows {
+            by_host.entry(get(g, "host_id")?).or_default().push(rows::gpu(g)?);
+        }
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id: String = get(row, "id")?;
+            let gpus = by_host.remove(&id).unwrap_or_default();
+            out.push(rows::host(row, gpus)?);
+        }
+        Ok(out)
+    }
+
+    pub async fn host_get(&self, id: &HostId) -> Result<Option<Host>, Error> {
+        let mut c = self.r().acquire().await.map_err(db_err("acquiring connection"))?;
+        let rows = sqlx::query(&format!("SELECT {HOST_COLS} FROM hosts WHERE id = $1"))
+            .bind(id.as_str())
+            .fetch_all(&mut *c)
+            .await
+            .map_err(db_err("reading host"))?;
+        Ok(Self::hosts_with_gpus(&mut c, rows).await?.pop())
+    }
+
+    /// All hosts, with their GPUs. `region` filters; `up_only` keeps hosts that are heartbeating.
+    pub async fn host_list(&self, region: Option<&str>, up_only: bool) -> Result<Vec<Host>, Error> {
+        let mut c = self.r().acquire().await.map_err(db_err("acquiring connection"))?;
+        Self::host_list_in(&mut c, region, up_only).await
+    }
+
+    pub async fn host_list_in(c: &mut Conn, region: Option<&str>, up_only: bool) -> Result<Vec<Host>, Error> {
+        let rows = sqlx::query(&format!(
+            "SELECT {HOST_COLS} FROM hosts WHERE ($1 = '' OR region = $1) AND ($2 = 0 OR status = 'up') ORDER BY created_at, id"
+        ))
+        .bind(region.unwrap_or(""))
+        .bind(i64::from(up_only))
+        .fetch_all(&mut *c)
+        .await
+        .map_err(db_err("listing hosts"))?;
+        Self::hosts_with_gpus(c, rows).await
+    }
+
+    /// Claims capacity on a host. The `UPDATE` re-checks the limits itself, so on PostgreSQL two
+    /// concurrent claims serialize on the row lock and the loser sees `false`, never an
+    /// over-commit. GPU indices are claimed the same way, one conditional update each.
+    pub async fn host_claim_in_txn(
+        tx: &mut Conn,
+        host: &HostId,
+        want: &Resources,
+        gpu_indices: &[i64],
+        instance: &InstanceId,
+    ) -> Result<bool, Error> {
+        let r = sqlx::query(
+            "UPDATE hosts SET vcpus_used = vcpus_used + $1, memory_mib_used = memory_mib_used + $2, \
+             disk_gib_used = disk_gib_used + $3, desired_generation = desired_generation + 1 \
+             WHERE id = $4 AND status = 'up' AND vcpus_used + $1 <= vcpus_total \
+             AND memory_mib_used + $2 <= memory_mib_total AND disk_gib_used + $3 <= disk_gib_total",
+        )
+        .bind(want.vcpus)
+        .bind(want.memory_mib)
+        .bind(want.disk_gib)
+        .bind(host.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err("claiming host capacity"))?;
+        if r.rows_affected() != 1 {
+            return Ok(false);
+        }
+        for idx in gpu_indices {
+            let r = sqlx::query("UPDATE host_gpus SET instance_id = $1 WHERE host_id = $2 AND idx = $3 AND instance_id IS NULL")
+                .bind(instance.as_str())
+                .bind(host.as_str())
+                .bind(*idx)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err("claiming gpu"))?;
+            if r.rows_affected() != 1 {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Returns an instance's capacity and GPUs to its host.
+    pub async fn host_release_in_txn(tx: &mut Conn, host: &HostId, res: &Resources, instance: &InstanceId) -> Result<(), Error> {
+        sqlx::query(
+            "UPDATE hosts SET vcpus_used = vcpus_used - $1, memory_mib_used = memory_mib_used - $2, \
+             disk_gib_used = disk_gib_used - $3 WHERE id = $4",
+        )
+        .bind(res.vcpus)
+        .bind(res.memory_mib)
+        .bind(res.disk_gib)
+        .bind(host.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err("releasing host capacity"))?;
+        sqlx::query("UPDATE host_gpus SET instance_id = NULL WHERE host_id = $1 AND instance_id = $2")
+            .bind(host.as_str())
+            .bind(instance.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err("releasing gpus"))?;
+        Ok(())
+    }
+
+    pub async fn host_bump_generation_in_txn(tx: &mut Conn, host: &HostId) -> Result<(), Error> {
+        sqlx::query("UPDATE hosts SET desired_generation = desired_generation + 1 WHERE id = $1")
+            .bind(host.as_str())
+            .execute(tx)
+            .await
+            .map_err(db_err("bumping host generation"))?;
+        Ok(())
+    }
+
+    /// Records a heartbeat. Returns true when the host was down and is now up again.
+    pub async fn host_seen_in_txn(tx: &mut Conn, host: &HostId, now: i64) -> Result<bool, Error> {
+        let was_down = sqlx::query("UPDATE hosts SET status = 'up' WHERE id = $1 AND status = 'down'")
+            .bind(host.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err("marking host up"))?
+            .rows_affected()
+            == 1;
+        sqlx::query("UPDATE hosts SET last_seen_at = $1 WHERE id = $2")
+            .bind(now)
+            .bind(host.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err("recording heartbeat"))?;
+        Ok(was_down)
+    }
+
+    /// Marks hosts not seen since `cutoff` as down; returns their ids.
+    pub async fn host_mark_stale_down_in_txn(tx: &mut Conn, cutoff: i64) -> Result<Vec<HostId>, Error> {
+        let rows = sqlx::query("SELECT id FROM hosts WHERE status = 'up' AND last_seen_at < $1")
+            .bind(cutoff)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_err("finding stale hosts"))?;
+        let mut ids = Vec::new();
+        for r in rows {
+            let id = HostId::from_trusted(get(&r, "id")?);
+            sqlx::query("UPDATE hosts SET status = 'down' WHERE id = $1")
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err("marking host down"))?;
+            ids.push(id);
+        }
+        Ok(ids)
+    }
+
+    pub async fn host_desired_generation(&self, host: &HostId) -> Result<i64, Error> {
+        let row = sqlx::query("SELECT desired_generation FROM hosts WHERE id = $1")
+            .bind(host.as_str())
+            .fetch_one(self.r())
+            .await
+            .map_err(db_err("reading host generation"))?;
+        get(&row, "desired_generation")
+    }
+}

@@ -1,0 +1,63 @@
+//! Schema migrations: an ordered list of SQL files, each applied once in its own transaction and
+//! recorded in `schema_migrations`. On PostgreSQL an advisory lock keeps replicas that start
+//! together from racing.
+
+use nimbus_core::Error;
+use sqlx::{AnyPool, Row};
+
+use crate::{db_err, Backend};
+
+const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("../migrations/0001_init.sql"))];
+
+fn render(sql: &str, backend: Backend) -> String {
+    let serial = match backend {
+        Backend::Sqlite => "INTEGER PRIMARY KEY AUTOINCREMENT",
+        Backend::Postgres => "BIGSERIAL PRIMARY KEY",
+    };
+    sql.replace("@SERIAL_PK@", serial)
+}
+
+pub(crate) async fn run(pool: &AnyPool, backend: Backend) -> Result<(), Error> {
+    let mut conn = pool.acquire().await.map_err(db_err("acquiring connection for migrations"))?;
+    if backend == Backend::Postgres {
+        sqlx::query("SELECT pg_advisory_lock(7318001)").execute(&mut *conn).await.map_err(db_err("taking migration lock"))?;
+    }
+    let result = apply(&mut conn, backend).await;
+    if backend == Backend::Postgres {
+        let _ = sqlx::query("SELECT pg_advisory_unlock(7318001)").execute(&mut *conn).await;
+    }
+    result
+}
+
+async fn apply(conn: &mut sqlx::AnyConnection, backend: Backend) -> Result<(), Error> {
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
+    )
+    .execute(&mut *conn)
+    .await
+    .map_err(db_err("creating schema_migrations"))?;
+    let done: Vec<i64> = sqlx::query("SELECT version FROM schema_migrations")
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_err("reading schema_migrations"))?
+        .iter()
+        .map(|r| r.try_get::<i64, _>(0))
+        .collect::<Result<_, _>>()
+        .map_err(db_err("decoding schema_migrations"))?;
+    for (version, name, sql) in MIGRATIONS {
+        if done.contains(version) {
+            continue;
+        }
+        let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err(db_err("beginning migration"))?;
+        let rendered = render(sql, backend);
+        sqlx::raw_sql(&rendered).execute(&mut *tx).await.map_err(|e| Error::internal(format!("migration {version} ({name}): {e}")))?;
+        sqlx::query("INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, 0)")
+            .bind(*version)
+            .bind(*name)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err("recording migration"))?;
+        tx.commit().await.map_err(db_err("committing migration"))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,180 @@
+//! Organizations, API keys and host registration tokens.
+
+use nimbus_core::firewall::FirewallRule;
+use nimbus_core::ids::*;
+use nimbus_core::model::{ApiKey, Org};
+use nimbus_core::Error;
+
+use crate::rows::{self, get, to_json};
+use crate::{db_err, unique_err, Conn, Store};
+
+impl Store {
+    pub async fn org_insert_in_txn(tx: &mut Conn, org: &Org, rules: &[FirewallRule]) -> Result<(), Error> {
+        sqlx::query("INSERT INTO orgs (id, name, email, global_firewall_rules, created_at) VALUES ($1, $2, $3, $4, $5)")
+            .bind(org.id.as_str())
+            .bind(&org.name)
+            .bind(&org.email)
+            .bind(to_json(&rules))
+            .bind(org.created_at)
+            .execute(tx)
+            .await
+            .map_err(unique_err("organization", &org.name))?;
+        Ok(())
+    }
+
+    pub async fn org_get_by_name(&self, name: &str) -> Result<Option<Org>, Error> {
+        let row = sqlx::query("SELECT id, name, email, created_at FROM orgs WHERE name = $1")
+            .bind(name)
+            .fetch_optional(self.r())
+            .await
+            .map_err(db_err("reading org"))?;
+        row.as_ref().map(rows::org).transpose()
+    }
+
+    pub async fn org_get(&self, id: &OrgId) -> Result<Option<Org>, Error> {
+        let row = sqlx::query("SELECT id, name, email, created_at FROM orgs WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(self.r())
+            .await
+            .map_err(db_err("reading org"))?;
+        row.as_ref().map(rows::org).transpose()
+    }
+
+    pub async fn org_list(&self) -> Result<Vec<Org>, Error> {
+        sqlx::query("SELECT id, name, email, created_at FROM orgs ORDER BY created_at, id")
+            .fetch_all(self.r())
+            .await
+            .map_err(db_err("listing orgs"))?
+            .iter()
+            .map(rows::org)
+            .collect()
+    }
+
+    /// The org's instances generation: any change to any of its instances bumps it.
+    pub async fn org_instances_generation(&self, org: &OrgId) -> Result<i64, Error> {
+        let row = sqlx::query("SELECT instances_generation FROM orgs WHERE id = $1")
+            .bind(org.as_str())
+            .fetch_one(self.r())
+            .await
+            .map_err(db_err("reading instances generation"))?;
+        get(&row, "instances_generation")
+    }
+
+    pub async fn org_bump_instances_generation_in_txn(tx: &mut Conn, org: &OrgId) -> Result<(), Error> {
+        sqlx::query("UPDATE orgs SET instances_generation = instances_generation + 1 WHERE id = $1")
+            .bind(org.as_str())
+            .execute(tx)
+            .await
+            .map_err(db_err("bumping instances generation"))?;
+        Ok(())
+    }
+
+    pub async fn org_global_rules(&self, org: &OrgId) -> Result<Vec<FirewallRule>, Error> {
+        let row = sqlx::query("SELECT global_firewall_rules FROM orgs WHERE id = $1")
+            .bind(org.as_str())
+            .fetch_one(self.r())
+            .await
+            .map_err(db_err("reading global firewall rules"))?;
+        rows::json(&row, "global_firewall_rules")
+    }
+
+    pub async fn org_set_global_rules_in_txn(tx: &mut Conn, org: &OrgId, rules: &[FirewallRule]) -> Result<(), Error> {
+        sqlx::query("UPDATE orgs SET global_firewall_rules = $1 WHERE id = $2")
+            .bind(to_json(&rules))
+            .bind(org.as_str())
+            .execute(tx)
+            .await
+            .map_err(db_err("writing global firewall rules"))?;
+        Ok(())
+    }
+
+    pub async fn api_key_insert_in_txn(tx: &mut Conn, key: &ApiKey, secret_hash: &str) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO api_keys (id, org_id, name, prefix, secret_hash, permissions, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(key.id.as_str())
+        .bind(key.org_id.as_str())
+        .bind(&key.name)
+        .bind(&key.prefix)
+        .bind(secret_hash)
+        .bind(key.permissions.bits())
+        .bind(key.created_at)
+        .execute(tx)
+        .await
+        .map_err(unique_err("api key", &key.name))?;
+        Ok(())
+    }
+
+    /// The live (not revoked) key with this secret hash.
+    pub async fn api_key_by_hash(&self, secret_hash: &str) -> Result<Option<ApiKey>, Error> {
+        let row = sqlx::query(
+            "SELECT id, org_id, name, prefix, permissions, created_at, revoked_at FROM api_keys \
+             WHERE secret_hash = $1 AND revoked_at IS NULL",
+        )
+        .bind(secret_hash)
+        .fetch_optional(self.r())
+        .await
+        .map_err(db_err("looking up api key"))?;
+        row.as_ref().map(rows::api_key).transpose()
+    }
+
+    pub async fn api_key_list_by_org(&self, org: &OrgId) -> Result<Vec<ApiKey>, Error> {
+        sqlx::query(
+            "SELECT id, org_id, name, prefix, permissions, created_at, revoked_at FROM api_keys \
+             WHERE org_id = $1 ORDER BY created_at, id",
+        )
+        .bind(org.as_str())
+        .fetch_all(self.r())
+        .await
+        .map_err(db_err("listing api keys"))?
+        .iter()
+        .map(rows::api_key)
+        .collect()
+    }
+
+    /// Revokes a key of this org; false when there is no such live key.
+    pub async fn api_key_revoke_in_txn(tx: &mut Conn, org: &OrgId, id: &ApiKeyId, now: i64) -> Result<bool, Error> {
+        let r = sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND org_id = $3 AND revoked_at IS NULL")
+            .bind(now)
+            .bind(id.as_str())
+            .bind(org.as_str())
+            .execute(tx)
+            .await
+            .map_err(db_err("revoking api key"))?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    pub async fn host_token_insert_in_txn(
+        tx: &mut Conn,
+        id: &HostTokenId,
+        region: &str,
+        prefix: &str,
+        secret_hash: &str,
+        now: i64,
+    ) -> Result<(), Error> {
+        sqlx::query("INSERT INTO host_tokens (id, region, prefix, secret_hash, created_at) VALUES ($1, $2, $3, $4, $5)")
+            .bind(id.as_str())
+            .bind(region)
+            .bind(prefix)
+            .bind(secret_hash)
+            .bind(now)
+            .execute(tx)
+            .await
+            .map_err(db_err("inserting host token"))?;
+        Ok(())
+    }
+
+    /// `(token id, region)` of the live host token with this hash.
+    pub async fn host_token_by_hash(&self, secret_hash: &str) -> Result<Option<(HostTokenId, String)>, Error> {
+        let row = sqlx::query("SELECT id, region FROM host_tokens WHERE secret_hash = $1 AND revoked_at IS NULL")
+            .bind(secret_hash)
+            .fetch_optional(self.r())
+            .await
+            .map_err(db_err("looking up host token"))?;
+        match row {
+            None => Ok(None),
+            Some(r) => Ok(Some((HostTokenId::from_trusted(get(&r, "id")?), get(&r, "region")?))),
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! Decoding rows into domain records. Columns are read by name; a decode failure is an internal
+//! error (the schema and this code disagree), never a panic.
+
+use nimbus_core::auth::Permissions;
+use nimbus_core::catalog::Resources;
+use nimbus_core::ids::*;
+use nimbus_core::instance::InstanceState;
+use nimbus_core::model::*;
+use nimbus_core::Error;
+use serde::de::DeserializeOwned;
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+pub(crate) fn get<'r, T>(row: &'r AnyRow, col: &str) -> Result<T, Error>
+where
+    T: sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
+{
+    row.try_get(col).map_err(|e| Error::internal(format!("decoding column {col}: {e}")))
+}
+
+pub(crate) fn json<T: DeserializeOwned>(row: &AnyRow, col: &str) -> Result<T, Error> {
+    let s: String = get(row, col)?;
+    serde_json::from_str(&s).map_err(|e| Error::internal(format!("decoding JSON column {col}: {e}")))
+}
+
+pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> String {
+    // Serializing plain records (strings, numbers, vectors) cannot fail.
+    serde_json::to_string(v).unwrap_or_else(|_| "null".to_owned())
+}
+
+pub(crate) fn org(row: &AnyRow) -> Result<Org, Error> {
+    Ok(Org {
+        id: OrgId::from_trusted(get(row, "id")?),
+        name: get(row, "name")?,
+        email: get(row, "email")?,
+        created_at: get(row, "created_at")?,
+    })
+}
+
+pub(crate) fn api_key(row: &AnyRow) -> Result<ApiKey, Error> {
+    Ok(ApiKey {
+        id: ApiKeyId::from_trusted(get(row, "id")?),
+        org_id: OrgId::from_trusted(get(row, "org_id")?),
+        name: get(row, "name")?,
+        prefix: get(row, "prefix")?,
+        permissions: Permissions::from_bits(get(row, "permissions")?),
+        created_at: get(row, "created_at")?,
+        revoked_at: get(row, "revoked_at")?,
+    })
+}
+
+pub(crate) fn host(row: &AnyRow, gpus: Vec<Gpu>) -> Result<Host, Error> {
+    let status: String = get(row, "status")?;
+    Ok(Host {
+        id: HostId::from_trusted(get(row, "id")?),
+        name: get(row, "name")?,
+        region: get(row, "region")?,
+        driver: get(row, "driver")?,
+        cpu_model: get(row, "cpu_model")?,
+        total: Resources {
+            vcpus: get(row, "vcpus_total")?,
+            memory_mib: get(row, "memory_mib_total")?,
+            disk_gib: get(row, "disk_gib_total")?,
+        },
+        used: Resources { vcpus: get(row, "vcpus_used")?, memory_mib: get(row, "memory_mib_used")?, disk_gib: get(row, "disk_gib_used")? },
+        gpus,
+        status: if status == "up" { HostStatus::Up } else { HostStatus::Down },
+        last_seen_at: get(row, "last_seen_at")?,
+        desired_generation: get(row, "desired_generation")?,
+        created_at: get(row, "created_at")?,
+    })
+}
+
+pub(crate) fn gpu(row: &AnyRow) -> Result<Gpu, Error> {
+    Ok(Gpu {
+        index: get(row, "idx")?,
+        model: get(row, "model")?,
+        memory_mib: get(row, "memory_mib")?,
+        uuid: get(row, "uuid")?,
+        instance_id: get::<Option<String>>(row, "instance_id")?.map(InstanceId::from_trusted),
+    })
+}
+
+pub(crate) const INSTANCE_COLS: &str = "id, org_id, name, hostname, state, region, instance_type, host_id, \
+    vcpus, memory_mib, disk_gib, gpu_indices, image_id, ssh_key_names, ssh_public_keys, user_data, tags, \
+    file_system_mounts, firewall_ruleset_ids, ip, private_ip, restart_generation, generation, created_at, \
+    updated_at, terminated_at";
+
+pub(crate) fn instance(row: &AnyRow) -> Result<Instance, Error> {
+    let state: String = get(row, "state")?;
+    Ok(Instance {
+        id: InstanceId::from_trusted(get(row, "id")?),
+        org_id: OrgId::from_trusted(get(row, "org_id")?),
+        name: get(row, "name")?,
+        hostname: get(row, "hostname")?,
+        state: InstanceState::parse(&state).ok_or_else(|| Error::internal(format!("bad instance state {state:?}")))?,
+        region: get(row, "region")?,
+        instance_type: get(row, "instance_type")?,
+        host_id: get::<Option<String>>(row, "host_id")?.map(HostId::from_trusted),
+        resources: Resources { vcpus: get(row, "vcpus")?, memory_mib: get(row, "memory_mib")?, disk_gib: get(row, "disk_gib")? },
+        gpu_indices: json(row, "gpu_indices")?,
+        image_id: ImageId::from_trusted(get(row, "image_id")?),
+        ssh_key_names: json(row, "ssh_key_names")?,
+        ssh_public_keys: json(row, "ssh_public_keys")?,
+        user_data: get(row, "user_data")?,
+        tags: json(row, "tags")?,
+        file_system_mounts: json(row, "file_system_mounts")?,
+        firewall_ruleset_ids: json(row, "firewall_ruleset_ids")?,
+        ip: get(row, "ip")?,
+        private_ip: get(row, "private_ip")?,
+        restart_generation: get(row, "restart_generation")?,
+        generation: get(row, "generation")?,
+        created_at: get(row, "created_at")?,
+        updated_at: get(row, "updated_at")?,
+        terminated_at: get(row, "terminated_at")?,
+    })
+}
+
+pub(crate) fn ssh_key(row: &AnyRow) -> Result<SshKey, Error> {
+    Ok(SshKey {
+        id: SshKeyId::from_trusted(get(row, "id")?),
+        org_id: OrgId::from_trusted(get(row, "org_id")?),
+        name: get(row, "name")?,
+        public_key: get(row, "public_key")?,
+        created_at: get(row, "created_at")?,
+    })
+}
+
+pub(crate) fn file_system(row: &AnyRow) -> Result<FileSystem, Error> {
+    Ok(FileSystem {
+        id: FileSystemId::from_trusted(get(row, "id")?),
+        org_id: OrgId::from_trusted(get(row, "org_id")?),
+        name: get(row, "name")?,
+        region: get(row, "region")?,
+        mount_point: get(row, "mount_point")?,
+        created_at: get(row, "created_at")?,
+        in_use: get::<i64>(row, "in_use")? != 0,
+    })
+}
+
+pub(crate) fn image(row: &AnyRow) -> Result<Image, Error> {
+    Ok(Image {
+        id: ImageId::from_trusted(get(row, "id")?),
+        name: get(row, "name")?,
+        description: get(row, "description")?,
+        family: get(row, "family")?,
+        version: get(row, "version")?,
+        architecture: get(row, "architecture")?,
+        created_at: get(row, "created_at")?,
+        updated_at: get(row, "updated_at")?,
+    })
+}
+
+pub(crate) fn event(row: &AnyRow) -> Result<Event, Error> {
+    Ok(Event {
+        seq: get(row, "seq")?,
+        id: EventId::from_trusted(get(row, "id")?),
+        org_id: get::<Option<String>>(row, "org_id")?.map(OrgId::from_trusted),
+        kind: get(row, "kind")?,
+        resource_type: get(row, "resource_type")?,
+        resource_id: get(row, "resource_id")?,
+        actor_key_id: get::<Option<String>>(row, "actor_key_id")?.map(ApiKeyId::from_trusted),
+        payload: json(row, "payload")?,
+        created_at: get(row, "created_at")?,
+    })
+}

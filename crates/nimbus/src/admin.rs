@@ -1,0 +1,134 @@
+//! `nimbus admin`: organizations, API keys and host tokens, straight against the database.
+
+use anyhow::anyhow;
+use clap::Subcommand;
+use nimbus_control::admin;
+use nimbus_core::auth::Permissions;
+use nimbus_core::clock::to_rfc3339;
+
+use crate::common::open_control;
+use crate::StoreArgs;
+
+#[derive(Subcommand)]
+pub enum AdminCmd {
+    /// Organizations.
+    Org {
+        #[command(subcommand)]
+        cmd: OrgCmd,
+    },
+    /// API keys of an organization.
+    ApiKey {
+        #[command(subcommand)]
+        cmd: KeyCmd,
+    },
+    /// Host registration tokens.
+    HostToken {
+        #[command(subcommand)]
+        cmd: HostTokenCmd,
+    },
+    /// Registered hosts and their capacity.
+    Hosts,
+}
+
+#[derive(Subcommand)]
+pub enum OrgCmd {
+    Create {
+        name: String,
+        #[arg(long)]
+        email: Option<String>,
+    },
+    List,
+}
+
+#[derive(Subcommand)]
+pub enum KeyCmd {
+    /// Creates a key and prints it once.
+    Create {
+        #[arg(long)]
+        org: String,
+        /// `ADMIN`, or a comma-separated list of CREATE, READ, EDIT, DELETE.
+        #[arg(long, default_value = "ADMIN")]
+        permissions: String,
+        #[arg(long, default_value = "cli")]
+        name: String,
+    },
+    List {
+        #[arg(long)]
+        org: String,
+    },
+    Revoke {
+        #[arg(long)]
+        org: String,
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum HostTokenCmd {
+    Create {
+        #[arg(long)]
+        region: String,
+    },
+}
+
+pub async fn run(store: &StoreArgs, cmd: AdminCmd) -> anyhow::Result<()> {
+    let (c, _) = open_control(store, "server", |_| {}).await?;
+    let e = |e: nimbus_core::Error| anyhow!("{}", e.external_message());
+    match cmd {
+        AdminCmd::Org { cmd: OrgCmd::Create { name, email } } => {
+            let o = admin::org_create(&c, &name, email.as_deref()).await.map_err(e)?;
+            println!("{}\t{}", o.id, o.name);
+        }
+        AdminCmd::Org { cmd: OrgCmd::List } => {
+            println!("{:<32}  {:<24}  {}", "ID", "NAME", "CREATED");
+            for o in c.store().org_list().await.map_err(e)? {
+                println!("{:<32}  {:<24}  {}", o.id, o.name, to_rfc3339(o.created_at));
+            }
+        }
+        AdminCmd::ApiKey { cmd: KeyCmd::Create { org, permissions, name } } => {
+            let org = admin::org_find(&c, &org).await.map_err(e)?;
+            let perms = Permissions::parse_list(&permissions).map_err(e)?;
+            let (key, plain) = admin::api_key_create(&c, &org, &name, perms, None).await.map_err(e)?;
+            eprintln!("API key {} for {} with {} (shown once; store it now):", key.id, org.name, perms.names().join(","));
+            println!("{plain}");
+        }
+        AdminCmd::ApiKey { cmd: KeyCmd::List { org } } => {
+            let org = admin::org_find(&c, &org).await.map_err(e)?;
+            println!("{:<32}  {:<12}  {:<16}  {:<24}  {}", "ID", "PREFIX", "NAME", "PERMISSIONS", "STATUS");
+            for k in c.store().api_key_list_by_org(&org.id).await.map_err(e)? {
+                let status = if k.revoked_at.is_some() { "revoked" } else { "active" };
+                println!("{:<32}  {:<12}  {:<16}  {:<24}  {status}", k.id, k.prefix, k.name, k.permissions.names().join(","));
+            }
+        }
+        AdminCmd::ApiKey { cmd: KeyCmd::Revoke { org, id } } => {
+            let org = admin::org_find(&c, &org).await.map_err(e)?;
+            admin::api_key_revoke(&c, &org, &id).await.map_err(e)?;
+            println!("revoked {id}");
+        }
+        AdminCmd::HostToken { cmd: HostTokenCmd::Create { region } } => {
+            let t = admin::host_token_create(&c, &region).await.map_err(e)?;
+            eprintln!("host token for {region} (shown once):");
+            println!("{t}");
+        }
+        AdminCmd::Hosts => {
+            println!("{:<32}  {:<12}  {:<6}  {:<10}  {:>11}  {:>15}  {}", "ID", "REGION", "STATUS", "DRIVER", "VCPU", "MEM MiB", "GPUS");
+            for h in c.store().host_list(None, false).await.map_err(e)? {
+                let free_gpus = h.gpus.iter().filter(|g| g.instance_id.is_none()).count();
+                println!(
+                    "{:<32}  {:<12}  {:<6}  {:<10}  {:>5}/{:<5}  {:>7}/{:<7}  {}/{}",
+                    h.id,
+                    h.region,
+                    h.status.as_str(),
+                    h.driver,
+                    h.used.vcpus,
+                    h.total.vcpus,
+                    h.used.memory_mib,
+                    h.total.memory_mib,
+                    h.gpus.len() - free_gpus,
+                    h.gpus.len()
+                );
+            }
+        }
+    }
+    Ok(())
+}

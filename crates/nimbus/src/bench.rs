@@ -1,0 +1,357 @@
+//! `nimbus bench`: benchmarks that print figures (kept in docs/benchmarks.md).
+//!
+//! `bench api` starts a real server (SQLite in a temp dir by default), registers real agents with
+//! `sim` drivers as hosts, launches instances through the Lambda API, then drives the read
+//! endpoints with N concurrent keep-alive HTTP/1.1 connections and reports throughput and latency
+//! percentiles. The load generator shares the machine (and the process) with the server, as wrk
+//! would.
+//!
+//! `bench rss` starts `nimbus server` as a child process and reports its idle resident memory.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use clap::Subcommand;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use nimbus_agent::{Agent, AgentConfig};
+use nimbus_control::config::RateLimits;
+use nimbus_control::{admin, Config, Control};
+use nimbus_core::auth::Permissions;
+use nimbus_core::clock::SystemClock;
+use nimbus_driver::sim::{SimConfig, SimDriver};
+use nimbus_store::Store;
+use tokio::net::TcpStream;
+
+#[derive(Subcommand)]
+pub enum BenchCmd {
+    /// Lambda API throughput and latency with many instances in one org.
+    Api {
+        #[arg(long, default_value_t = 1000)]
+        instances: usize,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Seconds per read phase.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Sim hosts to register.
+        #[arg(long, default_value_t = 4)]
+        hosts: usize,
+        /// Database; default: SQLite in a temp dir.
+        #[arg(long)]
+        database_url: Option<String>,
+    },
+    /// Idle resident memory of `nimbus server`.
+    Rss {
+        #[arg(long, default_value_t = 3)]
+        settle_seconds: u64,
+    },
+}
+
+pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
+    match cmd {
+        BenchCmd::Api { instances, concurrency, seconds, hosts, database_url } => {
+            api(instances, concurrency, Duration::from_secs(seconds), hosts, database_url).await
+        }
+        BenchCmd::Rss { settle_seconds } => rss(settle_seconds).await,
+    }
+}
+
+fn temp_dir(tag: &str) -> anyhow::Result<std::path::PathBuf> {
+    let d = std::env::temp_dir().join(format!("nimbus-bench-{tag}-{}", nimbus_core::ids::random_hex_id()));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
+
+struct Phase {
+    name: String,
+    requests: usize,
+    errors: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Phase {
+    fn pct(&self, p: f64) -> Duration {
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        let i = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies[i]
+    }
+
+    fn print(&self) {
+        let rps = self.requests as f64 / self.elapsed.as_secs_f64();
+        println!(
+            "| {:<34} | {:>8} | {:>6} | {:>10.0} | {:>8.2} | {:>8.2} | {:>8.2} |",
+            self.name,
+            self.requests,
+            self.errors,
+            rps,
+            self.pct(0.50).as_secs_f64() * 1e3,
+            self.pct(0.99).as_secs_f64() * 1e3,
+            self.latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+        );
+    }
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn connect(addr: std::net::SocketAddr) -> anyhow::Result<Sender> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+fn request(method: &str, path: &str, key: &str, body: Option<&str>) -> anyhow::Result<Request<Full<Bytes>>> {
+    Ok(Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "127.0.0.1")
+        .header("authorization", format!("Bearer {key}"))
+        .body(Full::new(Bytes::from(body.unwrap_or_default().to_owned())))?)
+}
+
+/// Runs `make(i)` requests from `concurrency` connections until `until` says stop.
+async fn drive<F>(
+    name: &str,
+    addr: std::net::SocketAddr,
+    concurrency: usize,
+    limit: Option<usize>,
+    duration: Option<Duration>,
+    make: F,
+) -> anyhow::Result<Phase>
+where
+    F: Fn(usize) -> anyhow::Result<Request<Full<Bytes>>> + Send + Sync + 'static,
+{
+    let make = Arc::new(make);
+    let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let make = make.clone();
+        let counter = counter.clone();
+        let mut sender = connect(addr).await?;
+        tasks.push(tokio::spawn(async move {
+            let mut lats = Vec::new();
+            let mut errors = 0usize;
+            loop {
+                let i = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if limit.is_some_and(|l| i >= l) || duration.is_some_and(|d| start.elapsed() >= d) {
+                    break;
+                }
+                let req = make(i)?;
+                let t = Instant::now();
+                let resp = sender.send_request(req).await?;
+                let ok = resp.status().is_success();
+                let _ = resp.into_body().collect().await?;
+                lats.push(t.elapsed());
+                if !ok {
+                    errors += 1;
+                }
+            }
+            anyhow::Ok((lats, errors))
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await??;
+        latencies.extend(l);
+        errors += e;
+    }
+    let elapsed = start.elapsed();
+    latencies.sort();
+    Ok(Phase { name: name.to_owned(), requests: latencies.len(), errors, elapsed, latencies })
+}
+
+async fn api(n: usize, concurrency: usize, secs: Duration, hosts: usize, database_url: Option<String>) -> anyhow::Result<()> {
+    let dir = temp_dir("api")?;
+    let url = database_url.clone().unwrap_or_else(|| format!("sqlite://{}?mode=rwc", dir.join("nimbus.db").display()));
+    let mut cfg = Config::default();
+    cfg.rate_limits = RateLimits::generous();
+    cfg.quotas.instances_per_org = (n as i64) * 2 + 100;
+    cfg.agents.heartbeat_interval_ms = 2_000;
+    let store = Store::connect(&url).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let control = Control::new(store, Arc::new(SystemClock), cfg).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let org = admin::org_create(&control, &format!("bench-{}", &nimbus_core::ids::random_hex_id()[..8]), None)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (_, key) = admin::api_key_create(&control, &org, "bench", Permissions::admin(), None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let token = admin::host_token_create(&control, "us-east-1").await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let server = nimbus_api::server::start(control.clone(), listener)?;
+    let addr = server.addr;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    for h in 0..hosts {
+        let driver = Arc::new(SimDriver::new(SimConfig {
+            hostname: format!("sim-{h}"),
+            vcpus: 100_000,
+            memory_mib: 1 << 30,
+            disk_gib: 10_000_000,
+            gpus: vec![("NVIDIA H100 80GB HBM3".to_owned(), 8)],
+            state_file: None,
+            address_block: h as u8,
+        }));
+        let agent = Agent::new(
+            AgentConfig {
+                server_url: server.url(),
+                token: token.clone(),
+                data_dir: dir.join(format!("agent-{h}")),
+                poll_wait: Duration::from_secs(25),
+            },
+            driver,
+        );
+        tokio::spawn(agent.run(stop_rx.clone()));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while control.store().host_list(None, true).await.map_err(|e| anyhow::anyhow!("{e}"))?.len() < hosts {
+        if Instant::now() > deadline {
+            bail!("sim hosts did not register");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut c = connect(addr).await?;
+    let resp = c.send_request(request("POST", "/api/v1/ssh-keys", &key, Some(r#"{"name":"bench"}"#))?).await?;
+    if !resp.status().is_success() {
+        bail!("adding SSH key failed: {}", resp.status());
+    }
+    let _ = resp.into_body().collect().await?;
+
+    println!(
+        "nimbus bench api: {n} instances, {concurrency} connections, {hosts} sim hosts, database {}",
+        if database_url.is_some() { "postgres" } else { "sqlite" }
+    );
+    println!(
+        "| {:<34} | {:>8} | {:>6} | {:>10} | {:>8} | {:>8} | {:>8} |",
+        "phase", "requests", "errors", "req/s", "p50 ms", "p99 ms", "max ms"
+    );
+    println!(
+        "|{}|{}|{}|{}|{}|{}|{}|",
+        "-".repeat(36),
+        "-".repeat(10),
+        "-".repeat(8),
+        "-".repeat(12),
+        "-".repeat(10),
+        "-".repeat(10),
+        "-".repeat(10)
+    );
+
+    let k = key.clone();
+    let launch = drive("POST /instance-operations/launch", addr, concurrency, Some(n), None, move |i| {
+        let body =
+            format!(r#"{{"region_name":"us-east-1","instance_type_name":"cpu_1x_small","ssh_key_names":["bench"],"name":"bench-{i}"}}"#);
+        request("POST", "/api/v1/instance-operations/launch", &k, Some(&body))
+    })
+    .await?;
+    launch.print();
+    if launch.errors > 0 {
+        bail!("{} launches failed", launch.errors);
+    }
+
+    // Wait for the agents to bring every instance up, so the list phase reads a settled org.
+    let t = Instant::now();
+    let actor = nimbus_control::auth::authenticate(&control, &key).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    loop {
+        let list = nimbus_control::instances::list(&control, &actor).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let active = list.iter().filter(|i| i.state == nimbus_core::instance::InstanceState::Active).count();
+        if active == n {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(120) {
+            bail!("only {active}/{n} instances became active");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let settle = t.elapsed();
+    let ids: Arc<Vec<String>> = Arc::new(
+        nimbus_control::instances::list(&control, &actor)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .into_iter()
+            .map(|i| i.id.to_string())
+            .collect(),
+    );
+
+    let k = key.clone();
+    let list = drive(&format!("GET /instances ({n} instances)"), addr, concurrency, None, Some(secs), move |_| {
+        request("GET", "/api/v1/instances", &k, None)
+    })
+    .await?;
+    list.print();
+    let k = key.clone();
+    let ids2 = ids.clone();
+    let get = drive("GET /instances/{id}", addr, concurrency, None, Some(secs), move |i| {
+        let id = &ids2[(i.wrapping_mul(7919)) % ids2.len()];
+        request("GET", &format!("/api/v1/instances/{id}"), &k, None)
+    })
+    .await?;
+    get.print();
+    let k = key.clone();
+    let types =
+        drive("GET /instance-types", addr, concurrency, None, Some(secs), move |_| request("GET", "/api/v1/instance-types", &k, None))
+            .await?;
+    types.print();
+    println!();
+    println!("all {n} instances active {:.2} s after the last launch was accepted", settle.as_secs_f64());
+    let body_len = {
+        let mut c = connect(addr).await?;
+        let resp = c.send_request(request("GET", "/api/v1/instances", &key, None)?).await?;
+        resp.into_body().collect().await?.to_bytes().len()
+    };
+    println!("GET /instances body: {body_len} bytes");
+    let _ = stop_tx.send(true);
+    server.shutdown().await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .context("VmRSS missing")
+}
+
+async fn rss(settle: u64) -> anyhow::Result<()> {
+    let dir = temp_dir("rss")?;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?.port()
+    };
+    let exe = std::env::current_exe()?;
+    let mut child = tokio::process::Command::new(exe)
+        .args(["server", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(&dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().context("child pid")?;
+    let t = Instant::now();
+    loop {
+        if let Ok(mut s) = connect(([127, 0, 0, 1], port).into()).await {
+            let r = s.send_request(Request::get("/healthz").header("host", "x").body(Full::new(Bytes::new()))?).await?;
+            if r.status().is_success() {
+                break;
+            }
+        }
+        if t.elapsed() > Duration::from_secs(30) {
+            bail!("server did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(settle)).await;
+    let kib = rss_kib(pid)?;
+    println!("nimbus server idle RSS: {:.1} MiB ({kib} KiB) after {settle} s", kib as f64 / 1024.0);
+    child.kill().await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

@@ -1,0 +1,229 @@
+//! `nimbus server`, `nimbus agent` and `nimbus dev`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use nimbus_agent::{Agent, AgentConfig};
+use nimbus_control::config::RateLimits;
+use nimbus_control::{admin, Control};
+use nimbus_core::auth::Permissions;
+use nimbus_driver::sim::{SimConfig, SimDriver};
+use nimbus_driver::Driver;
+use tokio::net::TcpListener;
+
+use crate::common::{self, open_control};
+use crate::StoreArgs;
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(t) => t,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+pub async fn run_server(listen: &str, store: &StoreArgs) -> anyhow::Result<()> {
+    let (control, dir) = open_control(store, "server", |_| {}).await?;
+    let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    let handle = nimbus_api::server::start(control, listener)?;
+    tracing::info!(url = %handle.url(), data_dir = %dir.display(), "nimbus server listening");
+    println!("nimbus server listening on {}", handle.url());
+    shutdown_signal().await;
+    handle.shutdown().await?;
+    Ok(())
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct SimArgs {
+    /// vCPUs the sim host offers (default: this machine's).
+    #[arg(long)]
+    pub sim_vcpus: Option<i64>,
+    /// Memory the sim host offers in GiB (default: this machine's).
+    #[arg(long)]
+    pub sim_memory_gib: Option<i64>,
+    #[arg(long, default_value_t = 200)]
+    pub sim_disk_gib: i64,
+    /// Fake GPUs as `MODEL:COUNT`, e.g. `"NVIDIA H100 80GB HBM3:8"`; repeatable.
+    #[arg(long)]
+    pub sim_gpus: Vec<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct AgentArgs {
+    /// Server root URL.
+    #[arg(long, env = "NIMBUS_SERVER")]
+    pub server: String,
+    /// Host registration token (`nimbus admin host-token create`).
+    #[arg(long, env = "NIMBUS_HOST_TOKEN")]
+    pub token: String,
+    #[arg(long, env = "NIMBUS_AGENT_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Instance driver. Only `sim` exists until the container driver lands.
+    #[arg(long, default_value = "container")]
+    pub driver: String,
+    #[command(flatten)]
+    pub sim: SimArgs,
+}
+
+fn machine_memory_gib() -> i64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<i64>().ok()))
+        })
+        .map(|kb| kb / (1024 * 1024))
+        .unwrap_or(4)
+}
+
+fn sim_driver(args: &SimArgs, data_dir: &Path, hostname: &str) -> anyhow::Result<Arc<dyn Driver>> {
+    let mut gpus = Vec::new();
+    for g in &args.sim_gpus {
+        let (model, count) = g.rsplit_once(':').context("--sim-gpus takes MODEL:COUNT")?;
+        gpus.push((model.to_owned(), count.parse::<i64>().context("--sim-gpus COUNT must be a number")?));
+    }
+    let cfg = SimConfig {
+        hostname: hostname.to_owned(),
+        vcpus: args.sim_vcpus.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as i64).unwrap_or(2)),
+        memory_mib: args.sim_memory_gib.unwrap_or_else(machine_memory_gib) * 1024,
+        disk_gib: args.sim_disk_gib,
+        gpus,
+        state_file: Some(data_dir.join("sim-instances.json")),
+        address_block: 0,
+    };
+    Ok(Arc::new(SimDriver::new(cfg)))
+}
+
+fn announce_sim() {
+    let line = "=".repeat(78);
+    eprintln!("{line}\n  WARNING: this agent uses the `sim` driver. Instances are SIMULATED: nothing runs,\n  their addresses are fake, and SSH will not reach them. The container driver is the\n  next milestone.\n{line}");
+}
+
+fn local_hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+pub async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
+    if a.driver != "sim" {
+        bail!("driver {:?} is not available yet; only `--driver sim` (a simulation) exists in this build", a.driver);
+    }
+    announce_sim();
+    let dir = a.data_dir.clone().unwrap_or_else(|| common::default_data_dir("agent"));
+    std::fs::create_dir_all(&dir)?;
+    let driver = sim_driver(&a.sim, &dir, &local_hostname())?;
+    let agent = Agent::new(AgentConfig { server_url: a.server, token: a.token, data_dir: dir, poll_wait: Duration::from_secs(25) }, driver);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(agent.run(stop_rx));
+    shutdown_signal().await;
+    let _ = stop_tx.send(true);
+    let _ = task.await;
+    Ok(())
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DevArgs {
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Make this exact key the dev organization's ADMIN key (for scripts).
+    #[arg(long, env = "NIMBUS_API_KEY")]
+    pub api_key: Option<String>,
+    /// Region of the local host.
+    #[arg(long, default_value = "us-east-1")]
+    pub region: String,
+    #[command(flatten)]
+    pub sim: SimArgs,
+}
+
+/// Reads a secret persisted in the data dir, or creates it with `make` and stores it (0600).
+async fn persisted_secret<F, Fut>(path: &Path, make: F) -> anyhow::Result<String>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<String>>,
+{
+    if let Ok(s) = std::fs::read_to_string(path) {
+        if !s.trim().is_empty() {
+            return Ok(s.trim().to_owned());
+        }
+    }
+    let s = make().await?;
+    std::fs::write(path, &s)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(s)
+}
+
+async fn dev_org_and_key(control: &Control, dir: &Path, wanted: Option<&str>) -> anyhow::Result<String> {
+    let org = match admin::org_find(control, "dev").await {
+        Ok(o) => o,
+        Err(_) => admin::org_create(control, "dev", Some("dev@nimbus.local")).await.map_err(|e| anyhow::anyhow!("{e}"))?,
+    };
+    if let Some(k) = wanted {
+        if !admin::api_key_exists(control, k).await.map_err(|e| anyhow::anyhow!("{e}"))? {
+            admin::api_key_create(control, &org, "dev (--api-key)", Permissions::admin(), Some(k))
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        return Ok(k.to_owned());
+    }
+    let key_file = dir.join("dev-api-key");
+    persisted_secret(&key_file, || async {
+        let (_, plain) =
+            admin::api_key_create(control, &org, "dev", Permissions::admin(), None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(plain)
+    })
+    .await
+}
+
+pub async fn run_dev(d: DevArgs) -> anyhow::Result<()> {
+    let (control, dir) = open_control(&d.store, "dev", |cfg| {
+        cfg.rate_limits = RateLimits::generous();
+        cfg.agents.heartbeat_interval_ms = 1_000;
+        cfg.agents.host_timeout_ms = 10_000;
+    })
+    .await?;
+    let key = dev_org_and_key(&control, &dir, d.api_key.as_deref()).await?;
+    let region = d.region.clone();
+    let token = persisted_secret(&dir.join("dev-host-token"), || async {
+        admin::host_token_create(&control, &region).await.map_err(|e| anyhow::anyhow!("{e}"))
+    })
+    .await?;
+    let listener = TcpListener::bind(&d.listen).await.with_context(|| format!("binding {}", d.listen))?;
+    let handle = nimbus_api::server::start(control, listener)?;
+    let url = handle.url();
+    announce_sim();
+    let agent_dir = dir.join("agent");
+    std::fs::create_dir_all(&agent_dir)?;
+    let driver = sim_driver(&d.sim, &agent_dir, &local_hostname())?;
+    let agent = Agent::new(AgentConfig { server_url: url.clone(), token, data_dir: agent_dir, poll_wait: Duration::from_secs(25) }, driver);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let agent_task = tokio::spawn(agent.run(stop_rx));
+    println!("Nimbus dev is running.");
+    println!("  URL:      {url}");
+    println!("  API key:  {key}");
+    println!("  Data dir: {}", dir.display());
+    println!("Try:  curl -u {key}: {url}/api/v1/instance-types");
+    shutdown_signal().await;
+    let _ = stop_tx.send(true);
+    let _ = agent_task.await;
+    handle.shutdown().await?;
+    Ok(())
+}

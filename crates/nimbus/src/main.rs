@@ -1,0 +1,105 @@
+//! `nimbus`: the one binary. Control plane (`server`), host agent (`agent`), both in one process
+//! for laptops and CI (`dev`), operator commands (`admin`), tenant commands (`instance`,
+//! `ssh-key`, `fs`, `types`) and benchmarks (`bench`).
+
+mod admin;
+mod bench;
+mod common;
+mod dev;
+mod tenant;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "nimbus", version, about = "Nimbus: a self-hosted GPU cloud")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct StoreArgs {
+    /// Data directory (SQLite database, config, agent state).
+    #[arg(long, env = "NIMBUS_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// `postgres://user@host:port/db` to use PostgreSQL instead of the embedded SQLite.
+    #[arg(long, env = "NIMBUS_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Configuration file (TOML); defaults to `<data-dir>/config.toml` when it exists.
+    #[arg(long, env = "NIMBUS_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the control plane (HTTP API, scheduler, reconcilers).
+    Server {
+        #[arg(long, default_value = "127.0.0.1:8080", env = "NIMBUS_LISTEN")]
+        listen: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Run a host agent.
+    Agent(dev::AgentArgs),
+    /// Server plus a local agent in one process, with a dev organization and API key.
+    Dev(dev::DevArgs),
+    /// Operator commands (act on the database directly).
+    Admin {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(subcommand)]
+        cmd: admin::AdminCmd,
+    },
+    /// Instances (Lambda API).
+    Instance {
+        #[command(subcommand)]
+        cmd: tenant::InstanceCmd,
+        #[command(flatten)]
+        conn: tenant::ConnArgs,
+    },
+    /// SSH keys.
+    SshKey {
+        #[command(subcommand)]
+        cmd: tenant::SshKeyCmd,
+        #[command(flatten)]
+        conn: tenant::ConnArgs,
+    },
+    /// Persistent file systems.
+    Fs {
+        #[command(subcommand)]
+        cmd: tenant::FsCmd,
+        #[command(flatten)]
+        conn: tenant::ConnArgs,
+    },
+    /// Instance types and the regions with capacity for them.
+    Types {
+        #[command(flatten)]
+        conn: tenant::ConnArgs,
+    },
+    /// Benchmarks that print figures.
+    Bench {
+        #[command(subcommand)]
+        cmd: bench::BenchCmd,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    common::init_tracing();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Server { listen, store } => dev::run_server(&listen, &store).await,
+            Cmd::Agent(a) => dev::run_agent(a).await,
+            Cmd::Dev(d) => dev::run_dev(d).await,
+            Cmd::Admin { store, cmd } => admin::run(&store, cmd).await,
+            Cmd::Instance { cmd, conn } => tenant::instance(&conn, cmd).await,
+            Cmd::SshKey { cmd, conn } => tenant::ssh_key(&conn, cmd).await,
+            Cmd::Fs { cmd, conn } => tenant::fs(&conn, cmd).await,
+            Cmd::Types { conn } => tenant::types(&conn).await,
+            Cmd::Bench { cmd } => bench::run(cmd).await,
+        }
+    })
+}

@@ -1,0 +1,267 @@
+//! Tenant commands over the Lambda API: `nimbus instance|ssh-key|fs|types`. Tables by default,
+//! `--json` for scripts.
+
+use anyhow::Context;
+use clap::Subcommand;
+use nimbus_api_types::lambda as w;
+use nimbus_client::LambdaClient;
+use serde::Serialize;
+
+#[derive(clap::Args, Debug)]
+pub struct ConnArgs {
+    #[arg(long, env = "NIMBUS_URL", default_value = "http://127.0.0.1:8080", global = true)]
+    pub url: String,
+    #[arg(long, env = "NIMBUS_API_KEY", global = true, hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+impl ConnArgs {
+    fn client(&self) -> anyhow::Result<LambdaClient> {
+        let key = self.api_key.as_deref().context("set NIMBUS_API_KEY or pass --api-key")?;
+        Ok(LambdaClient::new(&self.url, key))
+    }
+}
+
+fn print_json<T: Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+#[derive(Subcommand)]
+pub enum InstanceCmd {
+    Launch {
+        #[arg(long, default_value = "us-east-1")]
+        region: String,
+        #[arg(long = "type")]
+        instance_type: String,
+        #[arg(long)]
+        ssh_key: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        hostname: Option<String>,
+        #[arg(long, default_value_t = 1)]
+        quantity: i64,
+        /// File with cloud-init user data.
+        #[arg(long)]
+        user_data: Option<std::path::PathBuf>,
+    },
+    List,
+    Get {
+        id: String,
+    },
+    Terminate {
+        ids: Vec<String>,
+    },
+    Restart {
+        ids: Vec<String>,
+    },
+}
+
+fn instance_rows(list: &[w::Instance]) {
+    println!("{:<32}  {:<24}  {:<12}  {:<20}  {:<12}  {:<15}", "ID", "NAME", "STATUS", "TYPE", "REGION", "IP");
+    for i in list {
+        println!(
+            "{:<32}  {:<24}  {:<12}  {:<20}  {:<12}  {:<15}",
+            i.id,
+            i.name.as_deref().unwrap_or("-"),
+            i.status,
+            i.instance_type.name,
+            i.region.name,
+            i.ip.as_deref().unwrap_or("-")
+        );
+    }
+}
+
+pub async fn instance(conn: &ConnArgs, cmd: InstanceCmd) -> anyhow::Result<()> {
+    let c = conn.client()?;
+    match cmd {
+        InstanceCmd::Launch { region, instance_type, ssh_key, name, hostname, quantity, user_data } => {
+            let user_data = user_data.map(std::fs::read_to_string).transpose()?;
+            let req = w::LaunchRequest {
+                region_name: region,
+                instance_type_name: instance_type,
+                ssh_key_names: vec![ssh_key],
+                file_system_names: None,
+                file_system_mounts: None,
+                hostname,
+                name,
+                image: None,
+                user_data,
+                tags: None,
+                firewall_rulesets: None,
+                quantity: Some(quantity),
+            };
+            let ids = c.launch(&req).await?;
+            if conn.json {
+                print_json(&ids)?;
+            } else {
+                for id in ids {
+                    println!("{id}");
+                }
+            }
+        }
+        InstanceCmd::List => {
+            let list = c.instances().await?;
+            if conn.json {
+                print_json(&list)?;
+            } else {
+                instance_rows(&list);
+            }
+        }
+        InstanceCmd::Get { id } => {
+            let i = c.instance(&id).await?;
+            if conn.json {
+                print_json(&i)?;
+            } else {
+                instance_rows(std::slice::from_ref(&i));
+            }
+        }
+        InstanceCmd::Terminate { ids } => {
+            let list = c.terminate(&ids).await?;
+            if conn.json {
+                print_json(&list)?
+            } else {
+                instance_rows(&list)
+            }
+        }
+        InstanceCmd::Restart { ids } => {
+            let list = c.restart(&ids).await?;
+            if conn.json {
+                print_json(&list)?
+            } else {
+                instance_rows(&list)
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Subcommand)]
+pub enum SshKeyCmd {
+    /// Registers an existing public key (from a file, e.g. ~/.ssh/id_ed25519.pub).
+    Add {
+        name: String,
+        #[arg(long)]
+        public_key_file: std::path::PathBuf,
+    },
+    /// Generates a key pair; the private key is printed once.
+    Generate {
+        name: String,
+    },
+    List,
+    Delete {
+        id: String,
+    },
+}
+
+pub async fn ssh_key(conn: &ConnArgs, cmd: SshKeyCmd) -> anyhow::Result<()> {
+    let c = conn.client()?;
+    match cmd {
+        SshKeyCmd::Add { name, public_key_file } => {
+            let pk = std::fs::read_to_string(&public_key_file).with_context(|| format!("reading {}", public_key_file.display()))?;
+            let k = c.ssh_key_add(&name, Some(pk.trim())).await?;
+            if conn.json {
+                print_json(&k)?
+            } else {
+                println!("{}\t{}", k.id, k.name)
+            }
+        }
+        SshKeyCmd::Generate { name } => {
+            let k = c.ssh_key_add(&name, None).await?;
+            if conn.json {
+                print_json(&k)?;
+            } else {
+                eprintln!("key {} ({}); private key follows, shown once:", k.id, k.name);
+                print!("{}", k.private_key.unwrap_or_default());
+            }
+        }
+        SshKeyCmd::List => {
+            let keys = c.ssh_keys().await?;
+            if conn.json {
+                print_json(&keys)?;
+            } else {
+                println!("{:<32}  {:<24}  PUBLIC KEY", "ID", "NAME");
+                for k in keys {
+                    let short: String = k.public_key.chars().take(48).collect();
+                    println!("{:<32}  {:<24}  {short}…", k.id, k.name);
+                }
+            }
+        }
+        SshKeyCmd::Delete { id } => {
+            c.ssh_key_delete(&id).await?;
+            println!("deleted {id}");
+        }
+    }
+    Ok(())
+}
+
+#[derive(Subcommand)]
+pub enum FsCmd {
+    List,
+    Create {
+        name: String,
+        #[arg(long, default_value = "us-east-1")]
+        region: String,
+    },
+    Delete {
+        id: String,
+    },
+}
+
+pub async fn fs(conn: &ConnArgs, cmd: FsCmd) -> anyhow::Result<()> {
+    let c = conn.client()?;
+    match cmd {
+        FsCmd::List => {
+            let list = c.file_systems().await?;
+            if conn.json {
+                print_json(&list)?;
+            } else {
+                println!("{:<32}  {:<24}  {:<12}  {:<6}  MOUNT POINT", "ID", "NAME", "REGION", "IN USE");
+                for f in list {
+                    println!("{:<32}  {:<24}  {:<12}  {:<6}  {}", f.id, f.name, f.region.name, f.is_in_use, f.mount_point);
+                }
+            }
+        }
+        FsCmd::Create { name, region } => {
+            let f = c.file_system_create(&name, &region).await?;
+            if conn.json {
+                print_json(&f)?
+            } else {
+                println!("{}\t{}\t{}", f.id, f.name, f.mount_point)
+            }
+        }
+        FsCmd::Delete { id } => {
+            c.file_system_delete(&id).await?;
+            println!("deleted {id}");
+        }
+    }
+    Ok(())
+}
+
+pub async fn types(conn: &ConnArgs) -> anyhow::Result<()> {
+    let c = conn.client()?;
+    let t = c.instance_types().await?;
+    if conn.json {
+        return print_json(&t);
+    }
+    println!("{:<24}  {:<28}  {:>6}  {:>5}  {:>8}  {:>4}  REGIONS WITH CAPACITY", "NAME", "DESCRIPTION", "$/HR", "VCPU", "MEM GiB", "GPUS");
+    for (name, e) in t {
+        let it = &e.instance_type;
+        let regions: Vec<&str> = e.regions_with_capacity_available.iter().map(|r| r.name.as_str()).collect();
+        println!(
+            "{:<24}  {:<28}  {:>6.2}  {:>5}  {:>8}  {:>4}  {}",
+            name,
+            it.description,
+            it.price_cents_per_hour as f64 / 100.0,
+            it.specs.vcpus,
+            it.specs.memory_gib,
+            it.specs.gpus,
+            if regions.is_empty() { "-".to_owned() } else { regions.join(",") }
+        );
+    }
+    Ok(())
+}
