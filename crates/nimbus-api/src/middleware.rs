@@ -47,6 +47,9 @@ pub fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
-pub async fn not_found() -> Response {
+pub async fn not_found(uri: axum::http::Uri) -> Response {
+    if uri.path().starts_with("/api/v1/") {
+        return crate::lambda::LambdaError(nimbus_core::Error::NotFound { kind: "endpoint", id: uri.path().to_owned() }).into_response();
+    }
     (StatusCode::NOT_FOUND, axum::Json(serde_json::json!({"error": {"code": "not_found", "message": "No such endpoint."}}))).into_response()
 }

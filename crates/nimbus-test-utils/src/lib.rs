@@ -1,1 +1,287 @@
-//! nimbus-test-utils
+//! Test harness: a real server on `127.0.0.1:0` over a real database (a temp SQLite file, or a
+//! fresh database in the PostgreSQL named by `NIMBUS_TEST_DATABASE_URL`), with real agents
+//! running the `sim` driver as hosts, and a small HTTP helper that asserts statuses.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nimbus_agent::{Agent, AgentConfig};
+use nimbus_api::server::ServerHandle;
+use nimbus_control::config::RateLimits;
+use nimbus_control::{admin, Config, Control};
+use nimbus_core::auth::Permissions;
+use nimbus_core::clock::SystemClock;
+use nimbus_core::model::Org;
+use nimbus_driver::sim::{SimConfig, SimDriver};
+use nimbus_store::Store;
+use serde_json::Value;
+use tokio::sync::watch;
+
+pub use nimbus_driver::sim::SimConfig as Sim;
+
+/// A temp directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("nimbus-test-{tag}-{}", nimbus_core::ids::random_hex_id()));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The database the suite runs against: PostgreSQL when `NIMBUS_TEST_DATABASE_URL` is set (a new
+/// database is created in it for each server), SQLite in `dir` otherwise.
+pub async fn test_database_url(dir: &std::path::Path) -> String {
+    match std::env::var("NIMBUS_TEST_DATABASE_URL") {
+        Ok(admin_url) if !admin_url.is_empty() => {
+            use sqlx::Connection;
+            sqlx::any::install_default_drivers();
+            let name = format!("nimbus_t_{}", &nimbus_core::ids::random_hex_id()[..16]);
+            let mut c = sqlx::AnyConnection::connect(&admin_url).await.expect("connect to NIMBUS_TEST_DATABASE_URL");
+            sqlx::raw_sql(&format!("CREATE DATABASE {name}")).execute(&mut c).await.expect("create test database");
+            let base = admin_url.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or(admin_url.clone());
+            format!("{base}/{name}")
+        }
+        _ => format!("sqlite://{}?mode=rwc", dir.join("nimbus.db").display()),
+    }
+}
+
+pub fn backend_name() -> &'static str {
+    if std::env::var("NIMBUS_TEST_DATABASE_URL").is_ok_and(|v| !v.is_empty()) {
+        "postgres"
+    } else {
+        "sqlite"
+    }
+}
+
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("NIMBUS_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+}
+
+pub struct TestServer {
+    pub url: String,
+    pub control: Control,
+    pub org: Org,
+    /// ADMIN key of `org`.
+    pub key: String,
+    pub http: reqwest::Client,
+    handle: Option<ServerHandle>,
+    agents: Vec<AgentSlot>,
+    pub dir: TempDir,
+}
+
+struct AgentSlot {
+    token: String,
+    dir: PathBuf,
+    sim: SimConfig,
+    stop: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+pub struct Builder {
+    config: Config,
+    hosts: Vec<(String, SimConfig)>,
+}
+
+impl Builder {
+    pub fn config(mut self, f: impl FnOnce(&mut Config)) -> Self {
+        f(&mut self.config);
+        self
+    }
+
+    /// Adds a sim host in `region`.
+    pub fn host(mut self, region: &str, sim: SimConfig) -> Self {
+        self.hosts.push((region.to_owned(), sim));
+        self
+    }
+
+    pub async fn start(self) -> TestServer {
+        init_logs();
+        let dir = TempDir::new("srv");
+        let url = test_database_url(&dir.0).await;
+        let store = Store::connect(&url).await.unwrap();
+        let control = Control::new(store, Arc::new(SystemClock), self.config).await.unwrap();
+        let org = admin::org_create(&control, "org-a", Some("a@example.com")).await.unwrap();
+        let (_, key) = admin::api_key_create(&control, &org, "admin", Permissions::admin(), None).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let handle = nimbus_api::server::start(control.clone(), listener).unwrap();
+        let mut s = TestServer {
+            url: handle.url(),
+            control,
+            org,
+            key,
+            http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
+            handle: Some(handle),
+            agents: Vec::new(),
+            dir,
+        };
+        for (region, sim) in self.hosts {
+            s.add_host(&region, sim).await;
+        }
+        s
+    }
+}
+
+/// A sim host with `vcpus` and `gpus` H100s.
+pub fn sim_host(name: &str, vcpus: i64, h100s: i64) -> SimConfig {
+    SimConfig {
+        hostname: name.to_owned(),
+        vcpus,
+        memory_mib: vcpus * 8 * 1024,
+        disk_gib: vcpus * 100,
+        gpus: if h100s > 0 { vec![("NVIDIA H100 80GB HBM3".to_owned(), h100s)] } else { vec![] },
+        state_file: None,
+        address_block: 0,
+    }
+}
+
+impl TestServer {
+    /// Generous rate limits, fast heartbeats, no hosts.
+    pub fn builder() -> Builder {
+        let mut config = Config::default();
+        config.rate_limits = RateLimits::generous();
+        config.agents.heartbeat_interval_ms = 200;
+        config.agents.host_timeout_ms = 5_000;
+        Builder { config, hosts: Vec::new() }
+    }
+
+    /// One host in us-east-1 with 64 vCPUs and 8 H100s.
+    pub async fn start() -> TestServer {
+        Self::builder().host("us-east-1", sim_host("h1", 64, 8)).start().await
+    }
+
+    /// Registers a real agent with a sim driver; returns its index. Waits until the host is up.
+    pub async fn add_host(&mut self, region: &str, mut sim: SimConfig) -> usize {
+        let before = self.control.store().host_list(None, true).await.unwrap().len();
+        let token = admin::host_token_create(&self.control, region).await.unwrap();
+        let agent_dir = self.dir.0.join(format!("agent-{}", self.agents.len()));
+        std::fs::create_dir_all(&agent_dir).unwrap();
+        sim.address_block = self.agents.len() as u8;
+        if sim.state_file.is_none() {
+            sim.state_file = Some(agent_dir.join("sim.json"));
+        }
+        self.spawn_agent(&token, agent_dir, sim);
+        self.wait_for("host registration", || async { self.control.store().host_list(None, true).await.unwrap().len() > before }).await;
+        self.agents.len() - 1
+    }
+
+    fn spawn_agent(&mut self, token: &str, dir: PathBuf, sim: SimConfig) {
+        let slot = self.run_agent(token, dir, sim);
+        self.agents.push(slot);
+    }
+
+    fn run_agent(&self, token: &str, dir: PathBuf, sim: SimConfig) -> AgentSlot {
+        let driver = Arc::new(SimDriver::new(sim.clone()));
+        let agent = Agent::new(
+            AgentConfig { server_url: self.url.clone(), token: token.to_owned(), data_dir: dir.clone(), poll_wait: Duration::from_secs(5) },
+            driver,
+        );
+        let (tx, rx) = watch::channel(false);
+        let task = tokio::spawn(agent.run(rx));
+        AgentSlot { token: token.to_owned(), dir, sim, stop: tx, task: Some(task) }
+    }
+
+    /// Stops agent `i`: its host goes silent, its sim instances stay in its state file.
+    pub async fn stop_agent(&mut self, i: usize) {
+        let slot = &mut self.agents[i];
+        let _ = slot.stop.send(true);
+        if let Some(t) = slot.task.take() {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+
+    /// Starts agent `i` again with the same token, data dir and driver state, as after a restart.
+    pub fn restart_agent(&mut self, i: usize) {
+        let (token, dir, sim) = (self.agents[i].token.clone(), self.agents[i].dir.clone(), self.agents[i].sim.clone());
+        self.agents[i] = self.run_agent(&token, dir, sim);
+    }
+
+    /// Creates another organization with a key of the given permissions.
+    pub async fn org_with_key(&self, name: &str, perms: &str) -> (Org, String) {
+        let org = match admin::org_find(&self.control, name).await {
+            Ok(o) => o,
+            Err(_) => admin::org_create(&self.control, name, None).await.unwrap(),
+        };
+        let (_, key) = admin::api_key_create(&self.control, &org, "k", Permissions::parse_list(perms).unwrap(), None).await.unwrap();
+        (org, key)
+    }
+
+    pub fn lambda(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.url)
+    }
+
+    /// Sends `method path` with `key` (Bearer) and an optional JSON body; returns (status, body).
+    pub async fn call(&self, key: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut rb = self.http.request(m, self.lambda(path)).bearer_auth(key);
+        if let Some(b) = body {
+            rb = rb.body(serde_json::to_vec(&b).unwrap());
+        }
+        let resp = rb.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, v)
+    }
+
+    /// Like `call` with the admin key, asserting the status.
+    pub async fn expect(&self, method: &str, path: &str, body: Option<Value>, status: u16) -> Value {
+        let (s, v) = self.call(&self.key, method, path, body).await;
+        assert_eq!(s, status, "{method} {path} -> {s}: {v}");
+        v
+    }
+
+    /// Polls `cond` every 20 ms for up to 15 s.
+    pub async fn wait_for<F, Fut>(&self, what: &str, cond: F)
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let t = Instant::now();
+        while !cond().await {
+            assert!(t.elapsed() < Duration::from_secs(15), "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until the instance's Lambda status is `status`.
+    pub async fn wait_status(&self, key: &str, id: &str, status: &str) -> Value {
+        let t = Instant::now();
+        loop {
+            let (s, v) = self.call(key, "GET", &format!("/instances/{id}"), None).await;
+            assert_eq!(s, 200, "{v}");
+            if v["data"]["status"] == status {
+                return v["data"].clone();
+            }
+            assert!(t.elapsed() < Duration::from_secs(15), "instance {id} never became {status}: {v}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn shutdown(mut self) {
+        for slot in self.agents.drain(..) {
+            let _ = slot.stop.send(true);
+            if let Some(t) = slot.task {
+                t.abort();
+            }
+        }
+        if let Some(h) = self.handle.take() {
+            let _ = h.shutdown().await;
+        }
+        self.control.store().close().await;
+    }
+}

@@ -37,8 +37,12 @@ impl<T: DeserializeOwned> FromRequest<ApiState> for LambdaJson<T> {
         let bytes = axum::body::to_bytes(req.into_body(), crate::MAX_BODY_BYTES).await.map_err(|_| Error::InvalidRequest {
             message: format!("request body is unreadable or larger than {} bytes", crate::MAX_BODY_BYTES),
         })?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Err(Error::InvalidRequest { message: "a JSON request body is required".into() }.into());
+        // Every Lambda request body is a JSON object; serde would also accept an array for a
+        // struct, which no client means.
+        match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+            None => return Err(Error::InvalidRequest { message: "a JSON request body is required".into() }.into()),
+            Some(b'{') => {}
+            Some(_) => return Err(Error::InvalidRequest { message: "the request body must be a JSON object".into() }.into()),
         }
         serde_json::from_slice(&bytes)
             .map(LambdaJson)

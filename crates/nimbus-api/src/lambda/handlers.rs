@@ -324,10 +324,6 @@ pub async fn audit_events(
     Ok(data(w::AuditEventsPage { events: events.iter().map(render::audit_event).collect(), page_token: next }))
 }
 
-pub async fn unknown_endpoint() -> LResult {
-    Err(Error::NotFound { kind: "endpoint", id: "requested".into() }.into())
-}
-
 pub async fn method_not_allowed() -> Response {
     let body = w::ErrorBody {
         error: w::ErrorDetail {

@@ -40,7 +40,6 @@ pub fn router() -> Router<ApiState> {
         .route("/firewall-rulesets/global", get(global_ruleset_get).patch(global_ruleset_patch))
         .route("/firewall-rulesets/{id}", get(ruleset_get).patch(ruleset_patch).delete(ruleset_delete))
         .route("/audit-events", get(audit_events))
-        .fallback(unknown_endpoint)
         .method_not_allowed_fallback(method_not_allowed)
 }
 

@@ -1,0 +1,43 @@
+//! HTTP integration tests: a real server on 127.0.0.1:0, a real database (SQLite, or PostgreSQL
+//! when NIMBUS_TEST_DATABASE_URL is set), real agents with the sim driver.
+
+#![allow(clippy::unwrap_used)]
+
+mod bad_input;
+mod clients;
+mod hosts;
+mod isolation;
+mod lambda;
+mod ratelimit;
+mod scheduling;
+
+use nimbus_test_utils::TestServer;
+use serde_json::{json, Value};
+
+pub const PUBKEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAICZUKH4bkuFLWaz1Z6RVWN2q8+AKMNNakUZWtb9FDa0a me@host";
+
+/// Adds an SSH key named `name` with the admin key.
+pub async fn add_key(s: &TestServer, name: &str) -> Value {
+    s.expect("POST", "/ssh-keys", Some(json!({"name": name, "public_key": PUBKEY})), 200).await["data"].clone()
+}
+
+/// Launches one instance of `itype` and returns its id.
+pub async fn launch(s: &TestServer, key: &str, itype: &str, ssh_key: &str) -> String {
+    let (st, v) = s
+        .call(
+            key,
+            "POST",
+            "/instance-operations/launch",
+            Some(json!({"region_name": "us-east-1", "instance_type_name": itype, "ssh_key_names": [ssh_key]})),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    v["data"]["instance_ids"][0].as_str().unwrap().to_owned()
+}
+
+/// Asserts a Lambda error body with this status and code.
+pub fn assert_error(status: u16, body: &Value, want_status: u16, want_code: &str) {
+    assert_eq!(status, want_status, "{body}");
+    assert_eq!(body["error"]["code"], want_code, "{body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+}
