@@ -14,6 +14,8 @@ use serde_json::json;
 use crate::scheduler::{self, Request};
 use crate::{emit, images, Control};
 
+const MAX_CLAIM_ATTEMPTS: usize = 64;
+
 /// How a launch names its image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ImageRef {
@@ -143,9 +145,10 @@ pub async fn launch(c: &Control, actor: &Actor, spec: LaunchSpec) -> Result<Vec<
     let mut launched = Vec::new();
     let mut woken = Vec::new();
     'each: for _ in 0..spec.quantity {
-        // A claim only fails when a concurrent transaction (another replica on PostgreSQL) took
-        // the capacity first; re-read the hosts and try again a few times.
-        for _attempt in 0..3 {
+        // A claim only fails when a concurrent transaction (PostgreSQL) took the capacity
+        // first, so every failure means another launch made progress: re-read the hosts and try
+        // again, bounded so that a pathological storm still ends.
+        for _attempt in 0..MAX_CLAIM_ATTEMPTS {
             let Some(p) = scheduler::place(&hosts, &req) else { break 'each };
             let id = InstanceId::generate();
             let host_id = hosts[p.host_index].id.clone();
@@ -283,19 +286,13 @@ pub async fn restart(c: &Control, actor: &Actor, ids: &[String]) -> Result<Vec<I
     }
     let now = c.now();
     let mut tx = c.store().begin().await?;
-    let mut hosts = Vec::new();
-    for i in &found {
-        if i.state == InstanceState::Restarting {
-            continue;
-        }
+    let todo: Vec<&Instance> = found.iter().filter(|i| i.state != InstanceState::Restarting).collect();
+    let hosts = lock_hosts(&mut tx, &todo).await?;
+    for i in todo {
         if !Store::instance_request_restart_in_txn(&mut tx, &i.id, i.state, now).await? {
             return Err(Error::conflict(ConflictReason::Concurrent, format!("instance {} changed meanwhile; retry", i.id)));
         }
         emit(&mut tx, actor, "instance.restart_requested", "instance", i.id.as_str(), json!({}), now).await?;
-        if let Some(h) = &i.host_id {
-            Store::host_bump_generation_in_txn(&mut tx, h).await?;
-            hosts.push(h.clone());
-        }
     }
     Store::org_bump_instances_generation_in_txn(&mut tx, &actor.org_id).await?;
     Store::commit(tx).await?;
@@ -343,6 +340,19 @@ pub async fn terminate(c: &Control, actor: &Actor, ids: &[String]) -> Result<Vec
         c.hosts().wake(h);
     }
     reload(c, actor, &found).await
+}
+
+/// Bumps the desired generation of the hosts of `insts`, in id order. Every transaction that
+/// touches hosts and instances takes the host rows first (launch claims, agent reports, liveness),
+/// so PostgreSQL never sees two transactions lock them in opposite orders.
+async fn lock_hosts(tx: &mut nimbus_store::Conn, insts: &[&Instance]) -> Result<Vec<HostId>, Error> {
+    let mut hosts: Vec<HostId> = insts.iter().filter_map(|i| i.host_id.clone()).collect();
+    hosts.sort();
+    hosts.dedup();
+    for h in &hosts {
+        Store::host_bump_generation_in_txn(tx, h).await?;
+    }
+    Ok(hosts)
 }
 
 async fn reload(c: &Control, actor: &Actor, found: &[Instance]) -> Result<Vec<Instance>, Error> {

@@ -188,9 +188,10 @@ impl Store {
         Self::hosts_with_gpus(c, rows).await
     }
 
-    /// Claims capacity on a host. The `UPDATE` re-checks the limits itself, so on PostgreSQL two
-    /// concurrent claims serialize on the row lock and the loser sees `false`, never an
-    /// over-commit. GPU indices are claimed the same way, one conditional update each.
+    /// Claims capacity on a host. The `UPDATE`s re-check the limits themselves, so on PostgreSQL two
+    /// concurrent claims serialize on the row locks and the loser sees `false`, never an
+    /// over-commit. The claim runs in a savepoint: when a later step fails (a GPU taken
+    /// meanwhile), the earlier steps are undone and the caller's transaction stays usable.
     pub async fn host_claim_in_txn(
         tx: &mut Conn,
         host: &HostId,
@@ -198,6 +199,7 @@ impl Store {
         gpu_indices: &[i64],
         instance: &InstanceId,
     ) -> Result<bool, Error> {
+        let mut sp = sqlx::Connection::begin(&mut *tx).await.map_err(db_err("opening claim savepoint"))?;
         let r = sqlx::query(
             "UPDATE hosts SET vcpus_used = vcpus_used + $1, memory_mib_used = memory_mib_used + $2, \
              disk_gib_used = disk_gib_used + $3, desired_generation = desired_generation + 1 \
@@ -208,10 +210,11 @@ impl Store {
         .bind(want.memory_mib)
         .bind(want.disk_gib)
         .bind(host.as_str())
-        .execute(&mut *tx)
+        .execute(&mut *sp)
         .await
         .map_err(db_err("claiming host capacity"))?;
         if r.rows_affected() != 1 {
+            sp.rollback().await.map_err(db_err("rolling back claim"))?;
             return Ok(false);
         }
         for idx in gpu_indices {
@@ -219,13 +222,15 @@ impl Store {
                 .bind(instance.as_str())
                 .bind(host.as_str())
                 .bind(*idx)
-                .execute(&mut *tx)
+                .execute(&mut *sp)
                 .await
                 .map_err(db_err("claiming gpu"))?;
             if r.rows_affected() != 1 {
+                sp.rollback().await.map_err(db_err("rolling back claim"))?;
                 return Ok(false);
             }
         }
+        sp.commit().await.map_err(db_err("releasing claim savepoint"))?;
         Ok(true)
     }
 

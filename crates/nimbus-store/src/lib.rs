@@ -46,9 +46,19 @@ pub struct Store {
     reader: AnyPool,
 }
 
-/// Maps a database failure to the domain error, keeping the cause as internal context.
+/// Maps a database failure to the domain error, keeping the cause as internal context. A lost
+/// race that PostgreSQL resolved by aborting us (deadlock, serialization failure) is a retryable
+/// `Conflict`, not an internal error.
 pub(crate) fn db_err(context: &str) -> impl FnOnce(sqlx::Error) -> Error + '_ {
-    move |e| Error::internal(format!("{context}: {e}"))
+    move |e| {
+        let code = e.as_database_error().and_then(|d| d.code().map(|c| c.into_owned()));
+        match code.as_deref() {
+            Some("40P01") | Some("40001") => {
+                Error::conflict(nimbus_core::ConflictReason::Concurrent, "a concurrent change won; retry the request")
+            }
+            _ => Error::internal(format!("{context}: {e}")),
+        }
+    }
 }
 
 /// Like [`db_err`], but a unique-constraint violation becomes `AlreadyExists`.
