@@ -23,6 +23,7 @@ use crate::Control;
 
 pub const HOST_SECRET_PREFIX: &str = "nmbs_";
 const MAX_WAIT: Duration = Duration::from_secs(30);
+const COALESCE: Duration = Duration::from_millis(20);
 
 pub async fn register(c: &Control, req: proto::RegisterRequest) -> Result<proto::RegisterResponse, Error> {
     if req.protocol_version != proto::PROTOCOL_VERSION {
@@ -106,21 +107,20 @@ async fn system_event(tx: &mut Conn, inst: &Instance, kind: &str, payload: serde
     .await
 }
 
-/// Applies a report: heartbeat plus the actual state of the host's instances.
-pub async fn report(c: &Control, host: &HostId, req: proto::ReportRequest) -> Result<proto::ReportResponse, Error> {
+/// What one report changes, decided from a snapshot of the host's instances.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Change {
+    Transition { index: usize, to: InstanceState, addrs: InstanceUpdate },
+    Addresses { index: usize, addrs: InstanceUpdate },
+}
+
+/// Pure decision of a report's effects (no IO; unit-tested below).
+pub(crate) fn plan(instances: &[Instance], req: &proto::ReportRequest, generation: i64) -> Vec<Change> {
     use proto::ActualState as A;
     use InstanceState as S;
-    let now = c.now();
-    let mut tx = c.store().begin().await?;
-    Store::host_seen_in_txn(&mut tx, host, now).await?;
-    let gen = {
-        let hosts = Store::host_list_in(&mut tx, None, false).await?;
-        hosts.iter().find(|h| &h.id == host).map(|h| h.desired_generation).ok_or_else(|| Error::not_found("host", host.as_str()))?
-    };
     let reports: HashMap<&str, &proto::InstanceReport> = req.instances.iter().map(|r| (r.id.as_str(), r)).collect();
-    let instances = Store::instance_list_by_host_in(&mut tx, host).await?;
-    let mut changed_orgs: Vec<OrgId> = Vec::new();
-    for inst in &instances {
+    let mut out = Vec::new();
+    for (index, inst) in instances.iter().enumerate() {
         let r = reports.get(inst.id.as_str()).copied();
         let addrs = InstanceUpdate { ip: r.and_then(|r| r.ip.clone()), private_ip: r.and_then(|r| r.private_ip.clone()) };
         let target = match (inst.state, r.map(|r| r.state)) {
@@ -129,30 +129,52 @@ pub async fn report(c: &Control, host: &HostId, req: proto::ReportRequest) -> Re
             (S::Booting | S::Restarting | S::Starting | S::Active, Some(A::Failed)) => Some(S::Unhealthy),
             (S::Stopping, Some(A::Stopped)) => Some(S::Stopped),
             // Absent from a host that has applied the latest desired state: it is gone.
-            (S::Terminating, None) if req.applied_generation >= gen => Some(S::Terminated),
+            (S::Terminating, None) if req.applied_generation >= generation => Some(S::Terminated),
             _ => None,
         };
-        let applied = match target {
-            Some(to) => {
+        match target {
+            Some(to) => out.push(Change::Transition { index, to, addrs }),
+            // Most reports repeat what the store already has; only a real change is written.
+            None if addresses_changed(inst, &addrs) => out.push(Change::Addresses { index, addrs }),
+            None => {}
+        }
+    }
+    out
+}
+
+/// Applies a report: heartbeat plus the actual state of the host's instances.
+///
+/// The decision is made on a snapshot read outside the write transaction, so the (single, on
+/// SQLite) writer is held only for the changes themselves. Every change is conditional on the
+/// state the snapshot saw, so a change that raced with another writer simply does not apply and
+/// the next report retries it.
+pub async fn report(c: &Control, host: &HostId, req: proto::ReportRequest) -> Result<proto::ReportResponse, Error> {
+    let now = c.now();
+    let gen = c.store().host_desired_generation(host).await?;
+    let instances = c.store().instance_list_by_host(host).await?;
+    let changes = plan(&instances, &req, gen);
+    let mut tx = c.store().begin().await?;
+    Store::host_seen_in_txn(&mut tx, host, now).await?;
+    let mut changed_orgs: Vec<OrgId> = Vec::new();
+    for change in changes {
+        let (inst, applied) = match change {
+            Change::Transition { index, to, addrs } => {
+                let inst = &instances[index];
                 let ok = Store::instance_transition_in_txn(&mut tx, &inst.id, inst.state, to, &addrs, now).await?;
                 if ok {
-                    if to == S::Terminated {
+                    if to == InstanceState::Terminated {
                         Store::host_release_in_txn(&mut tx, host, &inst.resources, &inst.id).await?;
                     }
-                    let msg = r.and_then(|r| r.message.clone());
-                    system_event(
-                        &mut tx,
-                        inst,
-                        &format!("instance.{}", to.as_str()),
-                        json!({"from": inst.state.as_str(), "message": msg}),
-                        now,
-                    )
-                    .await?;
+                    let msg = req.instances.iter().find(|r| r.id == inst.id.as_str()).and_then(|r| r.message.clone());
+                    let payload = json!({"from": inst.state.as_str(), "message": msg});
+                    system_event(&mut tx, inst, &format!("instance.{}", to.as_str()), payload, now).await?;
                 }
-                ok
+                (inst, ok)
             }
-            None if r.is_some() => Store::instance_set_addresses_in_txn(&mut tx, &inst.id, &addrs, now).await?,
-            None => false,
+            Change::Addresses { index, addrs } => {
+                let inst = &instances[index];
+                (inst, Store::instance_set_addresses_in_txn(&mut tx, &inst.id, &addrs, now).await?)
+            }
         };
         if applied && !changed_orgs.contains(&inst.org_id) {
             changed_orgs.push(inst.org_id.clone());
@@ -165,6 +187,10 @@ pub async fn report(c: &Control, host: &HostId, req: proto::ReportRequest) -> Re
     Ok(proto::ReportResponse { desired_generation: gen })
 }
 
+fn addresses_changed(inst: &Instance, u: &InstanceUpdate) -> bool {
+    (u.ip.is_some() && u.ip != inst.ip) || (u.private_ip.is_some() && u.private_ip != inst.private_ip)
+}
+
 /// The host's desired state, answered when its generation differs from `known_generation` or
 /// after waiting up to `wait_ms` (capped at 30 s) for it to change.
 pub async fn desired(c: &Control, host: &HostId, req: proto::DesiredRequest) -> Result<proto::DesiredResponse, Error> {
@@ -175,7 +201,11 @@ pub async fn desired(c: &Control, host: &HostId, req: proto::DesiredRequest) -> 
     let gen = c.store().host_desired_generation(host).await?;
     if gen == req.known_generation && req.wait_ms > 0 {
         let wait = Duration::from_millis(req.wait_ms).min(MAX_WAIT);
-        let _ = tokio::time::timeout(wait, notified).await;
+        if tokio::time::timeout(wait, notified).await.is_ok() {
+            // Let a burst of launches land before answering: the answer is the host's whole
+            // desired set, so one answer per burst instead of one per launch.
+            tokio::time::sleep(COALESCE).await;
+        }
     }
     let gen = c.store().host_desired_generation(host).await?;
     let instances = c.store().instance_list_by_host(host).await?;
@@ -204,4 +234,70 @@ pub async fn desired(c: &Control, host: &HostId, req: proto::DesiredRequest) -> 
         })
         .collect();
     Ok(proto::DesiredResponse { generation: gen, instances: desired })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nimbus_core::catalog::Resources;
+
+    fn inst(state: InstanceState, restart_generation: i64, ip: Option<&str>) -> Instance {
+        Instance {
+            id: InstanceId::generate(),
+            org_id: OrgId::generate(),
+            name: None,
+            hostname: "h".into(),
+            state,
+            region: "us-east-1".into(),
+            instance_type: "t".into(),
+            host_id: Some(HostId::generate()),
+            resources: Resources::default(),
+            gpu_indices: vec![],
+            image_id: ImageId::generate(),
+            ssh_key_names: vec![],
+            ssh_public_keys: vec![],
+            user_data: None,
+            tags: vec![],
+            file_system_mounts: vec![],
+            firewall_ruleset_ids: vec![],
+            ip: ip.map(str::to_owned),
+            private_ip: None,
+            restart_generation,
+            generation: 1,
+            created_at: 0,
+            updated_at: 0,
+            terminated_at: None,
+        }
+    }
+
+    fn rep(i: &Instance, state: proto::ActualState, restart_generation: i64, ip: &str) -> proto::InstanceReport {
+        proto::InstanceReport { id: i.id.to_string(), state, ip: Some(ip.into()), private_ip: None, restart_generation, message: None }
+    }
+
+    #[test]
+    fn report_rules() {
+        use proto::ActualState as A;
+        use InstanceState as S;
+        let booting = inst(S::Booting, 0, None);
+        let restarting = inst(S::Restarting, 2, Some("1.1.1.1"));
+        let active_same = inst(S::Active, 0, Some("1.1.1.1"));
+        let terminating = inst(S::Terminating, 0, Some("1.1.1.1"));
+        let insts = vec![booting.clone(), restarting.clone(), active_same.clone(), terminating];
+        let req = |applied| proto::ReportRequest {
+            instances: vec![
+                rep(&booting, A::Running, 0, "2.2.2.2"),
+                rep(&restarting, A::Running, 1, "1.1.1.1"),
+                rep(&active_same, A::Running, 0, "1.1.1.1"),
+            ],
+            applied_generation: applied,
+        };
+        let changes = plan(&insts, &req(7), 7);
+        assert_eq!(changes.len(), 2, "{changes:?}");
+        assert!(matches!(&changes[0], Change::Transition { index: 0, to: S::Active, addrs } if addrs.ip.as_deref() == Some("2.2.2.2")));
+        // Restarting waits for the requested restart generation; an unchanged active instance
+        // writes nothing.
+        assert!(matches!(&changes[1], Change::Transition { index: 3, to: S::Terminated, .. }));
+        // An agent behind the latest generation cannot prove a terminating instance gone.
+        assert_eq!(plan(&insts, &req(6), 7).len(), 1);
+    }
 }

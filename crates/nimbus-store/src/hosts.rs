@@ -304,11 +304,17 @@ impl Store {
     }
 
     pub async fn host_desired_generation(&self, host: &HostId) -> Result<i64, Error> {
+        let mut c = self.r().acquire().await.map_err(db_err("acquiring connection"))?;
+        Self::host_desired_generation_in(&mut c, host).await
+    }
+
+    pub async fn host_desired_generation_in(c: &mut Conn, host: &HostId) -> Result<i64, Error> {
         let row = sqlx::query("SELECT desired_generation FROM hosts WHERE id = $1")
             .bind(host.as_str())
-            .fetch_one(self.r())
+            .fetch_optional(c)
             .await
-            .map_err(db_err("reading host generation"))?;
+            .map_err(db_err("reading host generation"))?
+            .ok_or_else(|| Error::not_found("host", host.as_str()))?;
         get(&row, "desired_generation")
     }
 }

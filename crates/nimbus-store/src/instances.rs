@@ -14,7 +14,7 @@ pub struct NewInstance<'a> {
 }
 
 /// A runtime change: the new state plus, when known, addresses.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InstanceUpdate {
     pub ip: Option<String>,
     pub private_ip: Option<String>,
