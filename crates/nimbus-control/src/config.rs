@@ -184,7 +184,9 @@ fn default_regions() -> Vec<Region> {
     ]
 }
 
-fn gpu_type(name: &str, count: i64, model_desc: &str, gpu_model: &str, vcpus: i64, mem: i64, disk: i64, cents: i64) -> InstanceType {
+/// `shape` is `(vcpus, memory GiB, storage GiB, cents per hour)`.
+fn gpu_type(name: &str, count: i64, model_desc: &str, gpu_model: &str, shape: (i64, i64, i64, i64)) -> InstanceType {
+    let (vcpus, mem, disk, cents) = shape;
     InstanceType {
         name: name.to_owned(),
         description: format!("{count}x {model_desc}"),
@@ -216,24 +218,24 @@ fn cpu_type(name: &str, desc: &str, vcpus: i64, mem: i64, disk: i64, cents: i64)
 /// the names NVML reports for those GPUs.
 fn default_instance_types() -> Vec<InstanceType> {
     vec![
-        gpu_type("gpu_1x_a10", 1, "A10 (24 GB PCIe)", "A10", 30, 200, 1400, 75),
-        gpu_type("gpu_1x_rtx6000", 1, "RTX 6000 (24 GB)", "RTX 6000", 14, 46, 512, 50),
-        gpu_type("gpu_1x_a6000", 1, "RTX A6000 (48 GB)", "RTX A6000", 14, 100, 512, 80),
-        gpu_type("gpu_2x_a6000", 2, "RTX A6000 (48 GB)", "RTX A6000", 28, 200, 1024, 160),
-        gpu_type("gpu_4x_a6000", 4, "RTX A6000 (48 GB)", "RTX A6000", 56, 400, 1024, 320),
-        gpu_type("gpu_1x_a100", 1, "A100 (40 GB PCIe)", "A100 PCIE", 30, 200, 512, 129),
-        gpu_type("gpu_1x_a100_sxm4", 1, "A100 (40 GB SXM4)", "A100 SXM4", 30, 200, 512, 129),
-        gpu_type("gpu_2x_a100", 2, "A100 (40 GB PCIe)", "A100 PCIE", 60, 400, 1024, 258),
-        gpu_type("gpu_4x_a100", 4, "A100 (40 GB PCIe)", "A100 PCIE", 120, 800, 1024, 516),
-        gpu_type("gpu_8x_a100", 8, "A100 (40 GB SXM4)", "A100 SXM4", 124, 1800, 5939, 1032),
-        gpu_type("gpu_8x_a100_80gb_sxm4", 8, "A100 (80 GB SXM4)", "A100 SXM4 80GB", 240, 1800, 19_858, 1432),
-        gpu_type("gpu_1x_h100_pcie", 1, "H100 (80 GB PCIe)", "H100 PCIe", 26, 200, 1024, 249),
-        gpu_type("gpu_1x_h100_sxm5", 1, "H100 (80 GB SXM5)", "H100 HBM3", 26, 225, 2816, 329),
-        gpu_type("gpu_2x_h100_sxm5", 2, "H100 (80 GB SXM5)", "H100 HBM3", 52, 450, 5632, 658),
-        gpu_type("gpu_4x_h100_sxm5", 4, "H100 (80 GB SXM5)", "H100 HBM3", 104, 900, 11_264, 1316),
-        gpu_type("gpu_8x_h100_sxm5", 8, "H100 (80 GB SXM5)", "H100 HBM3", 208, 1800, 22_528, 2392),
-        gpu_type("gpu_1x_gh200", 1, "GH200 (96 GB)", "GH200", 64, 432, 4096, 149),
-        gpu_type("gpu_8x_v100", 8, "Tesla V100 (16 GB)", "V100", 92, 448, 5996, 440),
+        gpu_type("gpu_1x_a10", 1, "A10 (24 GB PCIe)", "A10", (30, 200, 1400, 75)),
+        gpu_type("gpu_1x_rtx6000", 1, "RTX 6000 (24 GB)", "RTX 6000", (14, 46, 512, 50)),
+        gpu_type("gpu_1x_a6000", 1, "RTX A6000 (48 GB)", "RTX A6000", (14, 100, 512, 80)),
+        gpu_type("gpu_2x_a6000", 2, "RTX A6000 (48 GB)", "RTX A6000", (28, 200, 1024, 160)),
+        gpu_type("gpu_4x_a6000", 4, "RTX A6000 (48 GB)", "RTX A6000", (56, 400, 1024, 320)),
+        gpu_type("gpu_1x_a100", 1, "A100 (40 GB PCIe)", "A100 PCIE", (30, 200, 512, 129)),
+        gpu_type("gpu_1x_a100_sxm4", 1, "A100 (40 GB SXM4)", "A100 SXM4", (30, 200, 512, 129)),
+        gpu_type("gpu_2x_a100", 2, "A100 (40 GB PCIe)", "A100 PCIE", (60, 400, 1024, 258)),
+        gpu_type("gpu_4x_a100", 4, "A100 (40 GB PCIe)", "A100 PCIE", (120, 800, 1024, 516)),
+        gpu_type("gpu_8x_a100", 8, "A100 (40 GB SXM4)", "A100 SXM4", (124, 1800, 5939, 1032)),
+        gpu_type("gpu_8x_a100_80gb_sxm4", 8, "A100 (80 GB SXM4)", "A100 SXM4 80GB", (240, 1800, 19_858, 1432)),
+        gpu_type("gpu_1x_h100_pcie", 1, "H100 (80 GB PCIe)", "H100 PCIe", (26, 200, 1024, 249)),
+        gpu_type("gpu_1x_h100_sxm5", 1, "H100 (80 GB SXM5)", "H100 HBM3", (26, 225, 2816, 329)),
+        gpu_type("gpu_2x_h100_sxm5", 2, "H100 (80 GB SXM5)", "H100 HBM3", (52, 450, 5632, 658)),
+        gpu_type("gpu_4x_h100_sxm5", 4, "H100 (80 GB SXM5)", "H100 HBM3", (104, 900, 11_264, 1316)),
+        gpu_type("gpu_8x_h100_sxm5", 8, "H100 (80 GB SXM5)", "H100 HBM3", (208, 1800, 22_528, 2392)),
+        gpu_type("gpu_1x_gh200", 1, "GH200 (96 GB)", "GH200", (64, 432, 4096, 149)),
+        gpu_type("gpu_8x_v100", 8, "Tesla V100 (16 GB)", "V100", (92, 448, 5996, 440)),
         cpu_type("cpu_1x_small", "1 vCPU, 1 GiB RAM (CPU only)", 1, 1, 10, 2),
         cpu_type("cpu_2x_medium", "2 vCPUs, 4 GiB RAM (CPU only)", 2, 4, 40, 8),
         cpu_type("cpu_4x_large", "4 vCPUs, 16 GiB RAM (CPU only)", 4, 16, 100, 20),

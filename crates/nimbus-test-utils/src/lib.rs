@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use nimbus_agent::{Agent, AgentConfig};
 use nimbus_api::server::ServerHandle;
-use nimbus_control::config::RateLimits;
+use nimbus_control::config::{AgentTimings, RateLimits};
 use nimbus_control::{admin, Config, Control};
 use nimbus_core::auth::Permissions;
 use nimbus_core::clock::SystemClock;
@@ -151,10 +151,11 @@ pub fn sim_host(name: &str, vcpus: i64, h100s: i64) -> SimConfig {
 impl TestServer {
     /// Generous rate limits, fast heartbeats, no hosts.
     pub fn builder() -> Builder {
-        let mut config = Config::default();
-        config.rate_limits = RateLimits::generous();
-        config.agents.heartbeat_interval_ms = 200;
-        config.agents.host_timeout_ms = 5_000;
+        let config = Config {
+            rate_limits: RateLimits::generous(),
+            agents: AgentTimings { heartbeat_interval_ms: 200, host_timeout_ms: 5_000 },
+            ..Config::default()
+        };
         Builder { config, hosts: Vec::new() }
     }
 

@@ -80,7 +80,7 @@ pub async fn run(store: &StoreArgs, cmd: AdminCmd) -> anyhow::Result<()> {
             println!("{}\t{}", o.id, o.name);
         }
         AdminCmd::Org { cmd: OrgCmd::List } => {
-            println!("{:<32}  {:<24}  {}", "ID", "NAME", "CREATED");
+            println!("{:<32}  {:<24}  CREATED", "ID", "NAME");
             for o in c.store().org_list().await.map_err(e)? {
                 println!("{:<32}  {:<24}  {}", o.id, o.name, to_rfc3339(o.created_at));
             }
@@ -94,7 +94,7 @@ pub async fn run(store: &StoreArgs, cmd: AdminCmd) -> anyhow::Result<()> {
         }
         AdminCmd::ApiKey { cmd: KeyCmd::List { org } } => {
             let org = admin::org_find(&c, &org).await.map_err(e)?;
-            println!("{:<32}  {:<12}  {:<16}  {:<24}  {}", "ID", "PREFIX", "NAME", "PERMISSIONS", "STATUS");
+            println!("{:<32}  {:<12}  {:<16}  {:<24}  STATUS", "ID", "PREFIX", "NAME", "PERMISSIONS");
             for k in c.store().api_key_list_by_org(&org.id).await.map_err(e)? {
                 let status = if k.revoked_at.is_some() { "revoked" } else { "active" };
                 println!("{:<32}  {:<12}  {:<16}  {:<24}  {status}", k.id, k.prefix, k.name, k.permissions.names().join(","));
@@ -111,7 +111,7 @@ pub async fn run(store: &StoreArgs, cmd: AdminCmd) -> anyhow::Result<()> {
             println!("{t}");
         }
         AdminCmd::Hosts => {
-            println!("{:<32}  {:<12}  {:<6}  {:<10}  {:>11}  {:>15}  {}", "ID", "REGION", "STATUS", "DRIVER", "VCPU", "MEM MiB", "GPUS");
+            println!("{:<32}  {:<12}  {:<6}  {:<10}  {:>11}  {:>15}  GPUS", "ID", "REGION", "STATUS", "DRIVER", "VCPU", "MEM MiB");
             for h in c.store().host_list(None, false).await.map_err(e)? {
                 let free_gpus = h.gpus.iter().filter(|g| g.instance_id.is_none()).count();
                 println!(

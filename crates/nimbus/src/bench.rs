@@ -173,8 +173,7 @@ where
 async fn api(n: usize, concurrency: usize, secs: Duration, hosts: usize, database_url: Option<String>) -> anyhow::Result<()> {
     let dir = temp_dir("api")?;
     let url = database_url.clone().unwrap_or_else(|| format!("sqlite://{}?mode=rwc", dir.join("nimbus.db").display()));
-    let mut cfg = Config::default();
-    cfg.rate_limits = RateLimits::generous();
+    let mut cfg = Config { rate_limits: RateLimits::generous(), ..Config::default() };
     cfg.quotas.instances_per_org = (n as i64) * 2 + 100;
     cfg.agents.heartbeat_interval_ms = 2_000;
     let store = Store::connect(&url).await.map_err(|e| anyhow::anyhow!("{e}"))?;
