@@ -201,21 +201,32 @@ pub async fn run_dev(d: DevArgs) -> anyhow::Result<()> {
     })
     .await?;
     let key = dev_org_and_key(&control, &dir, d.api_key.as_deref()).await?;
+    let started = control.now();
     let region = d.region.clone();
     let token = persisted_secret(&dir.join("dev-host-token"), || async {
         admin::host_token_create(&control, &region).await.map_err(|e| anyhow::anyhow!("{e}"))
     })
     .await?;
     let listener = TcpListener::bind(&d.listen).await.with_context(|| format!("binding {}", d.listen))?;
-    let handle = nimbus_api::server::start(control, listener)?;
+    let handle = nimbus_api::server::start(control.clone(), listener)?;
     let url = handle.url();
     announce_sim();
+    let hosts_before = control.store().host_list(None, true).await.map_err(|e| anyhow::anyhow!("{e}"))?.len();
     let agent_dir = dir.join("agent");
     std::fs::create_dir_all(&agent_dir)?;
     let driver = sim_driver(&d.sim, &agent_dir, &local_hostname())?;
     let agent = Agent::new(AgentConfig { server_url: url.clone(), token, data_dir: agent_dir, poll_wait: Duration::from_secs(25) }, driver);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let agent_task = tokio::spawn(agent.run(stop_rx));
+    // Print the URL only once the local host offers capacity, so that a script can use it at once.
+    let t = std::time::Instant::now();
+    while t.elapsed() < Duration::from_secs(15) {
+        let up = control.store().host_list(None, true).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        if up.len() > hosts_before || (hosts_before > 0 && up.iter().any(|h| h.last_seen_at >= started)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     println!("Nimbus dev is running.");
     println!("  URL:      {url}");
     println!("  API key:  {key}");

@@ -1,0 +1,122 @@
+//! The binary end to end: `nimbus dev` started as a real process, driven by the tenant CLI and
+//! the admin CLI.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_nimbus");
+
+struct Dev {
+    child: Child,
+    url: String,
+    key: String,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn start_dev(extra: &[&str]) -> Dev {
+    let dir = std::env::temp_dir().join(format!("nimbus-cli-test-{}-{}", std::process::id(), extra.len()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut child = Command::new(BIN)
+        .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&dir)
+        .args(extra)
+        .env("NIMBUS_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn nimbus dev");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let (mut url, mut key) = (String::new(), String::new());
+    while let Some(Ok(line)) = lines.next() {
+        if let Some(u) = line.trim().strip_prefix("URL:") {
+            url = u.trim().to_owned();
+        }
+        if let Some(k) = line.trim().strip_prefix("API key:") {
+            key = k.trim().to_owned();
+            break;
+        }
+    }
+    assert!(url.starts_with("http://127.0.0.1:") && !key.is_empty(), "dev did not print URL and key");
+    std::thread::spawn(move || for _ in lines {});
+    Dev { child, url, key, dir }
+}
+
+fn cli(dev: &Dev, args: &[&str]) -> String {
+    let out = Command::new(BIN).args(args).env("NIMBUS_URL", &dev.url).env("NIMBUS_API_KEY", &dev.key).output().expect("run cli");
+    assert!(out.status.success(), "nimbus {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("utf8")
+}
+
+#[test]
+fn dev_and_tenant_cli() {
+    let dev = start_dev(&["--api-key", "test-key-0123456789abcdef"]);
+    assert_eq!(dev.key, "test-key-0123456789abcdef");
+    let types = cli(&dev, &["types"]);
+    assert!(types.contains("cpu_1x_small") && types.contains("us-east-1"), "{types}");
+
+    let pk = std::env::temp_dir().join(format!("nimbus-cli-{}.pub", std::process::id()));
+    std::fs::write(&pk, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAICZUKH4bkuFLWaz1Z6RVWN2q8+AKMNNakUZWtb9FDa0a me@host\n").unwrap();
+    cli(&dev, &["ssh-key", "add", "mine", "--public-key-file", pk.to_str().unwrap()]);
+    let generated = cli(&dev, &["ssh-key", "generate", "gen"]);
+    assert!(generated.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"), "{generated}");
+    let keys: serde_json::Value = serde_json::from_str(&cli(&dev, &["ssh-key", "list", "--json"])).unwrap();
+    assert_eq!(keys.as_array().unwrap().len(), 2);
+
+    let id = cli(&dev, &["instance", "launch", "--type", "cpu_1x_small", "--ssh-key", "mine", "--name", "box"]).trim().to_owned();
+    assert_eq!(id.len(), 32, "{id}");
+    let t = Instant::now();
+    loop {
+        let v: serde_json::Value = serde_json::from_str(&cli(&dev, &["instance", "get", &id, "--json"])).unwrap();
+        if v["status"] == "active" {
+            assert_eq!(v["name"], "box");
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "never active: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let table = cli(&dev, &["instance", "list"]);
+    assert!(table.contains(&id) && table.contains("active"), "{table}");
+    let fs = cli(&dev, &["fs", "create", "data"]);
+    assert!(fs.contains("/lambda/nfs/data"), "{fs}");
+    cli(&dev, &["instance", "terminate", &id]);
+
+    // Bad input through the CLI is a clear error, not a crash.
+    let out =
+        Command::new(BIN).args(["instance", "get", "nope"]).env("NIMBUS_URL", &dev.url).env("NIMBUS_API_KEY", &dev.key).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("global/object-does-not-exist"));
+    let _ = std::fs::remove_file(pk);
+}
+
+#[test]
+fn admin_cli_creates_orgs_and_keys_that_work() {
+    let dev = start_dev(&[]);
+    let admin = |args: &[&str]| {
+        let out = Command::new(BIN).arg("admin").arg("--data-dir").arg(&dev.dir).args(args).output().unwrap();
+        assert!(out.status.success(), "admin {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    admin(&["org", "create", "acme", "--email", "ops@acme.example"]);
+    let key = admin(&["api-key", "create", "--org", "acme", "--permissions", "READ"]).trim().to_owned();
+    assert!(key.starts_with("nmb_"), "{key}");
+    assert!(admin(&["org", "list"]).contains("acme"));
+    assert!(admin(&["api-key", "list", "--org", "acme"]).contains("READ"));
+    assert!(admin(&["hosts"]).contains("us-east-1"));
+    let as_acme = |args: &[&str]| Command::new(BIN).args(args).env("NIMBUS_URL", &dev.url).env("NIMBUS_API_KEY", &key).output().unwrap();
+    let out = as_acme(&["instance", "list", "--json"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]", "acme sees none of the dev org's instances");
+    let out = as_acme(&["ssh-key", "generate", "x"]);
+    assert!(!out.status.success(), "a READ key cannot create");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("insufficient-permissions"));
+}
