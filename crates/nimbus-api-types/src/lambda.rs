@@ -3,19 +3,24 @@
 //! because generated clients iterate them.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// `{}`: the `data` of deletes that return nothing else.
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+pub struct Empty {}
 
 /// `{"data": …}`, the envelope of every success.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Data<T> {
     pub data: T,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ErrorDetail {
     pub code: String,
     pub message: String,
@@ -23,13 +28,13 @@ pub struct ErrorDetail {
     pub suggestion: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Region {
     pub name: String,
     pub description: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Specs {
     pub vcpus: i64,
     pub memory_gib: i64,
@@ -37,7 +42,7 @@ pub struct Specs {
     pub gpus: i64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct InstanceType {
     pub name: String,
     pub description: String,
@@ -46,13 +51,13 @@ pub struct InstanceType {
     pub specs: Specs,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct InstanceTypeEntry {
     pub instance_type: InstanceType,
     pub regions_with_capacity_available: Vec<Region>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ActionAvailability {
     pub available: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -61,7 +66,7 @@ pub struct ActionAvailability {
     pub reason_description: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Actions {
     pub migrate: ActionAvailability,
     pub rebuild: ActionAvailability,
@@ -70,24 +75,24 @@ pub struct Actions {
     pub terminate: ActionAvailability,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Tag {
     pub key: String,
     pub value: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct FileSystemMount {
     pub mount_point: String,
     pub file_system_id: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct IdRef {
     pub id: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Instance {
     pub id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -117,14 +122,14 @@ pub struct Instance {
     pub is_reserved: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum ImageSpec {
     Id { id: String },
     Family { family: String },
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct LaunchRequest {
     pub region_name: String,
     pub instance_type_name: String,
@@ -149,33 +154,33 @@ pub struct LaunchRequest {
     pub quantity: Option<i64>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct LaunchResponse {
     pub instance_ids: Vec<String>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct InstanceIdsRequest {
     pub instance_ids: Vec<String>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct RestartResponse {
     pub restarted_instances: Vec<Instance>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct TerminateResponse {
     pub terminated_instances: Vec<Instance>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct InstanceModifyRequest {
     #[serde(default)]
     pub name: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SshKey {
     pub id: String,
     pub name: String,
@@ -184,21 +189,21 @@ pub struct SshKey {
     pub private_key: Option<String>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct AddSshKeyRequest {
     pub name: String,
     #[serde(default)]
     pub public_key: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct User {
     pub id: String,
     pub email: String,
     pub status: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct FileSystem {
     pub id: String,
     pub name: String,
@@ -209,18 +214,18 @@ pub struct FileSystem {
     pub region: Region,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct CreateFileSystemRequest {
     pub name: String,
     pub region: String,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct DeletedIds {
     pub deleted_ids: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Image {
     pub id: String,
     pub created_time: String,
@@ -235,7 +240,7 @@ pub struct Image {
 
 /// A firewall rule as sent and rendered. Input fields are loosely typed (`serde_json::Value`
 /// for the port range) so that a wrong type becomes a precise validation message.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct FirewallRule {
     pub protocol: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -245,12 +250,12 @@ pub struct FirewallRule {
     pub description: String,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct FirewallRulesPut {
     pub data: Vec<FirewallRule>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct FirewallRuleset {
     pub id: String,
     pub name: String,
@@ -260,21 +265,21 @@ pub struct FirewallRuleset {
     pub instance_ids: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct GlobalFirewallRuleset {
     pub id: String,
     pub name: String,
     pub rules: Vec<FirewallRule>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct CreateRulesetRequest {
     pub name: String,
     pub region: String,
     pub rules: Vec<FirewallRule>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct PatchRulesetRequest {
     #[serde(default)]
     pub name: Option<String>,
@@ -282,7 +287,7 @@ pub struct PatchRulesetRequest {
     pub rules: Option<Vec<FirewallRule>>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AuditEvent {
     pub service_name: String,
     pub resource_name: String,
@@ -294,10 +299,11 @@ pub struct AuditEvent {
     pub resource_lrns: Vec<String>,
     pub resource_owner_lrn: Option<String>,
     pub request_api_key_lrn: Option<String>,
+    #[schema(value_type = Object)]
     pub additional_details: serde_json::Value,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct AuditEventsPage {
     pub events: Vec<AuditEvent>,
     pub page_token: Option<String>,

@@ -9,6 +9,7 @@ pub mod agent;
 pub mod auth;
 pub mod lambda;
 pub mod middleware;
+pub mod openapi;
 pub mod ratelimit;
 pub mod server;
 

@@ -54,6 +54,14 @@ async fn org(s: &ApiState, actor: &Actor) -> Result<Org, Error> {
     s.control.store().org_get(&actor.org_id).await?.ok_or_else(|| Error::internal("authenticated org vanished"))
 }
 
+#[utoipa::path(
+    get,
+    path = "/instance-types",
+    tag = "instance-types",
+    operation_id = "instance_types_list",
+    summary = "List instance types and the regions with capacity for each",
+    responses((status = 200, description = "Success", body = w::Data<std::collections::BTreeMap<String, w::InstanceTypeEntry>>), (status = 400, description = "Invalid request", body = w::ErrorBody), (status = 401, description = "Invalid API key", body = w::ErrorBody), (status = 403, description = "Missing permission", body = w::ErrorBody), (status = 429, description = "Rate limited", body = w::ErrorBody))
+)]
 pub async fn instance_types(State(s): State<ApiState>, LambdaActor(a): LambdaActor) -> LResult {
     let cfg = s.control.config();
     let out: serde_json::Map<String, serde_json::Value> = capacity::by_type(&s.control, &a)
@@ -75,6 +83,15 @@ pub struct ListQuery {
     cluster_id: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/instances",
+    tag = "instances",
+    operation_id = "instances_list",
+    summary = "List running instances",
+    params(("cluster_id" = Option<String>, Query, description = "Only instances of this 1-click cluster")),
+    responses((status = 200, description = "Success", body = w::Data<Vec<w::Instance>>), (status = 400, description = "Invalid request", body = w::ErrorBody), (status = 401, description = "Invalid API key", body = w::ErrorBody), (status = 403, description = "Missing permission", body = w::ErrorBody), (status = 429, description = "Rate limited", body = w::ErrorBody))
+)]
 pub async fn instances_list(
     State(s): State<ApiState>,
     LambdaActor(a): LambdaActor,
@@ -97,11 +114,29 @@ pub async fn instances_list(
     Ok(json_bytes(body))
 }
 
+#[utoipa::path(
+    get,
+    path = "/instances/{id}",
+    tag = "instances",
+    operation_id = "instance_get",
+    summary = "Get one instance",
+    params(("id" = String, Path, description = "Instance id")),
+    responses((status = 200, description = "Success", body = w::Data<w::Instance>), (status = 400, description = "Invalid request", body = w::ErrorBody), (status = 401, description = "Invalid API key", body = w::ErrorBody), (status = 403, description = "Missing permission", body = w::ErrorBody), (status = 429, description = "Rate limited", body = w::ErrorBody), (status = 404, description = "Not found", body = w::ErrorBody))
+)]
 pub async fn instance_get(State(s): State<ApiState>, LambdaActor(a): LambdaActor, Path(id): Path<String>) -> LResult {
     let i = instances::get(&s.control, &a, &id).await?;
     Ok(data(render_instances(&s, &a, std::slice::from_ref(&i)).await?.pop()))
 }
 
+#[utoipa::path(
+    post,
+    path = "/instances/{id}",
+    tag = "instances",
+    operation_id = "instance_update",
+    summary = "Rename an instance",
+    params(("id" = String, Path, description = "Instance id")), request_body = w::InstanceModifyRequest,
+    responses((status = 200, description = "Success", body = w::Data<w::Instance>), (status = 400, description = "Invalid request", body = w::ErrorBody), (status = 401, description = "Invalid API key", body = w::ErrorBody), (status = 403, description = "Missing permission", body = w::ErrorBody), (status = 429, description = "Rate limited", body = w::ErrorBody), (status = 404, description = "Not found", body = w::ErrorBody))
+)]
 pub async fn instance_modify(
     State(s): State<ApiState>,
     LambdaActor(a): LambdaActor,
@@ -138,6 +173,15 @@ fn launch_spec(req: w::LaunchRequest) -> LaunchSpec {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/instance-operations/launch",
+    tag = "instances",
+    operation_id = "instances_launch",
+    summary = "Launch instances",
+    request_body = w::LaunchRequest,
+    responses((status = 200, description = "Success", body = w::Data<w::LaunchResponse>), (status = 400, description = "Invalid request", body = w::ErrorBody), (status = 401, description = "Invalid API key", body = w::ErrorBody), (status = 403, description = "Missing permission", body = w::ErrorBody), (status = 429, description = "Rate limited", body = w::ErrorBody), (status = 404, description = "Not found", body = w::ErrorBody))
+)]
 pub async fn launch(State(s): State<ApiState>, LambdaActor(a): LambdaActor, LambdaJson(req): LambdaJson<w::LaunchRequest>) -> LResult {
     // Lambda takes exactly one key per launch; more keys are added inside the instance.
     if req.ssh_key_names.len() != 1 {
@@ -147,6 +191,15 @@ pub async fn launch(State(s): State<ApiState>, LambdaActor(a): LambdaActor, Lamb
     Ok(data(w::LaunchResponse { instance_ids: ids.iter().map(ToString::to_string).collect() }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/instance-operations/restart",
+    tag = "instances",
+    operation_id = "instances_restart",
+    summary = "Restart instances",
+    request_body = w::InstanceIdsRequest,
+    responses((status = 200, description = "Success", body = w::Data<w::RestartResponse>), (status = 400, description = "Invalid request", body = w::ErrorBody), (status = 401, description = "Invalid API key", body = w::ErrorBody), (status = 403, description = "Missing permission", body = w::ErrorBody), (status = 429, description = "Rate limited", body = w::ErrorBody), (status = 404, description = "Not found", body = w::ErrorBody))
+)]
 pub async fn restart(
     State(s): State<ApiState>,
     LambdaActor(a): LambdaActor,
@@ -156,6 +209,15 @@ pub async fn restart(
     Ok(data(w::RestartResponse { restarted_instances: render_instances(&s, &a, &list).await? }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/instance-operations/terminate",
+    tag = "instances",
+    operation_id = "instances_terminate",
+    summary = "Terminate instances",
+    request_body = w::InstanceIdsRequest,
+    responses((status = 200, description = "Success", body = w::Data<w::TerminateResponse>), (status = 400, description = "Invalid request", body = w::ErrorBody), (status = 401, description = "Invalid API key", body = w::ErrorBody), (status = 403, description = "Missing permission", body = w::ErrorBody), (status = 429, description = "Rate limited", body = w::ErrorBody), (status = 404, description = "Not found", body = w::ErrorBody))
+)]
 pub async fn terminate(
     State(s): State<ApiState>,
     LambdaActor(a): LambdaActor,
@@ -165,11 +227,28 @@ pub async fn terminate(
     Ok(data(w::TerminateResponse { terminated_instances: render_instances(&s, &a, &list).await? }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/ssh-keys",
+    tag = "ssh-keys",
+    operation_id = "ssh_keys_list",
+    summary = "List SSH keys",
+    responses((status = 200, description = "Success", body = w::Data<Vec<w::SshKey>>), (status = 400, description = "Invalid request", body = w::ErrorBody), (status = 401, description = "Invalid API key", body = w::ErrorBody), (status = 403, description = "Missing permission", body = w::ErrorBody), (status = 429, description = "Rate limited", body = w::ErrorBody))
+)]
 pub async fn ssh_keys_list(State(s): State<ApiState>, LambdaActor(a): LambdaActor) -> LResult {
     let keys = ssh_keys::list(&s.control, &a).await?;
     Ok(data(keys.iter().map(|k| render::ssh_key(k, None)).collect::<Vec<_>>()))
 }
 
+#[utoipa::path(
+    post,
+    path = "/ssh-keys",
+    tag = "ssh-keys",
+    operation_id = "ssh_key_create",
+    summary = "Add an SSH key, or generate a key pair",
+    request_body = w::AddSshKeyRequest,
+    responses((status = 200, description = "Success", body = w::Data<w::SshKey>), (status = 400, description = "Invalid request", body = w::ErrorBody), (status = 401, description = "Invalid API key", body = w::ErrorBody), (status = 403, description = "Missing permission", body = w::ErrorBody), (status = 429, description = "Rate limited", body = w::ErrorBody))
+)]
 pub async fn ssh_key_add(
     State(s): State<ApiState>,
     LambdaActor(a): LambdaActor,
@@ -183,11 +262,28 @@ pub async fn ssh_key_add(
     Ok(data(render::ssh_key(&key, private)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/ssh-keys/{id}",
+    tag = "ssh-keys",
+    operation_id = "ssh_key_delete",
+    summary = "Delete an SSH key",
+    params(("id" = String, Path, description = "SSH key id")),
+    responses((status = 200, description = "Success", body = w::Data<w::Empty>), (status = 400, description = "Invalid request", body = w::ErrorBody), (status = 401, description = "Invalid API key", body = w::ErrorBody), (status = 403, description = "Missing permission", body = w::ErrorBody), (status = 429, description = "Rate limited", body = w::ErrorBody), (status = 404, description = "Not found", body = w::ErrorBody))
+)]
 pub async fn ssh_key_delete(State(s): State<ApiState>, LambdaActor(a): LambdaActor, Path(id): Path<String>) -> LResult {
     ssh_keys::delete(&s.control, &a, &id).await?;
-    Ok(data(serde_json::json!({})))
+    Ok(data(w::Empty {}))
 }
 
+#[utoipa::path(
+    get,
+    path = "/file-systems",
+    tag = "file-systems",
+    operation_id = "file_systems_list",
+    summary = "List file systems",
+    responses((status = 200, description = "Success", body = w::Data<Vec<w::FileSystem>>), (status = 400, description = "Invalid request", body = w::ErrorBody), (status = 401, description = "Invalid API key", body = w::ErrorBody), (status = 403, description = "Missing permission", body = w::ErrorBody), (status = 429, description = "Rate limited", body = w::ErrorBody))
+)]
 pub async fn file_systems_list(State(s): State<ApiState>, LambdaActor(a): LambdaActor) -> LResult {
     let list = storage::list(&s.control, &a).await?;
     let org = org(&s, &a).await?;
@@ -195,6 +291,15 @@ pub async fn file_systems_list(State(s): State<ApiState>, LambdaActor(a): Lambda
     Ok(data(list.iter().map(|f| render::file_system(f, cfg, &org)).collect::<Vec<_>>()))
 }
 
+#[utoipa::path(
+    post,
+    path = "/filesystems",
+    tag = "file-systems",
+    operation_id = "file_system_create",
+    summary = "Create a file system",
+    request_body = w::CreateFileSystemRequest,
+    responses((status = 200, description = "Success", body = w::Data<w::FileSystem>), (status = 400, description = "Invalid request", body = w::ErrorBody), (status = 401, description = "Invalid API key", body = w::ErrorBody), (status = 403, description = "Missing permission", body = w::ErrorBody), (status = 429, description = "Rate limited", body = w::ErrorBody))
+)]
 pub async fn file_system_create(
     State(s): State<ApiState>,
     LambdaActor(a): LambdaActor,
@@ -205,11 +310,28 @@ pub async fn file_system_create(
     Ok(data(render::file_system(&f, s.control.config(), &org)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/filesystems/{id}",
+    tag = "file-systems",
+    operation_id = "file_system_delete",
+    summary = "Delete a file system",
+    params(("id" = String, Path, description = "File system id")),
+    responses((status = 200, description = "Success", body = w::Data<w::DeletedIds>), (status = 400, description = "Invalid request", body = w::ErrorBody), (status = 401, description = "Invalid API key", body = w::ErrorBody), (status = 403, description = "Missing permission", body = w::ErrorBody), (status = 429, description = "Rate limited", body = w::ErrorBody), (status = 404, description = "Not found", body = w::ErrorBody))
+)]
 pub async fn file_system_delete(State(s): State<ApiState>, LambdaActor(a): LambdaActor, Path(id): Path<String>) -> LResult {
     let id = storage::delete(&s.control, &a, &id).await?;
     Ok(data(w::DeletedIds { deleted_ids: vec![id.to_string()] }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/images",
+    tag = "images",
+    operation_id = "images_list",
+    summary = "List images in every region with capacity",
+    responses((status = 200, description = "Success", body = w::Data<Vec<w::Image>>), (status = 400, description = "Invalid request", body = w::ErrorBody), (status = 401, description = "Invalid API key", body = w::ErrorBody), (status = 403, description = "Missing permission", body = w::ErrorBody), (status = 429, description = "Rate limited", body = w::ErrorBody))
+)]
 pub async fn images_list(State(s): State<ApiState>, LambdaActor(a): LambdaActor) -> LResult {
     a.require(nimbus_core::auth::Permission::Read)?;
     let imgs = images::list(&s.control).await?;
@@ -227,11 +349,28 @@ fn rules_in(rules: Vec<w::FirewallRule>) -> Result<Vec<FirewallRule>, Error> {
         .collect()
 }
 
+#[utoipa::path(
+    get,
+    path = "/firewall-rules",
+    tag = "firewall",
+    operation_id = "firewall_rules_list",
+    summary = "List the global inbound firewall rules",
+    responses((status = 200, description = "Success", body = w::Data<Vec<w::FirewallRule>>), (status = 400, description = "Invalid request", body = w::ErrorBody), (status = 401, description = "Invalid API key", body = w::ErrorBody), (status = 403, description = "Missing permission", body = w::ErrorBody), (status = 429, description = "Rate limited", body = w::ErrorBody))
+)]
 pub async fn firewall_rules_get(State(s): State<ApiState>, LambdaActor(a): LambdaActor) -> LResult {
     let rules = firewall::global_get(&s.control, &a).await?;
     Ok(data(rules.iter().map(render::rule).collect::<Vec<_>>()))
 }
 
+#[utoipa::path(
+    put,
+    path = "/firewall-rules",
+    tag = "firewall",
+    operation_id = "firewall_rules_replace",
+    summary = "Replace the global inbound firewall rules",
+    request_body = w::FirewallRulesPut,
+    responses((status = 200, description = "Success", body = w::Data<Vec<w::FirewallRule>>), (status = 400, description = "Invalid request", body = w::ErrorBody), (status = 401, description = "Invalid API key", body = w::ErrorBody), (status = 403, description = "Missing permission", body = w::ErrorBody), (status = 429, description = "Rate limited", body = w::ErrorBody))
+)]
 pub async fn firewall_rules_put(
     State(s): State<ApiState>,
     LambdaActor(a): LambdaActor,
@@ -241,11 +380,28 @@ pub async fn firewall_rules_put(
     Ok(data(rules.iter().map(render::rule).collect::<Vec<_>>()))
 }
 
+#[utoipa::path(
+    get,
+    path = "/firewall-rulesets/global",
+    tag = "firewall",
+    operation_id = "firewall_ruleset_global_get",
+    summary = "Get the global firewall ruleset",
+    responses((status = 200, description = "Success", body = w::Data<w::GlobalFirewallRuleset>), (status = 400, description = "Invalid request", body = w::ErrorBody), (status = 401, description = "Invalid API key", body = w::ErrorBody), (status = 403, description = "Missing permission", body = w::ErrorBody), (status = 429, description = "Rate limited", body = w::ErrorBody))
+)]
 pub async fn global_ruleset_get(State(s): State<ApiState>, LambdaActor(a): LambdaActor) -> LResult {
     let rules = firewall::global_get(&s.control, &a).await?;
     Ok(data(render::global_ruleset(&rules)))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/firewall-rulesets/global",
+    tag = "firewall",
+    operation_id = "firewall_ruleset_global_update",
+    summary = "Update the global firewall ruleset",
+    request_body = w::PatchRulesetRequest,
+    responses((status = 200, description = "Success", body = w::Data<w::GlobalFirewallRuleset>), (status = 400, description = "Invalid request", body = w::ErrorBody), (status = 401, description = "Invalid API key", body = w::ErrorBody), (status = 403, description = "Missing permission", body = w::ErrorBody), (status = 429, description = "Rate limited", body = w::ErrorBody))
+)]
 pub async fn global_ruleset_patch(
     State(s): State<ApiState>,
     LambdaActor(a): LambdaActor,
@@ -261,12 +417,29 @@ pub async fn global_ruleset_patch(
     Ok(data(render::global_ruleset(&rules)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/firewall-rulesets",
+    tag = "firewall",
+    operation_id = "firewall_rulesets_list",
+    summary = "List firewall rulesets",
+    responses((status = 200, description = "Success", body = w::Data<Vec<w::FirewallRuleset>>), (status = 400, description = "Invalid request", body = w::ErrorBody), (status = 401, description = "Invalid API key", body = w::ErrorBody), (status = 403, description = "Missing permission", body = w::ErrorBody), (status = 429, description = "Rate limited", body = w::ErrorBody))
+)]
 pub async fn rulesets_list(State(s): State<ApiState>, LambdaActor(a): LambdaActor) -> LResult {
     let list = firewall::ruleset_list(&s.control, &a).await?;
     let cfg = s.control.config();
     Ok(data(list.iter().map(|r| render::ruleset(r, cfg)).collect::<Vec<_>>()))
 }
 
+#[utoipa::path(
+    post,
+    path = "/firewall-rulesets",
+    tag = "firewall",
+    operation_id = "firewall_ruleset_create",
+    summary = "Create a firewall ruleset",
+    request_body = w::CreateRulesetRequest,
+    responses((status = 200, description = "Success", body = w::Data<w::FirewallRuleset>), (status = 400, description = "Invalid request", body = w::ErrorBody), (status = 401, description = "Invalid API key", body = w::ErrorBody), (status = 403, description = "Missing permission", body = w::ErrorBody), (status = 429, description = "Rate limited", body = w::ErrorBody))
+)]
 pub async fn ruleset_create(
     State(s): State<ApiState>,
     LambdaActor(a): LambdaActor,
@@ -276,11 +449,29 @@ pub async fn ruleset_create(
     Ok(data(render::ruleset(&rs, s.control.config())))
 }
 
+#[utoipa::path(
+    get,
+    path = "/firewall-rulesets/{id}",
+    tag = "firewall",
+    operation_id = "firewall_ruleset_get",
+    summary = "Get a firewall ruleset",
+    params(("id" = String, Path, description = "Ruleset id")),
+    responses((status = 200, description = "Success", body = w::Data<w::FirewallRuleset>), (status = 400, description = "Invalid request", body = w::ErrorBody), (status = 401, description = "Invalid API key", body = w::ErrorBody), (status = 403, description = "Missing permission", body = w::ErrorBody), (status = 429, description = "Rate limited", body = w::ErrorBody), (status = 404, description = "Not found", body = w::ErrorBody))
+)]
 pub async fn ruleset_get(State(s): State<ApiState>, LambdaActor(a): LambdaActor, Path(id): Path<String>) -> LResult {
     let rs = firewall::ruleset_get(&s.control, &a, &id).await?;
     Ok(data(render::ruleset(&rs, s.control.config())))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/firewall-rulesets/{id}",
+    tag = "firewall",
+    operation_id = "firewall_ruleset_update",
+    summary = "Update a firewall ruleset",
+    params(("id" = String, Path, description = "Ruleset id")), request_body = w::PatchRulesetRequest,
+    responses((status = 200, description = "Success", body = w::Data<w::FirewallRuleset>), (status = 400, description = "Invalid request", body = w::ErrorBody), (status = 401, description = "Invalid API key", body = w::ErrorBody), (status = 403, description = "Missing permission", body = w::ErrorBody), (status = 429, description = "Rate limited", body = w::ErrorBody), (status = 404, description = "Not found", body = w::ErrorBody))
+)]
 pub async fn ruleset_patch(
     State(s): State<ApiState>,
     LambdaActor(a): LambdaActor,
@@ -292,9 +483,18 @@ pub async fn ruleset_patch(
     Ok(data(render::ruleset(&rs, s.control.config())))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/firewall-rulesets/{id}",
+    tag = "firewall",
+    operation_id = "firewall_ruleset_delete",
+    summary = "Delete a firewall ruleset",
+    params(("id" = String, Path, description = "Ruleset id")),
+    responses((status = 200, description = "Success", body = w::Data<w::Empty>), (status = 400, description = "Invalid request", body = w::ErrorBody), (status = 401, description = "Invalid API key", body = w::ErrorBody), (status = 403, description = "Missing permission", body = w::ErrorBody), (status = 429, description = "Rate limited", body = w::ErrorBody), (status = 404, description = "Not found", body = w::ErrorBody))
+)]
 pub async fn ruleset_delete(State(s): State<ApiState>, LambdaActor(a): LambdaActor, Path(id): Path<String>) -> LResult {
     firewall::ruleset_delete(&s.control, &a, &id).await?;
-    Ok(data(serde_json::json!({})))
+    Ok(data(w::Empty {}))
 }
 
 #[derive(serde::Deserialize)]
@@ -305,6 +505,15 @@ pub struct AuditParams {
     resource_type: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/audit-events",
+    tag = "audit",
+    operation_id = "audit_events_list",
+    summary = "List audit events",
+    params(("start" = Option<String>, Query, description = "ISO 8601, inclusive"), ("end" = Option<String>, Query, description = "ISO 8601, inclusive"), ("page_token" = Option<String>, Query), ("resource_type" = Option<String>, Query, description = "e.g. cloud.ssh_key")),
+    responses((status = 200, description = "Success", body = w::Data<w::AuditEventsPage>), (status = 400, description = "Invalid request", body = w::ErrorBody), (status = 401, description = "Invalid API key", body = w::ErrorBody), (status = 403, description = "Missing permission", body = w::ErrorBody), (status = 429, description = "Rate limited", body = w::ErrorBody))
+)]
 pub async fn audit_events(
     State(s): State<ApiState>,
     LambdaActor(a): LambdaActor,

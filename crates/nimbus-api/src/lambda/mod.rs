@@ -13,34 +13,71 @@ use axum::routing::{delete, get, post};
 use axum::Router;
 use bytes::Bytes;
 use nimbus_core::ids::OrgId;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use error::LambdaError;
 
 use crate::ApiState;
 
-pub fn router() -> Router<ApiState> {
+/// The Lambda router and its OpenAPI document, built from the same handler list so that the
+/// document cannot miss a route. Lambda's second spellings (`/filesystems` for listing,
+/// `/file-systems` for create/delete) are served as undocumented aliases.
+pub fn api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
     use handlers::*;
-    Router::new()
-        .route("/instance-types", get(instance_types))
-        .route("/instances", get(instances_list))
-        .route("/instances/{id}", get(instance_get).post(instance_modify))
-        .route("/instance-operations/launch", post(launch))
-        .route("/instance-operations/restart", post(restart))
-        .route("/instance-operations/terminate", post(terminate))
-        .route("/ssh-keys", get(ssh_keys_list).post(ssh_key_add))
-        .route("/ssh-keys/{id}", delete(ssh_key_delete))
-        // Lambda lists at /file-systems and creates/deletes at /filesystems; serve both everywhere.
-        .route("/file-systems", get(file_systems_list).post(file_system_create))
-        .route("/filesystems", get(file_systems_list).post(file_system_create))
+    let (router, doc) = OpenApiRouter::with_openapi(doc_base())
+        .routes(routes!(instance_types))
+        .routes(routes!(instances_list))
+        .routes(routes!(instance_get, instance_modify))
+        .routes(routes!(launch))
+        .routes(routes!(restart))
+        .routes(routes!(terminate))
+        .routes(routes!(ssh_keys_list, ssh_key_add))
+        .routes(routes!(ssh_key_delete))
+        .routes(routes!(file_systems_list))
+        .routes(routes!(file_system_create))
+        .routes(routes!(file_system_delete))
+        .routes(routes!(images_list))
+        .routes(routes!(firewall_rules_get, firewall_rules_put))
+        .routes(routes!(rulesets_list, ruleset_create))
+        .routes(routes!(global_ruleset_get, global_ruleset_patch))
+        .routes(routes!(ruleset_get, ruleset_patch, ruleset_delete))
+        .routes(routes!(audit_events))
+        .split_for_parts();
+    let router = router
+        .route("/filesystems", get(file_systems_list))
+        .route("/file-systems", post(file_system_create))
         .route("/file-systems/{id}", delete(file_system_delete))
-        .route("/filesystems/{id}", delete(file_system_delete))
-        .route("/images", get(images_list))
-        .route("/firewall-rules", get(firewall_rules_get).put(firewall_rules_put))
-        .route("/firewall-rulesets", get(rulesets_list).post(ruleset_create))
-        .route("/firewall-rulesets/global", get(global_ruleset_get).patch(global_ruleset_patch))
-        .route("/firewall-rulesets/{id}", get(ruleset_get).patch(ruleset_patch).delete(ruleset_delete))
-        .route("/audit-events", get(audit_events))
-        .method_not_allowed_fallback(method_not_allowed)
+        .method_not_allowed_fallback(method_not_allowed);
+    (router, doc)
+}
+
+pub fn router() -> Router<ApiState> {
+    api().0
+}
+
+fn doc_base() -> utoipa::openapi::OpenApi {
+    use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+    let mut doc = utoipa::openapi::OpenApiBuilder::new()
+        .info(
+            utoipa::openapi::InfoBuilder::new()
+                .title("Nimbus: Lambda Cloud API v1 dialect")
+                .version("1.0.0")
+                .description(Some(
+                    "Lambda Cloud API v1 as served by Nimbus at /api/v1. Generated from code; see docs/lambda-compatibility.md.",
+                ))
+                .build(),
+        )
+        .servers(Some(vec![utoipa::openapi::ServerBuilder::new().url("/api/v1").build()]))
+        .build();
+    let components = doc.components.get_or_insert_with(Default::default);
+    components.add_security_scheme("basicAuth", SecurityScheme::Http(Http::new(HttpAuthScheme::Basic)));
+    components.add_security_scheme("bearerAuth", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+    doc.security = Some(vec![
+        utoipa::openapi::security::SecurityRequirement::new("basicAuth", Vec::<String>::new()),
+        utoipa::openapi::security::SecurityRequirement::new("bearerAuth", Vec::<String>::new()),
+    ]);
+    doc
 }
 
 /// Rendered `GET /instances` bodies per org, valid while the org's instances generation is
