@@ -40,7 +40,7 @@ impl ApiState {
 /// The complete application router.
 pub fn router(state: ApiState) -> Router {
     Router::new()
-        .nest("/api/v1", lambda::router())
+        .nest("/api/v1", lambda::router().layer(axum::middleware::from_fn(middleware::lambda_deadline)))
         .nest("/internal/agent/v1", agent::router())
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(middleware::not_found)

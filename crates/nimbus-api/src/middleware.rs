@@ -53,3 +53,15 @@ pub async fn not_found(uri: axum::http::Uri) -> Response {
     }
     (StatusCode::NOT_FOUND, axum::Json(serde_json::json!({"error": {"code": "not_found", "message": "No such endpoint."}}))).into_response()
 }
+
+/// Longest a tenant request may take. Some clients (SkyPilot) set no HTTP timeout at all, so a
+/// stuck request must end on the server's side, with an error in the dialect's shape.
+pub const REQUEST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
+pub async fn lambda_deadline(req: Request, next: Next) -> Response {
+    match tokio::time::timeout(REQUEST_DEADLINE, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => crate::lambda::LambdaError(nimbus_core::Error::Unavailable { message: "the request took too long; retry it".into() })
+            .into_response(),
+    }
+}
