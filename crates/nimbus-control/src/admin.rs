@@ -143,9 +143,7 @@ pub async fn api_key_revoke(c: &Control, org: &Org, id: &str) -> Result<(), Erro
 
 /// Creates a host registration token for a region; returns the secret (shown once).
 pub async fn host_token_create(c: &Control, region: &str) -> Result<String, Error> {
-    if c.config().region(region).is_none() {
-        return Err(Error::invalid("region", format!("{region:?} is not a configured region")));
-    }
+    c.require_region("region", region)?;
     let s = new_secret(HOST_TOKEN_PREFIX);
     let id = HostTokenId::generate();
     let mut tx = c.store().begin().await?;

@@ -45,11 +45,9 @@ pub async fn ruleset_create(
     rules: Vec<FirewallRule>,
 ) -> Result<FirewallRuleset, Error> {
     actor.require(Permission::Create)?;
-    validate::ruleset_name(name)?;
+    validate::printable_name(name)?;
     check_rules(&rules)?;
-    if c.config().region(region).is_none() {
-        return Err(Error::invalid("region", format!("{region:?} is not a region of this cloud")));
-    }
+    c.require_region("region", region)?;
     let now = c.now();
     let rs = FirewallRuleset {
         id: FirewallRulesetId::generate(),
@@ -98,7 +96,7 @@ pub async fn ruleset_update(
     actor.require(Permission::Edit)?;
     let rid = parse_id(id)?;
     if let Some(n) = name {
-        validate::ruleset_name(n)?;
+        validate::printable_name(n)?;
     }
     if let Some(r) = &rules {
         check_rules(r)?;

@@ -72,9 +72,7 @@ pub async fn launch(c: &Control, actor: &Actor, spec: LaunchSpec) -> Result<Vec<
         validate::user_data(u)?;
     }
     validate::tags(&spec.tags)?;
-    if cfg.region(&spec.region).is_none() {
-        return Err(Error::invalid("region_name", format!("{:?} is not a region of this cloud", spec.region)));
-    }
+    c.require_region("region_name", &spec.region)?;
     let itype: &InstanceType =
         cfg.instance_type(&spec.instance_type).ok_or_else(|| Error::not_found("instance type", &spec.instance_type))?;
     if spec.ssh_key_names.is_empty() {

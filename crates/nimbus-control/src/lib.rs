@@ -68,6 +68,11 @@ impl Control {
         &self.inner.clock
     }
 
+    /// The configured region named `name`, or an invalid-value error labelled `label`.
+    pub fn require_region(&self, label: &str, name: &str) -> nimbus_core::Result<&nimbus_core::catalog::Region> {
+        self.config().region(name).ok_or_else(|| nimbus_core::Error::invalid(label, format!("{name:?} is not a region of this cloud")))
+    }
+
     pub(crate) fn hosts(&self) -> &notify::HostNotifier {
         &self.inner.hosts
     }

@@ -14,7 +14,7 @@ use crate::{emit, Control};
 /// Adds a key; returns it and, when generated, the private key.
 pub async fn add(c: &Control, actor: &Actor, name: &str, public_key: Option<&str>) -> Result<(SshKey, Option<String>), Error> {
     actor.require(Permission::Create)?;
-    validate::ssh_key_name(name)?;
+    validate::printable_name(name)?;
     let (public, private) = match public_key {
         Some(pk) => {
             validate::ssh_public_key(pk)?;

@@ -14,9 +14,7 @@ use crate::{emit, Control};
 pub async fn create(c: &Control, actor: &Actor, name: &str, region: &str) -> Result<FileSystem, Error> {
     actor.require(Permission::Create)?;
     validate::file_system_name(name)?;
-    if c.config().region(region).is_none() {
-        return Err(Error::invalid("region", format!("{region:?} is not a region of this cloud")));
-    }
+    c.require_region("region", region)?;
     let now = c.now();
     let fs = FileSystem {
         id: FileSystemId::generate(),

@@ -15,8 +15,8 @@ pub fn instance_name(s: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// SSH key names: 1..=64 printable characters.
-pub fn ssh_key_name(s: &str) -> Result<(), Error> {
+/// Names of SSH keys and firewall rulesets: 1..=64 printable characters.
+pub fn printable_name(s: &str) -> Result<(), Error> {
     let n = s.chars().count();
     if n == 0 || n > 64 || s.chars().any(char::is_control) {
         return Err(Error::invalid("name", "must be 1 to 64 printable characters"));
@@ -34,15 +34,6 @@ pub fn file_system_name(s: &str) -> Result<(), Error> {
     } else {
         Err(Error::invalid("name", "must start with a letter and contain only letters, digits and '-', at most 60 characters"))
     }
-}
-
-/// Firewall ruleset names: 1..=64 printable characters.
-pub fn ruleset_name(s: &str) -> Result<(), Error> {
-    let n = s.chars().count();
-    if n == 0 || n > 64 || s.chars().any(char::is_control) {
-        return Err(Error::invalid("name", "must be 1 to 64 printable characters"));
-    }
-    Ok(())
 }
 
 /// Hostnames: RFC 1123, dot-separated labels of 1..=63 letters, digits and '-', not starting or
