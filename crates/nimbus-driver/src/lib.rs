@@ -9,6 +9,7 @@
 //!   previous agent process, so a restarted agent adopts instead of duplicating or killing them.
 //! - `destroy` is idempotent and leaves nothing behind (processes, mounts, cgroups, links).
 
+pub mod container;
 pub mod sim;
 
 use async_trait::async_trait;
