@@ -6,6 +6,7 @@ mod admin;
 mod bench;
 mod common;
 mod dev;
+mod image;
 mod tenant;
 
 use std::path::PathBuf;
@@ -78,6 +79,11 @@ enum Cmd {
         #[command(flatten)]
         conn: tenant::ConnArgs,
     },
+    /// Instance images (root file systems) cached on this host.
+    Image {
+        #[command(subcommand)]
+        cmd: image::ImageCmd,
+    },
     /// Benchmarks that print figures.
     Bench {
         #[command(subcommand)]
@@ -100,6 +106,7 @@ fn main() -> anyhow::Result<()> {
             Cmd::Fs { cmd, conn } => tenant::fs(&conn, cmd).await,
             Cmd::Types { conn } => tenant::types(&conn).await,
             Cmd::Bench { cmd } => bench::run(cmd).await,
+            Cmd::Image { cmd } => image::run(cmd).await,
         }
     })
 }

@@ -3,3 +3,4 @@
 //! piece is tested on the real kernel facility it drives.
 
 pub mod cgroup;
+pub mod image;

@@ -1,0 +1,84 @@
+//! `nimbus image`: build and list the root file systems instances boot from.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Subcommand;
+use nimbus_driver::container::image;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ImagesDir {
+    /// Image cache (shared by the agents of this machine).
+    #[arg(long, env = "NIMBUS_IMAGES_DIR")]
+    pub images_dir: Option<PathBuf>,
+}
+
+impl ImagesDir {
+    pub fn path(&self) -> PathBuf {
+        self.images_dir.clone().unwrap_or_else(|| crate::common::default_data_dir("images"))
+    }
+}
+
+#[derive(Subcommand)]
+pub enum ImageCmd {
+    /// Builds the default Debian 12 image with debootstrap (about 200 MiB, a minute or two).
+    Build {
+        #[command(flatten)]
+        dir: ImagesDir,
+        #[arg(long, default_value = "debian-12")]
+        name: String,
+        /// Debian mirror; default: the one apt is configured with.
+        #[arg(long)]
+        mirror: Option<String>,
+    },
+    /// Lists cached images.
+    List {
+        #[command(flatten)]
+        dir: ImagesDir,
+    },
+}
+
+/// Builds `name` if missing, drawing a progress line on stderr.
+pub fn ensure_default(dir: &std::path::Path, name: &str, mirror: Option<String>) -> anyhow::Result<PathBuf> {
+    if image::exists(dir, name) {
+        return Ok(image::rootfs(dir, name));
+    }
+    let mirror = mirror
+        .or_else(|| image::debian_mirror(std::path::Path::new("/etc/apt")))
+        .context("no Debian bookworm mirror in /etc/apt; pass --mirror")?;
+    eprintln!("building image {name} with debootstrap from {mirror} (cached in {})", dir.display());
+    // minbase plus our packages is about 130 .debs; the bar is an estimate until debootstrap ends.
+    const ESTIMATE: usize = 130;
+    let started = std::time::Instant::now();
+    let path = image::build_debian(dir, name, &mirror, |line, p| {
+        let done = (p.retrieved + p.unpacked + p.configured).min(3 * ESTIMATE);
+        let width = 30;
+        let filled = done * width / (3 * ESTIMATE);
+        let what: String = line.trim_start_matches("I: ").chars().take(40).collect();
+        eprint!("\r[{}{}] {:>3}s  {:<40}", "#".repeat(filled), ".".repeat(width - filled), started.elapsed().as_secs(), what);
+        let _ = std::io::stderr().flush();
+    })
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    eprintln!("\rimage {name} ready in {:.0} s: {}{}", started.elapsed().as_secs_f64(), path.display(), " ".repeat(30));
+    Ok(path)
+}
+
+pub async fn run(cmd: ImageCmd) -> anyhow::Result<()> {
+    match cmd {
+        ImageCmd::Build { dir, name, mirror } => {
+            let d = dir.path();
+            tokio::task::spawn_blocking(move || ensure_default(&d, &name, mirror)).await??;
+        }
+        ImageCmd::List { dir } => {
+            let d = dir.path();
+            for e in std::fs::read_dir(&d).map(|rd| rd.filter_map(|e| e.ok()).collect::<Vec<_>>()).unwrap_or_default() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if image::exists(&d, &name) {
+                    println!("{name}\t{}", image::rootfs(&d, &name).display());
+                }
+            }
+        }
+    }
+    Ok(())
+}
