@@ -220,7 +220,7 @@ def section_ai(root: str, key: str, tmp: Path, cleanup: Cleanup) -> dict:
         terminate_instance,
     )
     from lambda_ai_cloud_api_client.api.ssh_keys import add_ssh_key, delete_ssh_key, list_ssh_keys
-    from lambda_ai_cloud_api_client.types import UNSET, Unset
+    from lambda_ai_cloud_api_client.types import Unset
 
     R.start_section("ai", "lambda-ai-cloud-api-client 2.4.1 (AuthenticatedClient, Bearer, strict parsing)")
 
