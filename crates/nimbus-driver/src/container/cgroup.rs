@@ -200,7 +200,7 @@ impl Cgroups {
             }
             for pid in pids {
                 // SIGKILL through kill(1) keeps this module free of unsafe code.
-                let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+                let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).stderr(std::process::Stdio::null()).status();
             }
             std::thread::sleep(Duration::from_millis(10));
         }

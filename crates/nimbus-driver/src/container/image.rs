@@ -27,7 +27,7 @@ type Result<T> = std::result::Result<T, ImageError>;
 
 /// Packages the default image has on top of debootstrap's minbase.
 pub const DEFAULT_PACKAGES: &[&str] =
-    &["openssh-server", "sudo", "python3", "curl", "ca-certificates", "iproute2", "procps", "less", "rsync", "lsof"];
+    &["openssh-server", "sudo", "python3", "curl", "ca-certificates", "iproute2", "procps", "less", "rsync", "lsof", "tini"];
 
 /// The rootfs directory of image `name` under `images_dir`.
 pub fn rootfs(images_dir: &Path, name: &str) -> PathBuf {
@@ -145,6 +145,9 @@ fn customize(root: &Path) -> Result<()> {
         Command::new("chroot").arg(root).args(["useradd", "--create-home", "--shell", "/bin/bash", "--groups", "sudo", "ubuntu"]),
         "useradd ubuntu",
     )?;
+    // A locked password ("!") makes sshd refuse even key logins when PAM is off; "*" means
+    // "no password" without locking the account.
+    run(Command::new("chroot").arg(root).args(["usermod", "--password", "*", "ubuntu"]), "usermod ubuntu")?;
     let sudoers = root.join("etc/sudoers.d/90-nimbus-ubuntu");
     std::fs::write(&sudoers, "ubuntu ALL=(ALL) NOPASSWD:ALL\n").map_err(|source| ImageError::Io { path: sudoers.clone(), source })?;
     for entry in std::fs::read_dir(root.join("etc/ssh")).map_err(|source| ImageError::Io { path: root.join("etc/ssh"), source })? {

@@ -4,3 +4,5 @@
 
 pub mod cgroup;
 pub mod image;
+pub mod net;
+pub mod runtime;

@@ -1,0 +1,321 @@
+//! Starting and stopping one container: an overlay over the image (mounted inside the
+//! container's own mount namespace, so it disappears with the container), mount/uts/ipc/pid
+//! namespaces plus the instance's network namespace, `pivot_root` into the overlay, and `tini`
+//! as PID 1 supervising a real OpenSSH `sshd`.
+//!
+//! The container is started detached (its own process group, output to `console.log`), so it
+//! outlives the agent that started it; everything about it is found again from its directory,
+//! its cgroup and its network namespace.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use super::cgroup::{Cgroups, Limits};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cgroup: {0}")]
+    Cgroup(#[from] super::cgroup::CgroupError),
+    #[error("{0}")]
+    Start(String),
+}
+
+type Result<T> = std::result::Result<T, RuntimeError>;
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RuntimeError + '_ {
+    move |source| RuntimeError::Io { path: path.to_owned(), source }
+}
+
+/// Everything needed to run one instance.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub id: String,
+    pub hostname: String,
+    /// The image's root file system (read-only lower layer).
+    pub lower: PathBuf,
+    /// The instance's directory: `upper/` (its disk), `work/`, `merged/`, `console.log`.
+    pub dir: PathBuf,
+    pub limits: Limits,
+    /// `/run/netns/...` of the instance's network namespace.
+    pub netns: String,
+    pub addr: Ipv4Addr,
+    pub authorized_keys: Vec<String>,
+    /// `(host directory, mount point)` bind mounts (file systems).
+    pub mounts: Vec<(PathBuf, String)>,
+    /// uid/gid of the default user inside the image.
+    pub user_uid: u32,
+}
+
+const BOOT: &str = r#"#!/bin/sh
+# Written by the Nimbus container driver; runs under tini as the instance's first program.
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+h=$(hostname)
+echo "$h" > /etc/hostname
+grep -q "[[:space:]]$h\$" /etc/hosts 2>/dev/null || echo "127.0.1.1 $h" >> /etc/hosts
+[ -f /etc/ssh/ssh_host_ed25519_key ] || ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key
+mkdir -p /run/sshd && chmod 0755 /run/sshd
+exec /usr/sbin/sshd -D -e -o UsePAM=no -o PasswordAuthentication=no -o HostKey=/etc/ssh/ssh_host_ed25519_key
+"#;
+
+/// Runs as PID 1 of the new PID namespace, from the host's /bin/sh, before and across
+/// `pivot_root`; parameters arrive in the environment so nothing is re-quoted.
+const INIT: &str = r#"set -e
+mount --make-rprivate /
+R="$NIMBUS_ROOT"
+mount -t overlay overlay -o "lowerdir=$NIMBUS_LOWER,upperdir=$NIMBUS_UPPER,workdir=$NIMBUS_WORK" "$R"
+mount -t proc proc "$R/proc"
+mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$R/sys"
+mount -t tmpfs -o nosuid,mode=0755 dev "$R/dev"
+for d in null zero full random urandom tty; do touch "$R/dev/$d"; mount --bind "/dev/$d" "$R/dev/$d"; done
+mkdir -p "$R/dev/pts" "$R/dev/shm"
+mount -t devpts -o newinstance,ptmxmode=0666,mode=0620,gid=5 devpts "$R/dev/pts"
+ln -sf pts/ptmx "$R/dev/ptmx"
+ln -sf /proc/self/fd "$R/dev/fd"
+mount -t tmpfs -o nosuid,nodev,mode=1777 shm "$R/dev/shm"
+mount -t tmpfs -o nosuid,nodev,mode=0755 run "$R/run"
+printf '%s\n' "$NIMBUS_MOUNTS" | while IFS='|' read -r src dst; do
+  [ -n "$src" ] || continue
+  mkdir -p "$R$dst"
+  mount --bind "$src" "$R$dst"
+done
+hostname "$NIMBUS_HOSTNAME"
+cd "$R"
+mkdir -p .nimbus-oldroot
+pivot_root . .nimbus-oldroot
+cd /
+umount -l /.nimbus-oldroot
+rmdir /.nimbus-oldroot
+exec env -i /usr/bin/tini -s -g -- /bin/sh /etc/nimbus/boot.sh
+"#;
+
+fn write(path: &Path, body: &str, mode: u32) -> Result<()> {
+    if let Some(p) = path.parent() {
+        std::fs::create_dir_all(p).map_err(io(p))?;
+    }
+    std::fs::write(path, body).map_err(io(path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io(path))
+}
+
+fn chown(path: &Path, uid: u32) -> Result<()> {
+    std::os::unix::fs::chown(path, Some(uid), Some(uid)).map_err(io(path))
+}
+
+/// Lays out the instance directory and writes what the instance boots with into its disk
+/// (boot script, the default user's authorized keys). Idempotent; the disk is kept.
+pub fn prepare(spec: &Spec) -> Result<()> {
+    for d in ["upper", "work", "merged"] {
+        let p = spec.dir.join(d);
+        std::fs::create_dir_all(&p).map_err(io(&p))?;
+    }
+    let upper = spec.dir.join("upper");
+    write(&upper.join("etc/nimbus/boot.sh"), BOOT, 0o755)?;
+    let ssh = upper.join("home/ubuntu/.ssh");
+    let keys: String = spec.authorized_keys.iter().map(|k| format!("{}\n", k.trim())).collect();
+    write(&ssh.join("authorized_keys"), &keys, 0o600)?;
+    std::fs::set_permissions(&ssh, std::fs::Permissions::from_mode(0o700)).map_err(io(&ssh))?;
+    // The home directory must exist in the upper layer with the image's ownership and mode, or
+    // copy-up would give it root's and sshd's StrictModes would refuse the key.
+    let home = upper.join("home/ubuntu");
+    let lower_home = spec.lower.join("home/ubuntu");
+    let mode = std::fs::metadata(&lower_home).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o750);
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(mode)).map_err(io(&home))?;
+    for p in [&home, &ssh, &ssh.join("authorized_keys")] {
+        chown(p, spec.user_uid)?;
+    }
+    Ok(())
+}
+
+/// Starts the container detached and returns the host pid of its launcher. The launcher joins
+/// the cgroup before it execs anything, so no process of the instance ever runs outside it.
+pub fn start(spec: &Spec, cgroups: &Cgroups, cgroup_name: &str) -> Result<u32> {
+    cgroups.create(cgroup_name, spec.limits)?;
+    let procs: Vec<String> = cgroups.dirs(cgroup_name).iter().map(|d| d.join("cgroup.procs").display().to_string()).collect();
+    let join: String = procs.iter().map(|p| format!("echo $$ > {p}; ")).collect();
+    let log_path = spec.dir.join("console.log");
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(io(&log_path))?;
+    let log2 = log.try_clone().map_err(io(&log_path))?;
+    let mounts: String = spec.mounts.iter().map(|(src, dst)| format!("{}|{}\n", src.display(), dst)).collect();
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{join}exec \"$@\""))
+        .arg("nimbus-launch")
+        .args(["nsenter", &format!("--net={}", spec.netns), "--", "unshare", "--mount", "--uts", "--ipc", "--pid", "--fork", "--"])
+        .args(["sh", "-c", INIT])
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("NIMBUS_ROOT", spec.dir.join("merged"))
+        .env("NIMBUS_LOWER", &spec.lower)
+        .env("NIMBUS_UPPER", spec.dir.join("upper"))
+        .env("NIMBUS_WORK", spec.dir.join("work"))
+        .env("NIMBUS_HOSTNAME", &spec.hostname)
+        .env("NIMBUS_MOUNTS", mounts)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| RuntimeError::Start(format!("spawning the container launcher: {e}")))?;
+    let pid = child.id();
+    // Reap the launcher whenever it ends, so it never lingers as a zombie of the agent. If the
+    // agent exits first, init adopts and reaps it.
+    std::thread::spawn(move || {
+        let mut child = child;
+        let _ = child.wait();
+    });
+    Ok(pid)
+}
+
+/// Whether `addr:22` answers with an SSH banner within `timeout`.
+pub fn ssh_banner(addr: Ipv4Addr, timeout: Duration) -> bool {
+    use std::io::Read;
+    let Ok(mut s) = TcpStream::connect_timeout(&SocketAddr::from((addr, 22)), timeout) else { return false };
+    let _ = s.set_read_timeout(Some(timeout));
+    let mut buf = [0u8; 8];
+    matches!(s.read(&mut buf), Ok(n) if n >= 4 && buf.starts_with(b"SSH-"))
+}
+
+/// Stops the container: every process in its cgroup is killed and the cgroup removed. Mounts go
+/// with the container's mount namespace; the disk (upper dir) stays.
+pub fn stop(cgroups: &Cgroups, cgroup_name: &str) -> Result<()> {
+    cgroups.destroy(cgroup_name)?;
+    Ok(())
+}
+
+/// Whether the container has live processes.
+pub fn running(cgroups: &Cgroups, cgroup_name: &str) -> bool {
+    !cgroups.pids(cgroup_name).is_empty()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::net::Network;
+    use super::*;
+    use std::time::Instant;
+
+    fn image() -> Option<PathBuf> {
+        let is_root = Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
+        if !is_root {
+            eprintln!("SKIPPED: containers need root");
+            return None;
+        }
+        let dir = std::env::var("NIMBUS_TEST_IMAGES_DIR").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from("/var/tmp/nimbus-images"));
+        if !super::super::image::exists(&dir, "debian-12") {
+            eprintln!(
+                "SKIPPED: no debian-12 image in {} (build it with `nimbus image build --images-dir {}`)",
+                dir.display(),
+                dir.display()
+            );
+            return None;
+        }
+        for tool in ["ssh", "ssh-keygen", "nsenter", "unshare"] {
+            if Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().map(|o| !o.status.success()).unwrap_or(true) {
+                eprintln!("SKIPPED: {tool} is not installed");
+                return None;
+            }
+        }
+        Some(super::super::image::rootfs(&dir, "debian-12"))
+    }
+
+    #[test]
+    fn a_container_boots_sshd_enforces_limits_and_leaves_nothing() {
+        let Some(lower) = image() else { return };
+        let tag = std::process::id() % 10_000;
+        let net = Network::new(&format!("nrt{tag}"), Ipv4Addr::new(10, 232, 0, 1), 24, &format!("nrt{tag}-"));
+        let cg = Cgroups::detect(Path::new("/sys/fs/cgroup"), &format!("nimbus-rt-test-{tag}")).expect("cgroups");
+        let dir = std::env::temp_dir().join(format!("nimbus-rt-{tag}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("id");
+        assert!(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).status().unwrap().success());
+        let pubkey = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+        let shared = dir.join("shared");
+        std::fs::create_dir_all(&shared).unwrap();
+        std::fs::write(shared.join("hello.txt"), "from the host\n").unwrap();
+
+        let id = "c0ffee00c0ffee00c0ffee00c0ffee00";
+        net.ensure_bridge().unwrap();
+        let addr = net.address(1);
+        net.create(id, addr).unwrap();
+        let spec = Spec {
+            id: id.into(),
+            hostname: "box-1".into(),
+            lower,
+            dir: dir.join("inst"),
+            limits: Limits { cpu_millis: 1000, memory_bytes: 256 << 20, pids: 256 },
+            netns: net.ns_path(id),
+            addr,
+            authorized_keys: vec![pubkey],
+            mounts: vec![(shared.clone(), "/lambda/nfs/shared".into())],
+            user_uid: 1000,
+        };
+        prepare(&spec).unwrap();
+        let t = Instant::now();
+        start(&spec, &cg, id).unwrap();
+        while !ssh_banner(addr, Duration::from_millis(200)) {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "no SSH banner: {}",
+                std::fs::read_to_string(spec.dir.join("console.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        eprintln!("start -> SSH banner: {:?}", t.elapsed());
+        let ssh = |cmd: &str| {
+            Command::new("ssh")
+                .args(["-i"])
+                .arg(&key)
+                .args([
+                    "-o",
+                    "BatchMode=yes",
+                    "-o",
+                    "StrictHostKeyChecking=no",
+                    "-o",
+                    "UserKnownHostsFile=/dev/null",
+                    "-o",
+                    "LogLevel=ERROR",
+                ])
+                .arg(format!("ubuntu@{addr}"))
+                .arg(cmd)
+                .output()
+                .unwrap()
+        };
+        let out = ssh("hostname; whoami; sudo -n id -u; cat /lambda/nfs/shared/hello.txt; cat /proc/1/comm");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(text.lines().collect::<Vec<_>>(), vec!["box-1", "ubuntu", "0", "from the host", "tini"]);
+        assert_eq!(cg.limits(id).unwrap(), spec.limits);
+        assert!(!cg.pids(id).is_empty());
+        // Writes persist in the instance's disk (the upper dir) across a restart.
+        assert!(ssh("echo kept > ~/state.txt").status.success());
+        stop(&cg, id).unwrap();
+        assert!(!running(&cg, id));
+        start(&spec, &cg, id).unwrap();
+        let t = Instant::now();
+        while !ssh_banner(addr, Duration::from_millis(200)) {
+            assert!(t.elapsed() < Duration::from_secs(20), "no SSH after restart");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let out = ssh("cat ~/state.txt");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "kept");
+
+        // Tear down: nothing of the instance remains on the host.
+        stop(&cg, id).unwrap();
+        net.destroy(id);
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mounts.contains(spec.dir.to_str().unwrap()), "a mount of the instance leaked into the host");
+        assert!(!cg.exists(id) && !net.exists(id) && !net.veth_exists(id));
+        cg.remove_parent();
+        net.remove_bridge();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
