@@ -118,5 +118,5 @@ fn admin_cli_creates_orgs_and_keys_that_work() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]", "acme sees none of the dev org's instances");
     let out = as_acme(&["ssh-key", "generate", "x"]);
     assert!(!out.status.success(), "a READ key cannot create");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("insufficient-permissions"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("account-inactive"));
 }

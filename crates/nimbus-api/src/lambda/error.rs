@@ -30,9 +30,9 @@ fn classify(e: &Error) -> (StatusCode, &'static str, &'static str) {
             (S::BAD_REQUEST, "global/invalid-parameters", "Check the request parameters, then try again.")
         }
         Error::Unauthenticated => (S::UNAUTHORIZED, "global/invalid-api-key", "Check your API key or create a new one, then try again."),
-        Error::Forbidden { .. } => {
-            (S::FORBIDDEN, "global/insufficient-permissions", "Use an API key with the permission this operation needs.")
-        }
+        // Lambda keys have no permissions, so its clients parse exactly one 403 code; the message
+        // names the missing permission.
+        Error::Forbidden { .. } => (S::FORBIDDEN, "global/account-inactive", "Use an API key with the permission this operation needs."),
         Error::Conflict { reason, .. } => match reason {
             ConflictReason::FileSystemInUse => {
                 (S::BAD_REQUEST, "filesystems/filesystem-in-use", "Terminate the instances using the file system first.")
@@ -117,7 +117,7 @@ mod tests {
             (Error::invalid("name", "bad"), 400, "global/invalid-parameters"),
             (Error::InvalidRequest { message: "bad".into() }, 400, "global/invalid-parameters"),
             (Error::Unauthenticated, 401, "global/invalid-api-key"),
-            (Error::Forbidden { message: "no".into() }, 403, "global/insufficient-permissions"),
+            (Error::Forbidden { message: "no".into() }, 403, "global/account-inactive"),
             (Error::conflict(ConflictReason::FileSystemInUse, "x"), 400, "filesystems/filesystem-in-use"),
             (Error::conflict(ConflictReason::FileSystemWrongRegion, "x"), 400, "instance-operations/launch/file-system-in-wrong-region"),
             (Error::conflict(ConflictReason::FirewallRulesetInUse, "x"), 400, "firewall-rulesets/firewall-ruleset-in-use"),

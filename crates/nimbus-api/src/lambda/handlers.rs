@@ -272,7 +272,11 @@ pub async fn ssh_key_add(
     responses((status = 200, description = "Success", body = w::Data<w::Empty>), (status = 400, description = "Invalid request", body = w::ErrorBody), (status = 401, description = "Invalid API key", body = w::ErrorBody), (status = 403, description = "Missing permission", body = w::ErrorBody), (status = 429, description = "Rate limited", body = w::ErrorBody), (status = 404, description = "Not found", body = w::ErrorBody))
 )]
 pub async fn ssh_key_delete(State(s): State<ApiState>, LambdaActor(a): LambdaActor, Path(id): Path<String>) -> LResult {
-    ssh_keys::delete(&s.control, &a, &id).await?;
+    ssh_keys::delete(&s.control, &a, &id).await.map_err(|e| match e {
+        // Lambda's spec has no 404 here: an unknown key is a 400 invalid-parameters.
+        Error::NotFound { kind, id } => Error::invalid("id", format!("{kind} {id:?} does not exist")),
+        other => other,
+    })?;
     Ok(data(w::Empty {}))
 }
 

@@ -41,7 +41,6 @@ async fn other_org_sees_nothing_and_touches_nothing() {
         ("POST", format!("/instances/{iid}"), Some(json!({"name": "stolen"}))),
         ("POST", "/instance-operations/restart".into(), Some(json!({"instance_ids": [iid]}))),
         ("POST", "/instance-operations/terminate".into(), Some(json!({"instance_ids": [iid]}))),
-        ("DELETE", format!("/ssh-keys/{kid}"), None),
         ("DELETE", format!("/filesystems/{fid}"), None),
         ("DELETE", format!("/file-systems/{fid}"), None),
         ("GET", format!("/firewall-rulesets/{rid}"), None),
@@ -52,6 +51,9 @@ async fn other_org_sees_nothing_and_touches_nothing() {
         let (st, v) = s.call(&b, m, &p, body).await;
         assert_error(st, &v, 404, "global/object-does-not-exist");
     }
+    // Lambda's spec has no 404 for deleting an SSH key: unknown (or foreign) ids are a 400.
+    let (st, v) = s.call(&b, "DELETE", &format!("/ssh-keys/{kid}"), None).await;
+    assert_error(st, &v, 400, "global/invalid-parameters");
     // Launch referencing A's key name, file system or ruleset: not found for B.
     add_key(&s, "zzz").await;
     let launches = vec![
@@ -106,11 +108,11 @@ async fn permissions_are_enforced() {
     ];
     for (m, p, b) in denied {
         let (st, v) = s.call(&read, m, &p, Some(b)).await;
-        assert_error(st, &v, 403, "global/insufficient-permissions");
+        assert_error(st, &v, 403, "global/account-inactive");
     }
     let (_, create) = s.org_with_key("org-a", "CREATE,READ").await;
     let (st, v) = s.call(&create, "POST", "/instance-operations/terminate", Some(json!({"instance_ids": [iid]}))).await;
-    assert_error(st, &v, 403, "global/insufficient-permissions");
+    assert_error(st, &v, 403, "global/account-inactive");
     let (st, _) = s.call(&create, "POST", "/ssh-keys", Some(json!({"name": "ok"}))).await;
     assert_eq!(st, 200);
     s.shutdown().await;

@@ -166,7 +166,7 @@ async fn ssh_keys() {
     let id = k["id"].as_str().unwrap();
     s.expect("DELETE", &format!("/ssh-keys/{id}"), None, 200).await;
     let (st, body) = s.call(&s.key, "DELETE", &format!("/ssh-keys/{id}"), None).await;
-    assert_error(st, &body, 404, "global/object-does-not-exist");
+    assert_error(st, &body, 400, "global/invalid-parameters");
     s.shutdown().await;
 }
 
