@@ -83,10 +83,16 @@ pub struct TestServer {
     pub dir: TempDir,
 }
 
+#[derive(Clone)]
+pub enum HostDriver {
+    Sim(SimConfig),
+    Container(nimbus_driver::container::driver::ContainerConfig),
+}
+
 struct AgentSlot {
     token: String,
     dir: PathBuf,
-    sim: SimConfig,
+    sim: HostDriver,
     stop: watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -174,18 +180,34 @@ impl TestServer {
         if sim.state_file.is_none() {
             sim.state_file = Some(agent_dir.join("sim.json"));
         }
-        self.spawn_agent(&token, agent_dir, sim);
+        self.spawn_agent(&token, agent_dir, HostDriver::Sim(sim));
         self.wait_for("host registration", || async { self.control.store().host_list(None, true).await.unwrap().len() > before }).await;
         self.agents.len() - 1
     }
 
-    fn spawn_agent(&mut self, token: &str, dir: PathBuf, sim: SimConfig) {
+    /// Registers a real agent with the container driver (root only); returns its index.
+    pub async fn add_container_host(&mut self, region: &str, cfg: nimbus_driver::container::driver::ContainerConfig) -> usize {
+        let before = self.control.store().host_list(None, true).await.unwrap().len();
+        let token = admin::host_token_create(&self.control, region).await.unwrap();
+        let agent_dir = self.dir.0.join(format!("agent-{}", self.agents.len()));
+        std::fs::create_dir_all(&agent_dir).unwrap();
+        self.spawn_agent(&token, agent_dir, HostDriver::Container(cfg));
+        self.wait_for("host registration", || async { self.control.store().host_list(None, true).await.unwrap().len() > before }).await;
+        self.agents.len() - 1
+    }
+
+    fn spawn_agent(&mut self, token: &str, dir: PathBuf, sim: HostDriver) {
         let slot = self.run_agent(token, dir, sim);
         self.agents.push(slot);
     }
 
-    fn run_agent(&self, token: &str, dir: PathBuf, sim: SimConfig) -> AgentSlot {
-        let driver = Arc::new(SimDriver::new(sim.clone()));
+    fn run_agent(&self, token: &str, dir: PathBuf, sim: HostDriver) -> AgentSlot {
+        let driver: Arc<dyn nimbus_driver::Driver> = match &sim {
+            HostDriver::Sim(c) => Arc::new(SimDriver::new(c.clone())),
+            HostDriver::Container(c) => {
+                Arc::new(nimbus_driver::container::driver::ContainerDriver::new(c.clone()).expect("container driver"))
+            }
+        };
         let agent = Agent::new(
             AgentConfig { server_url: self.url.clone(), token: token.to_owned(), data_dir: dir.clone(), poll_wait: Duration::from_secs(5) },
             driver,

@@ -3,6 +3,8 @@
 //! piece is tested on the real kernel facility it drives.
 
 pub mod cgroup;
+pub mod driver;
 pub mod image;
+pub mod inventory;
 pub mod net;
 pub mod runtime;

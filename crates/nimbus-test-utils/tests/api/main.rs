@@ -5,6 +5,7 @@
 
 mod bad_input;
 mod clients;
+mod containers;
 mod hosts;
 mod isolation;
 mod lambda;

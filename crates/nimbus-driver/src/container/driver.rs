@@ -1,0 +1,258 @@
+//! `ContainerDriver`: the `Driver` trait over cgroups, network namespaces and the runtime.
+//!
+//! Each instance has a directory `<data>/instances/<id>/` holding its ledger (`ledger.json`: the
+//! spec it was created from and its address), its disk (`upper/`) and its console log. The
+//! ledger is written before anything is created, so a crash at any point leaves something
+//! `list` finds and `destroy` removes; namespaces and cgroups with our prefix but no ledger are
+//! listed too, so orphans of a crashed agent are found and removed.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nimbus_proto::{ActualState, DesiredInstance, InstanceReport, Inventory, Power};
+use serde::{Deserialize, Serialize};
+
+use super::cgroup::{Cgroups, Limits};
+use super::net::Network;
+use super::{image, runtime};
+use crate::{Driver, DriverError, Result};
+
+#[derive(Debug, Clone)]
+pub struct ContainerConfig {
+    /// Instances live under `<data_dir>/instances`, file systems under `<data_dir>/file-systems`.
+    pub data_dir: PathBuf,
+    pub images_dir: PathBuf,
+    pub bridge: String,
+    pub gateway: Ipv4Addr,
+    pub prefix_len: u8,
+    /// Prefix of network namespace names (`nimbus-`).
+    pub ns_prefix: String,
+    /// Parent cgroup the driver owns (`nimbus`).
+    pub cgroup_parent: String,
+    pub cgroup_mount: PathBuf,
+    /// Inventory override for hosts whose resources are shared (tests); `None` reads the machine.
+    pub inventory: Option<Inventory>,
+}
+
+impl ContainerConfig {
+    pub fn new(data_dir: &Path, images_dir: &Path) -> Self {
+        ContainerConfig {
+            data_dir: data_dir.to_owned(),
+            images_dir: images_dir.to_owned(),
+            bridge: "nimbus0".into(),
+            gateway: Ipv4Addr::new(10, 200, 0, 1),
+            prefix_len: 16,
+            ns_prefix: "nimbus-".into(),
+            cgroup_parent: "nimbus".into(),
+            cgroup_mount: PathBuf::from("/sys/fs/cgroup"),
+            inventory: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Ledger {
+    spec: DesiredInstance,
+    /// Index of the instance's address in the bridge subnet.
+    addr_index: u32,
+}
+
+pub struct ContainerDriver {
+    cfg: ContainerConfig,
+    net: Network,
+    cgroups: Cgroups,
+    /// Serializes structural changes (address allocation, create/destroy).
+    lock: Mutex<()>,
+}
+
+fn err(id: &str, e: impl std::fmt::Display) -> DriverError {
+    DriverError::Instance { id: id.to_owned(), message: e.to_string() }
+}
+
+fn host_err(e: impl std::fmt::Display) -> DriverError {
+    DriverError::Host(e.to_string())
+}
+
+impl ContainerDriver {
+    pub fn new(cfg: ContainerConfig) -> Result<Self> {
+        let cgroups = Cgroups::detect(&cfg.cgroup_mount, &cfg.cgroup_parent).map_err(host_err)?;
+        let net = Network::new(&cfg.bridge, cfg.gateway, cfg.prefix_len, &cfg.ns_prefix);
+        net.ensure_bridge().map_err(host_err)?;
+        std::fs::create_dir_all(cfg.data_dir.join("instances")).map_err(host_err)?;
+        Ok(ContainerDriver { cfg, net, cgroups, lock: Mutex::new(()) })
+    }
+
+    fn dir(&self, id: &str) -> PathBuf {
+        self.cfg.data_dir.join("instances").join(id)
+    }
+
+    fn ledger(&self, id: &str) -> Option<Ledger> {
+        std::fs::read(self.dir(id).join("ledger.json")).ok().and_then(|b| serde_json::from_slice(&b).ok())
+    }
+
+    fn write_ledger(&self, id: &str, l: &Ledger) -> Result<()> {
+        let dir = self.dir(id);
+        std::fs::create_dir_all(&dir).map_err(|e| err(id, e))?;
+        let tmp = dir.join("ledger.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(l).map_err(|e| err(id, e))?).map_err(|e| err(id, e))?;
+        std::fs::rename(&tmp, dir.join("ledger.json")).map_err(|e| err(id, e))
+    }
+
+    fn ids(&self) -> Vec<String> {
+        std::fs::read_dir(self.cfg.data_dir.join("instances"))
+            .map(|rd| rd.filter_map(|e| e.ok()).filter_map(|e| e.file_name().into_string().ok()).collect())
+            .unwrap_or_default()
+    }
+
+    fn free_index(&self) -> u32 {
+        let used: BTreeSet<u32> = self.ids().iter().filter_map(|id| self.ledger(id)).map(|l| l.addr_index).collect();
+        (1..).find(|i| !used.contains(i)).unwrap_or(1)
+    }
+
+    fn file_system_dir(&self, fs_id: &str) -> PathBuf {
+        self.cfg.data_dir.join("file-systems").join(fs_id)
+    }
+
+    fn runtime_spec(&self, l: &Ledger) -> Result<runtime::Spec> {
+        let s = &l.spec;
+        if !image::exists(&self.cfg.images_dir, &s.image) {
+            return Err(err(&s.id, format!("image {:?} is not built on this host (nimbus image build --name {})", s.image, s.image)));
+        }
+        let mut mounts = Vec::new();
+        for m in &s.file_system_mounts {
+            let d = self.file_system_dir(&m.file_system_id);
+            if !d.exists() {
+                std::fs::create_dir_all(&d).map_err(|e| err(&s.id, e))?;
+                // Owned by the default user, as Lambda's shared file systems are writable by it.
+                std::os::unix::fs::chown(&d, Some(1000), Some(1000)).map_err(|e| err(&s.id, e))?;
+            }
+            mounts.push((d, m.mount_point.clone()));
+        }
+        Ok(runtime::Spec {
+            id: s.id.clone(),
+            hostname: s.hostname.clone(),
+            lower: image::rootfs(&self.cfg.images_dir, &s.image),
+            dir: self.dir(&s.id),
+            limits: Limits {
+                cpu_millis: u64::try_from(s.vcpus.max(1)).unwrap_or(1) * 1000,
+                memory_bytes: u64::try_from(s.memory_mib.max(64)).unwrap_or(64) << 20,
+                pids: 4096,
+            },
+            netns: self.net.ns_path(&s.id),
+            addr: self.net.address(l.addr_index),
+            authorized_keys: s.ssh_public_keys.clone(),
+            mounts,
+            user_uid: 1000,
+        })
+    }
+
+    fn observe(&self, id: &str) -> InstanceReport {
+        let ledger = self.ledger(id);
+        let running = runtime::running(&self.cgroups, id);
+        let addr = ledger.as_ref().map(|l| self.net.address(l.addr_index));
+        let state = match (&ledger, running) {
+            (None, _) => ActualState::Failed,
+            (Some(l), true) => {
+                // "active means reachable": running only once sshd answers.
+                if addr.is_some_and(|a| runtime::ssh_banner(a, Duration::from_millis(150))) {
+                    ActualState::Running
+                } else if l.spec.power == Power::Stopped {
+                    ActualState::Stopped
+                } else {
+                    ActualState::Creating
+                }
+            }
+            (Some(_), false) => ActualState::Stopped,
+        };
+        InstanceReport {
+            id: id.to_owned(),
+            state,
+            ip: addr.map(|a| a.to_string()),
+            private_ip: addr.map(|a| a.to_string()),
+            restart_generation: ledger.map(|l| l.spec.restart_generation).unwrap_or(0),
+            message: None,
+        }
+    }
+
+    fn start_locked(&self, spec: &DesiredInstance) -> Result<InstanceReport> {
+        let id = &spec.id;
+        let mut ledger = self.ledger(id).unwrap_or(Ledger { spec: spec.clone(), addr_index: 0 });
+        if ledger.addr_index == 0 {
+            ledger.addr_index = self.free_index();
+        }
+        ledger.spec = spec.clone();
+        // The ledger first: whatever follows can be found and undone after a crash.
+        self.write_ledger(id, &ledger)?;
+        let rs = self.runtime_spec(&ledger)?;
+        if !self.net.exists(id) {
+            self.net.create(id, rs.addr).map_err(|e| err(id, e))?;
+        }
+        runtime::prepare(&rs).map_err(|e| err(id, e))?;
+        if !runtime::running(&self.cgroups, id) {
+            runtime::start(&rs, &self.cgroups, id).map_err(|e| err(id, e))?;
+        }
+        Ok(self.observe(id))
+    }
+}
+
+#[async_trait]
+impl Driver for ContainerDriver {
+    fn name(&self) -> &'static str {
+        "container"
+    }
+
+    async fn inventory(&self) -> Result<Inventory> {
+        if let Some(i) = &self.cfg.inventory {
+            return Ok(i.clone());
+        }
+        Ok(super::inventory::read(&self.cfg.data_dir))
+    }
+
+    async fn list(&self) -> Result<Vec<InstanceReport>> {
+        let mut ids: BTreeSet<String> = self.ids().into_iter().collect();
+        // Orphans of a crash: our cgroups and namespaces without an instance directory.
+        ids.extend(self.cgroups.list());
+        for short in self.net.list() {
+            if !ids.iter().any(|i| i.starts_with(&short)) {
+                ids.insert(short);
+            }
+        }
+        Ok(ids.iter().map(|id| self.observe(id)).collect())
+    }
+
+    async fn ensure(&self, spec: &DesiredInstance) -> Result<InstanceReport> {
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        match spec.power {
+            Power::Running => self.start_locked(spec),
+            Power::Stopped => {
+                runtime::stop(&self.cgroups, &spec.id).map_err(|e| err(&spec.id, e))?;
+                Ok(self.observe(&spec.id))
+            }
+        }
+    }
+
+    async fn restart(&self, spec: &DesiredInstance) -> Result<InstanceReport> {
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        runtime::stop(&self.cgroups, &spec.id).map_err(|e| err(&spec.id, e))?;
+        self.start_locked(spec)
+    }
+
+    async fn stop(&self, id: &str) -> Result<()> {
+        runtime::stop(&self.cgroups, id).map_err(|e| err(id, e))
+    }
+
+    async fn destroy(&self, id: &str) -> Result<()> {
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        runtime::stop(&self.cgroups, id).map_err(|e| err(id, e))?;
+        self.net.destroy(id);
+        let dir = self.dir(id);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| err(id, e))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,126 @@
+//! End to end on the container driver: launch through the Lambda API, wait for `active`, SSH in
+//! as `ubuntu`, write into a file system, terminate, launch a second instance with the same file
+//! system and read the file back, and check that nothing of either instance is left on the host.
+//! Needs root, ssh and the debian-12 image (scripts/test builds it); otherwise it says why and
+//! skips.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nimbus_driver::container::cgroup::Cgroups;
+use nimbus_driver::container::driver::ContainerConfig;
+use nimbus_driver::container::image;
+use nimbus_proto::Inventory;
+use nimbus_test_utils::TestServer;
+use serde_json::json;
+
+fn ready() -> Option<PathBuf> {
+    if !Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false) {
+        eprintln!("SKIPPED: the container driver needs root");
+        return None;
+    }
+    let images = std::env::var("NIMBUS_TEST_IMAGES_DIR").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from("/var/tmp/nimbus-images"));
+    if !image::exists(&images, "debian-12") {
+        eprintln!("SKIPPED: no debian-12 image in {} (scripts/test builds it)", images.display());
+        return None;
+    }
+    Some(images)
+}
+
+fn ssh(key: &std::path::Path, ip: &str, cmd: &str) -> (bool, String) {
+    let out = Command::new("ssh")
+        .arg("-i")
+        .arg(key)
+        .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"])
+        .args(["-o", "ConnectTimeout=5"])
+        .arg(format!("ubuntu@{ip}"))
+        .arg(cmd)
+        .output()
+        .expect("ssh");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launch_ssh_file_systems_terminate_and_nothing_leaks() {
+    let Some(images) = ready() else { return };
+    let tag = std::process::id() % 10_000;
+    let mut s = TestServer::builder().start().await;
+    let data = s.dir.0.join("container-host");
+    let cfg = ContainerConfig {
+        bridge: format!("nbe{tag}"),
+        gateway: Ipv4Addr::new(10, 233, 0, 1),
+        prefix_len: 24,
+        ns_prefix: format!("nbe{tag}-"),
+        cgroup_parent: format!("nimbus-e2e-{tag}"),
+        inventory: Some(Inventory {
+            hostname: "e2e".into(),
+            cpu_model: "test".into(),
+            vcpus: 4,
+            memory_mib: 8192,
+            disk_gib: 100,
+            gpus: vec![],
+            driver: "container".into(),
+        }),
+        ..ContainerConfig::new(&data, &images)
+    };
+    s.add_container_host("us-east-1", cfg.clone()).await;
+
+    let keydir = s.dir.0.join("keys");
+    std::fs::create_dir_all(&keydir).unwrap();
+    let key = keydir.join("id");
+    assert!(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).status().unwrap().success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    s.expect("POST", "/ssh-keys", Some(json!({"name": "e2e", "public_key": public.trim()})), 200).await;
+    s.expect("POST", "/filesystems", Some(json!({"name": "shared", "region": "us-east-1"})), 200).await;
+
+    let launch = json!({"region_name": "us-east-1", "instance_type_name": "cpu_1x_small", "ssh_key_names": ["e2e"],
+        "file_system_names": ["shared"], "hostname": "first", "quantity": 1});
+    let t = Instant::now();
+    let v = s.expect("POST", "/instance-operations/launch", Some(launch.clone()), 200).await;
+    let id1 = v["data"]["instance_ids"][0].as_str().unwrap().to_owned();
+    let inst = s.wait_status(&s.key, &id1, "active").await;
+    let ip1 = inst["ip"].as_str().unwrap().to_owned();
+    // `active` means reachable: SSH works at the first try (dstack tries exactly once).
+    let (ok, out) = ssh(&key, &ip1, "hostname; whoami; sudo -n true && echo sudo-ok; echo hello-from-first > /lambda/nfs/shared/note.txt");
+    eprintln!("launch -> first successful ssh: {:?}", t.elapsed());
+    assert!(ok, "{out}");
+    assert_eq!(out.lines().collect::<Vec<_>>(), vec!["first", "ubuntu", "sudo-ok"]);
+    let cg = Cgroups::detect(&cfg.cgroup_mount, &cfg.cgroup_parent).unwrap();
+    let limits = cg.limits(&id1).unwrap();
+    assert_eq!((limits.cpu_millis, limits.memory_bytes), (1000, 1 << 30), "cpu_1x_small: 1 vCPU, 1 GiB");
+
+    s.expect("POST", "/instance-operations/terminate", Some(json!({"instance_ids": [id1]})), 200).await;
+    s.wait_status(&s.key, &id1, "terminated").await;
+
+    let mut second = launch.clone();
+    second["hostname"] = json!("second");
+    let v = s.expect("POST", "/instance-operations/launch", Some(second), 200).await;
+    let id2 = v["data"]["instance_ids"][0].as_str().unwrap().to_owned();
+    let inst = s.wait_status(&s.key, &id2, "active").await;
+    let (ok, out) = ssh(&key, inst["ip"].as_str().unwrap(), "cat /lambda/nfs/shared/note.txt");
+    assert!(ok, "{out}");
+    assert_eq!(out.trim(), "hello-from-first", "the file system outlived the first instance");
+    s.expect("POST", "/instance-operations/terminate", Some(json!({"instance_ids": [id2]})), 200).await;
+    s.wait_status(&s.key, &id2, "terminated").await;
+
+    // Nothing of either instance is left: processes (cgroups), namespaces, veths, mounts, dirs.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for id in [&id1, &id2] {
+        while cg.exists(id) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!cg.exists(id), "cgroup of {id} left behind");
+        assert!(!std::path::Path::new(&format!("/run/netns/{}{}", cfg.ns_prefix, &id[..12])).exists(), "netns of {id} left behind");
+        let links = Command::new("ip").args(["-o", "link"]).output().unwrap();
+        assert!(!String::from_utf8_lossy(&links.stdout).contains(&format!("nh{}", &id[..12])), "veth of {id} left behind");
+        assert!(!data.join("instances").join(id).exists(), "instance dir of {id} left behind");
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(data.to_str().unwrap()), "a mount under the host's data dir leaked");
+    assert!(data.join("file-systems").read_dir().unwrap().next().is_some(), "file systems are kept");
+    s.shutdown().await;
+    cg.remove_parent();
+    let _ = Command::new("ip").args(["link", "del", &cfg.bridge]).status();
+}
