@@ -69,9 +69,11 @@ pub struct AgentArgs {
     pub token: String,
     #[arg(long, env = "NIMBUS_AGENT_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Instance driver. Only `sim` exists until the container driver lands.
+    /// Instance driver: `container` (real instances; root) or `sim` (a simulation for demos and tests).
     #[arg(long, default_value = "container")]
     pub driver: String,
+    #[command(flatten)]
+    pub images: crate::image::ImagesDir,
     #[command(flatten)]
     pub sim: SimArgs,
 }
@@ -117,14 +119,40 @@ fn local_hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
-pub async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
-    if a.driver != "sim" {
-        bail!("driver {:?} is not available yet; only `--driver sim` (a simulation) exists in this build", a.driver);
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
+}
+
+/// The driver named on the command line. `container` needs root and builds the default image on
+/// first use.
+async fn make_driver(name: &str, sim: &SimArgs, images: &crate::image::ImagesDir, dir: &Path) -> anyhow::Result<Arc<dyn Driver>> {
+    match name {
+        "sim" => {
+            announce_sim();
+            sim_driver(sim, dir, &local_hostname())
+        }
+        "container" => {
+            if !is_root() {
+                bail!("the container driver needs root (namespaces, cgroups, mounts); run as root, or pass `--driver sim` for a simulated demo");
+            }
+            let images_dir = images.path();
+            let d = images_dir.clone();
+            tokio::task::spawn_blocking(move || crate::image::ensure_default(&d, "debian-12", None)).await??;
+            let cfg = nimbus_driver::container::driver::ContainerConfig::new(&dir.join("container"), &images_dir);
+            let driver = tokio::task::spawn_blocking(move || nimbus_driver::container::driver::ContainerDriver::new(cfg)).await?;
+            Ok(Arc::new(driver.map_err(|e| anyhow::anyhow!("container driver: {e}"))?))
+        }
+        other => bail!("unknown driver {other:?}; expected `container` or `sim`"),
     }
-    announce_sim();
+}
+
+pub async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
     let dir = a.data_dir.clone().unwrap_or_else(|| common::default_data_dir("agent"));
     std::fs::create_dir_all(&dir)?;
-    let driver = sim_driver(&a.sim, &dir, &local_hostname())?;
+    let driver = make_driver(&a.driver, &a.sim, &a.images, &dir).await?;
     let agent = Agent::new(AgentConfig { server_url: a.server, token: a.token, data_dir: dir, poll_wait: Duration::from_secs(25) }, driver);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(agent.run(stop_rx));
@@ -146,6 +174,11 @@ pub struct DevArgs {
     /// Region of the local host.
     #[arg(long, default_value = "us-east-1")]
     pub region: String,
+    /// Instance driver of the local agent: `container` (real instances; root) or `sim`.
+    #[arg(long, default_value = "container")]
+    pub driver: String,
+    #[command(flatten)]
+    pub images: crate::image::ImagesDir,
     #[command(flatten)]
     pub sim: SimArgs,
 }
@@ -208,13 +241,13 @@ pub async fn run_dev(d: DevArgs) -> anyhow::Result<()> {
     })
     .await?;
     let listener = TcpListener::bind(&d.listen).await.with_context(|| format!("binding {}", d.listen))?;
-    let handle = nimbus_api::server::start(control.clone(), listener)?;
-    let url = handle.url();
-    announce_sim();
-    let hosts_before = control.store().host_list(None, true).await.map_err(|e| anyhow::anyhow!("{e}"))?.len();
     let agent_dir = dir.join("agent");
     std::fs::create_dir_all(&agent_dir)?;
-    let driver = sim_driver(&d.sim, &agent_dir, &local_hostname())?;
+    // The driver first: a missing image is built (with progress) before anything listens.
+    let driver = make_driver(&d.driver, &d.sim, &d.images, &agent_dir).await?;
+    let handle = nimbus_api::server::start(control.clone(), listener)?;
+    let url = handle.url();
+    let hosts_before = control.store().host_list(None, true).await.map_err(|e| anyhow::anyhow!("{e}"))?.len();
     let agent = Agent::new(AgentConfig { server_url: url.clone(), token, data_dir: agent_dir, poll_wait: Duration::from_secs(25) }, driver);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let agent_task = tokio::spawn(agent.run(stop_rx));

@@ -26,7 +26,7 @@ fn start_dev(extra: &[&str]) -> Dev {
     let dir = std::env::temp_dir().join(format!("nimbus-cli-test-{}-{}", std::process::id(), extra.len()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut child = Command::new(BIN)
-        .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args(["dev", "--driver", "sim", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&dir)
         .args(extra)
         .env("NIMBUS_LOG", "warn")
