@@ -59,6 +59,20 @@ pub struct SimArgs {
     pub sim_gpus: Vec<String>,
 }
 
+/// What a container host offers, when it should differ from the machine (overcommit).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct OfferArgs {
+    /// vCPUs to offer (default: this machine's; more overcommits CPU).
+    #[arg(long)]
+    pub offer_vcpus: Option<i64>,
+    /// Memory to offer in GiB (default: this machine's).
+    #[arg(long)]
+    pub offer_memory_gib: Option<i64>,
+    /// Disk to offer in GiB (default: the size of the file system holding the data dir).
+    #[arg(long)]
+    pub offer_disk_gib: Option<i64>,
+}
+
 #[derive(clap::Args, Debug)]
 pub struct AgentArgs {
     /// Server root URL.
@@ -74,6 +88,8 @@ pub struct AgentArgs {
     pub driver: String,
     #[command(flatten)]
     pub images: crate::image::ImagesDir,
+    #[command(flatten)]
+    pub offer: OfferArgs,
     #[command(flatten)]
     pub sim: SimArgs,
 }
@@ -128,7 +144,13 @@ fn is_root() -> bool {
 
 /// The driver named on the command line. `container` needs root and builds the default image on
 /// first use.
-async fn make_driver(name: &str, sim: &SimArgs, images: &crate::image::ImagesDir, dir: &Path) -> anyhow::Result<Arc<dyn Driver>> {
+pub async fn make_driver(
+    name: &str,
+    sim: &SimArgs,
+    images: &crate::image::ImagesDir,
+    offer: &OfferArgs,
+    dir: &Path,
+) -> anyhow::Result<Arc<dyn Driver>> {
     match name {
         "sim" => {
             announce_sim();
@@ -141,7 +163,15 @@ async fn make_driver(name: &str, sim: &SimArgs, images: &crate::image::ImagesDir
             let images_dir = images.path();
             let d = images_dir.clone();
             tokio::task::spawn_blocking(move || crate::image::ensure_default(&d, "debian-12", None)).await??;
-            let cfg = nimbus_driver::container::driver::ContainerConfig::new(&dir.join("container"), &images_dir);
+            let mut cfg = nimbus_driver::container::driver::ContainerConfig::new(&dir.join("container"), &images_dir);
+            if offer.offer_vcpus.is_some() || offer.offer_memory_gib.is_some() || offer.offer_disk_gib.is_some() {
+                std::fs::create_dir_all(&cfg.data_dir)?;
+                let mut inv = nimbus_driver::container::inventory::read(&cfg.data_dir);
+                inv.vcpus = offer.offer_vcpus.unwrap_or(inv.vcpus);
+                inv.memory_mib = offer.offer_memory_gib.map(|g| g * 1024).unwrap_or(inv.memory_mib);
+                inv.disk_gib = offer.offer_disk_gib.unwrap_or(inv.disk_gib);
+                cfg.inventory = Some(inv);
+            }
             let driver = tokio::task::spawn_blocking(move || nimbus_driver::container::driver::ContainerDriver::new(cfg)).await?;
             Ok(Arc::new(driver.map_err(|e| anyhow::anyhow!("container driver: {e}"))?))
         }
@@ -152,7 +182,7 @@ async fn make_driver(name: &str, sim: &SimArgs, images: &crate::image::ImagesDir
 pub async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
     let dir = a.data_dir.clone().unwrap_or_else(|| common::default_data_dir("agent"));
     std::fs::create_dir_all(&dir)?;
-    let driver = make_driver(&a.driver, &a.sim, &a.images, &dir).await?;
+    let driver = make_driver(&a.driver, &a.sim, &a.images, &a.offer, &dir).await?;
     let agent = Agent::new(AgentConfig { server_url: a.server, token: a.token, data_dir: dir, poll_wait: Duration::from_secs(25) }, driver);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(agent.run(stop_rx));
@@ -179,6 +209,8 @@ pub struct DevArgs {
     pub driver: String,
     #[command(flatten)]
     pub images: crate::image::ImagesDir,
+    #[command(flatten)]
+    pub offer: OfferArgs,
     #[command(flatten)]
     pub sim: SimArgs,
 }
@@ -244,7 +276,7 @@ pub async fn run_dev(d: DevArgs) -> anyhow::Result<()> {
     let agent_dir = dir.join("agent");
     std::fs::create_dir_all(&agent_dir)?;
     // The driver first: a missing image is built (with progress) before anything listens.
-    let driver = make_driver(&d.driver, &d.sim, &d.images, &agent_dir).await?;
+    let driver = make_driver(&d.driver, &d.sim, &d.images, &d.offer, &agent_dir).await?;
     let handle = nimbus_api::server::start(control.clone(), listener)?;
     let url = handle.url();
     let hosts_before = control.store().host_list(None, true).await.map_err(|e| anyhow::anyhow!("{e}"))?.len();
