@@ -489,8 +489,18 @@ async fn launch(n: usize, idle: usize, images_dir: std::path::PathBuf) -> anyhow
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!("| measure | n | p50 ms | p95 ms | max ms |");
     println!("|---|---|---|---|---|");
-    println!("| launch request -> first successful `ssh ubuntu@ip true` | {n} | {:.0} | {:.0} | {:.0} |", ms(pct(&to_ssh, 0.5)), ms(pct(&to_ssh, 0.95)), ms(pct(&to_ssh, 1.0)));
-    println!("| terminate request -> no process, netns, cgroup or directory left | {n} | {:.0} | {:.0} | {:.0} |", ms(pct(&to_clean, 0.5)), ms(pct(&to_clean, 0.95)), ms(pct(&to_clean, 1.0)));
+    println!(
+        "| launch request -> first successful `ssh ubuntu@ip true` | {n} | {:.0} | {:.0} | {:.0} |",
+        ms(pct(&to_ssh, 0.5)),
+        ms(pct(&to_ssh, 0.95)),
+        ms(pct(&to_ssh, 1.0))
+    );
+    println!(
+        "| terminate request -> no process, netns, cgroup or directory left | {n} | {:.0} | {:.0} | {:.0} |",
+        ms(pct(&to_clean, 0.5)),
+        ms(pct(&to_clean, 0.95)),
+        ms(pct(&to_clean, 1.0))
+    );
 
     let mut ids = Vec::new();
     for _ in 0..idle {

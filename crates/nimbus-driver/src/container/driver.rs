@@ -36,6 +36,8 @@ pub struct ContainerConfig {
     pub cgroup_mount: PathBuf,
     /// Inventory override for hosts whose resources are shared (tests); `None` reads the machine.
     pub inventory: Option<Inventory>,
+    /// How long a started container may take before a silent sshd counts as a failure.
+    pub sshd_grace: Duration,
 }
 
 impl ContainerConfig {
@@ -50,6 +52,7 @@ impl ContainerConfig {
             cgroup_parent: "nimbus".into(),
             cgroup_mount: PathBuf::from("/sys/fs/cgroup"),
             inventory: None,
+            sshd_grace: Duration::from_secs(20),
         }
     }
 }
@@ -59,6 +62,13 @@ struct Ledger {
     spec: DesiredInstance,
     /// Index of the instance's address in the bridge subnet.
     addr_index: u32,
+    /// When the container was last started (seconds since the epoch).
+    #[serde(default)]
+    started_at: u64,
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 pub struct ContainerDriver {
@@ -154,6 +164,7 @@ impl ContainerDriver {
         let ledger = self.ledger(id);
         let running = runtime::running(&self.cgroups, id);
         let addr = ledger.as_ref().map(|l| self.net.address(l.addr_index));
+        let mut message = None;
         let state = match (&ledger, running) {
             (None, _) => ActualState::Failed,
             (Some(l), true) => {
@@ -162,6 +173,9 @@ impl ContainerDriver {
                     ActualState::Running
                 } else if l.spec.power == Power::Stopped {
                     ActualState::Stopped
+                } else if now_secs().saturating_sub(l.started_at) > self.cfg.sshd_grace.as_secs() {
+                    message = Some("sshd is not answering on port 22".to_owned());
+                    ActualState::Failed
                 } else {
                     ActualState::Creating
                 }
@@ -174,13 +188,13 @@ impl ContainerDriver {
             ip: addr.map(|a| a.to_string()),
             private_ip: addr.map(|a| a.to_string()),
             restart_generation: ledger.map(|l| l.spec.restart_generation).unwrap_or(0),
-            message: None,
+            message,
         }
     }
 
     fn start_locked(&self, spec: &DesiredInstance) -> Result<InstanceReport> {
         let id = &spec.id;
-        let mut ledger = self.ledger(id).unwrap_or(Ledger { spec: spec.clone(), addr_index: 0 });
+        let mut ledger = self.ledger(id).unwrap_or(Ledger { spec: spec.clone(), addr_index: 0, started_at: 0 });
         if ledger.addr_index == 0 {
             ledger.addr_index = self.free_index();
         }
@@ -193,6 +207,8 @@ impl ContainerDriver {
         }
         runtime::prepare(&rs).map_err(|e| err(id, e))?;
         if !runtime::running(&self.cgroups, id) {
+            ledger.started_at = now_secs();
+            self.write_ledger(id, &ledger)?;
             runtime::start(&rs, &self.cgroups, id).map_err(|e| err(id, e))?;
         }
         Ok(self.observe(id))

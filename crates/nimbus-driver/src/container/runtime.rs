@@ -64,7 +64,10 @@ echo "$h" > /etc/hostname
 grep -q "[[:space:]]$h\$" /etc/hosts 2>/dev/null || echo "127.0.1.1 $h" >> /etc/hosts
 [ -f /etc/ssh/ssh_host_ed25519_key ] || ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key
 mkdir -p /run/sshd && chmod 0755 /run/sshd
-exec /usr/sbin/sshd -D -e -o UsePAM=no -o PasswordAuthentication=no -o HostKey=/etc/ssh/ssh_host_ed25519_key
+# sshd is a service of the instance, not its life: if it dies the instance keeps running (and
+# is reported unhealthy), as a VM would.
+/usr/sbin/sshd -D -e -o UsePAM=no -o PasswordAuthentication=no -o HostKey=/etc/ssh/ssh_host_ed25519_key &
+exec sleep infinity
 "#;
 
 /// Runs as PID 1 of the new PID namespace, from the host's /bin/sh, before and across

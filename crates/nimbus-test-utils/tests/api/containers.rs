@@ -42,6 +42,30 @@ fn ssh(key: &std::path::Path, ip: &str, cmd: &str) -> (bool, String) {
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
+/// Removes what a failed run may leave on the host (containers, namespaces, cgroups, the test
+/// bridge), so that one failure cannot poison the next run. Runs on panic too.
+struct HostCleanup {
+    cfg: ContainerConfig,
+}
+
+impl Drop for HostCleanup {
+    fn drop(&mut self) {
+        if let Ok(cg) = Cgroups::detect(&self.cfg.cgroup_mount, &self.cfg.cgroup_parent) {
+            for name in cg.list() {
+                let _ = cg.destroy(&name);
+            }
+            cg.remove_parent();
+        }
+        for entry in std::fs::read_dir("/run/netns").map(|r| r.filter_map(|e| e.ok()).collect::<Vec<_>>()).unwrap_or_default() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&self.cfg.ns_prefix) {
+                let _ = Command::new("ip").args(["netns", "del", &name]).status();
+            }
+        }
+        let _ = Command::new("ip").args(["link", "del", &self.cfg.bridge]).stderr(std::process::Stdio::null()).status();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn launch_ssh_file_systems_terminate_and_nothing_leaks() {
     let Some(images) = ready() else { return };
@@ -63,8 +87,10 @@ async fn launch_ssh_file_systems_terminate_and_nothing_leaks() {
             gpus: vec![],
             driver: "container".into(),
         }),
+        sshd_grace: Duration::from_secs(1),
         ..ContainerConfig::new(&data, &images)
     };
+    let _cleanup = HostCleanup { cfg: cfg.clone() };
     s.add_container_host("us-east-1", cfg.clone()).await;
 
     let keydir = s.dir.0.join("keys");
@@ -90,6 +116,14 @@ async fn launch_ssh_file_systems_terminate_and_nothing_leaks() {
     let cg = Cgroups::detect(&cfg.cgroup_mount, &cfg.cgroup_parent).unwrap();
     let limits = cg.limits(&id1).unwrap();
     assert_eq!((limits.cpu_millis, limits.memory_bytes), (1000, 1 << 30), "cpu_1x_small: 1 vCPU, 1 GiB");
+
+    // An instance whose sshd dies is unhealthy; a restart through the API brings it back.
+    let _ = ssh(&key, &ip1, "sudo -n pkill -x sshd");
+    s.wait_status(&s.key, &id1, "unhealthy").await;
+    s.expect("POST", "/instance-operations/restart", Some(json!({"instance_ids": [id1]})), 200).await;
+    s.wait_status(&s.key, &id1, "active").await;
+    let (ok, out) = ssh(&key, &ip1, "cat /lambda/nfs/shared/note.txt");
+    assert!(ok && out.trim() == "hello-from-first", "{out}");
 
     s.expect("POST", "/instance-operations/terminate", Some(json!({"instance_ids": [id1]})), 200).await;
     s.wait_status(&s.key, &id1, "terminated").await;
@@ -121,6 +155,4 @@ async fn launch_ssh_file_systems_terminate_and_nothing_leaks() {
     assert!(!mounts.contains(data.to_str().unwrap()), "a mount under the host's data dir leaked");
     assert!(data.join("file-systems").read_dir().unwrap().next().is_some(), "file systems are kept");
     s.shutdown().await;
-    cg.remove_parent();
-    let _ = Command::new("ip").args(["link", "del", &cfg.bridge]).status();
 }
