@@ -48,6 +48,19 @@ pub enum InstanceCmd {
         /// File with cloud-init user data.
         #[arg(long)]
         user_data: Option<std::path::PathBuf>,
+        /// Wait until the instance is active and answers SSH, showing progress.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// SSH into an instance as `ubuntu` (runs the system's ssh client).
+    Ssh {
+        id: String,
+        /// Private key file (`ssh -i`).
+        #[arg(long, short = 'i')]
+        identity: Option<std::path::PathBuf>,
+        /// Command to run instead of a shell.
+        #[arg(last = true)]
+        command: Vec<String>,
     },
     List,
     Get {
@@ -79,7 +92,7 @@ fn instance_rows(list: &[w::Instance]) {
 pub async fn instance(conn: &ConnArgs, cmd: InstanceCmd) -> anyhow::Result<()> {
     let c = conn.client()?;
     match cmd {
-        InstanceCmd::Launch { region, instance_type, ssh_key, name, hostname, quantity, user_data } => {
+        InstanceCmd::Launch { region, instance_type, ssh_key, name, hostname, quantity, user_data, wait } => {
             let user_data = user_data.map(std::fs::read_to_string).transpose()?;
             let req = w::LaunchRequest {
                 region_name: region,
@@ -96,6 +109,11 @@ pub async fn instance(conn: &ConnArgs, cmd: InstanceCmd) -> anyhow::Result<()> {
                 quantity: Some(quantity),
             };
             let ids = c.launch(&req).await?;
+            if wait {
+                for id in &ids {
+                    wait_reachable(&c, id).await?;
+                }
+            }
             if conn.json {
                 print_json(&ids)?;
             } else {
@@ -126,6 +144,19 @@ pub async fn instance(conn: &ConnArgs, cmd: InstanceCmd) -> anyhow::Result<()> {
                 print_json(&list)?
             } else {
                 instance_rows(&list)
+            }
+        }
+        InstanceCmd::Ssh { id, identity, command } => {
+            let i = c.instance(&id).await?;
+            let ip = i.ip.context("the instance has no address yet; wait until it is active")?;
+            let mut cmd = std::process::Command::new("ssh");
+            if let Some(k) = identity {
+                cmd.arg("-i").arg(k);
+            }
+            cmd.args(["-o", "StrictHostKeyChecking=accept-new"]).arg(format!("ubuntu@{ip}")).args(command);
+            let status = cmd.status().context("running ssh")?;
+            if !status.success() {
+                anyhow::bail!("ssh exited with {status}");
             }
         }
         InstanceCmd::Restart { ids } => {
@@ -264,4 +295,44 @@ pub async fn types(conn: &ConnArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Polls until the instance is active and its port 22 answers with an SSH banner, drawing
+/// progress on stderr.
+async fn wait_reachable(c: &LambdaClient, id: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let t = std::time::Instant::now();
+    let mut last = String::new();
+    loop {
+        let i = c.instance(id).await?;
+        if i.status != last {
+            eprint!("{}{id}: {}", if last.is_empty() { "" } else { "\n" }, i.status);
+            last = i.status.clone();
+        } else {
+            eprint!(".");
+        }
+        let _ = std::io::stderr().flush();
+        match (i.status.as_str(), i.ip.as_deref()) {
+            ("active", Some(ip)) => {
+                let addr = format!("{ip}:22");
+                if let Ok(Ok(mut s)) = tokio::time::timeout(std::time::Duration::from_secs(1), tokio::net::TcpStream::connect(&addr)).await
+                {
+                    let mut buf = [0u8; 4];
+                    use tokio::io::AsyncReadExt;
+                    if let Ok(Ok(4)) = tokio::time::timeout(std::time::Duration::from_secs(1), s.read_exact(&mut buf)).await {
+                        if &buf == b"SSH-" {
+                            eprintln!("\n{id}: ssh ubuntu@{ip} answers ({:.1} s)", t.elapsed().as_secs_f64());
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+            ("terminating" | "terminated", _) => anyhow::bail!("instance {id} is {}", i.status),
+            _ => {}
+        }
+        if t.elapsed() > std::time::Duration::from_secs(300) {
+            anyhow::bail!("instance {id} did not become reachable in 5 minutes");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
 }
