@@ -86,6 +86,18 @@ ln -sf pts/ptmx "$R/dev/ptmx"
 ln -sf /proc/self/fd "$R/dev/fd"
 mount -t tmpfs -o nosuid,nodev,mode=1777 shm "$R/dev/shm"
 mount -t tmpfs -o nosuid,nodev,mode=0755 run "$R/run"
+# The instance's own cgroup, read-only, as the root of its cgroup namespace: tools inside see
+# their limits (memory.max / memory.limit_in_bytes) and nothing of the host's tree.
+if [ "$NIMBUS_CGROUP" = v2 ]; then
+  mount -t cgroup2 -o ro,nosuid,nodev,noexec cgroup2 "$R/sys/fs/cgroup"
+else
+  mount -t tmpfs -o nosuid,nodev,noexec,mode=0755 cgroup "$R/sys/fs/cgroup"
+  for c in $NIMBUS_CGROUP; do
+    mkdir -p "$R/sys/fs/cgroup/$c"
+    mount -t cgroup -o ro,nosuid,nodev,noexec,$c cgroup "$R/sys/fs/cgroup/$c"
+  done
+  mount -o remount,ro,bind "$R/sys/fs/cgroup"
+fi
 printf '%s\n' "$NIMBUS_MOUNTS" | while IFS='|' read -r src dst; do
   [ -n "$src" ] || continue
   mkdir -p "$R$dst"
@@ -152,7 +164,19 @@ pub fn start(spec: &Spec, cgroups: &Cgroups, cgroup_name: &str) -> Result<u32> {
         .arg("-c")
         .arg(format!("{join}exec \"$@\""))
         .arg("nimbus-launch")
-        .args(["nsenter", &format!("--net={}", spec.netns), "--", "unshare", "--mount", "--uts", "--ipc", "--pid", "--fork", "--"])
+        .args([
+            "nsenter",
+            &format!("--net={}", spec.netns),
+            "--",
+            "unshare",
+            "--mount",
+            "--uts",
+            "--ipc",
+            "--pid",
+            "--cgroup",
+            "--fork",
+            "--",
+        ])
         .args(["sh", "-c", INIT])
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
@@ -162,6 +186,13 @@ pub fn start(spec: &Spec, cgroups: &Cgroups, cgroup_name: &str) -> Result<u32> {
         .env("NIMBUS_WORK", spec.dir.join("work"))
         .env("NIMBUS_HOSTNAME", &spec.hostname)
         .env("NIMBUS_MOUNTS", mounts)
+        .env(
+            "NIMBUS_CGROUP",
+            match cgroups.version() {
+                super::cgroup::Version::V2 => "v2",
+                super::cgroup::Version::V1 => "cpu memory pids",
+            },
+        )
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2)

@@ -116,6 +116,15 @@ async fn launch_ssh_file_systems_terminate_and_nothing_leaks() {
     let cg = Cgroups::detect(&cfg.cgroup_mount, &cfg.cgroup_parent).unwrap();
     let limits = cg.limits(&id1).unwrap();
     assert_eq!((limits.cpu_millis, limits.memory_bytes), (1000, 1 << 30), "cpu_1x_small: 1 vCPU, 1 GiB");
+    // The same limits, seen from inside the instance (its own cgroup namespace).
+    let inside = "cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes; \
+                  cat /sys/fs/cgroup/cpu.max 2>/dev/null || cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us; cat /proc/self/cgroup | head -1";
+    let (ok, out) = ssh(&key, &ip1, inside);
+    assert!(ok, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "1073741824", "{out}");
+    assert!(lines[1] == "100000" || lines[1] == "100000 100000", "{out}");
+    assert!(lines[2].ends_with(":/"), "the instance is the root of its cgroup namespace: {out}");
 
     // An instance whose sshd dies is unhealthy; a restart through the API brings it back.
     let _ = ssh(&key, &ip1, "sudo -n pkill -x sshd");
