@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod catalog;
 pub mod clock;
+pub mod cloudinit;
 pub mod error;
 pub mod firewall;
 pub mod ids;

@@ -51,11 +51,12 @@ pub fn hostname(s: &str) -> Result<(), Error> {
 /// Maximum size of `user_data`, as Lambda documents.
 pub const USER_DATA_MAX: usize = 1024 * 1024;
 
+/// At most 1 MiB, and a script (`#!`) or a valid `#cloud-config` (see `cloudinit`).
 pub fn user_data(s: &str) -> Result<(), Error> {
     if s.len() > USER_DATA_MAX {
         return Err(Error::invalid("user_data", "must be at most 1 MiB"));
     }
-    Ok(())
+    crate::cloudinit::parse(s).map(|_| ())
 }
 
 /// Tags: keys 1..=55 and values 0..=255 characters, keys unique, at most 50 tags.

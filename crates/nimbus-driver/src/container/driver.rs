@@ -157,6 +157,12 @@ impl ContainerDriver {
             authorized_keys: s.ssh_public_keys.clone(),
             mounts,
             user_uid: 1000,
+            first_boot: s
+                .user_data
+                .as_deref()
+                .map(nimbus_core::cloudinit::first_boot_script)
+                .transpose()
+                .map_err(|e| err(&s.id, e.external_message()))?,
         })
     }
 

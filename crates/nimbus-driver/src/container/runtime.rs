@@ -54,6 +54,8 @@ pub struct Spec {
     pub mounts: Vec<(PathBuf, String)>,
     /// uid/gid of the default user inside the image.
     pub user_uid: u32,
+    /// First-boot script made from the launch's `user_data`, run once.
+    pub first_boot: Option<String>,
 }
 
 const BOOT: &str = r#"#!/bin/sh
@@ -64,6 +66,11 @@ echo "$h" > /etc/hostname
 grep -q "[[:space:]]$h\$" /etc/hosts 2>/dev/null || echo "127.0.1.1 $h" >> /etc/hosts
 [ -f /etc/ssh/ssh_host_ed25519_key ] || ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key
 mkdir -p /run/sshd && chmod 0755 /run/sshd
+# user_data runs once per instance, after sshd is up, with its output where cloud-init keeps it.
+if [ -x /etc/nimbus/first-boot ] && [ ! -e /var/lib/nimbus/first-boot.done ]; then
+  mkdir -p /var/lib/nimbus && touch /var/lib/nimbus/first-boot.done
+  (sleep 0.2; /etc/nimbus/first-boot >> /var/log/cloud-init-output.log 2>&1) &
+fi
 # sshd is a service of the instance, not its life: if it dies the instance keeps running (and
 # is reported unhealthy), as a VM would.
 /usr/sbin/sshd -D -e -o UsePAM=no -o PasswordAuthentication=no -o HostKey=/etc/ssh/ssh_host_ed25519_key &
@@ -134,6 +141,9 @@ pub fn prepare(spec: &Spec) -> Result<()> {
     }
     let upper = spec.dir.join("upper");
     write(&upper.join("etc/nimbus/boot.sh"), BOOT, 0o755)?;
+    if let Some(script) = &spec.first_boot {
+        write(&upper.join("etc/nimbus/first-boot"), script, 0o700)?;
+    }
     let ssh = upper.join("home/ubuntu/.ssh");
     let keys: String = spec.authorized_keys.iter().map(|k| format!("{}\n", k.trim())).collect();
     write(&ssh.join("authorized_keys"), &keys, 0o600)?;
@@ -291,6 +301,7 @@ mod tests {
             authorized_keys: vec![pubkey],
             mounts: vec![(shared.clone(), "/lambda/nfs/shared".into())],
             user_uid: 1000,
+            first_boot: None,
         };
         prepare(&spec).unwrap();
         let t = Instant::now();

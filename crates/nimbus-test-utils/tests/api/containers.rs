@@ -101,8 +101,21 @@ async fn launch_ssh_file_systems_terminate_and_nothing_leaks() {
     s.expect("POST", "/ssh-keys", Some(json!({"name": "e2e", "public_key": public.trim()})), 200).await;
     s.expect("POST", "/filesystems", Some(json!({"name": "shared", "region": "us-east-1"})), 200).await;
 
-    let launch = json!({"region_name": "us-east-1", "instance_type_name": "cpu_1x_small", "ssh_key_names": ["e2e"],
+    let user_data = r#"#cloud-config
+write_files:
+  - path: /etc/nimbus-e2e
+    content: "written by cloud-config\n"
+    permissions: '0640'
+runcmd:
+  - echo ran-runcmd > /tmp/runcmd.txt
+"#;
+    let mut launch = json!({"region_name": "us-east-1", "instance_type_name": "cpu_1x_small", "ssh_key_names": ["e2e"],
         "file_system_names": ["shared"], "hostname": "first", "quantity": 1});
+    // Invalid cloud-config is refused at launch.
+    launch["user_data"] = json!("#cloud-config\nruncmd: [unclosed\n");
+    let (st, body) = s.call(&s.key, "POST", "/instance-operations/launch", Some(launch.clone())).await;
+    assert_eq!((st, body["error"]["code"].as_str()), (400, Some("global/invalid-parameters")), "{body}");
+    launch["user_data"] = json!(user_data);
     let t = Instant::now();
     let v = s.expect("POST", "/instance-operations/launch", Some(launch.clone()), 200).await;
     let id1 = v["data"]["instance_ids"][0].as_str().unwrap().to_owned();
@@ -113,6 +126,21 @@ async fn launch_ssh_file_systems_terminate_and_nothing_leaks() {
     eprintln!("launch -> first successful ssh: {:?}", t.elapsed());
     assert!(ok, "{out}");
     assert_eq!(out.lines().collect::<Vec<_>>(), vec!["first", "ubuntu", "sudo-ok"]);
+    // user_data ran once on first boot, with its output where cloud-init keeps it.
+    let t = Instant::now();
+    loop {
+        let (_, out) = ssh(&key, &ip1, "sudo -n cat /etc/nimbus-e2e /tmp/runcmd.txt; sudo -n stat -c %a /etc/nimbus-e2e; sudo -n tail -n 1 /var/log/cloud-init-output.log");
+        if out.contains("nimbus-cloud-init: done") {
+            assert_eq!(
+                out.lines().collect::<Vec<_>>(),
+                vec!["written by cloud-config", "ran-runcmd", "640", "nimbus-cloud-init: done"],
+                "{out}"
+            );
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "user_data never finished: {out}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let cg = Cgroups::detect(&cfg.cgroup_mount, &cfg.cgroup_parent).unwrap();
     let limits = cg.limits(&id1).unwrap();
     assert_eq!((limits.cpu_millis, limits.memory_bytes), (1000, 1 << 30), "cpu_1x_small: 1 vCPU, 1 GiB");
