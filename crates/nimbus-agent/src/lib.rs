@@ -59,6 +59,10 @@ pub struct Agent {
     heartbeat: std::sync::Mutex<Duration>,
     applied_generation: AtomicI64,
     report_now: Notify,
+    /// The spec each instance was last ensured with by this process; a changed spec (new
+    /// firewall rules, say) is ensured again. Empty after a restart, so everything is ensured
+    /// once (ensure is idempotent).
+    applied: std::sync::Mutex<HashMap<String, proto::DesiredInstance>>,
 }
 
 impl Agent {
@@ -77,6 +81,7 @@ impl Agent {
             heartbeat: std::sync::Mutex::new(Duration::from_secs(5)),
             applied_generation: AtomicI64::new(0),
             report_now: Notify::new(),
+            applied: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -168,12 +173,17 @@ impl Agent {
                 (Some(a), proto::Power::Running) if a.restart_generation < d.restart_generation => self.driver.restart(d).await.map(|_| ()),
                 (Some(a), proto::Power::Running) if a.state != proto::ActualState::Running => self.driver.ensure(d).await.map(|_| ()),
                 (Some(a), proto::Power::Stopped) if a.state == proto::ActualState::Running => self.driver.stop(&d.id).await,
+                (Some(_), proto::Power::Running) if self.last_applied(&d.id).as_ref() != Some(d) => self.driver.ensure(d).await.map(|_| ()),
                 _ => Ok(()),
             };
-            if let Err(e) = res {
-                tracing::warn!(instance = %d.id, error = %e, "driver failed to converge instance");
+            match res {
+                Ok(()) => {
+                    self.applied.lock().unwrap_or_else(|p| p.into_inner()).insert(d.id.clone(), d.clone());
+                }
+                Err(e) => tracing::warn!(instance = %d.id, error = %e, "driver failed to converge instance"),
             }
         }
+        self.applied.lock().unwrap_or_else(|p| p.into_inner()).retain(|id, _| wanted.contains(id.as_str()));
         for id in actual.keys().filter(|id| !wanted.contains(id.as_str())) {
             if let Err(e) = self.driver.destroy(id).await {
                 tracing::warn!(instance = %id, error = %e, "driver failed to destroy instance");
@@ -181,6 +191,10 @@ impl Agent {
         }
         self.applied_generation.store(desired.generation, Ordering::SeqCst);
         Ok(())
+    }
+
+    fn last_applied(&self, id: &str) -> Option<proto::DesiredInstance> {
+        self.applied.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
     }
 
     async fn register_until_ok(&self, stop: &watch::Receiver<bool>) {

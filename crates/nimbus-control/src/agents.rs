@@ -187,6 +187,34 @@ pub async fn report(c: &Control, host: &HostId, req: proto::ReportRequest) -> Re
     Ok(proto::ReportResponse { desired_generation: gen })
 }
 
+/// Each instance's inbound allow-list: its org's global rules plus its rulesets' rules.
+async fn firewall_by_instance(c: &Control, instances: &[Instance]) -> Result<HashMap<InstanceId, Vec<proto::FirewallRule>>, Error> {
+    let mut global: HashMap<OrgId, Vec<nimbus_core::firewall::FirewallRule>> = HashMap::new();
+    let mut sets: HashMap<OrgId, HashMap<FirewallRulesetId, Vec<nimbus_core::firewall::FirewallRule>>> = HashMap::new();
+    let mut out = HashMap::new();
+    for i in instances {
+        if !global.contains_key(&i.org_id) {
+            global.insert(i.org_id.clone(), c.store().org_global_rules(&i.org_id).await?);
+            let rs = c.store().ruleset_list_by_org(&i.org_id).await?;
+            sets.insert(i.org_id.clone(), rs.into_iter().map(|r| (r.id, r.rules)).collect());
+        }
+        let mut rules: Vec<nimbus_core::firewall::FirewallRule> = global.get(&i.org_id).cloned().unwrap_or_default();
+        for rid in &i.firewall_ruleset_ids {
+            rules.extend(sets.get(&i.org_id).and_then(|m| m.get(rid)).cloned().unwrap_or_default());
+        }
+        let wire = rules
+            .iter()
+            .map(|r| proto::FirewallRule {
+                protocol: serde_json::to_value(r.protocol).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+                port_range: r.port_range,
+                source: r.source_network.clone(),
+            })
+            .collect();
+        out.insert(i.id.clone(), wire);
+    }
+    Ok(out)
+}
+
 fn addresses_changed(inst: &Instance, u: &InstanceUpdate) -> bool {
     (u.ip.is_some() && u.ip != inst.ip) || (u.private_ip.is_some() && u.private_ip != inst.private_ip)
 }
@@ -210,6 +238,7 @@ pub async fn desired(c: &Control, host: &HostId, req: proto::DesiredRequest) -> 
     let gen = c.store().host_desired_generation(host).await?;
     let instances = c.store().instance_list_by_host(host).await?;
     let images = c.store().image_list().await?;
+    let firewall = firewall_by_instance(c, &instances).await?;
     let image_name = |id: &ImageId| images.iter().find(|i| &i.id == id).map(|i| i.name.clone()).unwrap_or_default();
     let desired = instances
         .iter()
@@ -231,6 +260,7 @@ pub async fn desired(c: &Control, host: &HostId, req: proto::DesiredRequest) -> 
                 .iter()
                 .map(|m| proto::MountSpec { file_system_id: m.file_system_id.to_string(), mount_point: m.mount_point.clone() })
                 .collect(),
+            firewall: firewall.get(&i.id).cloned().unwrap_or_default(),
         })
         .collect();
     Ok(proto::DesiredResponse { generation: gen, instances: desired })

@@ -14,6 +14,16 @@ use crate::{emit, Control};
 
 const MAX_RULES: usize = 256;
 
+/// Tells the hosts that run the org's instances to re-read their desired state (their firewall
+/// changed). Host rows are locked first, as in every transaction that touches hosts.
+async fn bump_org_hosts(tx: &mut nimbus_store::Conn, actor: &Actor) -> Result<Vec<nimbus_core::ids::HostId>, Error> {
+    let hosts = Store::host_ids_with_org_instances_in(tx, &actor.org_id).await?;
+    for h in &hosts {
+        Store::host_bump_generation_in_txn(tx, h).await?;
+    }
+    Ok(hosts)
+}
+
 fn check_rules(rules: &[FirewallRule]) -> Result<(), Error> {
     if rules.len() > MAX_RULES {
         return Err(Error::invalid("rules", format!("at most {MAX_RULES} rules are allowed")));
@@ -31,9 +41,13 @@ pub async fn global_set(c: &Control, actor: &Actor, rules: Vec<FirewallRule>) ->
     check_rules(&rules)?;
     let now = c.now();
     let mut tx = c.store().begin().await?;
+    let hosts = bump_org_hosts(&mut tx, actor).await?;
     Store::org_set_global_rules_in_txn(&mut tx, &actor.org_id, &rules).await?;
     emit(&mut tx, actor, "firewall.global_rules_updated", "firewall_ruleset", "global", json!({"rules": rules.len()}), now).await?;
     Store::commit(tx).await?;
+    for h in &hosts {
+        c.hosts().wake(h);
+    }
     Ok(rules)
 }
 
@@ -103,6 +117,7 @@ pub async fn ruleset_update(
     }
     let now = c.now();
     let mut tx = c.store().begin().await?;
+    let hosts = bump_org_hosts(&mut tx, actor).await?;
     let cur = Store::ruleset_get_in(&mut tx, &actor.org_id, &rid).await?.ok_or_else(|| Error::not_found("firewall ruleset", id))?;
     let name = name.unwrap_or(&cur.name).to_owned();
     let rules = rules.unwrap_or(cur.rules);
@@ -110,6 +125,9 @@ pub async fn ruleset_update(
     emit(&mut tx, actor, "firewall_ruleset.updated", "firewall_ruleset", rid.as_str(), json!({"name": name}), now).await?;
     let out = Store::ruleset_get_in(&mut tx, &actor.org_id, &rid).await?.ok_or_else(|| Error::not_found("firewall ruleset", id))?;
     Store::commit(tx).await?;
+    for h in &hosts {
+        c.hosts().wake(h);
+    }
     Ok(out)
 }
 

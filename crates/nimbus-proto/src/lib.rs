@@ -125,6 +125,21 @@ pub struct DesiredInstance {
     pub power: Power,
     pub restart_generation: i64,
     pub file_system_mounts: Vec<MountSpec>,
+    /// Inbound allow-list (the org's global rules plus the instance's rulesets); everything else
+    /// to the instance is dropped by the host.
+    #[serde(default)]
+    pub firewall: Vec<FirewallRule>,
+}
+
+/// One inbound allow rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FirewallRule {
+    /// `tcp`, `udp`, `icmp` or `all`.
+    pub protocol: String,
+    #[serde(default)]
+    pub port_range: Option<(u16, u16)>,
+    /// IPv4 CIDR.
+    pub source: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

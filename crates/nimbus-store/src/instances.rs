@@ -224,6 +224,18 @@ impl Store {
         Ok(r.rows_affected() == 1)
     }
 
+    /// Hosts that run live instances of `org`, in id order.
+    pub async fn host_ids_with_org_instances_in(c: &mut Conn, org: &OrgId) -> Result<Vec<HostId>, Error> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT host_id FROM instances WHERE org_id = $1 AND state <> 'terminated' AND host_id IS NOT NULL ORDER BY host_id",
+        )
+        .bind(org.as_str())
+        .fetch_all(c)
+        .await
+        .map_err(db_err("listing the org's hosts"))?;
+        rows.iter().map(|r| rows::get::<String>(r, "host_id").map(HostId::from_trusted)).collect()
+    }
+
     /// Non-terminated instances on the given hosts in one of `states`.
     pub async fn instance_ids_on_hosts_in_states_in(
         c: &mut Conn,

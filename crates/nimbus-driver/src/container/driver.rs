@@ -166,6 +166,16 @@ impl ContainerDriver {
         })
     }
 
+    /// Rewrites the host's firewall table from every ledger.
+    fn sync_firewall(&self) -> Result<()> {
+        let ledgers: Vec<Ledger> = self.ids().iter().filter_map(|id| self.ledger(id)).collect();
+        let entries: Vec<super::firewall::Entry<'_>> = ledgers
+            .iter()
+            .map(|l| super::firewall::Entry { id: &l.spec.id, addr: self.net.address(l.addr_index), rules: &l.spec.firewall })
+            .collect();
+        super::firewall::apply(&super::firewall::render(&self.cfg.bridge, self.cfg.gateway, &entries)).map_err(host_err)
+    }
+
     fn observe(&self, id: &str) -> InstanceReport {
         let ledger = self.ledger(id);
         let running = runtime::running(&self.cgroups, id);
@@ -200,6 +210,7 @@ impl ContainerDriver {
 
     fn start_locked(&self, spec: &DesiredInstance) -> Result<InstanceReport> {
         let id = &spec.id;
+        let fresh = self.ledger(id).is_none();
         let mut ledger = self.ledger(id).unwrap_or(Ledger { spec: spec.clone(), addr_index: 0, started_at: 0 });
         if ledger.addr_index == 0 {
             ledger.addr_index = self.free_index();
@@ -211,7 +222,11 @@ impl ContainerDriver {
         if !self.net.exists(id) {
             self.net.create(id, rs.addr).map_err(|e| err(id, e))?;
         }
-        runtime::prepare(&rs).map_err(|e| err(id, e))?;
+        // The disk is prepared once: later ensures must not undo what the instance's users changed.
+        if fresh || !rs.dir.join("upper").exists() {
+            runtime::prepare(&rs).map_err(|e| err(id, e))?;
+        }
+        self.sync_firewall()?;
         if !runtime::running(&self.cgroups, id) {
             ledger.started_at = now_secs();
             self.write_ledger(id, &ledger)?;
@@ -275,6 +290,6 @@ impl Driver for ContainerDriver {
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(|e| err(id, e))?;
         }
-        Ok(())
+        self.sync_firewall()
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod cgroup;
 pub mod driver;
+pub mod firewall;
 pub mod image;
 pub mod inventory;
 pub mod net;

@@ -63,6 +63,7 @@ impl Drop for HostCleanup {
             }
         }
         let _ = Command::new("ip").args(["link", "del", &self.cfg.bridge]).stderr(std::process::Stdio::null()).status();
+        nimbus_driver::container::firewall::remove(&self.cfg.bridge);
     }
 }
 
@@ -154,6 +155,34 @@ runcmd:
     assert!(lines[1] == "100000" || lines[1] == "100000 100000", "{out}");
     assert!(lines[2].ends_with(":/"), "the instance is the root of its cgroup namespace: {out}");
 
+    // Firewall: only what the rules allow reaches the instance; the instance cannot reach the
+    // host's own services.
+    let (ok, out) =
+        ssh(&key, &ip1, "for p in 8080 9090; do nohup python3 -m http.server $p >/dev/null 2>&1 & done; sleep 0.5; echo started");
+    assert!(ok, "{out}");
+    let reach = |port: u16| {
+        let addr: std::net::SocketAddr = format!("{ip1}:{port}").parse().unwrap();
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok()
+    };
+    assert!(!reach(8080) && !reach(9090), "default rules allow only SSH");
+    let rules = json!({"data": [
+        {"protocol": "tcp", "port_range": [22, 22], "source_network": "0.0.0.0/0", "description": "ssh"},
+        {"protocol": "tcp", "port_range": [8080, 8080], "source_network": format!("{}/32", cfg.gateway), "description": "web from the host"}
+    ]});
+    s.expect("PUT", "/firewall-rules", Some(rules), 200).await;
+    let t = Instant::now();
+    while !reach(8080) {
+        assert!(t.elapsed() < Duration::from_secs(10), "the new rule never took effect");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!reach(9090), "a port no rule names stays closed");
+    let host_service = std::net::TcpListener::bind((cfg.gateway, 0)).unwrap();
+    let port = host_service.local_addr().unwrap().port();
+    let (_, out) =
+        ssh(&key, &ip1, &format!("timeout 2 bash -c 'echo > /dev/tcp/{}/{port}' && echo reachable || echo blocked", cfg.gateway));
+    assert_eq!(out.trim(), "blocked", "instances must not reach the host's services");
+    drop(host_service);
+
     // An instance whose sshd dies is unhealthy; a restart through the API brings it back.
     let _ = ssh(&key, &ip1, "sudo -n pkill -x sshd");
     s.wait_status(&s.key, &id1, "unhealthy").await;
@@ -188,6 +217,10 @@ runcmd:
         assert!(!String::from_utf8_lossy(&links.stdout).contains(&format!("nh{}", &id[..12])), "veth of {id} left behind");
         assert!(!data.join("instances").join(id).exists(), "instance dir of {id} left behind");
     }
+    let table =
+        Command::new("nft").args(["list", "table", "inet", &nimbus_driver::container::firewall::table_name(&cfg.bridge)]).output().unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(!table.contains(&id1[..12]) && !table.contains(&id2[..12]), "nftables rules left behind: {table}");
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(data.to_str().unwrap()), "a mount under the host's data dir leaked");
     assert!(data.join("file-systems").read_dir().unwrap().next().is_some(), "file systems are kept");

@@ -1,0 +1,126 @@
+//! Host-side packet filtering for container instances, with nftables, in one table the driver
+//! owns (`inet nimbus_<bridge>`), rewritten atomically (`nft -f`) from the ledgers whenever an
+//! instance or its rules change:
+//!
+//! - **input**: instances do not reach the host's own services (only replies to connections the
+//!   host opened);
+//! - **forward** and **output**: traffic *to* an instance, from other instances (bridged traffic
+//!   passes the inet hooks through br_netfilter) or from the host, is allowed only by the
+//!   instance's rules (the org's global rules plus its rulesets) or as a reply; the host itself may
+//!   always reach port 22, because the agent's health probe must (documented).
+//!
+//! Terminating an instance rewrites the table without it: no rule of it is left.
+
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+
+use nimbus_proto::FirewallRule;
+
+/// One instance's entry: its address and its allow rules.
+pub struct Entry<'a> {
+    pub id: &'a str,
+    pub addr: Ipv4Addr,
+    pub rules: &'a [FirewallRule],
+}
+
+pub fn table_name(bridge: &str) -> String {
+    format!("nimbus_{}", bridge.replace(|c: char| !c.is_ascii_alphanumeric(), "_"))
+}
+
+fn rule_line(r: &FirewallRule) -> Option<String> {
+    // Sources were validated as CIDRs by the server; refuse anything else rather than emit it.
+    let src = r.source.split_once('/').map(|(a, l)| (a.parse::<Ipv4Addr>().ok(), l.parse::<u8>().ok()));
+    let src = match src {
+        Some((Some(a), Some(l))) if l <= 32 => format!("{a}/{l}"),
+        _ => return None,
+    };
+    let ports = |p: &str| match r.port_range {
+        Some((lo, hi)) if lo == hi => Some(format!("{p} dport {lo}")),
+        Some((lo, hi)) => Some(format!("{p} dport {lo}-{hi}")),
+        None => None,
+    };
+    Some(match r.protocol.as_str() {
+        "tcp" | "udp" => format!("ip saddr {src} {} accept", ports(&r.protocol)?),
+        "icmp" => format!("ip saddr {src} ip protocol icmp accept"),
+        "all" => format!("ip saddr {src} accept"),
+        _ => return None,
+    })
+}
+
+/// The complete ruleset text for `entries` (pure; unit-tested).
+pub fn render(bridge: &str, gateway: Ipv4Addr, entries: &[Entry<'_>]) -> String {
+    let t = table_name(bridge);
+    let mut s = format!("table inet {t} {{}}\ndelete table inet {t}\ntable inet {t} {{\n");
+    s += &format!(
+        "  chain input {{\n    type filter hook input priority 0; policy accept;\n    iifname \"{bridge}\" ct state established,related accept\n    iifname \"{bridge}\" drop\n  }}\n"
+    );
+    for e in entries {
+        let c = &e.id[..e.id.len().min(12)];
+        s += &format!("  chain i_{c} {{\n    ip saddr {gateway} tcp dport 22 accept\n");
+        for r in e.rules.iter().filter_map(rule_line) {
+            s += &format!("    {r}\n");
+        }
+        s += "    drop\n  }\n";
+    }
+    for hook in ["forward", "output"] {
+        s += &format!(
+            "  chain {hook} {{\n    type filter hook {hook} priority 0; policy accept;\n    ct state established,related accept\n"
+        );
+        for e in entries {
+            s += &format!("    ip daddr {} jump i_{}\n", e.addr, &e.id[..e.id.len().min(12)]);
+        }
+        s += "  }\n";
+    }
+    s += "}\n";
+    s
+}
+
+/// Loads `text` atomically.
+pub fn apply(text: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("nft: cannot start ({e}); install Debian's nftables package"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(text.as_bytes()).map_err(|e| e.to_string())?;
+    }
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("nft -f failed: {}", String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+/// Removes the table (tests).
+pub fn remove(bridge: &str) {
+    let _ = Command::new("nft").args(["delete", "table", "inet", &table_name(bridge)]).stderr(Stdio::null()).status();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_allow_lists_per_instance() {
+        let rules = vec![
+            FirewallRule { protocol: "tcp".into(), port_range: Some((22, 22)), source: "0.0.0.0/0".into() },
+            FirewallRule { protocol: "udp".into(), port_range: Some((5000, 5010)), source: "10.0.0.0/8".into() },
+            FirewallRule { protocol: "icmp".into(), port_range: None, source: "1.2.3.4/32".into() },
+            FirewallRule { protocol: "tcp".into(), port_range: Some((1, 2)), source: "not-a-cidr; drop".into() },
+        ];
+        let e = [Entry { id: "abcdef0123456789", addr: Ipv4Addr::new(10, 200, 0, 3), rules: &rules }];
+        let t = render("nimbus0", Ipv4Addr::new(10, 200, 0, 1), &e);
+        assert!(t.contains("chain i_abcdef012345 {"), "{t}");
+        assert!(t.contains("ip saddr 0.0.0.0/0 tcp dport 22 accept"));
+        assert!(t.contains("ip saddr 10.0.0.0/8 udp dport 5000-5010 accept"));
+        assert!(t.contains("ip saddr 1.2.3.4/32 ip protocol icmp accept"));
+        assert!(!t.contains("not-a-cidr"), "invalid sources are never emitted");
+        assert!(t.contains("ip daddr 10.200.0.3 jump i_abcdef012345"));
+        assert!(t.contains("iifname \"nimbus0\" drop"));
+    }
+}
