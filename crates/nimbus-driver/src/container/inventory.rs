@@ -1,10 +1,11 @@
-//! What this machine offers: CPU model and count, memory, disk under the data dir. GPUs come
-//! from NVML, loaded at run time (not in this build yet: hosts report no GPUs).
+//! What this machine offers: CPU model and count, memory, disk under the data dir, and GPUs from
+//! NVML. NVML (`libnvidia-ml.so.1`, shipped with the NVIDIA driver) is loaded at run time, so the
+//! agent builds and runs on machines without GPUs, where it simply reports none.
 
 use std::path::Path;
 use std::process::Command;
 
-use nimbus_proto::Inventory;
+use nimbus_proto::{GpuInfo, Inventory};
 
 fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
@@ -36,6 +37,29 @@ fn disk_gib(dir: &Path) -> i64 {
         .unwrap_or(0)
 }
 
+/// The GPUs NVML sees, by index; empty (with the reason logged) when NVML cannot be loaded.
+pub fn gpus() -> Vec<GpuInfo> {
+    let nvml = match nvml_wrapper::Nvml::init() {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::info!(reason = %e, "NVML not available: this host reports no GPUs");
+            return Vec::new();
+        }
+    };
+    let count = nvml.device_count().unwrap_or(0);
+    let mut out = Vec::new();
+    for i in 0..count {
+        let Ok(d) = nvml.device_by_index(i) else { continue };
+        out.push(GpuInfo {
+            index: i64::from(i),
+            model: d.name().unwrap_or_else(|_| "unknown GPU".into()),
+            memory_mib: d.memory_info().map(|m| (m.total / (1024 * 1024)) as i64).unwrap_or(0),
+            uuid: d.uuid().unwrap_or_default(),
+        });
+    }
+    out
+}
+
 pub fn read(data_dir: &Path) -> Inventory {
     Inventory {
         hostname: std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_owned()).unwrap_or_else(|_| "localhost".into()),
@@ -43,7 +67,22 @@ pub fn read(data_dir: &Path) -> Inventory {
         vcpus: std::thread::available_parallelism().map(|n| n.get() as i64).unwrap_or(1),
         memory_mib: memory_mib(),
         disk_gib: disk_gib(data_dir),
-        gpus: Vec::new(),
+        gpus: gpus(),
         driver: "container".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_this_machine() {
+        let inv = read(Path::new("/"));
+        assert!(inv.vcpus >= 1 && inv.memory_mib > 0 && inv.disk_gib > 0, "{inv:?}");
+        // Without an NVIDIA driver NVML does not load and no GPU is invented.
+        if !Path::new("/dev/nvidiactl").exists() {
+            assert!(inv.gpus.is_empty());
+        }
     }
 }
