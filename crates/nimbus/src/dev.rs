@@ -9,6 +9,7 @@ use nimbus_agent::{Agent, AgentConfig};
 use nimbus_control::config::RateLimits;
 use nimbus_control::{admin, Control};
 use nimbus_core::auth::Permissions;
+use nimbus_driver::container::inventory::is_root;
 use nimbus_driver::sim::{SimConfig, SimDriver};
 use nimbus_driver::Driver;
 use tokio::net::TcpListener;
@@ -59,6 +60,20 @@ pub struct SimArgs {
     pub sim_gpus: Vec<String>,
 }
 
+/// Which driver a host runs and how it is set up (shared by `nimbus agent` and `nimbus dev`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct DriverArgs {
+    /// Instance driver: `container` (real instances; root) or `sim` (a simulation for demos and tests).
+    #[arg(long, default_value = "container")]
+    pub driver: String,
+    #[command(flatten)]
+    pub images: crate::image::ImagesDir,
+    #[command(flatten)]
+    pub offer: OfferArgs,
+    #[command(flatten)]
+    pub sim: SimArgs,
+}
+
 /// What a container host offers, when it should differ from the machine (overcommit).
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct OfferArgs {
@@ -83,25 +98,8 @@ pub struct AgentArgs {
     pub token: String,
     #[arg(long, env = "NIMBUS_AGENT_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Instance driver: `container` (real instances; root) or `sim` (a simulation for demos and tests).
-    #[arg(long, default_value = "container")]
-    pub driver: String,
     #[command(flatten)]
-    pub images: crate::image::ImagesDir,
-    #[command(flatten)]
-    pub offer: OfferArgs,
-    #[command(flatten)]
-    pub sim: SimArgs,
-}
-
-fn machine_memory_gib() -> i64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<i64>().ok()))
-        })
-        .map(|kb| kb / (1024 * 1024))
-        .unwrap_or(4)
+    pub host: DriverArgs,
 }
 
 fn sim_driver(args: &SimArgs, data_dir: &Path, hostname: &str) -> anyhow::Result<Arc<dyn Driver>> {
@@ -113,7 +111,7 @@ fn sim_driver(args: &SimArgs, data_dir: &Path, hostname: &str) -> anyhow::Result
     let cfg = SimConfig {
         hostname: hostname.to_owned(),
         vcpus: args.sim_vcpus.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as i64).unwrap_or(2)),
-        memory_mib: args.sim_memory_gib.unwrap_or_else(machine_memory_gib) * 1024,
+        memory_mib: args.sim_memory_gib.map(|g| g * 1024).unwrap_or_else(nimbus_driver::container::inventory::memory_mib),
         disk_gib: args.sim_disk_gib,
         gpus,
         state_file: Some(data_dir.join("sim-instances.json")),
@@ -135,23 +133,11 @@ fn local_hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
-        .unwrap_or(false)
-}
-
 /// The driver named on the command line. `container` needs root and builds the default image on
 /// first use.
-pub async fn make_driver(
-    name: &str,
-    sim: &SimArgs,
-    images: &crate::image::ImagesDir,
-    offer: &OfferArgs,
-    dir: &Path,
-) -> anyhow::Result<Arc<dyn Driver>> {
-    match name {
+pub async fn make_driver(args: &DriverArgs, dir: &Path) -> anyhow::Result<Arc<dyn Driver>> {
+    let DriverArgs { driver: name, sim, images, offer } = args;
+    match name.as_str() {
         "sim" => {
             announce_sim();
             sim_driver(sim, dir, &local_hostname())
@@ -182,7 +168,7 @@ pub async fn make_driver(
 pub async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
     let dir = a.data_dir.clone().unwrap_or_else(|| common::default_data_dir("agent"));
     std::fs::create_dir_all(&dir)?;
-    let driver = make_driver(&a.driver, &a.sim, &a.images, &a.offer, &dir).await?;
+    let driver = make_driver(&a.host, &dir).await?;
     let agent = Agent::new(AgentConfig { server_url: a.server, token: a.token, data_dir: dir, poll_wait: Duration::from_secs(25) }, driver);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(agent.run(stop_rx));
@@ -204,15 +190,8 @@ pub struct DevArgs {
     /// Region of the local host.
     #[arg(long, default_value = "us-east-1")]
     pub region: String,
-    /// Instance driver of the local agent: `container` (real instances; root) or `sim`.
-    #[arg(long, default_value = "container")]
-    pub driver: String,
     #[command(flatten)]
-    pub images: crate::image::ImagesDir,
-    #[command(flatten)]
-    pub offer: OfferArgs,
-    #[command(flatten)]
-    pub sim: SimArgs,
+    pub host: DriverArgs,
 }
 
 /// Reads a secret persisted in the data dir, or creates it with `make` and stores it (0600).
@@ -276,7 +255,7 @@ pub async fn run_dev(d: DevArgs) -> anyhow::Result<()> {
     let agent_dir = dir.join("agent");
     std::fs::create_dir_all(&agent_dir)?;
     // The driver first: a missing image is built (with progress) before anything listens.
-    let driver = make_driver(&d.driver, &d.sim, &d.images, &d.offer, &agent_dir).await?;
+    let driver = make_driver(&d.host, &agent_dir).await?;
     let handle = nimbus_api::server::start(control.clone(), listener)?;
     let url = handle.url();
     let hosts_before = control.store().host_list(None, true).await.map_err(|e| anyhow::anyhow!("{e}"))?.len();

@@ -237,11 +237,7 @@ mod tests {
     use super::*;
 
     fn real(test: &str) -> Option<Cgroups> {
-        let is_root = std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
-            .unwrap_or(false);
-        if !is_root {
+        if !super::super::inventory::is_root() {
             eprintln!("SKIPPED: cgroup tests need root");
             return None;
         }
