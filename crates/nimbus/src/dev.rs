@@ -86,6 +86,10 @@ pub struct OfferArgs {
     /// Disk to offer in GiB (default: the size of the file system holding the data dir).
     #[arg(long)]
     pub offer_disk_gib: Option<i64>,
+    /// Give instances outbound internet by masquerading their traffic (also enable
+    /// net.ipv4.ip_forward on the host).
+    #[arg(long)]
+    pub outbound_nat: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -150,6 +154,7 @@ pub async fn make_driver(args: &DriverArgs, dir: &Path) -> anyhow::Result<Arc<dy
             let d = images_dir.clone();
             tokio::task::spawn_blocking(move || crate::image::ensure_default(&d, "debian-12", None)).await??;
             let mut cfg = nimbus_driver::container::driver::ContainerConfig::new(&dir.join("container"), &images_dir);
+            cfg.outbound_nat = offer.outbound_nat;
             if offer.offer_vcpus.is_some() || offer.offer_memory_gib.is_some() || offer.offer_disk_gib.is_some() {
                 std::fs::create_dir_all(&cfg.data_dir)?;
                 let mut inv = nimbus_driver::container::inventory::read(&cfg.data_dir);

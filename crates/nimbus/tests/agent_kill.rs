@@ -82,6 +82,19 @@ async fn sigkill_mid_launch_adopts_and_leaks_nothing() {
     assert_eq!(count_ours(&cg, &ids), 2, "exactly one container per instance");
     assert_eq!(s.control.store().host_list(None, false).await.unwrap().len(), 1, "the agent came back as the same host");
 
+    // Instances reach each other on their private network (SSH is open by default).
+    let ip = |v: serde_json::Value| v["ip"].as_str().unwrap().to_owned();
+    let (ip1, ip2) = (ip(s.wait_status(&s.key, &first, "active").await), ip(s.wait_status(&s.key, &second, "active").await));
+    let out = Command::new("ssh")
+        .arg("-i")
+        .arg(&key)
+        .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"])
+        .arg(format!("ubuntu@{ip2}"))
+        .arg(format!("timeout 3 bash -c 'head -c 4 < /dev/tcp/{ip1}/22'"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "SSH-", "instance 2 reaches instance 1's sshd: {out:?}");
+
     s.expect("POST", "/instance-operations/terminate", Some(json!({"instance_ids": ids})), 200).await;
     for id in &ids {
         s.wait_status(&s.key, id, "terminated").await;

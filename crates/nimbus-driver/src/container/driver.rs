@@ -38,6 +38,8 @@ pub struct ContainerConfig {
     pub inventory: Option<Inventory>,
     /// How long a started container may take before a silent sshd counts as a failure.
     pub sshd_grace: Duration,
+    /// Masquerade instance traffic leaving the host (see `firewall::Options`).
+    pub outbound_nat: bool,
 }
 
 impl ContainerConfig {
@@ -53,6 +55,7 @@ impl ContainerConfig {
             cgroup_mount: PathBuf::from("/sys/fs/cgroup"),
             inventory: None,
             sshd_grace: Duration::from_secs(20),
+            outbound_nat: false,
         }
     }
 }
@@ -173,7 +176,9 @@ impl ContainerDriver {
             .iter()
             .map(|l| super::firewall::Entry { id: &l.spec.id, addr: self.net.address(l.addr_index), rules: &l.spec.firewall })
             .collect();
-        super::firewall::apply(&super::firewall::render(&self.cfg.bridge, self.cfg.gateway, &entries)).map_err(host_err)
+        let network = Ipv4Addr::from(u32::from(self.cfg.gateway) & (u32::MAX << (32 - u32::from(self.cfg.prefix_len.clamp(1, 32)))));
+        let opts = super::firewall::Options { outbound_nat: self.cfg.outbound_nat.then_some((network, self.cfg.prefix_len)) };
+        super::firewall::apply(&super::firewall::render(&self.cfg.bridge, self.cfg.gateway, &entries, opts)).map_err(host_err)
     }
 
     fn observe(&self, id: &str) -> InstanceReport {

@@ -47,8 +47,16 @@ fn rule_line(r: &FirewallRule) -> Option<String> {
     })
 }
 
+/// Host-level options of the table.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Masquerade instance traffic leaving the host (outbound internet). The operator also
+    /// enables `net.ipv4.ip_forward`; the driver changes no sysctl itself.
+    pub outbound_nat: Option<(Ipv4Addr, u8)>,
+}
+
 /// The complete ruleset text for `entries` (pure; unit-tested).
-pub fn render(bridge: &str, gateway: Ipv4Addr, entries: &[Entry<'_>]) -> String {
+pub fn render(bridge: &str, gateway: Ipv4Addr, entries: &[Entry<'_>], opts: Options) -> String {
     let t = table_name(bridge);
     let mut s = format!("table inet {t} {{}}\ndelete table inet {t}\ntable inet {t} {{\n");
     s += &format!(
@@ -70,6 +78,11 @@ pub fn render(bridge: &str, gateway: Ipv4Addr, entries: &[Entry<'_>]) -> String 
             s += &format!("    ip daddr {} jump i_{}\n", e.addr, &e.id[..e.id.len().min(12)]);
         }
         s += "  }\n";
+    }
+    if let Some((net, len)) = opts.outbound_nat {
+        s += &format!(
+            "  chain postrouting {{\n    type nat hook postrouting priority 100; policy accept;\n    ip saddr {net}/{len} oifname != \"{bridge}\" masquerade\n  }}\n"
+        );
     }
     s += "}\n";
     s
@@ -114,7 +127,7 @@ mod tests {
             FirewallRule { protocol: "tcp".into(), port_range: Some((1, 2)), source: "not-a-cidr; drop".into() },
         ];
         let e = [Entry { id: "abcdef0123456789", addr: Ipv4Addr::new(10, 200, 0, 3), rules: &rules }];
-        let t = render("nimbus0", Ipv4Addr::new(10, 200, 0, 1), &e);
+        let t = render("nimbus0", Ipv4Addr::new(10, 200, 0, 1), &e, Options::default());
         assert!(t.contains("chain i_abcdef012345 {"), "{t}");
         assert!(t.contains("ip saddr 0.0.0.0/0 tcp dport 22 accept"));
         assert!(t.contains("ip saddr 10.0.0.0/8 udp dport 5000-5010 accept"));
@@ -122,5 +135,8 @@ mod tests {
         assert!(!t.contains("not-a-cidr"), "invalid sources are never emitted");
         assert!(t.contains("ip daddr 10.200.0.3 jump i_abcdef012345"));
         assert!(t.contains("iifname \"nimbus0\" drop"));
+        assert!(!t.contains("masquerade"), "no NAT unless asked");
+        let nat = render("nimbus0", Ipv4Addr::new(10, 200, 0, 1), &e, Options { outbound_nat: Some((Ipv4Addr::new(10, 200, 0, 0), 16)) });
+        assert!(nat.contains("ip saddr 10.200.0.0/16 oifname != \"nimbus0\" masquerade"), "{nat}");
     }
 }
