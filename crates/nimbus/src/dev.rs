@@ -152,7 +152,11 @@ pub async fn make_driver(args: &DriverArgs, dir: &Path) -> anyhow::Result<Arc<dy
             }
             let images_dir = images.path();
             let d = images_dir.clone();
-            tokio::task::spawn_blocking(move || crate::image::ensure_default(&d, "debian-12", None)).await??;
+            tokio::task::spawn_blocking(move || {
+                crate::image::ensure_host_tools()?;
+                crate::image::ensure_default(&d, "debian-12", None)
+            })
+            .await??;
             let mut cfg = nimbus_driver::container::driver::ContainerConfig::new(&dir.join("container"), &images_dir);
             cfg.outbound_nat = offer.outbound_nat;
             if offer.offer_vcpus.is_some() || offer.offer_memory_gib.is_some() || offer.offer_disk_gib.is_some() {

@@ -39,6 +39,43 @@ pub enum ImageCmd {
     },
 }
 
+/// Host tools the container driver runs, with the Debian package of each.
+const HOST_TOOLS: &[(&str, &str)] =
+    &[("debootstrap", "debootstrap"), ("nft", "nftables"), ("ip", "iproute2"), ("nsenter", "util-linux"), ("unshare", "util-linux")];
+
+fn have(tool: &str) -> bool {
+    std::process::Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+/// Installs missing host tools from Debian's packages (root, apt-get), showing apt's output, so
+/// that `nimbus dev` on a fresh Debian machine needs nothing installed by hand.
+pub fn ensure_host_tools() -> anyhow::Result<()> {
+    let mut missing: Vec<&str> = HOST_TOOLS.iter().filter(|(t, _)| !have(t)).map(|(_, p)| *p).collect();
+    missing.dedup();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !have("apt-get") {
+        anyhow::bail!("missing host tools; install the packages {} with your package manager", missing.join(", "));
+    }
+    eprintln!("installing the container driver's host tools: {}", missing.join(" "));
+    let install = |update: bool| -> anyhow::Result<bool> {
+        if update {
+            std::process::Command::new("apt-get").args(["update", "-q"]).status()?;
+        }
+        Ok(std::process::Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()?
+            .success())
+    };
+    if !install(false)? && !install(true)? {
+        anyhow::bail!("apt-get could not install {}", missing.join(" "));
+    }
+    Ok(())
+}
+
 /// Builds `name` if missing, drawing a progress line on stderr.
 pub fn ensure_default(dir: &std::path::Path, name: &str, mirror: Option<String>) -> anyhow::Result<PathBuf> {
     if image::exists(dir, name) {
