@@ -2,3 +2,4 @@
 //! without compiling the server.
 
 pub mod lambda;
+pub mod native;

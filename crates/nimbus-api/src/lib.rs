@@ -9,6 +9,7 @@ pub mod agent;
 pub mod auth;
 pub mod lambda;
 pub mod middleware;
+pub mod native;
 pub mod openapi;
 pub mod ratelimit;
 pub mod server;
@@ -41,6 +42,7 @@ impl ApiState {
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .nest("/api/v1", lambda::router().layer(axum::middleware::from_fn(middleware::lambda_deadline)))
+        .nest("/v1", native::router())
         .nest("/internal/agent/v1", agent::router())
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(middleware::not_found)

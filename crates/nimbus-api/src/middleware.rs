@@ -16,6 +16,17 @@ pub struct InternalErrorContext(pub String);
 #[derive(Clone, Debug)]
 pub struct RequestId(pub String);
 
+tokio::task_local! {
+    /// The request id, for error renderers that have no access to the request (the native
+    /// dialect puts it in every body).
+    pub static REQUEST_ID: String;
+}
+
+/// The current request's id, or a fresh one outside a request.
+pub fn current_request_id() -> String {
+    REQUEST_ID.try_with(Clone::clone).unwrap_or_else(|_| random_hex_id())
+}
+
 pub async fn request_id(mut req: Request, next: Next) -> Response {
     let id = req
         .headers()
@@ -27,7 +38,7 @@ pub async fn request_id(mut req: Request, next: Next) -> Response {
     req.extensions_mut().insert(RequestId(id.clone()));
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let mut resp = next.run(req).await;
+    let mut resp = REQUEST_ID.scope(id.clone(), next.run(req)).await;
     if let Some(ctx) = resp.extensions().get::<InternalErrorContext>() {
         tracing::error!(request_id = %id, %method, %path, error = %ctx.0, "internal error");
     }
@@ -48,6 +59,10 @@ pub fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 }
 
 pub async fn not_found(uri: axum::http::Uri) -> Response {
+    if uri.path().starts_with("/v1/") || uri.path() == "/v1" {
+        return crate::native::NativeError::from(nimbus_core::Error::NotFound { kind: "endpoint", id: uri.path().to_owned() })
+            .into_response();
+    }
     if uri.path().starts_with("/api/v1/") {
         return crate::lambda::LambdaError(nimbus_core::Error::NotFound { kind: "endpoint", id: uri.path().to_owned() }).into_response();
     }

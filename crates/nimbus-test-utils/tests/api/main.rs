@@ -9,6 +9,7 @@ mod containers;
 mod hosts;
 mod isolation;
 mod lambda;
+mod native;
 mod ratelimit;
 mod scheduling;
 

@@ -1,0 +1,103 @@
+//! Domain errors in the native shape: `{success: false, error: {code, message, details},
+//! metadata}` with seed 001's status table. One exhaustive match.
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use nimbus_api_types::native::{ErrorDetails, ErrorEnvelope, ErrorInfo};
+use nimbus_core::Error;
+
+use super::handlers::metadata;
+use crate::middleware::InternalErrorContext;
+
+#[derive(Debug)]
+pub struct NativeError {
+    pub error: Error,
+    /// Extra details a handler knows (allowed values of a query parameter).
+    pub details: Option<ErrorDetails>,
+}
+
+impl From<Error> for NativeError {
+    fn from(error: Error) -> Self {
+        NativeError { error, details: None }
+    }
+}
+
+fn classify(e: &Error) -> (StatusCode, &'static str) {
+    use StatusCode as S;
+    match e {
+        Error::NotFound { .. } => (S::NOT_FOUND, "not_found"),
+        Error::AlreadyExists { .. } => (S::CONFLICT, "already_exists"),
+        Error::InvalidValue { .. } | Error::InvalidRequest { .. } => (S::BAD_REQUEST, "invalid_request"),
+        Error::Unauthenticated => (S::UNAUTHORIZED, "authentication_failed"),
+        Error::Forbidden { .. } => (S::FORBIDDEN, "forbidden"),
+        Error::Conflict { .. } => (S::CONFLICT, "conflict"),
+        Error::InsufficientCapacity { .. } => (S::CONFLICT, "insufficient_capacity"),
+        Error::QuotaExceeded { .. } => (S::FORBIDDEN, "quota_exceeded"),
+        Error::RateLimited { .. } => (S::TOO_MANY_REQUESTS, "rate_limit_exceeded"),
+        Error::Unavailable { .. } => (S::SERVICE_UNAVAILABLE, "service_unavailable"),
+        Error::Internal { .. } => (S::INTERNAL_SERVER_ERROR, "server_error"),
+    }
+}
+
+impl IntoResponse for NativeError {
+    fn into_response(self) -> Response {
+        let (status, code) = classify(&self.error);
+        let details = self.details.or_else(|| match &self.error {
+            Error::InvalidValue { label, .. } => Some(ErrorDetails { field: Some(label.clone()), ..ErrorDetails::default() }),
+            _ => None,
+        });
+        let retry_after = match &self.error {
+            Error::RateLimited { retry_after } => Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
+            _ => None,
+        };
+        let message = match &self.error {
+            Error::Unauthenticated => "Invalid or missing API key.".to_owned(),
+            Error::RateLimited { .. } => format!("Rate limit exceeded. Retry after {} seconds.", retry_after.unwrap_or(1)),
+            other => other.external_message(),
+        };
+        let body = ErrorEnvelope {
+            success: false,
+            error: ErrorInfo { code: code.to_owned(), message, details, retry_after },
+            metadata: metadata(),
+        };
+        let mut resp = (status, Json(body)).into_response();
+        if let Some(secs) = retry_after {
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                resp.headers_mut().insert("retry-after", v);
+            }
+        }
+        if let Error::Internal { internal } = &self.error {
+            resp.extensions_mut().insert(InternalErrorContext(internal.clone()));
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nimbus_core::ConflictReason;
+
+    #[test]
+    fn error_table() {
+        let cases: Vec<(Error, u16, &str)> = vec![
+            (Error::not_found("instance", "x"), 404, "not_found"),
+            (Error::AlreadyExists { kind: "x", name: "y".into() }, 409, "already_exists"),
+            (Error::invalid("page", "bad"), 400, "invalid_request"),
+            (Error::InvalidRequest { message: "bad".into() }, 400, "invalid_request"),
+            (Error::Unauthenticated, 401, "authentication_failed"),
+            (Error::Forbidden { message: "no".into() }, 403, "forbidden"),
+            (Error::conflict(ConflictReason::InvalidState, "x"), 409, "conflict"),
+            (Error::InsufficientCapacity { message: "x".into() }, 409, "insufficient_capacity"),
+            (Error::QuotaExceeded { message: "x".into() }, 403, "quota_exceeded"),
+            (Error::RateLimited { retry_after: std::time::Duration::from_secs(2) }, 429, "rate_limit_exceeded"),
+            (Error::Unavailable { message: "x".into() }, 503, "service_unavailable"),
+            (Error::internal("db"), 500, "server_error"),
+        ];
+        for (e, st, code) in cases {
+            let (s, c) = classify(&e);
+            assert_eq!((s.as_u16(), c), (st, code), "{e:?}");
+        }
+    }
+}

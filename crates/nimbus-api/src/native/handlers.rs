@@ -1,0 +1,160 @@
+//! Native handlers: extract, call one control function, render the envelope.
+
+use axum::extract::{Path, RawQuery, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use nimbus_api_types::native as w;
+use nimbus_control::instances;
+use nimbus_core::clock::{to_rfc3339, Clock, SystemClock};
+use nimbus_core::instance::InstanceState;
+use nimbus_core::model::Instance;
+use nimbus_core::Error;
+use serde::Serialize;
+
+use super::extract::NativeActor;
+use super::{page, NativeError};
+use crate::ApiState;
+
+type NResult = Result<Response, NativeError>;
+
+pub fn metadata() -> w::Metadata {
+    w::Metadata { request_id: crate::middleware::current_request_id(), timestamp: to_rfc3339(SystemClock.now_micros()) }
+}
+
+fn ok<T: Serialize>(data: T, pagination: Option<w::Pagination>) -> Response {
+    Json(w::Envelope { success: true, data, pagination, metadata: metadata() }).into_response()
+}
+
+/// Native status names: the canonical states, with `active` called `running` as seed 001 does.
+fn status(s: InstanceState) -> &'static str {
+    match s {
+        InstanceState::Active => "running",
+        other => other.as_str(),
+    }
+}
+
+fn render(i: &Instance) -> w::Instance {
+    let gpus = i.gpu_indices.len() as i64;
+    w::Instance {
+        id: i.id.to_string(),
+        name: i.name.clone(),
+        status: status(i.state).to_owned(),
+        instance_type: i.instance_type.clone(),
+        region: i.region.clone(),
+        hostname: i.hostname.clone(),
+        ip: i.ip.clone(),
+        private_ip: i.private_ip.clone(),
+        vcpus: i.resources.vcpus,
+        memory_gib: i.resources.memory_mib / 1024,
+        storage_gib: i.resources.disk_gib,
+        gpus,
+        ssh_key_names: i.ssh_key_names.clone(),
+        tags: i.tags.iter().cloned().collect(),
+        created_at: to_rfc3339(i.created_at),
+        updated_at: to_rfc3339(i.updated_at),
+    }
+}
+
+fn query_pairs(raw: Option<String>) -> Result<Vec<(String, String)>, NativeError> {
+    let raw = raw.unwrap_or_default();
+    serde_urlencoded_pairs(&raw).ok_or_else(|| Error::InvalidRequest { message: "malformed query string".into() }.into())
+}
+
+/// `a=1&b=2` with percent-decoding; `None` when malformed.
+fn serde_urlencoded_pairs(raw: &str) -> Option<Vec<(String, String)>> {
+    let decode = |s: &str| -> Option<String> {
+        let s = s.replace('+', " ");
+        let bytes = s.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'%' {
+                let h = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(h, 16).ok()?);
+                i += 3;
+            } else {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+        String::from_utf8(out).ok()
+    };
+    raw.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            Some((decode(k)?, decode(v)?))
+        })
+        .collect()
+}
+
+const SORTS: &[&str] = &["created_at", "updated_at", "name", "status", "region", "instance_type"];
+const FILTERS: &[&str] = &["status", "region", "instance_type", "name"];
+
+#[utoipa::path(
+    get,
+    path = "/instances",
+    tag = "instances",
+    operation_id = "instances_list",
+    summary = "List instances (paginated, filterable by status, region, instance_type, name; sortable)",
+    params(
+        ("page" = Option<u32>, Query, description = "From 1"),
+        ("limit" = Option<u32>, Query, description = "1 to 100, default 20"),
+        ("sort" = Option<String>, Query, description = "created_at, updated_at, name, status, region, instance_type"),
+        ("order" = Option<String>, Query, description = "asc or desc"),
+        ("status" = Option<String>, Query), ("region" = Option<String>, Query), ("instance_type" = Option<String>, Query), ("name" = Option<String>, Query)
+    ),
+    responses(
+        (status = 200, description = "Success", body = w::Envelope<Vec<w::Instance>>),
+        (status = 400, description = "Invalid query", body = w::ErrorEnvelope),
+        (status = 401, description = "Invalid API key", body = w::ErrorEnvelope),
+        (status = 429, description = "Rate limited", body = w::ErrorEnvelope)
+    )
+)]
+pub async fn instances_list(State(s): State<ApiState>, NativeActor(a): NativeActor, RawQuery(raw): RawQuery) -> NResult {
+    let q = page::parse(&query_pairs(raw)?, SORTS, FILTERS)?;
+    let all = instances::list(&s.control, &a).await?;
+    let field = |i: &Instance, f: &str| -> Option<String> {
+        match f {
+            "status" => Some(status(i.state).to_owned()),
+            "region" => Some(i.region.clone()),
+            "instance_type" => Some(i.instance_type.clone()),
+            "name" => i.name.clone(),
+            _ => None,
+        }
+    };
+    let key = |i: &Instance, k: &str| -> String {
+        match k {
+            "updated_at" => format!("{:020}", i.updated_at),
+            "name" => i.name.clone().unwrap_or_default(),
+            "status" => status(i.state).to_owned(),
+            "region" => i.region.clone(),
+            "instance_type" => i.instance_type.clone(),
+            _ => format!("{:020}", i.created_at),
+        }
+    };
+    let (items, pg) = page::apply(all, &q, field, key, |i| i.id.to_string());
+    Ok(ok(items.iter().map(render).collect::<Vec<_>>(), Some(pg)))
+}
+
+#[utoipa::path(
+    get,
+    path = "/instances/{id}",
+    tag = "instances",
+    operation_id = "instance_get",
+    summary = "Get an instance",
+    params(("id" = String, Path, description = "Instance id")),
+    responses(
+        (status = 200, description = "Success", body = w::Envelope<w::Instance>),
+        (status = 401, description = "Invalid API key", body = w::ErrorEnvelope),
+        (status = 404, description = "Not found", body = w::ErrorEnvelope)
+    )
+)]
+pub async fn instance_get(State(s): State<ApiState>, NativeActor(a): NativeActor, Path(id): Path<String>) -> NResult {
+    let i = instances::get(&s.control, &a, &id).await?;
+    Ok(ok(render(&i), None))
+}
+
+pub async fn unknown_endpoint(uri: axum::http::Uri) -> NResult {
+    Err(Error::NotFound { kind: "endpoint", id: uri.path().to_owned() }.into())
+}

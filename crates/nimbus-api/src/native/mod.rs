@@ -1,0 +1,37 @@
+//! The native API at `/v1` (seed 001): the `{success, data, metadata}` envelope, its error
+//! shape and status table, pagination, filtering and sorting. Same domain core as every other
+//! dialect: an instance launched through the Lambda API is listed here too.
+
+mod error;
+mod extract;
+mod handlers;
+pub mod page;
+
+use axum::Router;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub use error::NativeError;
+
+use crate::ApiState;
+
+/// The native router and its OpenAPI document, from one handler list.
+pub fn api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
+    use handlers::*;
+    let doc = utoipa::openapi::OpenApiBuilder::new()
+        .info(
+            utoipa::openapi::InfoBuilder::new()
+                .title("Nimbus native API")
+                .version("1.0.0")
+                .description(Some("Nimbus's own API at /v1 (seed 001 conventions). Generated from code."))
+                .build(),
+        )
+        .servers(Some(vec![utoipa::openapi::ServerBuilder::new().url("/v1").build()]))
+        .build();
+    let (router, doc) = OpenApiRouter::with_openapi(doc).routes(routes!(instances_list)).routes(routes!(instance_get)).split_for_parts();
+    (router.fallback(unknown_endpoint), doc)
+}
+
+pub fn router() -> Router<ApiState> {
+    api().0
+}

@@ -1,0 +1,90 @@
+//! The native API (`/v1`): envelope, pagination, filtering, sorting, errors, and one domain core
+//! shared with the Lambda dialect.
+
+use nimbus_test_utils::{sim_host, TestServer};
+use serde_json::{json, Value};
+
+use crate::add_key;
+
+async fn get(s: &TestServer, key: &str, path: &str) -> (u16, Value, Option<String>) {
+    let r = s.http.get(format!("{}/v1{path}", s.url)).bearer_auth(key).header("x-request-id", "req-test-1").send().await.unwrap();
+    let st = r.status().as_u16();
+    let rid = r.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    (st, r.json().await.unwrap(), rid)
+}
+
+#[tokio::test]
+async fn envelope_pagination_filters_sorting_and_errors() {
+    let s = TestServer::builder().host("us-east-1", sim_host("h", 64, 0)).start().await;
+    add_key(&s, "k").await;
+    let mut ids = Vec::new();
+    for i in 0..25 {
+        let v = s
+            .expect(
+                "POST",
+                "/instance-operations/launch",
+                Some(json!({"region_name": "us-east-1", "instance_type_name": "cpu_1x_small", "ssh_key_names": ["k"], "name": format!("n{i:02}")})),
+                200,
+            )
+            .await;
+        ids.push(v["data"]["instance_ids"][0].as_str().unwrap().to_owned());
+    }
+    for id in &ids {
+        s.wait_status(&s.key, id, "active").await;
+    }
+    s.expect("POST", "/instance-operations/terminate", Some(json!({"instance_ids": [ids[0]]})), 200).await;
+
+    // Launched through the Lambda dialect, listed here; the terminating one is included.
+    let (st, v, rid) = get(&s, &s.key, "/instances?page=2&limit=10&sort=name&order=desc").await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["success"], true);
+    assert_eq!(rid.as_deref(), Some("req-test-1"));
+    assert_eq!(v["metadata"]["request_id"], "req-test-1");
+    assert!(v["metadata"]["timestamp"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(v["pagination"], json!({"page": 2, "limit": 10, "total_items": 25, "total_pages": 3, "has_next": true, "has_prev": true}));
+    let names: Vec<&str> = v["data"].as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap()).collect();
+    assert_eq!(names, (5..15).rev().map(|i| format!("n{i:02}")).collect::<Vec<_>>().iter().map(String::as_str).collect::<Vec<_>>());
+
+    let (_, v, _) = get(&s, &s.key, "/instances?status=running&region=us-east-1&limit=100").await;
+    assert_eq!(v["pagination"]["total_items"], 24, "combined filters: the terminating one is not running");
+    assert!(v["data"].as_array().unwrap().iter().all(|i| i["status"] == "running"));
+    let (_, v, _) = get(&s, &s.key, "/instances?name=n07").await;
+    assert_eq!(v["data"][0]["id"], ids[7].as_str());
+
+    let (st, v, _) = get(&s, &s.key, &format!("/instances/{}", ids[3])).await;
+    assert_eq!(st, 200);
+    assert_eq!(v["data"]["instance_type"], "cpu_1x_small");
+    assert_eq!(v["data"]["vcpus"], 1);
+    assert!(v.get("pagination").is_none());
+
+    // Errors in the native shape.
+    for (path, field) in [
+        ("/instances?page=0", "page"),
+        ("/instances?limit=500", "limit"),
+        ("/instances?sort=ssn", "sort"),
+        ("/instances?colour=red", "colour"),
+    ] {
+        let (st, v, _) = get(&s, &s.key, path).await;
+        assert_eq!(st, 400, "{path}: {v}");
+        assert_eq!(v["success"], false);
+        assert_eq!(v["error"]["code"], "invalid_request");
+        assert_eq!(v["error"]["details"]["field"], field);
+        assert_eq!(v["metadata"]["request_id"], "req-test-1");
+    }
+    let (_, v, _) = get(&s, &s.key, "/instances?sort=ssn").await;
+    assert!(v["error"]["details"]["allowed_values"].as_array().unwrap().contains(&json!("created_at")));
+    let (st, v, _) = get(&s, "nmb_wrong", "/instances").await;
+    assert_eq!((st, v["error"]["code"].as_str()), (401, Some("authentication_failed")));
+    let (st, v, _) = get(&s, &s.key, "/instances/0123456789abcdef0123456789abcdef").await;
+    assert_eq!((st, v["error"]["code"].as_str()), (404, Some("not_found")));
+    let (st, v, _) = get(&s, &s.key, "/no-such-thing").await;
+    assert_eq!((st, v["error"]["code"].as_str()), (404, Some("not_found")));
+
+    // Another org sees none of it.
+    let (_, b) = s.org_with_key("org-b", "READ").await;
+    let (_, v, _) = get(&s, &b, "/instances").await;
+    assert_eq!(v["pagination"]["total_items"], 0);
+    let (st, _, _) = get(&s, &b, &format!("/instances/{}", ids[3])).await;
+    assert_eq!(st, 404);
+    s.shutdown().await;
+}
