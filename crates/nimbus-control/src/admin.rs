@@ -29,7 +29,7 @@ pub async fn org_create(c: &Control, name: &str, email: Option<&str>) -> Result<
     if email.len() > 254 || !email.contains('@') {
         return Err(Error::invalid("email", "must be an email address"));
     }
-    let org = Org { id: OrgId::generate(), name: name.to_owned(), email, created_at: c.now() };
+    let org = Org { id: OrgId::generate(), name: name.to_owned(), email, plan: "professional".to_owned(), created_at: c.now() };
     let mut tx = c.store().begin().await?;
     Store::org_insert_in_txn(&mut tx, &org, &default_global_rules()).await?;
     Store::event_append_in_txn(
@@ -86,6 +86,7 @@ pub async fn api_key_create(
     let key = ApiKey {
         id: ApiKeyId::generate(),
         org_id: org.id.clone(),
+        plan: org.plan.clone(),
         name: name.to_owned(),
         prefix,
         permissions,
@@ -150,4 +151,30 @@ pub async fn host_token_create(c: &Control, region: &str) -> Result<String, Erro
     Store::host_token_insert_in_txn(&mut tx, &id, region, &s.prefix, &s.hash, c.now()).await?;
     Store::commit(tx).await?;
     Ok(s.plain)
+}
+
+/// Sets an org's rate-limit plan (one of the configured plans).
+pub async fn org_set_plan(c: &Control, org: &Org, plan: &str) -> Result<(), Error> {
+    if !c.config().rate_limits.plans.contains_key(plan) {
+        let known: Vec<&String> = c.config().rate_limits.plans.keys().collect();
+        return Err(Error::invalid("plan", format!("{plan:?} is not a configured plan ({known:?})")));
+    }
+    let mut tx = c.store().begin().await?;
+    Store::org_set_plan_in_txn(&mut tx, &org.id, plan).await?;
+    Store::event_append_in_txn(
+        &mut tx,
+        NewEvent {
+            org_id: Some(&org.id),
+            kind: "organization.plan_changed",
+            resource_type: "organization",
+            resource_id: org.id.as_str(),
+            actor_key_id: None,
+            payload: json!({"plan": plan}),
+            now: c.now(),
+        },
+    )
+    .await?;
+    Store::commit(tx).await?;
+    c.inner.auth_cache.clear();
+    Ok(())
 }

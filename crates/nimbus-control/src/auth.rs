@@ -50,7 +50,7 @@ pub async fn authenticate(c: &Control, secret: &str) -> Result<Actor, Error> {
         return Ok(a);
     }
     let key = c.store().api_key_by_hash(&hash).await?.ok_or(Error::Unauthenticated)?;
-    let actor = Actor { org_id: key.org_id, key_id: key.id, key_prefix: key.prefix, permissions: key.permissions };
+    let actor = Actor { org_id: key.org_id, key_id: key.id, key_prefix: key.prefix, permissions: key.permissions, plan: key.plan };
     c.inner.auth_cache.put(hash, actor.clone(), now);
     Ok(actor)
 }

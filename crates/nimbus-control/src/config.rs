@@ -74,13 +74,35 @@ pub struct Rate {
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimits {
     pub enabled: bool,
+    /// Lambda dialect, per API key.
     pub default: Rate,
+    /// Lambda launches, per API key.
     pub launch: Rate,
+    /// Native API, per API key, by the org's plan (seed 001: requests per hour and burst).
+    pub plans: std::collections::BTreeMap<String, PlanRate>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PlanRate {
+    pub per_hour: u32,
+    pub burst: u32,
+}
+
+fn default_plans() -> std::collections::BTreeMap<String, PlanRate> {
+    [("free", 1_000, 50), ("professional", 10_000, 200), ("enterprise", 100_000, 1_000)]
+        .into_iter()
+        .map(|(n, per_hour, burst)| (n.to_owned(), PlanRate { per_hour, burst }))
+        .collect()
 }
 
 impl Default for RateLimits {
     fn default() -> Self {
-        RateLimits { enabled: true, default: Rate { per_second: 1.0, burst: 20 }, launch: Rate { per_second: 0.1, burst: 1 } }
+        RateLimits {
+            enabled: true,
+            default: Rate { per_second: 1.0, burst: 20 },
+            launch: Rate { per_second: 0.1, burst: 1 },
+            plans: default_plans(),
+        }
     }
 }
 
@@ -91,6 +113,7 @@ impl RateLimits {
             enabled: true,
             default: Rate { per_second: 100_000.0, burst: 100_000 },
             launch: Rate { per_second: 10_000.0, burst: 10_000 },
+            plans: default_plans(),
         }
     }
 }

@@ -102,6 +102,8 @@ pub struct Actor {
     pub key_id: ApiKeyId,
     pub key_prefix: String,
     pub permissions: Permissions,
+    /// The org's rate-limit plan.
+    pub plan: String,
 }
 
 impl Actor {

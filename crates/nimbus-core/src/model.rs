@@ -14,6 +14,8 @@ pub struct Org {
     pub id: OrgId,
     pub name: String,
     pub email: String,
+    /// Rate-limit plan: `free`, `professional` or `enterprise`.
+    pub plan: String,
     pub created_at: i64,
 }
 
@@ -21,6 +23,8 @@ pub struct Org {
 pub struct ApiKey {
     pub id: ApiKeyId,
     pub org_id: OrgId,
+    /// The org's rate-limit plan (read with the key, for the native API's limits).
+    pub plan: String,
     pub name: String,
     pub prefix: String,
     pub permissions: Permissions,

@@ -10,12 +10,13 @@ use crate::{db_err, unique_err, Conn, Store};
 
 impl Store {
     pub async fn org_insert_in_txn(tx: &mut Conn, org: &Org, rules: &[FirewallRule]) -> Result<(), Error> {
-        sqlx::query("INSERT INTO orgs (id, name, email, global_firewall_rules, created_at) VALUES ($1, $2, $3, $4, $5)")
+        sqlx::query("INSERT INTO orgs (id, name, email, global_firewall_rules, created_at, plan) VALUES ($1, $2, $3, $4, $5, $6)")
             .bind(org.id.as_str())
             .bind(&org.name)
             .bind(&org.email)
             .bind(to_json(&rules))
             .bind(org.created_at)
+            .bind(&org.plan)
             .execute(tx)
             .await
             .map_err(unique_err("organization", &org.name))?;
@@ -23,7 +24,7 @@ impl Store {
     }
 
     pub async fn org_get_by_name(&self, name: &str) -> Result<Option<Org>, Error> {
-        let row = sqlx::query("SELECT id, name, email, created_at FROM orgs WHERE name = $1")
+        let row = sqlx::query("SELECT id, name, email, plan, created_at FROM orgs WHERE name = $1")
             .bind(name)
             .fetch_optional(self.r())
             .await
@@ -32,7 +33,7 @@ impl Store {
     }
 
     pub async fn org_get(&self, id: &OrgId) -> Result<Option<Org>, Error> {
-        let row = sqlx::query("SELECT id, name, email, created_at FROM orgs WHERE id = $1")
+        let row = sqlx::query("SELECT id, name, email, plan, created_at FROM orgs WHERE id = $1")
             .bind(id.as_str())
             .fetch_optional(self.r())
             .await
@@ -41,7 +42,7 @@ impl Store {
     }
 
     pub async fn org_list(&self) -> Result<Vec<Org>, Error> {
-        sqlx::query("SELECT id, name, email, created_at FROM orgs ORDER BY created_at, id")
+        sqlx::query("SELECT id, name, email, plan, created_at FROM orgs ORDER BY created_at, id")
             .fetch_all(self.r())
             .await
             .map_err(db_err("listing orgs"))?
@@ -67,6 +68,17 @@ impl Store {
             .await
             .map_err(db_err("bumping instances generation"))?;
         Ok(())
+    }
+
+    /// Sets the org's rate-limit plan.
+    pub async fn org_set_plan_in_txn(tx: &mut Conn, org: &OrgId, plan: &str) -> Result<bool, Error> {
+        let r = sqlx::query("UPDATE orgs SET plan = $1 WHERE id = $2")
+            .bind(plan)
+            .bind(org.as_str())
+            .execute(tx)
+            .await
+            .map_err(db_err("setting plan"))?;
+        Ok(r.rows_affected() == 1)
     }
 
     pub async fn org_global_rules(&self, org: &OrgId) -> Result<Vec<FirewallRule>, Error> {
@@ -109,8 +121,8 @@ impl Store {
     /// The live (not revoked) key with this secret hash.
     pub async fn api_key_by_hash(&self, secret_hash: &str) -> Result<Option<ApiKey>, Error> {
         let row = sqlx::query(
-            "SELECT id, org_id, name, prefix, permissions, created_at, revoked_at FROM api_keys \
-             WHERE secret_hash = $1 AND revoked_at IS NULL",
+            "SELECT k.id, k.org_id, k.name, k.prefix, k.permissions, k.created_at, k.revoked_at, o.plan FROM api_keys k \
+             JOIN orgs o ON o.id = k.org_id WHERE k.secret_hash = $1 AND k.revoked_at IS NULL",
         )
         .bind(secret_hash)
         .fetch_optional(self.r())
@@ -121,8 +133,8 @@ impl Store {
 
     pub async fn api_key_list_by_org(&self, org: &OrgId) -> Result<Vec<ApiKey>, Error> {
         sqlx::query(
-            "SELECT id, org_id, name, prefix, permissions, created_at, revoked_at FROM api_keys \
-             WHERE org_id = $1 ORDER BY created_at, id",
+            "SELECT k.id, k.org_id, k.name, k.prefix, k.permissions, k.created_at, k.revoked_at, o.plan FROM api_keys k \
+             JOIN orgs o ON o.id = k.org_id WHERE k.org_id = $1 ORDER BY k.created_at, k.id",
         )
         .bind(org.as_str())
         .fetch_all(self.r())

@@ -33,6 +33,7 @@ pub(crate) fn org(row: &AnyRow) -> Result<Org, Error> {
         id: OrgId::from_trusted(get(row, "id")?),
         name: get(row, "name")?,
         email: get(row, "email")?,
+        plan: get(row, "plan")?,
         created_at: get(row, "created_at")?,
     })
 }
@@ -41,6 +42,7 @@ pub(crate) fn api_key(row: &AnyRow) -> Result<ApiKey, Error> {
     Ok(ApiKey {
         id: ApiKeyId::from_trusted(get(row, "id")?),
         org_id: OrgId::from_trusted(get(row, "org_id")?),
+        plan: get::<Option<String>>(row, "plan")?.unwrap_or_else(|| "professional".to_owned()),
         name: get(row, "name")?,
         prefix: get(row, "prefix")?,
         permissions: Permissions::from_bits(get(row, "permissions")?),

@@ -38,6 +38,11 @@ pub enum OrgCmd {
         email: Option<String>,
     },
     List,
+    /// Sets the org's rate-limit plan (free, professional, enterprise, or a configured one).
+    SetPlan {
+        org: String,
+        plan: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -80,10 +85,15 @@ pub async fn run(store: &StoreArgs, cmd: AdminCmd) -> anyhow::Result<()> {
             println!("{}\t{}", o.id, o.name);
         }
         AdminCmd::Org { cmd: OrgCmd::List } => {
-            println!("{:<32}  {:<24}  CREATED", "ID", "NAME");
+            println!("{:<32}  {:<24}  {:<12}  CREATED", "ID", "NAME", "PLAN");
             for o in c.store().org_list().await.map_err(e)? {
-                println!("{:<32}  {:<24}  {}", o.id, o.name, to_rfc3339(o.created_at));
+                println!("{:<32}  {:<24}  {:<12}  {}", o.id, o.name, o.plan, to_rfc3339(o.created_at));
             }
+        }
+        AdminCmd::Org { cmd: OrgCmd::SetPlan { org, plan } } => {
+            let o = admin::org_find(&c, &org).await.map_err(e)?;
+            admin::org_set_plan(&c, &o, &plan).await.map_err(e)?;
+            println!("{} is on the {plan} plan", o.name);
         }
         AdminCmd::ApiKey { cmd: KeyCmd::Create { org, permissions, name } } => {
             let org = admin::org_find(&c, &org).await.map_err(e)?;

@@ -1,13 +1,19 @@
 //! Extractors of the native dialect: the authenticated, rate-limited actor (Bearer or
 //! `X-API-Key`, as seed 001 documents; Basic works too).
 
-use axum::extract::FromRequestParts;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{FromRequestParts, Request};
 use axum::http::request::Parts;
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::Response;
 use nimbus_core::auth::Actor;
+use nimbus_core::clock::{Clock, SystemClock};
 use nimbus_core::Error;
 
 use super::NativeError;
-use crate::ratelimit::RouteClass;
+use crate::ratelimit::{Decision, RouteClass};
 use crate::ApiState;
 
 pub struct NativeActor(pub Actor);
@@ -18,10 +24,39 @@ impl FromRequestParts<ApiState> for NativeActor {
     async fn from_request_parts(parts: &mut Parts, s: &ApiState) -> Result<Self, Self::Rejection> {
         let secret = crate::auth::presented_key(&parts.headers).ok_or(Error::Unauthenticated)?;
         let actor = nimbus_control::auth::authenticate(&s.control, &secret).await?;
-        let d = s.limiter.check(&actor.key_id, RouteClass::Default);
+        let d = s.limiter.check_plan(&actor.key_id, RouteClass::Native, &actor.plan);
+        if let Some(slot) = parts.extensions.get::<LimitSlot>() {
+            *slot.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(d);
+        }
         if !d.allowed {
             return Err(Error::RateLimited { retry_after: d.retry_after }.into());
         }
         Ok(NativeActor(actor))
     }
+}
+
+/// Where the actor extractor leaves its rate-limit decision for `rate_limit_headers`.
+#[derive(Clone, Default)]
+pub struct LimitSlot(Arc<Mutex<Option<Decision>>>);
+
+/// Adds `X-RateLimit-Limit`, `-Remaining` and `-Reset` (Unix seconds when the bucket is full
+/// again) to every native response of an identified key, errors and 429s included.
+pub async fn rate_limit_headers(mut req: Request, next: Next) -> Response {
+    let slot = LimitSlot::default();
+    req.extensions_mut().insert(slot.clone());
+    let mut resp = next.run(req).await;
+    let decision = *slot.0.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(d) = decision.filter(|d| d.limit != u32::MAX) {
+        let reset = SystemClock.now_micros() / 1_000_000 + d.reset_after.as_secs_f64().ceil() as i64;
+        for (name, value) in [
+            ("x-ratelimit-limit", d.limit.to_string()),
+            ("x-ratelimit-remaining", d.remaining.to_string()),
+            ("x-ratelimit-reset", reset.to_string()),
+        ] {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                resp.headers_mut().insert(name, v);
+            }
+        }
+    }
+    resp
 }

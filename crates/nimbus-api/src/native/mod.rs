@@ -29,7 +29,7 @@ pub fn api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .servers(Some(vec![utoipa::openapi::ServerBuilder::new().url("/v1").build()]))
         .build();
     let (router, doc) = OpenApiRouter::with_openapi(doc).routes(routes!(instances_list)).routes(routes!(instance_get)).split_for_parts();
-    (router.fallback(unknown_endpoint), doc)
+    (router.fallback(unknown_endpoint).layer(axum::middleware::from_fn(extract::rate_limit_headers)), doc)
 }
 
 pub fn router() -> Router<ApiState> {

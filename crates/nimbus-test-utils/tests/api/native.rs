@@ -88,3 +88,31 @@ async fn envelope_pagination_filters_sorting_and_errors() {
     assert_eq!(st, 404);
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn plan_rate_limits_with_headers_on_every_response() {
+    let s = TestServer::builder().start().await;
+    nimbus_control::admin::org_set_plan(&s.control, &s.org, "free").await.unwrap();
+    assert!(nimbus_control::admin::org_set_plan(&s.control, &s.org, "platinum").await.is_err());
+    let mut remaining = Vec::new();
+    for _ in 0..50 {
+        let r = s.http.get(format!("{}/v1/instances", s.url)).bearer_auth(&s.key).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        assert_eq!(r.headers()["x-ratelimit-limit"], "50", "free plan: burst 50");
+        let reset: i64 = r.headers()["x-ratelimit-reset"].to_str().unwrap().parse().unwrap();
+        assert!(reset > 1_700_000_000, "reset is a Unix time: {reset}");
+        remaining.push(r.headers()["x-ratelimit-remaining"].to_str().unwrap().parse::<u32>().unwrap());
+    }
+    assert!(remaining.windows(2).all(|w| w[1] <= w[0]), "{remaining:?}");
+    assert_eq!(remaining.last(), Some(&0));
+    let r = s.http.get(format!("{}/v1/instances/nope", s.url)).bearer_auth(&s.key).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 429);
+    assert!(r.headers().contains_key("x-ratelimit-remaining") && r.headers().contains_key("retry-after"));
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "rate_limit_exceeded");
+    let retry = v["error"]["retry_after"].as_u64().unwrap();
+    assert!((1..=4).contains(&retry), "1,000/h refills one request every 3.6 s: {retry}");
+    // The Lambda dialect keeps its own limits.
+    assert_eq!(s.call(&s.key, "GET", "/instances", None).await.0, 200);
+    s.shutdown().await;
+}

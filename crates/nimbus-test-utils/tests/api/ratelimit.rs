@@ -11,8 +11,12 @@ use crate::{assert_error, PUBKEY};
 async fn defaults_limit_and_429_has_no_side_effects() {
     let s = TestServer::builder()
         .config(|c| {
-            c.rate_limits =
-                RateLimits { enabled: true, default: Rate { per_second: 1.0, burst: 5 }, launch: Rate { per_second: 0.1, burst: 1 } }
+            c.rate_limits = RateLimits {
+                enabled: true,
+                default: Rate { per_second: 1.0, burst: 5 },
+                launch: Rate { per_second: 0.1, burst: 1 },
+                ..RateLimits::default()
+            }
         })
         .host("us-east-1", sim_host("h", 8, 0))
         .start()
