@@ -298,6 +298,9 @@ mod tests {
         let c = Config::from_toml("[quotas]\ninstances_per_org = 3\n").expect("parses");
         assert_eq!(c.quotas.instances_per_org, 3);
         assert_eq!(c.quotas.ssh_keys_per_org, 1024);
+        let c = Config::from_toml("[rate_limits.plans]\nfree = { per_hour = 10, burst = 2 }\n").expect("plans parse");
+        assert_eq!(c.rate_limits.plans.get("free").map(|p| (p.per_hour, p.burst)), Some((10, 2)));
+        assert_eq!(c.rate_limits.launch, RateLimits::default().launch, "other limits keep their defaults");
         let bad = "[[regions]]\nname = \"mars-1\"\ndescription = \"Mars\"\n";
         assert!(Config::from_toml(bad).is_err());
         assert!(Config::from_toml("[nonsense]\nx = 1\n").is_err());
