@@ -83,3 +83,26 @@ pub struct Instance {
     pub created_at: String,
     pub updated_at: String,
 }
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct InstanceUpdate {
+    /// New name (1 to 64 characters); absent leaves it unchanged.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Replaces all tags; absent leaves them unchanged.
+    #[serde(default)]
+    pub tags: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct InstanceNetwork {
+    pub instance_id: String,
+    pub region: String,
+    pub hostname: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_ip: Option<String>,
+    pub ssh_port: u16,
+    pub firewall_ruleset_ids: Vec<String>,
+}

@@ -239,17 +239,39 @@ pub async fn get(c: &Control, actor: &Actor, id: &str) -> Result<Instance, Error
 }
 
 pub async fn rename(c: &Control, actor: &Actor, id: &str, name: Option<&str>) -> Result<Instance, Error> {
+    update(c, actor, id, Some(name), None).await
+}
+
+/// Changes the name and/or the tags (replaced as a whole) of a live instance, in one transaction.
+pub async fn update(
+    c: &Control,
+    actor: &Actor,
+    id: &str,
+    name: Option<Option<&str>>,
+    tags: Option<Vec<(String, String)>>,
+) -> Result<Instance, Error> {
     actor.require(Permission::Edit)?;
-    if let Some(n) = name {
+    if let Some(Some(n)) = name {
         validate::instance_name(n)?;
+    }
+    if let Some(t) = &tags {
+        validate::tags(t)?;
     }
     let iid = parse_id(id)?;
     let now = c.now();
     let mut tx = c.store().begin().await?;
-    if !Store::instance_set_name_in_txn(&mut tx, &actor.org_id, &iid, name, now).await? {
-        return Err(Error::not_found("instance", id));
+    if let Some(n) = name {
+        if !Store::instance_set_name_in_txn(&mut tx, &actor.org_id, &iid, n, now).await? {
+            return Err(Error::not_found("instance", id));
+        }
     }
-    emit(&mut tx, actor, "instance.renamed", "instance", iid.as_str(), json!({"name": name}), now).await?;
+    if let Some(t) = &tags {
+        if !Store::instance_set_tags_in_txn(&mut tx, &actor.org_id, &iid, t, now).await? {
+            return Err(Error::not_found("instance", id));
+        }
+    }
+    emit(&mut tx, actor, "instance.updated", "instance", iid.as_str(), json!({"name": name, "tags": tags.as_ref().map(Vec::len)}), now)
+        .await?;
     Store::org_bump_instances_generation_in_txn(&mut tx, &actor.org_id).await?;
     Store::commit(tx).await?;
     get(c, actor, id).await

@@ -207,6 +207,26 @@ impl Store {
         Ok(r.rows_affected() == 1)
     }
 
+    pub async fn instance_set_tags_in_txn(
+        tx: &mut Conn,
+        org: &OrgId,
+        id: &InstanceId,
+        tags: &[(String, String)],
+        now: i64,
+    ) -> Result<bool, Error> {
+        let r = sqlx::query(
+            "UPDATE instances SET tags = $1, generation = generation + 1, updated_at = $2 WHERE id = $3 AND org_id = $4 AND state <> 'terminated'",
+        )
+        .bind(to_json(&tags))
+        .bind(now)
+        .bind(id.as_str())
+        .bind(org.as_str())
+        .execute(tx)
+        .await
+        .map_err(db_err("tagging instance"))?;
+        Ok(r.rows_affected() == 1)
+    }
+
     /// Asks the host to restart the instance: state `restarting` and a new restart generation the
     /// agent acts on once.
     pub async fn instance_request_restart_in_txn(tx: &mut Conn, id: &InstanceId, from: InstanceState, now: i64) -> Result<bool, Error> {

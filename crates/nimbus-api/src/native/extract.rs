@@ -60,3 +60,22 @@ pub async fn rate_limit_headers(mut req: Request, next: Next) -> Response {
     }
     resp
 }
+
+/// A JSON object body, parsed whatever the Content-Type says; errors in the native shape.
+pub struct NativeJson<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<ApiState> for NativeJson<T> {
+    type Rejection = NativeError;
+
+    async fn from_request(req: Request, _: &ApiState) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::to_bytes(req.into_body(), crate::MAX_BODY_BYTES)
+            .await
+            .map_err(|_| Error::InvalidRequest { message: "request body is unreadable or too large".into() })?;
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(Error::InvalidRequest { message: "the request body must be a JSON object".into() }.into());
+        }
+        serde_json::from_slice(&bytes)
+            .map(NativeJson)
+            .map_err(|e| Error::InvalidRequest { message: format!("malformed JSON body: {e}") }.into())
+    }
+}

@@ -11,7 +11,7 @@ use nimbus_core::model::Instance;
 use nimbus_core::Error;
 use serde::Serialize;
 
-use super::extract::NativeActor;
+use super::extract::{NativeActor, NativeJson};
 use super::{page, NativeError};
 use crate::ApiState;
 
@@ -153,6 +153,96 @@ pub async fn instances_list(State(s): State<ApiState>, NativeActor(a): NativeAct
 pub async fn instance_get(State(s): State<ApiState>, NativeActor(a): NativeActor, Path(id): Path<String>) -> NResult {
     let i = instances::get(&s.control, &a, &id).await?;
     Ok(ok(render(&i), None))
+}
+
+#[utoipa::path(
+    patch,
+    path = "/instances/{id}",
+    tag = "instances",
+    operation_id = "instance_update",
+    summary = "Rename an instance and/or replace its tags",
+    params(("id" = String, Path, description = "Instance id")),
+    request_body = w::InstanceUpdate,
+    responses(
+        (status = 200, description = "Success", body = w::Envelope<w::Instance>),
+        (status = 400, description = "Invalid request", body = w::ErrorEnvelope),
+        (status = 404, description = "Not found", body = w::ErrorEnvelope)
+    )
+)]
+pub async fn instance_update(
+    State(s): State<ApiState>,
+    NativeActor(a): NativeActor,
+    Path(id): Path<String>,
+    NativeJson(body): NativeJson<w::InstanceUpdate>,
+) -> NResult {
+    let tags = body.tags.map(|t| t.into_iter().collect::<Vec<_>>());
+    let i = instances::update(&s.control, &a, &id, body.name.as_deref().map(Some), tags).await?;
+    Ok(ok(render(&i), None))
+}
+
+#[utoipa::path(
+    delete,
+    path = "/instances/{id}",
+    tag = "instances",
+    operation_id = "instance_delete",
+    summary = "Terminate an instance (its disk is deleted; file systems are kept)",
+    params(("id" = String, Path, description = "Instance id")),
+    responses(
+        (status = 200, description = "Terminating", body = w::Envelope<w::Instance>),
+        (status = 404, description = "Not found", body = w::ErrorEnvelope)
+    )
+)]
+pub async fn instance_delete(State(s): State<ApiState>, NativeActor(a): NativeActor, Path(id): Path<String>) -> NResult {
+    let mut list = instances::terminate(&s.control, &a, std::slice::from_ref(&id)).await?;
+    let i = list.pop().ok_or_else(|| Error::not_found("instance", &id))?;
+    Ok(ok(render(&i), None))
+}
+
+#[utoipa::path(
+    post,
+    path = "/instances/{id}/restart",
+    tag = "instances",
+    operation_id = "instance_restart",
+    summary = "Restart an instance",
+    params(("id" = String, Path, description = "Instance id")),
+    responses(
+        (status = 200, description = "Restarting", body = w::Envelope<w::Instance>),
+        (status = 404, description = "Not found", body = w::ErrorEnvelope),
+        (status = 409, description = "Not in a state that can restart", body = w::ErrorEnvelope)
+    )
+)]
+pub async fn instance_restart(State(s): State<ApiState>, NativeActor(a): NativeActor, Path(id): Path<String>) -> NResult {
+    let mut list = instances::restart(&s.control, &a, std::slice::from_ref(&id)).await?;
+    let i = list.pop().ok_or_else(|| Error::not_found("instance", &id))?;
+    Ok(ok(render(&i), None))
+}
+
+#[utoipa::path(
+    get,
+    path = "/instances/{id}/network",
+    tag = "instances",
+    operation_id = "instance_network_get",
+    summary = "Addresses and firewall rulesets of an instance",
+    params(("id" = String, Path, description = "Instance id")),
+    responses(
+        (status = 200, description = "Success", body = w::Envelope<w::InstanceNetwork>),
+        (status = 404, description = "Not found", body = w::ErrorEnvelope)
+    )
+)]
+pub async fn instance_network(State(s): State<ApiState>, NativeActor(a): NativeActor, Path(id): Path<String>) -> NResult {
+    let i = instances::get(&s.control, &a, &id).await?;
+    Ok(ok(
+        w::InstanceNetwork {
+            instance_id: i.id.to_string(),
+            region: i.region.clone(),
+            hostname: i.hostname.clone(),
+            ip: i.ip.clone(),
+            private_ip: i.private_ip.clone(),
+            ssh_port: 22,
+            firewall_ruleset_ids: i.firewall_ruleset_ids.iter().map(ToString::to_string).collect(),
+        },
+        None,
+    ))
 }
 
 pub async fn unknown_endpoint(uri: axum::http::Uri) -> NResult {

@@ -116,3 +116,76 @@ async fn plan_rate_limits_with_headers_on_every_response() {
     assert_eq!(s.call(&s.key, "GET", "/instances", None).await.0, 200);
     s.shutdown().await;
 }
+
+async fn send(s: &TestServer, key: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let mut rb = s.http.request(method.parse().unwrap(), format!("{}/v1{path}", s.url)).header("x-api-key", key);
+    if let Some(b) = body {
+        rb = rb.body(serde_json::to_vec(&b).unwrap());
+    }
+    let r = rb.send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn update_network_restart_and_delete_across_dialects() {
+    let s = TestServer::builder().host("us-east-1", sim_host("h", 8, 0)).start().await;
+    add_key(&s, "k").await;
+    let v = s
+        .expect(
+            "POST",
+            "/instance-operations/launch",
+            Some(json!({"region_name": "us-east-1", "instance_type_name": "cpu_1x_small", "ssh_key_names": ["k"]})),
+            200,
+        )
+        .await;
+    let id = v["data"]["instance_ids"][0].as_str().unwrap().to_owned();
+    s.wait_status(&s.key, &id, "active").await;
+
+    let (st, v) =
+        send(&s, &s.key, "PATCH", &format!("/instances/{id}"), Some(json!({"name": "web-1", "tags": {"team": "ml", "env": "prod"}}))).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["data"]["name"], "web-1");
+    assert_eq!(v["data"]["tags"], json!({"env": "prod", "team": "ml"}));
+    // The Lambda dialect sees the same instance changed.
+    let l = s.expect("GET", &format!("/instances/{id}"), None, 200).await;
+    assert_eq!(l["data"]["name"], "web-1");
+    assert_eq!(l["data"]["tags"].as_array().unwrap().len(), 2);
+    // Tags are replaced as a whole; the name stays when absent.
+    let (_, v) = send(&s, &s.key, "PATCH", &format!("/instances/{id}"), Some(json!({"tags": {}}))).await;
+    assert_eq!((v["data"]["name"].as_str(), &v["data"]["tags"]), (Some("web-1"), &json!({})));
+    for bad in [json!({"name": ""}), json!({"name": 5}), json!({"tags": {"": "x"}}), json!([])] {
+        let (st, v) = send(&s, &s.key, "PATCH", &format!("/instances/{id}"), Some(bad.clone())).await;
+        assert_eq!((st, v["error"]["code"].as_str()), (400, Some("invalid_request")), "{bad}: {v}");
+    }
+
+    let (st, v) = send(&s, &s.key, "GET", &format!("/instances/{id}/network"), None).await;
+    assert_eq!(st, 200);
+    assert_eq!(v["data"]["ssh_port"], 22);
+    assert_eq!(v["data"]["ip"], l["data"]["ip"]);
+
+    let (st, v) = send(&s, &s.key, "POST", &format!("/instances/{id}/restart"), None).await;
+    assert_eq!((st, v["data"]["status"].as_str()), (200, Some("restarting")), "{v}");
+    s.wait_status(&s.key, &id, "active").await;
+
+    let (_, b) = s.org_with_key("org-b", "ADMIN").await;
+    for (m, p) in [
+        ("PATCH", format!("/instances/{id}")),
+        ("DELETE", format!("/instances/{id}")),
+        ("POST", format!("/instances/{id}/restart")),
+        ("GET", format!("/instances/{id}/network")),
+    ] {
+        let body = (m == "PATCH").then(|| json!({"name": "stolen"}));
+        let (st, v) = send(&s, &b, m, &p, body).await;
+        assert_eq!((st, v["error"]["code"].as_str()), (404, Some("not_found")), "{m} {p}");
+    }
+    let (_, read) = s.org_with_key("org-a", "READ").await;
+    let (st, v) = send(&s, &read, "DELETE", &format!("/instances/{id}"), None).await;
+    assert_eq!((st, v["error"]["code"].as_str()), (403, Some("forbidden")));
+
+    let (st, v) = send(&s, &s.key, "DELETE", &format!("/instances/{id}"), None).await;
+    assert_eq!((st, v["data"]["status"].as_str()), (200, Some("terminating")));
+    s.wait_status(&s.key, &id, "terminated").await;
+    let (_, v) = send(&s, &s.key, "GET", &format!("/instances/{id}"), None).await;
+    assert_eq!(v["data"]["status"], "terminated");
+    s.shutdown().await;
+}
