@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod auth;
+pub mod idempotency;
 pub mod lambda;
 pub mod middleware;
 pub mod native;
@@ -46,6 +47,7 @@ pub fn router(state: ApiState) -> Router {
         .nest("/internal/agent/v1", agent::router())
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(middleware::not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), idempotency::layer))
         .with_state(state)
         .layer(axum::middleware::from_fn(middleware::request_id))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(middleware::panic_response))

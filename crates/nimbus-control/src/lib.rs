@@ -12,6 +12,7 @@ pub mod auth;
 pub mod capacity;
 pub mod config;
 pub mod firewall;
+pub mod idempotency;
 pub mod images;
 pub mod instances;
 pub mod notify;

@@ -13,6 +13,7 @@
 
 mod events;
 mod hosts;
+mod idempotency;
 mod instances;
 mod migrate;
 mod orgs;
@@ -28,6 +29,7 @@ use sqlx::{AnyPool, ConnectOptions};
 
 pub use events::NewEvent;
 pub use hosts::HostRegistration;
+pub use idempotency::{Claim, StoredResponse};
 pub use instances::{InstanceUpdate, NewInstance};
 
 pub type Tx = sqlx::Transaction<'static, sqlx::Any>;

@@ -7,8 +7,11 @@ use sqlx::{AnyPool, Row};
 
 use crate::{db_err, Backend};
 
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "init", include_str!("../migrations/0001_init.sql")), (2, "org_plan", include_str!("../migrations/0002_org_plan.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../migrations/0001_init.sql")),
+    (2, "org_plan", include_str!("../migrations/0002_org_plan.sql")),
+    (3, "idempotency", include_str!("../migrations/0003_idempotency.sql")),
+];
 
 fn render(sql: &str, backend: Backend) -> String {
     let serial = match backend {

@@ -7,6 +7,7 @@ mod bad_input;
 mod clients;
 mod containers;
 mod hosts;
+mod idempotency;
 mod isolation;
 mod lambda;
 mod native;
