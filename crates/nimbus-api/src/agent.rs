@@ -12,7 +12,6 @@ use nimbus_core::ids::HostId;
 use nimbus_core::Error;
 use nimbus_proto as proto;
 
-use crate::middleware::InternalErrorContext;
 use crate::ApiState;
 
 pub fn router() -> Router<ApiState> {
@@ -37,11 +36,7 @@ impl IntoResponse for AgentError {
             _ => StatusCode::CONFLICT,
         };
         let body = proto::AgentError { code: self.0.code().to_owned(), message: self.0.external_message() };
-        let mut r = (status, Json(body)).into_response();
-        if let Error::Internal { internal } = &self.0 {
-            r.extensions_mut().insert(InternalErrorContext(internal.clone()));
-        }
-        r
+        crate::middleware::finish_error_response((status, Json(body)).into_response(), &self.0)
     }
 }
 

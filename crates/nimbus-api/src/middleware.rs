@@ -16,6 +16,28 @@ pub struct InternalErrorContext(pub String);
 #[derive(Clone, Debug)]
 pub struct RequestId(pub String);
 
+/// Whole seconds a client should wait, as `Retry-After` and `retry_after` report it (at least 1).
+pub fn retry_after_secs(d: std::time::Duration) -> u64 {
+    d.as_secs_f64().ceil().max(1.0) as u64
+}
+
+/// What every dialect's error response carries besides its body: `Retry-After` for a rate
+/// limit, and the internal context the request-id layer logs for an internal error.
+pub fn finish_error_response(mut resp: Response, e: &nimbus_core::Error) -> Response {
+    match e {
+        nimbus_core::Error::RateLimited { retry_after } => {
+            if let Ok(v) = HeaderValue::from_str(&retry_after_secs(*retry_after).to_string()) {
+                resp.headers_mut().insert("retry-after", v);
+            }
+        }
+        nimbus_core::Error::Internal { internal } => {
+            resp.extensions_mut().insert(InternalErrorContext(internal.clone()));
+        }
+        _ => {}
+    }
+    resp
+}
+
 tokio::task_local! {
     /// The request id, for error renderers that have no access to the request (the native
     /// dialect puts it in every body).

@@ -2,13 +2,11 @@
 //! status codes the real clients accept. One exhaustive match: a new domain error variant does not
 //! compile until this dialect decides how to show it.
 
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use nimbus_api_types::lambda::{ErrorBody, ErrorDetail};
 use nimbus_core::{ConflictReason, Error};
-
-use crate::middleware::InternalErrorContext;
 
 #[derive(Debug)]
 pub struct LambdaError(pub Error);
@@ -86,20 +84,7 @@ impl IntoResponse for LambdaError {
         let (status, code, suggestion) = classify(&self.0);
         let body =
             ErrorBody { error: ErrorDetail { code: code.to_owned(), message: message(&self.0), suggestion: Some(suggestion.to_owned()) } };
-        let mut resp = (status, Json(body)).into_response();
-        match &self.0 {
-            Error::RateLimited { retry_after } => {
-                let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
-                if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-                    resp.headers_mut().insert("retry-after", v);
-                }
-            }
-            Error::Internal { internal } => {
-                resp.extensions_mut().insert(InternalErrorContext(internal.clone()));
-            }
-            _ => {}
-        }
-        resp
+        crate::middleware::finish_error_response((status, Json(body)).into_response(), &self.0)
     }
 }
 

@@ -1,14 +1,13 @@
 //! Domain errors in the native shape: `{success: false, error: {code, message, details},
 //! metadata}` with seed 001's status table. One exhaustive match.
 
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use nimbus_api_types::native::{ErrorDetails, ErrorEnvelope, ErrorInfo};
 use nimbus_core::Error;
 
 use super::handlers::metadata;
-use crate::middleware::InternalErrorContext;
 
 #[derive(Debug)]
 pub struct NativeError {
@@ -48,7 +47,7 @@ impl IntoResponse for NativeError {
             _ => None,
         });
         let retry_after = match &self.error {
-            Error::RateLimited { retry_after } => Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
+            Error::RateLimited { retry_after } => Some(crate::middleware::retry_after_secs(*retry_after)),
             _ => None,
         };
         let message = match &self.error {
@@ -61,16 +60,7 @@ impl IntoResponse for NativeError {
             error: ErrorInfo { code: code.to_owned(), message, details, retry_after },
             metadata: metadata(),
         };
-        let mut resp = (status, Json(body)).into_response();
-        if let Some(secs) = retry_after {
-            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-                resp.headers_mut().insert("retry-after", v);
-            }
-        }
-        if let Error::Internal { internal } = &self.error {
-            resp.extensions_mut().insert(InternalErrorContext(internal.clone()));
-        }
-        resp
+        crate::middleware::finish_error_response((status, Json(body)).into_response(), &self.error)
     }
 }
 
