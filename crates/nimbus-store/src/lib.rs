@@ -148,7 +148,15 @@ impl Store {
     /// Starts a write transaction. Every state change goes through one of these, together with
     /// its outbox event.
     pub async fn begin(&self) -> Result<Tx, Error> {
-        self.writer.begin().await.map_err(db_err("beginning transaction"))
+        match self.backend {
+            // Take SQLite's write lock up front: a deferred transaction that reads and then
+            // writes fails at once (SQLITE_BUSY_SNAPSHOT) when another process (the admin CLI
+            // beside a running server) wrote meanwhile, whereas BEGIN IMMEDIATE waits for the
+            // lock within busy_timeout.
+            Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.writer.begin().await,
+        }
+        .map_err(db_err("beginning transaction"))
     }
 
     pub async fn commit(tx: Tx) -> Result<(), Error> {
