@@ -158,7 +158,12 @@ impl Agent {
     /// Sends one report of everything the driver has.
     pub async fn report(&self) -> Result<proto::ReportResponse, AgentError> {
         let instances = self.driver.list().await?;
-        let req = proto::ReportRequest { instances, applied_generation: self.applied_generation.load(Ordering::SeqCst) };
+        let req = proto::ReportRequest {
+            instances,
+            applied_generation: self.applied_generation.load(Ordering::SeqCst),
+            volumes: Vec::new(),
+            snapshots: Vec::new(),
+        };
         let secret = self.secret().await;
         self.post(proto::PATH_REPORT, secret.as_deref(), &req).await
     }

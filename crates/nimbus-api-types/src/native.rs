@@ -106,3 +106,47 @@ pub struct InstanceNetwork {
     pub ssh_port: u16,
     pub firewall_ruleset_ids: Vec<String>,
 }
+
+/// `POST /v1/instances`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceCreate {
+    /// 1 to 64 characters.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// An instance type name (`GET /api/v1/instance-types` lists them).
+    pub instance_type: String,
+    pub region: String,
+    /// An image id, or an image family such as `debian-12`; the region's default when absent.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// SSH key ids (at least one).
+    pub ssh_keys: Vec<String>,
+    /// A shell script or `#cloud-config` document run at first boot.
+    #[serde(default)]
+    pub user_data: Option<String>,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub tags: Option<BTreeMap<String, String>>,
+    /// Volume ids to attach at creation.
+    #[serde(default)]
+    pub volumes: Option<Vec<String>>,
+    #[serde(default)]
+    pub firewall: Option<InstanceFirewall>,
+}
+
+/// Firewall of a new instance: the rulesets that apply on top of the organization's global rules.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceFirewall {
+    #[serde(default)]
+    pub ruleset_ids: Vec<String>,
+}
+
+/// `POST /v1/instances/{id}/resize`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceResize {
+    pub instance_type: String,
+}

@@ -261,9 +261,11 @@ pub async fn desired(c: &Control, host: &HostId, req: proto::DesiredRequest) -> 
                 .map(|m| proto::MountSpec { file_system_id: m.file_system_id.to_string(), mount_point: m.mount_point.clone() })
                 .collect(),
             firewall: firewall.get(&i.id).cloned().unwrap_or_default(),
+            volumes: Vec::new(),
+            source_snapshot: None,
         })
         .collect();
-    Ok(proto::DesiredResponse { generation: gen, instances: desired })
+    Ok(proto::DesiredResponse { generation: gen, instances: desired, volumes: Vec::new(), snapshots: Vec::new() })
 }
 
 #[cfg(test)]

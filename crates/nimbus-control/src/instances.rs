@@ -29,6 +29,8 @@ pub struct LaunchSpec {
     pub region: String,
     pub instance_type: String,
     pub ssh_key_names: Vec<String>,
+    /// SSH keys by id (the native dialect); combined with `ssh_key_names`.
+    pub ssh_key_ids: Vec<String>,
     pub file_system_names: Vec<String>,
     /// `(file system id, mount point)`; mount point `None` means the file system's default.
     pub file_system_mounts: Vec<(String, Option<String>)>,
@@ -38,6 +40,8 @@ pub struct LaunchSpec {
     pub user_data: Option<String>,
     pub tags: Vec<(String, String)>,
     pub firewall_ruleset_ids: Vec<String>,
+    /// Volumes (by id) to attach to the new instance.
+    pub volume_ids: Vec<String>,
     pub quantity: i64,
 }
 
@@ -75,7 +79,7 @@ pub async fn launch(c: &Control, actor: &Actor, spec: LaunchSpec) -> Result<Vec<
     c.require_region("region_name", &spec.region)?;
     let itype: &InstanceType =
         cfg.instance_type(&spec.instance_type).ok_or_else(|| Error::not_found("instance type", &spec.instance_type))?;
-    if spec.ssh_key_names.is_empty() {
+    if spec.ssh_key_names.is_empty() && spec.ssh_key_ids.is_empty() {
         return Err(Error::invalid("ssh_key_names", "at least one SSH key name is required"));
     }
     let image = images::resolve(c, spec.image.as_ref(), &spec.region).await?;
@@ -84,9 +88,21 @@ pub async fn launch(c: &Control, actor: &Actor, spec: LaunchSpec) -> Result<Vec<
     let mut tx = c.store().begin().await?;
 
     let mut public_keys = Vec::new();
+    let mut key_names = Vec::new();
     for name in &spec.ssh_key_names {
         let k = Store::ssh_key_get_by_name_in(&mut tx, &actor.org_id, name).await?.ok_or_else(|| Error::not_found("SSH key", name))?;
-        public_keys.push(k.public_key);
+        if !key_names.contains(&k.name) {
+            key_names.push(k.name);
+            public_keys.push(k.public_key);
+        }
+    }
+    for id in &spec.ssh_key_ids {
+        let kid = SshKeyId::parse(id).ok_or_else(|| Error::not_found("SSH key", id))?;
+        let k = Store::ssh_key_get_in(&mut tx, &actor.org_id, &kid).await?.ok_or_else(|| Error::not_found("SSH key", id))?;
+        if !key_names.contains(&k.name) {
+            key_names.push(k.name);
+            public_keys.push(k.public_key);
+        }
     }
 
     let mut mounts: Vec<FileSystemMount> = Vec::new();
@@ -173,7 +189,7 @@ pub async fn launch(c: &Control, actor: &Actor, spec: LaunchSpec) -> Result<Vec<
                 resources: req.resources,
                 gpu_indices: p.gpu_indices.clone(),
                 image_id: image.clone(),
-                ssh_key_names: spec.ssh_key_names.clone(),
+                ssh_key_names: key_names.clone(),
                 ssh_public_keys: public_keys.clone(),
                 user_data: spec.user_data.clone(),
                 tags: spec.tags.clone(),
@@ -360,6 +376,98 @@ pub async fn terminate(c: &Control, actor: &Actor, ids: &[String]) -> Result<Vec
         c.hosts().wake(h);
     }
     reload(c, actor, &found).await
+}
+
+/// Powers a running instance off, keeping its disk, GPUs and host reservation.
+pub async fn stop(c: &Control, actor: &Actor, id: &str) -> Result<Instance, Error> {
+    power(c, actor, id, InstanceState::Stopping, "instance.stop_requested").await
+}
+
+/// Powers a stopped instance back on, on the same host with the same disk.
+pub async fn start(c: &Control, actor: &Actor, id: &str) -> Result<Instance, Error> {
+    power(c, actor, id, InstanceState::Starting, "instance.start_requested").await
+}
+
+async fn power(c: &Control, actor: &Actor, id: &str, to: InstanceState, kind: &str) -> Result<Instance, Error> {
+    actor.require(Permission::Edit)?;
+    let i = get(c, actor, id).await?;
+    if i.state == to {
+        return Ok(i);
+    }
+    if !i.state.can_transition_to(to) {
+        let verb = if to == InstanceState::Stopping { "stopped" } else { "started" };
+        return Err(Error::conflict(
+            ConflictReason::InvalidState,
+            format!("instance {} is {} and cannot be {verb}", i.id, i.state.as_str()),
+        ));
+    }
+    let now = c.now();
+    let mut tx = c.store().begin().await?;
+    let hosts = lock_hosts(&mut tx, &[&i]).await?;
+    if !Store::instance_transition_in_txn(&mut tx, &i.id, i.state, to, &InstanceUpdate::default(), now).await? {
+        return Err(Error::conflict(ConflictReason::Concurrent, format!("instance {} changed meanwhile; retry", i.id)));
+    }
+    emit(&mut tx, actor, kind, "instance", i.id.as_str(), json!({}), now).await?;
+    Store::org_bump_instances_generation_in_txn(&mut tx, &actor.org_id).await?;
+    Store::commit(tx).await?;
+    for h in &hosts {
+        c.hosts().wake(h);
+    }
+    get(c, actor, id).await
+}
+
+/// Changes the type of a stopped instance. It stays on its host (its disk is there): the host
+/// must fit the new size once the old one is released, otherwise nothing changes.
+pub async fn resize(c: &Control, actor: &Actor, id: &str, new_type: &str) -> Result<Instance, Error> {
+    actor.require(Permission::Edit)?;
+    let cfg = c.config();
+    let itype =
+        cfg.instance_type(new_type).ok_or_else(|| Error::invalid("instance_type", format!("unknown instance type {new_type:?}")))?;
+    let i = get(c, actor, id).await?;
+    if i.state != InstanceState::Stopped {
+        return Err(Error::conflict(
+            ConflictReason::InvalidState,
+            format!("instance {} is {}; stop it before resizing", i.id, i.state.as_str()),
+        ));
+    }
+    if i.instance_type == itype.name {
+        return Ok(i);
+    }
+    let host_id = i.host_id.clone().ok_or_else(|| Error::internal("stopped instance without a host"))?;
+    let req = Request::for_type(&i.region, itype);
+    let now = c.now();
+    let mut tx = c.store().begin().await?;
+    Store::host_release_in_txn(&mut tx, &host_id, &i.resources, &i.id).await?;
+    let host = Store::host_list_in(&mut tx, Some(&i.region), false)
+        .await?
+        .into_iter()
+        .find(|h| h.id == host_id)
+        .ok_or_else(|| Error::internal("instance host vanished"))?;
+    // Keep the GPUs it had where possible, so a grow adds GPUs rather than reshuffling them.
+    let mut free: Vec<i64> = host
+        .gpus
+        .iter()
+        .filter(|g| g.instance_id.is_none() && nimbus_core::catalog::gpu_model_matches(req.gpu_model, &g.model))
+        .map(|g| g.index)
+        .collect();
+    free.sort_by_key(|g| (!i.gpu_indices.contains(g), *g));
+    let want = usize::try_from(req.gpus).unwrap_or(0);
+    let fits_gpus = free.len() >= want;
+    let gpus: Vec<i64> = free.into_iter().take(want).collect();
+    if !fits_gpus || !Store::host_claim_in_txn(&mut tx, &host_id, &req.resources, &gpus, &i.id).await? {
+        drop(tx);
+        return Err(Error::InsufficientCapacity {
+            message: format!("the host of instance {} cannot fit {} (it must stay on the host that holds its disk)", i.id, itype.name),
+        });
+    }
+    if !Store::instance_set_type_in_txn(&mut tx, &i.id, &itype.name, &req.resources, &gpus, now).await? {
+        return Err(Error::conflict(ConflictReason::Concurrent, format!("instance {} changed meanwhile; retry", i.id)));
+    }
+    emit(&mut tx, actor, "instance.resized", "instance", i.id.as_str(), json!({"from": i.instance_type, "to": itype.name}), now).await?;
+    Store::org_bump_instances_generation_in_txn(&mut tx, &actor.org_id).await?;
+    Store::commit(tx).await?;
+    c.hosts().wake(&host_id);
+    get(c, actor, id).await
 }
 
 /// Bumps the desired generation of the hosts of `insts`, in id order. Every transaction that

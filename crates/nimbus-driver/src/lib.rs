@@ -13,7 +13,7 @@ pub mod container;
 pub mod sim;
 
 use async_trait::async_trait;
-use nimbus_proto::{DesiredInstance, InstanceReport, Inventory};
+use nimbus_proto::{DesiredInstance, HostSnapshot, HostVolume, InstanceReport, Inventory, SnapshotReport, VolumeReport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
@@ -24,6 +24,13 @@ pub enum DriverError {
 }
 
 pub type Result<T> = std::result::Result<T, DriverError>;
+
+/// What a host has of volumes and snapshots.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StorageReport {
+    pub volumes: Vec<VolumeReport>,
+    pub snapshots: Vec<SnapshotReport>,
+}
 
 #[async_trait]
 pub trait Driver: Send + Sync + 'static {
@@ -47,4 +54,13 @@ pub trait Driver: Send + Sync + 'static {
 
     /// Removes the instance and everything it owns on the host. Unknown ids are fine.
     async fn destroy(&self, id: &str) -> Result<()>;
+
+    /// Makes the host's volumes and snapshots match the complete desired sets: creates (or
+    /// grows) listed volumes, makes listed snapshots that do not exist yet, and deletes volumes
+    /// and snapshots that are no longer listed (a volume still mounted in an instance is kept
+    /// until it is unmounted). Returns what the host has afterwards.
+    async fn sync_storage(&self, volumes: &[HostVolume], snapshots: &[HostSnapshot]) -> Result<StorageReport> {
+        let _ = (volumes, snapshots);
+        Err(DriverError::Host(format!("the {} driver has no volumes or snapshots yet", self.name())))
+    }
 }

@@ -95,6 +95,12 @@ pub struct ReportRequest {
     /// The desired generation the agent had applied when it took this snapshot. The server only
     /// concludes "absent, therefore gone" for instances the agent had already been told to remove.
     pub applied_generation: i64,
+    /// Volumes present on the host.
+    #[serde(default)]
+    pub volumes: Vec<VolumeReport>,
+    /// Snapshots present on the host (made, or failed to be made).
+    #[serde(default)]
+    pub snapshots: Vec<SnapshotReport>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -129,6 +135,82 @@ pub struct DesiredInstance {
     /// to the instance is dropped by the host.
     #[serde(default)]
     pub firewall: Vec<FirewallRule>,
+    /// Volumes attached to the instance, mounted at `/mnt/volumes/<name>` inside it. Changes
+    /// apply to a running instance without a restart.
+    #[serde(default)]
+    pub volumes: Vec<VolumeMount>,
+    /// When set, the instance's disk starts as a copy of this (instance-disk) snapshot. Only
+    /// read when the instance's disk is first created.
+    #[serde(default)]
+    pub source_snapshot: Option<String>,
+}
+
+/// One volume attached to an instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeMount {
+    pub volume_id: String,
+    /// Directory name under `/mnt/volumes` inside the instance.
+    pub name: String,
+}
+
+/// A volume that lives on this host (attached or not). Its backing store is an ext4 image file
+/// of exactly `size_gib`, so writes past the size fail with ENOSPC inside the instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostVolume {
+    pub id: String,
+    pub size_gib: i64,
+    /// When set, a volume that does not exist yet starts as a copy of this (volume) snapshot.
+    #[serde(default)]
+    pub source_snapshot: Option<String>,
+}
+
+/// What a snapshot copies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SnapshotSource {
+    /// The instance's disk (its writable layer).
+    Instance {
+        id: String,
+    },
+    Volume {
+        id: String,
+    },
+}
+
+/// A snapshot that should exist on this host; the agent makes it once and keeps it until it is
+/// no longer listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostSnapshot {
+    pub id: String,
+    pub source: SnapshotSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeReport {
+    pub id: String,
+    pub size_gib: i64,
+    /// The instance it is mounted in right now, if any.
+    #[serde(default)]
+    pub mounted_in: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotState {
+    Ready,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotReport {
+    pub id: String,
+    pub state: SnapshotState,
+    /// Bytes the snapshot takes on the host (allocated, not apparent).
+    pub size_bytes: i64,
+    #[serde(default)]
+    pub message: Option<String>,
 }
 
 /// One inbound allow rule.
@@ -160,6 +242,12 @@ pub struct DesiredResponse {
     pub generation: i64,
     /// Complete desired set: anything the host runs that is not listed here must go.
     pub instances: Vec<DesiredInstance>,
+    /// Complete set of volumes that live on this host; any other volume file is deleted.
+    #[serde(default)]
+    pub volumes: Vec<HostVolume>,
+    /// Complete set of snapshots that live on this host; any other snapshot is deleted.
+    #[serde(default)]
+    pub snapshots: Vec<HostSnapshot>,
 }
 
 /// Error body of the agent endpoints.

@@ -244,6 +244,33 @@ impl Store {
         Ok(r.rows_affected() == 1)
     }
 
+    /// Gives a stopped instance a new type: resources and GPUs (claimed by the caller on the same
+    /// host in the same transaction). Only applies while the instance is still `stopped`.
+    pub async fn instance_set_type_in_txn(
+        tx: &mut Conn,
+        id: &InstanceId,
+        instance_type: &str,
+        res: &nimbus_core::catalog::Resources,
+        gpu_indices: &[i64],
+        now: i64,
+    ) -> Result<bool, Error> {
+        let r = sqlx::query(
+            "UPDATE instances SET instance_type = $1, vcpus = $2, memory_mib = $3, disk_gib = $4, gpu_indices = $5, \
+             generation = generation + 1, updated_at = $6 WHERE id = $7 AND state = 'stopped'",
+        )
+        .bind(instance_type)
+        .bind(res.vcpus)
+        .bind(res.memory_mib)
+        .bind(res.disk_gib)
+        .bind(to_json(&gpu_indices))
+        .bind(now)
+        .bind(id.as_str())
+        .execute(tx)
+        .await
+        .map_err(db_err("resizing instance"))?;
+        Ok(r.rows_affected() == 1)
+    }
+
     /// Hosts that run live instances of `org`, in id order.
     pub async fn host_ids_with_org_instances_in(c: &mut Conn, org: &OrgId) -> Result<Vec<HostId>, Error> {
         let rows = sqlx::query(

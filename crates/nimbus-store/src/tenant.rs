@@ -59,6 +59,16 @@ impl Store {
         row.as_ref().map(rows::ssh_key).transpose()
     }
 
+    pub async fn ssh_key_get_in(c: &mut Conn, org: &OrgId, id: &SshKeyId) -> Result<Option<SshKey>, Error> {
+        let row = sqlx::query("SELECT id, org_id, name, public_key, created_at FROM ssh_keys WHERE org_id = $1 AND id = $2")
+            .bind(org.as_str())
+            .bind(id.as_str())
+            .fetch_optional(c)
+            .await
+            .map_err(db_err("reading SSH key"))?;
+        row.as_ref().map(rows::ssh_key).transpose()
+    }
+
     pub async fn ssh_key_delete_in_txn(tx: &mut Conn, org: &OrgId, id: &SshKeyId) -> Result<Option<SshKey>, Error> {
         let row = sqlx::query("SELECT id, org_id, name, public_key, created_at FROM ssh_keys WHERE org_id = $1 AND id = $2")
             .bind(org.as_str())

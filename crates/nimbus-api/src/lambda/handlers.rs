@@ -153,6 +153,8 @@ fn launch_spec(req: w::LaunchRequest) -> LaunchSpec {
         region: req.region_name,
         instance_type: req.instance_type_name,
         ssh_key_names: req.ssh_key_names,
+        ssh_key_ids: Vec::new(),
+        volume_ids: Vec::new(),
         file_system_names: req.file_system_names.unwrap_or_default(),
         file_system_mounts: req
             .file_system_mounts

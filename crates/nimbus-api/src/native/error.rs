@@ -16,6 +16,17 @@ pub struct NativeError {
     pub details: Option<ErrorDetails>,
 }
 
+impl NativeError {
+    /// An invalid field with the value sent and the values that would have been accepted.
+    pub fn with_allowed(error: Error, value: &str, allowed_values: Vec<String>) -> Self {
+        let field = match &error {
+            Error::InvalidValue { label, .. } => Some(label.clone()),
+            _ => None,
+        };
+        NativeError { error, details: Some(ErrorDetails { field, value: Some(value.to_owned()), allowed_values: Some(allowed_values) }) }
+    }
+}
+
 impl From<Error> for NativeError {
     fn from(error: Error) -> Self {
         NativeError { error, details: None }

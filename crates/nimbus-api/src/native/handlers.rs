@@ -138,6 +138,61 @@ pub async fn instances_list(State(s): State<ApiState>, NativeActor(a): NativeAct
 }
 
 #[utoipa::path(
+    post,
+    path = "/instances",
+    tag = "instances",
+    operation_id = "instance_create",
+    summary = "Create an instance",
+    request_body = w::InstanceCreate,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retried create return the first response")),
+    responses(
+        (status = 201, description = "Created (booting)", body = w::Envelope<w::Instance>),
+        (status = 400, description = "Invalid request", body = w::ErrorEnvelope),
+        (status = 403, description = "Permission or quota", body = w::ErrorEnvelope),
+        (status = 404, description = "SSH key, image or ruleset not found", body = w::ErrorEnvelope),
+        (status = 409, description = "No capacity", body = w::ErrorEnvelope)
+    )
+)]
+pub async fn instance_create(
+    State(s): State<ApiState>,
+    NativeActor(a): NativeActor,
+    NativeJson(body): NativeJson<w::InstanceCreate>,
+) -> NResult {
+    if body.ssh_keys.is_empty() {
+        return Err(Error::invalid("ssh_keys", "at least one SSH key id is required").into());
+    }
+    if !s.control.config().instance_types.iter().any(|t| t.name == body.instance_type) {
+        let allowed = s.control.config().instance_types.iter().map(|t| t.name.clone()).collect();
+        return Err(NativeError::with_allowed(Error::invalid("instance_type", "unknown instance type"), &body.instance_type, allowed));
+    }
+    if !s.control.config().regions.iter().any(|r| r.name == body.region) {
+        let allowed = s.control.config().regions.iter().map(|r| r.name.clone()).collect();
+        return Err(NativeError::with_allowed(Error::invalid("region", "unknown region"), &body.region, allowed));
+    }
+    let spec = instances::LaunchSpec {
+        region: body.region,
+        instance_type: body.instance_type,
+        ssh_key_ids: body.ssh_keys,
+        hostname: body.hostname.filter(|h| !h.is_empty()),
+        name: body.name,
+        image: body.image.map(|i| match nimbus_core::ids::ImageId::parse(&i) {
+            Some(_) => instances::ImageRef::Id(i),
+            None => instances::ImageRef::Family(i),
+        }),
+        user_data: body.user_data,
+        tags: body.tags.unwrap_or_default().into_iter().collect(),
+        firewall_ruleset_ids: body.firewall.map(|f| f.ruleset_ids).unwrap_or_default(),
+        volume_ids: body.volumes.unwrap_or_default(),
+        quantity: 1,
+        ..Default::default()
+    };
+    let ids = instances::launch(&s.control, &a, spec).await?;
+    let id = ids.first().ok_or_else(|| Error::internal("launch placed nothing"))?;
+    let i = instances::get(&s.control, &a, id.as_str()).await?;
+    Ok((axum::http::StatusCode::CREATED, ok(render(&i), None)).into_response())
+}
+
+#[utoipa::path(
     get,
     path = "/instances/{id}",
     tag = "instances",
@@ -215,6 +270,68 @@ pub async fn instance_restart(State(s): State<ApiState>, NativeActor(a): NativeA
     let mut list = instances::restart(&s.control, &a, std::slice::from_ref(&id)).await?;
     let i = list.pop().ok_or_else(|| Error::not_found("instance", &id))?;
     Ok(ok(render(&i), None))
+}
+
+#[utoipa::path(
+    post,
+    path = "/instances/{id}/stop",
+    tag = "instances",
+    operation_id = "instance_stop",
+    summary = "Stop a running instance (disk, GPUs and host are kept)",
+    params(("id" = String, Path, description = "Instance id")),
+    responses(
+        (status = 200, description = "Stopping", body = w::Envelope<w::Instance>),
+        (status = 404, description = "Not found", body = w::ErrorEnvelope),
+        (status = 409, description = "Not running", body = w::ErrorEnvelope)
+    )
+)]
+pub async fn instance_stop(State(s): State<ApiState>, NativeActor(a): NativeActor, Path(id): Path<String>) -> NResult {
+    Ok(ok(render(&instances::stop(&s.control, &a, &id).await?), None))
+}
+
+#[utoipa::path(
+    post,
+    path = "/instances/{id}/start",
+    tag = "instances",
+    operation_id = "instance_start",
+    summary = "Start a stopped instance",
+    params(("id" = String, Path, description = "Instance id")),
+    responses(
+        (status = 200, description = "Starting", body = w::Envelope<w::Instance>),
+        (status = 404, description = "Not found", body = w::ErrorEnvelope),
+        (status = 409, description = "Not stopped", body = w::ErrorEnvelope)
+    )
+)]
+pub async fn instance_start(State(s): State<ApiState>, NativeActor(a): NativeActor, Path(id): Path<String>) -> NResult {
+    Ok(ok(render(&instances::start(&s.control, &a, &id).await?), None))
+}
+
+#[utoipa::path(
+    post,
+    path = "/instances/{id}/resize",
+    tag = "instances",
+    operation_id = "instance_resize",
+    summary = "Change the type of a stopped instance (it keeps its disk and its host)",
+    params(("id" = String, Path, description = "Instance id")),
+    request_body = w::InstanceResize,
+    responses(
+        (status = 200, description = "Resized (still stopped)", body = w::Envelope<w::Instance>),
+        (status = 400, description = "Unknown type", body = w::ErrorEnvelope),
+        (status = 404, description = "Not found", body = w::ErrorEnvelope),
+        (status = 409, description = "Not stopped, or the host cannot fit the new type", body = w::ErrorEnvelope)
+    )
+)]
+pub async fn instance_resize(
+    State(s): State<ApiState>,
+    NativeActor(a): NativeActor,
+    Path(id): Path<String>,
+    NativeJson(body): NativeJson<w::InstanceResize>,
+) -> NResult {
+    if !s.control.config().instance_types.iter().any(|t| t.name == body.instance_type) {
+        let allowed = s.control.config().instance_types.iter().map(|t| t.name.clone()).collect();
+        return Err(NativeError::with_allowed(Error::invalid("instance_type", "unknown instance type"), &body.instance_type, allowed));
+    }
+    Ok(ok(render(&instances::resize(&s.control, &a, &id, &body.instance_type).await?), None))
 }
 
 #[utoipa::path(

@@ -29,9 +29,12 @@ pub fn api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .servers(Some(vec![utoipa::openapi::ServerBuilder::new().url("/v1").build()]))
         .build();
     let (router, doc) = OpenApiRouter::with_openapi(doc)
-        .routes(routes!(instances_list))
+        .routes(routes!(instances_list, instance_create))
         .routes(routes!(instance_get, instance_update, instance_delete))
         .routes(routes!(instance_restart))
+        .routes(routes!(instance_stop))
+        .routes(routes!(instance_start))
+        .routes(routes!(instance_resize))
         .routes(routes!(instance_network))
         .split_for_parts();
     (router.fallback(unknown_endpoint).layer(axum::middleware::from_fn(extract::rate_limit_headers)), doc)
