@@ -150,3 +150,105 @@ pub struct InstanceFirewall {
 pub struct InstanceResize {
     pub instance_type: String,
 }
+
+/// A block volume. Its data lives on one host; attached, it is mounted at `mount_point` inside
+/// the instance (without a restart).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Volume {
+    pub id: String,
+    pub name: String,
+    pub region: String,
+    pub size_gib: i64,
+    /// `available` (detached), `attaching` (the host is mounting it) or `attached`.
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    /// Where it appears inside the instance it is attached to: `/mnt/volumes/<name>`.
+    pub mount_point: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_snapshot_id: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeCreate {
+    /// Letters, digits and '-', starting with a letter; unique in the organization.
+    pub name: String,
+    pub region: String,
+    /// Size in GiB, enforced (an ext4 file system of exactly this size).
+    pub size_gib: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeAttach {
+    pub instance_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeResize {
+    /// New size in GiB; volumes only grow.
+    pub size_gib: i64,
+}
+
+/// A copy of an instance's disk or of a volume.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Snapshot {
+    pub id: String,
+    pub name: String,
+    pub region: String,
+    /// `creating`, `available` or `failed`.
+    pub status: String,
+    /// `instance` or `volume`.
+    pub source_type: String,
+    pub source_id: String,
+    /// The source's size when taken (the least a restore gets).
+    pub size_gib: i64,
+    /// Space the copy takes.
+    pub size_bytes: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// `POST /v1/snapshots`: exactly one of `instance_id` and `volume_id`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotCreate {
+    pub name: String,
+    #[serde(default)]
+    pub instance_id: Option<String>,
+    #[serde(default)]
+    pub volume_id: Option<String>,
+}
+
+/// `POST /v1/snapshots/{id}/restore`: into a new volume (volume snapshots) or a new instance
+/// (instance snapshots), on the snapshot's host.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotRestore {
+    /// Name of the new volume or instance.
+    pub name: String,
+    /// Volume restores: size of the new volume (default: the snapshot's).
+    #[serde(default)]
+    pub size_gib: Option<i64>,
+    /// Instance restores: the new instance's type.
+    #[serde(default)]
+    pub instance_type: Option<String>,
+    /// Instance restores: SSH key ids.
+    #[serde(default)]
+    pub ssh_keys: Option<Vec<String>>,
+}
+
+/// What a restore made: `volume` or `instance`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RestoreResult {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<Volume>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<Instance>,
+}

@@ -164,6 +164,10 @@ pub async fn report(c: &Control, host: &HostId, req: proto::ReportRequest) -> Re
                 if ok {
                     if to == InstanceState::Terminated {
                         Store::host_release_in_txn(&mut tx, host, &inst.resources, &inst.id).await?;
+                        for v in Store::volume_detach_all_in_txn(&mut tx, &inst.id, now).await? {
+                            let p = json!({"volume_id": v, "instance_id": inst.id, "reason": "instance terminated"});
+                            org_event(&mut tx, &inst.org_id, "volume.detached", "volume", v.as_str(), p, now).await?;
+                        }
                     }
                     let msg = req.instances.iter().find(|r| r.id == inst.id.as_str()).and_then(|r| r.message.clone());
                     let payload = json!({"from": inst.state.as_str(), "message": msg});
@@ -183,8 +187,53 @@ pub async fn report(c: &Control, host: &HostId, req: proto::ReportRequest) -> Re
     for org in &changed_orgs {
         Store::org_bump_instances_generation_in_txn(&mut tx, org).await?;
     }
+    apply_storage_report(&mut tx, host, &req, now).await?;
     Store::commit(tx).await?;
     Ok(proto::ReportResponse { desired_generation: gen })
+}
+
+async fn org_event(
+    tx: &mut Conn,
+    org: &OrgId,
+    kind: &str,
+    resource_type: &str,
+    resource_id: &str,
+    payload: serde_json::Value,
+    now: i64,
+) -> Result<(), Error> {
+    Store::event_append_in_txn(tx, NewEvent { org_id: Some(org), kind, resource_type, resource_id, actor_key_id: None, payload, now }).await
+}
+
+/// Records which volumes are mounted and finishes snapshots the host has made (or failed).
+async fn apply_storage_report(tx: &mut Conn, host: &HostId, req: &proto::ReportRequest, now: i64) -> Result<(), Error> {
+    if req.volumes.is_empty() && req.snapshots.is_empty() {
+        return Ok(());
+    }
+    let volumes = Store::volume_list_by_host_in(tx, host).await?;
+    for v in &volumes {
+        let r = req.volumes.iter().find(|r| r.id == v.id.as_str());
+        let mounted = match (r, &v.instance_id) {
+            (Some(r), Some(i)) => r.mounted_in.as_deref() == Some(i.as_str()),
+            _ => false,
+        };
+        if mounted != v.mounted {
+            Store::volume_set_mounted_in_txn(tx, &v.id, mounted).await?;
+        }
+    }
+    let snapshots = Store::snapshot_list_by_host_in(tx, host).await?;
+    for s in snapshots.iter().filter(|s| s.state == nimbus_core::model::SnapshotState::Creating) {
+        let Some(r) = req.snapshots.iter().find(|r| r.id == s.id.as_str()) else { continue };
+        let (state, kind) = match r.state {
+            proto::SnapshotState::Ready => (nimbus_core::model::SnapshotState::Available, "snapshot.completed"),
+            proto::SnapshotState::Failed => (nimbus_core::model::SnapshotState::Failed, "snapshot.failed"),
+        };
+        let msg = r.message.as_deref().map(|m| m.chars().take(500).collect::<String>());
+        if Store::snapshot_finish_in_txn(tx, &s.id, state, r.size_bytes.max(0), msg.as_deref(), now).await? {
+            let p = json!({"snapshot_id": s.id, "name": s.name, "size_bytes": r.size_bytes, "message": msg});
+            org_event(tx, &s.org_id, kind, "snapshot", s.id.as_str(), p, now).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Each instance's inbound allow-list: its org's global rules plus its rulesets' rules.
@@ -239,6 +288,8 @@ pub async fn desired(c: &Control, host: &HostId, req: proto::DesiredRequest) -> 
     let instances = c.store().instance_list_by_host(host).await?;
     let images = c.store().image_list().await?;
     let firewall = firewall_by_instance(c, &instances).await?;
+    let volumes = c.store().volume_list_by_host(host).await?;
+    let snapshots = c.store().snapshot_list_by_host(host).await?;
     let image_name = |id: &ImageId| images.iter().find(|i| &i.id == id).map(|i| i.name.clone()).unwrap_or_default();
     let desired = instances
         .iter()
@@ -261,11 +312,35 @@ pub async fn desired(c: &Control, host: &HostId, req: proto::DesiredRequest) -> 
                 .map(|m| proto::MountSpec { file_system_id: m.file_system_id.to_string(), mount_point: m.mount_point.clone() })
                 .collect(),
             firewall: firewall.get(&i.id).cloned().unwrap_or_default(),
-            volumes: Vec::new(),
-            source_snapshot: None,
+            volumes: volumes
+                .iter()
+                .filter(|v| v.instance_id.as_ref() == Some(&i.id))
+                .map(|v| proto::VolumeMount { volume_id: v.id.to_string(), name: v.name.clone() })
+                .collect(),
+            source_snapshot: i.source_snapshot_id.as_ref().map(ToString::to_string),
         })
         .collect();
-    Ok(proto::DesiredResponse { generation: gen, instances: desired, volumes: Vec::new(), snapshots: Vec::new() })
+    let host_volumes = volumes
+        .iter()
+        .map(|v| proto::HostVolume {
+            id: v.id.to_string(),
+            size_gib: v.size_gib,
+            source_snapshot: v.source_snapshot_id.as_ref().map(ToString::to_string),
+        })
+        .collect();
+    // A failed snapshot is dropped from the host's set, so the agent removes any partial copy.
+    let host_snapshots = snapshots
+        .iter()
+        .filter(|s| s.state != nimbus_core::model::SnapshotState::Failed)
+        .map(|s| proto::HostSnapshot {
+            id: s.id.to_string(),
+            source: match s.source_type {
+                nimbus_core::model::SnapshotSourceType::Instance => proto::SnapshotSource::Instance { id: s.source_id.clone() },
+                nimbus_core::model::SnapshotSourceType::Volume => proto::SnapshotSource::Volume { id: s.source_id.clone() },
+            },
+        })
+        .collect();
+    Ok(proto::DesiredResponse { generation: gen, instances: desired, volumes: host_volumes, snapshots: host_snapshots })
 }
 
 #[cfg(test)]
@@ -299,6 +374,7 @@ mod tests {
             created_at: 0,
             updated_at: 0,
             terminated_at: None,
+            source_snapshot_id: None,
         }
     }
 
@@ -322,6 +398,8 @@ mod tests {
                 rep(&active_same, A::Running, 0, "1.1.1.1"),
             ],
             applied_generation: applied,
+            volumes: vec![],
+            snapshots: vec![],
         };
         let changes = plan(&insts, &req(7), 7);
         assert_eq!(changes.len(), 2, "{changes:?}");

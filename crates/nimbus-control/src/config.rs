@@ -48,6 +48,12 @@ pub struct Quotas {
     pub firewall_rulesets_per_org: i64,
     /// Most instances one launch request may ask for.
     pub max_launch_quantity: i64,
+    pub volumes_per_org: i64,
+    /// Sum of the sizes of an org's volumes.
+    pub volume_gib_per_org: i64,
+    /// Largest single volume.
+    pub max_volume_gib: i64,
+    pub snapshots_per_org: i64,
 }
 
 impl Default for Quotas {
@@ -58,6 +64,10 @@ impl Default for Quotas {
             file_systems_per_org: 100,
             firewall_rulesets_per_org: 100,
             max_launch_quantity: 50,
+            volumes_per_org: 100,
+            volume_gib_per_org: 10_240,
+            max_volume_gib: 4_096,
+            snapshots_per_org: 100,
         }
     }
 }

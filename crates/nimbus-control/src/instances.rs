@@ -42,6 +42,8 @@ pub struct LaunchSpec {
     pub firewall_ruleset_ids: Vec<String>,
     /// Volumes (by id) to attach to the new instance.
     pub volume_ids: Vec<String>,
+    /// An instance-disk snapshot (id) the new disk starts from; pins the launch to its host.
+    pub source_snapshot: Option<String>,
     pub quantity: i64,
 }
 
@@ -154,8 +156,51 @@ pub async fn launch(c: &Control, actor: &Actor, spec: LaunchSpec) -> Result<Vec<
         });
     }
 
+    // Volumes and snapshots are host-local: attaching one that already holds data, or
+    // restoring a snapshot, pins the instance to that host.
+    let mut pin: Option<HostId> = None;
+    let mut pin_to = |h: &HostId, what: String| -> Result<(), Error> {
+        match &pin {
+            Some(p) if p != h => {
+                Err(Error::conflict(ConflictReason::InvalidState, format!("{what} lives on another host than the rest of this launch")))
+            }
+            _ => {
+                pin = Some(h.clone());
+                Ok(())
+            }
+        }
+    };
+    let restore = match &spec.source_snapshot {
+        Some(sid) => {
+            let r = crate::volumes::restore_target(&mut tx, actor, sid).await?;
+            pin_to(&r.0, format!("snapshot {sid}"))?;
+            Some(r)
+        }
+        None => None,
+    };
+    let mut volumes = Vec::new();
+    if !spec.volume_ids.is_empty() && spec.quantity != 1 {
+        return Err(Error::invalid("volumes", "volumes can only be attached when launching one instance"));
+    }
+    for id in &spec.volume_ids {
+        let vid = VolumeId::parse(id).ok_or_else(|| Error::not_found("volume", id))?;
+        let v = c.store().volume_get(&actor.org_id, &vid).await?.ok_or_else(|| Error::not_found("volume", id))?;
+        if let Some(h) = &v.host_id {
+            pin_to(h, format!("volume {}", v.name))?;
+        }
+        if !volumes.iter().any(|x: &nimbus_core::model::Volume| x.id == v.id) {
+            volumes.push(v);
+        }
+    }
+    let pinned = |hosts: Vec<nimbus_core::model::Host>| -> Vec<nimbus_core::model::Host> {
+        match &pin {
+            Some(p) => hosts.into_iter().filter(|h| &h.id == p).collect(),
+            None => hosts,
+        }
+    };
+
     let req = Request::for_type(&spec.region, itype);
-    let mut hosts = Store::host_list_in(&mut tx, Some(&spec.region), true).await?;
+    let mut hosts = pinned(Store::host_list_in(&mut tx, Some(&spec.region), true).await?);
     let mut launched = Vec::new();
     let mut woken = Vec::new();
     'each: for _ in 0..spec.quantity {
@@ -167,7 +212,7 @@ pub async fn launch(c: &Control, actor: &Actor, spec: LaunchSpec) -> Result<Vec<
             let id = InstanceId::generate();
             let host_id = hosts[p.host_index].id.clone();
             if !Store::host_claim_in_txn(&mut tx, &host_id, &req.resources, &p.gpu_indices, &id).await? {
-                hosts = Store::host_list_in(&mut tx, Some(&spec.region), true).await?;
+                hosts = pinned(Store::host_list_in(&mut tx, Some(&spec.region), true).await?);
                 continue;
             }
             let h = &mut hosts[p.host_index];
@@ -202,6 +247,7 @@ pub async fn launch(c: &Control, actor: &Actor, spec: LaunchSpec) -> Result<Vec<
                 created_at: now,
                 updated_at: now,
                 terminated_at: None,
+                source_snapshot_id: restore.as_ref().map(|r| r.1.clone()),
             };
             Store::instance_insert_in_txn(&mut tx, NewInstance { instance: &inst }).await?;
             emit(
@@ -214,6 +260,9 @@ pub async fn launch(c: &Control, actor: &Actor, spec: LaunchSpec) -> Result<Vec<
                 now,
             )
             .await?;
+            for v in &volumes {
+                crate::volumes::attach_in_txn(&mut tx, actor, v, &inst, now).await?;
+            }
             launched.push(inst.id);
             if !woken.contains(&host_id) {
                 woken.push(host_id);
@@ -223,6 +272,11 @@ pub async fn launch(c: &Control, actor: &Actor, spec: LaunchSpec) -> Result<Vec<
         break;
     }
     if launched.is_empty() {
+        if pin.is_some() {
+            return Err(Error::InsufficientCapacity {
+                message: "Not enough capacity on the host that holds the requested volume or snapshot.".to_owned(),
+            });
+        }
         return Err(Error::InsufficientCapacity { message: "Not enough capacity to fulfill launch request.".to_owned() });
     }
     Store::org_bump_instances_generation_in_txn(&mut tx, &actor.org_id).await?;

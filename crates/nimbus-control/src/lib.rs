@@ -20,6 +20,7 @@ pub mod reconcile;
 pub mod scheduler;
 pub mod ssh_keys;
 pub mod storage;
+pub mod volumes;
 
 use std::sync::Arc;
 

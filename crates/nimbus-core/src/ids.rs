@@ -86,6 +86,10 @@ typed_id!(/// An image.
     ImageId, "image");
 typed_id!(/// An event in the outbox.
     EventId, "event");
+typed_id!(/// A block volume.
+    VolumeId, "volume");
+typed_id!(/// A snapshot of an instance disk or a volume.
+    SnapshotId, "snapshot");
 
 #[cfg(test)]
 mod tests {

@@ -112,6 +112,8 @@ pub struct Instance {
     pub created_at: i64,
     pub updated_at: i64,
     pub terminated_at: Option<i64>,
+    /// The instance-disk snapshot its disk was restored from, if any.
+    pub source_snapshot_id: Option<SnapshotId>,
 }
 
 #[derive(Debug, Clone)]
@@ -173,4 +175,90 @@ pub struct Event {
     pub actor_key_id: Option<ApiKeyId>,
     pub payload: serde_json::Value,
     pub created_at: i64,
+}
+
+/// A block volume: an ext4 file system of exactly `size_gib` on one host, attachable to one
+/// instance at a time (mounted at `/mnt/volumes/<name>` inside it).
+#[derive(Debug, Clone)]
+pub struct Volume {
+    pub id: VolumeId,
+    pub org_id: OrgId,
+    pub name: String,
+    pub region: String,
+    pub size_gib: i64,
+    /// The host that holds its data; `None` until it is first attached.
+    pub host_id: Option<HostId>,
+    pub instance_id: Option<InstanceId>,
+    pub source_snapshot_id: Option<SnapshotId>,
+    /// Whether the host reports it mounted in `instance_id`.
+    pub mounted: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotSourceType {
+    Instance,
+    Volume,
+}
+
+impl SnapshotSourceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnapshotSourceType::Instance => "instance",
+            SnapshotSourceType::Volume => "volume",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "instance" => Some(SnapshotSourceType::Instance),
+            "volume" => Some(SnapshotSourceType::Volume),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotState {
+    Creating,
+    Available,
+    Failed,
+}
+
+impl SnapshotState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnapshotState::Creating => "creating",
+            SnapshotState::Available => "available",
+            SnapshotState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "creating" => Some(SnapshotState::Creating),
+            "available" => Some(SnapshotState::Available),
+            "failed" => Some(SnapshotState::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// A copy of an instance's disk or of a volume, kept on the source's host.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub id: SnapshotId,
+    pub org_id: OrgId,
+    pub name: String,
+    pub region: String,
+    pub host_id: HostId,
+    pub source_type: SnapshotSourceType,
+    pub source_id: String,
+    pub size_gib: i64,
+    pub state: SnapshotState,
+    pub size_bytes: i64,
+    pub message: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
 }

@@ -25,7 +25,7 @@ impl Store {
         let i = n.instance;
         sqlx::query(&format!(
             "INSERT INTO instances ({INSTANCE_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
-             $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)"
+             $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27)"
         ))
         .bind(i.id.as_str())
         .bind(i.org_id.as_str())
@@ -53,6 +53,7 @@ impl Store {
         .bind(i.created_at)
         .bind(i.updated_at)
         .bind(i.terminated_at)
+        .bind(i.source_snapshot_id.as_ref().map(|s| s.as_str().to_owned()))
         .execute(&mut *tx)
         .await
         .map_err(db_err("inserting instance"))?;

@@ -19,6 +19,7 @@ mod migrate;
 mod orgs;
 mod rows;
 mod tenant;
+mod volumes;
 
 use std::str::FromStr;
 use std::time::Duration;

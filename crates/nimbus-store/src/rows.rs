@@ -86,7 +86,7 @@ pub(crate) fn gpu(row: &AnyRow) -> Result<Gpu, Error> {
 pub(crate) const INSTANCE_COLS: &str = "id, org_id, name, hostname, state, region, instance_type, host_id, \
     vcpus, memory_mib, disk_gib, gpu_indices, image_id, ssh_key_names, ssh_public_keys, user_data, tags, \
     file_system_mounts, firewall_ruleset_ids, ip, private_ip, restart_generation, generation, created_at, \
-    updated_at, terminated_at";
+    updated_at, terminated_at, source_snapshot_id";
 
 pub(crate) fn instance(row: &AnyRow) -> Result<Instance, Error> {
     let state: String = get(row, "state")?;
@@ -115,6 +115,7 @@ pub(crate) fn instance(row: &AnyRow) -> Result<Instance, Error> {
         created_at: get(row, "created_at")?,
         updated_at: get(row, "updated_at")?,
         terminated_at: get(row, "terminated_at")?,
+        source_snapshot_id: get::<Option<String>>(row, "source_snapshot_id")?.map(SnapshotId::from_trusted),
     })
 }
 
@@ -164,5 +165,47 @@ pub(crate) fn event(row: &AnyRow) -> Result<Event, Error> {
         actor_key_id: get::<Option<String>>(row, "actor_key_id")?.map(ApiKeyId::from_trusted),
         payload: json(row, "payload")?,
         created_at: get(row, "created_at")?,
+    })
+}
+
+pub(crate) const VOLUME_COLS: &str =
+    "id, org_id, name, region, size_gib, host_id, instance_id, source_snapshot_id, mounted, created_at, updated_at";
+
+pub(crate) fn volume(row: &AnyRow) -> Result<Volume, Error> {
+    Ok(Volume {
+        id: VolumeId::from_trusted(get(row, "id")?),
+        org_id: OrgId::from_trusted(get(row, "org_id")?),
+        name: get(row, "name")?,
+        region: get(row, "region")?,
+        size_gib: get(row, "size_gib")?,
+        host_id: get::<Option<String>>(row, "host_id")?.map(HostId::from_trusted),
+        instance_id: get::<Option<String>>(row, "instance_id")?.map(InstanceId::from_trusted),
+        source_snapshot_id: get::<Option<String>>(row, "source_snapshot_id")?.map(SnapshotId::from_trusted),
+        mounted: get::<i64>(row, "mounted")? != 0,
+        created_at: get(row, "created_at")?,
+        updated_at: get(row, "updated_at")?,
+    })
+}
+
+pub(crate) const SNAPSHOT_COLS: &str =
+    "id, org_id, name, region, host_id, source_type, source_id, size_gib, state, size_bytes, message, created_at, updated_at";
+
+pub(crate) fn snapshot(row: &AnyRow) -> Result<Snapshot, Error> {
+    let st: String = get(row, "source_type")?;
+    let state: String = get(row, "state")?;
+    Ok(Snapshot {
+        id: SnapshotId::from_trusted(get(row, "id")?),
+        org_id: OrgId::from_trusted(get(row, "org_id")?),
+        name: get(row, "name")?,
+        region: get(row, "region")?,
+        host_id: HostId::from_trusted(get(row, "host_id")?),
+        source_type: SnapshotSourceType::parse(&st).ok_or_else(|| Error::internal(format!("bad snapshot source {st:?}")))?,
+        source_id: get(row, "source_id")?,
+        size_gib: get(row, "size_gib")?,
+        state: SnapshotState::parse(&state).ok_or_else(|| Error::internal(format!("bad snapshot state {state:?}")))?,
+        size_bytes: get(row, "size_bytes")?,
+        message: get(row, "message")?,
+        created_at: get(row, "created_at")?,
+        updated_at: get(row, "updated_at")?,
     })
 }

@@ -261,6 +261,45 @@ impl TestServer {
         (status, v)
     }
 
+    /// Sends `method /v1path` to the native API with `key` (Bearer); returns (status, body).
+    pub async fn native(&self, key: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut rb = self.http.request(m, format!("{}/v1{path}", self.url)).bearer_auth(key);
+        if let Some(b) = body {
+            rb = rb.body(serde_json::to_vec(&b).unwrap());
+        }
+        let resp = rb.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, v)
+    }
+
+    /// Like `native` with the admin key, asserting the status; returns `data`.
+    pub async fn nexpect(&self, method: &str, path: &str, body: Option<Value>, status: u16) -> Value {
+        let (s, v) = self.native(&self.key, method, path, body).await;
+        assert_eq!(s, status, "{method} /v1{path} -> {s}: {v}");
+        if s < 300 {
+            v["data"].clone()
+        } else {
+            v
+        }
+    }
+
+    /// Waits until `GET /v1{path}` has `data.status == status`.
+    pub async fn wait_native_status(&self, path: &str, status: &str) -> Value {
+        let t = Instant::now();
+        loop {
+            let (s, v) = self.native(&self.key, "GET", path, None).await;
+            assert_eq!(s, 200, "{v}");
+            if v["data"]["status"] == status {
+                return v["data"].clone();
+            }
+            assert!(t.elapsed() < Duration::from_secs(15), "{path} never became {status}: {v}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Like `call` with the admin key, asserting the status.
     pub async fn expect(&self, method: &str, path: &str, body: Option<Value>, status: u16) -> Value {
         let (s, v) = self.call(&self.key, method, path, body).await;

@@ -155,6 +155,7 @@ fn launch_spec(req: w::LaunchRequest) -> LaunchSpec {
         ssh_key_names: req.ssh_key_names,
         ssh_key_ids: Vec::new(),
         volume_ids: Vec::new(),
+        source_snapshot: None,
         file_system_names: req.file_system_names.unwrap_or_default(),
         file_system_mounts: req
             .file_system_mounts

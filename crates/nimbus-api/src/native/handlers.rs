@@ -15,13 +15,13 @@ use super::extract::{NativeActor, NativeJson};
 use super::{page, NativeError};
 use crate::ApiState;
 
-type NResult = Result<Response, NativeError>;
+pub(super) type NResult = Result<Response, NativeError>;
 
 pub fn metadata() -> w::Metadata {
     w::Metadata { request_id: crate::middleware::current_request_id(), timestamp: to_rfc3339(SystemClock.now_micros()) }
 }
 
-fn ok<T: Serialize>(data: T, pagination: Option<w::Pagination>) -> Response {
+pub(super) fn ok<T: Serialize>(data: T, pagination: Option<w::Pagination>) -> Response {
     Json(w::Envelope { success: true, data, pagination, metadata: metadata() }).into_response()
 }
 
@@ -33,7 +33,7 @@ fn status(s: InstanceState) -> &'static str {
     }
 }
 
-fn render(i: &Instance) -> w::Instance {
+pub(super) fn render(i: &Instance) -> w::Instance {
     let gpus = i.gpu_indices.len() as i64;
     w::Instance {
         id: i.id.to_string(),
@@ -55,7 +55,7 @@ fn render(i: &Instance) -> w::Instance {
     }
 }
 
-fn query_pairs(raw: Option<String>) -> Result<Vec<(String, String)>, NativeError> {
+pub(super) fn query_pairs(raw: Option<String>) -> Result<Vec<(String, String)>, NativeError> {
     let raw = raw.unwrap_or_default();
     serde_urlencoded_pairs(&raw).ok_or_else(|| Error::InvalidRequest { message: "malformed query string".into() }.into())
 }

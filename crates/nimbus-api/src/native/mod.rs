@@ -6,6 +6,7 @@ mod error;
 mod extract;
 mod handlers;
 pub mod page;
+mod storage;
 
 use axum::Router;
 use utoipa_axum::router::OpenApiRouter;
@@ -36,6 +37,14 @@ pub fn api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(instance_start))
         .routes(routes!(instance_resize))
         .routes(routes!(instance_network))
+        .routes(routes!(storage::volumes_list, storage::volume_create))
+        .routes(routes!(storage::volume_get, storage::volume_delete))
+        .routes(routes!(storage::volume_attach))
+        .routes(routes!(storage::volume_detach))
+        .routes(routes!(storage::volume_resize))
+        .routes(routes!(storage::snapshots_list, storage::snapshot_create))
+        .routes(routes!(storage::snapshot_get, storage::snapshot_delete))
+        .routes(routes!(storage::snapshot_restore))
         .split_for_parts();
     (router.fallback(unknown_endpoint).layer(axum::middleware::from_fn(extract::rate_limit_headers)), doc)
 }

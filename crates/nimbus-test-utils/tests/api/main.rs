@@ -11,6 +11,7 @@ mod idempotency;
 mod isolation;
 mod lambda;
 mod native;
+mod native_lifecycle;
 mod ratelimit;
 mod scheduling;
 

@@ -1,0 +1,391 @@
+//! Volumes and snapshots: create, attach/detach, grow, delete, snapshot and restore.
+//!
+//! Both are host-local. A volume is materialized on the host of the first instance it is
+//! attached to and can only ever be attached to instances on that host; a snapshot lives on its
+//! source's host, so a restore lands there too. Every change bumps the host's desired generation
+//! in the same transaction, and the agent makes the host match (see `agents::desired`).
+
+use nimbus_core::auth::{Actor, Permission};
+use nimbus_core::ids::*;
+use nimbus_core::instance::InstanceState;
+use nimbus_core::model::{Instance, Snapshot, SnapshotSourceType, SnapshotState, Volume};
+use nimbus_core::{validate, ConflictReason, Error};
+use nimbus_store::{Conn, Store};
+use serde_json::json;
+
+use crate::{emit, Control};
+
+fn parse_volume_id(id: &str) -> Result<VolumeId, Error> {
+    VolumeId::parse(id).ok_or_else(|| Error::not_found("volume", id))
+}
+
+fn parse_snapshot_id(id: &str) -> Result<SnapshotId, Error> {
+    SnapshotId::parse(id).ok_or_else(|| Error::not_found("snapshot", id))
+}
+
+fn check_size(c: &Control, size_gib: i64) -> Result<(), Error> {
+    let max = c.config().quotas.max_volume_gib;
+    if !(1..=max).contains(&size_gib) {
+        return Err(Error::invalid("size_gib", format!("must be between 1 and {max}")));
+    }
+    Ok(())
+}
+
+async fn check_volume_quota(c: &Control, tx: &mut Conn, org: &OrgId, add_count: i64, add_gib: i64) -> Result<(), Error> {
+    let q = &c.config().quotas;
+    let (n, gib) = Store::volume_usage_in(tx, org).await?;
+    if n + add_count > q.volumes_per_org {
+        return Err(Error::QuotaExceeded { message: format!("this organization may have at most {} volumes", q.volumes_per_org) });
+    }
+    if gib + add_gib > q.volume_gib_per_org {
+        return Err(Error::QuotaExceeded {
+            message: format!("this organization may have at most {} GiB of volumes ({gib} GiB in use)", q.volume_gib_per_org),
+        });
+    }
+    Ok(())
+}
+
+pub async fn create(c: &Control, actor: &Actor, name: &str, region: &str, size_gib: i64) -> Result<Volume, Error> {
+    actor.require(Permission::Create)?;
+    validate::file_system_name(name)?;
+    c.require_region("region", region)?;
+    check_size(c, size_gib)?;
+    let now = c.now();
+    let mut tx = c.store().begin().await?;
+    check_volume_quota(c, &mut tx, &actor.org_id, 1, size_gib).await?;
+    let v = Volume {
+        id: VolumeId::generate(),
+        org_id: actor.org_id.clone(),
+        name: name.to_owned(),
+        region: region.to_owned(),
+        size_gib,
+        host_id: None,
+        instance_id: None,
+        source_snapshot_id: None,
+        mounted: false,
+        created_at: now,
+        updated_at: now,
+    };
+    Store::volume_insert_in_txn(&mut tx, &v).await?;
+    emit(&mut tx, actor, "volume.created", "volume", v.id.as_str(), json!({"volume_id": v.id, "name": v.name, "size_gib": size_gib}), now)
+        .await?;
+    Store::commit(tx).await?;
+    Ok(v)
+}
+
+pub async fn list(c: &Control, actor: &Actor) -> Result<Vec<Volume>, Error> {
+    actor.require(Permission::Read)?;
+    c.store().volume_list_by_org(&actor.org_id).await
+}
+
+pub async fn get(c: &Control, actor: &Actor, id: &str) -> Result<Volume, Error> {
+    actor.require(Permission::Read)?;
+    c.store().volume_get(&actor.org_id, &parse_volume_id(id)?).await?.ok_or_else(|| Error::not_found("volume", id))
+}
+
+/// Attaches `v` to `inst` inside `tx` (the caller commits and wakes the host).
+pub(crate) async fn attach_in_txn(tx: &mut Conn, actor: &Actor, v: &Volume, inst: &Instance, now: i64) -> Result<HostId, Error> {
+    if v.region != inst.region {
+        return Err(Error::conflict(
+            ConflictReason::InvalidState,
+            format!("volume {} is in {}, the instance in {}", v.name, v.region, inst.region),
+        ));
+    }
+    if matches!(inst.state, InstanceState::Terminating | InstanceState::Terminated) {
+        return Err(Error::conflict(ConflictReason::InvalidState, format!("instance {} is {}", inst.id, inst.state.as_str())));
+    }
+    let host = inst.host_id.clone().ok_or_else(|| Error::internal("live instance without a host"))?;
+    if let Some(other) = &v.instance_id {
+        let msg =
+            if other == &inst.id { "is already attached to this instance".to_owned() } else { format!("is attached to instance {other}") };
+        return Err(Error::conflict(ConflictReason::InvalidState, format!("volume {} {msg}", v.name)));
+    }
+    if v.host_id.as_ref().is_some_and(|h| h != &host) {
+        return Err(Error::conflict(
+            ConflictReason::InvalidState,
+            format!("volume {} holds its data on another host than instance {}; volumes are host-local", v.name, inst.id),
+        ));
+    }
+    if !Store::volume_attach_in_txn(tx, &v.id, &inst.id, &host, now).await? {
+        return Err(Error::conflict(ConflictReason::Concurrent, format!("volume {} changed meanwhile; retry", v.name)));
+    }
+    Store::host_bump_generation_in_txn(tx, &host).await?;
+    emit(tx, actor, "volume.attached", "volume", v.id.as_str(), json!({"volume_id": v.id, "name": v.name, "instance_id": inst.id}), now)
+        .await?;
+    Ok(host)
+}
+
+async fn load_instance(tx: &mut Conn, actor: &Actor, id: &str) -> Result<Instance, Error> {
+    let iid = InstanceId::parse(id).ok_or_else(|| Error::not_found("instance", id))?;
+    let i = Store::instance_get_any_in(tx, &iid).await?.filter(|i| i.org_id == actor.org_id);
+    i.ok_or_else(|| Error::not_found("instance", id))
+}
+
+pub async fn attach(c: &Control, actor: &Actor, id: &str, instance_id: &str) -> Result<Volume, Error> {
+    actor.require(Permission::Edit)?;
+    let vid = parse_volume_id(id)?;
+    let now = c.now();
+    let mut tx = c.store().begin().await?;
+    let inst = load_instance(&mut tx, actor, instance_id).await?;
+    if let Some(h) = &inst.host_id {
+        // Host rows first, as every transaction that touches hosts and instances does.
+        Store::host_bump_generation_in_txn(&mut tx, h).await?;
+    }
+    let v = Store::volume_get_in(&mut tx, &actor.org_id, &vid).await?.ok_or_else(|| Error::not_found("volume", id))?;
+    let host = attach_in_txn(&mut tx, actor, &v, &inst, now).await?;
+    Store::commit(tx).await?;
+    c.hosts().wake(&host);
+    get(c, actor, id).await
+}
+
+pub async fn detach(c: &Control, actor: &Actor, id: &str) -> Result<Volume, Error> {
+    actor.require(Permission::Edit)?;
+    let vid = parse_volume_id(id)?;
+    let now = c.now();
+    let mut tx = c.store().begin().await?;
+    let v = Store::volume_get_in(&mut tx, &actor.org_id, &vid).await?.ok_or_else(|| Error::not_found("volume", id))?;
+    let (Some(inst), Some(host)) = (v.instance_id.clone(), v.host_id.clone()) else {
+        return Err(Error::conflict(ConflictReason::InvalidState, format!("volume {} is not attached", v.name)));
+    };
+    Store::host_bump_generation_in_txn(&mut tx, &host).await?;
+    if !Store::volume_detach_in_txn(&mut tx, &v.id, &inst, now).await? {
+        return Err(Error::conflict(ConflictReason::Concurrent, format!("volume {} changed meanwhile; retry", v.name)));
+    }
+    emit(&mut tx, actor, "volume.detached", "volume", v.id.as_str(), json!({"volume_id": v.id, "name": v.name, "instance_id": inst}), now)
+        .await?;
+    Store::commit(tx).await?;
+    c.hosts().wake(&host);
+    get(c, actor, id).await
+}
+
+/// Grows a volume (never shrinks); a mounted one grows online.
+pub async fn resize(c: &Control, actor: &Actor, id: &str, size_gib: i64) -> Result<Volume, Error> {
+    actor.require(Permission::Edit)?;
+    check_size(c, size_gib)?;
+    let vid = parse_volume_id(id)?;
+    let now = c.now();
+    let mut tx = c.store().begin().await?;
+    let v = Store::volume_get_in(&mut tx, &actor.org_id, &vid).await?.ok_or_else(|| Error::not_found("volume", id))?;
+    if size_gib < v.size_gib {
+        return Err(Error::invalid("size_gib", format!("volumes only grow: {} GiB is less than the current {} GiB", size_gib, v.size_gib)));
+    }
+    if size_gib == v.size_gib {
+        return Ok(v);
+    }
+    if let Some(h) = &v.host_id {
+        Store::host_bump_generation_in_txn(&mut tx, h).await?;
+    }
+    check_volume_quota(c, &mut tx, &actor.org_id, 0, size_gib - v.size_gib).await?;
+    if !Store::volume_grow_in_txn(&mut tx, &v.id, size_gib, now).await? {
+        return Err(Error::conflict(ConflictReason::Concurrent, format!("volume {} changed meanwhile; retry", v.name)));
+    }
+    emit(
+        &mut tx,
+        actor,
+        "volume.resized",
+        "volume",
+        v.id.as_str(),
+        json!({"volume_id": v.id, "name": v.name, "from_gib": v.size_gib, "size_gib": size_gib}),
+        now,
+    )
+    .await?;
+    Store::commit(tx).await?;
+    if let Some(h) = &v.host_id {
+        c.hosts().wake(h);
+    }
+    get(c, actor, id).await
+}
+
+pub async fn delete(c: &Control, actor: &Actor, id: &str) -> Result<Volume, Error> {
+    actor.require(Permission::Delete)?;
+    let vid = parse_volume_id(id)?;
+    let now = c.now();
+    let mut tx = c.store().begin().await?;
+    let v = Store::volume_get_in(&mut tx, &actor.org_id, &vid).await?.ok_or_else(|| Error::not_found("volume", id))?;
+    if let Some(i) = &v.instance_id {
+        return Err(Error::conflict(
+            ConflictReason::InvalidState,
+            format!("volume {} is attached to instance {i}; detach it first", v.name),
+        ));
+    }
+    if let Some(h) = &v.host_id {
+        Store::host_bump_generation_in_txn(&mut tx, h).await?;
+    }
+    if !Store::volume_delete_in_txn(&mut tx, &actor.org_id, &v.id).await? {
+        return Err(Error::conflict(ConflictReason::Concurrent, format!("volume {} changed meanwhile; retry", v.name)));
+    }
+    emit(&mut tx, actor, "volume.deleted", "volume", v.id.as_str(), json!({"volume_id": v.id, "name": v.name}), now).await?;
+    Store::commit(tx).await?;
+    if let Some(h) = &v.host_id {
+        c.hosts().wake(h);
+    }
+    Ok(v)
+}
+
+/// What a snapshot copies, as the API names it.
+#[derive(Debug, Clone)]
+pub enum SnapshotSourceRef {
+    Instance(String),
+    Volume(String),
+}
+
+pub async fn snapshot_create(c: &Control, actor: &Actor, name: &str, source: SnapshotSourceRef) -> Result<Snapshot, Error> {
+    actor.require(Permission::Create)?;
+    validate::file_system_name(name)?;
+    let now = c.now();
+    let mut tx = c.store().begin().await?;
+    let (source_type, source_id, host, region, size_gib) = match &source {
+        SnapshotSourceRef::Instance(id) => {
+            let i = load_instance(&mut tx, actor, id).await?;
+            if !matches!(i.state, InstanceState::Active | InstanceState::Stopped) {
+                return Err(Error::conflict(
+                    ConflictReason::InvalidState,
+                    format!("instance {} is {}; snapshots are taken of running or stopped instances", i.id, i.state.as_str()),
+                ));
+            }
+            let host = i.host_id.clone().ok_or_else(|| Error::internal("live instance without a host"))?;
+            (SnapshotSourceType::Instance, i.id.to_string(), host, i.region, i.resources.disk_gib)
+        }
+        SnapshotSourceRef::Volume(id) => {
+            let v =
+                Store::volume_get_in(&mut tx, &actor.org_id, &parse_volume_id(id)?).await?.ok_or_else(|| Error::not_found("volume", id))?;
+            let Some(host) = v.host_id else {
+                return Err(Error::conflict(
+                    ConflictReason::InvalidState,
+                    format!("volume {} has never been attached, so it holds no data to snapshot", v.name),
+                ));
+            };
+            (SnapshotSourceType::Volume, v.id.to_string(), host, v.region, v.size_gib)
+        }
+    };
+    Store::host_bump_generation_in_txn(&mut tx, &host).await?;
+    let q = c.config().quotas.snapshots_per_org;
+    if Store::snapshot_count_in(&mut tx, &actor.org_id).await? >= q {
+        return Err(Error::QuotaExceeded { message: format!("this organization may have at most {q} snapshots") });
+    }
+    let s = Snapshot {
+        id: SnapshotId::generate(),
+        org_id: actor.org_id.clone(),
+        name: name.to_owned(),
+        region,
+        host_id: host.clone(),
+        source_type,
+        source_id,
+        size_gib,
+        state: SnapshotState::Creating,
+        size_bytes: 0,
+        message: None,
+        created_at: now,
+        updated_at: now,
+    };
+    Store::snapshot_insert_in_txn(&mut tx, &s).await?;
+    emit(
+        &mut tx,
+        actor,
+        "snapshot.created",
+        "snapshot",
+        s.id.as_str(),
+        json!({"snapshot_id": s.id, "name": s.name, "source_type": s.source_type.as_str(), "source_id": s.source_id}),
+        now,
+    )
+    .await?;
+    Store::commit(tx).await?;
+    c.hosts().wake(&host);
+    Ok(s)
+}
+
+pub async fn snapshot_list(c: &Control, actor: &Actor) -> Result<Vec<Snapshot>, Error> {
+    actor.require(Permission::Read)?;
+    c.store().snapshot_list_by_org(&actor.org_id).await
+}
+
+pub async fn snapshot_get(c: &Control, actor: &Actor, id: &str) -> Result<Snapshot, Error> {
+    actor.require(Permission::Read)?;
+    c.store().snapshot_get(&actor.org_id, &parse_snapshot_id(id)?).await?.ok_or_else(|| Error::not_found("snapshot", id))
+}
+
+pub async fn snapshot_delete(c: &Control, actor: &Actor, id: &str) -> Result<Snapshot, Error> {
+    actor.require(Permission::Delete)?;
+    let sid = parse_snapshot_id(id)?;
+    let now = c.now();
+    let mut tx = c.store().begin().await?;
+    let s = Store::snapshot_get_in(&mut tx, &actor.org_id, &sid).await?.ok_or_else(|| Error::not_found("snapshot", id))?;
+    Store::host_bump_generation_in_txn(&mut tx, &s.host_id).await?;
+    if Store::snapshot_in_use_in(&mut tx, &s.id).await? {
+        return Err(Error::conflict(
+            ConflictReason::InvalidState,
+            format!("snapshot {} is being restored; delete it once the restore is done", s.name),
+        ));
+    }
+    if !Store::snapshot_delete_in_txn(&mut tx, &actor.org_id, &s.id).await? {
+        return Err(Error::not_found("snapshot", id));
+    }
+    emit(&mut tx, actor, "snapshot.deleted", "snapshot", s.id.as_str(), json!({"snapshot_id": s.id, "name": s.name}), now).await?;
+    Store::commit(tx).await?;
+    c.hosts().wake(&s.host_id);
+    Ok(s)
+}
+
+/// A snapshot ready to restore from, or why not.
+pub(crate) async fn restorable_in(tx: &mut Conn, actor: &Actor, id: &str, want: SnapshotSourceType) -> Result<Snapshot, Error> {
+    let s = Store::snapshot_get_in(tx, &actor.org_id, &parse_snapshot_id(id)?).await?.ok_or_else(|| Error::not_found("snapshot", id))?;
+    if s.state != SnapshotState::Available {
+        return Err(Error::conflict(ConflictReason::InvalidState, format!("snapshot {} is {}, not available", s.name, s.state.as_str())));
+    }
+    if s.source_type != want {
+        return Err(Error::invalid(
+            "type",
+            format!("snapshot {} is of {} and restores to a new {}", s.name, s.source_type.as_str(), s.source_type.as_str()),
+        ));
+    }
+    Ok(s)
+}
+
+/// Restores a volume snapshot into a new volume on the snapshot's host.
+pub async fn restore_to_volume(c: &Control, actor: &Actor, snapshot: &str, name: &str, size_gib: Option<i64>) -> Result<Volume, Error> {
+    actor.require(Permission::Create)?;
+    validate::file_system_name(name)?;
+    let now = c.now();
+    let mut tx = c.store().begin().await?;
+    let s = restorable_in(&mut tx, actor, snapshot, SnapshotSourceType::Volume).await?;
+    let size = size_gib.unwrap_or(s.size_gib);
+    check_size(c, size)?;
+    if size < s.size_gib {
+        return Err(Error::invalid("size_gib", format!("must be at least the snapshot's {} GiB", s.size_gib)));
+    }
+    Store::host_bump_generation_in_txn(&mut tx, &s.host_id).await?;
+    check_volume_quota(c, &mut tx, &actor.org_id, 1, size).await?;
+    let v = Volume {
+        id: VolumeId::generate(),
+        org_id: actor.org_id.clone(),
+        name: name.to_owned(),
+        region: s.region.clone(),
+        size_gib: size,
+        host_id: Some(s.host_id.clone()),
+        instance_id: None,
+        source_snapshot_id: Some(s.id.clone()),
+        mounted: false,
+        created_at: now,
+        updated_at: now,
+    };
+    Store::volume_insert_in_txn(&mut tx, &v).await?;
+    emit(
+        &mut tx,
+        actor,
+        "volume.created",
+        "volume",
+        v.id.as_str(),
+        json!({"volume_id": v.id, "name": v.name, "size_gib": size, "snapshot_id": s.id}),
+        now,
+    )
+    .await?;
+    Store::commit(tx).await?;
+    c.hosts().wake(&s.host_id);
+    Ok(v)
+}
+
+/// The host and snapshot a restore-to-instance launch is pinned to.
+pub(crate) async fn restore_target(tx: &mut Conn, actor: &Actor, snapshot: &str) -> Result<(HostId, SnapshotId, i64), Error> {
+    let s = restorable_in(tx, actor, snapshot, SnapshotSourceType::Instance).await?;
+    Ok((s.host_id, s.id, s.size_gib))
+}

@@ -1,0 +1,195 @@
+//! Native create / stop / start / resize of instances, and volumes and snapshots on the control
+//! plane (sim hosts). What the container driver does with them is tested in containers.rs.
+
+use nimbus_test_utils::{sim_host, TestServer};
+use serde_json::json;
+
+use crate::add_key;
+
+#[tokio::test]
+async fn create_stop_resize_start() {
+    let s = TestServer::builder().host("us-east-1", sim_host("h", 4, 0)).start().await;
+    let key_id = add_key(&s, "k").await["id"].as_str().unwrap().to_owned();
+
+    let body = json!({"name": "web", "instance_type": "cpu_2x_medium", "region": "us-east-1", "ssh_keys": [key_id], "tags": {"team": "a"}});
+    let i = s.nexpect("POST", "/instances", Some(body), 201).await;
+    let id = i["id"].as_str().unwrap().to_owned();
+    assert_eq!(i["status"], "booting");
+    assert_eq!((i["vcpus"].as_i64(), i["tags"]["team"].as_str()), (Some(2), Some("a")));
+    assert_eq!(i["ssh_key_names"], json!(["k"]));
+    let path = format!("/instances/{id}");
+    s.wait_native_status(&path, "running").await;
+    // One core: the Lambda dialect sees the same instance.
+    s.wait_status(&s.key, &id, "active").await;
+
+    let v = s.nexpect("POST", &format!("{path}/resize"), Some(json!({"instance_type": "cpu_4x_large"})), 409).await;
+    assert!(v["error"]["message"].as_str().unwrap().contains("stop it"), "{v}");
+    s.nexpect("POST", &format!("{path}/start"), None, 409).await;
+
+    assert_eq!(s.nexpect("POST", &format!("{path}/stop"), None, 200).await["status"], "stopping");
+    s.wait_native_status(&path, "stopped").await;
+
+    // Grow to the whole host: the stopped instance keeps its reservation, so nothing else fits.
+    let r = s.nexpect("POST", &format!("{path}/resize"), Some(json!({"instance_type": "cpu_4x_large"})), 200).await;
+    assert_eq!((r["instance_type"].as_str(), r["vcpus"].as_i64(), r["status"].as_str()), (Some("cpu_4x_large"), Some(4), Some("stopped")));
+    let other = json!({"instance_type": "cpu_1x_small", "region": "us-east-1", "ssh_keys": [key_id]});
+    let v = s.nexpect("POST", "/instances", Some(other.clone()), 409).await;
+    assert_eq!(v["error"]["code"], "insufficient_capacity");
+
+    // Shrink, let another instance take a core, and the grow no longer fits: refused, unchanged.
+    s.nexpect("POST", &format!("{path}/resize"), Some(json!({"instance_type": "cpu_2x_medium"})), 200).await;
+    s.nexpect("POST", "/instances", Some(other), 201).await;
+    let v = s.nexpect("POST", &format!("{path}/resize"), Some(json!({"instance_type": "cpu_4x_large"})), 409).await;
+    assert_eq!(v["error"]["code"], "insufficient_capacity", "{v}");
+    assert_eq!(s.nexpect("GET", &path, None, 200).await["instance_type"], "cpu_2x_medium");
+    let v = s.nexpect("POST", &format!("{path}/resize"), Some(json!({"instance_type": "cpu_9x_huge"})), 400).await;
+    assert_eq!(v["error"]["details"]["field"], "instance_type");
+    assert!(v["error"]["details"]["allowed_values"].as_array().unwrap().contains(&json!("cpu_4x_large")));
+
+    assert_eq!(s.nexpect("POST", &format!("{path}/start"), None, 200).await["status"], "starting");
+    let i = s.wait_native_status(&path, "running").await;
+    assert_eq!(i["vcpus"], 2);
+
+    // Bad creates, each in the native error shape.
+    for (body, status, field) in [
+        (json!({"instance_type": "nope", "region": "us-east-1", "ssh_keys": [key_id]}), 400, Some("instance_type")),
+        (json!({"instance_type": "cpu_1x_small", "region": "mars-1", "ssh_keys": [key_id]}), 400, Some("region")),
+        (json!({"instance_type": "cpu_1x_small", "region": "us-east-1", "ssh_keys": []}), 400, Some("ssh_keys")),
+        (json!({"instance_type": "cpu_1x_small", "region": "us-east-1", "ssh_keys": ["0123456789abcdef0123456789abcdef"]}), 404, None),
+        (json!({"instance_type": "cpu_1x_small", "region": "us-east-1", "ssh_keys": [key_id], "colour": "red"}), 400, None),
+        (json!({"instance_type": "cpu_1x_small", "region": "us-east-1", "ssh_keys": [key_id], "name": ""}), 400, Some("name")),
+    ] {
+        let v = s.nexpect("POST", "/instances", Some(body.clone()), status).await;
+        assert_eq!(v["success"], false, "{body}");
+        if let Some(f) = field {
+            assert_eq!(v["error"]["details"]["field"], f, "{body}: {v}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn volumes_attach_detach_resize_quota_and_host_locality() {
+    let mut s = TestServer::builder()
+        .config(|c| {
+            c.quotas.volume_gib_per_org = 100;
+            c.quotas.max_volume_gib = 90;
+        })
+        .host("us-east-1", sim_host("h1", 8, 0))
+        .start()
+        .await;
+    let key_id = add_key(&s, "k").await["id"].as_str().unwrap().to_owned();
+    let create = |name: &str| json!({"instance_type": "cpu_1x_small", "region": "us-east-1", "ssh_keys": [key_id], "name": name});
+    let a = s.nexpect("POST", "/instances", Some(create("a")), 201).await["id"].as_str().unwrap().to_owned();
+    let b = s.nexpect("POST", "/instances", Some(create("b")), 201).await["id"].as_str().unwrap().to_owned();
+
+    let v = s.nexpect("POST", "/volumes", Some(json!({"name": "data", "region": "us-east-1", "size_gib": 10})), 201).await;
+    let vid = v["id"].as_str().unwrap().to_owned();
+    assert_eq!((v["status"].as_str(), v["mount_point"].as_str()), (Some("available"), Some("/mnt/volumes/data")));
+    s.nexpect("POST", "/volumes", Some(json!({"name": "data", "region": "us-east-1", "size_gib": 1})), 409).await;
+    for (body, field) in [
+        (json!({"name": "x", "region": "us-east-1", "size_gib": 0}), "size_gib"),
+        (json!({"name": "x", "region": "us-east-1", "size_gib": 91}), "size_gib"),
+        (json!({"name": "bad name", "region": "us-east-1", "size_gib": 1}), "name"),
+        (json!({"name": "x", "region": "mars-1", "size_gib": 1}), "region"),
+    ] {
+        let e = s.nexpect("POST", "/volumes", Some(body), 400).await;
+        assert_eq!(e["error"]["details"]["field"], field, "{e}");
+    }
+    s.nexpect("POST", "/volumes", Some(json!({"name": "big", "region": "us-east-1", "size_gib": 85})), 201).await;
+    let e = s.nexpect("POST", "/volumes", Some(json!({"name": "more", "region": "us-east-1", "size_gib": 6})), 403).await;
+    assert_eq!(e["error"]["code"], "quota_exceeded");
+
+    let path = format!("/volumes/{vid}");
+    let v = s.nexpect("POST", &format!("{path}/attach"), Some(json!({"instance_id": a})), 200).await;
+    assert_eq!(v["instance_id"], a.as_str());
+    assert_ne!(v["status"], "available");
+    s.nexpect("POST", &format!("{path}/attach"), Some(json!({"instance_id": b})), 409).await;
+    s.nexpect("DELETE", &path, None, 409).await;
+    let e = s.nexpect("POST", &format!("{path}/resize"), Some(json!({"size_gib": 5})), 400).await;
+    assert!(e["error"]["message"].as_str().unwrap().contains("only grow"), "{e}");
+    s.nexpect("POST", &format!("{path}/resize"), Some(json!({"size_gib": 16})), 403).await;
+    assert_eq!(s.nexpect("POST", &format!("{path}/resize"), Some(json!({"size_gib": 15})), 200).await["size_gib"], 15);
+    assert_eq!(s.nexpect("POST", &format!("{path}/detach"), None, 200).await["status"], "available");
+    s.nexpect("POST", &format!("{path}/detach"), None, 409).await;
+
+    // The volume's data now lives on h1: an instance on another host cannot take it, and a new
+    // instance that asks for it is placed on h1.
+    s.add_host("us-east-1", sim_host("h2", 64, 0)).await;
+    let mut on_h2 = None;
+    for n in 0..8 {
+        let id = s.nexpect("POST", "/instances", Some(create(&format!("c{n}"))), 201).await["id"].as_str().unwrap().to_owned();
+        let host =
+            s.control.store().instance_get(&s.org.id, &nimbus_core::ids::InstanceId::parse(&id).unwrap()).await.unwrap().unwrap().host_id;
+        let h1 = s.control.store().host_list(None, false).await.unwrap().into_iter().find(|h| h.name == "h1").unwrap().id;
+        if host != Some(h1) {
+            on_h2 = Some(id);
+            break;
+        }
+    }
+    let c = on_h2.expect("the scheduler never used the bigger, emptier host h2");
+    let e = s.nexpect("POST", &format!("{path}/attach"), Some(json!({"instance_id": c})), 409).await;
+    assert!(e["error"]["message"].as_str().unwrap().contains("host-local"), "{e}");
+    let mut body = create("with-volume");
+    body["volumes"] = json!([vid]);
+    // The scheduler packs: h1 is full by now, and the volume cannot follow the instance to h2.
+    let e = s.nexpect("POST", "/instances", Some(body.clone()), 409).await;
+    assert!(e["error"]["message"].as_str().unwrap().contains("host that holds the requested volume"), "{e}");
+    s.nexpect("DELETE", &format!("/instances/{b}"), None, 200).await;
+    s.wait_native_status(&format!("/instances/{b}"), "terminated").await;
+    let d = s.nexpect("POST", "/instances", Some(body), 201).await["id"].as_str().unwrap().to_owned();
+    assert_eq!(s.nexpect("GET", &path, None, 200).await["instance_id"], d.as_str());
+
+    // Terminating the instance detaches the volume and keeps it.
+    s.nexpect("DELETE", &format!("/instances/{d}"), None, 200).await;
+    s.wait_native_status(&path, "available").await;
+    s.nexpect("DELETE", &path, None, 200).await;
+    s.nexpect("GET", &path, None, 404).await;
+}
+
+#[tokio::test]
+async fn snapshot_requests_are_validated_and_isolated() {
+    let s = TestServer::builder().host("us-east-1", sim_host("h", 8, 0)).start().await;
+    let key_id = add_key(&s, "k").await["id"].as_str().unwrap().to_owned();
+    let body = json!({"instance_type": "cpu_1x_small", "region": "us-east-1", "ssh_keys": [key_id]});
+    let a = s.nexpect("POST", "/instances", Some(body), 201).await["id"].as_str().unwrap().to_owned();
+    s.wait_native_status(&format!("/instances/{a}"), "running").await;
+    let vid = s.nexpect("POST", "/volumes", Some(json!({"name": "v", "region": "us-east-1", "size_gib": 1})), 201).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    s.nexpect("POST", "/snapshots", Some(json!({"name": "s", "instance_id": a, "volume_id": vid})), 400).await;
+    s.nexpect("POST", "/snapshots", Some(json!({"name": "s"})), 400).await;
+    let e = s.nexpect("POST", "/snapshots", Some(json!({"name": "s", "volume_id": vid})), 409).await;
+    assert!(e["error"]["message"].as_str().unwrap().contains("never been attached"), "{e}");
+    let snap = s.nexpect("POST", "/snapshots", Some(json!({"name": "s1", "instance_id": a})), 201).await;
+    assert_eq!((snap["status"].as_str(), snap["source_type"].as_str()), (Some("creating"), Some("instance")));
+    let sid = snap["id"].as_str().unwrap().to_owned();
+    s.nexpect("POST", "/snapshots", Some(json!({"name": "s1", "instance_id": a})), 409).await;
+    // Not restorable until the host has made it.
+    let e = s
+        .nexpect(
+            "POST",
+            &format!("/snapshots/{sid}/restore"),
+            Some(json!({"name": "r", "instance_type": "cpu_1x_small", "ssh_keys": [key_id]})),
+            409,
+        )
+        .await;
+    assert!(e["error"]["message"].as_str().unwrap().contains("not available"), "{e}");
+
+    // Another organization sees none of it.
+    let (_, other) = s.org_with_key("other-org", "admin").await;
+    for path in [format!("/snapshots/{sid}"), format!("/volumes/{vid}")] {
+        let (st, v) = s.native(&other, "GET", &path, None).await;
+        assert_eq!((st, v["error"]["code"].as_str()), (404, Some("not_found")), "{path}");
+        let (st, _) = s.native(&other, "DELETE", &path, None).await;
+        assert_eq!(st, 404);
+    }
+    let (st, v) = s.native(&other, "POST", &format!("/volumes/{vid}/attach"), Some(json!({"instance_id": a}))).await;
+    assert_eq!(st, 404, "{v}");
+    for path in ["/snapshots", "/volumes"] {
+        let (_, v) = s.native(&other, "GET", path, None).await;
+        assert_eq!(v["pagination"]["total_items"], 0);
+    }
+    s.nexpect("DELETE", &format!("/snapshots/{sid}"), None, 200).await;
+}
