@@ -252,3 +252,79 @@ pub struct RestoreResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<Instance>,
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RateLimitPlan {
+    pub requests_per_hour: u64,
+    pub burst: u32,
+}
+
+/// The caller's organization.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Account {
+    pub id: String,
+    pub name: String,
+    pub email: String,
+    /// `free`, `professional` or `enterprise` (rate limits).
+    pub plan: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitPlan>,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccountUpdate {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub email: Option<String>,
+}
+
+/// Usage of one quota, enforced when the resource is created.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Quota {
+    pub resource: String,
+    pub used: i64,
+    pub limit: i64,
+    /// `count` or `GiB`.
+    pub unit: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ApiKey {
+    pub id: String,
+    pub name: String,
+    /// The first characters of the secret, to tell keys apart.
+    pub prefix: String,
+    /// Subset of `ADMIN`, `CREATE`, `READ`, `EDIT`, `DELETE`.
+    pub permissions: Vec<String>,
+    pub created_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// The key that created this one, when created through the API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
+}
+
+/// `POST /v1/account/api-keys`. The new key cannot hold a permission the calling key lacks.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyCreate {
+    pub name: String,
+    pub permissions: Vec<String>,
+    /// RFC 3339 instant after which the key stops working.
+    #[serde(default)]
+    pub expires_at: Option<String>,
+    /// Alternative to `expires_at`: days from now (1 to 3650).
+    #[serde(default)]
+    pub expires_in_days: Option<i64>,
+}
+
+/// A new key with its secret, shown this once.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ApiKeyWithSecret {
+    #[serde(flatten)]
+    pub key: ApiKey,
+    pub secret: String,
+}

@@ -68,6 +68,21 @@ pub async fn api_key_create(
     permissions: Permissions,
     secret: Option<&str>,
 ) -> Result<(ApiKey, String), Error> {
+    insert_api_key(c, &org.id, &org.plan, name, permissions, secret, None, None).await
+}
+
+/// The one way a key is minted, for operators (above) and for tenants (`account`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn insert_api_key(
+    c: &Control,
+    org_id: &OrgId,
+    plan: &str,
+    name: &str,
+    permissions: Permissions,
+    secret: Option<&str>,
+    expires_at: Option<i64>,
+    created_by: Option<&ApiKeyId>,
+) -> Result<(ApiKey, String), Error> {
     if name.is_empty() || name.chars().count() > 64 {
         return Err(Error::invalid("name", "must be 1 to 64 characters"));
     }
@@ -85,25 +100,27 @@ pub async fn api_key_create(
     };
     let key = ApiKey {
         id: ApiKeyId::generate(),
-        org_id: org.id.clone(),
-        plan: org.plan.clone(),
+        org_id: org_id.clone(),
+        plan: plan.to_owned(),
         name: name.to_owned(),
         prefix,
         permissions,
         created_at: c.now(),
         revoked_at: None,
+        expires_at,
+        created_by: created_by.cloned(),
     };
     let mut tx = c.store().begin().await?;
     Store::api_key_insert_in_txn(&mut tx, &key, &hash).await?;
     Store::event_append_in_txn(
         &mut tx,
         NewEvent {
-            org_id: Some(&org.id),
+            org_id: Some(org_id),
             kind: "api_key.created",
             resource_type: "api_key",
             resource_id: key.id.as_str(),
-            actor_key_id: None,
-            payload: json!({"name": key.name, "prefix": key.prefix, "permissions": permissions.names()}),
+            actor_key_id: created_by,
+            payload: json!({"name": key.name, "prefix": key.prefix, "permissions": permissions.names(), "expires_at": expires_at}),
             now: key.created_at,
         },
     )

@@ -17,21 +17,21 @@ const MAX_ENTRIES: usize = 10_000;
 
 #[derive(Default)]
 pub(crate) struct AuthCache {
-    map: Mutex<HashMap<String, (Actor, i64)>>,
+    map: Mutex<HashMap<String, (Actor, i64, Option<i64>)>>,
 }
 
 impl AuthCache {
     fn get(&self, hash: &str, now: i64) -> Option<Actor> {
         let m = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        m.get(hash).filter(|(_, at)| now - at < TTL_MICROS).map(|(a, _)| a.clone())
+        m.get(hash).filter(|(_, at, exp)| now - at < TTL_MICROS && exp.is_none_or(|e| now < e)).map(|(a, _, _)| a.clone())
     }
 
-    fn put(&self, hash: String, actor: Actor, now: i64) {
+    fn put(&self, hash: String, actor: Actor, now: i64, expires_at: Option<i64>) {
         let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if m.len() >= MAX_ENTRIES {
-            m.retain(|_, (_, at)| now - *at < TTL_MICROS);
+            m.retain(|_, (_, at, _)| now - *at < TTL_MICROS);
         }
-        m.insert(hash, (actor, now));
+        m.insert(hash, (actor, now, expires_at));
     }
 
     pub(crate) fn clear(&self) {
@@ -50,7 +50,11 @@ pub async fn authenticate(c: &Control, secret: &str) -> Result<Actor, Error> {
         return Ok(a);
     }
     let key = c.store().api_key_by_hash(&hash).await?.ok_or(Error::Unauthenticated)?;
+    if key.expires_at.is_some_and(|e| e <= now) {
+        return Err(Error::Unauthenticated);
+    }
+    let expires_at = key.expires_at;
     let actor = Actor { org_id: key.org_id, key_id: key.id, key_prefix: key.prefix, permissions: key.permissions, plan: key.plan };
-    c.inner.auth_cache.put(hash, actor.clone(), now);
+    c.inner.auth_cache.put(hash, actor.clone(), now, expires_at);
     Ok(actor)
 }

@@ -5,6 +5,7 @@
 //! work with a data-free hint. Nothing here knows about HTTP or a wire format; dialects convert
 //! to and from the domain types of `nimbus-core`.
 
+pub mod account;
 pub mod admin;
 pub mod agents;
 pub mod audit;

@@ -89,6 +89,12 @@ impl Permissions {
         Ok(out)
     }
 
+    /// Whether a holder of `self` may hand out (or take away) `other`: ADMIN covers everything,
+    /// otherwise `other` must be a subset without ADMIN.
+    pub fn covers(self, other: Permissions) -> bool {
+        self.0 & Permission::Admin.bit() != 0 || (other.0 & Permission::Admin.bit() == 0 && other.0 & !self.0 == 0)
+    }
+
     pub fn names(self) -> Vec<&'static str> {
         Permission::ALL.into_iter().filter(|p| self.0 & p.bit() != 0).map(Permission::as_str).collect()
     }
@@ -142,6 +148,18 @@ pub fn hash_secret(plain: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn covers_is_subset_and_admin_covers_all() {
+        let p = |s| Permissions::parse_list(s).unwrap();
+        assert!(p("ADMIN").covers(p("ADMIN")));
+        assert!(p("ADMIN").covers(p("READ,DELETE")));
+        assert!(p("CREATE,READ").covers(p("READ")));
+        assert!(p("CREATE,READ").covers(p("CREATE,READ")));
+        assert!(!p("CREATE,READ").covers(p("READ,EDIT")));
+        assert!(!p("CREATE,READ,EDIT,DELETE").covers(p("ADMIN")));
+        assert!(!p("READ").covers(p("CREATE")));
+    }
 
     #[test]
     fn admin_allows_everything_and_others_only_themselves() {

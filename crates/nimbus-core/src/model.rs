@@ -30,6 +30,10 @@ pub struct ApiKey {
     pub permissions: Permissions,
     pub created_at: i64,
     pub revoked_at: Option<i64>,
+    /// After this instant (µs) the key no longer authenticates.
+    pub expires_at: Option<i64>,
+    /// The key that created this one through the API (`None`: created by an operator).
+    pub created_by: Option<ApiKeyId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -102,8 +102,8 @@ impl Store {
 
     pub async fn api_key_insert_in_txn(tx: &mut Conn, key: &ApiKey, secret_hash: &str) -> Result<(), Error> {
         sqlx::query(
-            "INSERT INTO api_keys (id, org_id, name, prefix, secret_hash, permissions, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO api_keys (id, org_id, name, prefix, secret_hash, permissions, created_at, expires_at, created_by) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(key.id.as_str())
         .bind(key.org_id.as_str())
@@ -112,6 +112,8 @@ impl Store {
         .bind(secret_hash)
         .bind(key.permissions.bits())
         .bind(key.created_at)
+        .bind(key.expires_at)
+        .bind(key.created_by.as_ref().map(|k| k.as_str().to_owned()))
         .execute(tx)
         .await
         .map_err(unique_err("api key", &key.name))?;
@@ -121,7 +123,7 @@ impl Store {
     /// The live (not revoked) key with this secret hash.
     pub async fn api_key_by_hash(&self, secret_hash: &str) -> Result<Option<ApiKey>, Error> {
         let row = sqlx::query(
-            "SELECT k.id, k.org_id, k.name, k.prefix, k.permissions, k.created_at, k.revoked_at, o.plan FROM api_keys k \
+            "SELECT k.id, k.org_id, k.name, k.prefix, k.permissions, k.created_at, k.revoked_at, k.expires_at, k.created_by, o.plan FROM api_keys k \
              JOIN orgs o ON o.id = k.org_id WHERE k.secret_hash = $1 AND k.revoked_at IS NULL",
         )
         .bind(secret_hash)
@@ -133,7 +135,7 @@ impl Store {
 
     pub async fn api_key_list_by_org(&self, org: &OrgId) -> Result<Vec<ApiKey>, Error> {
         sqlx::query(
-            "SELECT k.id, k.org_id, k.name, k.prefix, k.permissions, k.created_at, k.revoked_at, o.plan FROM api_keys k \
+            "SELECT k.id, k.org_id, k.name, k.prefix, k.permissions, k.created_at, k.revoked_at, k.expires_at, k.created_by, o.plan FROM api_keys k \
              JOIN orgs o ON o.id = k.org_id WHERE k.org_id = $1 ORDER BY k.created_at, k.id",
         )
         .bind(org.as_str())
@@ -143,6 +145,17 @@ impl Store {
         .iter()
         .map(rows::api_key)
         .collect()
+    }
+
+    pub async fn org_update_in_txn(tx: &mut Conn, org: &OrgId, name: Option<&str>, email: Option<&str>) -> Result<bool, Error> {
+        let r = sqlx::query("UPDATE orgs SET name = COALESCE($1, name), email = COALESCE($2, email) WHERE id = $3")
+            .bind(name.map(str::to_owned))
+            .bind(email.map(str::to_owned))
+            .bind(org.as_str())
+            .execute(tx)
+            .await
+            .map_err(unique_err("organization", name.unwrap_or_default()))?;
+        Ok(r.rows_affected() == 1)
     }
 
     /// Revokes a key of this org; false when there is no such live key.

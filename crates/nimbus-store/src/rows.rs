@@ -48,6 +48,8 @@ pub(crate) fn api_key(row: &AnyRow) -> Result<ApiKey, Error> {
         permissions: Permissions::from_bits(get(row, "permissions")?),
         created_at: get(row, "created_at")?,
         revoked_at: get(row, "revoked_at")?,
+        expires_at: get(row, "expires_at")?,
+        created_by: get::<Option<String>>(row, "created_by")?.map(ApiKeyId::from_trusted),
     })
 }
 

@@ -2,6 +2,7 @@
 //! shape and status table, pagination, filtering and sorting. Same domain core as every other
 //! dialect: an instance launched through the Lambda API is listed here too.
 
+mod account;
 mod error;
 mod extract;
 mod handlers;
@@ -45,6 +46,10 @@ pub fn api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(storage::snapshots_list, storage::snapshot_create))
         .routes(routes!(storage::snapshot_get, storage::snapshot_delete))
         .routes(routes!(storage::snapshot_restore))
+        .routes(routes!(account::account_get, account::account_update))
+        .routes(routes!(account::account_quota))
+        .routes(routes!(account::api_keys_list, account::api_key_create))
+        .routes(routes!(account::api_key_delete))
         .split_for_parts();
     (router.fallback(unknown_endpoint).layer(axum::middleware::from_fn(extract::rate_limit_headers)), doc)
 }

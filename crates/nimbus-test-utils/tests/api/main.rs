@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod account;
 mod bad_input;
 mod clients;
 mod containers;
