@@ -15,9 +15,12 @@ use crate::Control;
 const TTL_MICROS: i64 = 2_000_000;
 const MAX_ENTRIES: usize = 10_000;
 
+/// The actor, when it was cached, and when its key expires.
+type Cached = (Actor, i64, Option<i64>);
+
 #[derive(Default)]
 pub(crate) struct AuthCache {
-    map: Mutex<HashMap<String, (Actor, i64, Option<i64>)>>,
+    map: Mutex<HashMap<String, Cached>>,
 }
 
 impl AuthCache {
