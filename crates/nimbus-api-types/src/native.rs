@@ -328,3 +328,37 @@ pub struct ApiKeyWithSecret {
     pub key: ApiKey,
     pub secret: String,
 }
+
+/// One inbound allow rule. Without `ruleset_id` it is one of the organization's global rules
+/// (every instance); with it, it belongs to that ruleset (instances launched with it).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FirewallRule {
+    pub id: String,
+    /// `tcp`, `udp`, `icmp` or `all`.
+    pub protocol: String,
+    /// `[min, max]`; absent for icmp.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_range: Option<[u16; 2]>,
+    /// IPv4 CIDR allowed in.
+    pub source: String,
+    pub description: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ruleset_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FirewallRuleCreate {
+    /// `tcp`, `udp`, `icmp` or `all`.
+    pub protocol: String,
+    /// `[min, max]`, required unless protocol is icmp.
+    #[serde(default)]
+    pub port_range: Option<Vec<i64>>,
+    /// IPv4 address or CIDR.
+    pub source: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Add to this ruleset instead of the global rules.
+    #[serde(default)]
+    pub ruleset_id: Option<String>,
+}

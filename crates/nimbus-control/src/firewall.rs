@@ -147,3 +147,97 @@ pub async fn ruleset_delete(c: &Control, actor: &Actor, id: &str) -> Result<(), 
     emit(&mut tx, actor, "firewall_ruleset.deleted", "firewall_ruleset", rid.as_str(), json!({"name": cur.name}), now).await?;
     Store::commit(tx).await
 }
+
+/// One rule as the native API sees it: with its id and where it lives.
+#[derive(Debug, Clone)]
+pub struct ScopedRule {
+    pub id: String,
+    /// `None`: the org's global rules (apply to every instance).
+    pub ruleset_id: Option<FirewallRulesetId>,
+    pub rule: FirewallRule,
+}
+
+fn scoped<'a>(actor: &'a Actor, ruleset: Option<&FirewallRulesetId>, rules: Vec<FirewallRule>) -> impl Iterator<Item = ScopedRule> + 'a {
+    let scope = ruleset.map(|r| r.to_string()).unwrap_or_else(|| "global".to_owned());
+    let ruleset = ruleset.cloned();
+    rules.into_iter().map(move |rule| ScopedRule { id: rule.id_in(actor.org_id.as_str(), &scope), ruleset_id: ruleset.clone(), rule })
+}
+
+/// Every rule of the org: the global ones, then each ruleset's.
+pub async fn rule_list(c: &Control, actor: &Actor) -> Result<Vec<ScopedRule>, Error> {
+    actor.require(Permission::Read)?;
+    let mut out: Vec<ScopedRule> = scoped(actor, None, c.store().org_global_rules(&actor.org_id).await?).collect();
+    for rs in c.store().ruleset_list_by_org(&actor.org_id).await? {
+        out.extend(scoped(actor, Some(&rs.id), rs.rules));
+    }
+    Ok(out)
+}
+
+/// Adds one rule to the global rules or to a ruleset; hosts running affected instances are told.
+pub async fn rule_add(c: &Control, actor: &Actor, ruleset: Option<&str>, rule: FirewallRule) -> Result<ScopedRule, Error> {
+    actor.require(Permission::Create)?;
+    let rid = ruleset.map(parse_id).transpose()?;
+    let now = c.now();
+    let mut tx = c.store().begin().await?;
+    let hosts = bump_org_hosts(&mut tx, actor).await?;
+    // The org row serializes read-modify-write of its rule lists across replicas.
+    Store::org_bump_instances_generation_in_txn(&mut tx, &actor.org_id).await?;
+    let (mut rules, name) = match &rid {
+        None => (Store::org_global_rules_in(&mut tx, &actor.org_id).await?, None),
+        Some(r) => {
+            let rs =
+                Store::ruleset_get_in(&mut tx, &actor.org_id, r).await?.ok_or_else(|| Error::not_found("firewall ruleset", r.as_str()))?;
+            (rs.rules, Some(rs.name))
+        }
+    };
+    let added = scoped(actor, rid.as_ref(), vec![rule.clone()]).next().ok_or_else(|| Error::internal("no rule"))?;
+    if scoped(actor, rid.as_ref(), rules.clone()).any(|r| r.id == added.id) {
+        return Err(Error::AlreadyExists { kind: "firewall rule", name: added.id });
+    }
+    rules.push(rule);
+    check_rules(&rules)?;
+    match (&rid, &name) {
+        (Some(r), Some(n)) => Store::ruleset_update_in_txn(&mut tx, &actor.org_id, r, n, &rules, now).await?,
+        _ => Store::org_set_global_rules_in_txn(&mut tx, &actor.org_id, &rules).await?,
+    }
+    emit(&mut tx, actor, "firewall.rule_added", "firewall_rule", &added.id, json!({"ruleset_id": rid}), now).await?;
+    Store::commit(tx).await?;
+    for h in &hosts {
+        c.hosts().wake(h);
+    }
+    Ok(added)
+}
+
+/// Removes one rule, wherever it lives.
+pub async fn rule_delete(c: &Control, actor: &Actor, id: &str) -> Result<ScopedRule, Error> {
+    actor.require(Permission::Delete)?;
+    let now = c.now();
+    let mut tx = c.store().begin().await?;
+    let hosts = bump_org_hosts(&mut tx, actor).await?;
+    Store::org_bump_instances_generation_in_txn(&mut tx, &actor.org_id).await?;
+    let global = Store::org_global_rules_in(&mut tx, &actor.org_id).await?;
+    let mut removed = None;
+    if let Some(pos) = scoped(actor, None, global.clone()).position(|r| r.id == id) {
+        let mut rules = global;
+        let rule = rules.remove(pos);
+        Store::org_set_global_rules_in_txn(&mut tx, &actor.org_id, &rules).await?;
+        removed = Some(ScopedRule { id: id.to_owned(), ruleset_id: None, rule });
+    } else {
+        for rs in Store::ruleset_list_by_org_in(&mut tx, &actor.org_id).await? {
+            if let Some(pos) = scoped(actor, Some(&rs.id), rs.rules.clone()).position(|r| r.id == id) {
+                let mut rules = rs.rules;
+                let rule = rules.remove(pos);
+                Store::ruleset_update_in_txn(&mut tx, &actor.org_id, &rs.id, &rs.name, &rules, now).await?;
+                removed = Some(ScopedRule { id: id.to_owned(), ruleset_id: Some(rs.id), rule });
+                break;
+            }
+        }
+    }
+    let removed = removed.ok_or_else(|| Error::not_found("firewall rule", id))?;
+    emit(&mut tx, actor, "firewall.rule_deleted", "firewall_rule", id, json!({"ruleset_id": removed.ruleset_id}), now).await?;
+    Store::commit(tx).await?;
+    for h in &hosts {
+        c.hosts().wake(h);
+    }
+    Ok(removed)
+}

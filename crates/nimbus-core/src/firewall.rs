@@ -88,6 +88,20 @@ impl FirewallRule {
     }
 }
 
+impl FirewallRule {
+    /// A stable id for the rule within its organization and scope (`global` or a ruleset id):
+    /// rules are stored as a list without ids (Lambda's model), so the native API names each by
+    /// a digest of what it allows. Two rules that allow the same thing have the same id, which
+    /// is why adding a duplicate is refused.
+    pub fn id_in(&self, org: &str, scope: &str) -> String {
+        use sha2::{Digest, Sha256};
+        let ports = self.port_range.map(|(a, b)| format!("{a}-{b}")).unwrap_or_default();
+        let proto = serde_json::to_value(self.protocol).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        let d = Sha256::digest(format!("nimbus-fw-rule\0{org}\0{scope}\0{proto}\0{ports}\0{}", self.source_network).as_bytes());
+        hex::encode(&d[..16])
+    }
+}
+
 /// The rules every new organization starts with: SSH from anywhere, so that a fresh instance is
 /// reachable, as on Lambda.
 pub fn default_global_rules() -> Vec<FirewallRule> {

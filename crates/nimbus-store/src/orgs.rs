@@ -90,6 +90,15 @@ impl Store {
         rows::json(&row, "global_firewall_rules")
     }
 
+    pub async fn org_global_rules_in(c: &mut Conn, org: &OrgId) -> Result<Vec<FirewallRule>, Error> {
+        let row = sqlx::query("SELECT global_firewall_rules FROM orgs WHERE id = $1")
+            .bind(org.as_str())
+            .fetch_one(c)
+            .await
+            .map_err(db_err("reading global firewall rules"))?;
+        rows::json(&row, "global_firewall_rules")
+    }
+
     pub async fn org_set_global_rules_in_txn(tx: &mut Conn, org: &OrgId, rules: &[FirewallRule]) -> Result<(), Error> {
         sqlx::query("UPDATE orgs SET global_firewall_rules = $1 WHERE id = $2")
             .bind(to_json(&rules))

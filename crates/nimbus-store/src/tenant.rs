@@ -205,6 +205,10 @@ impl Store {
 
     pub async fn ruleset_list_by_org(&self, org: &OrgId) -> Result<Vec<FirewallRuleset>, Error> {
         let mut c = self.r().acquire().await.map_err(db_err("acquiring connection"))?;
+        Self::ruleset_list_by_org_in(&mut c, org).await
+    }
+
+    pub async fn ruleset_list_by_org_in(c: &mut Conn, org: &OrgId) -> Result<Vec<FirewallRuleset>, Error> {
         let rows = sqlx::query(
             "SELECT id, org_id, name, region, rules, created_at FROM firewall_rulesets WHERE org_id = $1 ORDER BY created_at, id",
         )
@@ -214,7 +218,7 @@ impl Store {
         .map_err(db_err("listing rulesets"))?;
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
-            out.push(Self::ruleset_from_row(&mut c, r).await?);
+            out.push(Self::ruleset_from_row(c, r).await?);
         }
         Ok(out)
     }

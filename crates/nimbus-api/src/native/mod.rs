@@ -5,6 +5,7 @@
 mod account;
 mod error;
 mod extract;
+mod firewall;
 mod handlers;
 pub mod page;
 mod storage;
@@ -50,6 +51,8 @@ pub fn api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(account::account_quota))
         .routes(routes!(account::api_keys_list, account::api_key_create))
         .routes(routes!(account::api_key_delete))
+        .routes(routes!(firewall::firewall_rules_list, firewall::firewall_rule_create))
+        .routes(routes!(firewall::firewall_rule_delete))
         .split_for_parts();
     (router.fallback(unknown_endpoint).layer(axum::middleware::from_fn(extract::rate_limit_headers)), doc)
 }

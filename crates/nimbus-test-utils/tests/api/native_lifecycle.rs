@@ -193,3 +193,72 @@ async fn snapshot_requests_are_validated_and_isolated() {
     }
     s.nexpect("DELETE", &format!("/snapshots/{sid}"), None, 200).await;
 }
+
+#[tokio::test]
+async fn firewall_rules_crud_on_the_shared_model() {
+    let s = TestServer::builder().host("us-east-1", sim_host("h", 8, 0)).start().await;
+    let rules = s.nexpect("GET", "/firewall/rules", None, 200).await;
+    assert_eq!(rules.as_array().unwrap().len(), 1, "new orgs allow SSH: {rules}");
+    assert_eq!((rules[0]["protocol"].as_str(), rules[0]["port_range"].clone()), (Some("tcp"), json!([22, 22])));
+
+    let r = s
+        .nexpect(
+            "POST",
+            "/firewall/rules",
+            Some(json!({"protocol": "tcp", "port_range": [8080, 8081], "source": "10.0.0.0/8", "description": "web"})),
+            201,
+        )
+        .await;
+    let id = r["id"].as_str().unwrap().to_owned();
+    assert!(r.get("ruleset_id").is_none());
+    let e = s
+        .nexpect("POST", "/firewall/rules", Some(json!({"protocol": "tcp", "port_range": [8080, 8081], "source": "10.0.0.0/8"})), 409)
+        .await;
+    assert_eq!(e["error"]["code"], "already_exists");
+    // The Lambda dialect sees the same global rules.
+    let (_, v) = s.call(&s.key, "GET", "/firewall-rules", None).await;
+    assert!(
+        v["data"].as_array().unwrap().iter().any(|r| r["port_range"] == json!([8080, 8081]) && r["source_network"] == "10.0.0.0/8"),
+        "{v}"
+    );
+
+    let (_, v) = s.call(&s.key, "POST", "/firewall-rulesets", Some(json!({"name": "db", "region": "us-east-1", "rules": []}))).await;
+    let rs = v["data"]["id"].as_str().unwrap().to_owned();
+    let r2 = s
+        .nexpect(
+            "POST",
+            "/firewall/rules",
+            Some(json!({"protocol": "udp", "port_range": [53, 53], "source": "10.1.2.3", "ruleset_id": rs})),
+            201,
+        )
+        .await;
+    assert_eq!((r2["ruleset_id"].as_str(), r2["source"].as_str()), (Some(rs.as_str()), Some("10.1.2.3/32")));
+    let only = s.nexpect("GET", &format!("/firewall/rules?ruleset_id={rs}"), None, 200).await;
+    assert_eq!(only.as_array().unwrap().len(), 1);
+    let global = s.nexpect("GET", "/firewall/rules?ruleset_id=global&protocol=tcp", None, 200).await;
+    assert_eq!(global.as_array().unwrap().len(), 2);
+
+    for (body, field) in [
+        (json!({"protocol": "sctp", "port_range": [1, 2], "source": "0.0.0.0/0"}), "protocol"),
+        (json!({"protocol": "tcp", "source": "0.0.0.0/0"}), "port_range"),
+        (json!({"protocol": "icmp", "port_range": [1, 2], "source": "0.0.0.0/0"}), "port_range"),
+        (json!({"protocol": "tcp", "port_range": [1, 2], "source": "10.0.0.0/40"}), "source"),
+    ] {
+        let e = s.nexpect("POST", "/firewall/rules", Some(body.clone()), 400).await;
+        assert_eq!(e["error"]["details"]["field"], field, "{body}: {e}");
+    }
+    s.nexpect(
+        "POST",
+        "/firewall/rules",
+        Some(json!({"protocol": "tcp", "port_range": [1, 2], "source": "0.0.0.0/0", "ruleset_id": "0123456789abcdef0123456789abcdef"})),
+        404,
+    )
+    .await;
+
+    let (_, other) = s.org_with_key("fw-other", "ADMIN").await;
+    assert_eq!(s.native(&other, "DELETE", &format!("/firewall/rules/{id}"), None).await.0, 404);
+    s.nexpect("DELETE", &format!("/firewall/rules/{id}"), None, 200).await;
+    s.nexpect("DELETE", &format!("/firewall/rules/{id}"), None, 404).await;
+    s.nexpect("DELETE", &format!("/firewall/rules/{}", r2["id"].as_str().unwrap()), None, 200).await;
+    assert_eq!(s.nexpect("GET", "/firewall/rules", None, 200).await.as_array().unwrap().len(), 1);
+}
