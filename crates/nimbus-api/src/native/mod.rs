@@ -54,7 +54,22 @@ pub fn api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(firewall::firewall_rules_list, firewall::firewall_rule_create))
         .routes(routes!(firewall::firewall_rule_delete))
         .split_for_parts();
+    let router = router.route("/openapi.json", axum::routing::get(openapi_json)).route("/docs", axum::routing::get(docs_page));
     (router.fallback(unknown_endpoint).layer(axum::middleware::from_fn(extract::rate_limit_headers)), doc)
+}
+
+/// `GET /v1/openapi.json`: the document this router was built from (the checked-in
+/// openapi/native.json is the same text; a test keeps them equal).
+async fn openapi_json() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let body = DOC.get_or_init(|| crate::openapi::render(&api().1)).clone();
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// `GET /v1/docs`: a self-contained page (no CDN) that renders the document.
+async fn docs_page() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("assets/docs.html"))
 }
 
 pub fn router() -> Router<ApiState> {

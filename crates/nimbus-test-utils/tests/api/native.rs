@@ -189,3 +189,22 @@ async fn update_network_restart_and_delete_across_dialects() {
     assert_eq!(v["data"]["status"], "terminated");
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn serves_its_openapi_document_and_docs_page() {
+    let s = TestServer::start().await;
+    let r = s.http.get(format!("{}/v1/openapi.json", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let served = r.text().await.unwrap();
+    let checked_in = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../openapi/native.json")).unwrap();
+    assert_eq!(served, checked_in, "the served document is the checked-in one");
+    let doc: Value = serde_json::from_str(&served).unwrap();
+    for p in ["/instances", "/volumes/{id}/attach", "/snapshots/{id}/restore", "/account/api-keys", "/firewall/rules"] {
+        assert!(doc["paths"].get(p).is_some(), "{p} missing");
+    }
+    let r = s.http.get(format!("{}/v1/docs", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(r.text().await.unwrap().contains("openapi.json"));
+}
