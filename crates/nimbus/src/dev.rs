@@ -249,6 +249,12 @@ async fn dev_org_and_key(control: &Control, dir: &Path, wanted: Option<&str>) ->
 pub async fn run_dev(d: DevArgs) -> anyhow::Result<()> {
     let (control, dir) = open_control(&d.store, "dev", |cfg| {
         cfg.rate_limits = RateLimits::generous();
+        // A laptop or CI run (and the API fuzzer in scripts/test) should never meet the
+        // production plans' hourly budgets.
+        for p in cfg.rate_limits.plans.values_mut() {
+            p.per_hour = p.per_hour.max(10_000_000);
+            p.burst = p.burst.max(100_000);
+        }
         cfg.agents.heartbeat_interval_ms = 1_000;
         cfg.agents.host_timeout_ms = 10_000;
     })

@@ -54,8 +54,46 @@ pub fn api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(firewall::firewall_rules_list, firewall::firewall_rule_create))
         .routes(routes!(firewall::firewall_rule_delete))
         .split_for_parts();
+    let mut doc = doc;
+    document_common_responses(&mut doc);
     let router = router.route("/openapi.json", axum::routing::get(openapi_json)).route("/docs", axum::routing::get(docs_page));
     (router.fallback(unknown_endpoint).layer(axum::middleware::from_fn(extract::rate_limit_headers)), doc)
+}
+
+/// Every native operation can answer with the error envelope for reasons that are not its own:
+/// a malformed body or query (400), a missing or bad key (401), a key without the permission
+/// (403), an unknown id (404), the rate limit (429), and, on mutating requests, an
+/// Idempotency-Key in flight (409) or reused with another body (422). Documenting them once here
+/// keeps every operation's contract complete.
+fn document_common_responses(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let err = |d: &str| {
+        ResponseBuilder::new()
+            .description(d)
+            .content("application/json", ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorEnvelope"))).build())
+            .build()
+    };
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let ops =
+            [(&mut item.get, false), (&mut item.post, true), (&mut item.patch, true), (&mut item.put, true), (&mut item.delete, true)];
+        for (op, mutating) in ops {
+            let Some(op) = op.as_mut() else { continue };
+            let mut add = |code: &str, d: &str| {
+                op.responses.responses.entry(code.to_owned()).or_insert_with(|| err(d).into());
+            };
+            add("400", "Invalid request");
+            add("401", "Missing or invalid API key");
+            add("403", "The API key lacks a permission");
+            add("429", "Rate limited (see Retry-After and X-RateLimit-*)");
+            if path.contains('{') {
+                add("404", "Not found");
+            }
+            if mutating {
+                add("409", "Conflict (state, or a request with this Idempotency-Key is in flight)");
+                add("422", "Idempotency-Key reused with a different request");
+            }
+        }
+    }
 }
 
 /// `GET /v1/openapi.json`: the document this router was built from (the checked-in
