@@ -1,5 +1,10 @@
 //! A typed Rust client for Nimbus, over the same wire types the server uses
-//! (`nimbus-api-types`). `LambdaClient` speaks the Lambda Cloud API v1 dialect.
+//! (`nimbus-api-types`). `LambdaClient` speaks the Lambda Cloud API v1 dialect, `NativeClient`
+//! the native API at `/v1`.
+
+mod native;
+
+pub use native::{ListParams, NativeClient, Page};
 
 use std::time::Duration;
 
@@ -16,6 +21,9 @@ pub enum ClientError {
     Transport(#[source] reqwest::Error),
     #[error("unexpected response ({status}): {body}")]
     Unexpected { status: u16, body: String },
+    /// A wait gave up: the resource did not reach the wanted status.
+    #[error("{id} did not become {wanted} (last status {last})")]
+    Wait { id: String, wanted: String, last: String },
 }
 
 pub type Result<T> = std::result::Result<T, ClientError>;

@@ -7,6 +7,7 @@ mod bench;
 mod common;
 mod dev;
 mod image;
+mod storage_cmd;
 mod tenant;
 
 use std::path::PathBuf;
@@ -74,6 +75,20 @@ enum Cmd {
         #[command(flatten)]
         conn: tenant::ConnArgs,
     },
+    /// Block volumes (native API).
+    Volume {
+        #[command(subcommand)]
+        cmd: storage_cmd::VolumeCmd,
+        #[command(flatten)]
+        conn: tenant::ConnArgs,
+    },
+    /// Snapshots of instance disks and volumes (native API).
+    Snapshot {
+        #[command(subcommand)]
+        cmd: storage_cmd::SnapshotCmd,
+        #[command(flatten)]
+        conn: tenant::ConnArgs,
+    },
     /// Instance types and the regions with capacity for them.
     Types {
         #[command(flatten)]
@@ -105,6 +120,8 @@ fn main() -> anyhow::Result<()> {
             Cmd::SshKey { cmd, conn } => tenant::ssh_key(&conn, cmd).await,
             Cmd::Fs { cmd, conn } => tenant::fs(&conn, cmd).await,
             Cmd::Types { conn } => tenant::types(&conn).await,
+            Cmd::Volume { cmd, conn } => storage_cmd::volume(&conn, cmd).await,
+            Cmd::Snapshot { cmd, conn } => storage_cmd::snapshot(&conn, cmd).await,
             Cmd::Bench { cmd } => bench::run(cmd).await,
             Cmd::Image { cmd } => image::run(cmd).await,
         }

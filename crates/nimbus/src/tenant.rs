@@ -1,4 +1,5 @@
-//! Tenant commands over the Lambda API: `nimbus instance|ssh-key|fs|types`. Tables by default,
+//! Tenant commands over the Lambda API (and the native API where Lambda has no such operation):
+//! `nimbus instance|ssh-key|fs|types`. Tables by default,
 //! `--json` for scripts.
 
 use anyhow::Context;
@@ -22,6 +23,11 @@ impl ConnArgs {
     fn client(&self) -> anyhow::Result<LambdaClient> {
         let key = self.api_key.as_deref().context("set NIMBUS_API_KEY or pass --api-key")?;
         Ok(LambdaClient::new(&self.url, key))
+    }
+
+    pub(crate) fn native(&self) -> anyhow::Result<nimbus_client::NativeClient> {
+        let key = self.api_key.as_deref().context("set NIMBUS_API_KEY or pass --api-key")?;
+        Ok(nimbus_client::NativeClient::new(&self.url, key))
     }
 }
 
@@ -71,6 +77,26 @@ pub enum InstanceCmd {
     },
     Restart {
         ids: Vec<String>,
+    },
+    /// Power off, keeping the disk (native API).
+    Stop {
+        id: String,
+        /// Wait until it is stopped.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Power a stopped instance back on (native API).
+    Start {
+        id: String,
+        /// Wait until it is running.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Change the type of a stopped instance (native API).
+    Resize {
+        id: String,
+        #[arg(long = "type")]
+        instance_type: String,
     },
 }
 
@@ -167,7 +193,35 @@ pub async fn instance(conn: &ConnArgs, cmd: InstanceCmd) -> anyhow::Result<()> {
                 instance_rows(&list)
             }
         }
+        InstanceCmd::Stop { id, wait } => {
+            let n = conn.native()?;
+            let mut i = n.instance_stop(&id).await?;
+            if wait {
+                i = n.wait_for_status(&id, "stopped", std::time::Duration::from_secs(300)).await?;
+            }
+            print_native(conn, &i)?;
+        }
+        InstanceCmd::Start { id, wait } => {
+            let n = conn.native()?;
+            let mut i = n.instance_start(&id).await?;
+            if wait {
+                i = n.wait_until_ready(&id, std::time::Duration::from_secs(300)).await?;
+            }
+            print_native(conn, &i)?;
+        }
+        InstanceCmd::Resize { id, instance_type } => {
+            let i = conn.native()?.instance_resize(&id, &instance_type).await?;
+            print_native(conn, &i)?;
+        }
     }
+    Ok(())
+}
+
+fn print_native(conn: &ConnArgs, i: &nimbus_api_types::native::Instance) -> anyhow::Result<()> {
+    if conn.json {
+        return print_json(i);
+    }
+    println!("{}  {}  {}  {} vCPU  {} GiB", i.id, i.status, i.instance_type, i.vcpus, i.memory_gib);
     Ok(())
 }
 

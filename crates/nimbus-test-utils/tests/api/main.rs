@@ -15,6 +15,7 @@ mod native;
 mod native_lifecycle;
 mod ratelimit;
 mod scheduling;
+mod sdk;
 
 use nimbus_test_utils::TestServer;
 use serde_json::{json, Value};

@@ -1,0 +1,245 @@
+//! `NativeClient`: the native API (`/v1`) with its envelope, pagination, idempotency keys and
+//! `wait_until_ready`.
+
+use std::time::{Duration, Instant};
+
+use nimbus_api_types::native as w;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::{ClientError, Result};
+
+/// One page of a list.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub pagination: Option<w::Pagination>,
+}
+
+/// Query of a list endpoint: page, limit, sorting and `field=value` filters.
+#[derive(Debug, Clone, Default)]
+pub struct ListParams {
+    pub page: Option<u32>,
+    pub limit: Option<u32>,
+    pub sort: Option<String>,
+    /// `asc` or `desc`.
+    pub order: Option<String>,
+    pub filters: Vec<(String, String)>,
+}
+
+impl ListParams {
+    fn pairs(&self) -> Vec<(String, String)> {
+        let mut q = Vec::new();
+        if let Some(p) = self.page {
+            q.push(("page".to_owned(), p.to_string()));
+        }
+        if let Some(l) = self.limit {
+            q.push(("limit".to_owned(), l.to_string()));
+        }
+        if let Some(s) = &self.sort {
+            q.push(("sort".to_owned(), s.clone()));
+        }
+        if let Some(o) = &self.order {
+            q.push(("order".to_owned(), o.clone()));
+        }
+        q.extend(self.filters.iter().cloned());
+        q
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ErrEnvelope {
+    error: w::ErrorInfo,
+}
+
+#[derive(Clone)]
+pub struct NativeClient {
+    base: String,
+    key: String,
+    http: reqwest::Client,
+}
+
+impl NativeClient {
+    /// `root` is the server root, e.g. `http://127.0.0.1:8080`.
+    pub fn new(root: &str, api_key: &str) -> Self {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap_or_default();
+        NativeClient { base: format!("{}/v1", root.trim_end_matches('/')), key: api_key.to_owned(), http }
+    }
+
+    async fn send<T: DeserializeOwned>(&self, rb: reqwest::RequestBuilder) -> Result<w::Envelope<T>> {
+        let resp = rb.bearer_auth(&self.key).send().await.map_err(ClientError::Transport)?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.map_err(ClientError::Transport)?;
+        if (200..300).contains(&status) {
+            return serde_json::from_slice(&bytes)
+                .map_err(|e| ClientError::Unexpected { status, body: format!("{e}: {}", String::from_utf8_lossy(&bytes)) });
+        }
+        match serde_json::from_slice::<ErrEnvelope>(&bytes) {
+            Ok(e) => Err(ClientError::Api { status, code: e.error.code, message: e.error.message }),
+            Err(_) => Err(ClientError::Unexpected { status, body: String::from_utf8_lossy(&bytes).into_owned() }),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        Ok(self.send(self.http.get(self.url(path))).await?.data)
+    }
+
+    async fn list<T: DeserializeOwned>(&self, path: &str, p: &ListParams) -> Result<Page<T>> {
+        let env: w::Envelope<Vec<T>> = self.send(self.http.get(self.url(path)).query(&p.pairs())).await?;
+        Ok(Page { items: env.data, pagination: env.pagination })
+    }
+
+    async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: Option<&B>, idem: Option<&str>) -> Result<T> {
+        let mut rb = self.http.post(self.url(path));
+        if let Some(b) = body {
+            rb = rb.json(b);
+        }
+        if let Some(k) = idem {
+            rb = rb.header("idempotency-key", k);
+        }
+        Ok(self.send(rb).await?.data)
+    }
+
+    async fn patch<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        Ok(self.send(self.http.patch(self.url(path)).json(body)).await?.data)
+    }
+
+    async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        Ok(self.send(self.http.delete(self.url(path))).await?.data)
+    }
+
+    // Instances.
+
+    /// Creates an instance; with `idempotency_key`, a retried call returns the first response.
+    pub async fn instance_create(&self, req: &w::InstanceCreate, idempotency_key: Option<&str>) -> Result<w::Instance> {
+        self.post("/instances", Some(req), idempotency_key).await
+    }
+    pub async fn instances(&self, p: &ListParams) -> Result<Page<w::Instance>> {
+        self.list("/instances", p).await
+    }
+    pub async fn instance(&self, id: &str) -> Result<w::Instance> {
+        self.get(&format!("/instances/{id}")).await
+    }
+    pub async fn instance_update(&self, id: &str, req: &w::InstanceUpdate) -> Result<w::Instance> {
+        self.patch(&format!("/instances/{id}"), req).await
+    }
+    pub async fn instance_delete(&self, id: &str) -> Result<w::Instance> {
+        self.delete(&format!("/instances/{id}")).await
+    }
+    pub async fn instance_start(&self, id: &str) -> Result<w::Instance> {
+        self.post::<(), _>(&format!("/instances/{id}/start"), None, None).await
+    }
+    pub async fn instance_stop(&self, id: &str) -> Result<w::Instance> {
+        self.post::<(), _>(&format!("/instances/{id}/stop"), None, None).await
+    }
+    pub async fn instance_restart(&self, id: &str) -> Result<w::Instance> {
+        self.post::<(), _>(&format!("/instances/{id}/restart"), None, None).await
+    }
+    pub async fn instance_resize(&self, id: &str, instance_type: &str) -> Result<w::Instance> {
+        let body = w::InstanceResize { instance_type: instance_type.to_owned() };
+        self.post(&format!("/instances/{id}/resize"), Some(&body), None).await
+    }
+    pub async fn instance_network(&self, id: &str) -> Result<w::InstanceNetwork> {
+        self.get(&format!("/instances/{id}/network")).await
+    }
+
+    /// Polls until the instance reaches `status` (e.g. `running`, `stopped`), failing early when
+    /// it is terminating or terminated and `status` is neither, or after `timeout`.
+    pub async fn wait_for_status(&self, id: &str, status: &str, timeout: Duration) -> Result<w::Instance> {
+        let start = Instant::now();
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let i = self.instance(id).await?;
+            if i.status == status {
+                return Ok(i);
+            }
+            if matches!(i.status.as_str(), "terminating" | "terminated") && !matches!(status, "terminating" | "terminated") {
+                return Err(ClientError::Wait { id: id.to_owned(), wanted: status.to_owned(), last: i.status });
+            }
+            if start.elapsed() >= timeout {
+                return Err(ClientError::Wait { id: id.to_owned(), wanted: status.to_owned(), last: i.status });
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// Waits until the instance is `running` (SSH answers; see the container driver).
+    pub async fn wait_until_ready(&self, id: &str, timeout: Duration) -> Result<w::Instance> {
+        self.wait_for_status(id, "running", timeout).await
+    }
+
+    // Volumes and snapshots.
+
+    pub async fn volume_create(&self, req: &w::VolumeCreate) -> Result<w::Volume> {
+        self.post("/volumes", Some(req), None).await
+    }
+    pub async fn volumes(&self, p: &ListParams) -> Result<Page<w::Volume>> {
+        self.list("/volumes", p).await
+    }
+    pub async fn volume(&self, id: &str) -> Result<w::Volume> {
+        self.get(&format!("/volumes/{id}")).await
+    }
+    pub async fn volume_delete(&self, id: &str) -> Result<w::Volume> {
+        self.delete(&format!("/volumes/{id}")).await
+    }
+    pub async fn volume_attach(&self, id: &str, instance_id: &str) -> Result<w::Volume> {
+        let body = w::VolumeAttach { instance_id: instance_id.to_owned() };
+        self.post(&format!("/volumes/{id}/attach"), Some(&body), None).await
+    }
+    pub async fn volume_detach(&self, id: &str) -> Result<w::Volume> {
+        self.post::<(), _>(&format!("/volumes/{id}/detach"), None, None).await
+    }
+    pub async fn volume_resize(&self, id: &str, size_gib: i64) -> Result<w::Volume> {
+        self.post(&format!("/volumes/{id}/resize"), Some(&w::VolumeResize { size_gib }), None).await
+    }
+    pub async fn snapshot_create(&self, req: &w::SnapshotCreate) -> Result<w::Snapshot> {
+        self.post("/snapshots", Some(req), None).await
+    }
+    pub async fn snapshots(&self, p: &ListParams) -> Result<Page<w::Snapshot>> {
+        self.list("/snapshots", p).await
+    }
+    pub async fn snapshot(&self, id: &str) -> Result<w::Snapshot> {
+        self.get(&format!("/snapshots/{id}")).await
+    }
+    pub async fn snapshot_delete(&self, id: &str) -> Result<w::Snapshot> {
+        self.delete(&format!("/snapshots/{id}")).await
+    }
+    pub async fn snapshot_restore(&self, id: &str, req: &w::SnapshotRestore) -> Result<w::RestoreResult> {
+        self.post(&format!("/snapshots/{id}/restore"), Some(req), None).await
+    }
+
+    // Firewall and account.
+
+    pub async fn firewall_rules(&self, p: &ListParams) -> Result<Page<w::FirewallRule>> {
+        self.list("/firewall/rules", p).await
+    }
+    pub async fn firewall_rule_create(&self, req: &w::FirewallRuleCreate) -> Result<w::FirewallRule> {
+        self.post("/firewall/rules", Some(req), None).await
+    }
+    pub async fn firewall_rule_delete(&self, id: &str) -> Result<w::FirewallRule> {
+        self.delete(&format!("/firewall/rules/{id}")).await
+    }
+    pub async fn account(&self) -> Result<w::Account> {
+        self.get("/account").await
+    }
+    pub async fn account_update(&self, req: &w::AccountUpdate) -> Result<w::Account> {
+        self.patch("/account", req).await
+    }
+    pub async fn quota(&self) -> Result<Vec<w::Quota>> {
+        self.get("/account/quota").await
+    }
+    pub async fn api_keys(&self, p: &ListParams) -> Result<Page<w::ApiKey>> {
+        self.list("/account/api-keys", p).await
+    }
+    pub async fn api_key_create(&self, req: &w::ApiKeyCreate) -> Result<w::ApiKeyWithSecret> {
+        self.post("/account/api-keys", Some(req), None).await
+    }
+    pub async fn api_key_delete(&self, id: &str) -> Result<w::ApiKey> {
+        self.delete(&format!("/account/api-keys/{id}")).await
+    }
+}
