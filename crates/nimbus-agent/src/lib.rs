@@ -31,6 +31,9 @@ pub enum AgentError {
     Io(#[from] std::io::Error),
 }
 
+/// How often instances are sampled (the metrics stream pushes at this rate).
+pub const METRICS_INTERVAL: Duration = Duration::from_secs(1);
+
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     /// Server root, e.g. `http://127.0.0.1:8080`.
@@ -237,6 +240,18 @@ impl Agent {
                 }
             })
         };
+        let sampler = {
+            let me = self.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(METRICS_INTERVAL);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                while !*stop.borrow() {
+                    tick.tick().await;
+                    me.send_metrics().await;
+                }
+            })
+        };
         let mut known = -1i64;
         loop {
             let req = proto::DesiredRequest { known_generation: known, wait_ms: self.cfg.poll_wait.as_millis() as u64 };
@@ -264,5 +279,24 @@ impl Agent {
             }
         }
         reporter.abort();
+        sampler.abort();
+    }
+
+    /// Samples every running instance once and ships the samples; metrics are best effort, so
+    /// a failure is logged and the next tick tries again with fresh samples.
+    pub async fn send_metrics(&self) {
+        let samples = match self.driver.sample().await {
+            Ok(s) if s.is_empty() => return,
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "sampling failed");
+                return;
+            }
+        };
+        let secret = self.secret().await;
+        let req = proto::MetricsRequest { samples };
+        if let Err(e) = self.post::<_, serde_json::Value>(proto::PATH_METRICS, secret.as_deref(), &req).await {
+            tracing::debug!(error = %e, "sending metrics failed");
+        }
     }
 }

@@ -362,3 +362,31 @@ pub struct FirewallRuleCreate {
     #[serde(default)]
     pub ruleset_id: Option<String>,
 }
+
+/// Resource use of an instance over one step (the mean of the samples in it), or one sample on
+/// the stream.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MetricPoint {
+    /// Start of the step (a sample's own time on the stream), RFC 3339 UTC.
+    pub timestamp: String,
+    /// CPU in use, thousandths of a core.
+    pub cpu_millicores: i64,
+    pub memory_bytes: i64,
+    pub disk_bytes: i64,
+    pub net_rx_bytes_per_sec: i64,
+    pub net_tx_bytes_per_sec: i64,
+    /// GPU utilization in percent (instances with GPUs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_utilization_pct: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_memory_bytes: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct InstanceMetrics {
+    pub instance_id: String,
+    pub from: String,
+    pub to: String,
+    pub step_seconds: i64,
+    pub points: Vec<MetricPoint>,
+}

@@ -15,7 +15,11 @@ use nimbus_proto as proto;
 use crate::ApiState;
 
 pub fn router() -> Router<ApiState> {
-    Router::new().route("/register", post(register)).route("/report", post(report)).route("/desired", post(desired))
+    Router::new()
+        .route("/register", post(register))
+        .route("/report", post(report))
+        .route("/desired", post(desired))
+        .route("/metrics", post(metrics))
 }
 
 pub struct AgentError(Error);
@@ -87,4 +91,13 @@ async fn desired(
     AgentJson(req): AgentJson<proto::DesiredRequest>,
 ) -> Result<Json<proto::DesiredResponse>, AgentError> {
     Ok(Json(agents::desired(&s.control, &host, req).await?))
+}
+
+async fn metrics(
+    State(s): State<ApiState>,
+    AgentHost(host): AgentHost,
+    AgentJson(req): AgentJson<proto::MetricsRequest>,
+) -> Result<Json<serde_json::Value>, AgentError> {
+    let n = nimbus_control::metrics::ingest(&s.control, &host, req.samples).await?;
+    Ok(Json(serde_json::json!({ "accepted": n })))
 }

@@ -23,6 +23,22 @@ pub struct Config {
     pub rate_limits: RateLimits,
     #[serde(default)]
     pub agents: AgentTimings,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// Instance metrics kept by the server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Samples older than this are deleted.
+    pub retention_hours: i64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { retention_hours: 24 }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -152,6 +168,7 @@ impl Default for Config {
             quotas: Quotas::default(),
             rate_limits: RateLimits::default(),
             agents: AgentTimings::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }

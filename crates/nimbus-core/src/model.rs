@@ -266,3 +266,18 @@ pub struct Snapshot {
     pub created_at: i64,
     pub updated_at: i64,
 }
+
+/// One instance's resource use over one sampling interval (or the mean over a query step).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricPoint {
+    pub instance_id: InstanceId,
+    /// µs since the Unix epoch, UTC.
+    pub at: i64,
+    pub cpu_millicores: i64,
+    pub memory_bytes: i64,
+    pub disk_bytes: i64,
+    pub net_rx_bps: i64,
+    pub net_tx_bps: i64,
+    pub gpu_util_permille: Option<i64>,
+    pub gpu_memory_bytes: Option<i64>,
+}

@@ -13,7 +13,7 @@ pub mod container;
 pub mod sim;
 
 use async_trait::async_trait;
-use nimbus_proto::{DesiredInstance, HostSnapshot, HostVolume, InstanceReport, Inventory, SnapshotReport, VolumeReport};
+use nimbus_proto::{DesiredInstance, HostSnapshot, HostVolume, InstanceReport, Inventory, MetricSample, SnapshotReport, VolumeReport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
@@ -54,6 +54,10 @@ pub trait Driver: Send + Sync + 'static {
 
     /// Removes the instance and everything it owns on the host. Unknown ids are fine.
     async fn destroy(&self, id: &str) -> Result<()>;
+
+    /// One resource-use sample per running instance, covering the time since the previous call
+    /// (the first call after a start primes the counters and may return nothing).
+    async fn sample(&self) -> Result<Vec<MetricSample>>;
 
     /// Makes the host's volumes and snapshots match the complete desired sets: creates (or
     /// grows) listed volumes, makes listed snapshots that do not exist yet, and deletes volumes

@@ -159,4 +159,36 @@ impl Driver for SimDriver {
             m.remove(id);
         })
     }
+
+    /// Synthetic figures (this is the test double): a fixed load per running instance, so tests
+    /// can check that samples flow end to end without real cgroups.
+    async fn sample(&self) -> Result<Vec<nimbus_proto::MetricSample>> {
+        let now = nimbus_core_now_micros();
+        Ok(self
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|r| r.state == ActualState::Running)
+            .map(|r| nimbus_proto::MetricSample {
+                instance_id: r.id.clone(),
+                at: now,
+                cpu_millicores: SIM_CPU_MILLICORES,
+                memory_bytes: SIM_MEMORY_BYTES,
+                disk_bytes: 0,
+                net_rx_bps: 0,
+                net_tx_bps: 0,
+                gpu_util_permille: None,
+                gpu_memory_bytes: None,
+            })
+            .collect())
+    }
+}
+
+/// What every running sim instance reports using.
+pub const SIM_CPU_MILLICORES: i64 = 250;
+pub const SIM_MEMORY_BYTES: i64 = 64 << 20;
+
+fn nimbus_core_now_micros() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }

@@ -256,3 +256,31 @@ pub struct AgentError {
     pub code: String,
     pub message: String,
 }
+
+pub const PATH_METRICS: &str = "/internal/agent/v1/metrics";
+
+/// One instance's resource use over the last sampling interval, measured on the host.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MetricSample {
+    pub instance_id: String,
+    /// End of the interval, µs since the Unix epoch (UTC).
+    pub at: i64,
+    /// CPU used over the interval, in thousandths of a core (1,500 = one and a half cores).
+    pub cpu_millicores: i64,
+    pub memory_bytes: i64,
+    /// Bytes the instance's disk (its writable layer) holds.
+    pub disk_bytes: i64,
+    /// Received and sent by the instance, bytes per second over the interval.
+    pub net_rx_bps: i64,
+    pub net_tx_bps: i64,
+    /// Mean utilization of the instance's GPUs in per mille, when it has GPUs (NVML).
+    #[serde(default)]
+    pub gpu_util_permille: Option<i64>,
+    #[serde(default)]
+    pub gpu_memory_bytes: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MetricsRequest {
+    pub samples: Vec<MetricSample>,
+}

@@ -15,6 +15,7 @@ mod events;
 mod hosts;
 mod idempotency;
 mod instances;
+mod metrics;
 mod migrate;
 mod orgs;
 mod rows;

@@ -13,6 +13,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "idempotency", include_str!("../migrations/0003_idempotency.sql")),
     (4, "storage", include_str!("../migrations/0004_storage.sql")),
     (6, "api_key_expiry", include_str!("../migrations/0006_api_key_expiry.sql")),
+    (7, "metrics", include_str!("../migrations/0007_metrics.sql")),
 ];
 
 fn render(sql: &str, backend: Backend) -> String {

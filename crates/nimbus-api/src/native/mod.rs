@@ -7,6 +7,7 @@ mod error;
 mod extract;
 mod firewall;
 mod handlers;
+mod metrics;
 pub mod page;
 mod storage;
 
@@ -53,10 +54,14 @@ pub fn api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(account::api_key_delete))
         .routes(routes!(firewall::firewall_rules_list, firewall::firewall_rule_create))
         .routes(routes!(firewall::firewall_rule_delete))
+        .routes(routes!(metrics::instance_metrics_get))
         .split_for_parts();
     let mut doc = doc;
     document_common_responses(&mut doc);
-    let router = router.route("/openapi.json", axum::routing::get(openapi_json)).route("/docs", axum::routing::get(docs_page));
+    let router = router
+        .route("/openapi.json", axum::routing::get(openapi_json))
+        .route("/docs", axum::routing::get(docs_page))
+        .route("/instances/{id}/metrics/stream", axum::routing::get(metrics::instance_metrics_stream));
     (router.fallback(unknown_endpoint).layer(axum::middleware::from_fn(extract::rate_limit_headers)), doc)
 }
 

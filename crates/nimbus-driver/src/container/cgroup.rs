@@ -51,7 +51,9 @@ pub struct Cgroups {
     parent: String,
 }
 
-const V1_CONTROLLERS: [&str; 3] = ["cpu", "memory", "pids"];
+/// `cpuacct` comes last: only accounting (CPU time for metrics), no limits, so indices 0..3
+/// stay the limit-bearing controllers.
+const V1_CONTROLLERS: [&str; 4] = ["cpu", "memory", "pids", "cpuacct"];
 const CFS_PERIOD_US: u64 = 100_000;
 
 impl Cgroups {
@@ -147,6 +149,30 @@ impl Cgroups {
                 pids: num(read(d[0].join("pids.max"))?),
             },
         })
+    }
+
+    /// CPU time used so far (µs) and memory in use (bytes, without reclaimable page cache, as
+    /// `docker stats` counts it). `None` when the cgroup is gone.
+    pub fn usage(&self, name: &str) -> Option<(u64, u64)> {
+        let d = self.dirs(name);
+        let read = |p: PathBuf| std::fs::read_to_string(p).ok();
+        let stat = |text: &str, key: &str| -> Option<u64> {
+            text.lines().find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+        };
+        match self.version {
+            Version::V1 => {
+                let cpu_ns: u64 = read(d[3].join("cpuacct.usage"))?.trim().parse().ok()?;
+                let mem: u64 = read(d[1].join("memory.usage_in_bytes"))?.trim().parse().ok()?;
+                let inactive = read(d[1].join("memory.stat")).and_then(|t| stat(&t, "total_inactive_file")).unwrap_or(0);
+                Some((cpu_ns / 1000, mem.saturating_sub(inactive)))
+            }
+            Version::V2 => {
+                let cpu_us = stat(&read(d[0].join("cpu.stat"))?, "usage_usec")?;
+                let mem: u64 = read(d[0].join("memory.current"))?.trim().parse().ok()?;
+                let inactive = read(d[0].join("memory.stat")).and_then(|t| stat(&t, "inactive_file")).unwrap_or(0);
+                Some((cpu_us, mem.saturating_sub(inactive)))
+            }
+        }
     }
 
     /// Moves process `pid` into cgroup `name` (every controller).

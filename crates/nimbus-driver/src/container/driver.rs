@@ -80,6 +80,9 @@ pub struct ContainerDriver {
     cgroups: Cgroups,
     /// Serializes structural changes (address allocation, create/destroy).
     lock: Mutex<()>,
+    sampler: Mutex<super::metrics::Sampler>,
+    /// NVML for GPU metrics, loaded on first use; `None` on hosts without the NVIDIA driver.
+    nvml: std::sync::OnceLock<Option<nvml_wrapper::Nvml>>,
 }
 
 fn err(id: &str, e: impl std::fmt::Display) -> DriverError {
@@ -96,7 +99,14 @@ impl ContainerDriver {
         let net = Network::new(&cfg.bridge, cfg.gateway, cfg.prefix_len, &cfg.ns_prefix);
         net.ensure_bridge().map_err(host_err)?;
         std::fs::create_dir_all(cfg.data_dir.join("instances")).map_err(host_err)?;
-        Ok(ContainerDriver { cfg, net, cgroups, lock: Mutex::new(()) })
+        Ok(ContainerDriver {
+            cfg,
+            net,
+            cgroups,
+            lock: Mutex::new(()),
+            sampler: Mutex::new(super::metrics::Sampler::default()),
+            nvml: std::sync::OnceLock::new(),
+        })
     }
 
     fn dir(&self, id: &str) -> PathBuf {
@@ -296,5 +306,43 @@ impl Driver for ContainerDriver {
             std::fs::remove_dir_all(&dir).map_err(|e| err(id, e))?;
         }
         self.sync_firewall()
+    }
+
+    async fn sample(&self) -> Result<Vec<nimbus_proto::MetricSample>> {
+        use super::metrics::{gpu_usage, Reading};
+        let now = std::time::Instant::now();
+        let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
+        let nvml = self.nvml.get_or_init(|| nvml_wrapper::Nvml::init().ok()).as_ref();
+        let mut sampler = self.sampler.lock().unwrap_or_else(|p| p.into_inner());
+        let mut live = Vec::new();
+        let mut out = Vec::new();
+        for id in self.ids() {
+            if !runtime::running(&self.cgroups, &id) {
+                continue;
+            }
+            let Some((cpu_usec, memory)) = self.cgroups.usage(&id) else { continue };
+            let (rx_bytes, tx_bytes) = self.net.counters(&id).unwrap_or((0, 0));
+            live.push(id.clone());
+            let Some((cpu_millicores, net_rx_bps, net_tx_bps)) = sampler.observe(&id, Reading { at: now, cpu_usec, rx_bytes, tx_bytes })
+            else {
+                continue;
+            };
+            let disk = sampler.disk(&id, &self.dir(&id).join("upper"), now);
+            let gpus = self.ledger(&id).map(|l| l.spec.gpu_indices).unwrap_or_default();
+            let (gpu_util_permille, gpu_memory_bytes) = gpu_usage(nvml, &gpus);
+            out.push(nimbus_proto::MetricSample {
+                instance_id: id,
+                at,
+                cpu_millicores,
+                memory_bytes: i64::try_from(memory).unwrap_or(i64::MAX),
+                disk_bytes: i64::try_from(disk).unwrap_or(i64::MAX),
+                net_rx_bps,
+                net_tx_bps,
+                gpu_util_permille,
+                gpu_memory_bytes,
+            });
+        }
+        sampler.retain(&live);
+        Ok(out)
     }
 }

@@ -7,5 +7,6 @@ pub mod driver;
 pub mod firewall;
 pub mod image;
 pub mod inventory;
+pub mod metrics;
 pub mod net;
 pub mod runtime;

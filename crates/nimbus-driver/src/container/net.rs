@@ -74,6 +74,14 @@ impl Network {
         format!("nh{}", &id[..id.len().min(12)])
     }
 
+    /// Bytes `(received, sent)` by the instance so far, read from the host end of its veth
+    /// (what the host end sends, the instance receives).
+    pub fn counters(&self, id: &str) -> Option<(u64, u64)> {
+        let base = std::path::Path::new("/sys/class/net").join(self.veth_name(id)).join("statistics");
+        let read = |f: &str| std::fs::read_to_string(base.join(f)).ok().and_then(|s| s.trim().parse::<u64>().ok());
+        Some((read("tx_bytes")?, read("rx_bytes")?))
+    }
+
     pub fn ns_path(&self, id: &str) -> String {
         format!("/run/netns/{}", self.ns_name(id))
     }

@@ -11,6 +11,7 @@ mod hosts;
 mod idempotency;
 mod isolation;
 mod lambda;
+mod metrics;
 mod native;
 mod native_lifecycle;
 mod ratelimit;
