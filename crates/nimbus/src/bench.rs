@@ -56,6 +56,14 @@ pub enum BenchCmd {
         #[command(flatten)]
         images: crate::image::ImagesDir,
     },
+    /// What the rate limiter and the idempotency layer add to a request (p50 difference).
+    Middleware {
+        /// Requests per phase per round.
+        #[arg(long, default_value_t = 2000)]
+        requests: usize,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
     /// Idle resident memory of `nimbus server`.
     Rss {
         #[arg(long, default_value_t = 3)]
@@ -65,6 +73,7 @@ pub enum BenchCmd {
 
 pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
     match cmd {
+        BenchCmd::Middleware { requests, rounds } => crate::bench_middleware::middleware(requests, rounds).await,
         BenchCmd::Api { instances, concurrency, seconds, hosts, database_url } => {
             api(instances, concurrency, Duration::from_secs(seconds), hosts, database_url).await
         }
@@ -73,22 +82,22 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
     }
 }
 
-fn temp_dir(tag: &str) -> anyhow::Result<std::path::PathBuf> {
+pub(crate) fn temp_dir(tag: &str) -> anyhow::Result<std::path::PathBuf> {
     let d = std::env::temp_dir().join(format!("nimbus-bench-{tag}-{}", nimbus_core::ids::random_hex_id()));
     std::fs::create_dir_all(&d)?;
     Ok(d)
 }
 
-struct Phase {
-    name: String,
-    requests: usize,
-    errors: usize,
-    elapsed: Duration,
-    latencies: Vec<Duration>,
+pub(crate) struct Phase {
+    pub(crate) name: String,
+    pub(crate) requests: usize,
+    pub(crate) errors: usize,
+    pub(crate) elapsed: Duration,
+    pub(crate) latencies: Vec<Duration>,
 }
 
 impl Phase {
-    fn pct(&self, p: f64) -> Duration {
+    pub(crate) fn pct(&self, p: f64) -> Duration {
         if self.latencies.is_empty() {
             return Duration::ZERO;
         }
@@ -96,7 +105,7 @@ impl Phase {
         self.latencies[i]
     }
 
-    fn print(&self) {
+    pub(crate) fn print(&self) {
         let rps = self.requests as f64 / self.elapsed.as_secs_f64();
         println!(
             "| {:<34} | {:>8} | {:>6} | {:>10.0} | {:>8.2} | {:>8.2} | {:>8.2} |",
@@ -121,7 +130,7 @@ async fn connect(addr: std::net::SocketAddr) -> anyhow::Result<Sender> {
     Ok(sender)
 }
 
-fn request(method: &str, path: &str, key: &str, body: Option<&str>) -> anyhow::Result<Request<Full<Bytes>>> {
+pub(crate) fn request(method: &str, path: &str, key: &str, body: Option<&str>) -> anyhow::Result<Request<Full<Bytes>>> {
     Ok(Request::builder()
         .method(method)
         .uri(path)
@@ -131,7 +140,7 @@ fn request(method: &str, path: &str, key: &str, body: Option<&str>) -> anyhow::R
 }
 
 /// Runs `make(i)` requests from `concurrency` connections until `until` says stop.
-async fn drive<F>(
+pub(crate) async fn drive<F>(
     name: &str,
     addr: std::net::SocketAddr,
     concurrency: usize,
