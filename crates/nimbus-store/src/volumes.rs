@@ -58,7 +58,7 @@ impl Store {
 
     /// `(number of volumes, total GiB)` of an org.
     pub async fn volume_usage_in(c: &mut Conn, org: &OrgId) -> Result<(i64, i64), Error> {
-        let row = sqlx::query("SELECT COUNT(*) AS n, COALESCE(SUM(size_gib), 0) AS gib FROM volumes WHERE org_id = $1")
+        let row = sqlx::query("SELECT COUNT(*) AS n, CAST(COALESCE(SUM(size_gib), 0) AS BIGINT) AS gib FROM volumes WHERE org_id = $1")
             .bind(org.as_str())
             .fetch_one(c)
             .await
