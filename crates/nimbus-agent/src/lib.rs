@@ -66,6 +66,8 @@ pub struct Agent {
     /// firewall rules, say) is ensured again. Empty after a restart, so everything is ensured
     /// once (ensure is idempotent).
     applied: std::sync::Mutex<HashMap<String, proto::DesiredInstance>>,
+    /// The VPN gateways' state after the last apply, sent with every report.
+    vpn_reports: std::sync::Mutex<Vec<proto::VpnReport>>,
 }
 
 impl Agent {
@@ -85,6 +87,7 @@ impl Agent {
             applied_generation: AtomicI64::new(0),
             report_now: Notify::new(),
             applied: std::sync::Mutex::new(HashMap::new()),
+            vpn_reports: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -166,6 +169,7 @@ impl Agent {
             applied_generation: self.applied_generation.load(Ordering::SeqCst),
             volumes: Vec::new(),
             snapshots: Vec::new(),
+            vpns: self.vpn_reports.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         };
         let secret = self.secret().await;
         self.post(proto::PATH_REPORT, secret.as_deref(), &req).await
@@ -196,6 +200,11 @@ impl Agent {
             if let Err(e) = self.driver.destroy(id).await {
                 tracing::warn!(instance = %id, error = %e, "driver failed to destroy instance");
             }
+        }
+        // Gateways after instances, so they forward to addresses that exist.
+        match self.driver.sync_vpns(&desired.vpns).await {
+            Ok(r) => *self.vpn_reports.lock().unwrap_or_else(|p| p.into_inner()) = r,
+            Err(e) => tracing::warn!(error = %e, "driver failed to converge VPN gateways"),
         }
         self.applied_generation.store(desired.generation, Ordering::SeqCst);
         Ok(())

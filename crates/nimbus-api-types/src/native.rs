@@ -390,3 +390,45 @@ pub struct InstanceMetrics {
     pub step_seconds: i64,
     pub points: Vec<MetricPoint>,
 }
+
+/// A WireGuard VPN into the organization's private network (its instances on the serving host).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Vpn {
+    pub id: String,
+    pub name: String,
+    pub region: String,
+    /// `pending` until the host has brought the gateway up, then `up` (or `failed`, see `message`).
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// `address:port` to connect to (known once the host has reported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The instance network reachable through the tunnel (the client's AllowedIPs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    pub gateway_public_key: String,
+    pub gateway_address: String,
+    /// The client's tunnel address.
+    pub client_address: String,
+    pub client_public_key: String,
+    /// wg-quick configuration for the client; its PrivateKey is the one returned at creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<String>,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VpnCreate {
+    pub name: String,
+    pub region: String,
+}
+
+/// A new VPN with the client's private key, shown this once.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct VpnCreated {
+    #[serde(flatten)]
+    pub vpn: Vpn,
+    pub client_private_key: String,
+}

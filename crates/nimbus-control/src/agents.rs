@@ -188,7 +188,18 @@ pub async fn report(c: &Control, host: &HostId, req: proto::ReportRequest) -> Re
         Store::org_bump_instances_generation_in_txn(&mut tx, org).await?;
     }
     apply_storage_report(&mut tx, host, &req, now).await?;
+    crate::vpn::apply_reports(&mut tx, host, &req.vpns).await?;
+    // A VPN gateway forwards only to its org's instance addresses, which arrive with reports:
+    // when they change, the host must re-read its desired state.
+    let vpn_changed =
+        !changed_orgs.is_empty() && Store::vpn_list_by_host_in(&mut tx, host).await?.iter().any(|v| changed_orgs.contains(&v.org_id));
+    if vpn_changed {
+        Store::host_bump_generation_in_txn(&mut tx, host).await?;
+    }
     Store::commit(tx).await?;
+    if vpn_changed {
+        c.hosts().wake(host);
+    }
     Ok(proto::ReportResponse { desired_generation: gen })
 }
 
@@ -340,7 +351,8 @@ pub async fn desired(c: &Control, host: &HostId, req: proto::DesiredRequest) -> 
             },
         })
         .collect();
-    Ok(proto::DesiredResponse { generation: gen, instances: desired, volumes: host_volumes, snapshots: host_snapshots })
+    let vpns = crate::vpn::desired_for_host(c, host, &instances).await?;
+    Ok(proto::DesiredResponse { generation: gen, instances: desired, volumes: host_volumes, snapshots: host_snapshots, vpns })
 }
 
 #[cfg(test)]
@@ -400,6 +412,7 @@ mod tests {
             applied_generation: applied,
             volumes: vec![],
             snapshots: vec![],
+            vpns: vec![],
         };
         let changes = plan(&insts, &req(7), 7);
         assert_eq!(changes.len(), 2, "{changes:?}");

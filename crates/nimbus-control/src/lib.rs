@@ -23,6 +23,7 @@ pub mod scheduler;
 pub mod ssh_keys;
 pub mod storage;
 pub mod volumes;
+pub mod vpn;
 
 use std::sync::Arc;
 

@@ -90,6 +90,8 @@ typed_id!(/// A block volume.
     VolumeId, "volume");
 typed_id!(/// A snapshot of an instance disk or a volume.
     SnapshotId, "snapshot");
+typed_id!(/// A WireGuard VPN into an organization's private network.
+    VpnId, "vpn");
 
 #[cfg(test)]
 mod tests {

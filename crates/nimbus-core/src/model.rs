@@ -281,3 +281,39 @@ pub struct MetricPoint {
     pub gpu_util_permille: Option<i64>,
     pub gpu_memory_bytes: Option<i64>,
 }
+
+/// A WireGuard tunnel into an organization's private network, served by one host's agent.
+#[derive(Debug, Clone)]
+pub struct Vpn {
+    pub id: VpnId,
+    pub org_id: OrgId,
+    pub name: String,
+    pub region: String,
+    pub host_id: HostId,
+    /// Which `/24` of the tunnel range (`10.201.<index>.0/24`) on its host.
+    pub tunnel_index: i64,
+    pub listen_port: i64,
+    /// Held by the server and sent only to the agent of `host_id`.
+    pub gateway_private_key: String,
+    pub gateway_public_key: String,
+    /// The client's private key is shown once at creation and never stored.
+    pub client_public_key: String,
+    /// `pending` (the host has not brought it up yet), `up` or `failed`.
+    pub status: String,
+    pub message: Option<String>,
+    /// `address:port` clients connect to, as the host reports it.
+    pub endpoint: Option<String>,
+    /// The instance network behind the gateway (the client's AllowedIPs), as the host reports it.
+    pub network: Option<String>,
+    pub created_at: i64,
+}
+
+impl Vpn {
+    pub fn gateway_address(&self) -> String {
+        format!("10.201.{}.1", self.tunnel_index)
+    }
+
+    pub fn client_address(&self) -> String {
+        format!("10.201.{}.2", self.tunnel_index)
+    }
+}

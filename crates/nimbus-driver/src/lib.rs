@@ -59,6 +59,10 @@ pub trait Driver: Send + Sync + 'static {
     /// (the first call after a start primes the counters and may return nothing).
     async fn sample(&self) -> Result<Vec<MetricSample>>;
 
+    /// Makes the host's WireGuard gateways match the complete desired set; returns each listed
+    /// gateway's state.
+    async fn sync_vpns(&self, vpns: &[nimbus_proto::VpnGateway]) -> Result<Vec<nimbus_proto::VpnReport>>;
+
     /// Makes the host's volumes and snapshots match the complete desired sets: creates (or
     /// grows) listed volumes, makes listed snapshots that do not exist yet, and deletes volumes
     /// and snapshots that are no longer listed (a volume still mounted in an instance is kept

@@ -160,6 +160,10 @@ impl Driver for SimDriver {
         })
     }
 
+    async fn sync_vpns(&self, vpns: &[nimbus_proto::VpnGateway]) -> Result<Vec<nimbus_proto::VpnReport>> {
+        Ok(sim_vpns(vpns).await)
+    }
+
     /// Synthetic figures (this is the test double): a fixed load per running instance, so tests
     /// can check that samples flow end to end without real cgroups.
     async fn sample(&self) -> Result<Vec<nimbus_proto::MetricSample>> {
@@ -183,6 +187,19 @@ impl Driver for SimDriver {
             })
             .collect())
     }
+}
+
+/// Gateways of the sim driver: reported up and never brought up (this is the test double).
+async fn sim_vpns(vpns: &[nimbus_proto::VpnGateway]) -> Vec<nimbus_proto::VpnReport> {
+    vpns.iter()
+        .map(|v| nimbus_proto::VpnReport {
+            id: v.id.clone(),
+            up: true,
+            endpoint: Some(format!("192.0.2.1:{}", v.listen_port)),
+            network: Some("10.255.0.0/16".to_owned()),
+            message: None,
+        })
+        .collect()
 }
 
 /// What every running sim instance reports using.

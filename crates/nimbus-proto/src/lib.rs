@@ -101,6 +101,9 @@ pub struct ReportRequest {
     /// Snapshots present on the host (made, or failed to be made).
     #[serde(default)]
     pub snapshots: Vec<SnapshotReport>,
+    /// VPN gateways the host serves.
+    #[serde(default)]
+    pub vpns: Vec<VpnReport>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -248,6 +251,47 @@ pub struct DesiredResponse {
     /// Complete set of snapshots that live on this host; any other snapshot is deleted.
     #[serde(default)]
     pub snapshots: Vec<HostSnapshot>,
+    /// Complete set of WireGuard gateways this host serves; any other is taken down.
+    #[serde(default)]
+    pub vpns: Vec<VpnGateway>,
+}
+
+/// A WireGuard gateway: an interface on the host, its peers, and where they may go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VpnGateway {
+    pub id: String,
+    /// Interface name (at most 15 bytes).
+    pub interface: String,
+    /// Base64 Curve25519 private key.
+    pub private_key: String,
+    pub listen_port: u16,
+    /// The gateway's tunnel address with prefix, e.g. `10.201.3.1/24`.
+    pub address: String,
+    pub peers: Vec<VpnPeer>,
+    /// Instance addresses on this host that the peers may reach (the organization's); all other
+    /// forwarding from the tunnel is dropped.
+    pub reachable: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VpnPeer {
+    pub public_key: String,
+    /// The peer's tunnel address, `/32`.
+    pub allowed_ip: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VpnReport {
+    pub id: String,
+    pub up: bool,
+    /// `address:port` clients should connect to.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// The instance network behind the gateway (CIDR).
+    #[serde(default)]
+    pub network: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
 }
 
 /// Error body of the agent endpoints.

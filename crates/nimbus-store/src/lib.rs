@@ -21,6 +21,7 @@ mod orgs;
 mod rows;
 mod tenant;
 mod volumes;
+mod vpns;
 
 use std::str::FromStr;
 use std::time::Duration;

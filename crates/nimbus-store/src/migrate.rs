@@ -14,6 +14,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (4, "storage", include_str!("../migrations/0004_storage.sql")),
     (6, "api_key_expiry", include_str!("../migrations/0006_api_key_expiry.sql")),
     (7, "metrics", include_str!("../migrations/0007_metrics.sql")),
+    (8, "vpn", include_str!("../migrations/0008_vpn.sql")),
 ];
 
 fn render(sql: &str, backend: Backend) -> String {

@@ -40,8 +40,16 @@ pub enum ImageCmd {
 }
 
 /// Host tools the container driver runs, with the Debian package of each.
-const HOST_TOOLS: &[(&str, &str)] =
-    &[("debootstrap", "debootstrap"), ("nft", "nftables"), ("ip", "iproute2"), ("nsenter", "util-linux"), ("unshare", "util-linux")];
+const HOST_TOOLS: &[(&str, &str)] = &[
+    ("debootstrap", "debootstrap"),
+    ("nft", "nftables"),
+    ("ip", "iproute2"),
+    ("nsenter", "util-linux"),
+    ("unshare", "util-linux"),
+    // VPN gateways: wg configures them; wireguard-go serves them where the kernel lacks WireGuard.
+    ("wg", "wireguard-tools"),
+    ("wireguard-go", "wireguard-go"),
+];
 
 fn have(tool: &str) -> bool {
     std::process::Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().map(|o| o.status.success()).unwrap_or(false)

@@ -10,6 +10,7 @@ mod handlers;
 mod metrics;
 pub mod page;
 mod storage;
+mod vpn;
 
 use axum::Router;
 use utoipa_axum::router::OpenApiRouter;
@@ -55,6 +56,8 @@ pub fn api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(firewall::firewall_rules_list, firewall::firewall_rule_create))
         .routes(routes!(firewall::firewall_rule_delete))
         .routes(routes!(metrics::instance_metrics_get))
+        .routes(routes!(vpn::vpns_list, vpn::vpn_create))
+        .routes(routes!(vpn::vpn_get, vpn::vpn_delete))
         .split_for_parts();
     let mut doc = doc;
     document_common_responses(&mut doc);

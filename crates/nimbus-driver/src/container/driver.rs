@@ -83,6 +83,7 @@ pub struct ContainerDriver {
     sampler: Mutex<super::metrics::Sampler>,
     /// NVML for GPU metrics, loaded on first use; `None` on hosts without the NVIDIA driver.
     nvml: std::sync::OnceLock<Option<nvml_wrapper::Nvml>>,
+    vpns: super::vpn::Gateways,
 }
 
 fn err(id: &str, e: impl std::fmt::Display) -> DriverError {
@@ -99,7 +100,13 @@ impl ContainerDriver {
         let net = Network::new(&cfg.bridge, cfg.gateway, cfg.prefix_len, &cfg.ns_prefix);
         net.ensure_bridge().map_err(host_err)?;
         std::fs::create_dir_all(cfg.data_dir.join("instances")).map_err(host_err)?;
+        let network = {
+            let mask = u32::MAX.checked_shl(32 - u32::from(cfg.prefix_len)).unwrap_or(0);
+            format!("{}/{}", Ipv4Addr::from(u32::from(cfg.gateway) & mask), cfg.prefix_len)
+        };
+        let vpns = super::vpn::Gateways::new(&cfg.data_dir, &cfg.bridge, network);
         Ok(ContainerDriver {
+            vpns,
             cfg,
             net,
             cgroups,
@@ -306,6 +313,10 @@ impl Driver for ContainerDriver {
             std::fs::remove_dir_all(&dir).map_err(|e| err(id, e))?;
         }
         self.sync_firewall()
+    }
+
+    async fn sync_vpns(&self, vpns: &[nimbus_proto::VpnGateway]) -> Result<Vec<nimbus_proto::VpnReport>> {
+        Ok(self.vpns.sync(vpns))
     }
 
     async fn sample(&self) -> Result<Vec<nimbus_proto::MetricSample>> {

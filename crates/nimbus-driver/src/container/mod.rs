@@ -10,3 +10,4 @@ pub mod inventory;
 pub mod metrics;
 pub mod net;
 pub mod runtime;
+pub mod vpn;

@@ -245,3 +245,169 @@ runcmd:
     assert!(data.join("file-systems").read_dir().unwrap().next().is_some(), "file systems are kept");
     s.shutdown().await;
 }
+
+/// Runs `cmd args` inside network namespace `ns`.
+fn in_ns(ns: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new("ip").args(["netns", "exec", ns]).args(args).output().expect("ip netns exec");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+struct PeerCleanup {
+    ns: String,
+    veth: String,
+}
+
+impl Drop for PeerCleanup {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+        let _ = Command::new("ip").args(["link", "del", &self.veth]).stderr(std::process::Stdio::null()).status();
+    }
+}
+
+/// A WireGuard peer (a network namespace of this test, with wireguard-go) connects through the
+/// VPN's gateway to its organization's instance, and cannot reach another organization's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vpn_peer_reaches_its_orgs_instance_only() {
+    let Some(images) = ready() else { return };
+    if Command::new("sh").args(["-c", "command -v wireguard-go && command -v wg"]).output().map(|o| !o.status.success()).unwrap_or(true) {
+        eprintln!("SKIPPED: wireguard-go and wg are needed (scripts/test installs them)");
+        return;
+    }
+    if std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").map(|s| s.trim() != "1").unwrap_or(true) {
+        eprintln!("SKIPPED: net.ipv4.ip_forward is 0 on this host (VPN gateways route)");
+        return;
+    }
+    let tag = std::process::id() % 10_000;
+    let mut s = TestServer::builder().start().await;
+    let data = s.dir.0.join("vpn-host");
+    let cfg = ContainerConfig {
+        bridge: format!("nbv{tag}"),
+        gateway: Ipv4Addr::new(10, 236, 0, 1),
+        prefix_len: 24,
+        ns_prefix: format!("nbv{tag}-"),
+        cgroup_parent: format!("nimbus-vpn-{tag}"),
+        inventory: Some(Inventory {
+            hostname: "vpn".into(),
+            cpu_model: "test".into(),
+            vcpus: 4,
+            memory_mib: 8192,
+            disk_gib: 100,
+            gpus: vec![],
+            driver: "container".into(),
+        }),
+        sshd_grace: Duration::from_secs(5),
+        ..ContainerConfig::new(&data, &images)
+    };
+    let _cleanup = HostCleanup { cfg: cfg.clone() };
+    s.add_container_host("us-east-1", cfg.clone()).await;
+
+    // One instance in our org, one in another org, same host.
+    let key_id = s.expect("POST", "/ssh-keys", Some(json!({"name": "v", "public_key": crate::PUBKEY})), 200).await["data"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let body = json!({"instance_type": "cpu_1x_small", "region": "us-east-1", "ssh_keys": [key_id]});
+    let mine = s.nexpect("POST", "/instances", Some(body), 201).await["id"].as_str().unwrap().to_owned();
+    let (_, other_key) = s.org_with_key("vpn-other", "ADMIN").await;
+    let (_, k2) = s.call(&other_key, "POST", "/ssh-keys", Some(json!({"name": "o", "public_key": crate::PUBKEY}))).await;
+    let body2 = json!({"instance_type": "cpu_1x_small", "region": "us-east-1", "ssh_keys": [k2["data"]["id"]]});
+    let (st, v) = s.native(&other_key, "POST", "/instances", Some(body2)).await;
+    assert_eq!(st, 201, "{v}");
+    let theirs = v["data"]["id"].as_str().unwrap().to_owned();
+    let my_ip = s.wait_native_status(&format!("/instances/{mine}"), "running").await["private_ip"].as_str().unwrap().to_owned();
+    let their_ip = loop {
+        let (_, v) = s.native(&other_key, "GET", &format!("/instances/{theirs}"), None).await;
+        if v["data"]["status"] == "running" {
+            break v["data"]["private_ip"].as_str().unwrap().to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    let created = s.nexpect("POST", "/vpn", Some(json!({"name": "office", "region": "us-east-1"})), 201).await;
+    let vpn_id = created["id"].as_str().unwrap().to_owned();
+    let client_key = created["client_private_key"].as_str().unwrap().to_owned();
+    assert_eq!(nimbus_core::wireguard::public_key(&client_key).as_deref(), created["client_public_key"].as_str());
+    let t = Instant::now();
+    let vpn = loop {
+        let v = s.nexpect("GET", &format!("/vpn/{vpn_id}"), None, 200).await;
+        if v["status"] == "up" {
+            break v;
+        }
+        assert!(v["status"] != "failed", "{v}");
+        assert!(t.elapsed() < Duration::from_secs(20), "the gateway never came up: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(vpn["network"], "10.236.0.0/24");
+    let endpoint = vpn["endpoint"].as_str().unwrap().to_owned();
+
+    // The peer: its own namespace, reaching the host over a veth, running userspace WireGuard.
+    let ns = format!("nbvpeer{tag}");
+    let veth = format!("nbvp{tag}");
+    let _peer = PeerCleanup { ns: ns.clone(), veth: veth.clone() };
+    let sh = |c: &str| assert!(Command::new("sh").args(["-c", c]).status().unwrap().success(), "{c}");
+    sh(&format!("ip netns add {ns}"));
+    sh(&format!("ip link add {veth} type veth peer name {veth}x && ip link set {veth}x netns {ns}"));
+    sh(&format!("ip addr add 10.237.{}.1/30 dev {veth} && ip link set {veth} up", tag % 250));
+    let wg_if = format!("wgp{tag}");
+    for c in [
+        format!("ip addr add 10.237.{}.2/30 dev {veth}x", tag % 250),
+        format!("ip link set {veth}x up"),
+        "ip link set lo up".to_owned(),
+        format!("ip route add default via 10.237.{}.1", tag % 250),
+    ] {
+        let args: Vec<&str> = c.split(' ').collect();
+        let (ok, out) = in_ns(&ns, &args);
+        assert!(ok, "{c}: {out}");
+    }
+    let (ok, out) = in_ns(&ns, &["wireguard-go", &wg_if]);
+    assert!(ok, "wireguard-go: {out}");
+    let mut wg = Command::new("ip")
+        .args(["netns", "exec", &ns, "wg", "set", &wg_if, "private-key", "/dev/stdin", "peer", vpn["gateway_public_key"].as_str().unwrap()])
+        .args(["endpoint", &endpoint, "allowed-ips", &format!("{}/32,10.236.0.0/24", vpn["gateway_address"].as_str().unwrap())])
+        .args(["persistent-keepalive", "1"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        wg.stdin.take().unwrap().write_all(client_key.as_bytes()).unwrap();
+    }
+    assert!(wg.wait().unwrap().success());
+    for c in [
+        format!("ip addr add {}/32 dev {wg_if}", vpn["client_address"].as_str().unwrap()),
+        format!("ip link set {wg_if} up"),
+        format!("ip route add 10.236.0.0/24 dev {wg_if}"),
+        format!("ip route add {}/32 dev {wg_if}", vpn["gateway_address"].as_str().unwrap()),
+    ] {
+        let args: Vec<&str> = c.split(' ').collect();
+        let (ok, out) = in_ns(&ns, &args);
+        assert!(ok, "{c}: {out}");
+    }
+    let banner = |ip: &str| in_ns(&ns, &["timeout", "4", "bash", "-c", &format!("exec 3<>/dev/tcp/{ip}/22; head -c 4 <&3")]);
+    let t = Instant::now();
+    loop {
+        let (ok, out) = banner(&my_ip);
+        if ok && out.starts_with("SSH-") {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "no SSH banner from our instance through the tunnel: {out}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The gateway forwards only to its org's instances.
+    let (ok, out) = banner(&their_ip);
+    assert!(!(ok && out.starts_with("SSH-")), "another org's instance answered through our VPN: {out}");
+
+    // Deleting the VPN takes the gateway down.
+    s.nexpect("DELETE", &format!("/vpn/{vpn_id}"), None, 200).await;
+    let iface = format!("/sys/class/net/nv{}", &vpn_id[..12]);
+    let t = Instant::now();
+    while std::path::Path::new(&iface).exists() {
+        assert!(t.elapsed() < Duration::from_secs(15), "{iface} is still there");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for id in [&mine] {
+        s.nexpect("DELETE", &format!("/instances/{id}"), None, 200).await;
+    }
+    let (st, _) = s.native(&other_key, "DELETE", &format!("/instances/{theirs}"), None).await;
+    assert_eq!(st, 200);
+}

@@ -262,3 +262,36 @@ async fn firewall_rules_crud_on_the_shared_model() {
     s.nexpect("DELETE", &format!("/firewall/rules/{}", r2["id"].as_str().unwrap()), None, 200).await;
     assert_eq!(s.nexpect("GET", "/firewall/rules", None, 200).await.as_array().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn vpn_keys_config_and_isolation() {
+    let s = TestServer::builder().host("us-east-1", sim_host("h", 8, 0)).start().await;
+    let e = s.nexpect("POST", "/vpn", Some(json!({"name": "x", "region": "us-west-1"})), 409).await;
+    assert_eq!(e["error"]["code"], "insufficient_capacity", "no host in that region: {e}");
+    s.nexpect("POST", "/vpn", Some(json!({"name": "bad name", "region": "us-east-1"})), 400).await;
+    s.nexpect("POST", "/vpn", Some(json!({"name": "x", "region": "mars-1"})), 400).await;
+
+    let v = s.nexpect("POST", "/vpn", Some(json!({"name": "office", "region": "us-east-1"})), 201).await;
+    let id = v["id"].as_str().unwrap().to_owned();
+    let private = v["client_private_key"].as_str().unwrap();
+    assert_eq!(nimbus_core::wireguard::public_key(private).as_deref(), v["client_public_key"].as_str(), "a real Curve25519 pair");
+    assert!(nimbus_core::wireguard::is_key(v["gateway_public_key"].as_str().unwrap()));
+    assert_eq!((v["client_address"].as_str(), v["gateway_address"].as_str()), (Some("10.201.0.2"), Some("10.201.0.1")));
+    s.nexpect("POST", "/vpn", Some(json!({"name": "office", "region": "us-east-1"})), 409).await;
+
+    let up = s.wait_native_status(&format!("/vpn/{id}"), "up").await;
+    let config = up["config"].as_str().unwrap();
+    assert!(config.contains(&format!("PublicKey = {}", up["gateway_public_key"].as_str().unwrap())), "{config}");
+    assert!(config.contains("Endpoint = 192.0.2.1:51820") && config.contains("AllowedIPs = 10.201.0.1/32, 10.255.0.0/16"), "{config}");
+    assert!(!up.to_string().contains(private), "the client private key is never shown again");
+    let second = s.nexpect("POST", "/vpn", Some(json!({"name": "lab", "region": "us-east-1"})), 201).await;
+    assert_eq!(second["client_address"], "10.201.1.2", "each VPN on a host gets its own /24");
+
+    let (_, other) = s.org_with_key("vpn-iso", "ADMIN").await;
+    assert_eq!(s.native(&other, "GET", &format!("/vpn/{id}"), None).await.0, 404);
+    assert_eq!(s.native(&other, "DELETE", &format!("/vpn/{id}"), None).await.0, 404);
+    assert_eq!(s.native(&other, "GET", "/vpn", None).await.1["data"], json!([]));
+    assert_eq!(s.nexpect("GET", "/vpn", None, 200).await.as_array().unwrap().len(), 2);
+    s.nexpect("DELETE", &format!("/vpn/{id}"), None, 200).await;
+    s.nexpect("GET", &format!("/vpn/{id}"), None, 404).await;
+}
