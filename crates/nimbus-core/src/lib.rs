@@ -13,6 +13,7 @@ pub mod error;
 pub mod firewall;
 pub mod ids;
 pub mod instance;
+pub mod metering;
 pub mod model;
 pub mod money;
 pub mod validate;

@@ -317,3 +317,23 @@ impl Vpn {
         format!("10.201.{}.2", self.tunnel_index)
     }
 }
+
+/// A span during which something is billed at a fixed rate: opened and closed by the state
+/// changes that cause it, in their transactions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageInterval {
+    pub id: String,
+    pub org_id: OrgId,
+    /// `instance` or `volume`.
+    pub resource_type: String,
+    pub resource_id: String,
+    /// `compute` or `storage`.
+    pub kind: String,
+    /// What is billed: the instance type, or `storage`.
+    pub sku: String,
+    /// Units the rate applies to (1 for an instance type, GiB for storage), for line items.
+    pub quantity: i64,
+    pub rate_micros_per_hour: i64,
+    pub started_at: i64,
+    pub ended_at: Option<i64>,
+}

@@ -20,6 +20,7 @@ mod migrate;
 mod orgs;
 mod rows;
 mod tenant;
+mod usage;
 mod volumes;
 mod vpns;
 
@@ -34,6 +35,7 @@ pub use events::NewEvent;
 pub use hosts::HostRegistration;
 pub use idempotency::{Claim, StoredResponse};
 pub use instances::{InstanceUpdate, NewInstance};
+pub use usage::LedgerEntry;
 
 pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
 pub type Conn = sqlx::AnyConnection;

@@ -15,6 +15,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (6, "api_key_expiry", include_str!("../migrations/0006_api_key_expiry.sql")),
     (7, "metrics", include_str!("../migrations/0007_metrics.sql")),
     (8, "vpn", include_str!("../migrations/0008_vpn.sql")),
+    (9, "metering", include_str!("../migrations/0009_metering.sql")),
 ];
 
 fn render(sql: &str, backend: Backend) -> String {

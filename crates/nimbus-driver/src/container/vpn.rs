@@ -113,6 +113,12 @@ impl Gateways {
         for p in &g.peers {
             run("wg", &["set", &g.interface, "peer", &p.public_key, "allowed-ips", &p.allowed_ip], None)?;
         }
+        // Another interface routing the same tunnel subnet (a second Nimbus agent on this host,
+        // or a leftover) would take the replies: refuse clearly instead of half-working.
+        let owner = run("ip", &["-o", "-4", "address", "show", "to", &g.address], None).unwrap_or_default();
+        if let Some(other) = owner.split_whitespace().nth(1).filter(|i| *i != g.interface) {
+            return Err(format!("the tunnel address {} is already on interface {other}", g.address));
+        }
         run("ip", &["address", "replace", &g.address, "dev", &g.interface], None)?;
         run("ip", &["link", "set", &g.interface, "up"], None)?;
         Ok(())

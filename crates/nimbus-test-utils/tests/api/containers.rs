@@ -64,6 +64,8 @@ impl Drop for HostCleanup {
         }
         let _ = Command::new("ip").args(["link", "del", &self.cfg.bridge]).stderr(std::process::Stdio::null()).status();
         nimbus_driver::container::firewall::remove(&self.cfg.bridge);
+        // VPN gateways the driver made (a failed test may not have deleted its VPN through the API).
+        nimbus_driver::container::vpn::Gateways::new(&self.cfg.data_dir, &self.cfg.bridge, String::new()).remove_all();
     }
 }
 
@@ -255,10 +257,13 @@ fn in_ns(ns: &str, args: &[&str]) -> (bool, String) {
 struct PeerCleanup {
     ns: String,
     veth: String,
+    wg: String,
 }
 
 impl Drop for PeerCleanup {
     fn drop(&mut self) {
+        // wireguard-go outlives its namespace unless told to go.
+        let _ = Command::new("pkill").args(["-f", &format!("wireguard-go {}", self.wg)]).status();
         let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
         let _ = Command::new("ip").args(["link", "del", &self.veth]).stderr(std::process::Stdio::null()).status();
     }
@@ -343,12 +348,12 @@ async fn vpn_peer_reaches_its_orgs_instance_only() {
     // The peer: its own namespace, reaching the host over a veth, running userspace WireGuard.
     let ns = format!("nbvpeer{tag}");
     let veth = format!("nbvp{tag}");
-    let _peer = PeerCleanup { ns: ns.clone(), veth: veth.clone() };
+    let wg_if = format!("wgp{tag}");
+    let _peer = PeerCleanup { ns: ns.clone(), veth: veth.clone(), wg: wg_if.clone() };
     let sh = |c: &str| assert!(Command::new("sh").args(["-c", c]).status().unwrap().success(), "{c}");
     sh(&format!("ip netns add {ns}"));
     sh(&format!("ip link add {veth} type veth peer name {veth}x && ip link set {veth}x netns {ns}"));
     sh(&format!("ip addr add 10.237.{}.1/30 dev {veth} && ip link set {veth} up", tag % 250));
-    let wg_if = format!("wgp{tag}");
     for c in [
         format!("ip addr add 10.237.{}.2/30 dev {veth}x", tag % 250),
         format!("ip link set {veth}x up"),
