@@ -432,3 +432,30 @@ pub struct VpnCreated {
     pub vpn: Vpn,
     pub client_private_key: String,
 }
+
+/// What was billed for one resource in a period.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UsageLine {
+    /// `instance` or `volume`.
+    pub resource_type: String,
+    pub resource_id: String,
+    /// `compute` (the instance type's price) or `storage` (GiB-hours of a kept disk).
+    pub kind: String,
+    /// The instance type, or `storage`.
+    pub sku: String,
+    pub quantity: i64,
+    pub rate_micros_per_hour: i64,
+    pub seconds: i64,
+    pub amount_micros: i64,
+    /// The amount in US dollars, exact (`"0.012345"`).
+    pub amount_usd: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Usage {
+    pub start: String,
+    pub end: String,
+    pub total_micros: i64,
+    pub total_usd: String,
+    pub lines: Vec<UsageLine>,
+}

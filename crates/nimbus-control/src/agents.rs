@@ -162,6 +162,7 @@ pub async fn report(c: &Control, host: &HostId, req: proto::ReportRequest) -> Re
                 let inst = &instances[index];
                 let ok = Store::instance_transition_in_txn(&mut tx, &inst.id, inst.state, to, &addrs, now).await?;
                 if ok {
+                    crate::metering::instance_moved(c, &mut tx, inst, inst.state, to, now).await?;
                     if to == InstanceState::Terminated {
                         Store::host_release_in_txn(&mut tx, host, &inst.resources, &inst.id).await?;
                         for v in Store::volume_detach_all_in_txn(&mut tx, &inst.id, now).await? {

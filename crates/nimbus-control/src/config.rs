@@ -25,6 +25,23 @@ pub struct Config {
     pub agents: AgentTimings,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub pricing: Pricing,
+}
+
+/// Prices that are not an instance type's hourly price, in micro-dollars.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pricing {
+    /// Per GiB-hour of disk that is kept without compute (stopped instances, volumes):
+    /// 137 µ$ ≈ $0.10 per GiB-month.
+    pub storage_gib_hour_micros: i64,
+}
+
+impl Default for Pricing {
+    fn default() -> Self {
+        Pricing { storage_gib_hour_micros: 137 }
+    }
 }
 
 /// Instance metrics kept by the server.
@@ -169,6 +186,7 @@ impl Default for Config {
             rate_limits: RateLimits::default(),
             agents: AgentTimings::default(),
             metrics: MetricsConfig::default(),
+            pricing: Pricing::default(),
         }
     }
 }

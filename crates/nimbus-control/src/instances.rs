@@ -405,6 +405,7 @@ pub async fn terminate(c: &Control, actor: &Actor, ids: &[String]) -> Result<Vec
         if !Store::instance_transition_in_txn(&mut tx, &i.id, i.state, InstanceState::Terminating, &InstanceUpdate::default(), now).await? {
             return Err(Error::conflict(ConflictReason::Concurrent, format!("instance {} changed meanwhile; retry", i.id)));
         }
+        crate::metering::instance_moved(c, &mut tx, i, i.state, InstanceState::Terminating, now).await?;
         emit(&mut tx, actor, "instance.terminate_requested", "instance", i.id.as_str(), json!({}), now).await?;
         match &i.host_id {
             Some(h) => {
@@ -461,6 +462,7 @@ async fn power(c: &Control, actor: &Actor, id: &str, to: InstanceState, kind: &s
     if !Store::instance_transition_in_txn(&mut tx, &i.id, i.state, to, &InstanceUpdate::default(), now).await? {
         return Err(Error::conflict(ConflictReason::Concurrent, format!("instance {} changed meanwhile; retry", i.id)));
     }
+    crate::metering::instance_moved(c, &mut tx, &i, i.state, to, now).await?;
     emit(&mut tx, actor, kind, "instance", i.id.as_str(), json!({}), now).await?;
     Store::org_bump_instances_generation_in_txn(&mut tx, &actor.org_id).await?;
     Store::commit(tx).await?;
@@ -517,6 +519,8 @@ pub async fn resize(c: &Control, actor: &Actor, id: &str, new_type: &str) -> Res
     if !Store::instance_set_type_in_txn(&mut tx, &i.id, &itype.name, &req.resources, &gpus, now).await? {
         return Err(Error::conflict(ConflictReason::Concurrent, format!("instance {} changed meanwhile; retry", i.id)));
     }
+    let resized = Instance { instance_type: itype.name.clone(), resources: req.resources, gpu_indices: gpus.clone(), ..i.clone() };
+    crate::metering::instance_resized(c, &mut tx, &resized, now).await?;
     emit(&mut tx, actor, "instance.resized", "instance", i.id.as_str(), json!({"from": i.instance_type, "to": itype.name}), now).await?;
     Store::org_bump_instances_generation_in_txn(&mut tx, &actor.org_id).await?;
     Store::commit(tx).await?;

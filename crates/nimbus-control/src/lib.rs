@@ -16,6 +16,7 @@ pub mod firewall;
 pub mod idempotency;
 pub mod images;
 pub mod instances;
+pub mod metering;
 pub mod metrics;
 pub mod notify;
 pub mod reconcile;

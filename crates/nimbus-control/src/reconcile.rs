@@ -25,6 +25,9 @@ pub async fn host_liveness_once(c: &Control) -> Result<usize, Error> {
         let running = [InstanceState::Booting, InstanceState::Active, InstanceState::Restarting, InstanceState::Starting];
         for (id, org, st) in Store::instance_ids_on_hosts_in_states_in(&mut tx, host, &running).await? {
             if Store::instance_transition_in_txn(&mut tx, &id, st, InstanceState::Unhealthy, &InstanceUpdate::default(), now).await? {
+                if let Some(inst) = Store::instance_get_any_in(&mut tx, &id).await? {
+                    crate::metering::instance_moved(c, &mut tx, &inst, st, InstanceState::Unhealthy, now).await?;
+                }
                 Store::event_append_in_txn(
                     &mut tx,
                     NewEvent {
@@ -60,7 +63,8 @@ pub async fn host_liveness_once(c: &Control) -> Result<usize, Error> {
     Ok(n)
 }
 
-/// Runs the liveness pass forever at the heartbeat interval.
+/// Runs the liveness pass (and the hourly metering roll-up when an hour has passed) forever at
+/// the heartbeat interval.
 pub fn spawn(c: Control) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let every = Duration::from_millis(c.config().agents.heartbeat_interval_ms.max(100));
@@ -68,6 +72,12 @@ pub fn spawn(c: Control) -> tokio::task::JoinHandle<()> {
             tokio::time::sleep(every).await;
             if let Err(e) = host_liveness_once(&c).await {
                 tracing::warn!(error = %e, "host liveness pass failed");
+            }
+            // Cheap when the last hour is already rolled up (the cursor is read first).
+            if crate::metering::roll_up_due(&c).await.unwrap_or(false) {
+                if let Err(e) = crate::metering::roll_up(&c).await {
+                    tracing::warn!(error = %e, "metering roll-up failed");
+                }
             }
         }
     })

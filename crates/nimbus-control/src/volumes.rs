@@ -67,6 +67,7 @@ pub async fn create(c: &Control, actor: &Actor, name: &str, region: &str, size_g
         updated_at: now,
     };
     Store::volume_insert_in_txn(&mut tx, &v).await?;
+    crate::metering::volume_changed(c, &mut tx, &v, Some(size_gib), now).await?;
     emit(&mut tx, actor, "volume.created", "volume", v.id.as_str(), json!({"volume_id": v.id, "name": v.name, "size_gib": size_gib}), now)
         .await?;
     Store::commit(tx).await?;
@@ -179,6 +180,7 @@ pub async fn resize(c: &Control, actor: &Actor, id: &str, size_gib: i64) -> Resu
     if !Store::volume_grow_in_txn(&mut tx, &v.id, size_gib, now).await? {
         return Err(Error::conflict(ConflictReason::Concurrent, format!("volume {} changed meanwhile; retry", v.name)));
     }
+    crate::metering::volume_changed(c, &mut tx, &v, Some(size_gib), now).await?;
     emit(
         &mut tx,
         actor,
@@ -214,6 +216,7 @@ pub async fn delete(c: &Control, actor: &Actor, id: &str) -> Result<Volume, Erro
     if !Store::volume_delete_in_txn(&mut tx, &actor.org_id, &v.id).await? {
         return Err(Error::conflict(ConflictReason::Concurrent, format!("volume {} changed meanwhile; retry", v.name)));
     }
+    crate::metering::volume_changed(c, &mut tx, &v, None, now).await?;
     emit(&mut tx, actor, "volume.deleted", "volume", v.id.as_str(), json!({"volume_id": v.id, "name": v.name}), now).await?;
     Store::commit(tx).await?;
     if let Some(h) = &v.host_id {
@@ -369,6 +372,7 @@ pub async fn restore_to_volume(c: &Control, actor: &Actor, snapshot: &str, name:
         updated_at: now,
     };
     Store::volume_insert_in_txn(&mut tx, &v).await?;
+    crate::metering::volume_changed(c, &mut tx, &v, Some(size), now).await?;
     emit(
         &mut tx,
         actor,

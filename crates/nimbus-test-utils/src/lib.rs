@@ -100,11 +100,18 @@ struct AgentSlot {
 pub struct Builder {
     config: Config,
     hosts: Vec<(String, SimConfig)>,
+    clock: Option<Arc<dyn nimbus_core::clock::Clock>>,
 }
 
 impl Builder {
     pub fn config(mut self, f: impl FnOnce(&mut Config)) -> Self {
         f(&mut self.config);
+        self
+    }
+
+    /// The server's clock (default: the system clock), e.g. a `ManualClock` for metering tests.
+    pub fn clock(mut self, clock: Arc<dyn nimbus_core::clock::Clock>) -> Self {
+        self.clock = Some(clock);
         self
     }
 
@@ -119,7 +126,8 @@ impl Builder {
         let dir = TempDir::new("srv");
         let url = test_database_url(&dir.0).await;
         let store = Store::connect(&url).await.unwrap();
-        let control = Control::new(store, Arc::new(SystemClock), self.config).await.unwrap();
+        let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
+        let control = Control::new(store, clock, self.config).await.unwrap();
         let org = admin::org_create(&control, "org-a", Some("a@example.com")).await.unwrap();
         let (_, key) = admin::api_key_create(&control, &org, "admin", Permissions::admin(), None).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -162,7 +170,7 @@ impl TestServer {
             agents: AgentTimings { heartbeat_interval_ms: 200, host_timeout_ms: 5_000 },
             ..Config::default()
         };
-        Builder { config, hosts: Vec::new() }
+        Builder { config, hosts: Vec::new(), clock: None }
     }
 
     /// One host in us-east-1 with 64 vCPUs and 8 H100s.

@@ -3,6 +3,7 @@
 //! dialect: an instance launched through the Lambda API is listed here too.
 
 mod account;
+mod billing;
 mod error;
 mod extract;
 mod firewall;
@@ -58,6 +59,7 @@ pub fn api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(metrics::instance_metrics_get))
         .routes(routes!(vpn::vpns_list, vpn::vpn_create))
         .routes(routes!(vpn::vpn_get, vpn::vpn_delete))
+        .routes(routes!(billing::billing_usage_get))
         .split_for_parts();
     let mut doc = doc;
     document_common_responses(&mut doc);

@@ -5,6 +5,7 @@
 
 mod account;
 mod bad_input;
+mod billing;
 mod clients;
 mod containers;
 mod hosts;
