@@ -459,3 +459,51 @@ pub struct Usage {
     pub total_usd: String,
     pub lines: Vec<UsageLine>,
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct InvoiceLine {
+    /// The instance type, or `storage`.
+    pub sku: String,
+    /// `compute` or `storage`.
+    pub kind: String,
+    pub seconds: i64,
+    pub amount_micros: i64,
+    pub amount_usd: String,
+}
+
+/// One calendar month (UTC) of charges from the hourly ledger.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Invoice {
+    pub id: String,
+    /// `YYYY-MM`.
+    pub period: String,
+    pub period_start: String,
+    pub period_end: String,
+    /// `open` while hours of the month are still to be rolled up, then `final`.
+    pub status: String,
+    pub lines: Vec<InvoiceLine>,
+    pub total_micros: i64,
+    pub total_usd: String,
+    pub balance_start_micros: i64,
+    pub balance_end_micros: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ProposedCost {
+    pub instance_type: String,
+    pub hours: i64,
+    pub amount_micros: i64,
+    pub amount_usd: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Estimate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proposed: Option<ProposedCost>,
+    pub month_to_date_micros: i64,
+    /// What runs (or is stored) now, from now to the end of the month.
+    pub current_to_month_end_micros: i64,
+    pub projected_month_total_micros: i64,
+    pub projected_month_total_usd: String,
+    pub month_end: String,
+}

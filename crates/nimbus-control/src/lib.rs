@@ -10,6 +10,7 @@ pub mod admin;
 pub mod agents;
 pub mod audit;
 pub mod auth;
+pub mod billing;
 pub mod capacity;
 pub mod config;
 pub mod firewall;

@@ -35,7 +35,7 @@ pub use events::NewEvent;
 pub use hosts::HostRegistration;
 pub use idempotency::{Claim, StoredResponse};
 pub use instances::{InstanceUpdate, NewInstance};
-pub use usage::LedgerEntry;
+pub use usage::{LedgerEntry, LedgerLine};
 
 pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
 pub type Conn = sqlx::AnyConnection;

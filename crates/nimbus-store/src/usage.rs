@@ -158,3 +158,50 @@ impl Store {
         Ok(())
     }
 }
+
+/// Ledger totals for one SKU and kind over a period (an invoice line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerLine {
+    pub sku: String,
+    pub kind: String,
+    pub seconds: i64,
+    pub amount_micros: i64,
+}
+
+impl Store {
+    /// Ledger rows of `org` for hours in `[from_s, to_s)`, summed per SKU and kind.
+    pub async fn ledger_lines(&self, org: &OrgId, from_s: i64, to_s: i64) -> Result<Vec<LedgerLine>, Error> {
+        let mut c = self.reader().await?;
+        let rows = sqlx::query(
+            "SELECT u.sku AS sku, u.kind AS kind, CAST(SUM(l.seconds) AS BIGINT) AS seconds, CAST(SUM(l.amount_micros) AS BIGINT) AS amount \
+             FROM ledger_entries l JOIN usage_intervals u ON u.id = l.interval_id \
+             WHERE l.org_id = $1 AND l.hour_start >= $2 AND l.hour_start < $3 GROUP BY u.sku, u.kind ORDER BY u.sku, u.kind",
+        )
+        .bind(org.as_str())
+        .bind(from_s)
+        .bind(to_s)
+        .fetch_all(&mut *c)
+        .await
+        .map_err(db_err("summing the ledger"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(LedgerLine { sku: get(r, "sku")?, kind: get(r, "kind")?, seconds: get(r, "seconds")?, amount_micros: get(r, "amount")? })
+            })
+            .collect()
+    }
+
+    /// Sum of `org`'s ledger before `to_s`, and the first hour it has (Unix seconds).
+    pub async fn ledger_span(&self, org: &OrgId, to_s: i64) -> Result<(i64, Option<i64>), Error> {
+        let mut c = self.reader().await?;
+        let row = sqlx::query(
+            "SELECT CAST(COALESCE(SUM(amount_micros), 0) AS BIGINT) AS total, MIN(hour_start) AS first FROM ledger_entries \
+             WHERE org_id = $1 AND hour_start < $2",
+        )
+        .bind(org.as_str())
+        .bind(to_s)
+        .fetch_one(&mut *c)
+        .await
+        .map_err(db_err("summing the ledger"))?;
+        Ok((get(&row, "total")?, get(&row, "first")?))
+    }
+}

@@ -79,3 +79,98 @@ pub async fn billing_usage_get(State(s): State<ApiState>, NativeActor(a): Native
         None,
     ))
 }
+
+fn render_invoice(i: &nimbus_control::billing::Invoice) -> w::Invoice {
+    w::Invoice {
+        id: i.id.clone(),
+        period: i.period.clone(),
+        period_start: to_rfc3339(i.period_start),
+        period_end: to_rfc3339(i.period_end),
+        status: i.status.to_owned(),
+        lines: i
+            .lines
+            .iter()
+            .map(|l| w::InvoiceLine {
+                sku: l.sku.clone(),
+                kind: l.kind.clone(),
+                seconds: l.seconds,
+                amount_micros: l.amount_micros,
+                amount_usd: Micros(l.amount_micros).to_string(),
+            })
+            .collect(),
+        total_micros: i.total.0,
+        total_usd: i.total.to_string(),
+        balance_start_micros: i.balance_start.0,
+        balance_end_micros: i.balance_end.0,
+    }
+}
+
+#[utoipa::path(
+    get,
+    path = "/billing/invoices",
+    tag = "billing",
+    operation_id = "billing_invoices_list",
+    summary = "Monthly invoices from the first charge to the current month, newest first",
+    responses((status = 200, description = "Success", body = w::Envelope<Vec<w::Invoice>>))
+)]
+pub async fn billing_invoices_list(State(s): State<ApiState>, NativeActor(a): NativeActor) -> NResult {
+    let list = nimbus_control::billing::invoices(&s.control, &a).await?;
+    Ok(ok(list.iter().map(render_invoice).collect::<Vec<_>>(), None))
+}
+
+#[utoipa::path(
+    get,
+    path = "/billing/invoices/{id}",
+    tag = "billing",
+    operation_id = "billing_invoice_get",
+    summary = "One monthly invoice with its line items and balances",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "Success", body = w::Envelope<w::Invoice>), (status = 404, description = "Not found", body = w::ErrorEnvelope))
+)]
+pub async fn billing_invoice_get(
+    State(s): State<ApiState>,
+    NativeActor(a): NativeActor,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> NResult {
+    Ok(ok(render_invoice(&nimbus_control::billing::invoice(&s.control, &a, &id).await?), None))
+}
+
+#[utoipa::path(
+    get,
+    path = "/billing/estimate",
+    tag = "billing",
+    operation_id = "billing_estimate_get",
+    summary = "Cost of a proposed instance type for some hours, and of the current running set to month end",
+    params(
+        ("instance_type" = Option<String>, Query),
+        ("hours" = Option<i64>, Query, description = "1 to 8784; default 1 with instance_type")
+    ),
+    responses((status = 200, description = "Success", body = w::Envelope<w::Estimate>), (status = 400, description = "Invalid request", body = w::ErrorEnvelope))
+)]
+pub async fn billing_estimate_get(State(s): State<ApiState>, NativeActor(a): NativeActor, RawQuery(raw): RawQuery) -> NResult {
+    let (mut itype, mut hours) = (None, None);
+    for (k, v) in query_pairs(raw)? {
+        match k.as_str() {
+            "instance_type" => itype = Some(v),
+            "hours" => hours = Some(v.parse::<i64>().map_err(|_| Error::invalid("hours", "must be a whole number"))?),
+            other => return Err(Error::invalid(other, "unknown query parameter; expected instance_type, hours").into()),
+        }
+    }
+    let e = nimbus_control::billing::estimate(&s.control, &a, itype.as_deref(), hours).await?;
+    Ok(ok(
+        w::Estimate {
+            proposed: e.proposed.map(|(t, h, m)| w::ProposedCost {
+                instance_type: t,
+                hours: h,
+                amount_micros: m.0,
+                amount_usd: m.to_string(),
+            }),
+            month_to_date_micros: e.month_to_date.0,
+            current_to_month_end_micros: e.current_to_month_end.0,
+            projected_month_total_micros: e.projected_month_total.0,
+            projected_month_total_usd: e.projected_month_total.to_string(),
+            month_end: to_rfc3339(e.month_end),
+        },
+        None,
+    ))
+}

@@ -60,6 +60,9 @@ pub fn api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(vpn::vpns_list, vpn::vpn_create))
         .routes(routes!(vpn::vpn_get, vpn::vpn_delete))
         .routes(routes!(billing::billing_usage_get))
+        .routes(routes!(billing::billing_invoices_list))
+        .routes(routes!(billing::billing_invoice_get))
+        .routes(routes!(billing::billing_estimate_get))
         .split_for_parts();
     let mut doc = doc;
     document_common_responses(&mut doc);

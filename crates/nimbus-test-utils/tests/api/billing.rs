@@ -66,4 +66,37 @@ async fn exact_charges_across_a_month_boundary() {
     };
     assert_eq!(sum(jan.1, jan.2).await, jan.0);
     assert_eq!(sum(feb.1, feb.2).await, feb.0);
+
+    // Invoices: one per month from the ledger, newest first, with lines and running balances.
+    let inv = s.nexpect("GET", "/billing/invoices", None, 200).await;
+    let inv = inv.as_array().unwrap();
+    assert_eq!(inv.len(), 2, "{inv:?}");
+    let (f, j) = (&inv[0], &inv[1]);
+    assert_eq!((j["period"].as_str(), j["status"].as_str(), j["total_micros"].as_i64()), (Some("2026-01"), Some("final"), Some(jan.0)));
+    assert_eq!((f["period"].as_str(), f["status"].as_str(), f["total_micros"].as_i64()), (Some("2026-02"), Some("open"), Some(feb.0)));
+    assert_eq!((f["balance_start_micros"].as_i64(), f["balance_end_micros"].as_i64()), (Some(jan.0), Some(jan.0 + feb.0)));
+    let jl = j["lines"].as_array().unwrap();
+    assert!(jl.iter().any(|l| l["sku"] == "cpu_1x_small" && l["seconds"] == 1_807 && l["amount_micros"] == 10_038), "{jl:?}");
+    assert!(jl.iter().any(|l| l["sku"] == "storage" && l["seconds"] == 5_393 && l["amount_micros"] == 2_052), "{jl:?}");
+    let one = s.nexpect("GET", &format!("/billing/invoices/{}", j["id"].as_str().unwrap()), None, 200).await;
+    assert_eq!(one["total_micros"], jan.0);
+    s.nexpect("GET", "/billing/invoices/0123456789abcdef0123456789abcdef", None, 404).await;
+    let (_, other) = s.org_with_key("billing-other", "ADMIN").await;
+    assert_eq!(s.native(&other, "GET", &format!("/billing/invoices/{}", j["id"].as_str().unwrap()), None).await.0, 404);
+    assert_eq!(s.native(&other, "GET", "/billing/usage?start=2026-01-01T00:00:00Z", None).await.1["data"]["total_micros"], 0);
+
+    // Estimates: a proposal, and nothing left running.
+    let e = s.nexpect("GET", "/billing/estimate?instance_type=cpu_1x_small&hours=10", None, 200).await;
+    assert_eq!((e["proposed"]["amount_micros"].as_i64(), e["proposed"]["amount_usd"].as_str()), (Some(200_000), Some("0.200000")));
+    assert_eq!((e["month_to_date_micros"].as_i64(), e["current_to_month_end_micros"].as_i64()), (Some(feb.0), Some(0)));
+    assert_eq!(e["month_end"], "2026-03-01T00:00:00.000Z");
+    // With one instance running, the rest of the month is its rate times the seconds left.
+    let body = json!({"instance_type": "cpu_1x_small", "region": "us-east-1", "ssh_keys": [key_id]});
+    let id2 = s.nexpect("POST", "/instances", Some(body), 201).await["id"].as_str().unwrap().to_owned();
+    s.wait_native_status(&format!("/instances/{id2}"), "running").await;
+    let left = (parse_rfc3339("2026-03-01T00:00:00Z").unwrap() - s.control.now()) / 1_000_000;
+    let e = s.nexpect("GET", "/billing/estimate", None, 200).await;
+    assert_eq!(e["current_to_month_end_micros"].as_i64(), Some(20_000 * left / 3600), "{e}");
+    s.nexpect("GET", "/billing/estimate?instance_type=nope", None, 400).await;
+    s.nexpect("GET", "/billing/estimate?hours=0&instance_type=cpu_1x_small", None, 400).await;
 }

@@ -1,0 +1,147 @@
+//! Invoices and estimates, read from the metering ledger and the open usage intervals.
+//!
+//! An invoice covers one calendar month (UTC) and lists the ledger's hourly charges summed per
+//! SKU and kind. It is `open` while hours of its month are still to be rolled up, then `final`.
+//! Balances run from the organization's first charge: what it owed at the start of the month,
+//! the month's charges, and what it owes at the end (payments and credits are not modelled yet).
+
+use chrono::{Datelike, TimeZone, Utc};
+use nimbus_core::auth::{Actor, Permission};
+use nimbus_core::metering::charge;
+use nimbus_core::money::Micros;
+use nimbus_core::Error;
+use nimbus_store::LedgerLine;
+use sha2::{Digest, Sha256};
+
+use crate::{metering, Control};
+
+#[derive(Debug, Clone)]
+pub struct Invoice {
+    pub id: String,
+    /// `YYYY-MM`.
+    pub period: String,
+    pub period_start: i64,
+    pub period_end: i64,
+    /// `open` or `final`.
+    pub status: &'static str,
+    pub lines: Vec<LedgerLine>,
+    pub total: Micros,
+    pub balance_start: Micros,
+    pub balance_end: Micros,
+}
+
+fn month_start_of(y: i32, m: u32) -> i64 {
+    Utc.with_ymd_and_hms(y, m, 1, 0, 0, 0).single().map(|t| t.timestamp_micros()).unwrap_or(0)
+}
+
+fn next_month(y: i32, m: u32) -> (i32, u32) {
+    if m == 12 {
+        (y + 1, 1)
+    } else {
+        (y, m + 1)
+    }
+}
+
+fn ym(t: i64) -> (i32, u32) {
+    let d = Utc.timestamp_micros(t).single().unwrap_or_default();
+    (d.year(), d.month())
+}
+
+/// The end of the month that contains `t` (µs).
+pub fn month_end(t: i64) -> i64 {
+    let (y, m) = ym(t);
+    let (ny, nm) = next_month(y, m);
+    month_start_of(ny, nm)
+}
+
+fn invoice_id(org: &str, period: &str) -> String {
+    hex::encode(&Sha256::digest(format!("nimbus-invoice\0{org}\0{period}").as_bytes())[..16])
+}
+
+/// Every month from the first charge to the current one, newest first.
+pub async fn invoices(c: &Control, actor: &Actor) -> Result<Vec<Invoice>, Error> {
+    actor.require(Permission::Read)?;
+    let now = c.now();
+    let Some(first_hour) = c.store().ledger_span(&actor.org_id, i64::MAX).await?.1 else { return Ok(Vec::new()) };
+    let rolled = {
+        let mut r = c.store().reader().await?;
+        nimbus_store::Store::metering_cursor_in(&mut r, "hourly").await?.unwrap_or(0)
+    };
+    let (mut y, mut m) = ym(first_hour * 1_000_000);
+    let (ny, nm) = ym(now);
+    let mut out = Vec::new();
+    loop {
+        let (start, end) = (month_start_of(y, m), {
+            let (a, b) = next_month(y, m);
+            month_start_of(a, b)
+        });
+        let (s_s, e_s) = (start / 1_000_000, end / 1_000_000);
+        let lines = c.store().ledger_lines(&actor.org_id, s_s, e_s).await?;
+        let total = Micros(lines.iter().map(|l| l.amount_micros).sum());
+        let before = Micros(c.store().ledger_span(&actor.org_id, s_s).await?.0);
+        let period = format!("{y:04}-{m:02}");
+        out.push(Invoice {
+            id: invoice_id(actor.org_id.as_str(), &period),
+            period,
+            period_start: start,
+            period_end: end,
+            status: if rolled >= e_s { "final" } else { "open" },
+            lines,
+            total,
+            balance_start: before,
+            balance_end: Micros(before.0 + total.0),
+        });
+        if (y, m) >= (ny, nm) {
+            break;
+        }
+        (y, m) = next_month(y, m);
+    }
+    out.reverse();
+    Ok(out)
+}
+
+pub async fn invoice(c: &Control, actor: &Actor, id: &str) -> Result<Invoice, Error> {
+    invoices(c, actor).await?.into_iter().find(|i| i.id == id).ok_or_else(|| Error::not_found("invoice", id))
+}
+
+#[derive(Debug, Clone)]
+pub struct Estimate {
+    /// The proposed instance type × hours, when asked.
+    pub proposed: Option<(String, i64, Micros)>,
+    pub month_to_date: Micros,
+    /// What what is running (or stored) now costs from now to the end of the month.
+    pub current_to_month_end: Micros,
+    pub projected_month_total: Micros,
+    pub month_end: i64,
+}
+
+pub async fn estimate(c: &Control, actor: &Actor, instance_type: Option<&str>, hours: Option<i64>) -> Result<Estimate, Error> {
+    actor.require(Permission::Read)?;
+    let proposed = match (instance_type, hours) {
+        (None, None) => None,
+        (Some(t), h) => {
+            let h = h.unwrap_or(1);
+            if !(1..=24 * 366).contains(&h) {
+                return Err(Error::invalid("hours", "must be between 1 and 8784"));
+            }
+            let it = c.config().instance_type(t).ok_or_else(|| Error::invalid("instance_type", format!("unknown instance type {t:?}")))?;
+            Some((it.name.clone(), h, charge(Micros::from_cents(it.price_cents_per_hour), h * 3600)))
+        }
+        (None, Some(_)) => return Err(Error::invalid("instance_type", "required with hours")),
+    };
+    let now = c.now();
+    let end = month_end(now);
+    let (y, m) = ym(now);
+    let start = month_start_of(y, m);
+    let mtd = Micros(metering::usage(c, actor, start, now).await?.iter().map(|l| l.amount.0).sum());
+    let open = c.store().usage_list_by_org(&actor.org_id, now, now + 1).await?;
+    let remaining = (end - now).div_euclid(1_000_000);
+    let ahead = Micros(open.iter().filter(|u| u.ended_at.is_none()).map(|u| charge(Micros(u.rate_micros_per_hour), remaining).0).sum());
+    Ok(Estimate {
+        proposed,
+        month_to_date: mtd,
+        current_to_month_end: ahead,
+        projected_month_total: Micros(mtd.0 + ahead.0),
+        month_end: end,
+    })
+}
