@@ -48,8 +48,9 @@ fn instance_interval(c: &Control, i: &Instance, meter: Meter, now: i64) -> Optio
     }
 }
 
-/// Call in the transaction that moves `i` from `from` to `to` (after the move applied).
-pub(crate) async fn instance_moved(
+/// Call in the transaction that moves `i` from `from` to `to` (after the move applied). Public
+/// for `nimbus bench metering`, which times it.
+pub async fn instance_moved(
     c: &Control,
     tx: &mut Conn,
     i: &Instance,

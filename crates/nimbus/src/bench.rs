@@ -64,6 +64,13 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
+    /// What metering adds to a state transition, and invoice time for 10,000 intervals.
+    Metering {
+        #[arg(long, default_value_t = 2000)]
+        transitions: usize,
+        #[arg(long, default_value_t = 10_000)]
+        intervals: usize,
+    },
     /// Idle resident memory of `nimbus server`.
     Rss {
         #[arg(long, default_value_t = 3)]
@@ -74,6 +81,7 @@ pub enum BenchCmd {
 pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
     match cmd {
         BenchCmd::Middleware { requests, rounds } => crate::bench_middleware::middleware(requests, rounds).await,
+        BenchCmd::Metering { transitions, intervals } => crate::bench_metering::metering(transitions, intervals).await,
         BenchCmd::Api { instances, concurrency, seconds, hosts, database_url } => {
             api(instances, concurrency, Duration::from_secs(seconds), hosts, database_url).await
         }

@@ -4,6 +4,7 @@
 
 mod admin;
 mod bench;
+mod bench_metering;
 mod bench_middleware;
 mod common;
 mod dev;
