@@ -224,6 +224,33 @@ impl NativeClient {
     pub async fn firewall_rule_delete(&self, id: &str) -> Result<w::FirewallRule> {
         self.delete(&format!("/firewall/rules/{id}")).await
     }
+    /// Usage in `[start, end)` (RFC 3339; defaults: the current month to now).
+    pub async fn billing_usage(&self, start: Option<&str>, end: Option<&str>) -> Result<w::Usage> {
+        let mut q = Vec::new();
+        if let Some(s) = start {
+            q.push(("start", s));
+        }
+        if let Some(e) = end {
+            q.push(("end", e));
+        }
+        Ok(self.send(self.http.get(self.url("/billing/usage")).query(&q)).await?.data)
+    }
+    pub async fn billing_invoices(&self) -> Result<Vec<w::Invoice>> {
+        self.get("/billing/invoices").await
+    }
+    pub async fn billing_invoice(&self, id: &str) -> Result<w::Invoice> {
+        self.get(&format!("/billing/invoices/{id}")).await
+    }
+    pub async fn billing_estimate(&self, instance_type: Option<&str>, hours: Option<i64>) -> Result<w::Estimate> {
+        let mut q: Vec<(&str, String)> = Vec::new();
+        if let Some(t) = instance_type {
+            q.push(("instance_type", t.to_owned()));
+        }
+        if let Some(h) = hours {
+            q.push(("hours", h.to_string()));
+        }
+        Ok(self.send(self.http.get(self.url("/billing/estimate")).query(&q)).await?.data)
+    }
     pub async fn account(&self) -> Result<w::Account> {
         self.get("/account").await
     }

@@ -59,9 +59,14 @@ pub async fn metering(transitions: usize, intervals: usize) -> anyhow::Result<()
     )
     .await
     .map_err(e)?;
-    nimbus_control::ssh_keys::add(&control, &actor, "k", Some("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAICZUKH4bkuFLWaz1Z6RVWN2q8+AKMNNakUZWtb9FDa0a me@host"))
-        .await
-        .map_err(e)?;
+    nimbus_control::ssh_keys::add(
+        &control,
+        &actor,
+        "k",
+        Some("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAICZUKH4bkuFLWaz1Z6RVWN2q8+AKMNNakUZWtb9FDa0a me@host"),
+    )
+    .await
+    .map_err(e)?;
     let mut ids = Vec::new();
     while ids.len() < transitions * 2 {
         let spec = instances::LaunchSpec {
@@ -80,13 +85,17 @@ pub async fn metering(transitions: usize, intervals: usize) -> anyhow::Result<()
         let now = control.now();
         let t = Instant::now();
         let mut tx = control.store().begin().await.map_err(e)?;
-        Store::instance_transition_in_txn(&mut tx, a, InstanceState::Booting, InstanceState::Active, &InstanceUpdate::default(), now).await.map_err(e)?;
+        Store::instance_transition_in_txn(&mut tx, a, InstanceState::Booting, InstanceState::Active, &InstanceUpdate::default(), now)
+            .await
+            .map_err(e)?;
         Store::commit(tx).await.map_err(e)?;
         plain.push(t.elapsed());
 
         let t = Instant::now();
         let mut tx = control.store().begin().await.map_err(e)?;
-        Store::instance_transition_in_txn(&mut tx, b, InstanceState::Booting, InstanceState::Active, &InstanceUpdate::default(), now).await.map_err(e)?;
+        Store::instance_transition_in_txn(&mut tx, b, InstanceState::Booting, InstanceState::Active, &InstanceUpdate::default(), now)
+            .await
+            .map_err(e)?;
         let inst = Store::instance_get_any_in(&mut tx, b).await.map_err(e)?.ok_or_else(|| anyhow::anyhow!("instance"))?;
         metering::instance_moved(&control, &mut tx, &inst, InstanceState::Booting, InstanceState::Active, now).await.map_err(e)?;
         Store::commit(tx).await.map_err(e)?;
@@ -155,7 +164,11 @@ pub async fn metering(transitions: usize, intervals: usize) -> anyhow::Result<()
     println!("| roll-up of {intervals} intervals into the hourly ledger (once) | {:.1} |", rollup.as_secs_f64() * 1e3);
     println!("| invoices for the org (the month: {intervals} intervals), p50 of 5 | {:.1} |", p50(inv_times).as_secs_f64() * 1e3);
     println!();
-    println!("March invoice total: {} USD (the intervals' pieces add up to {} USD)", nimbus_core::money::Micros(total), nimbus_core::money::Micros(expect));
+    println!(
+        "March invoice total: {} USD (the intervals' pieces add up to {} USD)",
+        nimbus_core::money::Micros(total),
+        nimbus_core::money::Micros(expect)
+    );
     if total != expect {
         anyhow::bail!("the invoice does not match its intervals");
     }

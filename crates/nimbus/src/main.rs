@@ -6,6 +6,7 @@ mod admin;
 mod bench;
 mod bench_metering;
 mod bench_middleware;
+mod billing_cmd;
 mod common;
 mod dev;
 mod image;
@@ -91,6 +92,13 @@ enum Cmd {
         #[command(flatten)]
         conn: tenant::ConnArgs,
     },
+    /// Usage, invoices and estimates (native API).
+    Billing {
+        #[command(subcommand)]
+        cmd: billing_cmd::BillingCmd,
+        #[command(flatten)]
+        conn: tenant::ConnArgs,
+    },
     /// Instance types and the regions with capacity for them.
     Types {
         #[command(flatten)]
@@ -123,6 +131,7 @@ fn main() -> anyhow::Result<()> {
             Cmd::Fs { cmd, conn } => tenant::fs(&conn, cmd).await,
             Cmd::Types { conn } => tenant::types(&conn).await,
             Cmd::Volume { cmd, conn } => storage_cmd::volume(&conn, cmd).await,
+            Cmd::Billing { cmd, conn } => billing_cmd::run(&conn, cmd).await,
             Cmd::Snapshot { cmd, conn } => storage_cmd::snapshot(&conn, cmd).await,
             Cmd::Bench { cmd } => bench::run(cmd).await,
             Cmd::Image { cmd } => image::run(cmd).await,

@@ -86,6 +86,21 @@ fn dev_and_tenant_cli() {
     }
     let table = cli(&dev, &["instance", "list"]);
     assert!(table.contains(&id) && table.contains("active"), "{table}");
+    // Native-API commands: stop/resize/start with waits, volumes, billing.
+    let v: serde_json::Value = serde_json::from_str(&cli(&dev, &["instance", "stop", &id, "--wait", "--json"])).unwrap();
+    assert_eq!(v["status"], "stopped", "{v}");
+    let v: serde_json::Value = serde_json::from_str(&cli(&dev, &["instance", "resize", &id, "--type", "cpu_2x_medium", "--json"])).unwrap();
+    assert_eq!(v["vcpus"], 2, "{v}");
+    let v: serde_json::Value = serde_json::from_str(&cli(&dev, &["instance", "start", &id, "--wait", "--json"])).unwrap();
+    assert_eq!(v["status"], "running", "{v}");
+    let vol = cli(&dev, &["volume", "create", "scratch", "--size-gib", "2"]);
+    assert!(vol.contains("scratch") && vol.contains("available"), "{vol}");
+    // Billing is per whole second: let the running instance accrue one.
+    std::thread::sleep(Duration::from_millis(1_200));
+    let usage: serde_json::Value = serde_json::from_str(&cli(&dev, &["billing", "usage", "--json"])).unwrap();
+    assert!(usage["lines"].as_array().unwrap().iter().any(|l| l["resource_id"] == id.as_str()), "{usage}");
+    let est = cli(&dev, &["billing", "estimate", "--type", "cpu_1x_small", "--hours", "10"]);
+    assert!(est.contains("cpu_1x_small for 10 h: 0.200000 USD"), "{est}");
     let fs = cli(&dev, &["fs", "create", "data"]);
     assert!(fs.contains("/lambda/nfs/data"), "{fs}");
     cli(&dev, &["instance", "terminate", &id]);
