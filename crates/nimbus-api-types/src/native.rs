@@ -269,6 +269,12 @@ pub struct Account {
     pub plan: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitPlan>,
+    /// Monthly spend limit in US cents (absent: none). Launches that would push the month's
+    /// projected spend past it are refused; when actual spend reaches it, `spend_limit_action`
+    /// runs (`stop` running instances, or `notify` with an event only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spend_limit_cents: Option<i64>,
+    pub spend_limit_action: String,
     pub created_at: String,
 }
 
@@ -279,6 +285,12 @@ pub struct AccountUpdate {
     pub name: Option<String>,
     #[serde(default)]
     pub email: Option<String>,
+    /// US cents per month; 0 removes the limit.
+    #[serde(default)]
+    pub spend_limit_cents: Option<i64>,
+    /// `stop` or `notify`.
+    #[serde(default)]
+    pub spend_limit_action: Option<String>,
 }
 
 /// Usage of one quota, enforced when the resource is created.

@@ -28,9 +28,16 @@ fn check_email(e: &str) -> Result<(), Error> {
     }
 }
 
-/// Renames the organization and/or changes its contact email (ADMIN).
-pub async fn update(c: &Control, actor: &Actor, name: Option<&str>, email: Option<&str>) -> Result<Org, Error> {
+/// A spend limit to set: `(cents, action)`, cents `None` removing the limit.
+pub type SpendLimit = (Option<i64>, String);
+
+/// Renames the organization, changes its contact email and/or its spend limit (ADMIN), in one
+/// transaction.
+pub async fn update(c: &Control, actor: &Actor, name: Option<&str>, email: Option<&str>, spend: Option<SpendLimit>) -> Result<Org, Error> {
     actor.require(Permission::Admin)?;
+    if let Some((cents, action)) = &spend {
+        crate::billing::check_spend_limit(*cents, action)?;
+    }
     if let Some(n) = name {
         if n.is_empty() || n.chars().count() > 64 || n.chars().any(char::is_control) {
             return Err(Error::invalid("name", "must be 1 to 64 printable characters"));
@@ -42,7 +49,20 @@ pub async fn update(c: &Control, actor: &Actor, name: Option<&str>, email: Optio
     let now = c.now();
     let mut tx = c.store().begin().await?;
     Store::org_update_in_txn(&mut tx, &actor.org_id, name, email).await?;
-    emit(&mut tx, actor, "account.updated", "organization", actor.org_id.as_str(), json!({"name": name, "email": email}), now).await?;
+    if let Some((cents, action)) = &spend {
+        Store::org_set_spend_limit_in_txn(&mut tx, &actor.org_id, *cents, action).await?;
+    }
+    let limit = spend.as_ref().map(|(c, a)| json!({"cents": c, "action": a}));
+    emit(
+        &mut tx,
+        actor,
+        "account.updated",
+        "organization",
+        actor.org_id.as_str(),
+        json!({"name": name, "email": email, "spend_limit": limit}),
+        now,
+    )
+    .await?;
     Store::commit(tx).await?;
     get(c, actor).await
 }

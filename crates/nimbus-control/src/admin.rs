@@ -29,7 +29,16 @@ pub async fn org_create(c: &Control, name: &str, email: Option<&str>) -> Result<
     if email.len() > 254 || !email.contains('@') {
         return Err(Error::invalid("email", "must be an email address"));
     }
-    let org = Org { id: OrgId::generate(), name: name.to_owned(), email, plan: "professional".to_owned(), created_at: c.now() };
+    let org = Org {
+        id: OrgId::generate(),
+        name: name.to_owned(),
+        email,
+        plan: "professional".to_owned(),
+        created_at: c.now(),
+        spend_limit_cents: None,
+        spend_limit_action: "notify".to_owned(),
+        spend_limit_reached: None,
+    };
     let mut tx = c.store().begin().await?;
     Store::org_insert_in_txn(&mut tx, &org, &default_global_rules()).await?;
     Store::event_append_in_txn(

@@ -145,3 +145,122 @@ pub async fn estimate(c: &Control, actor: &Actor, instance_type: Option<&str>, h
         month_end: end,
     })
 }
+
+/// Month-to-date spend of `org` and what its open intervals add until the end of the month.
+pub(crate) async fn month_projection(c: &Control, org: &nimbus_core::ids::OrgId) -> Result<(Micros, Micros), Error> {
+    let now = c.now();
+    let (y, m) = ym(now);
+    let mtd = Micros(metering::usage_of(c, org, month_start_of(y, m), now).await?.iter().map(|l| l.amount.0).sum());
+    let remaining = (month_end(now) - now).div_euclid(1_000_000);
+    let open = c.store().usage_list_by_org(org, now, now + 1).await?;
+    let ahead = Micros(open.iter().filter(|u| u.ended_at.is_none()).map(|u| charge(Micros(u.rate_micros_per_hour), remaining).0).sum());
+    Ok((mtd, ahead))
+}
+
+/// Validates a spend limit: cents in range (or `None`), action `stop` or `notify`.
+pub(crate) fn check_spend_limit(cents: Option<i64>, action: &str) -> Result<(), Error> {
+    if cents.is_some_and(|v| !(1..=1_000_000_000_000).contains(&v)) {
+        return Err(Error::invalid("spend_limit_cents", "must be between 1 and 1,000,000,000,000 (0 removes the limit)"));
+    }
+    if !matches!(action, "stop" | "notify") {
+        return Err(Error::invalid("spend_limit_action", "must be stop or notify"));
+    }
+    Ok(())
+}
+
+/// Refuses a launch whose projected month (what is spent, what runs to month end, and the new
+/// instances to month end) would pass the organization's spend limit.
+pub(crate) async fn check_launch(
+    c: &Control,
+    org: &nimbus_core::ids::OrgId,
+    price_cents_per_hour: i64,
+    quantity: i64,
+) -> Result<(), Error> {
+    let Some(o) = c.store().org_get(org).await? else { return Ok(()) };
+    let Some(limit) = o.spend_limit_cents else { return Ok(()) };
+    let (mtd, ahead) = month_projection(c, org).await?;
+    let remaining = (month_end(c.now()) - c.now()).div_euclid(1_000_000);
+    let new = Micros(charge(Micros::from_cents(price_cents_per_hour), remaining).0.saturating_mul(quantity));
+    let projected = Micros(mtd.0 + ahead.0 + new.0);
+    if projected > Micros::from_cents(limit) {
+        return Err(Error::QuotaExceeded {
+            message: format!(
+                "spend limit: this launch would bring the month's projected spend to {projected} USD (spent {mtd}, running to month end {ahead}, this launch {new}), over the limit of {} USD",
+                Micros::from_cents(limit)
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Acts on organizations whose month-to-date spend reached their limit, once per month: an
+/// event (`billing.spend_limit_reached`) always, and with action `stop` their running
+/// instances are stopped. Returns how many organizations it acted on.
+pub async fn enforce_spend_limits(c: &Control) -> Result<usize, Error> {
+    let now = c.now();
+    let (y, m) = ym(now);
+    let period = format!("{y:04}-{m:02}");
+    let mut acted = 0;
+    for o in c.store().org_list().await? {
+        let Some(limit) = o.spend_limit_cents else { continue };
+        if o.spend_limit_reached.as_deref() == Some(period.as_str()) {
+            continue;
+        }
+        let (mtd, _) = month_projection(c, &o.id).await?;
+        if mtd < Micros::from_cents(limit) {
+            continue;
+        }
+        let instances = c.store().instance_list_by_org(&o.id).await?;
+        let running: Vec<&nimbus_core::model::Instance> = instances
+            .iter()
+            .filter(|i| i.state == nimbus_core::instance::InstanceState::Active && o.spend_limit_action == "stop")
+            .collect();
+        let mut tx = c.store().begin().await?;
+        let mut hosts: Vec<nimbus_core::ids::HostId> = running.iter().filter_map(|i| i.host_id.clone()).collect();
+        hosts.sort();
+        hosts.dedup();
+        for h in &hosts {
+            nimbus_store::Store::host_bump_generation_in_txn(&mut tx, h).await?;
+        }
+        if !nimbus_store::Store::org_mark_spend_limit_reached_in_txn(&mut tx, &o.id, &period).await? {
+            continue;
+        }
+        let mut stopped = Vec::new();
+        for i in running {
+            use nimbus_core::instance::InstanceState as S;
+            let moved = nimbus_store::Store::instance_transition_in_txn(
+                &mut tx,
+                &i.id,
+                S::Active,
+                S::Stopping,
+                &nimbus_store::InstanceUpdate::default(),
+                now,
+            )
+            .await?;
+            if moved {
+                metering::instance_moved(c, &mut tx, i, S::Active, S::Stopping, now).await?;
+                stopped.push(i.id.to_string());
+            }
+        }
+        nimbus_store::Store::org_bump_instances_generation_in_txn(&mut tx, &o.id).await?;
+        nimbus_store::Store::event_append_in_txn(
+            &mut tx,
+            nimbus_store::NewEvent {
+                org_id: Some(&o.id),
+                kind: "billing.spend_limit_reached",
+                resource_type: "organization",
+                resource_id: o.id.as_str(),
+                actor_key_id: None,
+                payload: serde_json::json!({"limit_cents": limit, "spent_micros": mtd.0, "period": period, "action": o.spend_limit_action, "stopped": stopped}),
+                now,
+            },
+        )
+        .await?;
+        nimbus_store::Store::commit(tx).await?;
+        for h in &hosts {
+            c.hosts().wake(h);
+        }
+        acted += 1;
+    }
+    Ok(acted)
+}

@@ -85,6 +85,9 @@ pub async fn launch(c: &Control, actor: &Actor, spec: LaunchSpec) -> Result<Vec<
         return Err(Error::invalid("ssh_key_names", "at least one SSH key name is required"));
     }
     let image = images::resolve(c, spec.image.as_ref(), &spec.region).await?;
+    // Read outside the launch transaction: concurrent launches may overshoot a limit by what
+    // they launch together (the limit is a budget, not a reservation).
+    crate::billing::check_launch(c, &actor.org_id, itype.price_cents_per_hour, spec.quantity).await?;
 
     let now = c.now();
     let mut tx = c.store().begin().await?;

@@ -155,13 +155,18 @@ pub struct UsageLine {
 /// the same per-hour pieces the ledger holds, so for hour-aligned periods the two agree exactly.
 pub async fn usage(c: &Control, actor: &Actor, from: i64, to: i64) -> Result<Vec<UsageLine>, Error> {
     actor.require(Permission::Read)?;
+    usage_of(c, &actor.org_id, from, to).await
+}
+
+/// [`usage`] for any org (the spend-limit checks of the control plane itself).
+pub(crate) async fn usage_of(c: &Control, org: &nimbus_core::ids::OrgId, from: i64, to: i64) -> Result<Vec<UsageLine>, Error> {
     if to <= from {
         return Err(Error::invalid("end", "must be after start"));
     }
     let now = c.now();
     let to = to.min(now);
     let mut out = Vec::new();
-    for u in c.store().usage_list_by_org(&actor.org_id, from, to).await? {
+    for u in c.store().usage_list_by_org(org, from, to).await? {
         let (from_s, to_s) = (from.div_euclid(1_000_000), to.div_euclid(1_000_000));
         let (mut seconds, mut amount) = (0, Micros(0));
         // Each hourly piece covers [t, t + secs); only its part inside the period counts.

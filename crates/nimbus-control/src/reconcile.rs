@@ -73,6 +73,9 @@ pub fn spawn(c: Control) -> tokio::task::JoinHandle<()> {
             if let Err(e) = host_liveness_once(&c).await {
                 tracing::warn!(error = %e, "host liveness pass failed");
             }
+            if let Err(e) = crate::billing::enforce_spend_limits(&c).await {
+                tracing::warn!(error = %e, "spend-limit pass failed");
+            }
             // Cheap when the last hour is already rolled up (the cursor is read first).
             if crate::metering::roll_up_due(&c).await.unwrap_or(false) {
                 if let Err(e) = crate::metering::roll_up(&c).await {

@@ -17,6 +17,12 @@ pub struct Org {
     /// Rate-limit plan: `free`, `professional` or `enterprise`.
     pub plan: String,
     pub created_at: i64,
+    /// Monthly spend limit in US cents; `None`: no limit.
+    pub spend_limit_cents: Option<i64>,
+    /// `stop` (stop running instances) or `notify` (an event only) when the limit is reached.
+    pub spend_limit_action: String,
+    /// The month (`YYYY-MM`) the limit was last reached and acted on.
+    pub spend_limit_reached: Option<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -24,7 +24,7 @@ impl Store {
     }
 
     pub async fn org_get_by_name(&self, name: &str) -> Result<Option<Org>, Error> {
-        let row = sqlx::query("SELECT id, name, email, plan, created_at FROM orgs WHERE name = $1")
+        let row = sqlx::query("SELECT id, name, email, plan, created_at, spend_limit_cents, spend_limit_action, spend_limit_reached FROM orgs WHERE name = $1")
             .bind(name)
             .fetch_optional(self.r())
             .await
@@ -33,16 +33,18 @@ impl Store {
     }
 
     pub async fn org_get(&self, id: &OrgId) -> Result<Option<Org>, Error> {
-        let row = sqlx::query("SELECT id, name, email, plan, created_at FROM orgs WHERE id = $1")
-            .bind(id.as_str())
-            .fetch_optional(self.r())
-            .await
-            .map_err(db_err("reading org"))?;
+        let row = sqlx::query(
+            "SELECT id, name, email, plan, created_at, spend_limit_cents, spend_limit_action, spend_limit_reached FROM orgs WHERE id = $1",
+        )
+        .bind(id.as_str())
+        .fetch_optional(self.r())
+        .await
+        .map_err(db_err("reading org"))?;
         row.as_ref().map(rows::org).transpose()
     }
 
     pub async fn org_list(&self) -> Result<Vec<Org>, Error> {
-        sqlx::query("SELECT id, name, email, plan, created_at FROM orgs ORDER BY created_at, id")
+        sqlx::query("SELECT id, name, email, plan, created_at, spend_limit_cents, spend_limit_action, spend_limit_reached FROM orgs ORDER BY created_at, id")
             .fetch_all(self.r())
             .await
             .map_err(db_err("listing orgs"))?
@@ -164,6 +166,31 @@ impl Store {
             .execute(tx)
             .await
             .map_err(unique_err("organization", name.unwrap_or_default()))?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Sets (or with `None` removes) the monthly spend limit and its action; re-arms it.
+    pub async fn org_set_spend_limit_in_txn(tx: &mut Conn, org: &OrgId, cents: Option<i64>, action: &str) -> Result<(), Error> {
+        sqlx::query("UPDATE orgs SET spend_limit_cents = $1, spend_limit_action = $2, spend_limit_reached = NULL WHERE id = $3")
+            .bind(cents)
+            .bind(action)
+            .bind(org.as_str())
+            .execute(tx)
+            .await
+            .map_err(db_err("setting spend limit"))?;
+        Ok(())
+    }
+
+    /// Marks the limit reached for `period` unless it already was; true when this call did.
+    pub async fn org_mark_spend_limit_reached_in_txn(tx: &mut Conn, org: &OrgId, period: &str) -> Result<bool, Error> {
+        let r = sqlx::query(
+            "UPDATE orgs SET spend_limit_reached = $1 WHERE id = $2 AND (spend_limit_reached IS NULL OR spend_limit_reached <> $1)",
+        )
+        .bind(period)
+        .bind(org.as_str())
+        .execute(tx)
+        .await
+        .map_err(db_err("marking spend limit"))?;
         Ok(r.rows_affected() == 1)
     }
 

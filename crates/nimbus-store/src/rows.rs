@@ -35,6 +35,9 @@ pub(crate) fn org(row: &AnyRow) -> Result<Org, Error> {
         email: get(row, "email")?,
         plan: get(row, "plan")?,
         created_at: get(row, "created_at")?,
+        spend_limit_cents: get(row, "spend_limit_cents")?,
+        spend_limit_action: get(row, "spend_limit_action")?,
+        spend_limit_reached: get(row, "spend_limit_reached")?,
     })
 }
 

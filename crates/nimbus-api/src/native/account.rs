@@ -23,6 +23,8 @@ fn render_account(s: &ApiState, o: &Org) -> w::Account {
         email: o.email.clone(),
         plan: o.plan.clone(),
         rate_limit: plan.map(|p| w::RateLimitPlan { requests_per_hour: u64::from(p.per_hour), burst: p.burst }),
+        spend_limit_cents: o.spend_limit_cents,
+        spend_limit_action: o.spend_limit_action.clone(),
         created_at: to_rfc3339(o.created_at),
     }
 }
@@ -70,7 +72,18 @@ pub async fn account_update(
     NativeActor(a): NativeActor,
     NativeJson(b): NativeJson<w::AccountUpdate>,
 ) -> NResult {
-    let o = account::update(&s.control, &a, b.name.as_deref(), b.email.as_deref()).await?;
+    let spend = if b.spend_limit_cents.is_some() || b.spend_limit_action.is_some() {
+        let cur = account::get(&s.control, &a).await?;
+        let cents = match b.spend_limit_cents {
+            Some(0) => None,
+            Some(v) => Some(v),
+            None => cur.spend_limit_cents,
+        };
+        Some((cents, b.spend_limit_action.unwrap_or(cur.spend_limit_action)))
+    } else {
+        None
+    };
+    let o = account::update(&s.control, &a, b.name.as_deref(), b.email.as_deref(), spend).await?;
     Ok(ok(render_account(&s, &o), None))
 }
 

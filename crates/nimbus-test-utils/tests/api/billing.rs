@@ -100,3 +100,55 @@ async fn exact_charges_across_a_month_boundary() {
     s.nexpect("GET", "/billing/estimate?instance_type=nope", None, 400).await;
     s.nexpect("GET", "/billing/estimate?hours=0&instance_type=cpu_1x_small", None, 400).await;
 }
+
+#[tokio::test]
+async fn spend_limit_refuses_launches_and_stops_the_running_set() {
+    // Four hours before the month ends: an H100 SXM5 (329 ¢/h) projects to 1,316 ¢ this month.
+    let clock = Arc::new(ManualClock::new(parse_rfc3339("2026-01-31T20:00:00Z").unwrap()));
+    let s = TestServer::builder()
+        .clock(clock.clone())
+        .config(|c| c.agents.host_timeout_ms = 30 * 24 * 3_600_000)
+        .host("us-east-1", sim_host("h", 64, 8))
+        .start()
+        .await;
+    let key_id = add_key(&s, "k").await["id"].as_str().unwrap().to_owned();
+    let e = s.nexpect("PATCH", "/account", Some(json!({"spend_limit_cents": 1320, "spend_limit_action": "explode"})), 400).await;
+    assert_eq!(e["error"]["details"]["field"], "spend_limit_action");
+    let a = s.nexpect("PATCH", "/account", Some(json!({"spend_limit_cents": 1320, "spend_limit_action": "stop"})), 200).await;
+    assert_eq!((a["spend_limit_cents"].as_i64(), a["spend_limit_action"].as_str()), (Some(1320), Some("stop")));
+
+    let gpu = json!({"instance_type": "gpu_1x_h100_sxm5", "region": "us-east-1", "ssh_keys": [key_id]});
+    let id = s.nexpect("POST", "/instances", Some(gpu), 201).await["id"].as_str().unwrap().to_owned();
+    s.wait_native_status(&format!("/instances/{id}"), "running").await;
+    // 1,316 ¢ running to month end + 8 ¢ for a small one > 1,320 ¢: refused, in both dialects.
+    let small = json!({"instance_type": "cpu_1x_small", "region": "us-east-1", "ssh_keys": [key_id]});
+    let e = s.nexpect("POST", "/instances", Some(small), 403).await;
+    assert_eq!(e["error"]["code"], "quota_exceeded");
+    assert!(e["error"]["message"].as_str().unwrap().contains("spend limit"), "{e}");
+    let (st, v) = s
+        .call(
+            &s.key,
+            "POST",
+            "/instance-operations/launch",
+            Some(json!({"region_name": "us-east-1", "instance_type_name": "cpu_1x_small", "ssh_key_names": ["k"]})),
+        )
+        .await;
+    assert_ne!(st, 200, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("spend limit"), "{v}");
+
+    // Lower the limit below what two hours will cost; once spend reaches it, the running set is
+    // stopped and the outbox says so, once.
+    s.nexpect("PATCH", "/account", Some(json!({"spend_limit_cents": 500})), 200).await;
+    clock.advance_secs(3600);
+    assert_eq!(nimbus_control::billing::enforce_spend_limits(&s.control).await.unwrap(), 0, "329 ¢ spent: under 500");
+    clock.advance_secs(3600);
+    assert_eq!(nimbus_control::billing::enforce_spend_limits(&s.control).await.unwrap(), 1, "658 ¢ spent: over 500");
+    assert_eq!(nimbus_control::billing::enforce_spend_limits(&s.control).await.unwrap(), 0, "acted on once per month");
+    s.wait_native_status(&format!("/instances/{id}"), "stopped").await;
+    let (_, ev) = s.call(&s.key, "GET", "/audit-events?resource_type=organization", None).await;
+    let reached: Vec<&serde_json::Value> =
+        ev["data"]["events"].as_array().unwrap().iter().filter(|e| e["action"] == "billing.spend_limit_reached").collect();
+    assert_eq!(reached.len(), 1, "{ev}");
+    assert_eq!(reached[0]["additional_details"]["stopped"], json!([id]));
+    assert_eq!(reached[0]["additional_details"]["spent_micros"], 6_580_000);
+}
