@@ -14,6 +14,7 @@ pub mod native;
 pub mod openapi;
 pub mod ratelimit;
 pub mod server;
+pub mod voltage;
 
 use std::sync::Arc;
 
@@ -42,7 +43,7 @@ impl ApiState {
 /// The complete application router.
 pub fn router(state: ApiState) -> Router {
     Router::new()
-        .nest("/api/v1", lambda::router().layer(axum::middleware::from_fn(middleware::lambda_deadline)))
+        .nest("/api/v1", lambda::router().layer(axum::middleware::from_fn(middleware::lambda_deadline)).merge(voltage::router()))
         .nest("/v1", native::router())
         .nest("/internal/agent/v1", agent::router())
         .route("/healthz", get(|| async { "ok\n" }))

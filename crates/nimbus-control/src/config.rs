@@ -36,11 +36,16 @@ pub struct Pricing {
     /// Per GiB-hour of disk that is kept without compute (stopped instances, volumes):
     /// 137 µ$ ≈ $0.10 per GiB-month.
     pub storage_gib_hour_micros: i64,
+    /// Component prices shown by the Voltage Park dialect (hostnode pricing): per vCPU-hour and
+    /// per GiB-of-RAM-hour. A GPU's hourly price is that of the cheapest one-GPU instance type
+    /// of its model.
+    pub vcpu_hour_micros: i64,
+    pub ram_gib_hour_micros: i64,
 }
 
 impl Default for Pricing {
     fn default() -> Self {
-        Pricing { storage_gib_hour_micros: 137 }
+        Pricing { storage_gib_hour_micros: 137, vcpu_hour_micros: 30, ram_gib_hour_micros: 1 }
     }
 }
 

@@ -18,6 +18,7 @@ mod native_lifecycle;
 mod ratelimit;
 mod scheduling;
 mod sdk;
+mod voltage;
 
 use nimbus_test_utils::TestServer;
 use serde_json::{json, Value};

@@ -1,0 +1,89 @@
+//! Extractors of the Voltage Park dialect: the actor (`Authorization: Bearer` or `x-api-token`),
+//! JSON bodies and `limit`/`offset` pages, with failures in its error shape.
+
+use axum::extract::{FromRequestParts, Request};
+use axum::http::request::Parts;
+use nimbus_core::auth::Actor;
+use nimbus_core::Error;
+
+use super::VpError;
+use crate::ratelimit::RouteClass;
+use crate::ApiState;
+
+pub struct VpActor(pub Actor);
+
+impl FromRequestParts<ApiState> for VpActor {
+    type Rejection = VpError;
+
+    async fn from_request_parts(parts: &mut Parts, s: &ApiState) -> Result<Self, Self::Rejection> {
+        let secret = crate::auth::presented_key(&parts.headers).ok_or(Error::Unauthenticated)?;
+        let actor = nimbus_control::auth::authenticate(&s.control, &secret).await?;
+        let d = s.limiter.check_plan(&actor.key_id, RouteClass::Native, &actor.plan);
+        if !d.allowed {
+            return Err(Error::RateLimited { retry_after: d.retry_after }.into());
+        }
+        Ok(VpActor(actor))
+    }
+}
+
+/// A JSON object body, whatever the Content-Type; malformed bodies are 422 as FastAPI does.
+pub struct VpJson<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<ApiState> for VpJson<T> {
+    type Rejection = VpError;
+
+    async fn from_request(req: Request, _: &ApiState) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::to_bytes(req.into_body(), crate::MAX_BODY_BYTES)
+            .await
+            .map_err(|_| Error::InvalidRequest { message: "request body is unreadable or too large".into() })?;
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(
+                Error::InvalidRequest { message: "Input should be a valid dictionary or object to extract fields from".into() }.into()
+            );
+        }
+        serde_json::from_slice(&bytes).map(VpJson).map_err(|e| {
+            // serde names the missing or bad field in its message; keep it for the client.
+            Error::InvalidRequest { message: format!("JSON decode error: {e}") }.into()
+        })
+    }
+}
+
+/// `limit` and `offset` of a list, within the endpoint's bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct Page {
+    pub limit: usize,
+    pub offset: usize,
+}
+
+impl Page {
+    pub fn parse(raw: Option<&str>, default_limit: usize, max_limit: usize) -> Result<Page, VpError> {
+        let mut p = Page { limit: default_limit, offset: 0 };
+        for pair in raw.unwrap_or_default().split('&').filter(|s| !s.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let bad = |what: &str| VpError::at("query", Error::invalid(k.to_owned(), what.to_owned()));
+            match k {
+                "limit" => {
+                    p.limit = v.parse().map_err(|_| bad("Input should be a valid integer"))?;
+                    if p.limit < 1 || p.limit > max_limit {
+                        return Err(bad(&format!("Input should be between 1 and {max_limit}")));
+                    }
+                }
+                "offset" => p.offset = v.parse().map_err(|_| bad("Input should be a valid integer, greater than or equal to 0"))?,
+                _ => {}
+            }
+        }
+        Ok(p)
+    }
+
+    /// `{results, total_result_count, has_previous, has_next}` for `items`.
+    pub fn render<T: serde::Serialize>(self, items: Vec<T>) -> serde_json::Value {
+        let total = items.len();
+        let results: Vec<T> = items.into_iter().skip(self.offset).take(self.limit).collect();
+        serde_json::json!({
+            "results": results,
+            "total_result_count": total,
+            "has_previous": self.offset > 0 && total > 0,
+            "has_next": self.offset + self.limit < total,
+        })
+    }
+}

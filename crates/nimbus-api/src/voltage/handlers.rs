@@ -1,0 +1,212 @@
+//! Voltage Park handlers: locations, hostnodes, organization SSH keys, cloud-init validation,
+//! storage rate. Ids are rendered as UUIDs (our 128-bit ids with hyphens) and accepted in both
+//! forms.
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use nimbus_core::catalog::gpu_model_matches;
+use nimbus_core::model::{Host, HostStatus};
+use nimbus_core::money::Micros;
+use nimbus_core::Error;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use super::extract::{Page, VpActor, VpJson};
+use super::VpError;
+use crate::ApiState;
+
+type VpResult = Result<Response, VpError>;
+
+/// `0123…` (32 hex) as `01234567-89ab-cdef-0123-456789abcdef`.
+pub fn uuid(hex32: &str) -> String {
+    if hex32.len() != 32 {
+        return hex32.to_owned();
+    }
+    format!("{}-{}-{}-{}-{}", &hex32[..8], &hex32[8..12], &hex32[12..16], &hex32[16..20], &hex32[20..])
+}
+
+/// A UUID (or our plain form) back to 32 lowercase hex, or `None`.
+pub fn from_uuid(s: &str) -> Option<String> {
+    let h: String = s.chars().filter(|c| *c != '-').collect::<String>().to_ascii_lowercase();
+    nimbus_core::ids::is_valid_id(&h).then_some(h)
+}
+
+fn location_id(region: &str) -> String {
+    uuid(&hex::encode(&Sha256::digest(format!("nimbus-location\0{region}").as_bytes())[..16]))
+}
+
+/// `NVIDIA H100 80GB HBM3` → `h100-80gb-hbm3`, the shape of the seed's GPU keys.
+pub fn gpu_slug(model: &str) -> String {
+    let m = model.trim();
+    let m = m.strip_prefix("NVIDIA ").unwrap_or(m);
+    m.split(|c: char| c.is_whitespace() || c == '_').filter(|s| !s.is_empty()).collect::<Vec<_>>().join("-").to_ascii_lowercase()
+}
+
+fn usd(m: i64) -> String {
+    Micros(m).to_string()
+}
+
+fn hostnode(s: &ApiState, h: &Host) -> Value {
+    let cfg = s.control.config();
+    let free = h.free();
+    let mut gpus = serde_json::Map::new();
+    let mut per_gpu = serde_json::Map::new();
+    for g in &h.gpus {
+        let slug = gpu_slug(&g.model);
+        let e = gpus.entry(slug.clone()).or_insert_with(|| json!({"count": 0}));
+        if g.instance_id.is_none() {
+            e["count"] = json!(e["count"].as_i64().unwrap_or(0) + 1);
+        }
+        let price = cfg
+            .instance_types
+            .iter()
+            .filter(|t| t.gpus == 1 && !t.gpu_model.is_empty() && gpu_model_matches(&t.gpu_model, &g.model))
+            .map(|t| t.price_cents_per_hour)
+            .min();
+        if let Some(c) = price {
+            per_gpu.insert(slug, json!(usd(Micros::from_cents(c).0)));
+        }
+    }
+    json!({
+        "id": uuid(h.id.as_str()),
+        "location_id": location_id(&h.region),
+        "available_resources": {
+            "gpus": gpus,
+            "ram_gb": free.memory_mib / 1024,
+            "storage_gb": free.disk_gib,
+            "vcpu_count": free.vcpus,
+        },
+        "pricing": {
+            "per_gpu_hr": per_gpu,
+            "per_vcpu_hr": usd(cfg.pricing.vcpu_hour_micros),
+            "per_gb_ram_hr": usd(cfg.pricing.ram_gib_hour_micros),
+            "per_gb_storage_hr": usd(cfg.pricing.storage_gib_hour_micros),
+        },
+        // Port forwards to instances are not offered yet: no host ports to hand out.
+        "available_ports": [],
+    })
+}
+
+async fn locations_json(s: &ApiState) -> Result<Vec<Value>, VpError> {
+    let hosts = s.control.store().host_list(None, true).await?;
+    Ok(s.control
+        .config()
+        .regions
+        .iter()
+        .map(|r| {
+            let (city, country) = r.description.split_once(", ").unwrap_or((r.description.as_str(), ""));
+            json!({
+                "id": location_id(&r.name),
+                "city": city,
+                "region": r.name,
+                "country": country,
+                "hostnodes": hosts.iter().filter(|h| h.region == r.name && h.status == HostStatus::Up).map(|h| hostnode(s, h)).collect::<Vec<_>>(),
+            })
+        })
+        .collect())
+}
+
+pub async fn locations_list(State(s): State<ApiState>, VpActor(_a): VpActor, RawQuery(q): RawQuery) -> VpResult {
+    let page = Page::parse(q.as_deref(), 3, 15)?;
+    Ok(Json(page.render(locations_json(&s).await?)).into_response())
+}
+
+pub async fn location_get(State(s): State<ApiState>, VpActor(_a): VpActor, Path(id): Path<String>) -> VpResult {
+    let all = locations_json(&s).await?;
+    let found = all.into_iter().find(|l| l["id"].as_str().is_some_and(|x| x.eq_ignore_ascii_case(&id)));
+    found.map(|l| Json(l).into_response()).ok_or_else(|| Error::not_found("location", id).into())
+}
+
+pub async fn hostnode_get(State(s): State<ApiState>, VpActor(_a): VpActor, Path(id): Path<String>) -> VpResult {
+    let hex = from_uuid(&id).ok_or_else(|| VpError::at("path", Error::invalid("hostnode_id", "Input should be a valid UUID")))?;
+    let hosts = s.control.store().host_list(None, false).await?;
+    let h = hosts.iter().find(|h| h.id.as_str() == hex).ok_or_else(|| Error::NotFound { kind: "HostNode", id: id.clone() })?;
+    Ok(Json(hostnode(&s, h)).into_response())
+}
+
+fn check_key_name(name: &str) -> Result<(), VpError> {
+    let ok = (3..=64).contains(&name.chars().count()) && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == ' ');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid("name", "must be 3 to 64 characters of letters, digits, hyphens or spaces").into())
+    }
+}
+
+pub async fn ssh_keys_list(State(s): State<ApiState>, VpActor(a): VpActor, RawQuery(q): RawQuery) -> VpResult {
+    let page = Page::parse(q.as_deref(), 150, 150)?;
+    let keys = nimbus_control::ssh_keys::list(&s.control, &a).await?;
+    let items: Vec<Value> = keys.iter().map(|k| json!({"id": uuid(k.id.as_str()), "name": k.name, "content": k.public_key})).collect();
+    Ok(Json(page.render(items)).into_response())
+}
+
+#[derive(serde::Deserialize)]
+pub struct SshKeyAdd {
+    name: String,
+    content: String,
+}
+
+pub async fn ssh_key_add(State(s): State<ApiState>, VpActor(a): VpActor, VpJson(b): VpJson<SshKeyAdd>) -> VpResult {
+    check_key_name(&b.name)?;
+    if b.content.trim().is_empty() {
+        return Err(Error::invalid("content", "the SSH public key is required").into());
+    }
+    let (k, _) = nimbus_control::ssh_keys::add(&s.control, &a, &b.name, Some(&b.content)).await.map_err(|e| match e {
+        Error::InvalidValue { message, .. } => Error::invalid("content", message),
+        other => other,
+    })?;
+    Ok((StatusCode::CREATED, Json(json!({"id": uuid(k.id.as_str()), "name": k.name, "content": k.public_key}))).into_response())
+}
+
+pub async fn ssh_key_delete(State(s): State<ApiState>, VpActor(a): VpActor, Path(id): Path<String>) -> VpResult {
+    let hex = from_uuid(&id).ok_or_else(|| VpError::at("path", Error::invalid("ssh_key_id", "Input should be a valid UUID")))?;
+    nimbus_control::ssh_keys::delete(&s.control, &a, &hex).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(serde::Deserialize)]
+pub struct CloudInit {
+    #[serde(rename = "type")]
+    kind: String,
+    content: Value,
+}
+
+/// Validates cloud-init the way a launch would: `{error, message}`; no key needed.
+pub async fn validate_cloudinit(VpJson(b): VpJson<CloudInit>) -> VpResult {
+    if !matches!(b.kind.as_str(), "instant-vm" | "bare-metal") {
+        return Err(Error::invalid("type", "Input should be 'instant-vm' or 'bare-metal'").into());
+    }
+    let text = match &b.content {
+        Value::String(s) => s.clone(),
+        // YAML is a superset of JSON: the object form is a cloud-config document as it stands.
+        Value::Object(_) => format!("#cloud-config\n{}", b.content),
+        _ => return Err(Error::invalid("content", "Input should be a valid string or object").into()),
+    };
+    let out = match nimbus_core::validate::user_data(&text) {
+        Ok(()) => json!({"error": false, "message": "cloud-init is valid"}),
+        Err(e) => json!({"error": true, "message": e.external_message()}),
+    };
+    Ok(Json(out).into_response())
+}
+
+pub async fn storage_hourly_rate(State(s): State<ApiState>, VpActor(_a): VpActor) -> VpResult {
+    Ok(Json(json!({"hourly_rate_per_gb": usd(s.control.config().pricing.storage_gib_hour_micros)})).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_and_slugs() {
+        let hex = "0123456789abcdef0123456789abcdef";
+        assert_eq!(uuid(hex), "01234567-89ab-cdef-0123-456789abcdef");
+        assert_eq!(from_uuid(&uuid(hex)).as_deref(), Some(hex));
+        assert_eq!(from_uuid("01234567-89AB-CDEF-0123-456789ABCDEF").as_deref(), Some(hex));
+        assert_eq!(from_uuid("nope"), None);
+        assert_eq!(gpu_slug("NVIDIA H100 80GB HBM3"), "h100-80gb-hbm3");
+        assert_eq!(gpu_slug("NVIDIA A100-SXM4-40GB"), "a100-sxm4-40gb");
+    }
+}

@@ -1,0 +1,32 @@
+//! The Voltage Park On-Demand dialect (seed 004) under `/api/v1`, beside the Lambda dialect on
+//! disjoint paths (DESIGN.md §6b). Same domain core; its own auth headers (Bearer or
+//! `x-api-token`), FastAPI-style errors, `limit`/`offset` pages, UUID-shaped ids. Most paths are
+//! served with and without the trailing slash the seed writes.
+//!
+//! Served so far: locations, hostnodes, organization SSH keys, cloud-init validation, the storage
+//! hourly rate. Virtual machines, bare metal, storage volumes and billing follow (issue 7).
+
+mod error;
+mod extract;
+pub mod handlers;
+
+use axum::routing::{delete, get, post};
+use axum::Router;
+
+pub use error::VpError;
+
+use crate::ApiState;
+
+pub fn router() -> Router<ApiState> {
+    use handlers::*;
+    Router::new()
+        .route("/locations", get(locations_list))
+        .route("/locations/", get(locations_list))
+        .route("/locations/{id}", get(location_get))
+        .route("/hostnodes/{id}", get(hostnode_get))
+        .route("/organization/ssh-keys", get(ssh_keys_list).post(ssh_key_add))
+        .route("/organization/ssh-keys/", get(ssh_keys_list).post(ssh_key_add))
+        .route("/organization/ssh-keys/{id}", delete(ssh_key_delete))
+        .route("/validate/cloudinit", post(validate_cloudinit))
+        .route("/storage/hourly-rate", get(storage_hourly_rate))
+}
