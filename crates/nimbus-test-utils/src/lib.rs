@@ -255,10 +255,11 @@ impl TestServer {
         format!("{}/api/v1{path}", self.url)
     }
 
-    /// Sends `method path` with `key` (Bearer) and an optional JSON body; returns (status, body).
-    pub async fn call(&self, key: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    /// Sends `method url` with `key` (Bearer) and an optional JSON body; returns (status, body,
+    /// parsed as JSON when it is JSON).
+    pub async fn send(&self, key: &str, method: &str, url: String, body: Option<Value>) -> (u16, Value) {
         let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let mut rb = self.http.request(m, self.lambda(path)).bearer_auth(key);
+        let mut rb = self.http.request(m, url).bearer_auth(key);
         if let Some(b) = body {
             rb = rb.body(serde_json::to_vec(&b).unwrap());
         }
@@ -269,18 +270,14 @@ impl TestServer {
         (status, v)
     }
 
-    /// Sends `method /v1path` to the native API with `key` (Bearer); returns (status, body).
+    /// `send` to the Lambda dialect (`/api/v1{path}`).
+    pub async fn call(&self, key: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.send(key, method, self.lambda(path), body).await
+    }
+
+    /// `send` to the native API (`/v1{path}`).
     pub async fn native(&self, key: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let mut rb = self.http.request(m, format!("{}/v1{path}", self.url)).bearer_auth(key);
-        if let Some(b) = body {
-            rb = rb.body(serde_json::to_vec(&b).unwrap());
-        }
-        let resp = rb.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        (status, v)
+        self.send(key, method, format!("{}/v1{path}", self.url), body).await
     }
 
     /// Like `native` with the admin key, asserting the status; returns `data`.

@@ -113,6 +113,24 @@ impl Phase {
         self.latencies[i]
     }
 
+    /// The header of the table `print` writes rows of.
+    pub(crate) fn print_header() {
+        println!(
+            "| {:<34} | {:>8} | {:>6} | {:>10} | {:>8} | {:>8} | {:>8} |",
+            "phase", "requests", "errors", "req/s", "p50 ms", "p99 ms", "max ms"
+        );
+        println!(
+            "|{}|{}|{}|{}|{}|{}|{}|",
+            "-".repeat(36),
+            "-".repeat(10),
+            "-".repeat(8),
+            "-".repeat(12),
+            "-".repeat(10),
+            "-".repeat(10),
+            "-".repeat(10)
+        );
+    }
+
     pub(crate) fn print(&self) {
         let rps = self.requests as f64 / self.elapsed.as_secs_f64();
         println!(
@@ -256,20 +274,7 @@ async fn api(n: usize, concurrency: usize, secs: Duration, hosts: usize, databas
         "nimbus bench api: {n} instances, {concurrency} connections, {hosts} sim hosts, database {}",
         if database_url.is_some() { "postgres" } else { "sqlite" }
     );
-    println!(
-        "| {:<34} | {:>8} | {:>6} | {:>10} | {:>8} | {:>8} | {:>8} |",
-        "phase", "requests", "errors", "req/s", "p50 ms", "p99 ms", "max ms"
-    );
-    println!(
-        "|{}|{}|{}|{}|{}|{}|{}|",
-        "-".repeat(36),
-        "-".repeat(10),
-        "-".repeat(8),
-        "-".repeat(12),
-        "-".repeat(10),
-        "-".repeat(10),
-        "-".repeat(10)
-    );
+    Phase::print_header();
 
     let k = key.clone();
     let launch = drive("POST /instance-operations/launch", addr, concurrency, Some(n), None, move |i| {

@@ -91,20 +91,7 @@ pub async fn middleware(per_round: usize, rounds: usize) -> anyhow::Result<()> {
         merge("PATCH /v1/account + Idempotency-Key", patch_idem),
     ];
     println!("nimbus bench middleware: {rounds} rounds of {per_round} sequential requests per phase, one connection, SQLite");
-    println!(
-        "| {:<34} | {:>8} | {:>6} | {:>10} | {:>8} | {:>8} | {:>8} |",
-        "phase", "requests", "errors", "req/s", "p50 ms", "p99 ms", "max ms"
-    );
-    println!(
-        "|{}|{}|{}|{}|{}|{}|{}|",
-        "-".repeat(36),
-        "-".repeat(10),
-        "-".repeat(8),
-        "-".repeat(12),
-        "-".repeat(10),
-        "-".repeat(10),
-        "-".repeat(10)
-    );
+    Phase::print_header();
     for p in &phases {
         p.print();
     }

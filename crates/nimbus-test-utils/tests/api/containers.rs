@@ -69,20 +69,18 @@ impl Drop for HostCleanup {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn launch_ssh_file_systems_terminate_and_nothing_leaks() {
-    let Some(images) = ready() else { return };
+/// A container host of this test process: its own bridge `<prefix><tag>` on `10.<net>.0.0/24`,
+/// namespaces and cgroup parent, so tests running side by side never share host objects.
+fn host_config(data: &std::path::Path, images: &std::path::Path, prefix: &str, net: u8, sshd_grace: Duration) -> ContainerConfig {
     let tag = std::process::id() % 10_000;
-    let mut s = TestServer::builder().start().await;
-    let data = s.dir.0.join("container-host");
-    let cfg = ContainerConfig {
-        bridge: format!("nbe{tag}"),
-        gateway: Ipv4Addr::new(10, 233, 0, 1),
+    ContainerConfig {
+        bridge: format!("{prefix}{tag}"),
+        gateway: Ipv4Addr::new(10, net, 0, 1),
         prefix_len: 24,
-        ns_prefix: format!("nbe{tag}-"),
-        cgroup_parent: format!("nimbus-e2e-{tag}"),
+        ns_prefix: format!("{prefix}{tag}-"),
+        cgroup_parent: format!("nimbus-{prefix}-{tag}"),
         inventory: Some(Inventory {
-            hostname: "e2e".into(),
+            hostname: prefix.into(),
             cpu_model: "test".into(),
             vcpus: 4,
             memory_mib: 8192,
@@ -90,9 +88,17 @@ async fn launch_ssh_file_systems_terminate_and_nothing_leaks() {
             gpus: vec![],
             driver: "container".into(),
         }),
-        sshd_grace: Duration::from_secs(1),
-        ..ContainerConfig::new(&data, &images)
-    };
+        sshd_grace,
+        ..ContainerConfig::new(data, images)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launch_ssh_file_systems_terminate_and_nothing_leaks() {
+    let Some(images) = ready() else { return };
+    let mut s = TestServer::builder().start().await;
+    let data = s.dir.0.join("container-host");
+    let cfg = host_config(&data, &images, "nbe", 233, Duration::from_secs(1));
     let _cleanup = HostCleanup { cfg: cfg.clone() };
     s.add_container_host("us-east-1", cfg.clone()).await;
 
@@ -285,24 +291,7 @@ async fn vpn_peer_reaches_its_orgs_instance_only() {
     let tag = std::process::id() % 10_000;
     let mut s = TestServer::builder().start().await;
     let data = s.dir.0.join("vpn-host");
-    let cfg = ContainerConfig {
-        bridge: format!("nbv{tag}"),
-        gateway: Ipv4Addr::new(10, 236, 0, 1),
-        prefix_len: 24,
-        ns_prefix: format!("nbv{tag}-"),
-        cgroup_parent: format!("nimbus-vpn-{tag}"),
-        inventory: Some(Inventory {
-            hostname: "vpn".into(),
-            cpu_model: "test".into(),
-            vcpus: 4,
-            memory_mib: 8192,
-            disk_gib: 100,
-            gpus: vec![],
-            driver: "container".into(),
-        }),
-        sshd_grace: Duration::from_secs(5),
-        ..ContainerConfig::new(&data, &images)
-    };
+    let cfg = host_config(&data, &images, "nbv", 236, Duration::from_secs(5));
     let _cleanup = HostCleanup { cfg: cfg.clone() };
     s.add_container_host("us-east-1", cfg.clone()).await;
 
