@@ -86,6 +86,10 @@ typed_id!(/// An image.
     ImageId, "image");
 typed_id!(/// An event in the outbox.
     EventId, "event");
+typed_id!(/// A webhook subscription.
+    WebhookId, "webhook");
+typed_id!(/// One event's delivery to one webhook.
+    WebhookDeliveryId, "webhook delivery");
 
 #[cfg(test)]
 mod tests {

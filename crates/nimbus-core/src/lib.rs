@@ -16,5 +16,6 @@ pub mod instance;
 pub mod model;
 pub mod money;
 pub mod validate;
+pub mod webhook;
 
 pub use error::{ConflictReason, Error, Result};
