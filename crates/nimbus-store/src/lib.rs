@@ -19,6 +19,7 @@ mod migrate;
 mod orgs;
 mod rows;
 mod tenant;
+mod webhooks;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -31,6 +32,7 @@ pub use events::NewEvent;
 pub use hosts::HostRegistration;
 pub use idempotency::{Claim, StoredResponse};
 pub use instances::{InstanceUpdate, NewInstance};
+pub use webhooks::{commit_hint, AttemptOutcome, ClaimedDelivery, DispatchLease, NewDelivery, NextStep, Redeliver, WebhookTarget};
 
 pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
 pub type Conn = sqlx::AnyConnection;
@@ -160,7 +162,9 @@ impl Store {
     }
 
     pub async fn commit(tx: Tx) -> Result<(), Error> {
-        tx.commit().await.map_err(db_err("committing transaction"))
+        tx.commit().await.map_err(db_err("committing transaction"))?;
+        webhooks::committed();
+        Ok(())
     }
 
     /// A connection for several related reads outside a transaction.

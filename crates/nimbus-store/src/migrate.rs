@@ -11,6 +11,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../migrations/0001_init.sql")),
     (2, "org_plan", include_str!("../migrations/0002_org_plan.sql")),
     (3, "idempotency", include_str!("../migrations/0003_idempotency.sql")),
+    (5, "webhooks", include_str!("../migrations/0005_webhooks.sql")),
 ];
 
 fn render(sql: &str, backend: Backend) -> String {
