@@ -322,6 +322,8 @@ mod tests {
                 rep(&active_same, A::Running, 0, "1.1.1.1"),
             ],
             applied_generation: applied,
+            volumes: vec![],
+            snapshots: vec![],
         };
         let changes = plan(&insts, &req(7), 7);
         assert_eq!(changes.len(), 2, "{changes:?}");
