@@ -23,6 +23,8 @@ pub struct Config {
     pub rate_limits: RateLimits,
     #[serde(default)]
     pub agents: AgentTimings,
+    #[serde(default)]
+    pub webhooks: crate::webhooks::WebhookSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -142,6 +144,7 @@ impl Default for Config {
             quotas: Quotas::default(),
             rate_limits: RateLimits::default(),
             agents: AgentTimings::default(),
+            webhooks: Default::default(),
         }
     }
 }
@@ -177,7 +180,7 @@ impl Config {
         if self.images.is_empty() {
             return Err(Error::invalid("config.images", "at least one image is required"));
         }
-        Ok(())
+        self.webhooks.validate()
     }
 
     pub fn instance_type(&self, name: &str) -> Option<&InstanceType> {

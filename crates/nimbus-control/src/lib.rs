@@ -20,6 +20,8 @@ pub mod reconcile;
 pub mod scheduler;
 pub mod ssh_keys;
 pub mod storage;
+pub mod webhook_delivery;
+pub mod webhooks;
 
 use std::sync::Arc;
 
