@@ -21,7 +21,7 @@ pub fn metadata() -> w::Metadata {
     w::Metadata { request_id: crate::middleware::current_request_id(), timestamp: to_rfc3339(SystemClock.now_micros()) }
 }
 
-fn ok<T: Serialize>(data: T, pagination: Option<w::Pagination>) -> Response {
+pub(super) fn ok<T: Serialize>(data: T, pagination: Option<w::Pagination>) -> Response {
     Json(w::Envelope { success: true, data, pagination, metadata: metadata() }).into_response()
 }
 
@@ -55,7 +55,7 @@ fn render(i: &Instance) -> w::Instance {
     }
 }
 
-fn query_pairs(raw: Option<String>) -> Result<Vec<(String, String)>, NativeError> {
+pub(super) fn query_pairs(raw: Option<String>) -> Result<Vec<(String, String)>, NativeError> {
     let raw = raw.unwrap_or_default();
     serde_urlencoded_pairs(&raw).ok_or_else(|| Error::InvalidRequest { message: "malformed query string".into() }.into())
 }

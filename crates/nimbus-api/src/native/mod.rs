@@ -6,6 +6,7 @@ mod error;
 mod extract;
 mod handlers;
 pub mod page;
+mod webhooks;
 
 use axum::Router;
 use utoipa_axum::router::OpenApiRouter;
@@ -36,6 +37,10 @@ pub fn api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(instance_start))
         .routes(routes!(instance_resize))
         .routes(routes!(instance_network))
+        .routes(routes!(webhooks::webhooks_list, webhooks::webhook_create))
+        .routes(routes!(webhooks::webhook_get, webhooks::webhook_delete))
+        .routes(routes!(webhooks::webhook_deliveries_list))
+        .routes(routes!(webhooks::webhook_delivery_redeliver))
         .split_for_parts();
     (router.fallback(unknown_endpoint).layer(axum::middleware::from_fn(extract::rate_limit_headers)), doc)
 }
