@@ -13,6 +13,7 @@ mod lambda;
 mod native;
 mod ratelimit;
 mod scheduling;
+mod webhooks;
 
 use nimbus_test_utils::TestServer;
 use serde_json::{json, Value};
