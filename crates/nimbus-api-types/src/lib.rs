@@ -3,3 +3,4 @@
 
 pub mod lambda;
 pub mod native;
+pub mod webhooks;

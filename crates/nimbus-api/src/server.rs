@@ -49,6 +49,6 @@ pub fn start(control: Control, listener: TcpListener) -> std::io::Result<ServerH
             })
             .await
     });
-    let background = vec![nimbus_control::reconcile::spawn(control)];
+    let background = vec![nimbus_control::reconcile::spawn(control.clone()), nimbus_control::webhook_delivery::spawn(control)];
     Ok(ServerHandle { addr, shutdown: tx, task, background })
 }

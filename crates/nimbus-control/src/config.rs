@@ -27,6 +27,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub pricing: Pricing,
+    #[serde(default)]
+    pub webhooks: crate::webhooks::WebhookSettings,
 }
 
 /// Prices that are not an instance type's hourly price, in micro-dollars.
@@ -192,6 +194,7 @@ impl Default for Config {
             agents: AgentTimings::default(),
             metrics: MetricsConfig::default(),
             pricing: Pricing::default(),
+            webhooks: Default::default(),
         }
     }
 }
@@ -227,7 +230,7 @@ impl Config {
         if self.images.is_empty() {
             return Err(Error::invalid("config.images", "at least one image is required"));
         }
-        Ok(())
+        self.webhooks.validate()
     }
 
     pub fn instance_type(&self, name: &str) -> Option<&InstanceType> {

@@ -26,6 +26,8 @@ pub mod ssh_keys;
 pub mod storage;
 pub mod volumes;
 pub mod vpn;
+pub mod webhook_delivery;
+pub mod webhooks;
 
 use std::sync::Arc;
 

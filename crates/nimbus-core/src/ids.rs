@@ -92,6 +92,10 @@ typed_id!(/// A snapshot of an instance disk or a volume.
     SnapshotId, "snapshot");
 typed_id!(/// A WireGuard VPN into an organization's private network.
     VpnId, "vpn");
+typed_id!(/// A webhook subscription.
+    WebhookId, "webhook");
+typed_id!(/// One event's delivery to one webhook.
+    WebhookDeliveryId, "webhook delivery");
 
 #[cfg(test)]
 mod tests {

@@ -17,6 +17,7 @@ pub mod metering;
 pub mod model;
 pub mod money;
 pub mod validate;
+pub mod webhook;
 pub mod wireguard;
 
 pub use error::{ConflictReason, Error, Result};

@@ -23,6 +23,7 @@ mod tenant;
 mod usage;
 mod volumes;
 mod vpns;
+mod webhooks;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -36,6 +37,7 @@ pub use hosts::HostRegistration;
 pub use idempotency::{Claim, StoredResponse};
 pub use instances::{InstanceUpdate, NewInstance};
 pub use usage::{LedgerEntry, LedgerLine};
+pub use webhooks::{commit_hint, AttemptOutcome, ClaimedDelivery, DispatchLease, NewDelivery, NextStep, Redeliver, WebhookTarget};
 
 pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
 pub type Conn = sqlx::AnyConnection;
@@ -165,7 +167,9 @@ impl Store {
     }
 
     pub async fn commit(tx: Tx) -> Result<(), Error> {
-        tx.commit().await.map_err(db_err("committing transaction"))
+        tx.commit().await.map_err(db_err("committing transaction"))?;
+        webhooks::committed();
+        Ok(())
     }
 
     /// A connection for several related reads outside a transaction.

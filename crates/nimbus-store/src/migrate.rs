@@ -12,6 +12,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "org_plan", include_str!("../migrations/0002_org_plan.sql")),
     (3, "idempotency", include_str!("../migrations/0003_idempotency.sql")),
     (4, "storage", include_str!("../migrations/0004_storage.sql")),
+    (5, "webhooks", include_str!("../migrations/0005_webhooks.sql")),
     (6, "api_key_expiry", include_str!("../migrations/0006_api_key_expiry.sql")),
     (7, "metrics", include_str!("../migrations/0007_metrics.sql")),
     (8, "vpn", include_str!("../migrations/0008_vpn.sql")),

@@ -12,6 +12,7 @@ mod metrics;
 pub mod page;
 mod storage;
 mod vpn;
+mod webhooks;
 
 use axum::Router;
 use utoipa_axum::router::OpenApiRouter;
@@ -63,6 +64,10 @@ pub fn api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(billing::billing_invoices_list))
         .routes(routes!(billing::billing_invoice_get))
         .routes(routes!(billing::billing_estimate_get))
+        .routes(routes!(webhooks::webhooks_list, webhooks::webhook_create))
+        .routes(routes!(webhooks::webhook_get, webhooks::webhook_delete))
+        .routes(routes!(webhooks::webhook_deliveries_list))
+        .routes(routes!(webhooks::webhook_delivery_redeliver))
         .split_for_parts();
     let mut doc = doc;
     document_common_responses(&mut doc);
