@@ -36,10 +36,11 @@ pub const EVENT_TYPES: &[&str] = &[
     "snapshot.completed",
     "snapshot.failed",
     "snapshot.deleted",
+    "billing.spend_limit_reached",
 ];
 
 /// Resource prefixes that may be subscribed to with a `prefix.*` wildcard.
-const RESOURCES: &[&str] = &["instance", "volume", "snapshot"];
+const RESOURCES: &[&str] = &["instance", "volume", "snapshot", "billing"];
 
 /// Most patterns one webhook may list.
 pub const MAX_PATTERNS: usize = 50;
@@ -67,7 +68,9 @@ pub fn public_event_type(kind: &str, payload: &Value) -> Option<&'static str> {
         "instance.stopped" => "instance.stopped",
         "instance.terminated" => "instance.terminated",
         "instance.unhealthy" => "instance.failed",
-        k if k.starts_with("volume.") || k.starts_with("snapshot.") => return EVENT_TYPES.iter().copied().find(|t| *t == k),
+        k if k.starts_with("volume.") || k.starts_with("snapshot.") || k.starts_with("billing.") => {
+            return EVENT_TYPES.iter().copied().find(|t| *t == k)
+        }
         _ => return None,
     };
     Some(t)

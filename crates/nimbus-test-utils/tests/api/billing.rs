@@ -107,11 +107,18 @@ async fn spend_limit_refuses_launches_and_stops_the_running_set() {
     let clock = Arc::new(ManualClock::new(parse_rfc3339("2026-01-31T20:00:00Z").unwrap()));
     let s = TestServer::builder()
         .clock(clock.clone())
-        .config(|c| c.agents.host_timeout_ms = 30 * 24 * 3_600_000)
+        .config(|c| {
+            c.agents.host_timeout_ms = 30 * 24 * 3_600_000;
+            c.webhooks.allow_private_targets = true;
+            c.webhooks.poll_interval_ms = 50;
+        })
         .host("us-east-1", sim_host("h", 64, 8))
         .start()
         .await;
     let key_id = add_key(&s, "k").await["id"].as_str().unwrap().to_owned();
+    let receiver = nimbus_test_utils::webhook_receiver::WebhookReceiver::start(0).await;
+    let hook = json!({"url": receiver.url, "events": ["billing.*"], "secret": "spend-limit-secret-0123"});
+    s.nexpect("POST", "/webhooks", Some(hook), 201).await;
     let e = s.nexpect("PATCH", "/account", Some(json!({"spend_limit_cents": 1320, "spend_limit_action": "explode"})), 400).await;
     assert_eq!(e["error"]["details"]["field"], "spend_limit_action");
     let a = s.nexpect("PATCH", "/account", Some(json!({"spend_limit_cents": 1320, "spend_limit_action": "stop"})), 200).await;
@@ -151,4 +158,10 @@ async fn spend_limit_refuses_launches_and_stops_the_running_set() {
     assert_eq!(reached.len(), 1, "{ev}");
     assert_eq!(reached[0]["additional_details"]["stopped"], json!([id]));
     assert_eq!(reached[0]["additional_details"]["spent_micros"], 6_580_000);
+    let got = receiver
+        .wait_until("the spend-limit webhook", std::time::Duration::from_secs(10), |r| {
+            r.iter().any(|x| x.json()["type"] == "billing.spend_limit_reached")
+        })
+        .await;
+    assert_eq!(got.iter().filter(|x| x.json()["type"] == "billing.spend_limit_reached").count(), 1);
 }
