@@ -68,6 +68,8 @@ pub struct Agent {
     applied: std::sync::Mutex<HashMap<String, proto::DesiredInstance>>,
     /// The VPN gateways' state after the last apply, sent with every report.
     vpn_reports: std::sync::Mutex<Vec<proto::VpnReport>>,
+    /// The host's volumes and snapshots after the last apply, sent with every report.
+    storage: std::sync::Mutex<nimbus_driver::StorageReport>,
 }
 
 impl Agent {
@@ -88,6 +90,7 @@ impl Agent {
             report_now: Notify::new(),
             applied: std::sync::Mutex::new(HashMap::new()),
             vpn_reports: std::sync::Mutex::new(Vec::new()),
+            storage: std::sync::Mutex::new(nimbus_driver::StorageReport::default()),
         })
     }
 
@@ -164,11 +167,14 @@ impl Agent {
     /// Sends one report of everything the driver has.
     pub async fn report(&self) -> Result<proto::ReportResponse, AgentError> {
         let instances = self.driver.list().await?;
+        // One guard, cloned out before the request is built (two locks of it in one expression
+        // would deadlock: a temporary guard lives to the end of the statement).
+        let storage = self.storage.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let req = proto::ReportRequest {
             instances,
             applied_generation: self.applied_generation.load(Ordering::SeqCst),
-            volumes: Vec::new(),
-            snapshots: Vec::new(),
+            volumes: storage.volumes,
+            snapshots: storage.snapshots,
             vpns: self.vpn_reports.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         };
         let secret = self.secret().await;
@@ -177,6 +183,8 @@ impl Agent {
 
     /// Brings the driver in line with `desired`. Errors on one instance do not stop the others.
     pub async fn apply(&self, desired: &proto::DesiredResponse) -> Result<(), AgentError> {
+        // Volumes and snapshots before instances, so an attached volume exists when it is mounted.
+        self.sync_storage(desired).await;
         let actual: HashMap<String, proto::InstanceReport> = self.driver.list().await?.into_iter().map(|r| (r.id.clone(), r)).collect();
         let wanted: HashSet<&str> = desired.instances.iter().map(|d| d.id.as_str()).collect();
         for d in &desired.instances {
@@ -201,6 +209,9 @@ impl Agent {
                 tracing::warn!(instance = %id, error = %e, "driver failed to destroy instance");
             }
         }
+        // Again after instances: which volumes are mounted where has changed, and a volume that
+        // was detached is deleted only once unmounted.
+        self.sync_storage(desired).await;
         // Gateways after instances, so they forward to addresses that exist.
         match self.driver.sync_vpns(&desired.vpns).await {
             Ok(r) => *self.vpn_reports.lock().unwrap_or_else(|p| p.into_inner()) = r,
@@ -289,6 +300,13 @@ impl Agent {
         }
         reporter.abort();
         sampler.abort();
+    }
+
+    async fn sync_storage(&self, desired: &proto::DesiredResponse) {
+        match self.driver.sync_storage(&desired.volumes, &desired.snapshots).await {
+            Ok(r) => *self.storage.lock().unwrap_or_else(|p| p.into_inner()) = r,
+            Err(e) => tracing::warn!(error = %e, "driver failed to converge volumes and snapshots"),
+        }
     }
 
     /// Samples every running instance once and ships the samples; metrics are best effort, so

@@ -67,8 +67,5 @@ pub trait Driver: Send + Sync + 'static {
     /// grows) listed volumes, makes listed snapshots that do not exist yet, and deletes volumes
     /// and snapshots that are no longer listed (a volume still mounted in an instance is kept
     /// until it is unmounted). Returns what the host has afterwards.
-    async fn sync_storage(&self, volumes: &[HostVolume], snapshots: &[HostSnapshot]) -> Result<StorageReport> {
-        let _ = (volumes, snapshots);
-        Err(DriverError::Host(format!("the {} driver has no volumes or snapshots yet", self.name())))
-    }
+    async fn sync_storage(&self, volumes: &[HostVolume], snapshots: &[HostSnapshot]) -> Result<StorageReport>;
 }

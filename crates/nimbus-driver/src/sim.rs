@@ -45,6 +45,8 @@ pub struct SimDriver {
     cfg: SimConfig,
     state: Mutex<BTreeMap<String, InstanceReport>>,
     next_addr: Mutex<u32>,
+    /// Volume ids per instance, from the last ensure.
+    specs: Mutex<BTreeMap<String, Vec<String>>>,
 }
 
 impl SimDriver {
@@ -52,7 +54,7 @@ impl SimDriver {
         let state: BTreeMap<String, InstanceReport> =
             cfg.state_file.as_ref().and_then(|p| std::fs::read(p).ok()).and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
         let next = state.len() as u32 + 1;
-        SimDriver { cfg, state: Mutex::new(state), next_addr: Mutex::new(next) }
+        SimDriver { cfg, state: Mutex::new(state), next_addr: Mutex::new(next), specs: Mutex::new(BTreeMap::new()) }
     }
 
     fn persist(&self, m: &BTreeMap<String, InstanceReport>) -> Result<()> {
@@ -116,6 +118,8 @@ impl Driver for SimDriver {
     }
 
     async fn ensure(&self, spec: &DesiredInstance) -> Result<InstanceReport> {
+        let vols = if spec.power == Power::Running { spec.volumes.iter().map(|v| v.volume_id.clone()).collect() } else { Vec::new() };
+        self.specs.lock().unwrap_or_else(|p| p.into_inner()).insert(spec.id.clone(), vols);
         let fresh = self.addresses();
         self.with_state(|m| {
             let r = m.entry(spec.id.clone()).or_insert_with(|| InstanceReport {
@@ -155,8 +159,41 @@ impl Driver for SimDriver {
     }
 
     async fn destroy(&self, id: &str) -> Result<()> {
+        self.specs.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
         self.with_state(|m| {
             m.remove(id);
+        })
+    }
+
+    /// Volumes and snapshots exist as soon as they are listed (this is the test double): every
+    /// listed snapshot is ready at once, and a volume counts as mounted in the instance whose
+    /// spec lists it.
+    async fn sync_storage(
+        &self,
+        volumes: &[nimbus_proto::HostVolume],
+        snapshots: &[nimbus_proto::HostSnapshot],
+    ) -> Result<crate::StorageReport> {
+        let specs = self.specs.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mounted_in = |vid: &str| specs.iter().find(|(_, vols)| vols.iter().any(|v| v == vid)).map(|(i, _)| i.clone());
+        Ok(crate::StorageReport {
+            volumes: volumes
+                .iter()
+                .map(|v| nimbus_proto::VolumeReport {
+                    id: v.id.clone(),
+                    size_gib: v.size_gib,
+                    mounted_in: mounted_in(&v.id),
+                    message: None,
+                })
+                .collect(),
+            snapshots: snapshots
+                .iter()
+                .map(|s| nimbus_proto::SnapshotReport {
+                    id: s.id.clone(),
+                    state: nimbus_proto::SnapshotState::Ready,
+                    size_bytes: 0,
+                    message: None,
+                })
+                .collect(),
         })
     }
 

@@ -84,6 +84,7 @@ pub struct ContainerDriver {
     /// NVML for GPU metrics, loaded on first use; `None` on hosts without the NVIDIA driver.
     nvml: std::sync::OnceLock<Option<nvml_wrapper::Nvml>>,
     vpns: super::vpn::Gateways,
+    storage: super::storage::Storage,
 }
 
 fn err(id: &str, e: impl std::fmt::Display) -> DriverError {
@@ -105,7 +106,9 @@ impl ContainerDriver {
             format!("{}/{}", Ipv4Addr::from(u32::from(cfg.gateway) & mask), cfg.prefix_len)
         };
         let vpns = super::vpn::Gateways::new(&cfg.data_dir, &cfg.bridge, network);
+        let storage = super::storage::Storage::new(&cfg.data_dir);
         Ok(ContainerDriver {
+            storage,
             vpns,
             cfg,
             net,
@@ -244,6 +247,10 @@ impl ContainerDriver {
         if !self.net.exists(id) {
             self.net.create(id, rs.addr).map_err(|e| err(id, e))?;
         }
+        // A disk restored from a snapshot starts as its copy (then gets this instance's keys).
+        if let (true, Some(snap)) = (!rs.dir.join("upper").exists(), &spec.source_snapshot) {
+            self.storage.restore_upper(snap, &rs.dir.join("upper")).map_err(|e| err(id, e))?;
+        }
         // The disk is prepared once: later ensures must not undo what the instance's users changed.
         if fresh || !rs.dir.join("upper").exists() {
             runtime::prepare(&rs).map_err(|e| err(id, e))?;
@@ -254,7 +261,24 @@ impl ContainerDriver {
             self.write_ledger(id, &ledger)?;
             runtime::start(&rs, &self.cgroups, id).map_err(|e| err(id, e))?;
         }
+        // Attached volumes, mounted (or unmounted) in the running container without a restart.
+        self.storage.mount_for(&rs.dir, &spec.volumes).map_err(|e| err(id, e))?;
         Ok(self.observe(id))
+    }
+
+    /// `(volume id, instance id, mount path)` of every volume mounted now.
+    fn volume_mounts(&self) -> Vec<(String, String, PathBuf)> {
+        let mut out = Vec::new();
+        for id in self.ids() {
+            let Some(l) = self.ledger(&id) else { continue };
+            for v in &l.spec.volumes {
+                let at = super::storage::volumes_dir(&self.dir(&id)).join(&v.name);
+                if super::storage::is_mount(&at) {
+                    out.push((v.volume_id.clone(), id.clone(), at));
+                }
+            }
+        }
+        out
     }
 }
 
@@ -289,6 +313,7 @@ impl Driver for ContainerDriver {
             Power::Running => self.start_locked(spec),
             Power::Stopped => {
                 runtime::stop(&self.cgroups, &spec.id).map_err(|e| err(&spec.id, e))?;
+                super::storage::unmount_all(&self.dir(&spec.id));
                 Ok(self.observe(&spec.id))
             }
         }
@@ -297,11 +322,14 @@ impl Driver for ContainerDriver {
     async fn restart(&self, spec: &DesiredInstance) -> Result<InstanceReport> {
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         runtime::stop(&self.cgroups, &spec.id).map_err(|e| err(&spec.id, e))?;
+        super::storage::unmount_all(&self.dir(&spec.id));
         self.start_locked(spec)
     }
 
     async fn stop(&self, id: &str) -> Result<()> {
-        runtime::stop(&self.cgroups, id).map_err(|e| err(id, e))
+        runtime::stop(&self.cgroups, id).map_err(|e| err(id, e))?;
+        super::storage::unmount_all(&self.dir(id));
+        Ok(())
     }
 
     async fn destroy(&self, id: &str) -> Result<()> {
@@ -309,10 +337,25 @@ impl Driver for ContainerDriver {
         runtime::stop(&self.cgroups, id).map_err(|e| err(id, e))?;
         self.net.destroy(id);
         let dir = self.dir(id);
+        // Volumes first: removing the directory must never reach into a mounted volume.
+        super::storage::unmount_all(&dir);
+        if super::storage::is_mount(&super::storage::volumes_dir(&dir)) {
+            return Err(err(id, "its volumes are still mounted; retrying later"));
+        }
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(|e| err(id, e))?;
         }
         self.sync_firewall()
+    }
+
+    async fn sync_storage(
+        &self,
+        volumes: &[nimbus_proto::HostVolume],
+        snapshots: &[nimbus_proto::HostSnapshot],
+    ) -> Result<crate::StorageReport> {
+        let mounts = self.volume_mounts();
+        let (volumes, snapshots) = self.storage.sync(volumes, snapshots, &self.cfg.data_dir.join("instances"), &mounts);
+        Ok(crate::StorageReport { volumes, snapshots })
     }
 
     async fn sync_vpns(&self, vpns: &[nimbus_proto::VpnGateway]) -> Result<Vec<nimbus_proto::VpnReport>> {

@@ -10,4 +10,5 @@ pub mod inventory;
 pub mod metrics;
 pub mod net;
 pub mod runtime;
+pub mod storage;
 pub mod vpn;

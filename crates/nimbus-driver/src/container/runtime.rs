@@ -80,7 +80,9 @@ exec sleep infinity
 /// Runs as PID 1 of the new PID namespace, from the host's /bin/sh, before and across
 /// `pivot_root`; parameters arrive in the environment so nothing is re-quoted.
 const INIT: &str = r#"set -e
-mount --make-rprivate /
+# Slave, not private: mounts the host makes later under the instance's volumes directory reach
+# the running container (volumes attach without a restart); nothing goes the other way.
+mount --make-rslave /
 R="$NIMBUS_ROOT"
 mount -t overlay overlay -o "lowerdir=$NIMBUS_LOWER,upperdir=$NIMBUS_UPPER,workdir=$NIMBUS_WORK" "$R"
 mount -t proc proc "$R/proc"
@@ -110,6 +112,10 @@ printf '%s\n' "$NIMBUS_MOUNTS" | while IFS='|' read -r src dst; do
   mkdir -p "$R$dst"
   mount --bind "$src" "$R$dst"
 done
+if [ -n "$NIMBUS_VOLUMES" ]; then
+  mkdir -p "$R/mnt/volumes"
+  mount --bind "$NIMBUS_VOLUMES" "$R/mnt/volumes"
+fi
 hostname "$NIMBUS_HOSTNAME"
 cd "$R"
 mkdir -p .nimbus-oldroot
@@ -164,6 +170,7 @@ pub fn prepare(spec: &Spec) -> Result<()> {
 /// the cgroup before it execs anything, so no process of the instance ever runs outside it.
 pub fn start(spec: &Spec, cgroups: &Cgroups, cgroup_name: &str) -> Result<u32> {
     cgroups.create(cgroup_name, spec.limits)?;
+    super::storage::share_volumes_dir(&spec.dir).map_err(RuntimeError::Start)?;
     let procs: Vec<String> = cgroups.dirs(cgroup_name).iter().map(|d| d.join("cgroup.procs").display().to_string()).collect();
     let join: String = procs.iter().map(|p| format!("echo $$ > {p}; ")).collect();
     let log_path = spec.dir.join("console.log");
@@ -179,6 +186,8 @@ pub fn start(spec: &Spec, cgroups: &Cgroups, cgroup_name: &str) -> Result<u32> {
             &format!("--net={}", spec.netns),
             "--",
             "unshare",
+            "--propagation",
+            "unchanged",
             "--mount",
             "--uts",
             "--ipc",
@@ -196,6 +205,7 @@ pub fn start(spec: &Spec, cgroups: &Cgroups, cgroup_name: &str) -> Result<u32> {
         .env("NIMBUS_WORK", spec.dir.join("work"))
         .env("NIMBUS_HOSTNAME", &spec.hostname)
         .env("NIMBUS_MOUNTS", mounts)
+        .env("NIMBUS_VOLUMES", super::storage::volumes_dir(&spec.dir))
         .env(
             "NIMBUS_CGROUP",
             match cgroups.version() {

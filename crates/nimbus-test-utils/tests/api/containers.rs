@@ -405,3 +405,109 @@ async fn vpn_peer_reaches_its_orgs_instance_only() {
     let (st, _) = s.native(&other_key, "DELETE", &format!("/instances/{theirs}"), None).await;
     assert_eq!(st, 200);
 }
+
+/// Volumes and snapshots on real containers: a 1 GiB volume attached to a running instance
+/// appears at /mnt/volumes/<name> without a restart, is writable by `ubuntu`, and a write past
+/// its size fails with ENOSPC; detaching removes it from the running instance; a volume snapshot
+/// restores into a new volume with the same data; a stopped instance's disk snapshot restores
+/// into a new instance; afterwards nothing stays mounted or attached to a loop device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volumes_enforce_size_attach_live_and_snapshots_restore() {
+    let Some(images) = ready() else { return };
+    let mut s = TestServer::builder().start().await;
+    let data = s.dir.0.join("storage-host");
+    let cfg = host_config(&data, &images, "nbs", 238, Duration::from_secs(5));
+    let _cleanup = HostCleanup { cfg: cfg.clone() };
+    s.add_container_host("us-east-1", cfg.clone()).await;
+    let keydir = s.dir.0.join("keys");
+    std::fs::create_dir_all(&keydir).unwrap();
+    let key = keydir.join("id");
+    assert!(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).status().unwrap().success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let kid = s.expect("POST", "/ssh-keys", Some(json!({"name": "st", "public_key": public.trim()})), 200).await["data"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let body = json!({"instance_type": "cpu_1x_small", "region": "us-east-1", "ssh_keys": [kid]});
+    let a = s.nexpect("POST", "/instances", Some(body.clone()), 201).await["id"].as_str().unwrap().to_owned();
+    let ip = s.wait_native_status(&format!("/instances/{a}"), "running").await["ip"].as_str().unwrap().to_owned();
+
+    let vid = s.nexpect("POST", "/volumes", Some(json!({"name": "data", "region": "us-east-1", "size_gib": 1})), 201).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    s.nexpect("POST", &format!("/volumes/{vid}/attach"), Some(json!({"instance_id": a})), 200).await;
+    s.wait_native_status(&format!("/volumes/{vid}"), "attached").await;
+    let (ok, out) =
+        ssh(&key, &ip, "echo hello > /mnt/volumes/data/note && cat /mnt/volumes/data/note && df -k /mnt/volumes/data | tail -1");
+    assert!(ok && out.contains("hello"), "the volume is in the running instance and ubuntu can write: {out}");
+    let (_, out) = ssh(&key, &ip, "dd if=/dev/zero of=/mnt/volumes/data/fill bs=1M count=1200 2>&1; rm -f /mnt/volumes/data/fill; sync");
+    assert!(out.contains("No space left on device"), "writing past 1 GiB must fail with ENOSPC: {out}");
+
+    // A snapshot of the mounted volume (frozen while copied), restored into a new volume.
+    let sid =
+        s.nexpect("POST", "/snapshots", Some(json!({"name": "vsnap", "volume_id": vid})), 201).await["id"].as_str().unwrap().to_owned();
+    s.wait_native_status(&format!("/snapshots/{sid}"), "available").await;
+    s.nexpect("POST", &format!("/volumes/{vid}/detach"), None, 200).await;
+    let t = Instant::now();
+    loop {
+        let (_, out) = ssh(&key, &ip, "test -e /mnt/volumes/data/note && echo still || echo gone");
+        if out.trim() == "gone" {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(15), "detached volume still visible: {out}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let r = s.nexpect("POST", &format!("/snapshots/{sid}/restore"), Some(json!({"name": "copy"})), 201).await;
+    let copy = r["volume"]["id"].as_str().unwrap().to_owned();
+    s.nexpect("POST", &format!("/volumes/{copy}/attach"), Some(json!({"instance_id": a})), 200).await;
+    s.wait_native_status(&format!("/volumes/{copy}"), "attached").await;
+    let (ok, out) = ssh(&key, &ip, "cat /mnt/volumes/copy/note");
+    assert!(ok && out.contains("hello"), "restored volume has the data: {out}");
+
+    // A stopped instance's disk, snapshotted and restored into a new instance.
+    ssh(&key, &ip, "echo from-a > /home/ubuntu/marker");
+    s.nexpect("POST", &format!("/instances/{a}/stop"), None, 200).await;
+    s.wait_native_status(&format!("/instances/{a}"), "stopped").await;
+    let isnap =
+        s.nexpect("POST", "/snapshots", Some(json!({"name": "disk", "instance_id": a})), 201).await["id"].as_str().unwrap().to_owned();
+    s.wait_native_status(&format!("/snapshots/{isnap}"), "available").await;
+    let r = s
+        .nexpect(
+            "POST",
+            &format!("/snapshots/{isnap}/restore"),
+            Some(json!({"name": "b", "instance_type": "cpu_1x_small", "ssh_keys": [kid]})),
+            201,
+        )
+        .await;
+    let b = r["instance"]["id"].as_str().unwrap().to_owned();
+    let ip_b = s.wait_native_status(&format!("/instances/{b}"), "running").await["ip"].as_str().unwrap().to_owned();
+    let (ok, out) = ssh(&key, &ip_b, "cat /home/ubuntu/marker");
+    assert!(ok && out.contains("from-a"), "the restored instance has the source's disk: {out}");
+
+    for id in [&a, &b] {
+        s.nexpect("DELETE", &format!("/instances/{id}"), None, 200).await;
+        s.wait_native_status(&format!("/instances/{id}"), "terminated").await;
+    }
+    for v in [&vid, &copy] {
+        s.wait_native_status(&format!("/volumes/{v}"), "available").await;
+        s.nexpect("DELETE", &format!("/volumes/{v}"), None, 200).await;
+    }
+    let t = Instant::now();
+    loop {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        let loops = String::from_utf8(Command::new("losetup").arg("-a").output().unwrap().stdout).unwrap();
+        let ours = data.display().to_string();
+        let left_mounts = mounts.lines().filter(|l| l.contains(&ours)).count();
+        let left_loops = loops.lines().filter(|l| l.contains(&ours)).count();
+        let files = std::fs::read_dir(data.join("volumes")).map(|d| d.count()).unwrap_or(0);
+        if left_mounts == 0 && left_loops == 0 && files == 0 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "left behind: {left_mounts} mounts, {left_loops} loop devices, {files} volume files"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

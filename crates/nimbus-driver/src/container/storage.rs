@@ -1,0 +1,281 @@
+//! Volumes and snapshots on a container host.
+//!
+//! A volume is an ext4 file system in an image file of exactly its size,
+//! `<data>/volumes/<id>.img`, so a write past the size fails with ENOSPC inside the instance.
+//! Attached, it is loop-mounted on the host at `<instance dir>/volumes/<name>`; that directory is
+//! a shared mount which the container's mount namespace receives as a slave at `/mnt/volumes`,
+//! so attaching and detaching take effect in a running instance without a restart.
+//!
+//! A snapshot is a copy in `<data>/snapshots/<id>/`: `upper/` for an instance disk (its writable
+//! layer, copied file by file: consistent for a stopped instance, not point-in-time across files
+//! for a running one) or `volume.img` for a volume (frozen with `fsfreeze` while it is copied
+//! when mounted, so consistent even in use). It is written to a temporary name and renamed when
+//! complete, so a crash never leaves a partial copy that looks complete.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use nimbus_proto::{HostSnapshot, HostVolume, SnapshotReport, SnapshotSource, SnapshotState, VolumeMount, VolumeReport};
+
+const GIB: u64 = 1 << 30;
+/// The image's default user owns a new volume's root.
+const OWNER: &str = "1000:1000";
+
+fn run(cmd: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(cmd).args(args).stdin(Stdio::null()).output().map_err(|e| format!("{cmd}: cannot start ({e})"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!("{cmd} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+fn p(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// Whether `path` is a mount point (its device differs from its parent's, or it is a bind of
+/// its own directory, which `mountpoint` recognises).
+pub fn is_mount(path: &Path) -> bool {
+    Command::new("mountpoint").arg("-q").arg(path).status().is_ok_and(|s| s.success())
+}
+
+pub fn volumes_dir(instance_dir: &Path) -> PathBuf {
+    instance_dir.join("volumes")
+}
+
+/// Makes `<instance dir>/volumes` a shared mount (a bind of itself), once, before the container
+/// starts, so the container's slave copy receives the volumes mounted under it later.
+pub fn share_volumes_dir(instance_dir: &Path) -> Result<(), String> {
+    let d = volumes_dir(instance_dir);
+    std::fs::create_dir_all(&d).map_err(|e| format!("{}: {e}", d.display()))?;
+    if !is_mount(&d) {
+        run("mount", &["--bind", &p(&d), &p(&d)])?;
+    }
+    run("mount", &["--make-shared", &p(&d)])?;
+    Ok(())
+}
+
+/// Unmounts every volume of an instance and the shared directory itself (stop and destroy).
+pub fn unmount_all(instance_dir: &Path) {
+    let d = volumes_dir(instance_dir);
+    if let Ok(entries) = std::fs::read_dir(&d) {
+        for e in entries.flatten() {
+            if is_mount(&e.path()) {
+                let _ = run("umount", &["-l", &p(&e.path())]);
+            }
+        }
+    }
+    if is_mount(&d) {
+        let _ = run("umount", &["-l", &p(&d)]);
+    }
+}
+
+pub struct Storage {
+    data: PathBuf,
+}
+
+impl Storage {
+    pub fn new(data_dir: &Path) -> Self {
+        Storage { data: data_dir.to_owned() }
+    }
+
+    pub fn volume_file(&self, id: &str) -> PathBuf {
+        self.data.join("volumes").join(format!("{id}.img"))
+    }
+
+    fn snapshot_dir(&self, id: &str) -> PathBuf {
+        self.data.join("snapshots").join(id)
+    }
+
+    /// Creates or grows one volume's file system.
+    fn ensure_volume(&self, v: &HostVolume) -> Result<(), String> {
+        if !nimbus_core_is_id(&v.id) {
+            return Err(format!("bad volume id {:?}", v.id));
+        }
+        let f = self.volume_file(&v.id);
+        let want = u64::try_from(v.size_gib).map_err(|_| "negative size".to_owned())? * GIB;
+        std::fs::create_dir_all(self.data.join("volumes")).map_err(|e| e.to_string())?;
+        if !f.exists() {
+            let tmp = f.with_extension("img.tmp");
+            let _ = std::fs::remove_file(&tmp);
+            match &v.source_snapshot {
+                Some(s) => {
+                    let src = self.snapshot_dir(s).join("volume.img");
+                    run("cp", &["--reflink=auto", "--sparse=always", &p(&src), &p(&tmp)])?;
+                }
+                None => {
+                    std::fs::File::create(&tmp).and_then(|fh| fh.set_len(want)).map_err(|e| e.to_string())?;
+                    run("mkfs.ext4", &["-q", "-F", "-E", &format!("root_owner={OWNER}"), &p(&tmp)])?;
+                }
+            }
+            std::fs::rename(&tmp, &f).map_err(|e| e.to_string())?;
+        }
+        let have = std::fs::metadata(&f).map(|m| m.len()).map_err(|e| e.to_string())?;
+        if want > have {
+            std::fs::OpenOptions::new().write(true).open(&f).and_then(|fh| fh.set_len(want)).map_err(|e| e.to_string())?;
+            match loop_device_of(&f) {
+                // Mounted: refresh the loop device's size and grow the file system online.
+                Some(dev) => {
+                    run("losetup", &["-c", &dev])?;
+                    run("resize2fs", &[&dev])?;
+                }
+                None => {
+                    run("e2fsck", &["-f", "-y", &p(&f)])
+                        .or_else(|e| if e.contains("exit status 1") { Ok(String::new()) } else { Err(e) })?;
+                    run("resize2fs", &[&p(&f)])?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn make_snapshot(&self, s: &HostSnapshot, instances_dir: &Path, mounted_at: &dyn Fn(&str) -> Option<PathBuf>) -> Result<(), String> {
+        let dir = self.snapshot_dir(&s.id);
+        if dir.exists() {
+            return Ok(());
+        }
+        let tmp = self.data.join("snapshots").join(format!(".{}.tmp", s.id));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
+        match &s.source {
+            SnapshotSource::Instance { id } => {
+                let upper = instances_dir.join(id).join("upper");
+                if !upper.exists() {
+                    return Err(format!("instance {id} has no disk on this host"));
+                }
+                run("cp", &["-a", "--reflink=auto", &p(&upper), &p(&tmp.join("upper"))])?;
+            }
+            SnapshotSource::Volume { id } => {
+                let f = self.volume_file(id);
+                if !f.exists() {
+                    return Err(format!("volume {id} has no data on this host"));
+                }
+                let frozen = mounted_at(id);
+                if let Some(m) = &frozen {
+                    run("fsfreeze", &["-f", &p(m)])?;
+                }
+                let r = run("cp", &["--reflink=auto", "--sparse=always", &p(&f), &p(&tmp.join("volume.img"))]);
+                if let Some(m) = &frozen {
+                    let _ = run("fsfreeze", &["-u", &p(m)]);
+                }
+                r?;
+            }
+        }
+        std::fs::rename(&tmp, &dir).map_err(|e| e.to_string())
+    }
+
+    /// Makes the host's volumes and snapshots the desired sets and reports them.
+    /// `mounts` lists `(volume id, instance id, mount path)` of what is mounted now.
+    pub fn sync(
+        &self,
+        volumes: &[HostVolume],
+        snapshots: &[HostSnapshot],
+        instances_dir: &Path,
+        mounts: &[(String, String, PathBuf)],
+    ) -> (Vec<VolumeReport>, Vec<SnapshotReport>) {
+        let mounted_at = |id: &str| mounts.iter().find(|m| m.0 == id).map(|m| m.2.clone());
+        // Snapshots first: a restore may need one that this same pass makes.
+        let mut snap_reports = Vec::new();
+        for s in snapshots {
+            let r = self.make_snapshot(s, instances_dir, &mounted_at);
+            let size = du_bytes(&self.snapshot_dir(&s.id));
+            snap_reports.push(SnapshotReport {
+                id: s.id.clone(),
+                state: if r.is_ok() { SnapshotState::Ready } else { SnapshotState::Failed },
+                size_bytes: size,
+                message: r.err(),
+            });
+        }
+        if let Ok(entries) = std::fs::read_dir(self.data.join("snapshots")) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !snapshots.iter().any(|s| s.id == name) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let mut vol_reports = Vec::new();
+        for v in volumes {
+            let r = self.ensure_volume(v);
+            vol_reports.push(VolumeReport {
+                id: v.id.clone(),
+                size_gib: v.size_gib,
+                mounted_in: mounts.iter().find(|m| m.0 == v.id).map(|m| m.1.clone()),
+                message: r.err(),
+            });
+        }
+        if let Ok(entries) = std::fs::read_dir(self.data.join("volumes")) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let id = name.trim_end_matches(".img").trim_end_matches(".img.tmp").to_owned();
+                // A volume still mounted somewhere is removed on a later pass, once unmounted.
+                if !volumes.iter().any(|v| v.id == id) && !mounts.iter().any(|m| m.0 == id) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        (vol_reports, snap_reports)
+    }
+
+    /// Mounts the desired volumes of an instance under its shared volumes directory and
+    /// unmounts the others; works on a running instance.
+    pub fn mount_for(&self, instance_dir: &Path, desired: &[VolumeMount]) -> Result<(), String> {
+        let d = volumes_dir(instance_dir);
+        if let Ok(entries) = std::fs::read_dir(&d) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !desired.iter().any(|v| v.name == name) {
+                    if is_mount(&e.path()) {
+                        run("umount", &["-l", &p(&e.path())])?;
+                    }
+                    let _ = std::fs::remove_dir(e.path());
+                }
+            }
+        }
+        for v in desired {
+            if v.name.is_empty() || v.name.contains('/') || v.name.starts_with('.') {
+                return Err(format!("bad volume name {:?}", v.name));
+            }
+            let at = d.join(&v.name);
+            if is_mount(&at) {
+                continue;
+            }
+            let f = self.volume_file(&v.volume_id);
+            if !f.exists() {
+                return Err(format!("volume {} is not on this host yet", v.volume_id));
+            }
+            std::fs::create_dir_all(&at).map_err(|e| e.to_string())?;
+            run("mount", &["-o", "loop", &p(&f), &p(&at)])?;
+        }
+        Ok(())
+    }
+
+    /// Seeds a new instance's disk from an instance snapshot.
+    pub fn restore_upper(&self, snapshot: &str, upper: &Path) -> Result<(), String> {
+        let src = self.snapshot_dir(snapshot).join("upper");
+        if !src.exists() {
+            return Err(format!("snapshot {snapshot} is not on this host"));
+        }
+        if let Some(parent) = upper.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+        }
+        run("cp", &["-a", "--reflink=auto", &p(&src), &p(upper)])?;
+        Ok(())
+    }
+}
+
+fn nimbus_core_is_id(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|c| c.is_ascii_hexdigit())
+}
+
+/// The loop device backing `file`, when it is attached.
+fn loop_device_of(file: &Path) -> Option<String> {
+    let out = run("losetup", &["-j", &p(file)]).ok()?;
+    out.split(':').next().map(str::trim).filter(|s| s.starts_with("/dev/loop")).map(str::to_owned)
+}
+
+/// Allocated bytes under `path` (file or directory).
+fn du_bytes(path: &Path) -> i64 {
+    i64::try_from(super::metrics::disk_bytes(path)).unwrap_or(i64::MAX)
+}
