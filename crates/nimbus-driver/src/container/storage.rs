@@ -115,16 +115,19 @@ impl Storage {
         if want > have {
             std::fs::OpenOptions::new().write(true).open(&f).and_then(|fh| fh.set_len(want)).map_err(|e| e.to_string())?;
             match loop_device_of(&f) {
-                // Mounted: refresh the loop device's size and grow the file system online.
+                // Mounted: refresh the loop device's size and grow the file system online. Some
+                // hosts refuse the online-resize ioctl (this project's VMs: "Permission denied");
+                // then the file system grows at its next mount (detach/attach or a start).
                 Some(dev) => {
                     run("losetup", &["-c", &dev])?;
-                    run("resize2fs", &[&dev])?;
+                    if let Err(e) = run("resize2fs", &[&dev]) {
+                        return Err(format!(
+                            "grown to {} GiB; the file system grows at the next attach or start (online resize refused: {e})",
+                            v.size_gib
+                        ));
+                    }
                 }
-                None => {
-                    run("e2fsck", &["-f", "-y", &p(&f)])
-                        .or_else(|e| if e.contains("exit status 1") { Ok(String::new()) } else { Err(e) })?;
-                    run("resize2fs", &[&p(&f)])?;
-                }
+                None => grow_offline(&f)?,
             }
         }
         Ok(())
@@ -245,7 +248,13 @@ impl Storage {
             if !f.exists() {
                 return Err(format!("volume {} is not on this host yet", v.volume_id));
             }
+            // Never mount one image twice (two ext4 mounts of one file system corrupt it): a
+            // lazy unmount that has not let go yet keeps its loop device; a later pass retries.
+            if let Some(dev) = loop_device_of(&f) {
+                return Err(format!("volume {} is still attached to {dev} from an earlier mount; retrying", v.volume_id));
+            }
             std::fs::create_dir_all(&at).map_err(|e| e.to_string())?;
+            grow_offline(&f)?;
             run("mount", &["-o", "loop", &p(&f), &p(&at)])?;
         }
         Ok(())
@@ -263,6 +272,24 @@ impl Storage {
         run("cp", &["-a", "--reflink=auto", &p(&src), &p(upper)])?;
         Ok(())
     }
+}
+
+/// Grows an unmounted volume's file system to its file's size, when it is smaller.
+fn grow_offline(f: &Path) -> Result<(), String> {
+    let info = run("dumpe2fs", &["-h", &p(f)]).unwrap_or_default();
+    let field = |name: &str| info.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse::<u64>().ok());
+    let fs_bytes = field("Block count:").zip(field("Block size:")).map(|(c, s)| c * s).unwrap_or(0);
+    let file_bytes = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
+    // Still attached to a loop device (a lazy unmount not finished): never check or resize a
+    // file system that may be in use; a later mount grows it.
+    if fs_bytes == 0 || fs_bytes >= file_bytes || loop_device_of(f).is_some() {
+        return Ok(());
+    }
+    // e2fsck exits 1 when it corrected something, which is fine before a resize; resize2fs
+    // itself says whether the file system is fit to grow.
+    let _ = run("e2fsck", &["-f", "-y", &p(f)]);
+    run("resize2fs", &[&p(f)])?;
+    Ok(())
 }
 
 fn nimbus_core_is_id(s: &str) -> bool {

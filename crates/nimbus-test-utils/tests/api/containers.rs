@@ -444,6 +444,28 @@ async fn volumes_enforce_size_attach_live_and_snapshots_restore() {
     let (_, out) = ssh(&key, &ip, "dd if=/dev/zero of=/mnt/volumes/data/fill bs=1M count=1200 2>&1; rm -f /mnt/volumes/data/fill; sync");
     assert!(out.contains("No space left on device"), "writing past 1 GiB must fail with ENOSPC: {out}");
 
+    // Growing an attached volume: online where the host allows it, otherwise at the next
+    // mount (this project's VMs refuse the online-resize ioctl); 2 GiB after a re-attach either way.
+    s.nexpect("POST", &format!("/volumes/{vid}/resize"), Some(json!({"size_gib": 2})), 200).await;
+    s.nexpect("POST", &format!("/volumes/{vid}/detach"), None, 200).await;
+    let t = Instant::now();
+    while ssh(&key, &ip, "test -e /mnt/volumes/data/note && echo still || echo gone").1.trim() != "gone" {
+        assert!(t.elapsed() < Duration::from_secs(15), "detached volume still visible");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    s.nexpect("POST", &format!("/volumes/{vid}/attach"), Some(json!({"instance_id": a})), 200).await;
+    let t = Instant::now();
+    loop {
+        let (_, out) = ssh(&key, &ip, "df -k --output=size /mnt/volumes/data | tail -1; cat /mnt/volumes/data/note");
+        let kib: u64 = out.lines().next().unwrap_or("").trim().parse().unwrap_or(0);
+        if kib > 1_500_000 {
+            assert!(out.contains("hello"), "the data survived the grow: {out}");
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "the volume did not grow inside the instance: {out}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     // A snapshot of the mounted volume (frozen while copied), restored into a new volume.
     let sid =
         s.nexpect("POST", "/snapshots", Some(json!({"name": "vsnap", "volume_id": vid})), 201).await["id"].as_str().unwrap().to_owned();
