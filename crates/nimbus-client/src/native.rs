@@ -251,6 +251,33 @@ impl NativeClient {
         }
         Ok(self.send(self.http.get(self.url("/billing/estimate")).query(&q)).await?.data)
     }
+    // Webhooks, VPNs and metrics.
+
+    pub async fn webhook_create(&self, req: &nimbus_api_types::webhooks::WebhookCreate) -> Result<nimbus_api_types::webhooks::Webhook> {
+        self.post("/webhooks", Some(req), None).await
+    }
+    pub async fn webhooks(&self, p: &ListParams) -> Result<Page<nimbus_api_types::webhooks::Webhook>> {
+        self.list("/webhooks", p).await
+    }
+    pub async fn webhook_delete(&self, id: &str) -> Result<nimbus_api_types::webhooks::Webhook> {
+        self.delete(&format!("/webhooks/{id}")).await
+    }
+    pub async fn webhook_deliveries(&self, id: &str, p: &ListParams) -> Result<Page<nimbus_api_types::webhooks::WebhookDelivery>> {
+        self.list(&format!("/webhooks/{id}/deliveries"), p).await
+    }
+    pub async fn vpn_create(&self, req: &w::VpnCreate) -> Result<w::VpnCreated> {
+        self.post("/vpn", Some(req), None).await
+    }
+    pub async fn vpn(&self, id: &str) -> Result<w::Vpn> {
+        self.get(&format!("/vpn/{id}")).await
+    }
+    pub async fn vpn_delete(&self, id: &str) -> Result<w::Vpn> {
+        self.delete(&format!("/vpn/{id}")).await
+    }
+    /// Means per `step_seconds` over the last hour (or fewer steps' worth).
+    pub async fn instance_metrics(&self, id: &str, step_seconds: i64) -> Result<w::InstanceMetrics> {
+        self.get(&format!("/instances/{id}/metrics?step={step_seconds}")).await
+    }
     pub async fn account(&self) -> Result<w::Account> {
         self.get("/account").await
     }

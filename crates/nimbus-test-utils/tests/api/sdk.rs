@@ -10,7 +10,7 @@ use crate::add_key;
 
 #[tokio::test]
 async fn native_client_covers_the_instance_lifecycle_and_storage() {
-    let s = TestServer::builder().host("us-east-1", sim_host("h", 8, 0)).start().await;
+    let s = TestServer::builder().config(|c| c.webhooks.allow_private_targets = true).host("us-east-1", sim_host("h", 8, 0)).start().await;
     let key_id = add_key(&s, "k").await["id"].as_str().unwrap().to_owned();
     let c = NativeClient::new(&s.url, &s.key);
 
@@ -50,6 +50,23 @@ async fn native_client_covers_the_instance_lifecycle_and_storage() {
         Err(ClientError::Wait { last, .. }) => assert!(last.starts_with("terminat"), "{last}"),
         other => panic!("waiting on a terminated instance: {other:?}"),
     }
+    let hook = c
+        .webhook_create(&nimbus_api_types::webhooks::WebhookCreate {
+            // Loopback, refused: this test never sends traffic off the machine.
+            url: "http://127.0.0.1:9/hook".into(),
+            events: vec!["instance.*".into()],
+            secret: None,
+        })
+        .await
+        .unwrap();
+    assert!(hook.secret.is_some(), "a generated secret is shown once");
+    assert_eq!(c.webhooks(&ListParams::default()).await.unwrap().items.len(), 1);
+    c.webhook_delete(&hook.id).await.unwrap();
+    let vpn = c.vpn_create(&w::VpnCreate { name: "sdk".into(), region: "us-east-1".into() }).await.unwrap();
+    assert_eq!(nimbus_core::wireguard::public_key(&vpn.client_private_key).as_deref(), Some(vpn.vpn.client_public_key.as_str()));
+    c.vpn_delete(&vpn.vpn.id).await.unwrap();
+    let m = c.instance_metrics(&a.id, 60).await.unwrap();
+    assert_eq!(m.step_seconds, 60);
     let q = c.quota().await.unwrap();
     assert!(q.iter().any(|x| x.resource == "volumes" && x.used == 1));
     assert_eq!(c.account().await.unwrap().id, s.org.id.to_string());
