@@ -264,3 +264,37 @@ pub async fn enforce_spend_limits(c: &Control) -> Result<usize, Error> {
     }
     Ok(acted)
 }
+
+/// The organization's hourly rate now: what its open usage intervals cost per hour.
+pub async fn hourly_rate(c: &Control, actor: &Actor) -> Result<Micros, Error> {
+    actor.require(Permission::Read)?;
+    let now = c.now();
+    let open = c.store().usage_list_by_org(&actor.org_id, now, now + 1).await?;
+    Ok(Micros(open.iter().filter(|u| u.ended_at.is_none()).map(|u| u.rate_micros_per_hour).sum()))
+}
+
+/// Hourly charges of `[from, to)` (µs, hour-aligned by the ledger), newest first.
+pub async fn transactions(c: &Control, actor: &Actor, from: i64, to: i64) -> Result<Vec<nimbus_store::LedgerTransaction>, Error> {
+    actor.require(Permission::Read)?;
+    c.store().ledger_transactions(&actor.org_id, from.div_euclid(1_000_000), to.div_euclid(1_000_000)).await
+}
+
+/// One month's charges with the balance before it, its sum, and the balance after.
+pub async fn month_report(
+    c: &Control,
+    actor: &Actor,
+    year: i32,
+    month: u32,
+) -> Result<(Vec<nimbus_store::LedgerTransaction>, Micros, Micros, Micros), Error> {
+    actor.require(Permission::Read)?;
+    if !(1..=12).contains(&month) || !(2000..=2200).contains(&year) {
+        return Err(Error::invalid("month", "must be a month 1–12 of a year 2000–2200"));
+    }
+    let start = month_start_of(year, month);
+    let (ny, nm) = next_month(year, month);
+    let end = month_start_of(ny, nm);
+    let txs = transactions(c, actor, start, end).await?;
+    let before = Micros(c.store().ledger_span(&actor.org_id, start / 1_000_000).await?.0);
+    let delta = Micros(txs.iter().map(|t| t.amount_micros).sum());
+    Ok((txs, before, delta, Micros(before.0 + delta.0)))
+}

@@ -205,3 +205,50 @@ impl Store {
         Ok((get(&row, "total")?, get(&row, "first")?))
     }
 }
+
+/// One hourly charge with what it was for: the Voltage Park dialect's "transaction".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerTransaction {
+    pub id: String,
+    pub hour_start: i64,
+    pub amount_micros: i64,
+    pub created_at: i64,
+    pub resource_type: String,
+    pub resource_id: String,
+    /// The instance's own creation and termination (µs), when the resource is an instance.
+    pub instance_created_at: Option<i64>,
+    pub instance_terminated_at: Option<i64>,
+}
+
+impl Store {
+    /// Ledger rows of `org` for hours in `[from_s, to_s)`, newest first, with their resource.
+    pub async fn ledger_transactions(&self, org: &OrgId, from_s: i64, to_s: i64) -> Result<Vec<LedgerTransaction>, Error> {
+        let mut c = self.reader().await?;
+        let rows = sqlx::query(
+            "SELECT l.id AS id, l.hour_start AS hour_start, l.amount_micros AS amount, l.created_at AS created_at, \
+             u.resource_type AS resource_type, u.resource_id AS resource_id, i.created_at AS i_created, i.terminated_at AS i_terminated \
+             FROM ledger_entries l JOIN usage_intervals u ON u.id = l.interval_id LEFT JOIN instances i ON i.id = u.resource_id \
+             WHERE l.org_id = $1 AND l.hour_start >= $2 AND l.hour_start < $3 ORDER BY l.hour_start DESC, l.id",
+        )
+        .bind(org.as_str())
+        .bind(from_s)
+        .bind(to_s)
+        .fetch_all(&mut *c)
+        .await
+        .map_err(db_err("reading transactions"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(LedgerTransaction {
+                    id: get(r, "id")?,
+                    hour_start: get(r, "hour_start")?,
+                    amount_micros: get(r, "amount")?,
+                    created_at: get(r, "created_at")?,
+                    resource_type: get(r, "resource_type")?,
+                    resource_id: get(r, "resource_id")?,
+                    instance_created_at: get(r, "i_created")?,
+                    instance_terminated_at: get(r, "i_terminated")?,
+                })
+            })
+            .collect()
+    }
+}

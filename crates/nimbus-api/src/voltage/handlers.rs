@@ -195,6 +195,79 @@ pub async fn storage_hourly_rate(State(s): State<ApiState>, VpActor(_a): VpActor
     Ok(Json(json!({"hourly_rate_per_gb": usd(s.control.config().pricing.storage_gib_hour_micros)})).into_response())
 }
 
+fn transaction(t: &nimbus_store::LedgerTransaction) -> Value {
+    let ts = nimbus_core::clock::to_rfc3339;
+    let linked = if t.resource_type == "instance" {
+        json!({
+            "type": "virtual_machine_instance",
+            "id": uuid(&t.resource_id),
+            "virtual_machine_id": uuid(&t.resource_id),
+            "timestamp_creation": t.instance_created_at.map(ts),
+            "timestamp_deletion": t.instance_terminated_at.map(ts),
+        })
+    } else {
+        json!({"type": "storage_volume", "id": uuid(&t.resource_id)})
+    };
+    json!({
+        "id": uuid(&t.id),
+        "total_amount": usd(t.amount_micros),
+        "timestamp_creation": ts(t.hour_start * 1_000_000),
+        "timestamp_completion": ts((t.hour_start + 3600) * 1_000_000),
+        "details": {"type": "charge", "linked_instance": linked},
+        "period_amount": usd(t.amount_micros),
+    })
+}
+
+pub async fn billing_hourly_rate(State(s): State<ApiState>, VpActor(a): VpActor) -> VpResult {
+    let r = nimbus_control::billing::hourly_rate(&s.control, &a).await?;
+    Ok(Json(json!({"rate_hourly": r.to_string()})).into_response())
+}
+
+/// `YYYY-MM-DD` as the first instant of that day (µs, UTC).
+fn day(label: &str, v: &str) -> Result<i64, VpError> {
+    nimbus_core::clock::parse_rfc3339(&format!("{v}T00:00:00Z"))
+        .ok_or_else(|| VpError::at("query", Error::invalid(label.to_owned(), "Input should be a valid date in the format YYYY-MM-DD")))
+}
+
+pub async fn billing_transactions(State(s): State<ApiState>, VpActor(a): VpActor, RawQuery(q): RawQuery) -> VpResult {
+    let page = Page::parse(q.as_deref(), 30, 10_000)?;
+    let (mut from, mut to, mut types) = (i64::MIN / 2, i64::MAX / 2, Vec::new());
+    for pair in q.as_deref().unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "earliest" if !v.is_empty() => from = day("earliest", v)?,
+            // `latest` is a whole day: charges of that day are included.
+            "latest" if !v.is_empty() => to = day("latest", v)? + 86_400_000_000,
+            "types" => types.extend(v.split(',').filter(|t| !t.is_empty()).map(str::to_owned)),
+            _ => {}
+        }
+    }
+    if let Some(bad) = types.iter().find(|t| !matches!(t.as_str(), "charge" | "credit" | "payment")) {
+        return Err(VpError::at(
+            "query",
+            Error::invalid("types", format!("unknown transaction type {bad:?}; expected charge, credit or payment")),
+        ));
+    }
+    let txs = nimbus_control::billing::transactions(&s.control, &a, from, to).await?;
+    // Every ledger row is a charge (credits and payments are not modelled yet).
+    let items: Vec<Value> =
+        if types.is_empty() || types.iter().any(|t| t == "charge") { txs.iter().map(transaction).collect() } else { Vec::new() };
+    Ok(Json(page.render(items)).into_response())
+}
+
+pub async fn billing_month_report(State(s): State<ApiState>, VpActor(a): VpActor, Path((year, month)): Path<(String, String)>) -> VpResult {
+    let y: i32 = year.parse().map_err(|_| VpError::at("path", Error::invalid("year", "Input should be a valid integer")))?;
+    let m: u32 = month.parse().map_err(|_| VpError::at("path", Error::invalid("month", "Input should be a valid integer")))?;
+    let (txs, start, delta, end) = nimbus_control::billing::month_report(&s.control, &a, y, m).await.map_err(|e| VpError::at("path", e))?;
+    Ok(Json(json!({
+        "transactions": txs.iter().map(transaction).collect::<Vec<_>>(),
+        "balance_at_period_start": start.to_string(),
+        "balance_delta_in_period": delta.to_string(),
+        "balance_at_period_end": end.to_string(),
+    }))
+    .into_response())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,4 +29,7 @@ pub fn router() -> Router<ApiState> {
         .route("/organization/ssh-keys/{id}", delete(ssh_key_delete))
         .route("/validate/cloudinit", post(validate_cloudinit))
         .route("/storage/hourly-rate", get(storage_hourly_rate))
+        .route("/billing/hourly-rate", get(billing_hourly_rate))
+        .route("/billing/transactions", get(billing_transactions))
+        .route("/billing/reports/{year}/{month}/transactions", get(billing_month_report))
 }

@@ -98,6 +98,40 @@ async fn exact_charges_across_a_month_boundary() {
     let e = s.nexpect("GET", "/billing/estimate", None, 200).await;
     assert_eq!(e["current_to_month_end_micros"].as_i64(), Some(20_000 * left / 3600), "{e}");
     s.nexpect("GET", "/billing/estimate?instance_type=nope", None, 400).await;
+
+    // The Voltage Park dialect reads the same ledger: hourly transactions, monthly reports with
+    // balances, and the current hourly rate (one cpu_1x_small running: 2 ¢/h).
+    let vp = |path: String| {
+        let s = &s;
+        async move {
+            let r = s.http.get(format!("{}/api/v1{path}", s.url)).header("x-api-token", &s.key).send().await.unwrap();
+            assert_eq!(r.status(), 200, "{path}");
+            r.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let micros = |v: &serde_json::Value| -> i64 {
+        let (d, f) = v.as_str().unwrap().split_once('.').unwrap();
+        d.parse::<i64>().unwrap() * 1_000_000 + f.parse::<i64>().unwrap()
+    };
+    let all = vp("/billing/transactions?limit=100".into()).await;
+    let txs = all["results"].as_array().unwrap();
+    assert_eq!(all["total_result_count"], 6, "one per interval and hour: {all}");
+    assert_eq!(txs.iter().map(|t| micros(&t["total_amount"])).sum::<i64>(), jan.0 + feb.0);
+    assert!(txs[0]["timestamp_creation"].as_str().unwrap() >= txs[5]["timestamp_creation"].as_str().unwrap(), "newest first");
+    assert!(txs.iter().any(|t| t["details"]["linked_instance"]["type"] == "virtual_machine_instance"));
+    let febs = vp("/billing/transactions?earliest=2026-02-01&limit=100".into()).await;
+    assert_eq!(febs["results"].as_array().unwrap().iter().map(|t| micros(&t["total_amount"])).sum::<i64>(), feb.0);
+    let none = vp("/billing/transactions?types=credit".into()).await;
+    assert_eq!(none["total_result_count"], 0);
+    for (y, m, start, delta) in [(2026, 1, 0, jan.0), (2026, 2, jan.0, feb.0)] {
+        let r = vp(format!("/billing/reports/{y}/{m}/transactions")).await;
+        assert_eq!(
+            (micros(&r["balance_at_period_start"]), micros(&r["balance_delta_in_period"]), micros(&r["balance_at_period_end"])),
+            (start, delta, start + delta),
+            "{r}"
+        );
+    }
+    assert_eq!(vp("/billing/hourly-rate".into()).await, json!({"rate_hourly": "0.020000"}));
     s.nexpect("GET", "/billing/estimate?hours=0&instance_type=cpu_1x_small", None, 400).await;
 }
 
