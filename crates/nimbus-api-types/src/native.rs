@@ -496,6 +496,8 @@ pub struct Invoice {
     pub lines: Vec<InvoiceLine>,
     pub total_micros: i64,
     pub total_usd: String,
+    /// Credits granted in the month; they lower the balance.
+    pub credits_micros: i64,
     pub balance_start_micros: i64,
     pub balance_end_micros: i64,
 }

@@ -204,3 +204,37 @@ pub async fn org_set_plan(c: &Control, org: &Org, plan: &str) -> Result<(), Erro
     c.inner.auth_cache.clear();
     Ok(())
 }
+
+/// Grants `org` a credit (US cents): an append-only ledger entry that lowers its balance.
+pub async fn org_credit(c: &Control, org: &Org, cents: i64, reason: &str) -> Result<nimbus_store::Credit, Error> {
+    if !(1..=100_000_000_000).contains(&cents) {
+        return Err(Error::invalid("cents", "must be between 1 and 100,000,000,000"));
+    }
+    if reason.trim().is_empty() || reason.chars().count() > 200 {
+        return Err(Error::invalid("reason", "must be 1 to 200 characters"));
+    }
+    let now = c.now();
+    let credit = nimbus_store::Credit {
+        id: nimbus_core::ids::random_hex_id(),
+        amount_micros: nimbus_core::money::Micros::from_cents(cents).0,
+        reason: reason.trim().to_owned(),
+        created_at: now,
+    };
+    let mut tx = c.store().begin().await?;
+    Store::credit_insert_in_txn(&mut tx, &org.id, &credit).await?;
+    Store::event_append_in_txn(
+        &mut tx,
+        NewEvent {
+            org_id: Some(&org.id),
+            kind: "billing.credit_granted",
+            resource_type: "organization",
+            resource_id: org.id.as_str(),
+            actor_key_id: None,
+            payload: json!({"amount_micros": credit.amount_micros, "reason": credit.reason}),
+            now,
+        },
+    )
+    .await?;
+    Store::commit(tx).await?;
+    Ok(credit)
+}

@@ -26,6 +26,8 @@ pub struct Invoice {
     pub status: &'static str,
     pub lines: Vec<LedgerLine>,
     pub total: Micros,
+    /// Credits granted in the month.
+    pub credits: Micros,
     pub balance_start: Micros,
     pub balance_end: Micros,
 }
@@ -58,6 +60,16 @@ fn invoice_id(org: &str, period: &str) -> String {
     hex::encode(&Sha256::digest(format!("nimbus-invoice\0{org}\0{period}").as_bytes())[..16])
 }
 
+async fn credits_between(c: &Control, actor: &Actor, from: i64, to: i64) -> Result<Micros, Error> {
+    Ok(Micros(c.store().credit_list(&actor.org_id, from, to).await?.iter().map(|x| x.amount_micros).sum()))
+}
+
+/// What the org owed at `t` (µs): charges of the hours before it minus credits granted before it.
+async fn balance_before(c: &Control, actor: &Actor, t: i64) -> Result<Micros, Error> {
+    let charges = c.store().ledger_span(&actor.org_id, t / 1_000_000).await?.0;
+    Ok(Micros(charges - credits_between(c, actor, i64::MIN / 2, t).await?.0))
+}
+
 /// Every month from the first charge to the current one, newest first.
 pub async fn invoices(c: &Control, actor: &Actor) -> Result<Vec<Invoice>, Error> {
     actor.require(Permission::Read)?;
@@ -78,7 +90,8 @@ pub async fn invoices(c: &Control, actor: &Actor) -> Result<Vec<Invoice>, Error>
         let (s_s, e_s) = (start / 1_000_000, end / 1_000_000);
         let lines = c.store().ledger_lines(&actor.org_id, s_s, e_s).await?;
         let total = Micros(lines.iter().map(|l| l.amount_micros).sum());
-        let before = Micros(c.store().ledger_span(&actor.org_id, s_s).await?.0);
+        let credits = credits_between(c, actor, start, end).await?;
+        let before = balance_before(c, actor, start).await?;
         let period = format!("{y:04}-{m:02}");
         out.push(Invoice {
             id: invoice_id(actor.org_id.as_str(), &period),
@@ -88,8 +101,9 @@ pub async fn invoices(c: &Control, actor: &Actor) -> Result<Vec<Invoice>, Error>
             status: if rolled >= e_s { "final" } else { "open" },
             lines,
             total,
+            credits,
             balance_start: before,
-            balance_end: Micros(before.0 + total.0),
+            balance_end: Micros(before.0 + total.0 - credits.0),
         });
         if (y, m) >= (ny, nm) {
             break;
@@ -279,13 +293,19 @@ pub async fn transactions(c: &Control, actor: &Actor, from: i64, to: i64) -> Res
     c.store().ledger_transactions(&actor.org_id, from.div_euclid(1_000_000), to.div_euclid(1_000_000)).await
 }
 
-/// One month's charges with the balance before it, its sum, and the balance after.
+/// Credits granted in `[from, to)` (µs), oldest first.
+pub async fn credits(c: &Control, actor: &Actor, from: i64, to: i64) -> Result<Vec<nimbus_store::Credit>, Error> {
+    actor.require(Permission::Read)?;
+    c.store().credit_list(&actor.org_id, from, to).await
+}
+
+/// One month's charges and credits with the balance before it, its change, and the balance after.
 pub async fn month_report(
     c: &Control,
     actor: &Actor,
     year: i32,
     month: u32,
-) -> Result<(Vec<nimbus_store::LedgerTransaction>, Micros, Micros, Micros), Error> {
+) -> Result<(Vec<nimbus_store::LedgerTransaction>, Vec<nimbus_store::Credit>, Micros, Micros, Micros), Error> {
     actor.require(Permission::Read)?;
     if !(1..=12).contains(&month) || !(2000..=2200).contains(&year) {
         return Err(Error::invalid("month", "must be a month 1–12 of a year 2000–2200"));
@@ -294,7 +314,8 @@ pub async fn month_report(
     let (ny, nm) = next_month(year, month);
     let end = month_start_of(ny, nm);
     let txs = transactions(c, actor, start, end).await?;
-    let before = Micros(c.store().ledger_span(&actor.org_id, start / 1_000_000).await?.0);
-    let delta = Micros(txs.iter().map(|t| t.amount_micros).sum());
-    Ok((txs, before, delta, Micros(before.0 + delta.0)))
+    let granted = credits(c, actor, start, end).await?;
+    let before = balance_before(c, actor, start).await?;
+    let delta = Micros(txs.iter().map(|t| t.amount_micros).sum::<i64>() - granted.iter().map(|g| g.amount_micros).sum::<i64>());
+    Ok((txs, granted, before, delta, Micros(before.0 + delta.0)))
 }

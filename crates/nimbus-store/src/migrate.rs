@@ -18,6 +18,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (8, "vpn", include_str!("../migrations/0008_vpn.sql")),
     (9, "metering", include_str!("../migrations/0009_metering.sql")),
     (10, "spend_limit", include_str!("../migrations/0010_spend_limit.sql")),
+    (11, "credits", include_str!("../migrations/0011_credits.sql")),
 ];
 
 fn render(sql: &str, backend: Backend) -> String {

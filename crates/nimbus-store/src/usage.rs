@@ -252,3 +252,51 @@ impl Store {
             .collect()
     }
 }
+
+/// A credit granted to an organization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credit {
+    pub id: String,
+    pub amount_micros: i64,
+    pub reason: String,
+    pub created_at: i64,
+}
+
+impl Store {
+    pub async fn credit_insert_in_txn(tx: &mut Conn, org: &OrgId, c: &Credit) -> Result<(), Error> {
+        sqlx::query("INSERT INTO ledger_credits (id, org_id, amount_micros, reason, created_at) VALUES ($1, $2, $3, $4, $5)")
+            .bind(&c.id)
+            .bind(org.as_str())
+            .bind(c.amount_micros)
+            .bind(&c.reason)
+            .bind(c.created_at)
+            .execute(tx)
+            .await
+            .map_err(db_err("granting credit"))?;
+        Ok(())
+    }
+
+    /// Credits of `org` granted in `[from, to)` (µs), oldest first.
+    pub async fn credit_list(&self, org: &OrgId, from: i64, to: i64) -> Result<Vec<Credit>, Error> {
+        let mut c = self.reader().await?;
+        let rows = sqlx::query(
+            "SELECT id, amount_micros, reason, created_at FROM ledger_credits WHERE org_id = $1 AND created_at >= $2 AND created_at < $3 ORDER BY created_at, id",
+        )
+        .bind(org.as_str())
+        .bind(from)
+        .bind(to)
+        .fetch_all(&mut *c)
+        .await
+        .map_err(db_err("reading credits"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(Credit {
+                    id: get(r, "id")?,
+                    amount_micros: get(r, "amount_micros")?,
+                    reason: get(r, "reason")?,
+                    created_at: get(r, "created_at")?,
+                })
+            })
+            .collect()
+    }
+}

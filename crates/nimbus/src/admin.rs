@@ -43,6 +43,14 @@ pub enum OrgCmd {
         org: String,
         plan: String,
     },
+    /// Grants the org a credit (lowers its balance on invoices and billing reports).
+    Credit {
+        org: String,
+        #[arg(long)]
+        cents: i64,
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -94,6 +102,11 @@ pub async fn run(store: &StoreArgs, cmd: AdminCmd) -> anyhow::Result<()> {
             let o = admin::org_find(&c, &org).await.map_err(e)?;
             admin::org_set_plan(&c, &o, &plan).await.map_err(e)?;
             println!("{} is on the {plan} plan", o.name);
+        }
+        AdminCmd::Org { cmd: OrgCmd::Credit { org, cents, reason } } => {
+            let o = admin::org_find(&c, &org).await.map_err(e)?;
+            let credit = admin::org_credit(&c, &o, cents, &reason).await.map_err(e)?;
+            println!("credited {} USD to {}", nimbus_core::money::Micros(credit.amount_micros), o.name);
         }
         AdminCmd::ApiKey { cmd: KeyCmd::Create { org, permissions, name } } => {
             let org = admin::org_find(&c, &org).await.map_err(e)?;

@@ -100,6 +100,7 @@ fn render_invoice(i: &nimbus_control::billing::Invoice) -> w::Invoice {
             .collect(),
         total_micros: i.total.0,
         total_usd: i.total.to_string(),
+        credits_micros: i.credits.0,
         balance_start_micros: i.balance_start.0,
         balance_end_micros: i.balance_end.0,
     }

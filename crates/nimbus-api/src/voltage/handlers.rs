@@ -218,6 +218,18 @@ fn transaction(t: &nimbus_store::LedgerTransaction) -> Value {
     })
 }
 
+fn credit(g: &nimbus_store::Credit) -> Value {
+    let ts = nimbus_core::clock::to_rfc3339;
+    json!({
+        "id": uuid(&g.id),
+        "total_amount": usd(-g.amount_micros),
+        "timestamp_creation": ts(g.created_at),
+        "timestamp_completion": ts(g.created_at),
+        "details": {"type": "credit", "reason": g.reason},
+        "period_amount": usd(-g.amount_micros),
+    })
+}
+
 pub async fn billing_hourly_rate(State(s): State<ApiState>, VpActor(a): VpActor) -> VpResult {
     let r = nimbus_control::billing::hourly_rate(&s.control, &a).await?;
     Ok(Json(json!({"rate_hourly": r.to_string()})).into_response())
@@ -248,19 +260,35 @@ pub async fn billing_transactions(State(s): State<ApiState>, VpActor(a): VpActor
             Error::invalid("types", format!("unknown transaction type {bad:?}; expected charge, credit or payment")),
         ));
     }
-    let txs = nimbus_control::billing::transactions(&s.control, &a, from, to).await?;
-    // Every ledger row is a charge (credits and payments are not modelled yet).
-    let items: Vec<Value> =
-        if types.is_empty() || types.iter().any(|t| t == "charge") { txs.iter().map(transaction).collect() } else { Vec::new() };
+    let want = |t: &str| types.is_empty() || types.iter().any(|x| x == t);
+    let mut items: Vec<(String, Value)> = Vec::new();
+    if want("charge") {
+        for t in nimbus_control::billing::transactions(&s.control, &a, from, to).await? {
+            let v = transaction(&t);
+            items.push((v["timestamp_creation"].as_str().unwrap_or_default().to_owned(), v));
+        }
+    }
+    if want("credit") {
+        for g in nimbus_control::billing::credits(&s.control, &a, from, to).await? {
+            let v = credit(&g);
+            items.push((v["timestamp_creation"].as_str().unwrap_or_default().to_owned(), v));
+        }
+    }
+    // Newest first; payments are not modelled.
+    items.sort_by(|a, b| b.0.cmp(&a.0));
+    let items: Vec<Value> = items.into_iter().map(|(_, v)| v).collect();
     Ok(Json(page.render(items)).into_response())
 }
 
 pub async fn billing_month_report(State(s): State<ApiState>, VpActor(a): VpActor, Path((year, month)): Path<(String, String)>) -> VpResult {
     let y: i32 = year.parse().map_err(|_| VpError::at("path", Error::invalid("year", "Input should be a valid integer")))?;
     let m: u32 = month.parse().map_err(|_| VpError::at("path", Error::invalid("month", "Input should be a valid integer")))?;
-    let (txs, start, delta, end) = nimbus_control::billing::month_report(&s.control, &a, y, m).await.map_err(|e| VpError::at("path", e))?;
+    let (txs, granted, start, delta, end) =
+        nimbus_control::billing::month_report(&s.control, &a, y, m).await.map_err(|e| VpError::at("path", e))?;
+    let mut all: Vec<Value> = txs.iter().map(transaction).chain(granted.iter().map(credit)).collect();
+    all.sort_by(|a, b| b["timestamp_creation"].as_str().cmp(&a["timestamp_creation"].as_str()));
     Ok(Json(json!({
-        "transactions": txs.iter().map(transaction).collect::<Vec<_>>(),
+        "transactions": all,
         "balance_at_period_start": start.to_string(),
         "balance_delta_in_period": delta.to_string(),
         "balance_at_period_end": end.to_string(),

@@ -123,6 +123,13 @@ async fn exact_charges_across_a_month_boundary() {
     assert_eq!(febs["results"].as_array().unwrap().iter().map(|t| micros(&t["total_amount"])).sum::<i64>(), feb.0);
     let none = vp("/billing/transactions?types=credit".into()).await;
     assert_eq!(none["total_result_count"], 0);
+    // A credit granted now (February) lowers February's balance and shows as a credit.
+    nimbus_control::admin::org_credit(&s.control, &s.org, 1, "goodwill").await.unwrap();
+    let feb = (feb.0 - 10_000, feb.1, feb.2);
+    let credits = vp("/billing/transactions?types=credit".into()).await;
+    assert_eq!((credits["total_result_count"].as_i64(), credits["results"][0]["total_amount"].as_str()), (Some(1), Some("-0.010000")));
+    let inv = s.nexpect("GET", "/billing/invoices", None, 200).await;
+    assert_eq!((inv[0]["credits_micros"].as_i64(), inv[0]["balance_end_micros"].as_i64()), (Some(10_000), Some(jan.0 + feb.0)));
     for (y, m, start, delta) in [(2026, 1, 0, jan.0), (2026, 2, jan.0, feb.0)] {
         let r = vp(format!("/billing/reports/{y}/{m}/transactions")).await;
         assert_eq!(
