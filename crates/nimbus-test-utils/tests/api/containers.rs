@@ -50,6 +50,10 @@ struct HostCleanup {
 
 impl Drop for HostCleanup {
     fn drop(&mut self) {
+        // Volumes mounted under instance directories (a failed test may leave them mounted).
+        for e in std::fs::read_dir(self.cfg.data_dir.join("instances")).map(|r| r.flatten().collect::<Vec<_>>()).unwrap_or_default() {
+            nimbus_driver::container::storage::unmount_all(&e.path());
+        }
         if let Ok(cg) = Cgroups::detect(&self.cfg.cgroup_mount, &self.cfg.cgroup_parent) {
             for name in cg.list() {
                 let _ = cg.destroy(&name);
