@@ -71,6 +71,8 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 10_000)]
         intervals: usize,
     },
+    /// Webhook delivery latency (commit to receipt) at a sustained event rate.
+    Webhooks(crate::bench_webhooks::WebhooksArgs),
     /// Idle resident memory of `nimbus server`.
     Rss {
         #[arg(long, default_value_t = 3)]
@@ -86,6 +88,7 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
             api(instances, concurrency, Duration::from_secs(seconds), hosts, database_url).await
         }
         BenchCmd::Rss { settle_seconds } => rss(settle_seconds).await,
+        BenchCmd::Webhooks(a) => crate::bench_webhooks::run(a).await,
         BenchCmd::Launch { launches, idle, images } => launch(launches, idle, images.path()).await,
     }
 }

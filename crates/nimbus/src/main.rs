@@ -6,6 +6,7 @@ mod admin;
 mod bench;
 mod bench_metering;
 mod bench_middleware;
+mod bench_webhooks;
 mod billing_cmd;
 mod common;
 mod dev;
