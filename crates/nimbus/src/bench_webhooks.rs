@@ -2,8 +2,9 @@
 //!
 //! Starts a real server (SQLite in a temp dir by default, so the real delivery worker runs), a
 //! local HTTP receiver on 127.0.0.1, and subscribes it through `POST /v1/webhooks`. Events are
-//! then appended to the outbox **in-process through the store**, each in its own committed
-//! transaction exactly as a state change appends its event, at `--rate` per second for
+//! then appended to the outbox **in-process through the store** by eight concurrent producers
+//! (state changes come from concurrent requests), each event in its own committed transaction
+//! exactly as a state change appends its event, at `--rate` per second for
 //! `--seconds`. (Real API state changes cannot be produced at 1,000/s on the development machine:
 //! `bench api` measures about 400 launches/s.) The receiver checks each signature and records
 //! the receipt time; latency is receipt time minus the time the event's transaction committed,
@@ -154,17 +155,32 @@ pub async fn run(a: WebhooksArgs) -> anyhow::Result<()> {
         settings.max_concurrency, settings.per_webhook_concurrency, settings.poll_interval_ms
     );
 
-    // Producer: keep the cumulative count on schedule (rate × elapsed), one transaction per event.
-    let mut committed = vec![0i64; total];
+    // Producers: state changes come from concurrent requests, so eight tasks share the schedule
+    // (event i is due at i / rate seconds), each event in its own committed transaction.
+    const PRODUCERS: usize = 8;
     let start = Instant::now();
-    let mut i = 0;
-    while i < total {
-        let due = ((start.elapsed().as_secs_f64() * a.rate as f64) as usize + 1).min(total);
-        while i < due {
-            committed[i] = append(control.store(), &org.id, i).await?;
-            i += 1;
+    let mut tasks = Vec::new();
+    for k in 0..PRODUCERS {
+        let store = control.store().clone();
+        let org = org.id.clone();
+        let rate = a.rate as f64;
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            for i in (k..total).step_by(PRODUCERS) {
+                let due = Duration::from_secs_f64(i as f64 / rate);
+                if let Some(wait) = due.checked_sub(start.elapsed()) {
+                    tokio::time::sleep(wait).await;
+                }
+                out.push((i, append(&store, &org, i).await?));
+            }
+            anyhow::Ok(out)
+        }));
+    }
+    let mut committed = vec![0i64; total];
+    for t in tasks {
+        for (i, at) in t.await?? {
+            committed[i] = at;
         }
-        tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let produce_secs = start.elapsed().as_secs_f64();
 
