@@ -4,6 +4,12 @@
 //!
 //! Every cgroup lives under a parent the agent creates and owns (`nimbus` by default, or another
 //! name for tests): the driver never writes into a cgroup it did not create.
+//!
+//! Device access: on v1 hosts with a `devices` controller, instances with GPUs also get a cgroup
+//! there with a whitelist ([`Cgroups::restrict_devices`]); instances without GPUs are left as
+//! before (no `devices` cgroup of their own). v2 filters devices only through eBPF programs,
+//! which this driver does not load: there device access is limited by what the container's
+//! private `/dev` shows (see `docs/gpu.md`).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -54,6 +60,12 @@ pub struct Cgroups {
 /// `cpuacct` comes last: only accounting (CPU time for metrics), no limits, so indices 0..3
 /// stay the limit-bearing controllers.
 const V1_CONTROLLERS: [&str; 4] = ["cpu", "memory", "pids", "cpuacct"];
+/// The v1 device whitelist of an instance with GPUs, before its GPU nodes: exactly the nodes of
+/// the container's private `/dev` as `runtime` builds it (`null`, `zero`, `full`, `random`,
+/// `urandom`, `tty`, the `ptmx` and ptys of its own devpts), plus `mknod` of anything (useless
+/// without read/write, and what package scripts expect), as Docker's default list.
+pub const BASE_DEVICE_RULES: [&str; 10] =
+    ["c *:* m", "b *:* m", "c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm", "c 5:0 rwm", "c 5:2 rwm", "c 136:* rwm"];
 const CFS_PERIOD_US: u64 = 100_000;
 
 impl Cgroups {
@@ -76,12 +88,44 @@ impl Cgroups {
         self.version
     }
 
-    /// Directories that make up cgroup `name` (one per v1 controller, one for v2).
+    /// Directories that make up cgroup `name` (one per v1 controller, one for v2). On v1 the
+    /// `devices` cgroup comes last, and only once [`Cgroups::restrict_devices`] made it.
     pub fn dirs(&self, name: &str) -> Vec<PathBuf> {
         match self.version {
-            Version::V1 => V1_CONTROLLERS.iter().map(|c| self.mount.join(c).join(&self.parent).join(name)).collect(),
+            Version::V1 => {
+                let mut d: Vec<PathBuf> = V1_CONTROLLERS.iter().map(|c| self.mount.join(c).join(&self.parent).join(name)).collect();
+                let devices = self.mount.join("devices").join(&self.parent).join(name);
+                if devices.is_dir() {
+                    d.push(devices);
+                }
+                d
+            }
             Version::V2 => vec![self.mount.join(&self.parent).join(name)],
         }
+    }
+
+    /// Turns device access of cgroup `name` (made by [`Cgroups::create`]) into a whitelist:
+    /// [`BASE_DEVICE_RULES`] plus read/write of the char devices `allow` (`(major, minor)`).
+    /// Only where the host has a v1 `devices` controller; returns whether it did. Call it before
+    /// any process joins: the launcher then joins the `devices` cgroup with the others.
+    pub fn restrict_devices(&self, name: &str, allow: &[(u32, u32)]) -> Result<bool> {
+        if self.version != Version::V1 || !self.mount.join("devices").join("cgroup.procs").exists() {
+            return Ok(false);
+        }
+        let parent = self.mount.join("devices").join(&self.parent);
+        let d = parent.join(name);
+        std::fs::create_dir_all(&d).map_err(io(&d))?;
+        // Deny everything (the default a new cgroup inherits is allow-all), then allow, one rule
+        // per write as the kernel wants them.
+        Self::write(&d.join("devices.deny"), "a")?;
+        let rules = BASE_DEVICE_RULES.iter().map(|r| (*r).to_owned()).chain(allow.iter().map(|(ma, mi)| format!("c {ma}:{mi} rwm")));
+        let path = d.join("devices.allow");
+        for rule in rules {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new().append(true).create(true).open(&path).map_err(io(&path))?;
+            f.write_all(rule.as_bytes()).map_err(io(&path))?;
+        }
+        Ok(true)
     }
 
     fn write(path: &Path, value: &str) -> Result<()> {
@@ -249,7 +293,7 @@ impl Cgroups {
     /// Removes our parent if it is empty (tests use their own parent and clean it up).
     pub fn remove_parent(&self) {
         let parents: Vec<PathBuf> = match self.version {
-            Version::V1 => V1_CONTROLLERS.iter().map(|c| self.mount.join(c).join(&self.parent)).collect(),
+            Version::V1 => V1_CONTROLLERS.iter().chain(&["devices"]).map(|c| self.mount.join(c).join(&self.parent)).collect(),
             Version::V2 => vec![self.mount.join(&self.parent)],
         };
         for p in parents {
@@ -303,6 +347,51 @@ mod tests {
         cg.destroy("inst-a").expect("destroy is idempotent");
         cg.remove_parent();
         assert!(cg.list().is_empty());
+    }
+
+    /// A fake cgroup mount with the given v1 controllers (files are plain files: writes are
+    /// recorded, nothing is enforced).
+    fn fake_v1(controllers: &[&str]) -> crate::container::TempDir {
+        let t = crate::container::TempDir::new();
+        for c in controllers {
+            std::fs::create_dir_all(t.0.join(c)).expect("mkdir");
+            std::fs::write(t.0.join(c).join("cgroup.procs"), "").expect("write");
+        }
+        t
+    }
+
+    #[test]
+    fn v1_devices_whitelist_only_where_asked_and_only_with_the_controller() {
+        let t = fake_v1(&["cpu", "memory", "pids", "cpuacct", "devices"]);
+        let cg = Cgroups::detect(&t.0, "nimbus").expect("v1");
+        let limits = Limits { cpu_millis: 1000, memory_bytes: 1 << 30, pids: 64 };
+        cg.create("plain", limits).expect("create");
+        assert_eq!(cg.dirs("plain").len(), 4, "no devices cgroup for an instance without GPUs");
+        assert!(!t.0.join("devices/nimbus/plain").exists());
+
+        cg.create("gpu", limits).expect("create");
+        assert!(cg.restrict_devices("gpu", &[(195, 3), (195, 255), (508, 0)]).expect("restrict"));
+        let dirs = cg.dirs("gpu");
+        assert_eq!(dirs.last(), Some(&t.0.join("devices/nimbus/gpu")), "the launcher joins the devices cgroup too");
+        assert_eq!(std::fs::read_to_string(dirs[4].join("devices.deny")).expect("deny"), "a");
+        let allowed = std::fs::read_to_string(dirs[4].join("devices.allow")).expect("allow");
+        let mut want: String = BASE_DEVICE_RULES.concat();
+        want.push_str("c 195:3 rwmc 195:255 rwmc 508:0 rwm");
+        assert_eq!(allowed, want, "one rule per write, base list first");
+        assert!(BASE_DEVICE_RULES.contains(&"c 1:3 rwm") && BASE_DEVICE_RULES.contains(&"c 136:* rwm"), "/dev/null and ptys stay usable");
+        assert_eq!(cg.limits("gpu").expect("limits"), limits, "limits still read from cpu, memory, pids");
+
+        // Without the controller (or on v2) nothing is written and the caller is told.
+        let t1 = fake_v1(&["cpu", "memory", "pids", "cpuacct"]);
+        let cg1 = Cgroups::detect(&t1.0, "nimbus").expect("v1");
+        cg1.create("gpu", limits).expect("create");
+        assert!(!cg1.restrict_devices("gpu", &[(195, 0)]).expect("restrict"));
+        assert_eq!(cg1.dirs("gpu").len(), 4);
+        let t2 = crate::container::TempDir::new();
+        std::fs::write(t2.0.join("cgroup.controllers"), "cpuset cpu io memory pids").expect("write");
+        let cg2 = Cgroups::detect(&t2.0, "nimbus").expect("v2");
+        assert!(!cg2.restrict_devices("gpu", &[(195, 0)]).expect("restrict"));
+        assert!(!t2.0.join("devices").exists());
     }
 
     /// Runs a Python that writes 256 MiB inside cgroup `name`.

@@ -17,6 +17,7 @@ use nimbus_proto::{ActualState, DesiredInstance, InstanceReport, Inventory, Powe
 use serde::{Deserialize, Serialize};
 
 use super::cgroup::{Cgroups, Limits};
+use super::gpu::{self, GpuPlan};
 use super::net::Network;
 use super::{image, runtime};
 use crate::{Driver, DriverError, Result};
@@ -93,6 +94,16 @@ fn err(id: &str, e: impl std::fmt::Display) -> DriverError {
 
 fn host_err(e: impl std::fmt::Display) -> DriverError {
     DriverError::Host(e.to_string())
+}
+
+/// The GPUs of instance `spec`: `None` when it has none (and then nothing GPU-related is even
+/// looked at), an error naming the problem when this host cannot give it the GPUs it asks for,
+/// so that an instance never runs without the GPUs it was scheduled with.
+fn gpu_plan(spec: &DesiredInstance, read_host: impl FnOnce() -> gpu::Host) -> Result<Option<GpuPlan>> {
+    if spec.gpu_indices.is_empty() {
+        return Ok(None);
+    }
+    read_host().plan(&spec.gpu_indices).map(Some).map_err(|e| err(&spec.id, e))
 }
 
 impl ContainerDriver {
@@ -186,6 +197,7 @@ impl ContainerDriver {
                 .map(nimbus_core::cloudinit::first_boot_script)
                 .transpose()
                 .map_err(|e| err(&s.id, e.external_message()))?,
+            gpu: None,
         })
     }
 
@@ -256,13 +268,16 @@ impl ContainerDriver {
             runtime::prepare(&rs).map_err(|e| err(id, e))?;
         }
         self.sync_firewall()?;
+        let dir = rs.dir.clone();
         if !runtime::running(&self.cgroups, id) {
+            // Read at start only (NVML and `ldconfig -p` are not free), and before anything runs.
+            let rs = runtime::Spec { gpu: gpu_plan(spec, gpu::Host::read)?, ..rs };
             ledger.started_at = now_secs();
             self.write_ledger(id, &ledger)?;
             runtime::start(&rs, &self.cgroups, id).map_err(|e| err(id, e))?;
         }
         // Attached volumes, mounted (or unmounted) in the running container without a restart.
-        self.storage.mount_for(&rs.dir, &spec.volumes).map_err(|e| err(id, e))?;
+        self.storage.mount_for(&dir, &spec.volumes).map_err(|e| err(id, e))?;
         Ok(self.observe(id))
     }
 
@@ -398,5 +413,46 @@ impl Driver for ContainerDriver {
         }
         sampler.retain(&live);
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(gpus: Vec<i64>) -> DesiredInstance {
+        DesiredInstance {
+            id: "0123456789abcdef0123456789abcdef".into(),
+            hostname: "h".into(),
+            image: "debian-12".into(),
+            vcpus: 1,
+            memory_mib: 1024,
+            disk_gib: 10,
+            gpu_indices: gpus,
+            ssh_public_keys: vec![],
+            user_data: None,
+            power: Power::Running,
+            restart_generation: 0,
+            file_system_mounts: vec![],
+            firewall: vec![],
+            volumes: vec![],
+            source_snapshot: None,
+        }
+    }
+
+    #[test]
+    fn instances_without_gpus_never_look_at_the_host_gpus() {
+        let plan = gpu_plan(&spec(vec![]), || panic!("the host was read for an instance without GPUs")).expect("no GPUs");
+        assert_eq!(plan, None);
+    }
+
+    #[test]
+    fn instances_with_gpus_on_a_host_without_nvidia_fail_to_start_clearly() {
+        let empty = crate::container::TempDir::new();
+        let host = || gpu::Host { root: empty.0.clone(), gpus: vec![], gpus_source: "NVML", ldconfig: String::new(), arch: "x86-64" };
+        let e = gpu_plan(&spec(vec![0, 1]), host).expect_err("no driver");
+        let DriverError::Instance { id, message } = &e else { panic!("{e:?}") };
+        assert_eq!(id, "0123456789abcdef0123456789abcdef");
+        assert_eq!(message, "the instance asks for GPUs [0, 1] but this host has no NVIDIA driver loaded (/dev/nvidiactl does not exist)");
     }
 }

@@ -15,6 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use super::cgroup::{Cgroups, Limits};
+use super::gpu::{self, GpuPlan};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -56,6 +57,8 @@ pub struct Spec {
     pub user_uid: u32,
     /// First-boot script made from the launch's `user_data`, run once.
     pub first_boot: Option<String>,
+    /// The instance's GPUs (`None`: no GPU, and nothing GPU-related happens).
+    pub gpu: Option<GpuPlan>,
 }
 
 const BOOT: &str = r#"#!/bin/sh
@@ -95,6 +98,50 @@ ln -sf pts/ptmx "$R/dev/ptmx"
 ln -sf /proc/self/fd "$R/dev/fd"
 mount -t tmpfs -o nosuid,nodev,mode=1777 shm "$R/dev/shm"
 mount -t tmpfs -o nosuid,nodev,mode=0755 run "$R/run"
+# GPUs, only for an instance that has some (see gpu.rs for the why of each step): its device
+# nodes and the control nodes into /dev (other GPUs' nodes are never there, which is what hides
+# them from NVML and CUDA); the host driver's libraries read-only in a tmpfs with their soname
+# links (fresh at every start, so a host driver upgrade leaves nothing stale; the tmpfs itself
+# stays writable for ldconfig's link upkeep) and its tools over /usr/bin; a tmpfs over
+# /proc/driver/nvidia with only this instance's GPU entries and ModifyDeviceFiles: 0, so the
+# libraries never try to create the missing nodes.
+if [ -n "$NIMBUS_GPU_LIBDIR" ]; then
+  printf '%s\n' "$NIMBUS_GPU_DEVS" | while read -r d; do
+    [ -n "$d" ] || continue
+    mkdir -p "$(dirname "$R$d")"
+    touch "$R$d"
+    mount --bind "$d" "$R$d"
+  done
+  mkdir -p "$R$NIMBUS_GPU_LIBDIR"
+  mount -t tmpfs -o nosuid,nodev,mode=0755 nimbus-nvidia "$R$NIMBUS_GPU_LIBDIR"
+  printf '%s\n' "$NIMBUS_GPU_FILES" | while IFS='|' read -r src dst; do
+    [ -n "$src" ] || continue
+    mkdir -p "$(dirname "$R$dst")"
+    [ -e "$R$dst" ] || touch "$R$dst"
+    mount --bind "$src" "$R$dst"
+    mount -o remount,bind,ro,nosuid,nodev "$R$dst"
+  done
+  printf '%s\n' "$NIMBUS_GPU_LINKS" | while IFS='|' read -r target link; do
+    [ -n "$target" ] || continue
+    ln -sfn "$target" "$R$link"
+  done
+  P="$R/proc/driver/nvidia"
+  if [ -d "$P" ]; then
+    mount -t tmpfs -o nosuid,nodev,noexec,mode=0555 nvidia "$P"
+    for f in version registry params; do
+      if [ -f "/proc/driver/nvidia/$f" ]; then
+        sed 's/^ModifyDeviceFiles: 1$/ModifyDeviceFiles: 0/' "/proc/driver/nvidia/$f" > "$P/$f"
+      fi
+    done
+    mkdir -p "$P/gpus"
+    printf '%s\n' "$NIMBUS_GPU_PROC" | while read -r e; do
+      [ -n "$e" ] || continue
+      mkdir -p "$P/$e"
+      mount --bind "/proc/driver/nvidia/$e" "$P/$e"
+    done
+    mount -o remount,ro,nosuid,nodev,noexec "$P"
+  fi
+fi
 # The instance's own cgroup, read-only, as the root of its cgroup namespace: tools inside see
 # their limits (memory.max / memory.limit_in_bytes) and nothing of the host's tree.
 if [ "$NIMBUS_CGROUP" = v2 ]; then
@@ -123,6 +170,15 @@ pivot_root . .nimbus-oldroot
 cd /
 umount -l /.nimbus-oldroot
 rmdir /.nimbus-oldroot
+# The driver's libraries into the image's ld cache (the ld.so.conf.d entry is written by the
+# agent into the instance's disk). Not fatal: the libraries stay usable with LD_LIBRARY_PATH.
+if [ -n "$NIMBUS_GPU_LIBDIR" ]; then
+  if command -v ldconfig >/dev/null 2>&1; then
+    ldconfig || echo "nimbus: ldconfig failed; the NVIDIA libraries are in $NIMBUS_GPU_LIBDIR" >&2
+  else
+    echo "nimbus: the image has no ldconfig; the NVIDIA libraries are in $NIMBUS_GPU_LIBDIR" >&2
+  fi
+fi
 exec env -i /usr/bin/tini -s -g -- /bin/sh /etc/nimbus/boot.sh
 "#;
 
@@ -171,6 +227,14 @@ pub fn prepare(spec: &Spec) -> Result<()> {
 pub fn start(spec: &Spec, cgroups: &Cgroups, cgroup_name: &str) -> Result<u32> {
     cgroups.create(cgroup_name, spec.limits)?;
     super::storage::share_volumes_dir(&spec.dir).map_err(RuntimeError::Start)?;
+    if let Some(plan) = &spec.gpu {
+        // Before the launcher joins, so no process of the instance ever runs unrestricted.
+        if !cgroups.restrict_devices(cgroup_name, &plan.device_numbers())? {
+            tracing::debug!(instance = %spec.id, "no cgroup v1 devices controller: GPU isolation is the container's /dev alone");
+        }
+        // The instance is not running, so its disk (the overlay's upper dir) may be written.
+        write(&spec.dir.join("upper").join(gpu::LD_CONF.trim_start_matches('/')), &plan.ld_conf, 0o644)?;
+    }
     let procs: Vec<String> = cgroups.dirs(cgroup_name).iter().map(|d| d.join("cgroup.procs").display().to_string()).collect();
     let join: String = procs.iter().map(|p| format!("echo $$ > {p}; ")).collect();
     let log_path = spec.dir.join("console.log");
@@ -206,6 +270,7 @@ pub fn start(spec: &Spec, cgroups: &Cgroups, cgroup_name: &str) -> Result<u32> {
         .env("NIMBUS_HOSTNAME", &spec.hostname)
         .env("NIMBUS_MOUNTS", mounts)
         .env("NIMBUS_VOLUMES", super::storage::volumes_dir(&spec.dir))
+        .envs(spec.gpu.iter().flat_map(GpuPlan::env))
         .env(
             "NIMBUS_CGROUP",
             match cgroups.version() {
@@ -312,6 +377,7 @@ mod tests {
             mounts: vec![(shared.clone(), "/lambda/nfs/shared".into())],
             user_uid: 1000,
             first_boot: None,
+            gpu: None,
         };
         prepare(&spec).unwrap();
         let t = Instant::now();
@@ -371,6 +437,125 @@ mod tests {
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         assert!(!mounts.contains(spec.dir.to_str().unwrap()), "a mount of the instance leaked into the host");
         assert!(!cg.exists(id) && !net.exists(id) && !net.veth_exists(id));
+        cg.remove_parent();
+        net.remove_bridge();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A GPU plan applied to a real container, with stand-ins for the NVIDIA pieces (this
+    /// machine has none): a host device node (`/dev/kmsg`), a host library with a soname link,
+    /// and a host tool. Checks what needs no GPU: the nodes, read-only files, the ld cache, and
+    /// on a cgroup v1 host the device whitelist (allowed nodes open, others do not, and what the
+    /// container always needs — `/dev/null`, ptys — still works).
+    #[test]
+    fn a_gpu_plan_is_applied_inside_the_container() {
+        let Some(lower) = image() else { return };
+        let lib = Path::new("/lib/x86_64-linux-gnu/libz.so.1");
+        let Ok(real) = std::fs::canonicalize(lib) else {
+            eprintln!("SKIPPED: no {} on this machine", lib.display());
+            return;
+        };
+        let real_name = real.file_name().unwrap().to_str().unwrap().to_owned();
+        let tag = std::process::id() % 10_000;
+        let net = Network::new(&format!("nrg{tag}"), Ipv4Addr::new(10, 234, 0, 1), 24, &format!("nrg{tag}-"));
+        let cg = Cgroups::detect(Path::new("/sys/fs/cgroup"), &format!("nimbus-rtg-test-{tag}")).expect("cgroups");
+        let dir = std::env::temp_dir().join(format!("nimbus-rtg-{tag}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("id");
+        assert!(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).status().unwrap().success());
+        let pubkey = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+
+        let id = "9e0000009e0000009e0000009e000000";
+        net.ensure_bridge().unwrap();
+        let addr = net.address(1);
+        net.create(id, addr).unwrap();
+        let plan = GpuPlan {
+            devices: vec![gpu::DeviceNode { path: "/dev/kmsg".into(), major: 1, minor: 11 }],
+            files: vec![
+                (real.clone(), format!("{}/{real_name}", gpu::LIB_DIR)),
+                (PathBuf::from("/bin/true"), "/usr/bin/nimbus-gpu-tool".into()),
+            ],
+            links: vec![(real_name.clone(), format!("{}/libz.so.1", gpu::LIB_DIR))],
+            proc_entries: vec![],
+            ld_conf: format!("{}\n", gpu::LIB_DIR),
+        };
+        let spec = Spec {
+            id: id.into(),
+            hostname: "gpu-1".into(),
+            lower,
+            dir: dir.join("inst"),
+            limits: Limits { cpu_millis: 1000, memory_bytes: 256 << 20, pids: 256 },
+            netns: net.ns_path(id),
+            addr,
+            authorized_keys: vec![pubkey],
+            mounts: vec![],
+            user_uid: 1000,
+            first_boot: None,
+            gpu: Some(plan),
+        };
+        prepare(&spec).unwrap();
+        start(&spec, &cg, id).unwrap();
+        let t = Instant::now();
+        while !ssh_banner(addr, Duration::from_millis(200)) {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "no SSH banner: {}",
+                std::fs::read_to_string(spec.dir.join("console.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let ssh = |cmd: &str| {
+            let o = Command::new("ssh")
+                .args(["-i"])
+                .arg(&key)
+                .args([
+                    "-o",
+                    "BatchMode=yes",
+                    "-o",
+                    "StrictHostKeyChecking=no",
+                    "-o",
+                    "UserKnownHostsFile=/dev/null",
+                    "-o",
+                    "LogLevel=ERROR",
+                ])
+                .arg(format!("ubuntu@{addr}"))
+                .arg(cmd)
+                .output()
+                .unwrap();
+            format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)).trim().to_owned()
+        };
+        let whitelist = cg.dirs(id).iter().any(|d| d.ends_with(format!("devices/nimbus-rtg-test-{tag}/{id}")));
+        eprintln!("cgroup v1 devices whitelist: {whitelist}");
+
+        assert_eq!(ssh("stat -c '%F %t:%T' /dev/kmsg"), "character special file 1:b");
+        assert_eq!(ssh("sudo -n sh -c ': < /dev/kmsg' && echo opened"), "opened");
+        assert_eq!(ssh("stat -L -c %s /usr/lib/nimbus-nvidia/libz.so.1"), std::fs::metadata(&real).unwrap().len().to_string());
+        assert_eq!(
+            ssh(&format!("sudo -n sh -c 'echo x >> /usr/lib/nimbus-nvidia/{real_name}' 2>/dev/null || echo read-only")),
+            "read-only"
+        );
+        assert_eq!(ssh("/usr/bin/nimbus-gpu-tool && echo ran"), "ran");
+        assert_eq!(ssh("cat /etc/ld.so.conf.d/000-nimbus-nvidia.conf"), "/usr/lib/nimbus-nvidia");
+        // The libraries of the plan come first in the instance's ld cache, ahead of the image's.
+        let first = ssh("/sbin/ldconfig -p | grep -m1 'libz.so.1 '");
+        assert!(first.ends_with("=> /usr/lib/nimbus-nvidia/libz.so.1"), "{first}");
+        // What every container needs still works under the whitelist: /dev/null, ptys.
+        assert_eq!(ssh("echo x > /dev/null && python3 -c 'import os; m, s = os.openpty(); print(os.ttyname(s)[:9])'"), "/dev/pts/");
+        if whitelist {
+            // Nodes outside the plan do not open even for root inside (who may still mknod).
+            let out = ssh("sudo -n mknod /tmp/mem c 1 1 && echo made && sudo -n sh -c ': < /tmp/mem' 2>&1 | grep -c 'Operation not permitted'; sudo -n rm -f /tmp/mem");
+            assert_eq!(out, "made\n1", "mknod is allowed, opening is not");
+            let list = std::fs::read_to_string(cg.dirs(id).last().unwrap().join("devices.list")).unwrap();
+            assert!(list.contains("c 1:11 rwm") && !list.contains("a *:* rwm"), "{list}");
+        }
+
+        stop(&cg, id).unwrap();
+        super::super::storage::unmount_all(&spec.dir);
+        net.destroy(id);
+        assert!(!cg.exists(id), "the devices cgroup goes with the others");
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mounts.contains(spec.dir.to_str().unwrap()), "a mount of the instance leaked into the host");
         cg.remove_parent();
         net.remove_bridge();
         std::fs::remove_dir_all(&dir).unwrap();
