@@ -37,6 +37,11 @@ pub async fn register(c: &Control, req: proto::RegisterRequest) -> Result<proto:
     if req.machine_id.is_empty() || req.machine_id.len() > 128 {
         return Err(Error::invalid("machine_id", "must be 1 to 128 characters"));
     }
+    if let Some(ip) = &inv.public_ip {
+        if ip.parse::<std::net::IpAddr>().is_err() {
+            return Err(Error::invalid("public_ip", format!("{ip:?} is not an IP address")));
+        }
+    }
     if inv.vcpus < 0 || inv.memory_mib < 0 || inv.disk_gib < 0 || inv.gpus.len() > 64 {
         return Err(Error::invalid("inventory", "sizes must be non-negative and at most 64 GPUs"));
     }
@@ -60,6 +65,7 @@ pub async fn register(c: &Control, req: proto::RegisterRequest) -> Result<proto:
             total: Resources { vcpus: inv.vcpus, memory_mib: inv.memory_mib, disk_gib: inv.disk_gib },
             gpus: &gpus,
             secret_hash: &secret.hash,
+            public_ip: inv.public_ip.as_deref(),
             now,
         },
     )
@@ -164,7 +170,7 @@ pub async fn report(c: &Control, host: &HostId, req: proto::ReportRequest) -> Re
                 if ok {
                     crate::metering::instance_moved(c, &mut tx, inst, inst.state, to, now).await?;
                     if to == InstanceState::Terminated {
-                        Store::host_release_in_txn(&mut tx, host, &inst.resources, &inst.id).await?;
+                        Store::host_release_in_txn(&mut tx, host, &inst.held(), &inst.id).await?;
                         for v in Store::volume_detach_all_in_txn(&mut tx, &inst.id, now).await? {
                             let p = json!({"volume_id": v, "instance_id": inst.id, "reason": "instance terminated"});
                             org_event(&mut tx, &inst.org_id, "volume.detached", "volume", v.as_str(), p, now).await?;
@@ -330,6 +336,7 @@ pub async fn desired(c: &Control, host: &HostId, req: proto::DesiredRequest) -> 
                 .map(|v| proto::VolumeMount { volume_id: v.id.to_string(), name: v.name.clone() })
                 .collect(),
             source_snapshot: i.source_snapshot_id.as_ref().map(ToString::to_string),
+            ssh_port: i.ssh_port.and_then(|p| u16::try_from(p).ok()),
         })
         .collect();
     let host_volumes = volumes
@@ -388,6 +395,11 @@ mod tests {
             updated_at: 0,
             terminated_at: None,
             source_snapshot_id: None,
+            ssh_port: None,
+            stop_billing: Default::default(),
+            compute_released: false,
+            rental_id: None,
+            price_micros_per_hour: None,
         }
     }
 

@@ -29,6 +29,44 @@ pub struct Config {
     pub pricing: Pricing,
     #[serde(default)]
     pub webhooks: crate::webhooks::WebhookSettings,
+    #[serde(default)]
+    pub port_forwards: PortForwards,
+    /// Instant-deploy presets of the Voltage Park dialect; empty: one per instance type with
+    /// the default image.
+    #[serde(default)]
+    pub presets: Vec<PresetConfig>,
+}
+
+/// Host ports that instances' SSH ports are forwarded from (the Voltage Park dialect's
+/// `port_forwards`), the same range on every host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PortForwards {
+    pub first_port: u16,
+    pub count: u16,
+}
+
+impl Default for PortForwards {
+    fn default() -> Self {
+        PortForwards { first_port: 20_000, count: 256 }
+    }
+}
+
+impl PortForwards {
+    pub fn ports(&self) -> impl Iterator<Item = i64> {
+        let first = i64::from(self.first_port);
+        first..(first + i64::from(self.count)).min(65_536)
+    }
+}
+
+/// One instant-deploy bundle: an instance type (GPUs, vCPUs, RAM, disk) and an image.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PresetConfig {
+    pub instance_type: String,
+    /// Image family; default: the first configured image.
+    #[serde(default)]
+    pub image_family: Option<String>,
 }
 
 /// Prices that are not an instance type's hourly price, in micro-dollars.
@@ -195,6 +233,8 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             pricing: Pricing::default(),
             webhooks: Default::default(),
+            port_forwards: PortForwards::default(),
+            presets: Vec::new(),
         }
     }
 }
@@ -229,6 +269,19 @@ impl Config {
         }
         if self.images.is_empty() {
             return Err(Error::invalid("config.images", "at least one image is required"));
+        }
+        for p in &self.presets {
+            if self.instance_type(&p.instance_type).is_none() {
+                return Err(Error::invalid("config.presets", format!("unknown instance type {:?}", p.instance_type)));
+            }
+            if let Some(f) = &p.image_family {
+                if !self.images.iter().any(|i| &i.family == f) {
+                    return Err(Error::invalid("config.presets", format!("unknown image family {f:?}")));
+                }
+            }
+        }
+        if self.port_forwards.first_port < 1024 || u32::from(self.port_forwards.first_port) + u32::from(self.port_forwards.count) > 65_536 {
+            return Err(Error::invalid("config.port_forwards", "the range must lie within 1024..65535"));
         }
         self.webhooks.validate()
     }

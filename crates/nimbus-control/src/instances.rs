@@ -45,6 +45,36 @@ pub struct LaunchSpec {
     /// An instance-disk snapshot (id) the new disk starts from; pins the launch to its host.
     pub source_snapshot: Option<String>,
     pub quantity: i64,
+    /// Public keys given inline (not stored as the org's keys), authorized like the named ones.
+    pub extra_public_keys: Vec<String>,
+    /// A password for the default user (plain text; only its crypt hash is kept). With one, no
+    /// SSH key is required.
+    pub password: Option<String>,
+    /// Forward a host port (from `[port_forwards]`) to the instance's port 22.
+    pub forward_ssh_port: bool,
+    pub stop_billing: nimbus_core::metering::StopBilling,
+    /// Take whole hosts (all their resources and GPUs), all `quantity` of them or none.
+    pub whole_hosts: Option<WholeHosts>,
+    /// The bare-metal rental the new instances are the nodes of, inserted with them.
+    pub rental: Option<nimbus_core::model::Rental>,
+}
+
+/// The instance type name of whole-host instances (bare-metal nodes).
+pub const WHOLE_HOST_TYPE: &str = "bare-metal";
+
+/// What a whole-host launch wants of each host.
+#[derive(Debug, Clone)]
+pub struct WholeHosts {
+    /// Hosts with exactly this many GPUs (0: hosts without GPUs).
+    pub gpus_per_node: i64,
+    /// Pattern their GPUs' model must match (see `gpu_model_matches`).
+    pub gpu_model: String,
+    pub price_micros_per_hour: i64,
+}
+
+/// The start of a long value, for error messages.
+fn short(s: &str) -> String {
+    s.chars().take(40).collect()
 }
 
 fn check_mount_point(p: &str) -> Result<(), Error> {
@@ -77,11 +107,37 @@ pub async fn launch(c: &Control, actor: &Actor, spec: LaunchSpec) -> Result<Vec<
     if let Some(u) = &spec.user_data {
         validate::user_data(u)?;
     }
+    for k in &spec.extra_public_keys {
+        validate::ssh_public_key(k).map_err(|_| Error::invalid("ssh_keys", format!("{:?} is not a valid OpenSSH public key", short(k))))?;
+    }
+    let user_data = match &spec.password {
+        Some(p) => {
+            Some(nimbus_core::cloudinit::with_default_password(spec.user_data.as_deref(), &nimbus_core::password::hash("password", p)?)?)
+        }
+        None => spec.user_data.clone(),
+    };
     validate::tags(&spec.tags)?;
     c.require_region("region_name", &spec.region)?;
-    let itype: &InstanceType =
-        cfg.instance_type(&spec.instance_type).ok_or_else(|| Error::not_found("instance type", &spec.instance_type))?;
-    if spec.ssh_key_names.is_empty() && spec.ssh_key_ids.is_empty() {
+    // Whole-host launches (bare-metal nodes) take all of a host; they name no catalog type.
+    let whole_host_type;
+    let itype: &InstanceType = match &spec.whole_hosts {
+        Some(w) => {
+            whole_host_type = InstanceType {
+                name: WHOLE_HOST_TYPE.to_owned(),
+                description: "Whole host (bare metal)".to_owned(),
+                gpu_description: w.gpu_model.clone(),
+                price_cents_per_hour: w.price_micros_per_hour.div_euclid(10_000),
+                vcpus: 0,
+                memory_gib: 0,
+                storage_gib: 0,
+                gpus: w.gpus_per_node,
+                gpu_model: w.gpu_model.clone(),
+            };
+            &whole_host_type
+        }
+        None => cfg.instance_type(&spec.instance_type).ok_or_else(|| Error::not_found("instance type", &spec.instance_type))?,
+    };
+    if spec.ssh_key_names.is_empty() && spec.ssh_key_ids.is_empty() && spec.extra_public_keys.is_empty() && spec.password.is_none() {
         return Err(Error::invalid("ssh_key_names", "at least one SSH key name is required"));
     }
     let image = images::resolve(c, spec.image.as_ref(), &spec.region).await?;
@@ -107,6 +163,13 @@ pub async fn launch(c: &Control, actor: &Actor, spec: LaunchSpec) -> Result<Vec<
         if !key_names.contains(&k.name) {
             key_names.push(k.name);
             public_keys.push(k.public_key);
+        }
+    }
+
+    for k in &spec.extra_public_keys {
+        let k = k.trim().to_owned();
+        if !public_keys.contains(&k) {
+            public_keys.push(k);
         }
     }
 
@@ -211,17 +274,32 @@ pub async fn launch(c: &Control, actor: &Actor, spec: LaunchSpec) -> Result<Vec<
         // first, so every failure means another launch made progress: re-read the hosts and try
         // again, bounded so that a pathological storm still ends.
         for _attempt in 0..MAX_CLAIM_ATTEMPTS {
-            let Some(p) = scheduler::place(&hosts, &req) else { break 'each };
+            let placed = match &spec.whole_hosts {
+                Some(w) => scheduler::place_whole(&hosts, &spec.region, w.gpus_per_node, &w.gpu_model),
+                None => scheduler::place(&hosts, &req).map(|p| (p, req.resources)),
+            };
+            let Some((p, resources)) = placed else { break 'each };
             let id = InstanceId::generate();
             let host_id = hosts[p.host_index].id.clone();
-            if !Store::host_claim_in_txn(&mut tx, &host_id, &req.resources, &p.gpu_indices, &id).await? {
+            if !Store::host_claim_in_txn(&mut tx, &host_id, &resources, &p.gpu_indices, &id).await? {
                 hosts = pinned(Store::host_list_in(&mut tx, Some(&spec.region), true).await?);
                 continue;
             }
+            // After the claim, which holds the host's row: concurrent launches onto this host
+            // wait for this transaction, so the port read here stays free until commit.
+            let ssh_port = if spec.forward_ssh_port {
+                let used = Store::instance_ssh_ports_on_host_in(&mut tx, &host_id).await?;
+                // The claim is already made: fail the whole transaction rather than keep it.
+                Some(cfg.port_forwards.ports().find(|p| !used.contains(p)).ok_or_else(|| Error::InsufficientCapacity {
+                    message: "No free port to forward SSH from on the chosen host.".to_owned(),
+                })?)
+            } else {
+                None
+            };
             let h = &mut hosts[p.host_index];
-            h.used.vcpus += req.resources.vcpus;
-            h.used.memory_mib += req.resources.memory_mib;
-            h.used.disk_gib += req.resources.disk_gib;
+            h.used.vcpus += resources.vcpus;
+            h.used.memory_mib += resources.memory_mib;
+            h.used.disk_gib += resources.disk_gib;
             for g in h.gpus.iter_mut().filter(|g| p.gpu_indices.contains(&g.index)) {
                 g.instance_id = Some(id.clone());
             }
@@ -234,12 +312,12 @@ pub async fn launch(c: &Control, actor: &Actor, spec: LaunchSpec) -> Result<Vec<
                 region: spec.region.clone(),
                 instance_type: itype.name.clone(),
                 host_id: Some(host_id.clone()),
-                resources: req.resources,
+                resources,
                 gpu_indices: p.gpu_indices.clone(),
                 image_id: image.clone(),
                 ssh_key_names: key_names.clone(),
                 ssh_public_keys: public_keys.clone(),
-                user_data: spec.user_data.clone(),
+                user_data: user_data.clone(),
                 tags: spec.tags.clone(),
                 file_system_mounts: mounts.clone(),
                 firewall_ruleset_ids: rulesets.clone(),
@@ -251,6 +329,11 @@ pub async fn launch(c: &Control, actor: &Actor, spec: LaunchSpec) -> Result<Vec<
                 updated_at: now,
                 terminated_at: None,
                 source_snapshot_id: restore.as_ref().map(|r| r.1.clone()),
+                ssh_port,
+                stop_billing: spec.stop_billing,
+                compute_released: false,
+                rental_id: spec.rental.as_ref().map(|r| r.id.clone()),
+                price_micros_per_hour: spec.whole_hosts.as_ref().map(|w| w.price_micros_per_hour),
             };
             Store::instance_insert_in_txn(&mut tx, NewInstance { instance: &inst }).await?;
             emit(
@@ -273,6 +356,15 @@ pub async fn launch(c: &Control, actor: &Actor, spec: LaunchSpec) -> Result<Vec<
             continue 'each;
         }
         break;
+    }
+    if spec.whole_hosts.is_some() && launched.len() < usize::try_from(spec.quantity).unwrap_or(usize::MAX) {
+        // All nodes or none: dropping the transaction releases every claim made above.
+        return Err(Error::InsufficientCapacity {
+            message: format!("Not enough whole hosts free: {} requested, {} available.", spec.quantity, launched.len()),
+        });
+    }
+    if let Some(r) = &spec.rental {
+        Store::rental_insert_in_txn(&mut tx, r).await?;
     }
     if launched.is_empty() {
         if pin.is_some() {
@@ -366,7 +458,30 @@ async fn load_all(c: &Control, actor: &Actor, ids: &[String]) -> Result<Vec<Inst
     Ok(out)
 }
 
+/// How often a request that lost a race with an agent report is tried again.
+const RACE_RETRIES: usize = 8;
+
+/// Runs `op` again, from a fresh read, when it lost a race: agents move instances between
+/// states on their own, and a customer's request should not fail because one just did.
+async fn retrying<T, F, Fut>(mut op: F) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
+    for _ in 1..RACE_RETRIES {
+        match op().await {
+            Err(Error::Conflict { reason: ConflictReason::Concurrent, .. }) => tokio::task::yield_now().await,
+            r => return r,
+        }
+    }
+    op().await
+}
+
 pub async fn restart(c: &Control, actor: &Actor, ids: &[String]) -> Result<Vec<Instance>, Error> {
+    retrying(|| restart_once(c, actor, ids)).await
+}
+
+async fn restart_once(c: &Control, actor: &Actor, ids: &[String]) -> Result<Vec<Instance>, Error> {
     actor.require(Permission::Edit)?;
     let found = load_all(c, actor, ids).await?;
     for i in &found {
@@ -396,6 +511,10 @@ pub async fn restart(c: &Control, actor: &Actor, ids: &[String]) -> Result<Vec<I
 }
 
 pub async fn terminate(c: &Control, actor: &Actor, ids: &[String]) -> Result<Vec<Instance>, Error> {
+    retrying(|| terminate_once(c, actor, ids)).await
+}
+
+async fn terminate_once(c: &Control, actor: &Actor, ids: &[String]) -> Result<Vec<Instance>, Error> {
     actor.require(Permission::Delete)?;
     let found = load_all(c, actor, ids).await?;
     let now = c.now();
@@ -446,7 +565,88 @@ pub async fn start(c: &Control, actor: &Actor, id: &str) -> Result<Instance, Err
     power(c, actor, id, InstanceState::Starting, "instance.start_requested").await
 }
 
+/// Powers an instance off and gives its processors, memory and GPUs back to its host (its disk
+/// stays there): it is billed for its disk only, and a later start claims them again on that
+/// host, or fails while the host is full. Also releases an instance that is already stopped.
+pub async fn stop_releasing(c: &Control, actor: &Actor, id: &str) -> Result<Instance, Error> {
+    retrying(|| stop_releasing_once(c, actor, id)).await
+}
+
+async fn stop_releasing_once(c: &Control, actor: &Actor, id: &str) -> Result<Instance, Error> {
+    actor.require(Permission::Edit)?;
+    let i = get(c, actor, id).await?;
+    if i.compute_released {
+        return Ok(i);
+    }
+    let to = match i.state {
+        InstanceState::Stopping | InstanceState::Stopped => i.state,
+        s if s.can_transition_to(InstanceState::Stopping) => InstanceState::Stopping,
+        s => {
+            return Err(Error::conflict(
+                ConflictReason::InvalidState,
+                format!("instance {} is {} and cannot be stopped", i.id, s.as_str()),
+            ));
+        }
+    };
+    let host_id = i.host_id.clone().ok_or_else(|| Error::internal("instance without a host"))?;
+    let now = c.now();
+    let mut tx = c.store().begin().await?;
+    let hosts = lock_hosts(&mut tx, &[&i]).await?;
+    if to != i.state && !Store::instance_transition_in_txn(&mut tx, &i.id, i.state, to, &InstanceUpdate::default(), now).await? {
+        return Err(Error::conflict(ConflictReason::Concurrent, format!("instance {} changed meanwhile; retry", i.id)));
+    }
+    // The disk stays claimed: it still lies on this host.
+    let compute = nimbus_core::catalog::Resources { disk_gib: 0, ..i.resources };
+    Store::host_release_in_txn(&mut tx, &host_id, &compute, &i.id).await?;
+    if !Store::instance_set_released_in_txn(&mut tx, &i.id, true, &[], now).await? {
+        return Err(Error::conflict(ConflictReason::Concurrent, format!("instance {} changed meanwhile; retry", i.id)));
+    }
+    let after = Instance { state: to, compute_released: true, gpu_indices: vec![], ..i.clone() };
+    crate::metering::instance_remetered(c, &mut tx, &i, &after, now).await?;
+    emit(&mut tx, actor, "instance.stop_requested", "instance", i.id.as_str(), json!({"release_compute": true}), now).await?;
+    Store::org_bump_instances_generation_in_txn(&mut tx, &actor.org_id).await?;
+    Store::commit(tx).await?;
+    for h in &hosts {
+        c.hosts().wake(h);
+    }
+    get(c, actor, id).await
+}
+
+/// Claims back the processors, memory and GPUs of a released instance on its host, in `tx`.
+async fn reclaim(c: &Control, tx: &mut nimbus_store::Conn, i: &Instance, now: i64) -> Result<Vec<i64>, Error> {
+    let host_id = i.host_id.clone().ok_or_else(|| Error::internal("instance without a host"))?;
+    let itype = c.config().instance_type(&i.instance_type).cloned();
+    let (want, model) = itype.map(|t| (t.gpus, t.gpu_model)).unwrap_or((0, String::new()));
+    let host = Store::host_list_in(tx, Some(&i.region), false)
+        .await?
+        .into_iter()
+        .find(|h| h.id == host_id)
+        .ok_or_else(|| Error::internal("instance host vanished"))?;
+    let gpus: Vec<i64> = host
+        .gpus
+        .iter()
+        .filter(|g| g.instance_id.is_none() && nimbus_core::catalog::gpu_model_matches(&model, &g.model))
+        .map(|g| g.index)
+        .take(usize::try_from(want).unwrap_or(0))
+        .collect();
+    let compute = nimbus_core::catalog::Resources { vcpus: i.resources.vcpus, memory_mib: i.resources.memory_mib, disk_gib: 0 };
+    let full = || Error::InsufficientCapacity {
+        message: format!("the host of instance {} has no room to start it again (it must start where its disk is)", i.id),
+    };
+    if i64::try_from(gpus.len()).unwrap_or(0) < want || !Store::host_claim_in_txn(tx, &host_id, &compute, &gpus, &i.id).await? {
+        return Err(full());
+    }
+    if !Store::instance_set_released_in_txn(tx, &i.id, false, &gpus, now).await? {
+        return Err(Error::conflict(ConflictReason::Concurrent, format!("instance {} changed meanwhile; retry", i.id)));
+    }
+    Ok(gpus)
+}
+
 async fn power(c: &Control, actor: &Actor, id: &str, to: InstanceState, kind: &str) -> Result<Instance, Error> {
+    retrying(|| power_once(c, actor, id, to, kind)).await
+}
+
+async fn power_once(c: &Control, actor: &Actor, id: &str, to: InstanceState, kind: &str) -> Result<Instance, Error> {
     actor.require(Permission::Edit)?;
     let i = get(c, actor, id).await?;
     if i.state == to {
@@ -462,10 +662,17 @@ async fn power(c: &Control, actor: &Actor, id: &str, to: InstanceState, kind: &s
     let now = c.now();
     let mut tx = c.store().begin().await?;
     let hosts = lock_hosts(&mut tx, &[&i]).await?;
+    let gpus = if to == InstanceState::Starting && i.compute_released { Some(reclaim(c, &mut tx, &i, now).await?) } else { None };
     if !Store::instance_transition_in_txn(&mut tx, &i.id, i.state, to, &InstanceUpdate::default(), now).await? {
         return Err(Error::conflict(ConflictReason::Concurrent, format!("instance {} changed meanwhile; retry", i.id)));
     }
-    crate::metering::instance_moved(c, &mut tx, &i, i.state, to, now).await?;
+    match gpus {
+        Some(g) => {
+            let after = Instance { state: to, compute_released: false, gpu_indices: g, ..i.clone() };
+            crate::metering::instance_remetered(c, &mut tx, &i, &after, now).await?;
+        }
+        None => crate::metering::instance_moved(c, &mut tx, &i, i.state, to, now).await?,
+    }
     emit(&mut tx, actor, kind, "instance", i.id.as_str(), json!({}), now).await?;
     Store::org_bump_instances_generation_in_txn(&mut tx, &actor.org_id).await?;
     Store::commit(tx).await?;
@@ -496,7 +703,7 @@ pub async fn resize(c: &Control, actor: &Actor, id: &str, new_type: &str) -> Res
     let req = Request::for_type(&i.region, itype);
     let now = c.now();
     let mut tx = c.store().begin().await?;
-    Store::host_release_in_txn(&mut tx, &host_id, &i.resources, &i.id).await?;
+    Store::host_release_in_txn(&mut tx, &host_id, &i.held(), &i.id).await?;
     let host = Store::host_list_in(&mut tx, Some(&i.region), false)
         .await?
         .into_iter()
@@ -522,7 +729,17 @@ pub async fn resize(c: &Control, actor: &Actor, id: &str, new_type: &str) -> Res
     if !Store::instance_set_type_in_txn(&mut tx, &i.id, &itype.name, &req.resources, &gpus, now).await? {
         return Err(Error::conflict(ConflictReason::Concurrent, format!("instance {} changed meanwhile; retry", i.id)));
     }
-    let resized = Instance { instance_type: itype.name.clone(), resources: req.resources, gpu_indices: gpus.clone(), ..i.clone() };
+    // It holds its new size now, whatever it had released before.
+    if i.compute_released {
+        Store::instance_set_released_in_txn(&mut tx, &i.id, false, &gpus, now).await?;
+    }
+    let resized = Instance {
+        instance_type: itype.name.clone(),
+        resources: req.resources,
+        gpu_indices: gpus.clone(),
+        compute_released: false,
+        ..i.clone()
+    };
     crate::metering::instance_resized(c, &mut tx, &resized, now).await?;
     emit(&mut tx, actor, "instance.resized", "instance", i.id.as_str(), json!({"from": i.instance_type, "to": itype.name}), now).await?;
     Store::org_bump_instances_generation_in_txn(&mut tx, &actor.org_id).await?;

@@ -6,7 +6,7 @@
 use nimbus_core::auth::{Actor, Permission};
 use nimbus_core::ids::random_hex_id;
 use nimbus_core::instance::InstanceState;
-use nimbus_core::metering::{charge, meter_for, pieces, Meter, HOUR_SECONDS};
+use nimbus_core::metering::{charge, meter_for_instance, pieces, Meter, HOUR_SECONDS};
 use nimbus_core::model::{Instance, UsageInterval, Volume};
 use nimbus_core::money::Micros;
 use nimbus_core::Error;
@@ -38,8 +38,10 @@ fn instance_interval(c: &Control, i: &Instance, meter: Meter, now: i64) -> Optio
     match meter {
         Meter::None => None,
         Meter::Compute => {
-            let cents = c.config().instance_type(&i.instance_type).map(|t| t.price_cents_per_hour).unwrap_or(0);
-            Some(open(key, meter, &i.instance_type, 1, Micros::from_cents(cents).0, now))
+            let rate = i.price_micros_per_hour.unwrap_or_else(|| {
+                Micros::from_cents(c.config().instance_type(&i.instance_type).map(|t| t.price_cents_per_hour).unwrap_or(0)).0
+            });
+            Some(open(key, meter, &i.instance_type, 1, rate, now))
         }
         Meter::Storage => {
             let rate = c.config().pricing.storage_gib_hour_micros.saturating_mul(i.resources.disk_gib);
@@ -58,7 +60,19 @@ pub async fn instance_moved(
     to: InstanceState,
     now: i64,
 ) -> Result<(), Error> {
-    let (a, b) = (meter_for(from), meter_for(to));
+    let meter = |s| meter_for_instance(s, i.stop_billing, i.compute_released);
+    switch(c, tx, i, meter(from), meter(to), now).await
+}
+
+/// Call in the transaction that changes how `old` is billed other than by its state alone (a
+/// stop that releases the reservation, a start that claims it again); `new` is it afterwards.
+pub(crate) async fn instance_remetered(c: &Control, tx: &mut Conn, old: &Instance, new: &Instance, now: i64) -> Result<(), Error> {
+    let a = meter_for_instance(old.state, old.stop_billing, old.compute_released);
+    let b = meter_for_instance(new.state, new.stop_billing, new.compute_released);
+    switch(c, tx, new, a, b, now).await
+}
+
+async fn switch(c: &Control, tx: &mut Conn, i: &Instance, a: Meter, b: Meter, now: i64) -> Result<(), Error> {
     if a == b {
         return Ok(());
     }
@@ -74,7 +88,7 @@ pub async fn instance_moved(
 /// Call in the transaction that gives a stopped instance a new type (its disk size may change).
 pub(crate) async fn instance_resized(c: &Control, tx: &mut Conn, resized: &Instance, now: i64) -> Result<(), Error> {
     Store::usage_close_in_txn(tx, resized.id.as_str(), now).await?;
-    if let Some(u) = instance_interval(c, resized, meter_for(resized.state), now) {
+    if let Some(u) = instance_interval(c, resized, meter_for_instance(resized.state, resized.stop_billing, resized.compute_released), now) {
         Store::usage_open_in_txn(tx, &u).await?;
     }
     Ok(())

@@ -34,6 +34,21 @@ fn free_matching_gpus(host: &Host, model: &str) -> Vec<i64> {
     host.gpus.iter().filter(|g| g.instance_id.is_none() && gpu_model_matches(model, &g.model)).map(|g| g.index).collect()
 }
 
+/// A host nothing runs on, with exactly `gpus` GPUs (of `model` when there are any), for a
+/// whole-host instance: the placement takes all its GPUs and the resources are its total. The
+/// oldest such host first, so that whole-host rentals fill hosts in a stable order.
+pub fn place_whole(hosts: &[Host], region: &str, gpus: i64, model: &str) -> Option<(Placement, Resources)> {
+    let empty = |h: &Host| h.used == Resources::default() && h.gpus.iter().all(|g| g.instance_id.is_none());
+    let (i, h) = hosts.iter().enumerate().find(|(_, h)| {
+        h.status == HostStatus::Up
+            && h.region == region
+            && empty(h)
+            && i64::try_from(h.gpus.len()).is_ok_and(|n| n == gpus)
+            && h.gpus.iter().all(|g| gpu_model_matches(model, &g.model))
+    })?;
+    Some((Placement { host_index: i, gpu_indices: h.gpus.iter().map(|g| g.index).collect() }, h.total))
+}
+
 /// Chooses where `req` goes, or `None` when no host can take it.
 pub fn place(hosts: &[Host], req: &Request<'_>) -> Option<Placement> {
     let mut best: Option<(usize, (usize, i64), Vec<i64>)> = None;
@@ -91,7 +106,23 @@ mod tests {
             last_seen_at: 0,
             desired_generation: 1,
             created_at: 0,
+            public_ip: None,
         }
+    }
+
+    #[test]
+    fn whole_hosts_are_empty_hosts_of_the_exact_shape() {
+        let busy_gpu = host("r", 8, &[("H100", true), ("H100", false)]);
+        let free = host("r", 8, &[("H100", false), ("H100", false)]);
+        let three = host("r", 8, &[("H100", false), ("H100", false), ("H100", false)]);
+        let mut cpu_used = host("r", 8, &[("H100", false), ("H100", false)]);
+        cpu_used.used.vcpus = 1;
+        let hosts = vec![busy_gpu, three, cpu_used, free];
+        let (p, res) = place_whole(&hosts, "r", 2, "H100").expect("one host fits");
+        assert_eq!((p.host_index, p.gpu_indices, res), (3, vec![0, 1], hosts[3].total));
+        assert!(place_whole(&hosts, "other", 2, "H100").is_none());
+        assert!(place_whole(&hosts, "r", 2, "A100").is_none());
+        assert!(place_whole(&[host("r", 4, &[])], "r", 0, "").is_some(), "GPU-less hosts rent whole too");
     }
 
     fn req(gpus: i64, model: &'static str, vcpus: i64) -> Request<'static> {

@@ -6,8 +6,10 @@
 //! permissions, owner, append), `users` (`default`, or name, groups, shell, sudo,
 //! ssh_authorized_keys), `ssh_authorized_keys` (added to the default user `ubuntu`), `packages`
 //! (apt-get install, after `apt-get update`), `bootcmd` and `runcmd` (strings run by `sh -c`,
-//! lists run as argument vectors). Other keys are accepted and listed as ignored in the script's
-//! log, as cloud-init itself warns about unknown keys.
+//! lists run as argument vectors), `chpasswd.users` (name + `password`, `type` `hash` (a crypt
+//! string) or `text`) and `ssh_pwauth` (password logins over SSH; read by the driver before
+//! sshd starts). Other keys are accepted and listed as ignored in the script's log, as
+//! cloud-init itself warns about unknown keys.
 
 use base64::Engine as _;
 use serde::Deserialize;
@@ -53,6 +55,24 @@ pub enum User {
     },
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct PasswordEntry {
+    pub name: String,
+    pub password: String,
+    /// `hash` (a crypt(3) string such as `$6$…`) or `text`; cloud-init's default is `hash`.
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct Chpasswd {
+    #[serde(default)]
+    pub users: Vec<PasswordEntry>,
+    /// Accepted for compatibility; passwords set here never expire at first login.
+    #[serde(default)]
+    pub expire: Option<bool>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 pub struct CloudConfig {
     #[serde(default)]
@@ -67,6 +87,10 @@ pub struct CloudConfig {
     pub bootcmd: Vec<Command>,
     #[serde(default)]
     pub runcmd: Vec<Command>,
+    #[serde(default)]
+    pub chpasswd: Option<Chpasswd>,
+    #[serde(default)]
+    pub ssh_pwauth: Option<bool>,
     #[serde(flatten)]
     pub other: std::collections::BTreeMap<String, serde_norway::Value>,
 }
@@ -120,6 +144,22 @@ pub fn parse(s: &str) -> Result<UserData, Error> {
             User::Default(d) => return Err(bad(format!("users entry {d:?}: only \"default\" may be a plain string"))),
             User::Spec { name, .. } if !safe_name(name) => return Err(bad(format!("user name {name:?} is not a valid login name"))),
             User::Spec { .. } => {}
+        }
+    }
+    for e in cfg.chpasswd.iter().flat_map(|c| &c.users) {
+        if !safe_name(&e.name) {
+            return Err(bad(format!("chpasswd user {:?} is not a valid login name", e.name)));
+        }
+        match e.kind.as_deref() {
+            None | Some("hash") if !e.password.starts_with('$') || e.password.contains([':', '\n', '\'', ' ']) => {
+                return Err(bad(format!("chpasswd password of {} must be a crypt hash such as $6$…", e.name)));
+            }
+            None | Some("hash") => {}
+            Some("text") if e.password.is_empty() || e.password.contains(['\n', '\0']) => {
+                return Err(bad(format!("chpasswd password of {} must be one non-empty line", e.name)));
+            }
+            Some("text") => {}
+            Some(other) => return Err(bad(format!("chpasswd type {other:?} is not supported (use hash or text)"))),
         }
     }
     for p in &cfg.packages {
@@ -202,6 +242,14 @@ pub fn to_script(cfg: &CloudConfig) -> String {
         }
     }
     key_lines("ubuntu", &cfg.ssh_authorized_keys, &mut s);
+    for e in cfg.chpasswd.iter().flat_map(|c| &c.users) {
+        let n = sh_quote(&e.name);
+        s += &format!("step chpasswd {n}\n");
+        s += &match e.kind.as_deref() {
+            Some("text") => format!("printf '%s:%s\\n' {n} {} | chpasswd\n", sh_quote(&e.password)),
+            _ => format!("usermod --password {} {n}\n", sh_quote(&e.password)),
+        };
+    }
     if !cfg.packages.is_empty() {
         let pkgs: Vec<String> = cfg.packages.iter().map(|p| sh_quote(p)).collect();
         s += &format!(
@@ -214,6 +262,50 @@ pub fn to_script(cfg: &CloudConfig) -> String {
     }
     s += "step done\n";
     s
+}
+
+/// Whether `user_data` asks for password logins over SSH (`ssh_pwauth: true`).
+pub fn wants_password_ssh(user_data: &str) -> bool {
+    matches!(parse(user_data), Ok(UserData::CloudConfig(CloudConfig { ssh_pwauth: Some(true), .. })))
+}
+
+/// Merges a password for the default user `ubuntu` (a crypt hash) into `user_data`, which may
+/// be absent, a `#cloud-config` document or a script; the result is one `#cloud-config`
+/// document (a script becomes a file that `runcmd` runs, so it still runs once, last). SSH
+/// password logins are switched on, as a user who sets a password expects to log in with it.
+pub fn with_default_password(user_data: Option<&str>, crypt_hash: &str) -> Result<String, Error> {
+    let mut doc: serde_json::Map<String, serde_json::Value> = match user_data.map(parse).transpose()? {
+        None => serde_json::Map::new(),
+        Some(UserData::Script(script)) => {
+            let path = "/var/lib/nimbus/user-data-script";
+            let mut m = serde_json::Map::new();
+            m.insert("write_files".into(), serde_json::json!([{"path": path, "content": script, "permissions": "0700"}]));
+            m.insert("runcmd".into(), serde_json::json!([[path]]));
+            m
+        }
+        Some(UserData::CloudConfig(_)) => {
+            let v: serde_json::Value = serde_norway::from_str::<Option<serde_json::Value>>(user_data.unwrap_or_default())
+                .map_err(|e| bad(format!("invalid #cloud-config: {e}")))?
+                .unwrap_or(serde_json::Value::Null);
+            match v {
+                serde_json::Value::Object(m) => m,
+                serde_json::Value::Null => serde_json::Map::new(),
+                _ => return Err(bad("#cloud-config must be a mapping")),
+            }
+        }
+    };
+    if doc.contains_key("chpasswd") {
+        return Err(bad("give either a password or chpasswd in the cloud-config, not both"));
+    }
+    doc.insert(
+        "chpasswd".into(),
+        serde_json::json!({"expire": false, "users": [{"name": "ubuntu", "password": crypt_hash, "type": "hash"}]}),
+    );
+    doc.insert("ssh_pwauth".into(), serde_json::Value::Bool(true));
+    // YAML is a superset of JSON: the merged mapping is written as JSON after the header.
+    let out = format!("#cloud-config\n{}\n", serde_json::Value::Object(doc));
+    parse(&out)?;
+    Ok(out)
 }
 
 /// The first-boot script for any user data (a script is used as it is).
@@ -251,5 +343,27 @@ mod tests {
         assert!(s.contains("chmod '0600' '/etc/motd'"), "{s}");
         assert!(s.contains("ignoring unsupported key timezone"), "{s}");
         assert_eq!(sh_quote("it's"), "'it'\\''s'");
+    }
+
+    #[test]
+    fn passwords_merge_into_any_user_data() {
+        let h = "$6$salt$abc/def";
+        let plain = with_default_password(None, h).expect("merged");
+        assert!(wants_password_ssh(&plain), "{plain}");
+        let UserData::CloudConfig(c) = parse(&plain).expect("valid") else { panic!("not cloud-config") };
+        assert!(to_script(&c).contains("usermod --password '$6$salt$abc/def' 'ubuntu'"), "{}", to_script(&c));
+
+        let cc = with_default_password(Some("#cloud-config\nruncmd: [touch /tmp/x]\n"), h).expect("merged");
+        let UserData::CloudConfig(c) = parse(&cc).expect("valid") else { panic!("not cloud-config") };
+        assert_eq!(c.runcmd.len(), 1, "the user's runcmd is kept");
+
+        let sc = with_default_password(Some("#!/bin/sh\necho hi\n"), h).expect("merged");
+        let UserData::CloudConfig(c) = parse(&sc).expect("valid") else { panic!("not cloud-config") };
+        assert_eq!((c.write_files[0].content.as_str(), c.runcmd.len()), ("#!/bin/sh\necho hi\n", 1), "the script still runs");
+
+        assert!(with_default_password(Some("#cloud-config\nchpasswd: {users: []}\n"), h).is_err(), "two sources of passwords");
+        assert!(!wants_password_ssh("#cloud-config\nruncmd: []\n"));
+        assert!(parse("#cloud-config\nchpasswd: {users: [{name: ubuntu, password: plain}]}\n").is_err(), "hash expected");
+        assert!(parse("#cloud-config\nchpasswd: {users: [{name: ubuntu, password: plain, type: text}]}\n").is_ok());
     }
 }

@@ -38,6 +38,43 @@ pub fn meter_for(s: InstanceState) -> Meter {
     }
 }
 
+/// What a stopped instance that keeps its host reservation (processors, memory, GPUs) costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StopBilling {
+    /// Its disk only (the Lambda and native dialects).
+    #[default]
+    Storage,
+    /// The full price, as the reservation is still held (Voltage Park's stop; its
+    /// "disassociated" stop releases the reservation and bills the disk only).
+    Reserved,
+}
+
+impl StopBilling {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopBilling::Storage => "storage",
+            StopBilling::Reserved => "reserved",
+        }
+    }
+
+    pub fn parse(s: &str) -> Self {
+        if s == "reserved" {
+            StopBilling::Reserved
+        } else {
+            StopBilling::Storage
+        }
+    }
+}
+
+/// [`meter_for`] for one instance: a stop that keeps a reservation billed at the full price
+/// (`Reserved`) is `Compute`; once the reservation is released it is the disk only.
+pub fn meter_for_instance(s: InstanceState, billing: StopBilling, compute_released: bool) -> Meter {
+    match meter_for(s) {
+        Meter::Storage if billing == StopBilling::Reserved && !compute_released => Meter::Compute,
+        m => m,
+    }
+}
+
 pub const HOUR_SECONDS: i64 = 3_600;
 
 /// Splits `[start, end)` (µs) into per-hour pieces `(hour start in Unix seconds, whole seconds)`.
@@ -83,6 +120,10 @@ mod tests {
         assert_eq!(meter_for(InstanceState::Stopped), Meter::Storage);
         assert_eq!(meter_for(InstanceState::Booting), Meter::None);
         assert_eq!(meter_for(InstanceState::Unhealthy), Meter::None);
+        assert_eq!(meter_for_instance(InstanceState::Stopped, StopBilling::Reserved, false), Meter::Compute);
+        assert_eq!(meter_for_instance(InstanceState::Stopped, StopBilling::Reserved, true), Meter::Storage);
+        assert_eq!(meter_for_instance(InstanceState::Stopped, StopBilling::Storage, false), Meter::Storage);
+        assert_eq!(meter_for_instance(InstanceState::Booting, StopBilling::Reserved, false), Meter::None);
         assert_eq!(charge(Micros::from_cents(249), 1800), Micros(1_245_000));
         assert_eq!(charge(Micros(7), 1), Micros(0), "rounded down per piece");
     }

@@ -81,6 +81,8 @@ pub struct Host {
     pub last_seen_at: i64,
     pub desired_generation: i64,
     pub created_at: i64,
+    /// Where clients reach this host's forwarded ports (the agent's `--public-ip`).
+    pub public_ip: Option<String>,
 }
 
 impl Host {
@@ -124,6 +126,29 @@ pub struct Instance {
     pub terminated_at: Option<i64>,
     /// The instance-disk snapshot its disk was restored from, if any.
     pub source_snapshot_id: Option<SnapshotId>,
+    /// Host port forwarded to the instance's port 22 (on the host's public address), if any.
+    pub ssh_port: Option<i64>,
+    /// What a stop costs while the instance keeps its reservation.
+    pub stop_billing: crate::metering::StopBilling,
+    /// A stopped instance whose processors, memory and GPUs went back to the host (its disk
+    /// stays); starting it claims them again.
+    pub compute_released: bool,
+    /// The bare-metal rental this instance is a node of.
+    pub rental_id: Option<String>,
+    /// Hourly price fixed at launch (bare-metal nodes); `None`: the instance type's price.
+    pub price_micros_per_hour: Option<i64>,
+}
+
+impl Instance {
+    /// What it holds of its host's capacity: everything, or only its disk once its compute was
+    /// released.
+    pub fn held(&self) -> Resources {
+        if self.compute_released {
+            Resources { vcpus: 0, memory_mib: 0, disk_gib: self.resources.disk_gib }
+        } else {
+            self.resources
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -342,4 +367,25 @@ pub struct UsageInterval {
     pub rate_micros_per_hour: i64,
     pub started_at: i64,
     pub ended_at: Option<i64>,
+}
+
+/// A bare-metal rental: whole hosts ("nodes"), each run as one instance that holds all of its
+/// host, provisioned together or not at all.
+#[derive(Debug, Clone)]
+pub struct Rental {
+    pub id: String,
+    pub org_id: OrgId,
+    pub name: String,
+    pub region: String,
+    /// `ethernet` or `infiniband`.
+    pub network_type: String,
+    pub sub_order: Option<String>,
+    /// The storage (volume) attached to its nodes.
+    pub storage_id: Option<String>,
+    pub tags: Vec<String>,
+    pub node_count: i64,
+    pub gpus_per_node: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub terminated_at: Option<i64>,
 }

@@ -38,6 +38,9 @@ pub struct Inventory {
     pub gpus: Vec<GpuInfo>,
     /// Driver name (`container`, `vm`, `sim`).
     pub driver: String,
+    /// The address clients reach this host's forwarded ports on (`--public-ip`).
+    #[serde(default)]
+    pub public_ip: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -146,6 +149,9 @@ pub struct DesiredInstance {
     /// read when the instance's disk is first created.
     #[serde(default)]
     pub source_snapshot: Option<String>,
+    /// Host port forwarded (TCP) to the instance's port 22, on every host address.
+    #[serde(default)]
+    pub ssh_port: Option<u16>,
 }
 
 /// One volume attached to an instance.

@@ -20,11 +20,13 @@ pub struct HostRegistration<'a> {
     pub total: Resources,
     pub gpus: &'a [Gpu],
     pub secret_hash: &'a str,
+    /// Where clients reach this host's forwarded ports.
+    pub public_ip: Option<&'a str>,
     pub now: i64,
 }
 
 const HOST_COLS: &str = "id, name, region, driver, cpu_model, vcpus_total, memory_mib_total, disk_gib_total, \
-    vcpus_used, memory_mib_used, disk_gib_used, status, last_seen_at, desired_generation, created_at";
+    vcpus_used, memory_mib_used, disk_gib_used, status, last_seen_at, desired_generation, created_at, public_ip";
 
 impl Store {
     /// Registers a host, or re-registers the same machine (same token and machine id), keeping its
@@ -42,7 +44,7 @@ impl Store {
                 sqlx::query(
                     "UPDATE hosts SET name = $1, driver = $2, cpu_model = $3, vcpus_total = $4, memory_mib_total = $5, \
                      disk_gib_total = $6, secret_hash = $7, status = 'up', last_seen_at = $8, \
-                     desired_generation = desired_generation + 1 WHERE id = $9",
+                     desired_generation = desired_generation + 1, public_ip = $10 WHERE id = $9",
                 )
                 .bind(r.name)
                 .bind(r.driver)
@@ -53,6 +55,7 @@ impl Store {
                 .bind(r.secret_hash)
                 .bind(r.now)
                 .bind(id.as_str())
+                .bind(r.public_ip)
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err("updating host"))?;
@@ -62,8 +65,8 @@ impl Store {
                 let id = HostId::generate();
                 sqlx::query(
                     "INSERT INTO hosts (id, name, region, token_id, machine_id, secret_hash, driver, cpu_model, \
-                     vcpus_total, memory_mib_total, disk_gib_total, status, last_seen_at, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'up', $12, $12)",
+                     vcpus_total, memory_mib_total, disk_gib_total, status, last_seen_at, created_at, public_ip) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'up', $12, $12, $13)",
                 )
                 .bind(id.as_str())
                 .bind(r.name)
@@ -77,6 +80,7 @@ impl Store {
                 .bind(r.total.memory_mib)
                 .bind(r.total.disk_gib)
                 .bind(r.now)
+                .bind(r.public_ip)
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err("inserting host"))?;

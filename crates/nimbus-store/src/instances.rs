@@ -25,7 +25,7 @@ impl Store {
         let i = n.instance;
         sqlx::query(&format!(
             "INSERT INTO instances ({INSTANCE_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
-             $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27)"
+             $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32)"
         ))
         .bind(i.id.as_str())
         .bind(i.org_id.as_str())
@@ -54,6 +54,11 @@ impl Store {
         .bind(i.updated_at)
         .bind(i.terminated_at)
         .bind(i.source_snapshot_id.as_ref().map(|s| s.as_str().to_owned()))
+        .bind(i.ssh_port)
+        .bind(i.stop_billing.as_str())
+        .bind(i64::from(i.compute_released))
+        .bind(i.rental_id.clone())
+        .bind(i.price_micros_per_hour)
         .execute(&mut *tx)
         .await
         .map_err(db_err("inserting instance"))?;
@@ -270,6 +275,41 @@ impl Store {
         .await
         .map_err(db_err("resizing instance"))?;
         Ok(r.rows_affected() == 1)
+    }
+
+    /// Sets whether a stopping or stopped instance holds its processors, memory and GPUs
+    /// (`released` false) and which GPUs it holds. Returns whether it applied.
+    pub async fn instance_set_released_in_txn(
+        tx: &mut Conn,
+        id: &InstanceId,
+        released: bool,
+        gpu_indices: &[i64],
+        now: i64,
+    ) -> Result<bool, Error> {
+        let r = sqlx::query(
+            "UPDATE instances SET compute_released = $1, gpu_indices = $2, generation = generation + 1, updated_at = $3 \
+             WHERE id = $4 AND state IN ('stopping', 'stopped', 'starting', 'active')",
+        )
+        .bind(i64::from(released))
+        .bind(to_json(&gpu_indices))
+        .bind(now)
+        .bind(id.as_str())
+        .execute(tx)
+        .await
+        .map_err(db_err("releasing instance compute"))?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Host ports forwarded to live instances of `host`.
+    pub async fn instance_ssh_ports_on_host_in(c: &mut Conn, host: &HostId) -> Result<Vec<i64>, Error> {
+        sqlx::query("SELECT ssh_port FROM instances WHERE host_id = $1 AND state <> 'terminated' AND ssh_port IS NOT NULL")
+            .bind(host.as_str())
+            .fetch_all(c)
+            .await
+            .map_err(db_err("listing forwarded ports"))?
+            .iter()
+            .map(|r| rows::get(r, "ssh_port"))
+            .collect()
     }
 
     /// Hosts that run live instances of `org`, in id order.

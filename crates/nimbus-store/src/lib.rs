@@ -18,6 +18,7 @@ mod instances;
 mod metrics;
 mod migrate;
 mod orgs;
+mod rentals;
 mod rows;
 mod tenant;
 mod usage;

@@ -19,6 +19,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (9, "metering", include_str!("../migrations/0009_metering.sql")),
     (10, "spend_limit", include_str!("../migrations/0010_spend_limit.sql")),
     (11, "credits", include_str!("../migrations/0011_credits.sql")),
+    (12, "vm_access", include_str!("../migrations/0012_vm_access.sql")),
 ];
 
 fn render(sql: &str, backend: Backend) -> String {

@@ -75,6 +75,7 @@ pub(crate) fn host(row: &AnyRow, gpus: Vec<Gpu>) -> Result<Host, Error> {
         last_seen_at: get(row, "last_seen_at")?,
         desired_generation: get(row, "desired_generation")?,
         created_at: get(row, "created_at")?,
+        public_ip: get(row, "public_ip")?,
     })
 }
 
@@ -91,7 +92,7 @@ pub(crate) fn gpu(row: &AnyRow) -> Result<Gpu, Error> {
 pub(crate) const INSTANCE_COLS: &str = "id, org_id, name, hostname, state, region, instance_type, host_id, \
     vcpus, memory_mib, disk_gib, gpu_indices, image_id, ssh_key_names, ssh_public_keys, user_data, tags, \
     file_system_mounts, firewall_ruleset_ids, ip, private_ip, restart_generation, generation, created_at, \
-    updated_at, terminated_at, source_snapshot_id";
+    updated_at, terminated_at, source_snapshot_id, ssh_port, stop_billing, compute_released, rental_id, price_micros_per_hour";
 
 pub(crate) fn instance(row: &AnyRow) -> Result<Instance, Error> {
     let state: String = get(row, "state")?;
@@ -121,6 +122,11 @@ pub(crate) fn instance(row: &AnyRow) -> Result<Instance, Error> {
         updated_at: get(row, "updated_at")?,
         terminated_at: get(row, "terminated_at")?,
         source_snapshot_id: get::<Option<String>>(row, "source_snapshot_id")?.map(SnapshotId::from_trusted),
+        ssh_port: get(row, "ssh_port")?,
+        stop_billing: nimbus_core::metering::StopBilling::parse(&get::<String>(row, "stop_billing")?),
+        compute_released: get::<i64>(row, "compute_released")? != 0,
+        rental_id: get(row, "rental_id")?,
+        price_micros_per_hour: get(row, "price_micros_per_hour")?,
     })
 }
 
