@@ -43,6 +43,8 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// Long-poll window.
     pub poll_wait: Duration,
+    /// The address clients reach this host's forwarded ports on, reported with the inventory.
+    pub public_ip: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -143,7 +145,10 @@ impl Agent {
     /// Registers (or re-registers as the same machine) and stores the new host credential.
     pub async fn register(&self) -> Result<proto::RegisterResponse, AgentError> {
         let mut creds = self.load_creds()?;
-        let inventory = self.driver.inventory().await?;
+        let mut inventory = self.driver.inventory().await?;
+        if self.cfg.public_ip.is_some() {
+            inventory.public_ip = self.cfg.public_ip.clone();
+        }
         let req = proto::RegisterRequest {
             protocol_version: proto::PROTOCOL_VERSION,
             token: self.cfg.token.clone(),

@@ -110,6 +110,7 @@ impl Driver for SimDriver {
             disk_gib: self.cfg.disk_gib,
             gpus,
             driver: "sim".to_owned(),
+            public_ip: None,
         })
     }
 

@@ -254,6 +254,7 @@ async fn api(n: usize, concurrency: usize, secs: Duration, hosts: usize, databas
                 token: token.clone(),
                 data_dir: dir.join(format!("agent-{h}")),
                 poll_wait: Duration::from_secs(25),
+                public_ip: None,
             },
             driver,
         );

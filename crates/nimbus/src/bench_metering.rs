@@ -54,6 +54,7 @@ pub async fn metering(transitions: usize, intervals: usize) -> anyhow::Result<()
                 disk_gib: 1 << 40,
                 gpus: vec![],
                 driver: "sim".into(),
+                public_ip: None,
             },
         },
     )

@@ -90,6 +90,10 @@ pub struct OfferArgs {
     /// net.ipv4.ip_forward on the host).
     #[arg(long)]
     pub outbound_nat: bool,
+    /// The address clients reach this host's forwarded ports on (the public IP of a VM in the
+    /// Voltage Park dialect). Default: none for `nimbus agent`, 127.0.0.1 for `nimbus dev`.
+    #[arg(long)]
+    pub public_ip: Option<std::net::IpAddr>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -178,7 +182,16 @@ pub async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
     let dir = a.data_dir.clone().unwrap_or_else(|| common::default_data_dir("agent"));
     std::fs::create_dir_all(&dir)?;
     let driver = make_driver(&a.host, &dir).await?;
-    let agent = Agent::new(AgentConfig { server_url: a.server, token: a.token, data_dir: dir, poll_wait: Duration::from_secs(25) }, driver);
+    let agent = Agent::new(
+        AgentConfig {
+            server_url: a.server,
+            token: a.token,
+            data_dir: dir,
+            poll_wait: Duration::from_secs(25),
+            public_ip: a.host.offer.public_ip.map(|a| a.to_string()),
+        },
+        driver,
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(agent.run(stop_rx));
     shutdown_signal().await;
@@ -274,7 +287,12 @@ pub async fn run_dev(d: DevArgs) -> anyhow::Result<()> {
     let handle = nimbus_api::server::start(control.clone(), listener)?;
     let url = handle.url();
     let hosts_before = control.store().host_list(None, true).await.map_err(|e| anyhow::anyhow!("{e}"))?.len();
-    let agent = Agent::new(AgentConfig { server_url: url.clone(), token, data_dir: agent_dir, poll_wait: Duration::from_secs(25) }, driver);
+    // On one machine the forwarded ports are reached on the loopback address.
+    let public_ip = Some(d.host.offer.public_ip.map_or_else(|| "127.0.0.1".to_owned(), |a| a.to_string()));
+    let agent = Agent::new(
+        AgentConfig { server_url: url.clone(), token, data_dir: agent_dir, poll_wait: Duration::from_secs(25), public_ip },
+        driver,
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let agent_task = tokio::spawn(agent.run(stop_rx));
     // Print the URL only once the local host offers capacity, so that a script can use it at once.

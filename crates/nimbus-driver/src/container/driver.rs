@@ -197,6 +197,7 @@ impl ContainerDriver {
                 .map(nimbus_core::cloudinit::first_boot_script)
                 .transpose()
                 .map_err(|e| err(&s.id, e.external_message()))?,
+            password_ssh: s.user_data.as_deref().is_some_and(nimbus_core::cloudinit::wants_password_ssh),
             gpu: None,
         })
     }
@@ -206,8 +207,20 @@ impl ContainerDriver {
         let ledgers: Vec<Ledger> = self.ids().iter().filter_map(|id| self.ledger(id)).collect();
         let entries: Vec<super::firewall::Entry<'_>> = ledgers
             .iter()
-            .map(|l| super::firewall::Entry { id: &l.spec.id, addr: self.net.address(l.addr_index), rules: &l.spec.firewall })
+            .map(|l| super::firewall::Entry {
+                id: &l.spec.id,
+                addr: self.net.address(l.addr_index),
+                rules: &l.spec.firewall,
+                ssh_port: l.spec.ssh_port,
+            })
             .collect();
+        if entries.iter().any(|e| e.ssh_port.is_some()) {
+            // Forwarded ports answer on 127.0.0.1 too: after DNAT such packets leave through the
+            // bridge with a loopback source (then masqueraded), which the kernel only routes
+            // with route_localnet on the bridge (ours; nothing else is affected).
+            let p = format!("/proc/sys/net/ipv4/conf/{}/route_localnet", self.cfg.bridge);
+            std::fs::write(&p, "1").map_err(|e| host_err(format!("{p}: {e}")))?;
+        }
         let network = Ipv4Addr::from(u32::from(self.cfg.gateway) & (u32::MAX << (32 - u32::from(self.cfg.prefix_len.clamp(1, 32)))));
         let opts = super::firewall::Options { outbound_nat: self.cfg.outbound_nat.then_some((network, self.cfg.prefix_len)) };
         super::firewall::apply(&super::firewall::render(&self.cfg.bridge, self.cfg.gateway, &entries, opts)).map_err(host_err)
@@ -437,6 +450,7 @@ mod tests {
             firewall: vec![],
             volumes: vec![],
             source_snapshot: None,
+            ssh_port: None,
         }
     }
 

@@ -9,6 +9,11 @@
 //!   instance's rules (the org's global rules plus its rulesets) or as a reply; the host itself may
 //!   always reach port 22, because the agent's health probe must (documented).
 //!
+//! - **port forwards**: an instance with an `ssh_port` gets that host port DNATed to its port 22
+//!   (`prerouting` for traffic from outside, `output` for the host itself, on every local
+//!   address, 127.0.0.1 included: such packets are masqueraded to the bridge gateway); forwarded
+//!   connections pass the instance's allow-list, as the forward is an explicit exposure.
+//!
 //! Terminating an instance rewrites the table without it: no rule of it is left.
 
 use std::net::Ipv4Addr;
@@ -21,6 +26,8 @@ pub struct Entry<'a> {
     pub id: &'a str,
     pub addr: Ipv4Addr,
     pub rules: &'a [FirewallRule],
+    /// Host port forwarded to the instance's port 22.
+    pub ssh_port: Option<u16>,
 }
 
 pub fn table_name(bridge: &str) -> String {
@@ -65,6 +72,9 @@ pub fn render(bridge: &str, gateway: Ipv4Addr, entries: &[Entry<'_>], opts: Opti
     for e in entries {
         let c = &e.id[..e.id.len().min(12)];
         s += &format!("  chain i_{c} {{\n    ip saddr {gateway} tcp dport 22 accept\n");
+        if e.ssh_port.is_some() {
+            s += "    ct status dnat tcp dport 22 accept\n";
+        }
         for r in e.rules.iter().filter_map(rule_line) {
             s += &format!("    {r}\n");
         }
@@ -78,6 +88,19 @@ pub fn render(bridge: &str, gateway: Ipv4Addr, entries: &[Entry<'_>], opts: Opti
             s += &format!("    ip daddr {} jump i_{}\n", e.addr, &e.id[..e.id.len().min(12)]);
         }
         s += "  }\n";
+    }
+    let forwards: Vec<(u16, Ipv4Addr)> = entries.iter().filter_map(|e| e.ssh_port.map(|p| (p, e.addr))).collect();
+    if !forwards.is_empty() {
+        for (chain, hook) in [("pf_prerouting", "prerouting"), ("pf_output", "output")] {
+            s += &format!("  chain {chain} {{\n    type nat hook {hook} priority -100; policy accept;\n");
+            for (port, addr) in &forwards {
+                s += &format!("    fib daddr type local tcp dport {port} dnat ip to {addr}:22\n");
+            }
+            s += "  }\n";
+        }
+        s += &format!(
+            "  chain pf_postrouting {{\n    type nat hook postrouting priority 100; policy accept;\n    oifname \"{bridge}\" ip saddr 127.0.0.0/8 ct status dnat masquerade\n  }}\n"
+        );
     }
     if let Some((net, len)) = opts.outbound_nat {
         s += &format!(
@@ -126,7 +149,7 @@ mod tests {
             FirewallRule { protocol: "icmp".into(), port_range: None, source: "1.2.3.4/32".into() },
             FirewallRule { protocol: "tcp".into(), port_range: Some((1, 2)), source: "not-a-cidr; drop".into() },
         ];
-        let e = [Entry { id: "abcdef0123456789", addr: Ipv4Addr::new(10, 200, 0, 3), rules: &rules }];
+        let e = [Entry { id: "abcdef0123456789", addr: Ipv4Addr::new(10, 200, 0, 3), rules: &rules, ssh_port: None }];
         let t = render("nimbus0", Ipv4Addr::new(10, 200, 0, 1), &e, Options::default());
         assert!(t.contains("chain i_abcdef012345 {"), "{t}");
         assert!(t.contains("ip saddr 0.0.0.0/0 tcp dport 22 accept"));
@@ -138,5 +161,15 @@ mod tests {
         assert!(!t.contains("masquerade"), "no NAT unless asked");
         let nat = render("nimbus0", Ipv4Addr::new(10, 200, 0, 1), &e, Options { outbound_nat: Some((Ipv4Addr::new(10, 200, 0, 0), 16)) });
         assert!(nat.contains("ip saddr 10.200.0.0/16 oifname != \"nimbus0\" masquerade"), "{nat}");
+        assert!(!t.contains("dnat"), "no forwards unless an instance has a port");
+    }
+
+    #[test]
+    fn renders_port_forwards() {
+        let e = [Entry { id: "abcdef0123456789", addr: Ipv4Addr::new(10, 200, 0, 3), rules: &[], ssh_port: Some(20001) }];
+        let t = render("nimbus0", Ipv4Addr::new(10, 200, 0, 1), &e, Options::default());
+        assert_eq!(t.matches("fib daddr type local tcp dport 20001 dnat ip to 10.200.0.3:22").count(), 2, "{t}");
+        assert!(t.contains("ct status dnat tcp dport 22 accept"), "{t}");
+        assert!(t.contains("oifname \"nimbus0\" ip saddr 127.0.0.0/8 ct status dnat masquerade"), "{t}");
     }
 }

@@ -78,6 +78,7 @@ pub fn read(data_dir: &Path) -> Inventory {
         disk_gib: disk_gib(data_dir),
         gpus: gpus(),
         driver: "container".into(),
+        public_ip: None,
     }
 }
 

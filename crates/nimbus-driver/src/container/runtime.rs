@@ -57,6 +57,8 @@ pub struct Spec {
     pub user_uid: u32,
     /// First-boot script made from the launch's `user_data`, run once.
     pub first_boot: Option<String>,
+    /// sshd accepts passwords (`ssh_pwauth: true` in the user data); keys only otherwise.
+    pub password_ssh: bool,
     /// The instance's GPUs (`None`: no GPU, and nothing GPU-related happens).
     pub gpu: Option<GpuPlan>,
 }
@@ -76,7 +78,8 @@ if [ -x /etc/nimbus/first-boot ] && [ ! -e /var/lib/nimbus/first-boot.done ]; th
 fi
 # sshd is a service of the instance, not its life: if it dies the instance keeps running (and
 # is reported unhealthy), as a VM would.
-/usr/sbin/sshd -D -e -o UsePAM=no -o PasswordAuthentication=no -o HostKey=/etc/ssh/ssh_host_ed25519_key &
+PW=no; [ -e /etc/nimbus/password-ssh ] && PW=yes
+/usr/sbin/sshd -D -e -o UsePAM=no -o PasswordAuthentication=$PW -o HostKey=/etc/ssh/ssh_host_ed25519_key &
 exec sleep infinity
 "#;
 
@@ -205,6 +208,12 @@ pub fn prepare(spec: &Spec) -> Result<()> {
     write(&upper.join("etc/nimbus/boot.sh"), BOOT, 0o755)?;
     if let Some(script) = &spec.first_boot {
         write(&upper.join("etc/nimbus/first-boot"), script, 0o700)?;
+    }
+    let marker = upper.join("etc/nimbus/password-ssh");
+    if spec.password_ssh {
+        write(&marker, "", 0o644)?;
+    } else if marker.exists() {
+        std::fs::remove_file(&marker).map_err(io(&marker))?;
     }
     let ssh = upper.join("home/ubuntu/.ssh");
     let keys: String = spec.authorized_keys.iter().map(|k| format!("{}\n", k.trim())).collect();
@@ -377,6 +386,7 @@ mod tests {
             mounts: vec![(shared.clone(), "/lambda/nfs/shared".into())],
             user_uid: 1000,
             first_boot: None,
+            password_ssh: false,
             gpu: None,
         };
         prepare(&spec).unwrap();
@@ -492,6 +502,7 @@ mod tests {
             mounts: vec![],
             user_uid: 1000,
             first_boot: None,
+            password_ssh: false,
             gpu: Some(plan),
         };
         prepare(&spec).unwrap();
