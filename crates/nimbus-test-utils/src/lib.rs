@@ -88,7 +88,7 @@ pub struct TestServer {
 #[derive(Clone)]
 pub enum HostDriver {
     Sim(SimConfig),
-    Container(nimbus_driver::container::driver::ContainerConfig),
+    Container(Box<nimbus_driver::container::driver::ContainerConfig>),
 }
 
 struct AgentSlot {
@@ -201,7 +201,7 @@ impl TestServer {
         let token = admin::host_token_create(&self.control, region).await.unwrap();
         let agent_dir = self.dir.0.join(format!("agent-{}", self.agents.len()));
         std::fs::create_dir_all(&agent_dir).unwrap();
-        self.spawn_agent(&token, agent_dir, HostDriver::Container(cfg));
+        self.spawn_agent(&token, agent_dir, HostDriver::Container(Box::new(cfg)));
         self.wait_for("host registration", || async { self.control.store().host_list(None, true).await.unwrap().len() > before }).await;
         self.agents.len() - 1
     }
@@ -215,11 +215,17 @@ impl TestServer {
         let driver: Arc<dyn nimbus_driver::Driver> = match &sim {
             HostDriver::Sim(c) => Arc::new(SimDriver::new(c.clone())),
             HostDriver::Container(c) => {
-                Arc::new(nimbus_driver::container::driver::ContainerDriver::new(c.clone()).expect("container driver"))
+                Arc::new(nimbus_driver::container::driver::ContainerDriver::new((**c).clone()).expect("container driver"))
             }
         };
         let agent = Agent::new(
-            AgentConfig { server_url: self.url.clone(), token: token.to_owned(), data_dir: dir.clone(), poll_wait: Duration::from_secs(5) },
+            AgentConfig {
+                server_url: self.url.clone(),
+                token: token.to_owned(),
+                data_dir: dir.clone(),
+                poll_wait: Duration::from_secs(5),
+                public_ip: Some("127.0.0.1".into()),
+            },
             driver,
         );
         let (tx, rx) = watch::channel(false);

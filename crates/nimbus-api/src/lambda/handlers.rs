@@ -173,6 +173,7 @@ fn launch_spec(req: w::LaunchRequest) -> LaunchSpec {
         tags: req.tags.unwrap_or_default().into_iter().map(|t| (t.key, t.value)).collect(),
         firewall_ruleset_ids: req.firewall_rulesets.unwrap_or_default().into_iter().map(|r| r.id).collect(),
         quantity: req.quantity.unwrap_or(1),
+        ..LaunchSpec::default()
     }
 }
 

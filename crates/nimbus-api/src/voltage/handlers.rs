@@ -6,7 +6,6 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use nimbus_core::catalog::gpu_model_matches;
 use nimbus_core::model::{Host, HostStatus};
 use nimbus_core::money::Micros;
 use nimbus_core::Error;
@@ -33,7 +32,7 @@ pub fn from_uuid(s: &str) -> Option<String> {
     nimbus_core::ids::is_valid_id(&h).then_some(h)
 }
 
-fn location_id(region: &str) -> String {
+pub fn location_id(region: &str) -> String {
     uuid(&hex::encode(&Sha256::digest(format!("nimbus-location\0{region}").as_bytes())[..16]))
 }
 
@@ -44,11 +43,17 @@ pub fn gpu_slug(model: &str) -> String {
     m.split(|c: char| c.is_whitespace() || c == '_').filter(|s| !s.is_empty()).collect::<Vec<_>>().join("-").to_ascii_lowercase()
 }
 
-fn usd(m: i64) -> String {
+pub fn usd(m: i64) -> String {
     Micros(m).to_string()
 }
 
-fn hostnode(s: &ApiState, h: &Host) -> Value {
+/// Host ports not yet forwarded to an instance on `h` (the VMs' `port_forwards` come from these).
+async fn free_ports(s: &ApiState, h: &Host) -> Result<Vec<i64>, VpError> {
+    let used: Vec<i64> = s.control.store().instance_list_by_host(&h.id).await?.iter().filter_map(|i| i.ssh_port).collect();
+    Ok(s.control.config().port_forwards.ports().filter(|p| !used.contains(p)).collect())
+}
+
+fn hostnode(s: &ApiState, h: &Host, free_ports: Vec<i64>) -> Value {
     let cfg = s.control.config();
     let free = h.free();
     let mut gpus = serde_json::Map::new();
@@ -59,14 +64,8 @@ fn hostnode(s: &ApiState, h: &Host) -> Value {
         if g.instance_id.is_none() {
             e["count"] = json!(e["count"].as_i64().unwrap_or(0) + 1);
         }
-        let price = cfg
-            .instance_types
-            .iter()
-            .filter(|t| t.gpus == 1 && !t.gpu_model.is_empty() && gpu_model_matches(&t.gpu_model, &g.model))
-            .map(|t| t.price_cents_per_hour)
-            .min();
-        if let Some(c) = price {
-            per_gpu.insert(slug, json!(usd(Micros::from_cents(c).0)));
+        if let Some(m) = nimbus_control::bare_metal::gpu_hour_price_micros(cfg, &g.model) {
+            per_gpu.insert(slug, json!(usd(m)));
         }
     }
     json!({
@@ -84,13 +83,16 @@ fn hostnode(s: &ApiState, h: &Host) -> Value {
             "per_gb_ram_hr": usd(cfg.pricing.ram_gib_hour_micros),
             "per_gb_storage_hr": usd(cfg.pricing.storage_gib_hour_micros),
         },
-        // Port forwards to instances are not offered yet: no host ports to hand out.
-        "available_ports": [],
+        "available_ports": free_ports,
     })
 }
 
 async fn locations_json(s: &ApiState) -> Result<Vec<Value>, VpError> {
     let hosts = s.control.store().host_list(None, true).await?;
+    let mut ports = std::collections::HashMap::new();
+    for h in &hosts {
+        ports.insert(h.id.clone(), free_ports(s, h).await?);
+    }
     Ok(s.control
         .config()
         .regions
@@ -102,7 +104,7 @@ async fn locations_json(s: &ApiState) -> Result<Vec<Value>, VpError> {
                 "city": city,
                 "region": r.name,
                 "country": country,
-                "hostnodes": hosts.iter().filter(|h| h.region == r.name && h.status == HostStatus::Up).map(|h| hostnode(s, h)).collect::<Vec<_>>(),
+                "hostnodes": hosts.iter().filter(|h| h.region == r.name && h.status == HostStatus::Up).map(|h| hostnode(s, h, ports.get(&h.id).cloned().unwrap_or_default())).collect::<Vec<_>>(),
             })
         })
         .collect())
@@ -123,7 +125,7 @@ pub async fn hostnode_get(State(s): State<ApiState>, VpActor(_a): VpActor, Path(
     let hex = from_uuid(&id).ok_or_else(|| VpError::at("path", Error::invalid("hostnode_id", "Input should be a valid UUID")))?;
     let hosts = s.control.store().host_list(None, false).await?;
     let h = hosts.iter().find(|h| h.id.as_str() == hex).ok_or_else(|| Error::NotFound { kind: "HostNode", id: id.clone() })?;
-    Ok(Json(hostnode(&s, h)).into_response())
+    Ok(Json(hostnode(&s, h, free_ports(&s, h).await?)).into_response())
 }
 
 fn check_key_name(name: &str) -> Result<(), VpError> {

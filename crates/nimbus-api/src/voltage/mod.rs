@@ -3,14 +3,16 @@
 //! `x-api-token`), FastAPI-style errors, `limit`/`offset` pages, UUID-shaped ids. Most paths are
 //! served with and without the trailing slash the seed writes.
 //!
-//! Served so far: locations, hostnodes, organization SSH keys, cloud-init validation, the storage
-//! hourly rate. Virtual machines, bare metal, storage volumes and billing follow (issue 7).
+//! Served: locations, hostnodes, instant-deploy presets, virtual machines, bare metal,
+//! organization SSH keys, cloud-init validation, billing and the storage hourly rate.
 
+mod bare_metal;
 mod error;
 mod extract;
 pub mod handlers;
+mod vms;
 
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 
 pub use error::VpError;
@@ -24,6 +26,22 @@ pub fn router() -> Router<ApiState> {
         .route("/locations/", get(locations_list))
         .route("/locations/{id}", get(location_get))
         .route("/hostnodes/{id}", get(hostnode_get))
+        .route("/instant-deploy-presets", get(vms::presets_list))
+        .route("/instant-deploy-presets/", get(vms::presets_list))
+        .route("/instant-deploy-presets/{id}", get(vms::preset_get))
+        .route("/virtual-machines", get(vms::vms_list))
+        .route("/virtual-machines/", get(vms::vms_list))
+        .route("/virtual-machines/instant", post(vms::vm_create))
+        .route("/virtual-machines/instant/", post(vms::vm_create))
+        .route("/virtual-machines/{id}", get(vms::vm_get).patch(vms::vm_patch).delete(vms::vm_delete))
+        .route("/virtual-machines/{id}/power-status", put(vms::vm_power))
+        .route("/bare-metal/locations", get(bare_metal::locations))
+        .route("/bare-metal/locations/", get(bare_metal::locations))
+        .route("/bare-metal", get(bare_metal::list).post(bare_metal::create))
+        .route("/bare-metal/", get(bare_metal::list).post(bare_metal::create))
+        .route("/bare-metal/{id}", axum::routing::patch(bare_metal::patch).delete(bare_metal::delete))
+        .route("/bare-metal/{id}/power-status", put(bare_metal::power))
+        .route("/bare-metal/{id}/reboot", post(bare_metal::reboot))
         .route("/organization/ssh-keys", get(ssh_keys_list).post(ssh_key_add))
         .route("/organization/ssh-keys/", get(ssh_keys_list).post(ssh_key_add))
         .route("/organization/ssh-keys/{id}", delete(ssh_key_delete))

@@ -91,6 +91,7 @@ fn host_config(data: &std::path::Path, images: &std::path::Path, prefix: &str, n
             disk_gib: 100,
             gpus: vec![],
             driver: "container".into(),
+            public_ip: None,
         }),
         sshd_grace,
         ..ContainerConfig::new(data, images)

@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 
 use crate::PUBKEY;
 
-async fn vp(s: &TestServer, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+pub(crate) async fn vp(s: &TestServer, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
     let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
     let mut rb = s.http.request(m, format!("{}/api/v1{path}", s.url)).header("x-api-token", &s.key);
     if let Some(b) = body {
