@@ -54,6 +54,7 @@ impl Drop for HostCleanup {
         for e in std::fs::read_dir(self.cfg.data_dir.join("instances")).map(|r| r.flatten().collect::<Vec<_>>()).unwrap_or_default() {
             nimbus_driver::container::storage::unmount_all(&e.path());
         }
+        nimbus_driver::container::storage::unmount_host_mounts(&self.cfg.data_dir);
         if let Ok(cg) = Cgroups::detect(&self.cfg.cgroup_mount, &self.cfg.cgroup_parent) {
             for name in cg.list() {
                 let _ = cg.destroy(&name);
