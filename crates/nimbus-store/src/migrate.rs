@@ -19,6 +19,8 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (9, "metering", include_str!("../migrations/0009_metering.sql")),
     (10, "spend_limit", include_str!("../migrations/0010_spend_limit.sql")),
     (11, "credits", include_str!("../migrations/0011_credits.sql")),
+    // 12 is taken by a change on another branch.
+    (13, "volume_attachments", include_str!("../migrations/0013_volume_attachments.sql")),
 ];
 
 fn render(sql: &str, backend: Backend) -> String {
