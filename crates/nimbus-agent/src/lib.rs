@@ -174,7 +174,17 @@ impl Agent {
         let instances = self.driver.list().await?;
         // One guard, cloned out before the request is built (two locks of it in one expression
         // would deadlock: a temporary guard lives to the end of the statement).
-        let storage = self.storage.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut storage = self.storage.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        // Used bytes change without any desired-state change (an instance writes), so they are
+        // measured for every report, not at the last apply.
+        match self.driver.volume_usage().await {
+            Ok(usage) => {
+                for v in &mut storage.volumes {
+                    v.used_bytes = usage.iter().find(|(id, _)| *id == v.id).map(|(_, b)| *b);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "measuring volumes failed"),
+        }
         let req = proto::ReportRequest {
             instances,
             applied_generation: self.applied_generation.load(Ordering::SeqCst),

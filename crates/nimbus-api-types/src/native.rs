@@ -161,6 +161,9 @@ pub struct Volume {
     pub size_gib: i64,
     /// `available` (detached), `attaching` (the host is mounting it) or `attached`.
     pub status: String,
+    /// The instance it is attached to. A volume shared through the Voltage Park dialect may be
+    /// attached to several instances on its host: this is the first of them, and detach
+    /// detaches it from all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_id: Option<String>,
     /// Where it appears inside the instance it is attached to: `/mnt/volumes/<name>`.

@@ -13,7 +13,7 @@ use nimbus_core::auth::{hash_secret, new_secret};
 use nimbus_core::catalog::Resources;
 use nimbus_core::ids::*;
 use nimbus_core::instance::InstanceState;
-use nimbus_core::model::{Gpu, Instance};
+use nimbus_core::model::{Gpu, Instance, VolumeHostState};
 use nimbus_core::Error;
 use nimbus_proto as proto;
 use nimbus_store::{Conn, HostRegistration, InstanceUpdate, NewEvent, Store};
@@ -222,7 +222,8 @@ async fn org_event(
     Store::event_append_in_txn(tx, NewEvent { org_id: Some(org), kind, resource_type, resource_id, actor_key_id: None, payload, now }).await
 }
 
-/// Records which volumes are mounted and finishes snapshots the host has made (or failed).
+/// Records which volumes are mounted where, their state and used bytes, and finishes snapshots
+/// the host has made (or failed).
 async fn apply_storage_report(tx: &mut Conn, host: &HostId, req: &proto::ReportRequest, now: i64) -> Result<(), Error> {
     if req.volumes.is_empty() && req.snapshots.is_empty() {
         return Ok(());
@@ -230,12 +231,20 @@ async fn apply_storage_report(tx: &mut Conn, host: &HostId, req: &proto::ReportR
     let volumes = Store::volume_list_by_host_in(tx, host).await?;
     for v in &volumes {
         let r = req.volumes.iter().find(|r| r.id == v.id.as_str());
-        let mounted = match (r, &v.instance_id) {
-            (Some(r), Some(i)) => r.mounted_in.as_deref() == Some(i.as_str()),
-            _ => false,
+        for a in &v.attachments {
+            let mounted = r.is_some_and(|r| r.mounted_in_all.iter().chain(&r.mounted_in).any(|i| i == a.instance_id.as_str()));
+            if mounted != a.mounted {
+                Store::volume_set_mounted_in_txn(tx, &v.id, &a.instance_id, mounted).await?;
+            }
+        }
+        let Some(r) = r else { continue };
+        let state = match &r.message {
+            Some(m) => VolumeHostState::Failed(m.chars().take(500).collect()),
+            None => VolumeHostState::Ready,
         };
-        if mounted != v.mounted {
-            Store::volume_set_mounted_in_txn(tx, &v.id, mounted).await?;
+        let used = r.used_bytes.map(|b| b.max(0));
+        if state != v.host_state || used.is_some_and(|b| b != v.used_bytes) {
+            Store::volume_set_host_report_in_txn(tx, &v.id, &state, used).await?;
         }
     }
     let snapshots = Store::snapshot_list_by_host_in(tx, host).await?;
@@ -332,7 +341,7 @@ pub async fn desired(c: &Control, host: &HostId, req: proto::DesiredRequest) -> 
             firewall: firewall.get(&i.id).cloned().unwrap_or_default(),
             volumes: volumes
                 .iter()
-                .filter(|v| v.instance_id.as_ref() == Some(&i.id))
+                .filter(|v| v.attachments.iter().any(|a| a.instance_id == i.id))
                 .map(|v| proto::VolumeMount { volume_id: v.id.to_string(), name: v.name.clone() })
                 .collect(),
             source_snapshot: i.source_snapshot_id.as_ref().map(ToString::to_string),

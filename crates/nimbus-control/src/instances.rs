@@ -347,7 +347,7 @@ pub async fn launch(c: &Control, actor: &Actor, spec: LaunchSpec) -> Result<Vec<
             )
             .await?;
             for v in &volumes {
-                crate::volumes::attach_in_txn(&mut tx, actor, v, &inst, now).await?;
+                crate::volumes::attach_in_txn(&mut tx, actor, v, &inst, true, now).await?;
             }
             launched.push(inst.id);
             if !woken.contains(&host_id) {

@@ -4,13 +4,18 @@
 //! attached to and can only ever be attached to instances on that host; a snapshot lives on its
 //! source's host, so a restore lands there too. Every change bumps the host's desired generation
 //! in the same transaction, and the agent makes the host match (see `agents::desired`).
+//!
+//! Attachments: a volume may be attached to several instances on its host at once (shared
+//! storage, as Voltage Park's `order_ids`; the host mounts it once and binds it into each). The
+//! native API keeps its one-instance model: its attach is exclusive (refused while attached
+//! anywhere) and its detach detaches from every instance.
 
 use nimbus_core::auth::{Actor, Permission};
 use nimbus_core::ids::*;
 use nimbus_core::instance::InstanceState;
-use nimbus_core::model::{Instance, Snapshot, SnapshotSourceType, SnapshotState, Volume};
+use nimbus_core::model::{Instance, Snapshot, SnapshotSourceType, SnapshotState, Volume, VolumeHostState};
 use nimbus_core::{validate, ConflictReason, Error};
-use nimbus_store::{Conn, Store};
+use nimbus_store::{AttachOutcome, Conn, Store};
 use serde_json::json;
 
 use crate::{emit, Control};
@@ -52,26 +57,133 @@ pub async fn create(c: &Control, actor: &Actor, name: &str, region: &str, size_g
     check_size(c, size_gib)?;
     let now = c.now();
     let mut tx = c.store().begin().await?;
-    check_volume_quota(c, &mut tx, &actor.org_id, 1, size_gib).await?;
-    let v = Volume {
-        id: VolumeId::generate(),
+    let v = new_volume(actor, VolumeId::generate(), name.to_owned(), None, region, size_gib, now);
+    insert_in_txn(c, &mut tx, actor, &v, now).await?;
+    Store::commit(tx).await?;
+    Ok(v)
+}
+
+fn new_volume(actor: &Actor, id: VolumeId, name: String, display_name: Option<String>, region: &str, size_gib: i64, now: i64) -> Volume {
+    Volume {
+        id,
         org_id: actor.org_id.clone(),
-        name: name.to_owned(),
+        name,
+        display_name,
         region: region.to_owned(),
         size_gib,
         host_id: None,
-        instance_id: None,
+        attachments: Vec::new(),
         source_snapshot_id: None,
-        mounted: false,
+        host_state: VolumeHostState::Unreported,
+        used_bytes: 0,
         created_at: now,
         updated_at: now,
+    }
+}
+
+/// Quota, insert, metering and `volume.created` of a new volume, inside `tx`.
+async fn insert_in_txn(c: &Control, tx: &mut Conn, actor: &Actor, v: &Volume, now: i64) -> Result<(), Error> {
+    check_volume_quota(c, tx, &actor.org_id, 1, v.size_gib).await?;
+    Store::volume_insert_in_txn(tx, v).await?;
+    crate::metering::volume_changed(c, tx, v, Some(v.size_gib), now).await?;
+    let mut payload = json!({"volume_id": v.id, "name": v.name, "size_gib": v.size_gib});
+    if let Some(d) = &v.display_name {
+        payload["display_name"] = json!(d);
+    }
+    emit(tx, actor, "volume.created", "volume", v.id.as_str(), payload, now).await
+}
+
+/// Free-form display names: 1 to 255 characters, not only spaces, no control characters.
+pub fn check_display_name(name: &str) -> Result<(), Error> {
+    let n = name.chars().count();
+    if n == 0 || n > 255 || name.trim().is_empty() || name.chars().any(char::is_control) {
+        return Err(Error::invalid("name", "must be 1 to 255 characters, not only spaces, without control characters"));
+    }
+    Ok(())
+}
+
+/// The internal name of a volume made with a display name: the display name's letters and
+/// digits in lower case, '-' between words, and the first eight hex digits of its id, so it is
+/// unique in practice and a valid (native) name. It names the mount point
+/// (`/mnt/volumes/<name>`), so it stays when the display name changes.
+pub fn internal_name(display_name: &str, id: &VolumeId) -> String {
+    let mut slug = String::new();
+    for ch in display_name.chars() {
+        if ch.is_ascii_alphanumeric() {
+            slug.push(ch.to_ascii_lowercase());
+        } else if !slug.is_empty() && !slug.ends_with('-') {
+            slug.push('-');
+        }
+    }
+    let mut slug: String = slug.trim_end_matches('-').chars().take(40).collect();
+    slug = slug.trim_end_matches('-').to_owned();
+    if !slug.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        slug = if slug.is_empty() { "volume".to_owned() } else { format!("v-{slug}") };
+    }
+    format!("{slug}-{}", &id.as_str()[..8])
+}
+
+/// A shared volume as Voltage Park makes one: a display name, a size, and the instances to
+/// attach it to (all on one host). Its region is the first instance's, else the first
+/// configured region.
+#[derive(Debug, Clone)]
+pub struct SharedVolumeSpec {
+    pub display_name: String,
+    pub size_gib: i64,
+    pub instance_ids: Vec<String>,
+}
+
+/// Creates a volume and attaches it to `spec.instance_ids`, in one transaction.
+pub async fn create_shared(c: &Control, actor: &Actor, spec: SharedVolumeSpec) -> Result<Volume, Error> {
+    actor.require(Permission::Create)?;
+    check_display_name(&spec.display_name)?;
+    check_size(c, spec.size_gib)?;
+    let id = VolumeId::generate();
+    let name = internal_name(&spec.display_name, &id);
+    validate::file_system_name(&name)?;
+    let now = c.now();
+    let mut tx = c.store().begin().await?;
+    let insts = load_instances(&mut tx, actor, &spec.instance_ids).await?;
+    let region = match insts.first() {
+        Some(i) => i.region.clone(),
+        None => c.config().regions.first().map(|r| r.name.clone()).ok_or_else(|| Error::internal("no region is configured"))?,
     };
-    Store::volume_insert_in_txn(&mut tx, &v).await?;
-    crate::metering::volume_changed(c, &mut tx, &v, Some(size_gib), now).await?;
-    emit(&mut tx, actor, "volume.created", "volume", v.id.as_str(), json!({"volume_id": v.id, "name": v.name, "size_gib": size_gib}), now)
-        .await?;
+    let hosts = bump_hosts(&mut tx, None, &insts).await?;
+    let mut v = new_volume(actor, id, name, Some(spec.display_name.clone()), &region, spec.size_gib, now);
+    insert_in_txn(c, &mut tx, actor, &v, now).await?;
+    for inst in &insts {
+        v.host_id = Some(attach_in_txn(&mut tx, actor, &v, inst, false, now).await?);
+    }
     Store::commit(tx).await?;
-    Ok(v)
+    for h in &hosts {
+        c.hosts().wake(h);
+    }
+    get(c, actor, v.id.as_str()).await
+}
+
+/// Bumps the desired generation of the volume's host and of the instances' hosts (each once,
+/// in a fixed order: host rows first, as every transaction that touches hosts does); returns
+/// them, to be woken after commit.
+async fn bump_hosts(tx: &mut Conn, volume_host: Option<&HostId>, insts: &[Instance]) -> Result<Vec<HostId>, Error> {
+    let mut hosts: Vec<HostId> = volume_host.into_iter().cloned().chain(insts.iter().filter_map(|i| i.host_id.clone())).collect();
+    hosts.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    hosts.dedup();
+    for h in &hosts {
+        Store::host_bump_generation_in_txn(tx, h).await?;
+    }
+    Ok(hosts)
+}
+
+/// The org's instances named by `ids`, each once, in the order given.
+async fn load_instances(tx: &mut Conn, actor: &Actor, ids: &[String]) -> Result<Vec<Instance>, Error> {
+    let mut out: Vec<Instance> = Vec::new();
+    for id in ids {
+        let i = load_instance(tx, actor, id).await?;
+        if !out.iter().any(|x| x.id == i.id) {
+            out.push(i);
+        }
+    }
+    Ok(out)
 }
 
 pub async fn list(c: &Control, actor: &Actor) -> Result<Vec<Volume>, Error> {
@@ -84,31 +196,42 @@ pub async fn get(c: &Control, actor: &Actor, id: &str) -> Result<Volume, Error> 
     c.store().volume_get(&actor.org_id, &parse_volume_id(id)?).await?.ok_or_else(|| Error::not_found("volume", id))
 }
 
-/// Attaches `v` to `inst` inside `tx` (the caller commits and wakes the host).
-pub(crate) async fn attach_in_txn(tx: &mut Conn, actor: &Actor, v: &Volume, inst: &Instance, now: i64) -> Result<HostId, Error> {
+/// Attaches `v` to `inst` inside `tx` (the caller commits and wakes the host); `exclusive`
+/// refuses when it is attached to another instance (the native API's attach).
+pub(crate) async fn attach_in_txn(
+    tx: &mut Conn,
+    actor: &Actor,
+    v: &Volume,
+    inst: &Instance,
+    exclusive: bool,
+    now: i64,
+) -> Result<HostId, Error> {
     if v.region != inst.region {
         return Err(Error::conflict(
             ConflictReason::InvalidState,
-            format!("volume {} is in {}, the instance in {}", v.name, v.region, inst.region),
+            format!("volume {} is in {}, the instance in {}", v.shown_name(), v.region, inst.region),
         ));
     }
     if matches!(inst.state, InstanceState::Terminating | InstanceState::Terminated) {
         return Err(Error::conflict(ConflictReason::InvalidState, format!("instance {} is {}", inst.id, inst.state.as_str())));
     }
     let host = inst.host_id.clone().ok_or_else(|| Error::internal("live instance without a host"))?;
-    if let Some(other) = &v.instance_id {
-        let msg =
-            if other == &inst.id { "is already attached to this instance".to_owned() } else { format!("is attached to instance {other}") };
-        return Err(Error::conflict(ConflictReason::InvalidState, format!("volume {} {msg}", v.name)));
-    }
-    if v.host_id.as_ref().is_some_and(|h| h != &host) {
-        return Err(Error::conflict(
-            ConflictReason::InvalidState,
-            format!("volume {} holds its data on another host than instance {}; volumes are host-local", v.name, inst.id),
-        ));
-    }
-    if !Store::volume_attach_in_txn(tx, &v.id, &inst.id, &host, now).await? {
-        return Err(Error::conflict(ConflictReason::Concurrent, format!("volume {} changed meanwhile; retry", v.name)));
+    let name = v.shown_name();
+    match Store::volume_attach_in_txn(tx, &v.id, &inst.id, &host, exclusive, now).await? {
+        AttachOutcome::Attached => {}
+        AttachOutcome::AlreadyAttached => {
+            return Err(Error::conflict(ConflictReason::InvalidState, format!("volume {name} is already attached to this instance")))
+        }
+        AttachOutcome::AttachedElsewhere(other) => {
+            return Err(Error::conflict(ConflictReason::InvalidState, format!("volume {name} is attached to instance {other}")))
+        }
+        AttachOutcome::OtherHost => {
+            return Err(Error::conflict(
+                ConflictReason::InvalidState,
+                format!("volume {name} holds its data on another host than instance {}; volumes are host-local", inst.id),
+            ))
+        }
+        AttachOutcome::Gone => return Err(Error::not_found("volume", v.id.as_str())),
     }
     Store::host_bump_generation_in_txn(tx, &host).await?;
     emit(tx, actor, "volume.attached", "volume", v.id.as_str(), json!({"volume_id": v.id, "name": v.name, "instance_id": inst.id}), now)
@@ -133,29 +256,115 @@ pub async fn attach(c: &Control, actor: &Actor, id: &str, instance_id: &str) -> 
         Store::host_bump_generation_in_txn(&mut tx, h).await?;
     }
     let v = Store::volume_get_in(&mut tx, &actor.org_id, &vid).await?.ok_or_else(|| Error::not_found("volume", id))?;
-    let host = attach_in_txn(&mut tx, actor, &v, &inst, now).await?;
+    let host = attach_in_txn(&mut tx, actor, &v, &inst, true, now).await?;
     Store::commit(tx).await?;
     c.hosts().wake(&host);
     get(c, actor, id).await
 }
 
+/// Detaches a volume from every instance it is attached to.
 pub async fn detach(c: &Control, actor: &Actor, id: &str) -> Result<Volume, Error> {
     actor.require(Permission::Edit)?;
     let vid = parse_volume_id(id)?;
     let now = c.now();
     let mut tx = c.store().begin().await?;
     let v = Store::volume_get_in(&mut tx, &actor.org_id, &vid).await?.ok_or_else(|| Error::not_found("volume", id))?;
-    let (Some(inst), Some(host)) = (v.instance_id.clone(), v.host_id.clone()) else {
-        return Err(Error::conflict(ConflictReason::InvalidState, format!("volume {} is not attached", v.name)));
+    let (false, Some(host)) = (v.attachments.is_empty(), v.host_id.clone()) else {
+        return Err(Error::conflict(ConflictReason::InvalidState, format!("volume {} is not attached", v.shown_name())));
     };
     Store::host_bump_generation_in_txn(&mut tx, &host).await?;
-    if !Store::volume_detach_in_txn(&mut tx, &v.id, &inst, now).await? {
-        return Err(Error::conflict(ConflictReason::Concurrent, format!("volume {} changed meanwhile; retry", v.name)));
+    for a in &v.attachments {
+        detach_in_txn(&mut tx, actor, &v, &a.instance_id, now).await?;
     }
-    emit(&mut tx, actor, "volume.detached", "volume", v.id.as_str(), json!({"volume_id": v.id, "name": v.name, "instance_id": inst}), now)
-        .await?;
     Store::commit(tx).await?;
     c.hosts().wake(&host);
+    get(c, actor, id).await
+}
+
+async fn detach_in_txn(tx: &mut Conn, actor: &Actor, v: &Volume, inst: &InstanceId, now: i64) -> Result<(), Error> {
+    if !Store::volume_detach_in_txn(tx, &v.id, inst, now).await? {
+        return Err(Error::conflict(ConflictReason::Concurrent, format!("volume {} changed meanwhile; retry", v.shown_name())));
+    }
+    emit(tx, actor, "volume.detached", "volume", v.id.as_str(), json!({"volume_id": v.id, "name": v.name, "instance_id": inst}), now).await
+}
+
+/// Grows `v` to `size_gib` (larger than its size) inside `tx`: quota, metering, event.
+async fn grow_in_txn(c: &Control, tx: &mut Conn, actor: &Actor, v: &Volume, size_gib: i64, now: i64) -> Result<(), Error> {
+    check_volume_quota(c, tx, &actor.org_id, 0, size_gib - v.size_gib).await?;
+    if !Store::volume_grow_in_txn(tx, &v.id, size_gib, now).await? {
+        return Err(Error::conflict(ConflictReason::Concurrent, format!("volume {} changed meanwhile; retry", v.shown_name())));
+    }
+    crate::metering::volume_changed(c, tx, v, Some(size_gib), now).await?;
+    emit(
+        tx,
+        actor,
+        "volume.resized",
+        "volume",
+        v.id.as_str(),
+        json!({"volume_id": v.id, "name": v.name, "from_gib": v.size_gib, "size_gib": size_gib}),
+        now,
+    )
+    .await
+}
+
+/// What `update` changes; `None` leaves a part as it is.
+#[derive(Debug, Clone, Default)]
+pub struct VolumeChange {
+    /// Grow to this size (GiB); smaller than now is refused.
+    pub size_gib: Option<i64>,
+    pub display_name: Option<String>,
+    /// The complete set of instances it should be attached to: others are detached, new ones
+    /// attached (all on the volume's host).
+    pub instance_ids: Option<Vec<String>>,
+}
+
+/// Grows, renames and re-attaches a volume in one transaction: all of it or nothing.
+pub async fn update(c: &Control, actor: &Actor, id: &str, change: VolumeChange) -> Result<Volume, Error> {
+    actor.require(Permission::Edit)?;
+    if let Some(n) = &change.display_name {
+        check_display_name(n)?;
+    }
+    if let Some(size) = change.size_gib {
+        check_size(c, size)?;
+    }
+    let vid = parse_volume_id(id)?;
+    let now = c.now();
+    let mut tx = c.store().begin().await?;
+    let v = Store::volume_get_in(&mut tx, &actor.org_id, &vid).await?.ok_or_else(|| Error::not_found("volume", id))?;
+    let wanted = match &change.instance_ids {
+        Some(ids) => Some(load_instances(&mut tx, actor, ids).await?),
+        None => None,
+    };
+    let hosts = bump_hosts(&mut tx, v.host_id.as_ref(), wanted.as_deref().unwrap_or_default()).await?;
+    if let Some(size) = change.size_gib {
+        if size < v.size_gib {
+            return Err(Error::conflict(
+                ConflictReason::InvalidState,
+                format!("volumes only grow: {size} GiB is less than the current {} GiB", v.size_gib),
+            ));
+        }
+        if size > v.size_gib {
+            grow_in_txn(c, &mut tx, actor, &v, size, now).await?;
+        }
+    }
+    if let Some(n) = &change.display_name {
+        Store::volume_rename_in_txn(&mut tx, &v.id, Some(n), now).await?;
+        let p = json!({"volume_id": v.id, "name": v.name, "display_name": n, "from": v.display_name});
+        emit(&mut tx, actor, "volume.renamed", "volume", v.id.as_str(), p, now).await?;
+    }
+    if let Some(wanted) = &wanted {
+        for a in v.attachments.iter().filter(|a| !wanted.iter().any(|i| i.id == a.instance_id)) {
+            detach_in_txn(&mut tx, actor, &v, &a.instance_id, now).await?;
+        }
+        let mut v = v.clone();
+        for inst in wanted.iter().filter(|i| !v.attachments.iter().any(|a| a.instance_id == i.id)) {
+            v.host_id = Some(attach_in_txn(&mut tx, actor, &v, inst, false, now).await?);
+        }
+    }
+    Store::commit(tx).await?;
+    for h in &hosts {
+        c.hosts().wake(h);
+    }
     get(c, actor, id).await
 }
 
@@ -176,21 +385,7 @@ pub async fn resize(c: &Control, actor: &Actor, id: &str, size_gib: i64) -> Resu
     if let Some(h) = &v.host_id {
         Store::host_bump_generation_in_txn(&mut tx, h).await?;
     }
-    check_volume_quota(c, &mut tx, &actor.org_id, 0, size_gib - v.size_gib).await?;
-    if !Store::volume_grow_in_txn(&mut tx, &v.id, size_gib, now).await? {
-        return Err(Error::conflict(ConflictReason::Concurrent, format!("volume {} changed meanwhile; retry", v.name)));
-    }
-    crate::metering::volume_changed(c, &mut tx, &v, Some(size_gib), now).await?;
-    emit(
-        &mut tx,
-        actor,
-        "volume.resized",
-        "volume",
-        v.id.as_str(),
-        json!({"volume_id": v.id, "name": v.name, "from_gib": v.size_gib, "size_gib": size_gib}),
-        now,
-    )
-    .await?;
+    grow_in_txn(c, &mut tx, actor, &v, size_gib, now).await?;
     Store::commit(tx).await?;
     if let Some(h) = &v.host_id {
         c.hosts().wake(h);
@@ -204,17 +399,18 @@ pub async fn delete(c: &Control, actor: &Actor, id: &str) -> Result<Volume, Erro
     let now = c.now();
     let mut tx = c.store().begin().await?;
     let v = Store::volume_get_in(&mut tx, &actor.org_id, &vid).await?.ok_or_else(|| Error::not_found("volume", id))?;
-    if let Some(i) = &v.instance_id {
+    if let Some(i) = v.instance_id() {
+        let more = if v.attachments.len() > 1 { format!(" and {} more", v.attachments.len() - 1) } else { String::new() };
         return Err(Error::conflict(
             ConflictReason::InvalidState,
-            format!("volume {} is attached to instance {i}; detach it first", v.name),
+            format!("volume {} is attached to instance {i}{more}; detach it first", v.shown_name()),
         ));
     }
     if let Some(h) = &v.host_id {
         Store::host_bump_generation_in_txn(&mut tx, h).await?;
     }
     if !Store::volume_delete_in_txn(&mut tx, &actor.org_id, &v.id).await? {
-        return Err(Error::conflict(ConflictReason::Concurrent, format!("volume {} changed meanwhile; retry", v.name)));
+        return Err(Error::conflict(ConflictReason::Concurrent, format!("volume {} changed meanwhile; retry", v.shown_name())));
     }
     crate::metering::volume_changed(c, &mut tx, &v, None, now).await?;
     emit(&mut tx, actor, "volume.deleted", "volume", v.id.as_str(), json!({"volume_id": v.id, "name": v.name}), now).await?;
@@ -357,20 +553,10 @@ pub async fn restore_to_volume(c: &Control, actor: &Actor, snapshot: &str, name:
         return Err(Error::invalid("size_gib", format!("must be at least the snapshot's {} GiB", s.size_gib)));
     }
     Store::host_bump_generation_in_txn(&mut tx, &s.host_id).await?;
+    let mut v = new_volume(actor, VolumeId::generate(), name.to_owned(), None, &s.region, size, now);
+    v.host_id = Some(s.host_id.clone());
+    v.source_snapshot_id = Some(s.id.clone());
     check_volume_quota(c, &mut tx, &actor.org_id, 1, size).await?;
-    let v = Volume {
-        id: VolumeId::generate(),
-        org_id: actor.org_id.clone(),
-        name: name.to_owned(),
-        region: s.region.clone(),
-        size_gib: size,
-        host_id: Some(s.host_id.clone()),
-        instance_id: None,
-        source_snapshot_id: Some(s.id.clone()),
-        mounted: false,
-        created_at: now,
-        updated_at: now,
-    };
     Store::volume_insert_in_txn(&mut tx, &v).await?;
     crate::metering::volume_changed(c, &mut tx, &v, Some(size), now).await?;
     emit(

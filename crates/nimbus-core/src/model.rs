@@ -212,23 +212,71 @@ pub struct Event {
     pub created_at: i64,
 }
 
-/// A block volume: an ext4 file system of exactly `size_gib` on one host, attachable to one
-/// instance at a time (mounted at `/mnt/volumes/<name>` inside it).
+/// A block volume: an ext4 file system of exactly `size_gib` on one host, mounted at
+/// `/mnt/volumes/<name>` inside every instance it is attached to. All its attachments are on
+/// its host (the file system is mounted once there and bound into each instance).
 #[derive(Debug, Clone)]
 pub struct Volume {
     pub id: VolumeId,
     pub org_id: OrgId,
+    /// The internal name: letters, digits and '-', unique in the org; also the directory name
+    /// under `/mnt/volumes` inside instances, so it never changes.
     pub name: String,
+    /// A free-form name shown instead of `name` where a dialect allows one (Voltage Park's
+    /// "My Storage Volume"); `None` for volumes made through the native API.
+    pub display_name: Option<String>,
     pub region: String,
     pub size_gib: i64,
     /// The host that holds its data; `None` until it is first attached.
     pub host_id: Option<HostId>,
-    pub instance_id: Option<InstanceId>,
+    /// The instances it is attached to, oldest attachment first.
+    pub attachments: Vec<VolumeAttachment>,
     pub source_snapshot_id: Option<SnapshotId>,
-    /// Whether the host reports it mounted in `instance_id`.
-    pub mounted: bool,
+    /// What the host last reported about the volume (see `VolumeHostState`).
+    pub host_state: VolumeHostState,
+    /// Bytes in use in its file system, as its host last measured them (0 before any
+    /// measurement); kept while no host measures it (detached volumes are not mounted anywhere).
+    pub used_bytes: i64,
     pub created_at: i64,
     pub updated_at: i64,
+}
+
+impl Volume {
+    /// The first (oldest) attachment's instance: the one instance the native API shows.
+    pub fn instance_id(&self) -> Option<&InstanceId> {
+        self.attachments.first().map(|a| &a.instance_id)
+    }
+
+    /// Whether the host reports it mounted in every instance it is attached to.
+    pub fn all_mounted(&self) -> bool {
+        self.attachments.iter().all(|a| a.mounted)
+    }
+
+    /// The name a person chose for it: the display name when set, else the internal name.
+    pub fn shown_name(&self) -> &str {
+        self.display_name.as_deref().unwrap_or(&self.name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeAttachment {
+    pub instance_id: InstanceId,
+    /// Whether the host reports the volume mounted inside this instance.
+    pub mounted: bool,
+    pub created_at: i64,
+}
+
+/// What a volume's host last said about it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum VolumeHostState {
+    /// No host has reported it: not placed on a host yet, or placed and not reported yet.
+    #[default]
+    Unreported,
+    /// Its host has it (created, or grown to its size).
+    Ready,
+    /// Its host could not make it match (creating, restoring or growing failed); the message
+    /// is the host's.
+    Failed(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

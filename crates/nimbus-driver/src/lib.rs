@@ -68,4 +68,11 @@ pub trait Driver: Send + Sync + 'static {
     /// and snapshots that are no longer listed (a volume still mounted in an instance is kept
     /// until it is unmounted). Returns what the host has afterwards.
     async fn sync_storage(&self, volumes: &[HostVolume], snapshots: &[HostSnapshot]) -> Result<StorageReport>;
+
+    /// `(volume id, bytes in use)` of the volumes whose file systems the host can measure now
+    /// (mounted ones); cheap enough for every report. Drivers without file systems measure
+    /// nothing.
+    async fn volume_usage(&self) -> Result<Vec<(String, i64)>> {
+        Ok(Vec::new())
+    }
 }

@@ -167,23 +167,30 @@ impl Driver for SimDriver {
     }
 
     /// Volumes and snapshots exist as soon as they are listed (this is the test double): every
-    /// listed snapshot is ready at once, and a volume counts as mounted in the instance whose
-    /// spec lists it.
+    /// listed snapshot is ready at once, and a volume counts as mounted in every running
+    /// instance whose spec lists it.
     async fn sync_storage(
         &self,
         volumes: &[nimbus_proto::HostVolume],
         snapshots: &[nimbus_proto::HostSnapshot],
     ) -> Result<crate::StorageReport> {
         let specs = self.specs.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let mounted_in = |vid: &str| specs.iter().find(|(_, vols)| vols.iter().any(|v| v == vid)).map(|(i, _)| i.clone());
+        let mounted_in =
+            |vid: &str| -> Vec<String> { specs.iter().filter(|(_, vols)| vols.iter().any(|v| v == vid)).map(|(i, _)| i.clone()).collect() };
         Ok(crate::StorageReport {
             volumes: volumes
                 .iter()
-                .map(|v| nimbus_proto::VolumeReport {
-                    id: v.id.clone(),
-                    size_gib: v.size_gib,
-                    mounted_in: mounted_in(&v.id),
-                    message: None,
+                .map(|v| {
+                    let all = mounted_in(&v.id);
+                    nimbus_proto::VolumeReport {
+                        id: v.id.clone(),
+                        size_gib: v.size_gib,
+                        mounted_in: all.first().cloned(),
+                        mounted_in_all: all,
+                        // The sim has no file systems: nothing to measure.
+                        used_bytes: None,
+                        message: None,
+                    }
                 })
                 .collect(),
             snapshots: snapshots

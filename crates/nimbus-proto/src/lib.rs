@@ -198,9 +198,19 @@ pub struct HostSnapshot {
 pub struct VolumeReport {
     pub id: String,
     pub size_gib: i64,
-    /// The instance it is mounted in right now, if any.
+    /// The instance it is mounted in right now, if any (the first of `mounted_in_all`; kept for
+    /// servers that predate shared volumes).
     #[serde(default)]
     pub mounted_in: Option<String>,
+    /// Every instance it is mounted in right now (a volume may be shared by several instances
+    /// on its host).
+    #[serde(default)]
+    pub mounted_in_all: Vec<String>,
+    /// Bytes in use in its file system when the host measured it (mounted volumes: `df`'s
+    /// "used" of the host's mount); `None` when it was not measured (not mounted anywhere), in
+    /// which case the server keeps the last measurement.
+    #[serde(default)]
+    pub used_bytes: Option<i64>,
     #[serde(default)]
     pub message: Option<String>,
 }

@@ -38,6 +38,7 @@ pub use hosts::HostRegistration;
 pub use idempotency::{Claim, StoredResponse};
 pub use instances::{InstanceUpdate, NewInstance};
 pub use usage::{Credit, LedgerEntry, LedgerLine, LedgerTransaction};
+pub use volumes::AttachOutcome;
 pub use webhooks::{commit_hint, AttemptOutcome, ClaimedDelivery, DispatchLease, NewDelivery, NextStep, Redeliver, WebhookTarget};
 
 pub type Tx = sqlx::Transaction<'static, sqlx::Any>;

@@ -20,6 +20,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (10, "spend_limit", include_str!("../migrations/0010_spend_limit.sql")),
     (11, "credits", include_str!("../migrations/0011_credits.sql")),
     (12, "vm_access", include_str!("../migrations/0012_vm_access.sql")),
+    (13, "volume_attachments", include_str!("../migrations/0013_volume_attachments.sql")),
 ];
 
 fn render(sql: &str, backend: Backend) -> String {

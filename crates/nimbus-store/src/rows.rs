@@ -179,20 +179,30 @@ pub(crate) fn event(row: &AnyRow) -> Result<Event, Error> {
     })
 }
 
-pub(crate) const VOLUME_COLS: &str =
-    "id, org_id, name, region, size_gib, host_id, instance_id, source_snapshot_id, mounted, created_at, updated_at";
+pub(crate) const VOLUME_COLS: &str = "id, org_id, name, display_name, region, size_gib, host_id, source_snapshot_id, host_state, \
+     host_message, used_bytes, created_at, updated_at";
 
+/// A volume row; its attachments are read separately (`Store::volume_attachments_fill`).
 pub(crate) fn volume(row: &AnyRow) -> Result<Volume, Error> {
+    let state: String = get(row, "host_state")?;
+    let host_state = match state.as_str() {
+        "unreported" => VolumeHostState::Unreported,
+        "ready" => VolumeHostState::Ready,
+        "failed" => VolumeHostState::Failed(get::<Option<String>>(row, "host_message")?.unwrap_or_default()),
+        other => return Err(Error::internal(format!("unknown volume host_state {other:?}"))),
+    };
     Ok(Volume {
         id: VolumeId::from_trusted(get(row, "id")?),
         org_id: OrgId::from_trusted(get(row, "org_id")?),
         name: get(row, "name")?,
+        display_name: get(row, "display_name")?,
         region: get(row, "region")?,
         size_gib: get(row, "size_gib")?,
         host_id: get::<Option<String>>(row, "host_id")?.map(HostId::from_trusted),
-        instance_id: get::<Option<String>>(row, "instance_id")?.map(InstanceId::from_trusted),
+        attachments: Vec::new(),
         source_snapshot_id: get::<Option<String>>(row, "source_snapshot_id")?.map(SnapshotId::from_trusted),
-        mounted: get::<i64>(row, "mounted")? != 0,
+        host_state,
+        used_bytes: get(row, "used_bytes")?,
         created_at: get(row, "created_at")?,
         updated_at: get(row, "updated_at")?,
     })

@@ -14,11 +14,12 @@ use super::handlers::{ok, query_pairs, render, NResult};
 use super::page;
 use crate::ApiState;
 
+/// `attached` once the host reports it mounted in every instance it is attached to.
 fn volume_status(v: &Volume) -> &'static str {
-    match (&v.instance_id, v.mounted) {
-        (None, _) => "available",
-        (Some(_), false) => "attaching",
-        (Some(_), true) => "attached",
+    match (v.attachments.is_empty(), v.all_mounted()) {
+        (true, _) => "available",
+        (false, false) => "attaching",
+        (false, true) => "attached",
     }
 }
 
@@ -29,7 +30,7 @@ fn render_volume(v: &Volume) -> w::Volume {
         region: v.region.clone(),
         size_gib: v.size_gib,
         status: volume_status(v).to_owned(),
-        instance_id: v.instance_id.as_ref().map(ToString::to_string),
+        instance_id: v.instance_id().map(ToString::to_string),
         mount_point: format!("/mnt/volumes/{}", v.name),
         source_snapshot_id: v.source_snapshot_id.as_ref().map(ToString::to_string),
         created_at: to_rfc3339(v.created_at),
@@ -85,7 +86,7 @@ pub async fn volumes_list(State(s): State<ApiState>, NativeActor(a): NativeActor
             "status" => Some(volume_status(v).to_owned()),
             "region" => Some(v.region.clone()),
             "name" => Some(v.name.clone()),
-            "instance_id" => v.instance_id.as_ref().map(ToString::to_string),
+            "instance_id" => v.instance_id().map(ToString::to_string),
             _ => None,
         }
     };

@@ -10,6 +10,7 @@ mod bare_metal;
 mod error;
 mod extract;
 pub mod handlers;
+mod storage;
 mod vms;
 
 use axum::routing::{delete, get, post, put};
@@ -47,6 +48,10 @@ pub fn router() -> Router<ApiState> {
         .route("/organization/ssh-keys/{id}", delete(ssh_key_delete))
         .route("/validate/cloudinit", post(validate_cloudinit))
         .route("/storage/hourly-rate", get(storage_hourly_rate))
+        .route("/storage", get(storage::storage_list).post(storage::storage_create))
+        .route("/storage/", get(storage::storage_list).post(storage::storage_create))
+        // A static segment wins over a parameter in axum, so `/storage/hourly-rate` stays the rate.
+        .route("/storage/{id}", get(storage::storage_get).patch(storage::storage_update).delete(storage::storage_delete))
         .route("/billing/hourly-rate", get(billing_hourly_rate))
         .route("/billing/transactions", get(billing_transactions))
         .route("/billing/reports/{year}/{month}/transactions", get(billing_month_report))

@@ -390,6 +390,10 @@ impl Driver for ContainerDriver {
         Ok(self.vpns.sync(vpns))
     }
 
+    async fn volume_usage(&self) -> Result<Vec<(String, i64)>> {
+        Ok(self.storage.usage())
+    }
+
     async fn sample(&self) -> Result<Vec<nimbus_proto::MetricSample>> {
         use super::metrics::{gpu_usage, Reading};
         let now = std::time::Instant::now();

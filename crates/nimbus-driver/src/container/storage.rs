@@ -2,9 +2,15 @@
 //!
 //! A volume is an ext4 file system in an image file of exactly its size,
 //! `<data>/volumes/<id>.img`, so a write past the size fails with ENOSPC inside the instance.
-//! Attached, it is loop-mounted on the host at `<instance dir>/volumes/<name>`; that directory is
-//! a shared mount which the container's mount namespace receives as a slave at `/mnt/volumes`,
-//! so attaching and detaching take effect in a running instance without a restart.
+//! Attached, it is loop-mounted once on the host at `<data>/volume-mounts/<id>` (never twice:
+//! two ext4 mounts of one file system corrupt it) and bound from there to
+//! `<instance dir>/volumes/<name>` of every instance it is attached to. That directory is a
+//! shared mount which the container's mount namespace receives as a slave at `/mnt/volumes`, so
+//! attaching and detaching take effect in a running instance without a restart. The host mount
+//! is released by the storage pass once no instance binds it any more.
+//!
+//! Used bytes are measured on the host mount (`df`'s "used", one `df` for all mounted volumes
+//! per report); a volume mounted nowhere is not measured.
 //!
 //! A snapshot is a copy in `<data>/snapshots/<id>/`: `upper/` for an instance disk (its writable
 //! layer, copied file by file: consistent for a stopped instance, not point-in-time across files
@@ -56,6 +62,18 @@ pub fn share_volumes_dir(instance_dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Unmounts every volume's host mount under `data_dir` (test cleanup; the agent releases them
+/// itself once no instance binds them).
+pub fn unmount_host_mounts(data_dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(data_dir.join("volume-mounts")) {
+        for e in entries.flatten() {
+            if is_mount(&e.path()) {
+                let _ = run("umount", &["-l", &p(&e.path())]);
+            }
+        }
+    }
+}
+
 /// Unmounts every volume of an instance and the shared directory itself (stop and destroy).
 pub fn unmount_all(instance_dir: &Path) {
     let d = volumes_dir(instance_dir);
@@ -82,6 +100,78 @@ impl Storage {
 
     pub fn volume_file(&self, id: &str) -> PathBuf {
         self.data.join("volumes").join(format!("{id}.img"))
+    }
+
+    /// Where the volume's file system is mounted on the host while any instance uses it.
+    pub fn mount_dir(&self, id: &str) -> PathBuf {
+        self.data.join("volume-mounts").join(id)
+    }
+
+    /// Mounts the volume's file system at its host mount (once), growing it first when its
+    /// file has grown; returns the mount.
+    fn host_mount(&self, id: &str) -> Result<PathBuf, String> {
+        let m = self.mount_dir(id);
+        if is_mount(&m) {
+            return Ok(m);
+        }
+        let f = self.volume_file(id);
+        if !f.exists() {
+            return Err(format!("volume {id} is not on this host yet"));
+        }
+        // A lazy unmount that has not let go yet keeps its loop device; a later pass retries.
+        if let Some(dev) = loop_device_of(&f) {
+            return Err(format!("volume {id} is still attached to {dev} from an earlier mount; retrying"));
+        }
+        std::fs::create_dir_all(&m).map_err(|e| e.to_string())?;
+        grow_offline(&f)?;
+        run("mount", &["-o", "loop", &p(&f), &p(&m)])?;
+        Ok(m)
+    }
+
+    /// Releases the host mounts no instance binds any more (`in_use` lists the volume ids that
+    /// are bound somewhere).
+    fn release_host_mounts(&self, in_use: &[&str]) {
+        let Ok(entries) = std::fs::read_dir(self.data.join("volume-mounts")) else { return };
+        for e in entries.flatten() {
+            let id = e.file_name().to_string_lossy().into_owned();
+            if in_use.contains(&id.as_str()) {
+                continue;
+            }
+            if is_mount(&e.path()) {
+                if let Err(err) = run("umount", &["-l", &p(&e.path())]) {
+                    tracing::warn!(volume = %id, error = %err, "cannot release the volume's host mount");
+                    continue;
+                }
+            }
+            let _ = std::fs::remove_dir(e.path());
+        }
+    }
+
+    /// `(volume id, bytes used)` of every volume mounted on this host now.
+    pub fn usage(&self) -> Vec<(String, i64)> {
+        let root = self.data.join("volume-mounts");
+        let prefix = format!("{}/", root.display());
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let targets: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(1))
+            .filter(|t| t.starts_with(&prefix) && !t[prefix.len()..].contains('/'))
+            .collect();
+        if targets.is_empty() {
+            return Vec::new();
+        }
+        // Exit status 1 when one target vanished meanwhile; the others are still printed.
+        let out = Command::new("df").args(["-B1", "--output=used,target"]).args(&targets).stdin(Stdio::null()).output();
+        let Ok(out) = out else { return Vec::new() };
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let (used, target) = l.trim().split_once(char::is_whitespace)?;
+                let id = target.trim().strip_prefix(&prefix)?;
+                Some((id.to_owned(), used.parse().ok()?))
+            })
+            .collect()
     }
 
     fn snapshot_dir(&self, id: &str) -> PathBuf {
@@ -169,7 +259,7 @@ impl Storage {
     }
 
     /// Makes the host's volumes and snapshots the desired sets and reports them.
-    /// `mounts` lists `(volume id, instance id, mount path)` of what is mounted now.
+    /// `mounts` lists `(volume id, instance id, mount path)` of what is bound into instances now.
     pub fn sync(
         &self,
         volumes: &[HostVolume],
@@ -177,7 +267,10 @@ impl Storage {
         instances_dir: &Path,
         mounts: &[(String, String, PathBuf)],
     ) -> (Vec<VolumeReport>, Vec<SnapshotReport>) {
-        let mounted_at = |id: &str| mounts.iter().find(|m| m.0 == id).map(|m| m.2.clone());
+        // Host mounts no instance binds any more go first, so a detached volume grows offline
+        // at its next mount and a deleted one can go below.
+        self.release_host_mounts(&mounts.iter().map(|m| m.0.as_str()).collect::<Vec<_>>());
+        let mounted_at = |id: &str| Some(self.mount_dir(id)).filter(|m| is_mount(m));
         // Snapshots first: a restore may need one that this same pass makes.
         let mut snap_reports = Vec::new();
         for s in snapshots {
@@ -201,10 +294,13 @@ impl Storage {
         let mut vol_reports = Vec::new();
         for v in volumes {
             let r = self.ensure_volume(v);
+            let mounted_in_all: Vec<String> = mounts.iter().filter(|m| m.0 == v.id).map(|m| m.1.clone()).collect();
             vol_reports.push(VolumeReport {
                 id: v.id.clone(),
                 size_gib: v.size_gib,
-                mounted_in: mounts.iter().find(|m| m.0 == v.id).map(|m| m.1.clone()),
+                mounted_in: mounted_in_all.first().cloned(),
+                mounted_in_all,
+                used_bytes: None,
                 message: r.err(),
             });
         }
@@ -213,7 +309,7 @@ impl Storage {
                 let name = e.file_name().to_string_lossy().into_owned();
                 let id = name.trim_end_matches(".img").trim_end_matches(".img.tmp").to_owned();
                 // A volume still mounted somewhere is removed on a later pass, once unmounted.
-                if !volumes.iter().any(|v| v.id == id) && !mounts.iter().any(|m| m.0 == id) {
+                if !volumes.iter().any(|v| v.id == id) && !mounts.iter().any(|m| m.0 == id) && !is_mount(&self.mount_dir(&id)) {
                     let _ = std::fs::remove_file(e.path());
                 }
             }
@@ -240,22 +336,16 @@ impl Storage {
             if v.name.is_empty() || v.name.contains('/') || v.name.starts_with('.') {
                 return Err(format!("bad volume name {:?}", v.name));
             }
+            if !nimbus_core_is_id(&v.volume_id) {
+                return Err(format!("bad volume id {:?}", v.volume_id));
+            }
             let at = d.join(&v.name);
             if is_mount(&at) {
                 continue;
             }
-            let f = self.volume_file(&v.volume_id);
-            if !f.exists() {
-                return Err(format!("volume {} is not on this host yet", v.volume_id));
-            }
-            // Never mount one image twice (two ext4 mounts of one file system corrupt it): a
-            // lazy unmount that has not let go yet keeps its loop device; a later pass retries.
-            if let Some(dev) = loop_device_of(&f) {
-                return Err(format!("volume {} is still attached to {dev} from an earlier mount; retrying", v.volume_id));
-            }
+            let m = self.host_mount(&v.volume_id)?;
             std::fs::create_dir_all(&at).map_err(|e| e.to_string())?;
-            grow_offline(&f)?;
-            run("mount", &["-o", "loop", &p(&f), &p(&at)])?;
+            run("mount", &["--bind", &p(&m), &p(&at)])?;
         }
         Ok(())
     }

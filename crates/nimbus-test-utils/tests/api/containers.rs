@@ -54,6 +54,7 @@ impl Drop for HostCleanup {
         for e in std::fs::read_dir(self.cfg.data_dir.join("instances")).map(|r| r.flatten().collect::<Vec<_>>()).unwrap_or_default() {
             nimbus_driver::container::storage::unmount_all(&e.path());
         }
+        nimbus_driver::container::storage::unmount_host_mounts(&self.cfg.data_dir);
         if let Ok(cg) = Cgroups::detect(&self.cfg.cgroup_mount, &self.cfg.cgroup_parent) {
             for name in cg.list() {
                 let _ = cg.destroy(&name);
@@ -519,6 +520,108 @@ async fn volumes_enforce_size_attach_live_and_snapshots_restore() {
     for v in [&vid, &copy] {
         s.wait_native_status(&format!("/volumes/{v}"), "available").await;
         s.nexpect("DELETE", &format!("/volumes/{v}"), None, 200).await;
+    }
+    let t = Instant::now();
+    loop {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        let loops = String::from_utf8(Command::new("losetup").arg("-a").output().unwrap().stdout).unwrap();
+        let ours = data.display().to_string();
+        let left_mounts = mounts.lines().filter(|l| l.contains(&ours)).count();
+        let left_loops = loops.lines().filter(|l| l.contains(&ours)).count();
+        let files = std::fs::read_dir(data.join("volumes")).map(|d| d.count()).unwrap_or(0);
+        if left_mounts == 0 && left_loops == 0 && files == 0 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "left behind: {left_mounts} mounts, {left_loops} loop devices, {files} volume files"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Voltage Park storage on real containers: one volume shared by two running instances (its
+/// file system mounted once on the host, bound into both) shows in both at
+/// /mnt/volumes/<name>; a file written in one is read in the other, and the bytes it takes show
+/// in `used_capacity_bytes` (measured by the agent on the host mount); detaching removes it from
+/// both; afterwards nothing stays mounted or attached to a loop device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn voltage_storage_shared_by_two_instances_and_measured() {
+    let Some(images) = ready() else { return };
+    let mut s = TestServer::builder().start().await;
+    let data = s.dir.0.join("vp-storage-host");
+    let cfg = host_config(&data, &images, "nbp", 241, Duration::from_secs(5));
+    let _cleanup = HostCleanup { cfg: cfg.clone() };
+    s.add_container_host("us-east-1", cfg.clone()).await;
+    let keydir = s.dir.0.join("keys");
+    std::fs::create_dir_all(&keydir).unwrap();
+    let key = keydir.join("id");
+    assert!(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).status().unwrap().success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let kid = s.expect("POST", "/ssh-keys", Some(json!({"name": "vp", "public_key": public.trim()})), 200).await["data"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let body = json!({"instance_type": "cpu_1x_small", "region": "us-east-1", "ssh_keys": [kid]});
+    let mut ids = Vec::new();
+    let mut ips = Vec::new();
+    for _ in 0..2 {
+        let id = s.nexpect("POST", "/instances", Some(body.clone()), 201).await["id"].as_str().unwrap().to_owned();
+        ids.push(id);
+    }
+    for id in &ids {
+        ips.push(s.wait_native_status(&format!("/instances/{id}"), "running").await["ip"].as_str().unwrap().to_owned());
+    }
+    let uuid = |h: &str| format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..]);
+
+    let (st, v) = s
+        .call(
+            &s.key,
+            "POST",
+            "/storage/",
+            Some(json!({"size_in_gb": 1, "name": "Shared Data", "order_ids": [uuid(&ids[0]), uuid(&ids[1])]})),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let sid = v["id"].as_str().unwrap().to_owned();
+    let native = s.wait_native_status(&format!("/volumes/{}", sid.replace('-', "")), "attached").await;
+    let at = native["mount_point"].as_str().unwrap().to_owned();
+    assert!(at.starts_with("/mnt/volumes/shared-data-"), "{native}");
+
+    let (ok, out) = ssh(&key, &ips[0], &format!("dd if=/dev/zero of={at}/blob bs=1M count=48 2>&1 && sync && echo written"));
+    assert!(ok && out.contains("written"), "the first instance writes into the shared volume: {out}");
+    let (ok, out) = ssh(&key, &ips[1], &format!("stat -c %s {at}/blob"));
+    assert!(ok && out.trim() == (48u64 << 20).to_string(), "the second instance sees the same file: {out}");
+
+    let t = Instant::now();
+    loop {
+        let (st, g) = s.call(&s.key, "GET", &format!("/storage/{sid}"), None).await;
+        assert_eq!(st, 200, "{g}");
+        let used = g["used_capacity_bytes"].as_i64().unwrap();
+        if used >= 48 << 20 {
+            assert!(used < 200 << 20, "used bytes are the file system's, not the volume's size: {g}");
+            assert_eq!(g["status"], "active", "{g}");
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(15), "the 48 MiB file never showed in used_capacity_bytes: {g}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Detached from both (an empty set of orders): gone from both running instances.
+    let (st, v) = s.call(&s.key, "PATCH", &format!("/storage/{sid}"), Some(json!({"order_ids": []}))).await;
+    assert_eq!((st, &v["order_ids"]), (200, &json!([])), "{v}");
+    for ip in &ips {
+        let t = Instant::now();
+        while ssh(&key, ip, &format!("test -e {at}/blob && echo still || echo gone")).1.trim() != "gone" {
+            assert!(t.elapsed() < Duration::from_secs(15), "detached volume still visible in {ip}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let (st, _) = s.call(&s.key, "DELETE", &format!("/storage/{sid}"), None).await;
+    assert_eq!(st, 204);
+    for id in &ids {
+        s.nexpect("DELETE", &format!("/instances/{id}"), None, 200).await;
+        s.wait_native_status(&format!("/instances/{id}"), "terminated").await;
     }
     let t = Instant::now();
     loop {
