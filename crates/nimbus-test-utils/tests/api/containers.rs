@@ -641,3 +641,144 @@ async fn voltage_storage_shared_by_two_instances_and_measured() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// `ssh -p port ubuntu@host cmd` with `key`.
+fn ssh_port(key: &std::path::Path, host: &str, port: i64, cmd: &str) -> (bool, String) {
+    let out = Command::new("ssh")
+        .arg("-i")
+        .arg(key)
+        .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"])
+        .args(["-o", "ConnectTimeout=5", "-p", &port.to_string()])
+        .arg(format!("ubuntu@{host}"))
+        .arg(cmd)
+        .output()
+        .expect("ssh");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// Seed 004 end to end: org key → instant VM with `selective` keys, a password and a cloud-init
+/// `write_files` → SSH through the returned `public_ip` and `port_forwards` → the file is there
+/// → power stop/start (the disk survives) → delete → nothing held, no forward left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn voltage_vm_ssh_through_its_port_forward_power_and_delete() {
+    let Some(images) = ready() else { return };
+    // A port range of its own: forwards DNAT every local address, so stay clear of others.
+    let mut s = TestServer::builder().config(|c| c.port_forwards.first_port = 42_100).start().await;
+    let data = s.dir.0.join("vp-vm-host");
+    let cfg = host_config(&data, &images, "nbw", 243, Duration::from_secs(5));
+    let _cleanup = HostCleanup { cfg: cfg.clone() };
+    s.add_container_host("us-east-1", cfg.clone()).await;
+    let keydir = s.dir.0.join("keys");
+    std::fs::create_dir_all(&keydir).unwrap();
+    let key = keydir.join("id");
+    assert!(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).status().unwrap().success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let vp = |m: &'static str, p: String, b: Option<serde_json::Value>| {
+        let s = &s;
+        async move { s.send(&s.key, m, format!("{}/api/v1{p}", s.url), b).await }
+    };
+
+    let (st, mine) = vp("POST", "/organization/ssh-keys".into(), Some(json!({"name": "mine", "content": public.trim()}))).await;
+    assert_eq!(st, 201, "{mine}");
+    let (st, _) = vp("POST", "/organization/ssh-keys".into(), Some(json!({"name": "not mine", "content": crate::PUBKEY}))).await;
+    assert_eq!(st, 201);
+    let (_, presets) = vp("GET", "/instant-deploy-presets?available=true".into(), None).await;
+    let preset = presets
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["resources"]["vcpu_count"] == 1 && p["resources"]["gpus"] == json!({}))
+        .unwrap_or_else(|| panic!("no 1-vCPU preset available: {presets}"))
+        .clone();
+    let (_, node) = vp("GET", "/locations?limit=15".into(), None).await;
+    let hostnode_id = node["results"].as_array().unwrap().iter().find(|l| l["region"] == "us-east-1").unwrap()["hostnodes"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let free = |v: serde_json::Value| (v["available_resources"]["vcpu_count"].clone(), v["available_ports"].as_array().map(Vec::len));
+    let before = free(vp("GET", format!("/hostnodes/{hostnode_id}"), None).await.1);
+    assert_eq!(before, (json!(4), Some(256)));
+
+    let (st, created) = vp(
+        "POST",
+        "/virtual-machines/instant".into(),
+        Some(json!({
+            "config_id": preset["id"],
+            "name": "e2e vm",
+            "password": "e2e-password-1",
+            "organization_ssh_keys": {"mode": "selective", "ssh_key_ids": [mine["id"]]},
+            "cloud_init": {"write_files": [{"path": "/etc/vp-e2e", "content": "hello from voltage park\n"}]},
+        })),
+    )
+    .await;
+    assert_eq!(st, 201, "{created}");
+    let vm = created["vm_id"].as_str().unwrap().to_owned();
+    let wait = |want: &'static str| {
+        let vp = &vp;
+        let vm = vm.clone();
+        async move {
+            let t = Instant::now();
+            loop {
+                let (st, v) = vp("GET", format!("/virtual-machines/{vm}"), None).await;
+                assert_eq!(st, 200, "{v}");
+                if v["status"] == want {
+                    return v;
+                }
+                assert!(t.elapsed() < Duration::from_secs(30), "never {want}: {v}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let v = wait("Running").await;
+    let host = v["public_ip"].as_str().unwrap().to_owned();
+    let port = v["port_forwards"][0]["external_port"].as_i64().unwrap();
+    assert_eq!((host.as_str(), v["port_forwards"][0]["internal_port"].as_i64(), port), ("127.0.0.1", Some(22), 42_100));
+    assert_eq!(free(vp("GET", format!("/hostnodes/{hostnode_id}"), None).await.1), (json!(3), Some(255)));
+
+    // Through the forward: the first try works ("Running" means reachable), cloud-init's file
+    // arrives (it runs right after sshd starts), only the selected key is authorized.
+    let (ok, out) = ssh_port(&key, &host, port, "cat ~/.ssh/authorized_keys");
+    assert!(ok, "ssh through the port forward: {out}");
+    assert!(out.contains(public.trim()) && !out.contains(crate::PUBKEY), "{out}");
+    let mut file = String::new();
+    for _ in 0..50 {
+        let (_, out) = ssh_port(&key, &host, port, "cat /etc/vp-e2e 2>/dev/null");
+        file = out;
+        if file.contains("hello from voltage park") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(file, "hello from voltage park\n");
+    // The password is set (as a SHA-512 crypt hash that verifies) and sshd accepts passwords.
+    let check = "sudo -n getent shadow ubuntu | cut -d: -f2 > /tmp/h; python3 -c \"import crypt; h=open('/tmp/h').read().strip(); print(h[:3], crypt.crypt('e2e-password-1', h) == h)\" 2>/dev/null; ps -o args= -C sshd | grep -c PasswordAuthentication=yes";
+    let (ok, out) = ssh_port(&key, &host, port, check);
+    assert!(ok && out.starts_with("$6$ True\n"), "{out}");
+
+    // Stop (keeps the reservation), start: the disk and the forward survive.
+    let (st, _) = vp("PUT", format!("/virtual-machines/{vm}/power-status"), Some(json!({"status": "stopped"}))).await;
+    assert_eq!(st, 200);
+    wait("Stopped").await;
+    assert!(!ssh_port(&key, &host, port, "true").0, "a stopped VM does not answer");
+    assert_eq!(free(vp("GET", format!("/hostnodes/{hostnode_id}"), None).await.1), (json!(3), Some(255)));
+    let (st, _) = vp("PUT", format!("/virtual-machines/{vm}/power-status"), Some(json!({"status": "started"}))).await;
+    assert_eq!(st, 200);
+    wait("Running").await;
+    let (ok, out) = ssh_port(&key, &host, port, "cat /etc/vp-e2e");
+    assert!(ok && out == "hello from voltage park\n", "{out}");
+
+    // Delete: everything it held comes back and its forward is gone from the host.
+    let (st, _) = vp("DELETE", format!("/virtual-machines/{vm}"), None).await;
+    assert_eq!(st, 202);
+    let t = Instant::now();
+    while vp("GET", format!("/virtual-machines/{vm}"), None).await.0 != 404 {
+        assert!(t.elapsed() < Duration::from_secs(30), "VM not gone");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(free(vp("GET", format!("/hostnodes/{hostnode_id}"), None).await.1), before);
+    let table =
+        Command::new("nft").args(["list", "table", "inet", &nimbus_driver::container::firewall::table_name(&cfg.bridge)]).output().unwrap();
+    let rules = String::from_utf8_lossy(&table.stdout);
+    assert!(!rules.contains("42100") && !rules.contains("dnat"), "no forward left: {rules}");
+    assert!(!ssh_port(&key, &host, port, "true").0);
+}
