@@ -411,4 +411,16 @@ mod tests {
         assert!(Config::from_toml(bad).is_err());
         assert!(Config::from_toml("[nonsense]\nx = 1\n").is_err());
     }
+
+    #[test]
+    fn port_forwards_and_presets_are_checked() {
+        let c = Config::from_toml("[port_forwards]\nfirst_port = 30000\ncount = 2\n[[presets]]\ninstance_type = \"cpu_1x_small\"\n")
+            .expect("parses");
+        assert_eq!(c.port_forwards.ports().collect::<Vec<_>>(), vec![30000, 30001]);
+        assert_eq!(c.presets.len(), 1);
+        assert!(Config::from_toml("[[presets]]\ninstance_type = \"nope\"\n").is_err(), "unknown type");
+        assert!(Config::from_toml("[[presets]]\ninstance_type = \"cpu_1x_small\"\nimage_family = \"x\"\n").is_err(), "unknown image");
+        assert!(Config::from_toml("[port_forwards]\nfirst_port = 22\n").is_err(), "privileged ports are refused");
+        assert!(Config::from_toml("[port_forwards]\nfirst_port = 65000\ncount = 1000\n").is_err(), "past 65535");
+    }
 }

@@ -197,9 +197,31 @@ pub async fn storage_hourly_rate(State(s): State<ApiState>, VpActor(_a): VpActor
     Ok(Json(json!({"hourly_rate_per_gb": usd(s.control.config().pricing.storage_gib_hour_micros)})).into_response())
 }
 
-fn transaction(t: &nimbus_store::LedgerTransaction) -> Value {
+/// Instance id → the bare-metal rental it is (or was) a node of, for the instances charged in `txs`.
+async fn node_rentals(
+    s: &ApiState,
+    a: &nimbus_core::auth::Actor,
+    txs: &[nimbus_store::LedgerTransaction],
+) -> Result<std::collections::HashMap<String, String>, VpError> {
+    let mut out = std::collections::HashMap::new();
+    let mut seen = std::collections::HashSet::new();
+    for t in txs.iter().filter(|t| t.resource_type == "instance") {
+        if !seen.insert(t.resource_id.clone()) {
+            continue;
+        }
+        let Some(id) = nimbus_core::ids::InstanceId::parse(&t.resource_id) else { continue };
+        if let Some(r) = s.control.store().instance_get(&a.org_id, &id).await?.and_then(|i| i.rental_id) {
+            out.insert(t.resource_id.clone(), r);
+        }
+    }
+    Ok(out)
+}
+
+fn transaction(t: &nimbus_store::LedgerTransaction, rentals: &std::collections::HashMap<String, String>) -> Value {
     let ts = nimbus_core::clock::to_rfc3339;
-    let linked = if t.resource_type == "instance" {
+    let linked = if let Some(rental) = rentals.get(&t.resource_id) {
+        json!({"type": "baremetal_rental", "id": uuid(rental), "node_id": uuid(&t.resource_id)})
+    } else if t.resource_type == "instance" {
         json!({
             "type": "virtual_machine_instance",
             "id": uuid(&t.resource_id),
@@ -265,8 +287,10 @@ pub async fn billing_transactions(State(s): State<ApiState>, VpActor(a): VpActor
     let want = |t: &str| types.is_empty() || types.iter().any(|x| x == t);
     let mut items: Vec<(String, Value)> = Vec::new();
     if want("charge") {
-        for t in nimbus_control::billing::transactions(&s.control, &a, from, to).await? {
-            let v = transaction(&t);
+        let txs = nimbus_control::billing::transactions(&s.control, &a, from, to).await?;
+        let rentals = node_rentals(&s, &a, &txs).await?;
+        for t in txs {
+            let v = transaction(&t, &rentals);
             items.push((v["timestamp_creation"].as_str().unwrap_or_default().to_owned(), v));
         }
     }
@@ -287,7 +311,8 @@ pub async fn billing_month_report(State(s): State<ApiState>, VpActor(a): VpActor
     let m: u32 = month.parse().map_err(|_| VpError::at("path", Error::invalid("month", "Input should be a valid integer")))?;
     let (txs, granted, start, delta, end) =
         nimbus_control::billing::month_report(&s.control, &a, y, m).await.map_err(|e| VpError::at("path", e))?;
-    let mut all: Vec<Value> = txs.iter().map(transaction).chain(granted.iter().map(credit)).collect();
+    let rentals = node_rentals(&s, &a, &txs).await?;
+    let mut all: Vec<Value> = txs.iter().map(|t| transaction(t, &rentals)).chain(granted.iter().map(credit)).collect();
     all.sort_by(|a, b| b["timestamp_creation"].as_str().cmp(&a["timestamp_creation"].as_str()));
     Ok(Json(json!({
         "transactions": all,

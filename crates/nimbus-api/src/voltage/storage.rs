@@ -44,7 +44,44 @@ fn status(v: &Volume) -> &'static str {
     }
 }
 
-fn render(s: &ApiState, v: &Volume) -> Value {
+/// Orders are virtual machines (an instance id) or bare-metal rentals (all of their nodes).
+struct Orders {
+    /// Rental id → its nodes' instance ids.
+    rentals: Vec<(String, Vec<String>)>,
+}
+
+impl Orders {
+    async fn load(s: &ApiState, a: &nimbus_core::auth::Actor) -> Result<Orders, VpError> {
+        let rentals = nimbus_control::bare_metal::list(&s.control, a).await?;
+        Ok(Orders { rentals: rentals.into_iter().map(|(r, nodes)| (r.id, nodes.iter().map(|n| n.id.to_string()).collect())).collect() })
+    }
+
+    /// Instance ids for order ids.
+    fn expand(&self, ids: Vec<String>) -> Vec<String> {
+        ids.into_iter()
+            .flat_map(|id| match self.rentals.iter().find(|(r, _)| *r == id) {
+                Some((_, nodes)) => nodes.clone(),
+                None => vec![id],
+            })
+            .collect()
+    }
+
+    /// Order ids (UUIDs) for the attached instances: a rental once for its nodes.
+    fn shown(&self, v: &Volume) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for a in &v.attachments {
+            let i = a.instance_id.as_str();
+            let id = self.rentals.iter().find(|(_, n)| n.iter().any(|x| x == i)).map_or(i, |(r, _)| r.as_str());
+            let id = uuid(id);
+            if !out.contains(&id) {
+                out.push(id);
+            }
+        }
+        out
+    }
+}
+
+fn render(s: &ApiState, v: &Volume, orders: &Orders) -> Value {
     let rate = Micros(v.size_gib.saturating_mul(s.control.config().pricing.storage_gib_hour_micros));
     json!({
         "id": uuid(v.id.as_str()),
@@ -52,7 +89,7 @@ fn render(s: &ApiState, v: &Volume) -> Value {
         "name": v.shown_name(),
         "status": status(v),
         "rate_hourly": rate.to_string(),
-        "order_ids": v.attachments.iter().map(|a| uuid(a.instance_id.as_str())).collect::<Vec<_>>(),
+        "order_ids": orders.shown(v),
         "tenant_id": tenant_id(&v.org_id),
         "vip": NO_VIP,
     })
@@ -118,20 +155,23 @@ fn check_size(size: i64) -> Result<i64, VpError> {
 pub async fn storage_list(State(s): State<ApiState>, VpActor(a): VpActor, RawQuery(q): RawQuery) -> VpResult {
     let page = Page::parse(q.as_deref(), 20, 100)?;
     let all = volumes::list(&s.control, &a).await.map_err(|e| vp_error(e, None))?;
-    Ok(Json(page.render(all.iter().map(|v| render(&s, v)).collect())).into_response())
+    let orders = Orders::load(&s, &a).await?;
+    Ok(Json(page.render(all.iter().map(|v| render(&s, v, &orders)).collect())).into_response())
 }
 
 pub async fn storage_create(State(s): State<ApiState>, VpActor(a): VpActor, VpJson(b): VpJson<Map<String, Value>>) -> VpResult {
     let size = int_field(&b, "size_in_gb")?.ok_or_else(|| VpError::from(Error::invalid("size_in_gb", "Field required")))?;
     let name = str_field(&b, "name")?.ok_or_else(|| VpError::from(Error::invalid("name", "Field required")))?;
-    let spec = SharedVolumeSpec { display_name: name, size_gib: check_size(size)?, instance_ids: orders_field(&b)?.unwrap_or_default() };
+    let orders = Orders::load(&s, &a).await?;
+    let instance_ids = orders.expand(orders_field(&b)?.unwrap_or_default());
+    let spec = SharedVolumeSpec { display_name: name, size_gib: check_size(size)?, instance_ids };
     let v = volumes::create_shared(&s.control, &a, spec).await.map_err(|e| vp_error(e, None))?;
-    Ok((StatusCode::CREATED, Json(render(&s, &v))).into_response())
+    Ok((StatusCode::CREATED, Json(render(&s, &v, &orders))).into_response())
 }
 
 pub async fn storage_get(State(s): State<ApiState>, VpActor(a): VpActor, Path(id): Path<String>) -> VpResult {
     let v = volumes::get(&s.control, &a, &storage_id(&id)?).await.map_err(|e| vp_error(e, Some(&id)))?;
-    let mut out = render(&s, &v);
+    let mut out = render(&s, &v, &Orders::load(&s, &a).await?);
     out["used_capacity_bytes"] = json!(v.used_bytes);
     Ok(Json(out).into_response())
 }
@@ -143,13 +183,14 @@ pub async fn storage_update(
     VpJson(b): VpJson<Map<String, Value>>,
 ) -> VpResult {
     let hex = storage_id(&id)?;
+    let orders = Orders::load(&s, &a).await?;
     let change = VolumeChange {
         size_gib: int_field(&b, "size_in_gb")?.map(check_size).transpose()?,
         display_name: str_field(&b, "name")?,
-        instance_ids: orders_field(&b)?,
+        instance_ids: orders_field(&b)?.map(|ids| orders.expand(ids)),
     };
     let v = volumes::update(&s.control, &a, &hex, change).await.map_err(|e| vp_error(e, Some(&id)))?;
-    Ok(Json(render(&s, &v)).into_response())
+    Ok(Json(render(&s, &v, &orders)).into_response())
 }
 
 pub async fn storage_delete(State(s): State<ApiState>, VpActor(a): VpActor, Path(id): Path<String>) -> VpResult {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use nimbus_core::clock::{parse_rfc3339, ManualClock};
 use nimbus_test_utils::{sim_host, TestServer};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::add_key;
 
@@ -205,4 +205,91 @@ async fn spend_limit_refuses_launches_and_stops_the_running_set() {
         })
         .await;
     assert_eq!(got.iter().filter(|x| x.json()["type"] == "billing.spend_limit_reached").count(), 1);
+}
+
+/// Voltage Park rentals in the ledger: a VM's plain stop is billed like running (its
+/// reservation is held), its disassociated stop bills the disk only; a bare-metal node is billed
+/// at its fixed whole-host price and its charges name the rental.
+#[tokio::test]
+async fn voltage_park_stops_and_bare_metal_in_the_ledger() {
+    let clock = Arc::new(ManualClock::new(parse_rfc3339("2026-03-02T10:00:00Z").unwrap()));
+    let mut a = sim_host("a", 64, 8);
+    a.address_block = 1;
+    let mut b = sim_host("b", 64, 8);
+    b.address_block = 2;
+    let s = TestServer::builder()
+        .clock(clock.clone())
+        .config(|c| c.agents.host_timeout_ms = 30 * 24 * 3_600_000)
+        .host("us-east-1", a)
+        .host("us-east-1", b)
+        .start()
+        .await;
+    let vp = |m: &'static str, p: String, body: Option<Value>| {
+        let s = &s;
+        async move {
+            let (st, v) = s.send(&s.key, m, format!("{}/api/v1{p}", s.url), body).await;
+            assert!(st < 300, "{m} {p} -> {st}: {v}");
+            v
+        }
+    };
+    let presets = vp("GET", "/instant-deploy-presets".into(), None).await;
+    let preset = presets.as_array().unwrap().iter().find(|p| p["compute_rate_hourly"] == "3.290000").unwrap()["id"].clone();
+    let vm = vp("POST", "/virtual-machines/instant".into(), Some(json!({"config_id": preset, "name": "vm", "ssh_keys": [crate::PUBKEY]})))
+        .await["vm_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let status = |want: &'static str| {
+        let vp = &vp;
+        let vm = vm.clone();
+        let s = &s;
+        async move { s.wait_for(want, || async { vp("GET", format!("/virtual-machines/{vm}"), None).await["status"] == want }).await }
+    };
+    status("Running").await; // 10:00 compute
+    clock.advance_secs(3600);
+    vp("PUT", format!("/virtual-machines/{vm}/power-status"), Some(json!({"status": "stopped"}))).await;
+    status("Stopped").await; // 11:00 still compute (reserved)
+    clock.advance_secs(3600);
+    vp("PUT", format!("/virtual-machines/{vm}/power-status"), Some(json!({"status": "stopped_disassociated"}))).await;
+    status("Disassociated").await; // 12:00 storage only
+    clock.advance_secs(3600);
+    vp("DELETE", format!("/virtual-machines/{vm}"), None).await; // 13:00 ends
+
+    // The bare-metal rental takes the other (whole) host from 13:00 to 14:00.
+    let loc = vp("GET", "/bare-metal/locations".into(), None).await["results"][0]["id"].clone();
+    let rental = vp(
+        "POST",
+        "/bare-metal/".into(),
+        Some(json!({"location_id": loc, "gpu_count": 8, "name": "bm", "network_type": "ethernet", "ssh_keys": [crate::PUBKEY]})),
+    )
+    .await["rental_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    s.wait_for("the node running", || async { vp("GET", "/bare-metal/".into(), None).await["results"][0]["status"] == "Running" }).await;
+    clock.advance_secs(3600);
+    vp("DELETE", format!("/bare-metal/{rental}"), None).await;
+    clock.advance_secs(3600);
+    nimbus_control::metering::roll_up(&s.control).await.unwrap();
+
+    let txs = vp("GET", "/billing/transactions?limit=100".into(), None).await;
+    let amounts = |pred: &dyn Fn(&Value) -> bool| -> Vec<String> {
+        let mut v: Vec<String> = txs["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| pred(&t["details"]["linked_instance"]))
+            .map(|t| t["total_amount"].as_str().unwrap().to_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    // VM: two compute hours (running, then stopped but reserved) and one disk-only hour.
+    assert_eq!(
+        amounts(&|l| l["type"] == "virtual_machine_instance"),
+        vec!["0.385792".to_owned(), "3.290000".to_owned(), "3.290000".to_owned()],
+        "{txs}"
+    );
+    // Bare metal: one hour of a whole 8-GPU host at 8 × 3.29, linked to the rental.
+    assert_eq!(amounts(&|l| l["type"] == "baremetal_rental" && l["id"] == rental.as_str()), vec!["26.320000".to_owned()], "{txs}");
 }

@@ -393,6 +393,10 @@ async fn bare_metal_rents_whole_hosts_all_or_nothing() {
     assert_eq!(st, 200);
     s.wait_for("started", || async { list().await["results"][0]["status"] == "Running" }).await;
 
+    // Storage orders may be rentals: all their nodes, which must share the storage's host.
+    let (st, e) = vp(&s, "POST", "/storage/", Some(json!({"size_in_gb": 1, "name": "data", "order_ids": [rid]}))).await;
+    assert_eq!((st, e["detail"].is_string()), (400, true), "two nodes on two hosts cannot share host-local storage: {e}");
+
     let (_, other) = s.org_with_key("other", "admin").await;
     let r = s.http.delete(format!("{}/api/v1/bare-metal/{rid}", s.url)).bearer_auth(&other).send().await.unwrap();
     assert_eq!(r.status(), 404, "another org cannot end it");
@@ -404,5 +408,16 @@ async fn bare_metal_rents_whole_hosts_all_or_nothing() {
         r.json::<Value>().await.unwrap()["results"][0]["gpu_count_ethernet"] == 16
     })
     .await;
+
+    // A one-node rental takes storage by its rental id and shows it as the order.
+    let (st, one) = vp(&s, "POST", "/bare-metal/", Some(req(8, "ethernet"))).await;
+    assert_eq!(st, 201, "{one}");
+    let one = one["rental_id"].as_str().unwrap().to_owned();
+    let (st, st_body) = vp(&s, "POST", "/storage/", Some(json!({"size_in_gb": 1, "name": "data", "order_ids": [one]}))).await;
+    assert_eq!((st, st_body["order_ids"].clone()), (201, json!([one])), "{st_body}");
+    let (st, _) = vp(&s, "PATCH", &format!("/storage/{}", st_body["id"].as_str().unwrap()), Some(json!({"order_ids": []}))).await;
+    assert_eq!(st, 200);
+    let (st, _) = vp(&s, "DELETE", &format!("/storage/{}", st_body["id"].as_str().unwrap()), None).await;
+    assert_eq!(st, 204);
     let _ = key;
 }
