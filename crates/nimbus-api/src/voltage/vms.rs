@@ -337,7 +337,11 @@ pub struct Power {
 pub async fn vm_power(State(s): State<ApiState>, VpActor(a): VpActor, Path(id): Path<String>, VpJson(b): VpJson<Power>) -> VpResult {
     let i = vm(&s, &a, &id).await?;
     let c = &s.control;
+    let stopped = matches!(i.state, InstanceState::Stopping | InstanceState::Stopped);
+    // Asking for the power state a VM is already in (or on its way to) is a success here.
     match b.status.as_str() {
+        "started" if i.state.wants_running() => i,
+        "stopped" if stopped => i,
         "started" => nimbus_control::instances::start(c, &a, i.id.as_str()).await?,
         "stopped" => nimbus_control::instances::stop(c, &a, i.id.as_str()).await?,
         "stopped_disassociated" | "disassociated" => nimbus_control::instances::stop_releasing(c, &a, i.id.as_str()).await?,

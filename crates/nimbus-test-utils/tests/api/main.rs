@@ -19,6 +19,7 @@ mod ratelimit;
 mod scheduling;
 mod sdk;
 mod voltage;
+mod voltage_seed;
 mod voltage_storage;
 mod voltage_vms;
 mod webhooks;
