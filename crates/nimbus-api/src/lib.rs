@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod auth;
+pub mod clusters;
 pub mod idempotency;
 pub mod lambda;
 pub mod middleware;
@@ -43,7 +44,13 @@ impl ApiState {
 /// The complete application router.
 pub fn router(state: ApiState) -> Router {
     Router::new()
-        .nest("/api/v1", lambda::router().layer(axum::middleware::from_fn(middleware::lambda_deadline)).merge(voltage::router()))
+        .nest(
+            "/api/v1",
+            lambda::router()
+                .layer(axum::middleware::from_fn(middleware::lambda_deadline))
+                .merge(voltage::router())
+                .merge(clusters::router()),
+        )
         .nest("/v1", native::router())
         .nest("/internal/agent/v1", agent::router())
         .route("/healthz", get(|| async { "ok\n" }))

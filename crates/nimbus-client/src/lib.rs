@@ -2,8 +2,10 @@
 //! (`nimbus-api-types`). `LambdaClient` speaks the Lambda Cloud API v1 dialect, `NativeClient`
 //! the native API at `/v1`.
 
+mod clusters;
 mod native;
 
+pub use clusters::ClustersClient;
 pub use native::{ListParams, NativeClient, Page};
 
 use std::time::Duration;

@@ -133,6 +133,9 @@ pub(crate) fn plan(instances: &[Instance], req: &proto::ReportRequest, generatio
             (S::Booting | S::Starting | S::Unhealthy, Some(A::Running)) => Some(S::Active),
             (S::Restarting, Some(A::Running)) if r.is_some_and(|r| r.restart_generation >= inst.restart_generation) => Some(S::Active),
             (S::Booting | S::Restarting | S::Starting | S::Active, Some(A::Failed)) => Some(S::Unhealthy),
+            // Found stopped though it should run (its processes died, its host rebooted): not
+            // reachable until the agent has started it again, which it does next.
+            (S::Active, Some(A::Stopped)) => Some(S::Unhealthy),
             (S::Stopping, Some(A::Stopped)) => Some(S::Stopped),
             // Absent from a host that has applied the latest desired state: it is gone.
             (S::Terminating, None) if req.applied_generation >= generation => Some(S::Terminated),
@@ -162,11 +165,16 @@ pub async fn report(c: &Control, host: &HostId, req: proto::ReportRequest) -> Re
     let mut tx = c.store().begin().await?;
     Store::host_seen_in_txn(&mut tx, host, now).await?;
     let mut changed_orgs: Vec<OrgId> = Vec::new();
+    // Clusters whose nodes' addresses changed: every node's host must re-read its peers.
+    let mut changed_clusters: Vec<String> = Vec::new();
     for change in changes {
         let (inst, applied) = match change {
             Change::Transition { index, to, addrs } => {
                 let inst = &instances[index];
                 let ok = Store::instance_transition_in_txn(&mut tx, &inst.id, inst.state, to, &addrs, now).await?;
+                if ok && (addrs != InstanceUpdate::default() || to == InstanceState::Terminated) {
+                    changed_clusters.extend(inst.cluster_id.clone());
+                }
                 if ok {
                     crate::metering::instance_moved(c, &mut tx, inst, inst.state, to, now).await?;
                     if to == InstanceState::Terminated {
@@ -184,7 +192,11 @@ pub async fn report(c: &Control, host: &HostId, req: proto::ReportRequest) -> Re
             }
             Change::Addresses { index, addrs } => {
                 let inst = &instances[index];
-                (inst, Store::instance_set_addresses_in_txn(&mut tx, &inst.id, &addrs, now).await?)
+                let ok = Store::instance_set_addresses_in_txn(&mut tx, &inst.id, &addrs, now).await?;
+                if ok {
+                    changed_clusters.extend(inst.cluster_id.clone());
+                }
+                (inst, ok)
             }
         };
         if applied && !changed_orgs.contains(&inst.org_id) {
@@ -206,6 +218,25 @@ pub async fn report(c: &Control, host: &HostId, req: proto::ReportRequest) -> Re
     Store::commit(tx).await?;
     if vpn_changed {
         c.hosts().wake(host);
+    }
+    if !changed_clusters.is_empty() {
+        // In a transaction of its own, after this host's: hosts are locked in id order only.
+        changed_clusters.sort();
+        changed_clusters.dedup();
+        let mut hosts = Vec::new();
+        for cl in &changed_clusters {
+            hosts.extend(c.store().cluster_host_ids(cl).await?);
+        }
+        hosts.sort();
+        hosts.dedup();
+        let mut tx = c.store().begin().await?;
+        for h in &hosts {
+            Store::host_bump_generation_in_txn(&mut tx, h).await?;
+        }
+        Store::commit(tx).await?;
+        for h in &hosts {
+            c.hosts().wake(h);
+        }
     }
     Ok(proto::ReportResponse { desired_generation: gen })
 }
@@ -318,6 +349,21 @@ pub async fn desired(c: &Control, host: &HostId, req: proto::DesiredRequest) -> 
     let volumes = c.store().volume_list_by_host(host).await?;
     let snapshots = c.store().snapshot_list_by_host(host).await?;
     let image_name = |id: &ImageId| images.iter().find(|i| &i.id == id).map(|i| i.name.clone()).unwrap_or_default();
+    let mut clusters: HashMap<String, Vec<Instance>> = HashMap::new();
+    for cl in instances.iter().filter_map(|i| i.cluster_id.clone()) {
+        if let std::collections::hash_map::Entry::Vacant(e) = clusters.entry(cl) {
+            let nodes = c.store().cluster_live_nodes(e.key()).await?;
+            e.insert(nodes);
+        }
+    }
+    let peers_of = |i: &Instance| -> Vec<proto::Peer> {
+        let Some(nodes) = i.cluster_id.as_ref().and_then(|cl| clusters.get(cl)) else { return Vec::new() };
+        nodes
+            .iter()
+            .filter(|n| n.id != i.id)
+            .filter_map(|n| n.private_ip.clone().or_else(|| n.ip.clone()).map(|ip| proto::Peer { name: n.hostname.clone(), ip }))
+            .collect()
+    };
     let desired = instances
         .iter()
         .filter(|i| i.state.wants_running() || matches!(i.state, InstanceState::Stopping | InstanceState::Stopped))
@@ -346,6 +392,7 @@ pub async fn desired(c: &Control, host: &HostId, req: proto::DesiredRequest) -> 
                 .collect(),
             source_snapshot: i.source_snapshot_id.as_ref().map(ToString::to_string),
             ssh_port: i.ssh_port.and_then(|p| u16::try_from(p).ok()),
+            peers: peers_of(i),
         })
         .collect();
     let host_volumes = volumes
@@ -409,6 +456,7 @@ mod tests {
             compute_released: false,
             rental_id: None,
             price_micros_per_hour: None,
+            cluster_id: None,
         }
     }
 
@@ -444,5 +492,9 @@ mod tests {
         assert!(matches!(&changes[1], Change::Transition { index: 3, to: S::Terminated, .. }));
         // An agent behind the latest generation cannot prove a terminating instance gone.
         assert_eq!(plan(&insts, &req(6), 7).len(), 1);
+        // An active instance found stopped (it died) is unhealthy until it runs again.
+        let died = proto::ReportRequest { instances: vec![rep(&active_same, A::Stopped, 0, "1.1.1.1")], ..req(7) };
+        let changes = plan(std::slice::from_ref(&active_same), &died, 7);
+        assert!(matches!(&changes[..], [Change::Transition { index: 0, to: S::Unhealthy, .. }]), "{changes:?}");
     }
 }

@@ -160,6 +160,25 @@ pub async fn estimate(c: &Control, actor: &Actor, instance_type: Option<&str>, h
     })
 }
 
+/// The month `now` falls in, `YYYY-MM` (spend limits are per month).
+pub(crate) fn current_period(now: i64) -> String {
+    let (y, m) = ym(now);
+    format!("{y:04}-{m:02}")
+}
+
+/// Month-to-date spend of the resources `ids` of `org` (a cluster's nodes), from the same
+/// figures as the org's usage.
+pub(crate) async fn month_spend_of(c: &Control, org: &nimbus_core::ids::OrgId, ids: &[String]) -> Result<Micros, Error> {
+    let now = c.now();
+    let (y, m) = ym(now);
+    let start = month_start_of(y, m);
+    if now <= start {
+        return Ok(Micros(0));
+    }
+    let lines = metering::usage_of(c, org, start, now).await?;
+    Ok(Micros(lines.iter().filter(|l| ids.contains(&l.resource_id)).map(|l| l.amount.0).sum()))
+}
+
 /// Month-to-date spend of `org` and what its open intervals add until the end of the month.
 pub(crate) async fn month_projection(c: &Control, org: &nimbus_core::ids::OrgId) -> Result<(Micros, Micros), Error> {
     let now = c.now();

@@ -35,6 +35,35 @@ pub struct Config {
     /// the default image.
     #[serde(default)]
     pub presets: Vec<PresetConfig>,
+    #[serde(default)]
+    pub clusters: ClustersConfig,
+}
+
+/// The clusters API (CockroachDB-Cloud-shaped).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClustersConfig {
+    /// The name of this cloud as a cluster `provider`.
+    pub provider: String,
+    /// Other provider names accepted for it (tools written for CockroachDB Cloud send these).
+    pub provider_aliases: Vec<String>,
+    /// Machine type of serverless clusters' nodes.
+    pub serverless_machine_type: String,
+    pub max_nodes: i64,
+    /// A node unhealthy this long on an up host is restarted.
+    pub revive_after_ms: u64,
+}
+
+impl Default for ClustersConfig {
+    fn default() -> Self {
+        ClustersConfig {
+            provider: "NIMBUS".into(),
+            provider_aliases: vec!["GCP".into(), "AWS".into()],
+            serverless_machine_type: "cpu_1x_small".into(),
+            max_nodes: 256,
+            revive_after_ms: 3_000,
+        }
+    }
 }
 
 /// Host ports that instances' SSH ports are forwarded from (the Voltage Park dialect's
@@ -235,6 +264,7 @@ impl Default for Config {
             webhooks: Default::default(),
             port_forwards: PortForwards::default(),
             presets: Vec::new(),
+            clusters: ClustersConfig::default(),
         }
     }
 }

@@ -57,6 +57,12 @@ pub struct LaunchSpec {
     pub whole_hosts: Option<WholeHosts>,
     /// The bare-metal rental the new instances are the nodes of, inserted with them.
     pub rental: Option<nimbus_core::model::Rental>,
+    /// The cluster the new instances are the nodes of, inserted (or updated) with them.
+    pub cluster: Option<nimbus_core::model::Cluster>,
+    /// Place all `quantity` instances or none (clusters); whole-host launches always are.
+    pub all_or_nothing: bool,
+    /// Host names of the new instances, in order (`quantity` of them), instead of `hostname`.
+    pub hostnames: Vec<String>,
 }
 
 /// The instance type name of whole-host instances (bare-metal nodes).
@@ -95,13 +101,18 @@ fn check_mount_point(p: &str) -> Result<(), Error> {
 pub async fn launch(c: &Control, actor: &Actor, spec: LaunchSpec) -> Result<Vec<InstanceId>, Error> {
     actor.require(Permission::Create)?;
     let cfg = c.config();
-    if spec.quantity < 1 || spec.quantity > cfg.quotas.max_launch_quantity {
-        return Err(Error::invalid("quantity", format!("must be between 1 and {}", cfg.quotas.max_launch_quantity)));
+    // A cluster's nodes are one launch per region, bounded by the cluster size limit instead.
+    let max_quantity = if spec.cluster.is_some() { cfg.clusters.max_nodes } else { cfg.quotas.max_launch_quantity };
+    if spec.quantity < 1 || spec.quantity > max_quantity {
+        return Err(Error::invalid("quantity", format!("must be between 1 and {max_quantity}")));
     }
     if let Some(n) = &spec.name {
         validate::instance_name(n)?;
     }
     if let Some(h) = &spec.hostname {
+        validate::hostname(h)?;
+    }
+    for h in &spec.hostnames {
         validate::hostname(h)?;
     }
     if let Some(u) = &spec.user_data {
@@ -304,7 +315,12 @@ pub async fn launch(c: &Control, actor: &Actor, spec: LaunchSpec) -> Result<Vec<
                 g.instance_id = Some(id.clone());
             }
             let inst = Instance {
-                hostname: spec.hostname.clone().unwrap_or_else(|| format!("nimbus-{}", &id.as_str()[..12])),
+                hostname: spec
+                    .hostnames
+                    .get(launched.len())
+                    .cloned()
+                    .or_else(|| spec.hostname.clone())
+                    .unwrap_or_else(|| format!("nimbus-{}", &id.as_str()[..12])),
                 id,
                 org_id: actor.org_id.clone(),
                 name: spec.name.clone(),
@@ -334,6 +350,7 @@ pub async fn launch(c: &Control, actor: &Actor, spec: LaunchSpec) -> Result<Vec<
                 compute_released: false,
                 rental_id: spec.rental.as_ref().map(|r| r.id.clone()),
                 price_micros_per_hour: spec.whole_hosts.as_ref().map(|w| w.price_micros_per_hour),
+                cluster_id: spec.cluster.as_ref().map(|c| c.id.clone()),
             };
             Store::instance_insert_in_txn(&mut tx, NewInstance { instance: &inst }).await?;
             emit(
@@ -357,7 +374,7 @@ pub async fn launch(c: &Control, actor: &Actor, spec: LaunchSpec) -> Result<Vec<
         }
         break;
     }
-    if spec.whole_hosts.is_some() && launched.len() < usize::try_from(spec.quantity).unwrap_or(usize::MAX) {
+    if (spec.whole_hosts.is_some() || spec.all_or_nothing) && launched.len() < usize::try_from(spec.quantity).unwrap_or(usize::MAX) {
         // All nodes or none: dropping the transaction releases every claim made above.
         return Err(Error::InsufficientCapacity {
             message: format!("Not enough whole hosts free: {} requested, {} available.", spec.quantity, launched.len()),
@@ -365,6 +382,9 @@ pub async fn launch(c: &Control, actor: &Actor, spec: LaunchSpec) -> Result<Vec<
     }
     if let Some(r) = &spec.rental {
         Store::rental_insert_in_txn(&mut tx, r).await?;
+    }
+    if let Some(cl) = &spec.cluster {
+        Store::cluster_upsert_in_txn(&mut tx, cl).await?;
     }
     if launched.is_empty() {
         if pin.is_some() {

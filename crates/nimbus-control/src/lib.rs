@@ -13,6 +13,7 @@ pub mod auth;
 pub mod bare_metal;
 pub mod billing;
 pub mod capacity;
+pub mod clusters;
 pub mod config;
 pub mod firewall;
 pub mod idempotency;

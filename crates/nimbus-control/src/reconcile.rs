@@ -76,6 +76,9 @@ pub fn spawn(c: Control) -> tokio::task::JoinHandle<()> {
             if let Err(e) = crate::billing::enforce_spend_limits(&c).await {
                 tracing::warn!(error = %e, "spend-limit pass failed");
             }
+            if let Err(e) = crate::clusters::reconcile_once(&c).await {
+                tracing::warn!(error = %e, "cluster pass failed");
+            }
             // Cheap when the last hour is already rolled up (the cursor is read first).
             if crate::metering::roll_up_due(&c).await.unwrap_or(false) {
                 if let Err(e) = crate::metering::roll_up(&c).await {

@@ -137,6 +137,8 @@ pub struct Instance {
     pub rental_id: Option<String>,
     /// Hourly price fixed at launch (bare-metal nodes); `None`: the instance type's price.
     pub price_micros_per_hour: Option<i64>,
+    /// The cluster this instance is a node of.
+    pub cluster_id: Option<String>,
 }
 
 impl Instance {
@@ -436,4 +438,36 @@ pub struct Rental {
     pub created_at: i64,
     pub updated_at: i64,
     pub terminated_at: Option<i64>,
+}
+
+/// A cluster: nodes (instances) of one machine type placed together, on one private network,
+/// managed as one. `Serverless` clusters run one node per region under a monthly spend limit;
+/// `Dedicated` ones have a fixed node count per region.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub id: String,
+    pub org_id: OrgId,
+    pub name: String,
+    /// As the request named it (`GCP`, `AWS` or a configured provider name), upper case.
+    pub provider: String,
+    /// `SERVERLESS` or `DEDICATED`.
+    pub plan: String,
+    /// `CREATING`, `CREATED`, `FAILED` or `DELETED`.
+    pub state: String,
+    pub operation_status: String,
+    /// `(region, node count)` in request order.
+    pub region_nodes: Vec<(String, i64)>,
+    pub machine_type: String,
+    /// Monthly limit in US cents (serverless); 0 or `None`: no limit of its own.
+    pub spend_limit_cents: Option<i64>,
+    pub spend_limit_reached: Option<String>,
+    /// Wait (stay `CREATING`) rather than fail when capacity for all nodes is missing.
+    pub wait_for_capacity: bool,
+    /// The service account (or, without one, the API key) that created it.
+    pub creator_id: String,
+    /// Why it failed, or what it waits for.
+    pub message: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub deleted_at: Option<i64>,
 }

@@ -152,6 +152,17 @@ pub struct DesiredInstance {
     /// Host port forwarded (TCP) to the instance's port 22, on every host address.
     #[serde(default)]
     pub ssh_port: Option<u16>,
+    /// The other nodes of its cluster: in its `/etc/hosts` by name, and allowed to reach it on
+    /// every port.
+    #[serde(default)]
+    pub peers: Vec<Peer>,
+}
+
+/// A node of the same cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    pub name: String,
+    pub ip: String,
 }
 
 /// One volume attached to an instance.

@@ -25,7 +25,7 @@ impl Store {
         let i = n.instance;
         sqlx::query(&format!(
             "INSERT INTO instances ({INSTANCE_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
-             $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32)"
+             $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33)"
         ))
         .bind(i.id.as_str())
         .bind(i.org_id.as_str())
@@ -59,6 +59,7 @@ impl Store {
         .bind(i64::from(i.compute_released))
         .bind(i.rental_id.clone())
         .bind(i.price_micros_per_hour)
+        .bind(i.cluster_id.clone())
         .execute(&mut *tx)
         .await
         .map_err(db_err("inserting instance"))?;

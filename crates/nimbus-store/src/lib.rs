@@ -11,6 +11,7 @@
 //! are the same pool and capacity is claimed with conditional `UPDATE`s that re-check the limit
 //! under the row lock.
 
+mod clusters;
 mod events;
 mod hosts;
 mod idempotency;

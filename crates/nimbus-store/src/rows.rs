@@ -92,7 +92,7 @@ pub(crate) fn gpu(row: &AnyRow) -> Result<Gpu, Error> {
 pub(crate) const INSTANCE_COLS: &str = "id, org_id, name, hostname, state, region, instance_type, host_id, \
     vcpus, memory_mib, disk_gib, gpu_indices, image_id, ssh_key_names, ssh_public_keys, user_data, tags, \
     file_system_mounts, firewall_ruleset_ids, ip, private_ip, restart_generation, generation, created_at, \
-    updated_at, terminated_at, source_snapshot_id, ssh_port, stop_billing, compute_released, rental_id, price_micros_per_hour";
+    updated_at, terminated_at, source_snapshot_id, ssh_port, stop_billing, compute_released, rental_id, price_micros_per_hour, cluster_id";
 
 pub(crate) fn instance(row: &AnyRow) -> Result<Instance, Error> {
     let state: String = get(row, "state")?;
@@ -127,6 +127,7 @@ pub(crate) fn instance(row: &AnyRow) -> Result<Instance, Error> {
         compute_released: get::<i64>(row, "compute_released")? != 0,
         rental_id: get(row, "rental_id")?,
         price_micros_per_hour: get(row, "price_micros_per_hour")?,
+        cluster_id: get(row, "cluster_id")?,
     })
 }
 

@@ -73,6 +73,8 @@ pub enum BenchCmd {
     },
     /// Webhook delivery latency (commit to receipt) at a sustained event rate.
     Webhooks(crate::bench_webhooks::WebhooksArgs),
+    /// Creating an N-node cluster on sim hosts: until every node is scheduled, and until CREATED.
+    Cluster(crate::bench_cluster::ClusterArgs),
     /// Idle resident memory of `nimbus server`.
     Rss {
         #[arg(long, default_value_t = 3)]
@@ -89,6 +91,7 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         }
         BenchCmd::Rss { settle_seconds } => rss(settle_seconds).await,
         BenchCmd::Webhooks(a) => crate::bench_webhooks::run(a).await,
+        BenchCmd::Cluster(a) => crate::bench_cluster::run(a).await,
         BenchCmd::Launch { launches, idle, images } => launch(launches, idle, images.path()).await,
     }
 }

@@ -1,13 +1,15 @@
 //! `nimbus`: the one binary. Control plane (`server`), host agent (`agent`), both in one process
 //! for laptops and CI (`dev`), operator commands (`admin`), tenant commands (`instance`,
-//! `ssh-key`, `fs`, `types`) and benchmarks (`bench`).
+//! `ssh-key`, `fs`, `types`, `cluster`) and benchmarks (`bench`).
 
 mod admin;
 mod bench;
+mod bench_cluster;
 mod bench_metering;
 mod bench_middleware;
 mod bench_webhooks;
 mod billing_cmd;
+mod cluster_cmd;
 mod common;
 mod dev;
 mod image;
@@ -100,6 +102,13 @@ enum Cmd {
         #[command(flatten)]
         conn: tenant::ConnArgs,
     },
+    /// Clusters (the CockroachDB-Cloud-shaped API).
+    Cluster {
+        #[command(subcommand)]
+        cmd: cluster_cmd::ClusterCmd,
+        #[command(flatten)]
+        conn: tenant::ConnArgs,
+    },
     /// Instance types and the regions with capacity for them.
     Types {
         #[command(flatten)]
@@ -133,6 +142,7 @@ fn main() -> anyhow::Result<()> {
             Cmd::Types { conn } => tenant::types(&conn).await,
             Cmd::Volume { cmd, conn } => storage_cmd::volume(&conn, cmd).await,
             Cmd::Billing { cmd, conn } => billing_cmd::run(&conn, cmd).await,
+            Cmd::Cluster { cmd, conn } => cluster_cmd::run(&conn, cmd).await,
             Cmd::Snapshot { cmd, conn } => storage_cmd::snapshot(&conn, cmd).await,
             Cmd::Bench { cmd } => bench::run(cmd).await,
             Cmd::Image { cmd } => image::run(cmd).await,

@@ -25,6 +25,11 @@ impl ConnArgs {
         Ok(LambdaClient::new(&self.url, key))
     }
 
+    pub(crate) fn clusters(&self) -> anyhow::Result<nimbus_client::ClustersClient> {
+        let key = self.api_key.as_deref().context("set NIMBUS_API_KEY or pass --api-key")?;
+        Ok(nimbus_client::ClustersClient::new(&self.url, key))
+    }
+
     pub(crate) fn native(&self) -> anyhow::Result<nimbus_client::NativeClient> {
         let key = self.api_key.as_deref().context("set NIMBUS_API_KEY or pass --api-key")?;
         Ok(nimbus_client::NativeClient::new(&self.url, key))

@@ -96,6 +96,23 @@ fn host_err(e: impl std::fmt::Display) -> DriverError {
     DriverError::Host(e.to_string())
 }
 
+/// The instance's `/etc/hosts` (bound over the image's): itself and its cluster peers by name.
+/// Rewritten in place (the same inode, which the bind mount holds), only when it changes.
+fn write_hosts(path: &Path, hostname: &str, peers: &[nimbus_proto::Peer]) -> std::io::Result<()> {
+    let mut s = format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n");
+    for p in peers {
+        // Names and addresses come from the server; keep anything odd out of the file.
+        let ok_name = !p.name.is_empty() && p.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        if ok_name && p.ip.parse::<std::net::IpAddr>().is_ok() {
+            s += &format!("{}\t{}\n", p.ip, p.name);
+        }
+    }
+    if std::fs::read_to_string(path).ok().as_deref() != Some(s.as_str()) {
+        std::fs::write(path, s)?;
+    }
+    Ok(())
+}
+
 /// The GPUs of instance `spec`: `None` when it has none (and then nothing GPU-related is even
 /// looked at), an error naming the problem when this host cannot give it the GPUs it asks for,
 /// so that an instance never runs without the GPUs it was scheduled with.
@@ -198,6 +215,7 @@ impl ContainerDriver {
                 .transpose()
                 .map_err(|e| err(&s.id, e.external_message()))?,
             password_ssh: s.user_data.as_deref().is_some_and(nimbus_core::cloudinit::wants_password_ssh),
+            hosts_file: Some(self.dir(&s.id).join("hosts")),
             gpu: None,
         })
     }
@@ -212,6 +230,7 @@ impl ContainerDriver {
                 addr: self.net.address(l.addr_index),
                 rules: &l.spec.firewall,
                 ssh_port: l.spec.ssh_port,
+                peers: l.spec.peers.iter().filter_map(|p| p.ip.parse().ok()).collect(),
             })
             .collect();
         if entries.iter().any(|e| e.ssh_port.is_some()) {
@@ -281,6 +300,7 @@ impl ContainerDriver {
             runtime::prepare(&rs).map_err(|e| err(id, e))?;
         }
         self.sync_firewall()?;
+        write_hosts(&rs.dir.join("hosts"), &spec.hostname, &spec.peers).map_err(|e| err(id, e))?;
         let dir = rs.dir.clone();
         if !runtime::running(&self.cgroups, id) {
             // Read at start only (NVML and `ldconfig -p` are not free), and before anything runs.
@@ -455,6 +475,7 @@ mod tests {
             volumes: vec![],
             source_snapshot: None,
             ssh_port: None,
+            peers: vec![],
         }
     }
 

@@ -28,6 +28,8 @@ pub struct Entry<'a> {
     pub rules: &'a [FirewallRule],
     /// Host port forwarded to the instance's port 22.
     pub ssh_port: Option<u16>,
+    /// Its cluster peers: allowed to reach it on every port.
+    pub peers: Vec<Ipv4Addr>,
 }
 
 pub fn table_name(bridge: &str) -> String {
@@ -74,6 +76,10 @@ pub fn render(bridge: &str, gateway: Ipv4Addr, entries: &[Entry<'_>], opts: Opti
         s += &format!("  chain i_{c} {{\n    ip saddr {gateway} tcp dport 22 accept\n");
         if e.ssh_port.is_some() {
             s += "    ct status dnat tcp dport 22 accept\n";
+        }
+        if !e.peers.is_empty() {
+            let set: Vec<String> = e.peers.iter().map(ToString::to_string).collect();
+            s += &format!("    ip saddr {{ {} }} accept\n", set.join(", "));
         }
         for r in e.rules.iter().filter_map(rule_line) {
             s += &format!("    {r}\n");
@@ -149,7 +155,7 @@ mod tests {
             FirewallRule { protocol: "icmp".into(), port_range: None, source: "1.2.3.4/32".into() },
             FirewallRule { protocol: "tcp".into(), port_range: Some((1, 2)), source: "not-a-cidr; drop".into() },
         ];
-        let e = [Entry { id: "abcdef0123456789", addr: Ipv4Addr::new(10, 200, 0, 3), rules: &rules, ssh_port: None }];
+        let e = [Entry { id: "abcdef0123456789", addr: Ipv4Addr::new(10, 200, 0, 3), rules: &rules, ssh_port: None, peers: vec![] }];
         let t = render("nimbus0", Ipv4Addr::new(10, 200, 0, 1), &e, Options::default());
         assert!(t.contains("chain i_abcdef012345 {"), "{t}");
         assert!(t.contains("ip saddr 0.0.0.0/0 tcp dport 22 accept"));
@@ -166,10 +172,17 @@ mod tests {
 
     #[test]
     fn renders_port_forwards() {
-        let e = [Entry { id: "abcdef0123456789", addr: Ipv4Addr::new(10, 200, 0, 3), rules: &[], ssh_port: Some(20001) }];
+        let e = [Entry {
+            id: "abcdef0123456789",
+            addr: Ipv4Addr::new(10, 200, 0, 3),
+            rules: &[],
+            ssh_port: Some(20001),
+            peers: vec![Ipv4Addr::new(10, 200, 0, 4)],
+        }];
         let t = render("nimbus0", Ipv4Addr::new(10, 200, 0, 1), &e, Options::default());
         assert_eq!(t.matches("fib daddr type local tcp dport 20001 dnat ip to 10.200.0.3:22").count(), 2, "{t}");
         assert!(t.contains("ct status dnat tcp dport 22 accept"), "{t}");
+        assert!(t.contains("ip saddr { 10.200.0.4 } accept"), "cluster peers: {t}");
         assert!(t.contains("oifname \"nimbus0\" ip saddr 127.0.0.0/8 ct status dnat masquerade"), "{t}");
     }
 }

@@ -59,6 +59,9 @@ pub struct Spec {
     pub first_boot: Option<String>,
     /// sshd accepts passwords (`ssh_pwauth: true` in the user data); keys only otherwise.
     pub password_ssh: bool,
+    /// A host file bound over the instance's `/etc/hosts`, which the driver keeps current
+    /// (its cluster peers' names), as container engines do.
+    pub hosts_file: Option<PathBuf>,
     /// The instance's GPUs (`None`: no GPU, and nothing GPU-related happens).
     pub gpu: Option<GpuPlan>,
 }
@@ -156,6 +159,10 @@ else
     mount -t cgroup -o ro,nosuid,nodev,noexec,$c cgroup "$R/sys/fs/cgroup/$c"
   done
   mount -o remount,ro,bind "$R/sys/fs/cgroup"
+fi
+if [ -n "$NIMBUS_HOSTS_FILE" ]; then
+  [ -e "$R/etc/hosts" ] || touch "$R/etc/hosts"
+  mount --bind "$NIMBUS_HOSTS_FILE" "$R/etc/hosts"
 fi
 printf '%s\n' "$NIMBUS_MOUNTS" | while IFS='|' read -r src dst; do
   [ -n "$src" ] || continue
@@ -278,6 +285,7 @@ pub fn start(spec: &Spec, cgroups: &Cgroups, cgroup_name: &str) -> Result<u32> {
         .env("NIMBUS_WORK", spec.dir.join("work"))
         .env("NIMBUS_HOSTNAME", &spec.hostname)
         .env("NIMBUS_MOUNTS", mounts)
+        .env("NIMBUS_HOSTS_FILE", spec.hosts_file.as_deref().map(|p| p.as_os_str().to_owned()).unwrap_or_default())
         .env("NIMBUS_VOLUMES", super::storage::volumes_dir(&spec.dir))
         .envs(spec.gpu.iter().flat_map(GpuPlan::env))
         .env(
@@ -387,6 +395,7 @@ mod tests {
             user_uid: 1000,
             first_boot: None,
             password_ssh: false,
+            hosts_file: None,
             gpu: None,
         };
         prepare(&spec).unwrap();
@@ -503,6 +512,7 @@ mod tests {
             user_uid: 1000,
             first_boot: None,
             password_ssh: false,
+            hosts_file: None,
             gpu: Some(plan),
         };
         prepare(&spec).unwrap();

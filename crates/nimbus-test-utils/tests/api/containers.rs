@@ -782,3 +782,119 @@ async fn voltage_vm_ssh_through_its_port_forward_power_and_delete() {
     assert!(!rules.contains("42100") && !rules.contains("dnat"), "no forward left: {rules}");
     assert!(!ssh_port(&key, &host, port, "true").0);
 }
+
+/// Seed 003 end to end: a 3-node dedicated cluster on the container driver; node 1 reaches
+/// node 2 by name over SSH on the private network; a node killed from the host becomes
+/// `NOT_READY` and then `LIVE` again; delete leaves no capacity allocated and nothing on the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_nodes_reach_each_other_by_name_and_come_back() {
+    let Some(images) = ready() else { return };
+    // This test polls the clusters API (plan-limited, like the native API) for a while.
+    let mut s = TestServer::builder()
+        .config(|c| {
+            for p in c.rate_limits.plans.values_mut() {
+                p.per_hour = 10_000_000;
+                p.burst = 100_000;
+            }
+        })
+        .start()
+        .await;
+    let data = s.dir.0.join("cluster-host");
+    let cfg = host_config(&data, &images, "nbc", 244, Duration::from_secs(5));
+    let _cleanup = HostCleanup { cfg: cfg.clone() };
+    s.add_container_host("us-east-1", cfg.clone()).await;
+    let keydir = s.dir.0.join("keys");
+    std::fs::create_dir_all(&keydir).unwrap();
+    let key = keydir.join("id");
+    assert!(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).status().unwrap().success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    s.expect("POST", "/ssh-keys", Some(json!({"name": "cl", "public_key": public.trim()})), 200).await;
+    let api = |m: &'static str, p: String, b: Option<serde_json::Value>| {
+        let s = &s;
+        async move { s.send(&s.key, m, format!("{}/api/v1{p}", s.url), b).await }
+    };
+
+    let (st, c) = api(
+        "POST",
+        "/clusters".into(),
+        Some(json!({"name": "c", "provider": "NIMBUS", "spec": {"dedicated": {"region_nodes": {"us-east-1": 3}, "machine_type": "cpu_1x_small"}}})),
+    )
+    .await;
+    assert_eq!(st, 200, "{c}");
+    let id = c["id"].as_str().unwrap().to_owned();
+    let t = Instant::now();
+    loop {
+        let (_, v) = api("GET", format!("/clusters/{id}"), None).await;
+        if v["state"] == "CREATED" {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "cluster never CREATED: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut insts = s.control.store().instance_list_by_org(&s.org.id).await.unwrap();
+    insts.sort_by(|a, b| a.hostname.cmp(&b.hostname));
+    assert_eq!(insts.iter().map(|i| i.hostname.as_str()).collect::<Vec<_>>(), ["c-1", "c-2", "c-3"]);
+    let ip1 = insts[0].ip.clone().unwrap();
+
+    // Node 1 knows its peers by name (/etc/hosts) and reaches node 2 over SSH by that name.
+    let mut peers_known = String::new();
+    for _ in 0..50 {
+        let (_, out) = ssh(&key, &ip1, "getent hosts c-2 c-3");
+        peers_known = out;
+        if peers_known.lines().count() == 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(peers_known.contains(insts[1].ip.as_deref().unwrap()) && peers_known.contains("c-3"), "{peers_known}");
+    let copy = Command::new("ssh")
+        .arg("-i")
+        .arg(&key)
+        .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"])
+        .arg(format!("ubuntu@{ip1}"))
+        .arg("umask 077; cat > ~/.ssh/id_ed25519")
+        .stdin(std::fs::File::open(&key).unwrap())
+        .status()
+        .unwrap();
+    assert!(copy.success());
+    let (ok, out) = ssh(&key, &ip1, "ssh -o BatchMode=yes -o StrictHostKeyChecking=no -o LogLevel=ERROR c-2 hostname");
+    assert!(ok && out.trim() == "c-2", "node 1 → node 2 by name: {out}");
+
+    // Kill node 3 from the host: NOT_READY, then LIVE again (restarted by the cluster).
+    let node3 = insts[2].id.to_string();
+    let cg = Cgroups::detect(&cfg.cgroup_mount, &cfg.cgroup_parent).unwrap();
+    for pid in cg.pids(&node3) {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    let status3 = || async {
+        let (_, n) = api("GET", format!("/clusters/{id}/nodes"), None).await;
+        n["nodes"].as_array().unwrap().iter().find(|x| x["name"] == "c-3").map(|x| x["status"].as_str().unwrap().to_owned()).unwrap()
+    };
+    let t = Instant::now();
+    while status3().await != "NOT_READY" {
+        assert!(t.elapsed() < Duration::from_secs(30), "killed node never NOT_READY");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let t = Instant::now();
+    while status3().await != "LIVE" {
+        assert!(t.elapsed() < Duration::from_secs(60), "killed node never LIVE again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(ssh(&key, &insts[2].ip.clone().unwrap(), "true").0, "node 3 answers again");
+
+    // Delete: no capacity left allocated, nothing of the nodes left on the host.
+    let (st, _) = api("DELETE", format!("/clusters/{id}"), None).await;
+    assert_eq!(st, 200);
+    let t = Instant::now();
+    loop {
+        let hosts = s.control.store().host_list(None, true).await.unwrap();
+        if hosts.iter().all(|h| h.used == nimbus_core::catalog::Resources::default()) {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "capacity still allocated: {:?}", hosts[0].used);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    s.wait_for("no node directory left", || async { std::fs::read_dir(data.join("instances")).map(|d| d.count() == 0).unwrap_or(true) })
+        .await;
+    assert!(cg.list().is_empty(), "no cgroup left");
+}

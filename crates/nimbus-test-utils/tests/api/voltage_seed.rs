@@ -25,58 +25,6 @@ const MAY_BE_NULL: &[&str] =
 /// Maps keyed by data (GPU model slugs), not by field names.
 const DATA_KEYED: &[&str] = &["gpus", "per_gpu_hr"];
 
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "bool",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
-}
-
-/// Differences between the seed's `want` and our `got` at `path`.
-fn diff(want: &Value, got: &Value, path: &str, field: &str, out: &mut Vec<String>) {
-    if got.is_null() && MAY_BE_NULL.contains(&field) {
-        return;
-    }
-    if kind(want) != kind(got) {
-        out.push(format!("{path}: seed has {}, Nimbus {} ({got})", kind(want), kind(got)));
-        return;
-    }
-    match (want, got) {
-        (Value::Object(w), Value::Object(g)) if DATA_KEYED.contains(&field) => {
-            if let Some(wv) = w.values().next() {
-                for (k, gv) in g {
-                    diff(wv, gv, &format!("{path}.{k}"), k, out);
-                }
-            }
-        }
-        (Value::Object(w), Value::Object(g)) => {
-            for k in w.keys().filter(|k| !g.contains_key(*k)) {
-                out.push(format!("{path}: missing field {k}"));
-            }
-            for k in g.keys().filter(|k| !w.contains_key(*k)) {
-                out.push(format!("{path}: extra field {k}"));
-            }
-            for (k, wv) in w {
-                if let Some(gv) = g.get(k) {
-                    diff(wv, gv, &format!("{path}.{k}"), k, out);
-                }
-            }
-        }
-        (Value::Array(w), Value::Array(g)) => {
-            if let Some(wv) = w.first() {
-                for (i, gv) in g.iter().enumerate() {
-                    diff(wv, gv, &format!("{path}[{i}]"), field, out);
-                }
-            }
-        }
-        _ => {}
-    }
-}
-
 struct Checker {
     ex: Value,
     checked: Vec<String>,
@@ -94,7 +42,7 @@ impl Checker {
         let want = self.ex[endpoint].as_array().and_then(|a| a.last()).unwrap_or_else(|| panic!("no example for {endpoint}")).clone();
         assert!(!got.is_null(), "{endpoint}: no response body");
         let mut out = Vec::new();
-        diff(&want, got, endpoint, "", &mut out);
+        crate::shape::diff(&want, got, &crate::shape::Rules { may_be_null: MAY_BE_NULL, data_keyed: DATA_KEYED }, endpoint, "", &mut out);
         self.problems.extend(out);
         self.checked.push(endpoint.to_owned());
     }

@@ -1,0 +1,111 @@
+//! The clusters dialect under `/api/v1/clusters` (seed 003: CockroachDB Cloud's cluster API),
+//! over `nimbus_control::clusters`: Bearer keys (whose service account is the `creator_id`),
+//! errors as `{"code": <gRPC code>, "message"}` with the matching HTTP status, and the seed's
+//! `pagination` object on lists.
+
+mod handlers;
+
+use axum::extract::{FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use nimbus_core::auth::Actor;
+use nimbus_core::Error;
+use serde_json::json;
+
+use crate::ratelimit::RouteClass;
+use crate::ApiState;
+
+pub fn router() -> Router<ApiState> {
+    use handlers::*;
+    Router::new()
+        .route("/clusters", get(list).post(create))
+        .route("/clusters/available-regions", get(available_regions))
+        .route("/clusters/{id}", get(get_one).delete(delete))
+        .route("/clusters/{id}/nodes", get(nodes))
+        .route("/clusters/{id}/spend-limit", put(spend_limit))
+}
+
+/// A domain error in this dialect's shape.
+#[derive(Debug)]
+pub struct ClError(pub Error);
+
+impl From<Error> for ClError {
+    fn from(e: Error) -> Self {
+        ClError(e)
+    }
+}
+
+/// HTTP status and gRPC code (as grpc-gateway maps them) of an error.
+pub fn status_and_code(e: &Error) -> (StatusCode, i64) {
+    use StatusCode as S;
+    match e {
+        Error::InvalidValue { .. } | Error::InvalidRequest { .. } => (S::BAD_REQUEST, 3),
+        Error::NotFound { .. } => (S::NOT_FOUND, 5),
+        Error::AlreadyExists { .. } => (S::CONFLICT, 6),
+        Error::Forbidden { .. } => (S::FORBIDDEN, 7),
+        Error::QuotaExceeded { .. } | Error::RateLimited { .. } => (S::TOO_MANY_REQUESTS, 8),
+        Error::Conflict { .. } | Error::InsufficientCapacity { .. } => (S::BAD_REQUEST, 9),
+        Error::Internal { .. } => (S::INTERNAL_SERVER_ERROR, 13),
+        Error::Unavailable { .. } => (S::SERVICE_UNAVAILABLE, 14),
+        Error::Unauthenticated => (S::UNAUTHORIZED, 16),
+    }
+}
+
+impl IntoResponse for ClError {
+    fn into_response(self) -> Response {
+        let (st, code) = status_and_code(&self.0);
+        let message = match &self.0 {
+            Error::Unauthenticated => "missing or invalid secret key".to_owned(),
+            Error::Internal { .. } => "internal error".to_owned(),
+            e => e.external_message(),
+        };
+        crate::middleware::finish_error_response((st, Json(json!({"code": code, "message": message}))).into_response(), &self.0)
+    }
+}
+
+/// The caller, from `Authorization: Bearer <secret key>`.
+pub struct ClActor(pub Actor);
+
+impl FromRequestParts<ApiState> for ClActor {
+    type Rejection = ClError;
+
+    async fn from_request_parts(parts: &mut Parts, s: &ApiState) -> Result<Self, Self::Rejection> {
+        let secret = crate::auth::presented_key(&parts.headers).ok_or(Error::Unauthenticated)?;
+        let actor = nimbus_control::auth::authenticate(&s.control, &secret).await?;
+        let d = s.limiter.check_plan(&actor.key_id, RouteClass::Native, &actor.plan);
+        if !d.allowed {
+            return Err(Error::RateLimited { retry_after: d.retry_after }.into());
+        }
+        Ok(ClActor(actor))
+    }
+}
+
+/// A JSON object body; anything else is INVALID_ARGUMENT naming the problem.
+pub struct ClJson<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<ApiState> for ClJson<T> {
+    type Rejection = ClError;
+
+    async fn from_request(req: Request, _: &ApiState) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::to_bytes(req.into_body(), crate::MAX_BODY_BYTES)
+            .await
+            .map_err(|_| Error::InvalidRequest { message: "request body is unreadable or too large".into() })?;
+        serde_json::from_slice(&bytes).map(ClJson).map_err(|e| Error::InvalidRequest { message: format!("invalid JSON body: {e}") }.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_carry_grpc_codes() {
+        assert_eq!(status_and_code(&Error::not_found("cluster", "x")), (StatusCode::NOT_FOUND, 5));
+        assert_eq!(status_and_code(&Error::invalid("name", "bad")), (StatusCode::BAD_REQUEST, 3));
+        assert_eq!(status_and_code(&Error::Unauthenticated), (StatusCode::UNAUTHORIZED, 16));
+        assert_eq!(status_and_code(&Error::Forbidden { message: "x".into() }), (StatusCode::FORBIDDEN, 7));
+    }
+}
