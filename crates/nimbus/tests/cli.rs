@@ -105,6 +105,31 @@ fn dev_and_tenant_cli() {
     assert!(fs.contains("/lambda/nfs/data"), "{fs}");
     cli(&dev, &["instance", "terminate", &id]);
 
+    // Clusters: create, list, nodes, spend limit, delete.
+    let c: serde_json::Value = serde_json::from_str(&cli(
+        &dev,
+        &["cluster", "create", "duo", "--dedicated", "us-east-1=2", "--machine-type", "cpu_1x_small", "--ssh-key", "mine", "--json"],
+    ))
+    .unwrap();
+    let cid = c["id"].as_str().unwrap().to_owned();
+    assert_eq!((c["name"].as_str(), c["plan"].as_str()), (Some("duo"), Some("DEDICATED")), "{c}");
+    let t = Instant::now();
+    while !cli(&dev, &["cluster", "list"]).contains("CREATED") {
+        assert!(t.elapsed() < Duration::from_secs(20), "cluster never CREATED");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let nodes = cli(&dev, &["cluster", "nodes", &cid]);
+    assert!(nodes.contains("duo-1") && nodes.contains("duo-2") && nodes.contains("LIVE"), "{nodes}");
+    let sl = Command::new(BIN)
+        .args(["cluster", "spend-limit", &cid, "100"])
+        .env("NIMBUS_URL", &dev.url)
+        .env("NIMBUS_API_KEY", &dev.key)
+        .output()
+        .unwrap();
+    assert!(!sl.status.success() && String::from_utf8_lossy(&sl.stderr).contains("serverless"), "dedicated clusters have none");
+    cli(&dev, &["cluster", "delete", &cid]);
+    assert!(cli(&dev, &["cluster", "list", "--all"]).contains("DELETED"));
+
     // Bad input through the CLI is a clear error, not a crash.
     let out =
         Command::new(BIN).args(["instance", "get", "nope"]).env("NIMBUS_URL", &dev.url).env("NIMBUS_API_KEY", &dev.key).output().unwrap();
