@@ -18,6 +18,7 @@ mod native_lifecycle;
 mod ratelimit;
 mod scheduling;
 mod sdk;
+mod service_accounts;
 mod voltage;
 mod voltage_seed;
 mod voltage_storage;
