@@ -15,6 +15,7 @@ mod lambda;
 mod metrics;
 mod native;
 mod native_lifecycle;
+mod permissions;
 mod ratelimit;
 mod scheduling;
 mod sdk;
