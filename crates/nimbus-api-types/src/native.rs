@@ -320,6 +320,10 @@ pub struct ApiKey {
     /// The key that created this one, when created through the API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_by: Option<String>,
+    /// The service account the key belongs to; `permissions` are then the account's (and
+    /// follow its changes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_id: Option<String>,
 }
 
 /// `POST /v1/account/api-keys`. The new key cannot hold a permission the calling key lacks.
@@ -342,6 +346,64 @@ pub struct ApiKeyWithSecret {
     #[serde(flatten)]
     pub key: ApiKey,
     pub secret: String,
+}
+
+/// A service account: a named, non-human principal of the organization. Its API keys act with
+/// its permissions, whatever they are when a key is used.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ServiceAccount {
+    pub id: String,
+    /// Unique among the organization's service accounts.
+    pub name: String,
+    pub description: String,
+    /// Subset of `ADMIN`, `CREATE`, `READ`, `EDIT`, `DELETE`.
+    pub permissions: Vec<String>,
+    pub created_at: String,
+    /// Set on the response of a delete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<String>,
+}
+
+/// `POST /v1/service-accounts`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceAccountCreate {
+    /// 1 to 64 printable characters, not only whitespace.
+    pub name: String,
+    /// At most 500 characters.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// At least one of `ADMIN`, `CREATE`, `READ`, `EDIT`, `DELETE`.
+    pub permissions: Vec<String>,
+}
+
+/// `PATCH /v1/service-accounts/{id}`: the fields given are changed. New permissions apply to
+/// every key of the account.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceAccountUpdate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Replaces the permissions (at least one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permissions: Option<Vec<String>>,
+}
+
+/// `POST /v1/service-accounts/{id}/api-keys`: a key that acts with the account's permissions.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceAccountKeyCreate {
+    /// Default `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// RFC 3339 instant after which the key stops working.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// Alternative to `expires_at`: days from now (1 to 3650).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_days: Option<i64>,
 }
 
 /// One inbound allow rule. Without `ruleset_id` it is one of the organization's global rules

@@ -296,4 +296,33 @@ impl NativeClient {
     pub async fn api_key_delete(&self, id: &str) -> Result<w::ApiKey> {
         self.delete(&format!("/account/api-keys/{id}")).await
     }
+
+    // Service accounts (ADMIN keys only).
+
+    pub async fn service_accounts(&self, p: &ListParams) -> Result<Page<w::ServiceAccount>> {
+        self.list("/service-accounts", p).await
+    }
+    pub async fn service_account_create(&self, req: &w::ServiceAccountCreate) -> Result<w::ServiceAccount> {
+        self.post("/service-accounts", Some(req), None).await
+    }
+    pub async fn service_account(&self, id: &str) -> Result<w::ServiceAccount> {
+        self.get(&format!("/service-accounts/{id}")).await
+    }
+    pub async fn service_account_update(&self, id: &str, req: &w::ServiceAccountUpdate) -> Result<w::ServiceAccount> {
+        self.patch(&format!("/service-accounts/{id}"), req).await
+    }
+    /// Deletes the account and revokes all of its keys.
+    pub async fn service_account_delete(&self, id: &str) -> Result<w::ServiceAccount> {
+        self.delete(&format!("/service-accounts/{id}")).await
+    }
+    pub async fn service_account_api_keys(&self, id: &str, p: &ListParams) -> Result<Page<w::ApiKey>> {
+        self.list(&format!("/service-accounts/{id}/api-keys"), p).await
+    }
+    /// A new key of the account; its secret is in the answer, and only there.
+    pub async fn service_account_api_key_create(&self, id: &str, req: &w::ServiceAccountKeyCreate) -> Result<w::ApiKeyWithSecret> {
+        self.post(&format!("/service-accounts/{id}/api-keys"), Some(req), None).await
+    }
+    pub async fn service_account_api_key_delete(&self, id: &str, key_id: &str) -> Result<w::ApiKey> {
+        self.delete(&format!("/service-accounts/{id}/api-keys/{key_id}")).await
+    }
 }

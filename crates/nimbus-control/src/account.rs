@@ -136,7 +136,8 @@ pub async fn api_key_create(
             return Err(Error::invalid("expires_at", "must be in the future"));
         }
     }
-    admin::insert_api_key(c, &actor.org_id, &actor.plan, name, permissions, None, expires_at, Some(&actor.key_id)).await
+    let spec = admin::NewKey { name, permissions, expires_at, created_by: Some(&actor.key_id), ..admin::NewKey::default() };
+    admin::insert_api_key(c, &actor.org_id, &actor.plan, spec).await
 }
 
 /// Revokes a key of the organization; the caller's key must cover the target's permissions.

@@ -77,21 +77,29 @@ pub async fn api_key_create(
     permissions: Permissions,
     secret: Option<&str>,
 ) -> Result<(ApiKey, String), Error> {
-    insert_api_key(c, &org.id, &org.plan, name, permissions, secret, None, None).await
+    insert_api_key(c, &org.id, &org.plan, NewKey { name, permissions, secret, ..NewKey::default() }).await
 }
 
-/// The one way a key is minted, for operators (above) and for tenants (`account`).
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn insert_api_key(
-    c: &Control,
-    org_id: &OrgId,
-    plan: &str,
-    name: &str,
-    permissions: Permissions,
-    secret: Option<&str>,
-    expires_at: Option<i64>,
-    created_by: Option<&ApiKeyId>,
-) -> Result<(ApiKey, String), Error> {
+/// What a new key is: its name and permissions, and optionally its exact secret (operators
+/// only), expiry, the key that creates it, and the service account it belongs to.
+#[derive(Default)]
+pub(crate) struct NewKey<'a> {
+    pub name: &'a str,
+    pub permissions: Permissions,
+    pub secret: Option<&'a str>,
+    pub expires_at: Option<i64>,
+    pub created_by: Option<&'a ApiKeyId>,
+    /// The key acts with this service account's permissions (read through the account when it
+    /// authenticates; `permissions` records what they were at creation). The account must be
+    /// live when the key is inserted: this is checked in the inserting transaction, so a key
+    /// never outlives a concurrent deletion of its account.
+    pub service_account: Option<&'a ServiceAccountId>,
+}
+
+/// The one way a key is minted, for operators (above), tenants (`account`) and service
+/// accounts (`service_accounts`).
+pub(crate) async fn insert_api_key(c: &Control, org_id: &OrgId, plan: &str, k: NewKey<'_>) -> Result<(ApiKey, String), Error> {
+    let NewKey { name, permissions, secret, expires_at, created_by, service_account } = k;
     if name.is_empty() || name.chars().count() > 64 {
         return Err(Error::invalid("name", "must be 1 to 64 characters"));
     }
@@ -118,8 +126,14 @@ pub(crate) async fn insert_api_key(
         revoked_at: None,
         expires_at,
         created_by: created_by.cloned(),
+        service_account_id: service_account.cloned(),
     };
     let mut tx = c.store().begin().await?;
+    if let Some(sa) = service_account {
+        if Store::service_account_get_in(&mut tx, org_id, sa).await?.is_none() {
+            return Err(Error::not_found(ServiceAccountId::KIND, sa.as_str()));
+        }
+    }
     Store::api_key_insert_in_txn(&mut tx, &key, &hash).await?;
     Store::event_append_in_txn(
         &mut tx,
@@ -129,7 +143,8 @@ pub(crate) async fn insert_api_key(
             resource_type: "api_key",
             resource_id: key.id.as_str(),
             actor_key_id: created_by,
-            payload: json!({"name": key.name, "prefix": key.prefix, "permissions": permissions.names(), "expires_at": expires_at}),
+            payload: json!({"name": key.name, "prefix": key.prefix, "permissions": permissions.names(), "expires_at": expires_at,
+                "service_account_id": service_account.map(ServiceAccountId::as_str)}),
             now: key.created_at,
         },
     )

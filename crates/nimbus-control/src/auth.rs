@@ -3,6 +3,11 @@
 //! Keys are looked up by the SHA-256 of the presented secret. A short in-process cache (2 s) keeps
 //! hot paths off the database; revocation through this process clears it at once, and another
 //! replica's revocation takes effect within the TTL.
+//!
+//! A key of a service account authenticates with the service account's permissions as they are
+//! when the key is looked up (the store reads them through the account). So a change to a
+//! service account's permissions, or its deletion, applies to its keys at once on the replica
+//! that made it (which clears this cache) and within [`CACHE_TTL`] on every other replica.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -12,7 +17,11 @@ use nimbus_core::Error;
 
 use crate::Control;
 
-const TTL_MICROS: i64 = 2_000_000;
+/// How long an authenticated key is trusted without reading the store again: the most a
+/// revocation, or a change of a service account's permissions, made through another replica
+/// takes to apply here.
+pub const CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(2);
+const TTL_MICROS: i64 = CACHE_TTL.as_micros() as i64;
 const MAX_ENTRIES: usize = 10_000;
 
 /// The actor, when it was cached, and when its key expires.
@@ -57,7 +66,14 @@ pub async fn authenticate(c: &Control, secret: &str) -> Result<Actor, Error> {
         return Err(Error::Unauthenticated);
     }
     let expires_at = key.expires_at;
-    let actor = Actor { org_id: key.org_id, key_id: key.id, key_prefix: key.prefix, permissions: key.permissions, plan: key.plan };
+    let actor = Actor {
+        org_id: key.org_id,
+        key_id: key.id,
+        key_prefix: key.prefix,
+        permissions: key.permissions,
+        plan: key.plan,
+        service_account_id: key.service_account_id.map(|s| s.to_string()),
+    };
     c.inner.auth_cache.put(hash, actor.clone(), now, expires_at);
     Ok(actor)
 }

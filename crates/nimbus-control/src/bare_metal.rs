@@ -190,7 +190,13 @@ pub fn is_node(i: &Instance) -> bool {
 }
 
 pub async fn list(c: &Control, actor: &Actor) -> Result<Vec<(Rental, Vec<Instance>)>, Error> {
-    actor.require(Permission::Read)?;
+    list_for(c, actor, Permission::Read).await
+}
+
+/// [`list`] for an action that needs `p` (attaching storage to a rental's nodes needs CREATE or
+/// EDIT, not READ), so that a key holding just that permission can do it.
+pub async fn list_for(c: &Control, actor: &Actor, p: Permission) -> Result<Vec<(Rental, Vec<Instance>)>, Error> {
+    actor.require(p)?;
     let rentals = c.store().rental_list(&actor.org_id).await?;
     let insts = c.store().instance_list_by_org(&actor.org_id).await?;
     Ok(rentals
@@ -204,6 +210,11 @@ pub async fn list(c: &Control, actor: &Actor) -> Result<Vec<(Rental, Vec<Instanc
 
 pub async fn get(c: &Control, actor: &Actor, id: &str) -> Result<(Rental, Vec<Instance>), Error> {
     actor.require(Permission::Read)?;
+    find(c, actor, id).await
+}
+
+/// The rental and its nodes, with no permission check: for functions that have checked theirs.
+async fn find(c: &Control, actor: &Actor, id: &str) -> Result<(Rental, Vec<Instance>), Error> {
     let r = c.store().rental_get(&actor.org_id, id).await?.ok_or_else(|| Error::not_found("bare-metal rental", id))?;
     let nodes = c.store().instance_list_by_org(&actor.org_id).await?.into_iter().filter(|i| i.rental_id.as_deref() == Some(id)).collect();
     Ok((r, nodes))
@@ -224,13 +235,13 @@ pub async fn update(c: &Control, actor: &Actor, id: &str, name: Option<&str>, ta
     }
     emit(&mut tx, actor, "rental.updated", "rental", id, json!({"name": name}), now).await?;
     Store::commit(tx).await?;
-    Ok(get(c, actor, id).await?.0)
+    Ok(find(c, actor, id).await?.0)
 }
 
 /// Terminates every node, then ends the rental (a retry after a crash in between finishes it).
 pub async fn terminate(c: &Control, actor: &Actor, id: &str) -> Result<(), Error> {
     actor.require(Permission::Delete)?;
-    let (_, nodes) = get(c, actor, id).await?;
+    let (_, nodes) = find(c, actor, id).await?;
     let ids: Vec<String> = nodes.iter().map(|i| i.id.to_string()).collect();
     if !ids.is_empty() {
         instances::terminate(c, actor, &ids).await?;
@@ -244,7 +255,8 @@ pub async fn terminate(c: &Control, actor: &Actor, id: &str) -> Result<(), Error
 
 /// Starts or stops every node (a stop keeps the hosts reserved).
 pub async fn power(c: &Control, actor: &Actor, id: &str, start: bool) -> Result<(), Error> {
-    let (_, nodes) = get(c, actor, id).await?;
+    actor.require(Permission::Edit)?;
+    let (_, nodes) = find(c, actor, id).await?;
     for n in &nodes {
         let done = if start { n.state.wants_running() } else { matches!(n.state, InstanceState::Stopping | InstanceState::Stopped) };
         if done {
@@ -274,7 +286,7 @@ pub async fn reboot(c: &Control, actor: &Actor, id: &str, public_ips: &[String])
     if public_ips.is_empty() {
         return Err(Error::invalid("public_ips", "at least one address is required"));
     }
-    let (_, nodes) = get(c, actor, id).await?;
+    let (_, nodes) = find(c, actor, id).await?;
     let mut ids = Vec::new();
     for ip in public_ips {
         let n = nodes

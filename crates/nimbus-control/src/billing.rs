@@ -306,6 +306,12 @@ pub async fn hourly_rate(c: &Control, actor: &Actor) -> Result<Micros, Error> {
     Ok(Micros(open.iter().filter(|u| u.ended_at.is_none()).map(|u| u.rate_micros_per_hour).sum()))
 }
 
+/// What one GiB of storage costs per hour (READ, like every price the tenant APIs show).
+pub async fn storage_hourly_rate(c: &Control, actor: &Actor) -> Result<Micros, Error> {
+    actor.require(Permission::Read)?;
+    Ok(Micros(c.config().pricing.storage_gib_hour_micros))
+}
+
 /// Hourly charges of `[from, to)` (µs, hour-aligned by the ledger), newest first.
 pub async fn transactions(c: &Control, actor: &Actor, from: i64, to: i64) -> Result<Vec<nimbus_store::LedgerTransaction>, Error> {
     actor.require(Permission::Read)?;

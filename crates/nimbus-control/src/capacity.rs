@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use nimbus_core::auth::{Actor, Permission};
 use nimbus_core::catalog::{InstanceType, Region};
+use nimbus_core::model::Host;
 use nimbus_core::Error;
 
 use crate::scheduler::{place, Request};
@@ -20,6 +21,20 @@ pub async fn by_type(c: &Control, actor: &Actor) -> Result<Vec<(InstanceType, Ve
     for t in &cfg.instance_types {
         let regions = cfg.regions.iter().filter(|r| place(&hosts, &Request::for_type(&r.name, t)).is_some()).cloned().collect();
         out.push((t.clone(), regions));
+    }
+    Ok(out)
+}
+
+/// The hosts (only those up, with `up_only`) and, for each, its host ports not yet forwarded to
+/// an instance: what the Voltage Park dialect shows as locations and hostnodes (READ).
+pub async fn hostnodes(c: &Control, actor: &Actor, up_only: bool) -> Result<Vec<(Host, Vec<i64>)>, Error> {
+    actor.require(Permission::Read)?;
+    let hosts = c.store().host_list(None, up_only).await?;
+    let mut out = Vec::with_capacity(hosts.len());
+    for h in hosts {
+        let used: Vec<i64> = c.store().instance_list_by_host(&h.id).await?.iter().filter_map(|i| i.ssh_port).collect();
+        let free = c.config().port_forwards.ports().filter(|p| !used.contains(p)).collect();
+        out.push((h, free));
     }
     Ok(out)
 }

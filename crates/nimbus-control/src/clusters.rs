@@ -45,7 +45,7 @@ pub struct CreateRequest {
 
 /// Who created it, as the cluster API reports it: the key's service account, else the key.
 pub fn creator_of(actor: &Actor) -> String {
-    actor.key_id.to_string()
+    actor.service_account_id.clone().unwrap_or_else(|| actor.key_id.to_string())
 }
 
 /// `provider` as a configured backend: its name or one of its aliases (`GCP`, `AWS`).
@@ -78,7 +78,8 @@ pub fn node_name(cluster: &str, n: usize) -> String {
     format!("{cluster}-{}", n + 1)
 }
 
-pub async fn create(c: &Control, actor: &Actor, req: CreateRequest) -> Result<Cluster, Error> {
+/// Creates a cluster; returns it with its nodes (none when it failed or waits).
+pub async fn create(c: &Control, actor: &Actor, req: CreateRequest) -> Result<(Cluster, Vec<Instance>), Error> {
     actor.require(Permission::Create)?;
     check_name(&req.name)?;
     let provider = check_provider(c, &req.provider)?;
@@ -123,7 +124,7 @@ pub async fn create(c: &Control, actor: &Actor, req: CreateRequest) -> Result<Cl
         return Err(Error::invalid("spec", format!("at most {} nodes per cluster", cfg.clusters.max_nodes)));
     }
     let keys = if req.ssh_key_names.is_empty() {
-        crate::ssh_keys::list(c, actor).await?.into_iter().map(|k| k.name).collect()
+        crate::ssh_keys::list_for(c, actor, Permission::Create).await?.into_iter().map(|k| k.name).collect()
     } else {
         req.ssh_key_names.clone()
     };
@@ -150,6 +151,7 @@ pub async fn create(c: &Control, actor: &Actor, req: CreateRequest) -> Result<Cl
         spend_limit_cents: spend_limit,
         spend_limit_reached: None,
         wait_for_capacity: req.wait_for_capacity,
+        ssh_key_names: keys.clone(),
         creator_id: creator_of(actor),
         message: None,
         created_at: now,
@@ -157,7 +159,7 @@ pub async fn create(c: &Control, actor: &Actor, req: CreateRequest) -> Result<Cl
         deleted_at: None,
     };
     place(c, actor, &cluster, &keys).await?;
-    get(c, actor, &cluster.id).await
+    Ok((load(c, actor, &cluster.id).await?, load_nodes(c, actor, &cluster.id).await?))
 }
 
 /// Places every node of `cl` (which may exist already, waiting), or records why it could not.
@@ -184,9 +186,10 @@ async fn place(c: &Control, actor: &Actor, cl: &Cluster, keys: &[String]) -> Res
         match instances::launch(c, actor, spec).await {
             Ok(ids) => placed.extend(ids.into_iter().map(|i| i.to_string())),
             Err(Error::InsufficientCapacity { message }) => {
-                // All nodes or none: what earlier regions placed goes again.
+                // All nodes or none: what earlier regions placed goes again (the system undoes it,
+                // whatever the caller may otherwise do).
                 if !placed.is_empty() {
-                    instances::terminate(c, actor, &placed).await?;
+                    instances::terminate(c, &system_actor(cl), &placed).await?;
                 }
                 let now = c.now();
                 let (state, status) =
@@ -208,7 +211,7 @@ async fn place(c: &Control, actor: &Actor, cl: &Cluster, keys: &[String]) -> Res
             }
             Err(e) => {
                 if !placed.is_empty() {
-                    instances::terminate(c, actor, &placed).await?;
+                    instances::terminate(c, &system_actor(cl), &placed).await?;
                 }
                 return Err(e);
             }
@@ -227,12 +230,22 @@ pub async fn list(c: &Control, actor: &Actor, show_inactive: bool) -> Result<Vec
 
 pub async fn get(c: &Control, actor: &Actor, id: &str) -> Result<Cluster, Error> {
     actor.require(Permission::Read)?;
+    load(c, actor, id).await
+}
+
+/// The org's cluster `id`, for an action whose own permission was checked.
+async fn load(c: &Control, actor: &Actor, id: &str) -> Result<Cluster, Error> {
     c.store().cluster_get(&actor.org_id, id).await?.ok_or_else(|| Error::not_found("cluster", id))
 }
 
 /// The cluster's live nodes, in name order.
 pub async fn nodes(c: &Control, actor: &Actor, id: &str) -> Result<Vec<Instance>, Error> {
-    let cl = get(c, actor, id).await?;
+    actor.require(Permission::Read)?;
+    load_nodes(c, actor, id).await
+}
+
+async fn load_nodes(c: &Control, actor: &Actor, id: &str) -> Result<Vec<Instance>, Error> {
+    let cl = load(c, actor, id).await?;
     let mut out: Vec<Instance> = c
         .store()
         .instance_list_by_org(&actor.org_id)
@@ -246,7 +259,7 @@ pub async fn nodes(c: &Control, actor: &Actor, id: &str) -> Result<Vec<Instance>
 
 pub async fn set_spend_limit(c: &Control, actor: &Actor, id: &str, cents: i64) -> Result<(), Error> {
     actor.require(Permission::Edit)?;
-    let cl = get(c, actor, id).await?;
+    let cl = load(c, actor, id).await?;
     if cl.plan != SERVERLESS {
         return Err(Error::conflict(ConflictReason::InvalidState, "a spend limit applies to serverless clusters only"));
     }
@@ -265,11 +278,11 @@ pub async fn set_spend_limit(c: &Control, actor: &Actor, id: &str, cents: i64) -
 /// Terminates every node and marks the cluster deleted (a retry finishes a half-done delete).
 pub async fn delete(c: &Control, actor: &Actor, id: &str) -> Result<(), Error> {
     actor.require(Permission::Delete)?;
-    let cl = get(c, actor, id).await?;
+    let cl = load(c, actor, id).await?;
     if cl.state == "DELETED" {
         return Ok(());
     }
-    let ids: Vec<String> = nodes(c, actor, id).await?.iter().map(|i| i.id.to_string()).collect();
+    let ids: Vec<String> = load_nodes(c, actor, id).await?.iter().map(|i| i.id.to_string()).collect();
     if !ids.is_empty() {
         instances::terminate(c, actor, &ids).await?;
     }
@@ -283,9 +296,9 @@ pub async fn delete(c: &Control, actor: &Actor, id: &str) -> Result<(), Error> {
 
 /// Regions where one more node of `[clusters] serverless_machine_type` (or of any CPU-only
 /// type, when that is missing) fits now.
-pub async fn available_regions(c: &Control, actor: &Actor, provider: &str) -> Result<Vec<String>, Error> {
+pub async fn available_regions(c: &Control, actor: &Actor, provider: Option<&str>) -> Result<Vec<String>, Error> {
     actor.require(Permission::Read)?;
-    check_provider(c, provider)?;
+    check_provider(c, provider.ok_or_else(|| Error::invalid("provider", "is required"))?)?;
     let cfg = c.config();
     let hosts = c.store().host_list(None, true).await?;
     let t = cfg.instance_type(&cfg.clusters.serverless_machine_type).or_else(|| cfg.instance_types.iter().find(|t| t.gpus == 0));
@@ -301,8 +314,19 @@ pub async fn available_regions(c: &Control, actor: &Actor, provider: &str) -> Re
 /// active; waiting clusters try to place again; serverless spend limits; unhealthy nodes on up
 /// hosts are restarted. Idempotent.
 pub async fn reconcile_once(c: &Control) -> Result<(), Error> {
-    let now = c.now();
     for cl in c.store().cluster_list_live().await? {
+        // One cluster's trouble must not hold up the others.
+        if let Err(e) = reconcile_cluster(c, &cl).await {
+            tracing::warn!(cluster = %cl.id, error = %e, "cluster reconcile failed");
+        }
+    }
+    Ok(())
+}
+
+async fn reconcile_cluster(c: &Control, cl: &Cluster) -> Result<(), Error> {
+    let now = c.now();
+    {
+        let cl = cl.clone();
         let actor = system_actor(&cl);
         let nodes: Vec<Instance> = c
             .store()
@@ -313,11 +337,18 @@ pub async fn reconcile_once(c: &Control) -> Result<(), Error> {
             .collect();
         let want: i64 = cl.region_nodes.iter().map(|(_, n)| n).sum();
         if cl.state == "CREATING" && nodes.is_empty() && cl.operation_status == "WAITING_FOR_CAPACITY" {
-            let keys: Vec<String> = crate::ssh_keys::list(c, &actor).await?.into_iter().map(|k| k.name).collect();
-            if !keys.is_empty() {
-                place(c, &actor, &cl, &keys).await?;
+            // The keys the request chose (a key deleted meanwhile fails the placement, clearly).
+            let keys = cl.ssh_key_names.clone();
+            if let Err(e) = place(c, &actor, &cl, &keys).await {
+                // Not a capacity problem (that keeps it waiting): it cannot be placed as asked.
+                let why = e.external_message();
+                let mut tx = c.store().begin().await?;
+                Store::cluster_set_state_in_txn(&mut tx, &cl.id, &["CREATING"], "FAILED", "CLUSTER_STATUS_UNSPECIFIED", Some(&why), now)
+                    .await?;
+                emit(&mut tx, &actor, "cluster.failed", "cluster", &cl.id, json!({"reason": why}), now).await?;
+                Store::commit(tx).await?;
             }
-            continue;
+            return Ok(());
         }
         if cl.state == "CREATING"
             && i64::try_from(nodes.len()).unwrap_or(0) == want
@@ -343,6 +374,7 @@ fn system_actor(cl: &Cluster) -> Actor {
         key_prefix: "system".into(),
         permissions: nimbus_core::auth::Permissions::admin(),
         plan: String::new(),
+        service_account_id: None,
     }
 }
 

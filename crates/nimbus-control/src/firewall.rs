@@ -51,6 +51,16 @@ pub async fn global_set(c: &Control, actor: &Actor, rules: Vec<FirewallRule>) ->
     Ok(rules)
 }
 
+/// Replaces the global rules when `rules` is given, else returns them unchanged: a PATCH that
+/// changes nothing is still a change request, so it needs EDIT (not READ) either way.
+pub async fn global_update(c: &Control, actor: &Actor, rules: Option<Vec<FirewallRule>>) -> Result<Vec<FirewallRule>, Error> {
+    actor.require(Permission::Edit)?;
+    match rules {
+        Some(r) => global_set(c, actor, r).await,
+        None => c.store().org_global_rules(&actor.org_id).await,
+    }
+}
+
 pub async fn ruleset_create(
     c: &Control,
     actor: &Actor,

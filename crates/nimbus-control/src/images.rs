@@ -3,6 +3,7 @@
 //! catalog collector learns regions from `/images`), with a per-region id derived from the image
 //! id, so that any listed id can be launched in its region.
 
+use nimbus_core::auth::{Actor, Permission};
 use nimbus_core::ids::ImageId;
 use nimbus_core::model::Image;
 use nimbus_core::Error;
@@ -56,6 +57,8 @@ pub async fn resolve(c: &Control, r: Option<&ImageRef>, region: &str) -> Result<
     }
 }
 
-pub async fn list(c: &Control) -> Result<Vec<Image>, Error> {
+/// The configured images (READ).
+pub async fn list(c: &Control, actor: &Actor) -> Result<Vec<Image>, Error> {
+    actor.require(Permission::Read)?;
     c.store().image_list().await
 }

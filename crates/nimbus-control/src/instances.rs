@@ -418,7 +418,19 @@ fn parse_id(id: &str) -> Result<InstanceId, Error> {
 }
 
 pub async fn get(c: &Control, actor: &Actor, id: &str) -> Result<Instance, Error> {
-    actor.require(Permission::Read)?;
+    get_for(c, actor, id, Permission::Read).await
+}
+
+/// An instance of the caller's organization, looked up for an action that needs `p` (a dialect
+/// that finds the instance before acting on it, or renders what it just created, asks with the
+/// permission of the action, so that a key holding just that permission can do it).
+pub async fn get_for(c: &Control, actor: &Actor, id: &str, p: Permission) -> Result<Instance, Error> {
+    actor.require(p)?;
+    find(c, actor, id).await
+}
+
+/// The instance, with no permission check: for functions that have checked theirs.
+async fn find(c: &Control, actor: &Actor, id: &str) -> Result<Instance, Error> {
     let iid = parse_id(id)?;
     c.store().instance_get(&actor.org_id, &iid).await?.ok_or_else(|| Error::not_found("instance", id))
 }
@@ -459,7 +471,7 @@ pub async fn update(
         .await?;
     Store::org_bump_instances_generation_in_txn(&mut tx, &actor.org_id).await?;
     Store::commit(tx).await?;
-    get(c, actor, id).await
+    find(c, actor, id).await
 }
 
 /// Loads every id of the org or fails with the first unknown one, before changing anything.
@@ -594,7 +606,7 @@ pub async fn stop_releasing(c: &Control, actor: &Actor, id: &str) -> Result<Inst
 
 async fn stop_releasing_once(c: &Control, actor: &Actor, id: &str) -> Result<Instance, Error> {
     actor.require(Permission::Edit)?;
-    let i = get(c, actor, id).await?;
+    let i = find(c, actor, id).await?;
     if i.compute_released {
         return Ok(i);
     }
@@ -629,7 +641,7 @@ async fn stop_releasing_once(c: &Control, actor: &Actor, id: &str) -> Result<Ins
     for h in &hosts {
         c.hosts().wake(h);
     }
-    get(c, actor, id).await
+    find(c, actor, id).await
 }
 
 /// Claims back the processors, memory and GPUs of a released instance on its host, in `tx`.
@@ -668,7 +680,7 @@ async fn power(c: &Control, actor: &Actor, id: &str, to: InstanceState, kind: &s
 
 async fn power_once(c: &Control, actor: &Actor, id: &str, to: InstanceState, kind: &str) -> Result<Instance, Error> {
     actor.require(Permission::Edit)?;
-    let i = get(c, actor, id).await?;
+    let i = find(c, actor, id).await?;
     if i.state == to {
         return Ok(i);
     }
@@ -699,7 +711,7 @@ async fn power_once(c: &Control, actor: &Actor, id: &str, to: InstanceState, kin
     for h in &hosts {
         c.hosts().wake(h);
     }
-    get(c, actor, id).await
+    find(c, actor, id).await
 }
 
 /// Changes the type of a stopped instance. It stays on its host (its disk is there): the host
@@ -709,7 +721,7 @@ pub async fn resize(c: &Control, actor: &Actor, id: &str, new_type: &str) -> Res
     let cfg = c.config();
     let itype =
         cfg.instance_type(new_type).ok_or_else(|| Error::invalid("instance_type", format!("unknown instance type {new_type:?}")))?;
-    let i = get(c, actor, id).await?;
+    let i = find(c, actor, id).await?;
     if i.state != InstanceState::Stopped {
         return Err(Error::conflict(
             ConflictReason::InvalidState,
@@ -765,7 +777,7 @@ pub async fn resize(c: &Control, actor: &Actor, id: &str, new_type: &str) -> Res
     Store::org_bump_instances_generation_in_txn(&mut tx, &actor.org_id).await?;
     Store::commit(tx).await?;
     c.hosts().wake(&host_id);
-    get(c, actor, id).await
+    find(c, actor, id).await
 }
 
 /// Bumps the desired generation of the hosts of `insts`, in id order. Every transaction that

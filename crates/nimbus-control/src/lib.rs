@@ -25,6 +25,7 @@ pub mod notify;
 pub mod presets;
 pub mod reconcile;
 pub mod scheduler;
+pub mod service_accounts;
 pub mod ssh_keys;
 pub mod storage;
 pub mod volumes;

@@ -40,7 +40,13 @@ pub async fn add(c: &Control, actor: &Actor, name: &str, public_key: Option<&str
 }
 
 pub async fn list(c: &Control, actor: &Actor) -> Result<Vec<SshKey>, Error> {
-    actor.require(Permission::Read)?;
+    list_for(c, actor, Permission::Read).await
+}
+
+/// [`list`] for an action that needs `p` (choosing the keys of a new instance needs CREATE, not
+/// READ), so that a key holding just that permission can do it.
+pub async fn list_for(c: &Control, actor: &Actor, p: Permission) -> Result<Vec<SshKey>, Error> {
+    actor.require(p)?;
     c.store().ssh_key_list_by_org(&actor.org_id).await
 }
 

@@ -37,7 +37,13 @@ pub async fn create(c: &Control, actor: &Actor, name: &str, region: &str) -> Res
 }
 
 pub async fn list(c: &Control, actor: &Actor) -> Result<Vec<FileSystem>, Error> {
-    actor.require(Permission::Read)?;
+    list_for(c, actor, Permission::Read).await
+}
+
+/// [`list`] for an action that needs `p` (rendering the file systems an instance that was just
+/// changed mounts, say), so that a key holding just that permission can do it.
+pub async fn list_for(c: &Control, actor: &Actor, p: Permission) -> Result<Vec<FileSystem>, Error> {
+    actor.require(p)?;
     c.store().file_system_list_by_org(&actor.org_id).await
 }
 

@@ -158,7 +158,7 @@ pub async fn create_shared(c: &Control, actor: &Actor, spec: SharedVolumeSpec) -
     for h in &hosts {
         c.hosts().wake(h);
     }
-    get(c, actor, v.id.as_str()).await
+    find(c, actor, v.id.as_str()).await
 }
 
 /// Bumps the desired generation of the volume's host and of the instances' hosts (each once,
@@ -193,6 +193,11 @@ pub async fn list(c: &Control, actor: &Actor) -> Result<Vec<Volume>, Error> {
 
 pub async fn get(c: &Control, actor: &Actor, id: &str) -> Result<Volume, Error> {
     actor.require(Permission::Read)?;
+    find(c, actor, id).await
+}
+
+/// The volume, with no permission check: for functions that have checked theirs.
+async fn find(c: &Control, actor: &Actor, id: &str) -> Result<Volume, Error> {
     c.store().volume_get(&actor.org_id, &parse_volume_id(id)?).await?.ok_or_else(|| Error::not_found("volume", id))
 }
 
@@ -259,7 +264,7 @@ pub async fn attach(c: &Control, actor: &Actor, id: &str, instance_id: &str) -> 
     let host = attach_in_txn(&mut tx, actor, &v, &inst, true, now).await?;
     Store::commit(tx).await?;
     c.hosts().wake(&host);
-    get(c, actor, id).await
+    find(c, actor, id).await
 }
 
 /// Detaches a volume from every instance it is attached to.
@@ -278,7 +283,7 @@ pub async fn detach(c: &Control, actor: &Actor, id: &str) -> Result<Volume, Erro
     }
     Store::commit(tx).await?;
     c.hosts().wake(&host);
-    get(c, actor, id).await
+    find(c, actor, id).await
 }
 
 async fn detach_in_txn(tx: &mut Conn, actor: &Actor, v: &Volume, inst: &InstanceId, now: i64) -> Result<(), Error> {
@@ -365,7 +370,7 @@ pub async fn update(c: &Control, actor: &Actor, id: &str, change: VolumeChange) 
     for h in &hosts {
         c.hosts().wake(h);
     }
-    get(c, actor, id).await
+    find(c, actor, id).await
 }
 
 /// Grows a volume (never shrinks); a mounted one grows online.
@@ -390,7 +395,7 @@ pub async fn resize(c: &Control, actor: &Actor, id: &str, size_gib: i64) -> Resu
     if let Some(h) = &v.host_id {
         c.hosts().wake(h);
     }
-    get(c, actor, id).await
+    find(c, actor, id).await
 }
 
 pub async fn delete(c: &Control, actor: &Actor, id: &str) -> Result<Volume, Error> {
@@ -500,7 +505,71 @@ pub async fn snapshot_list(c: &Control, actor: &Actor) -> Result<Vec<Snapshot>, 
 
 pub async fn snapshot_get(c: &Control, actor: &Actor, id: &str) -> Result<Snapshot, Error> {
     actor.require(Permission::Read)?;
+    snapshot_find(c, actor, id).await
+}
+
+/// The snapshot, with no permission check: for functions that have checked theirs.
+async fn snapshot_find(c: &Control, actor: &Actor, id: &str) -> Result<Snapshot, Error> {
     c.store().snapshot_get(&actor.org_id, &parse_snapshot_id(id)?).await?.ok_or_else(|| Error::not_found("snapshot", id))
+}
+
+/// What to restore a snapshot into: a new volume (`name`, optionally a larger `size_gib`) for a
+/// volume snapshot, a new instance (`name`, `instance_type`, `ssh_key_ids`) for an instance
+/// snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreRequest {
+    pub name: String,
+    pub size_gib: Option<i64>,
+    pub instance_type: Option<String>,
+    pub ssh_key_ids: Option<Vec<String>>,
+}
+
+/// What a restore made.
+#[derive(Debug, Clone)]
+pub enum Restored {
+    Volume(Box<Volume>),
+    Instance(Box<Instance>),
+}
+
+/// Restores a snapshot into a new volume or a new instance, whichever its source was (CREATE).
+pub async fn snapshot_restore(c: &Control, actor: &Actor, id: &str, req: RestoreRequest) -> Result<Restored, Error> {
+    actor.require(Permission::Create)?;
+    let snap = snapshot_find(c, actor, id).await?;
+    match snap.source_type {
+        SnapshotSourceType::Volume => {
+            if req.instance_type.is_some() || req.ssh_key_ids.is_some() {
+                return Err(Error::InvalidRequest {
+                    message: "a volume snapshot restores to a volume: give name and size_gib only".into(),
+                });
+            }
+            Ok(Restored::Volume(Box::new(restore_to_volume(c, actor, id, &req.name, req.size_gib).await?)))
+        }
+        SnapshotSourceType::Instance => {
+            if req.size_gib.is_some() {
+                return Err(Error::invalid(
+                    "size_gib",
+                    "an instance snapshot restores to an instance; its disk size comes from instance_type",
+                ));
+            }
+            let itype = req.instance_type.ok_or_else(|| Error::invalid("instance_type", "required to restore an instance snapshot"))?;
+            let keys = req.ssh_key_ids.unwrap_or_default();
+            if keys.is_empty() {
+                return Err(Error::invalid("ssh_keys", "at least one SSH key id is required"));
+            }
+            let spec = crate::instances::LaunchSpec {
+                region: snap.region.clone(),
+                instance_type: itype,
+                ssh_key_ids: keys,
+                name: Some(req.name),
+                source_snapshot: Some(id.to_owned()),
+                quantity: 1,
+                ..Default::default()
+            };
+            let ids = crate::instances::launch(c, actor, spec).await?;
+            let iid = ids.first().ok_or_else(|| Error::internal("launch placed nothing"))?;
+            Ok(Restored::Instance(Box::new(crate::instances::get_for(c, actor, iid.as_str(), Permission::Create).await?)))
+        }
+    }
 }
 
 pub async fn snapshot_delete(c: &Control, actor: &Actor, id: &str) -> Result<Snapshot, Error> {

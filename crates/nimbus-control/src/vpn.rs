@@ -91,13 +91,18 @@ pub async fn list(c: &Control, actor: &Actor) -> Result<Vec<Vpn>, Error> {
 
 pub async fn get(c: &Control, actor: &Actor, id: &str) -> Result<Vpn, Error> {
     actor.require(Permission::Read)?;
+    find(c, actor, id).await
+}
+
+/// The VPN, with no permission check: for functions that have checked theirs.
+async fn find(c: &Control, actor: &Actor, id: &str) -> Result<Vpn, Error> {
     let vid = VpnId::parse(id).ok_or_else(|| Error::not_found("vpn", id))?;
-    list(c, actor).await?.into_iter().find(|v| v.id == vid).ok_or_else(|| Error::not_found("vpn", id))
+    c.store().vpn_list_by_org(&actor.org_id).await?.into_iter().find(|v| v.id == vid).ok_or_else(|| Error::not_found("vpn", id))
 }
 
 pub async fn delete(c: &Control, actor: &Actor, id: &str) -> Result<Vpn, Error> {
     actor.require(Permission::Delete)?;
-    let v = get(c, actor, id).await?;
+    let v = find(c, actor, id).await?;
     let now = c.now();
     let mut tx = c.store().begin().await?;
     Store::host_bump_generation_in_txn(&mut tx, &v.host_id).await?;

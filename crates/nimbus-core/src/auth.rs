@@ -110,6 +110,11 @@ pub struct Actor {
     pub permissions: Permissions,
     /// The org's rate-limit plan.
     pub plan: String,
+    /// The service account the key belongs to (its id), when it belongs to one; `permissions`
+    /// are then the service account's, read when the key was authenticated. Dialects that name
+    /// the creating principal (the clusters API's `creator_id`) report this, or the key id for a
+    /// key of no service account.
+    pub service_account_id: Option<String>,
 }
 
 impl Actor {

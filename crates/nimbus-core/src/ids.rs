@@ -96,6 +96,9 @@ typed_id!(/// A webhook subscription.
     WebhookId, "webhook");
 typed_id!(/// One event's delivery to one webhook.
     WebhookDeliveryId, "webhook delivery");
+typed_id!(/// A service account: a named, non-human principal of an organization whose API keys act
+    /// with its permissions.
+    ServiceAccountId, "service account");
 
 #[cfg(test)]
 mod tests {

@@ -40,6 +40,25 @@ pub struct ApiKey {
     pub expires_at: Option<i64>,
     /// The key that created this one through the API (`None`: created by an operator).
     pub created_by: Option<ApiKeyId>,
+    /// The service account the key belongs to; its `permissions` are then the service
+    /// account's (the store reads them through the account, so they follow its changes).
+    pub service_account_id: Option<ServiceAccountId>,
+}
+
+/// A named, non-human principal of an organization (seed 003's service accounts). Its API keys
+/// authenticate with its permissions, read at authentication time, so a change applies to every
+/// key it has. Deleting it revokes its keys; its row stays (with `deleted_at`) so audit events
+/// and keys can still name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceAccount {
+    pub id: ServiceAccountId,
+    pub org_id: OrgId,
+    /// Unique among the org's live service accounts.
+    pub name: String,
+    pub description: String,
+    pub permissions: Permissions,
+    pub created_at: i64,
+    pub deleted_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -463,6 +482,8 @@ pub struct Cluster {
     pub spend_limit_reached: Option<String>,
     /// Wait (stay `CREATING`) rather than fail when capacity for all nodes is missing.
     pub wait_for_capacity: bool,
+    /// SSH key names put on every node.
+    pub ssh_key_names: Vec<String>,
     /// The service account (or, without one, the API key) that created it.
     pub creator_id: String,
     /// Why it failed, or what it waits for.

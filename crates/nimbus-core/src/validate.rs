@@ -24,6 +24,27 @@ pub fn printable_name(s: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Service-account names: 1 to 64 printable characters, not only whitespace, no leading or
+/// trailing whitespace (so that two names that look the same are the same).
+pub fn service_account_name(s: &str) -> Result<(), Error> {
+    let n = s.chars().count();
+    if n == 0 || n > 64 || s.chars().any(char::is_control) || s.trim().is_empty() || s.trim() != s {
+        return Err(Error::invalid(
+            "name",
+            "must be 1 to 64 printable characters, not only whitespace, without leading or trailing whitespace",
+        ));
+    }
+    Ok(())
+}
+
+/// Service-account descriptions: at most 500 printable characters (line breaks allowed).
+pub fn service_account_description(s: &str) -> Result<(), Error> {
+    if s.chars().count() > 500 || s.chars().any(|c| c.is_control() && c != '\n') {
+        return Err(Error::invalid("description", "must be at most 500 printable characters"));
+    }
+    Ok(())
+}
+
 /// File-system names as Lambda defines them: `^[a-zA-Z]+[0-9a-zA-Z-]*$`, 1..=60 characters.
 pub fn file_system_name(s: &str) -> Result<(), Error> {
     let ok = (1..=60).contains(&s.len())
@@ -125,6 +146,14 @@ mod tests {
         assert!(hostname("gpu-node-1.example").is_ok());
         assert!(hostname("-bad").is_err());
         assert!(hostname("bad_host").is_err());
+        assert!(service_account_name("ci deployer").is_ok());
+        assert!(service_account_name(&"s".repeat(64)).is_ok());
+        assert!(service_account_name(&"s".repeat(65)).is_err());
+        for bad in ["", "   ", "\t", " lead", "trail ", "a\u{7}b"] {
+            assert!(service_account_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(service_account_description("runs the nightly jobs\nowner: ml-infra").is_ok());
+        assert!(service_account_description(&"d".repeat(501)).is_err());
     }
 
     #[test]

@@ -18,6 +18,8 @@ CREATE TABLE clusters (
     -- The month (YYYY-MM) the spend limit was last reached and acted on.
     spend_limit_reached TEXT,
     wait_for_capacity BIGINT NOT NULL DEFAULT 0,
+    -- JSON: the SSH key names put on every node (a waiting cluster places them later).
+    ssh_key_names TEXT NOT NULL DEFAULT '[]',
     creator_id TEXT NOT NULL,
     message TEXT,
     created_at BIGINT NOT NULL,

@@ -10,7 +10,7 @@ use crate::rows::{get, json, to_json};
 use crate::{db_err, Conn, Store};
 
 const COLS: &str = "id, org_id, name, provider, plan, state, operation_status, region_nodes, machine_type, spend_limit_cents, \
-    spend_limit_reached, wait_for_capacity, creator_id, message, created_at, updated_at, deleted_at";
+    spend_limit_reached, wait_for_capacity, ssh_key_names, creator_id, message, created_at, updated_at, deleted_at";
 
 fn cluster(r: &AnyRow) -> Result<Cluster, Error> {
     Ok(Cluster {
@@ -26,6 +26,7 @@ fn cluster(r: &AnyRow) -> Result<Cluster, Error> {
         spend_limit_cents: get(r, "spend_limit_cents")?,
         spend_limit_reached: get(r, "spend_limit_reached")?,
         wait_for_capacity: get::<i64>(r, "wait_for_capacity")? != 0,
+        ssh_key_names: json(r, "ssh_key_names")?,
         creator_id: get(r, "creator_id")?,
         message: get(r, "message")?,
         created_at: get(r, "created_at")?,
@@ -51,7 +52,7 @@ impl Store {
             return Ok(());
         }
         sqlx::query(&format!(
-            "INSERT INTO clusters ({COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+            "INSERT INTO clusters ({COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
         ))
         .bind(&c.id)
         .bind(c.org_id.as_str())
@@ -65,6 +66,7 @@ impl Store {
         .bind(c.spend_limit_cents)
         .bind(c.spend_limit_reached.clone())
         .bind(i64::from(c.wait_for_capacity))
+        .bind(to_json(&c.ssh_key_names))
         .bind(&c.creator_id)
         .bind(c.message.clone())
         .bind(c.created_at)

@@ -21,6 +21,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (11, "credits", include_str!("../migrations/0011_credits.sql")),
     (12, "vm_access", include_str!("../migrations/0012_vm_access.sql")),
     (13, "volume_attachments", include_str!("../migrations/0013_volume_attachments.sql")),
+    (14, "service_accounts", include_str!("../migrations/0014_service_accounts.sql")),
     (15, "clusters", include_str!("../migrations/0015_clusters.sql")),
 ];
 

@@ -8,6 +8,12 @@ use nimbus_core::Error;
 use crate::rows::{self, get, to_json};
 use crate::{db_err, unique_err, Conn, Store};
 
+/// The columns of an API key. A key of a service account has the account's permissions: they are
+/// read through the account here, so a change to the account applies to its keys at once.
+const API_KEY_SELECT: &str = "SELECT k.id, k.org_id, k.name, k.prefix, COALESCE(sa.permissions, k.permissions) AS permissions, \
+     k.created_at, k.revoked_at, k.expires_at, k.created_by, k.service_account_id, o.plan FROM api_keys k \
+     JOIN orgs o ON o.id = k.org_id LEFT JOIN service_accounts sa ON sa.id = k.service_account_id";
+
 impl Store {
     pub async fn org_insert_in_txn(tx: &mut Conn, org: &Org, rules: &[FirewallRule]) -> Result<(), Error> {
         sqlx::query("INSERT INTO orgs (id, name, email, global_firewall_rules, created_at, plan) VALUES ($1, $2, $3, $4, $5, $6)")
@@ -113,8 +119,8 @@ impl Store {
 
     pub async fn api_key_insert_in_txn(tx: &mut Conn, key: &ApiKey, secret_hash: &str) -> Result<(), Error> {
         sqlx::query(
-            "INSERT INTO api_keys (id, org_id, name, prefix, secret_hash, permissions, created_at, expires_at, created_by) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO api_keys (id, org_id, name, prefix, secret_hash, permissions, created_at, expires_at, created_by, service_account_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(key.id.as_str())
         .bind(key.org_id.as_str())
@@ -125,6 +131,7 @@ impl Store {
         .bind(key.created_at)
         .bind(key.expires_at)
         .bind(key.created_by.as_ref().map(|k| k.as_str().to_owned()))
+        .bind(key.service_account_id.as_ref().map(|k| k.as_str().to_owned()))
         .execute(tx)
         .await
         .map_err(unique_err("api key", &key.name))?;
@@ -133,10 +140,9 @@ impl Store {
 
     /// The live (not revoked) key with this secret hash.
     pub async fn api_key_by_hash(&self, secret_hash: &str) -> Result<Option<ApiKey>, Error> {
-        let row = sqlx::query(
-            "SELECT k.id, k.org_id, k.name, k.prefix, k.permissions, k.created_at, k.revoked_at, k.expires_at, k.created_by, o.plan FROM api_keys k \
-             JOIN orgs o ON o.id = k.org_id WHERE k.secret_hash = $1 AND k.revoked_at IS NULL",
-        )
+        let row = sqlx::query(&format!(
+            "{API_KEY_SELECT} WHERE k.secret_hash = $1 AND k.revoked_at IS NULL AND (k.service_account_id IS NULL OR sa.deleted_at IS NULL)"
+        ))
         .bind(secret_hash)
         .fetch_optional(self.r())
         .await
@@ -145,17 +151,14 @@ impl Store {
     }
 
     pub async fn api_key_list_by_org(&self, org: &OrgId) -> Result<Vec<ApiKey>, Error> {
-        sqlx::query(
-            "SELECT k.id, k.org_id, k.name, k.prefix, k.permissions, k.created_at, k.revoked_at, k.expires_at, k.created_by, o.plan FROM api_keys k \
-             JOIN orgs o ON o.id = k.org_id WHERE k.org_id = $1 ORDER BY k.created_at, k.id",
-        )
-        .bind(org.as_str())
-        .fetch_all(self.r())
-        .await
-        .map_err(db_err("listing api keys"))?
-        .iter()
-        .map(rows::api_key)
-        .collect()
+        sqlx::query(&format!("{API_KEY_SELECT} WHERE k.org_id = $1 ORDER BY k.created_at, k.id"))
+            .bind(org.as_str())
+            .fetch_all(self.r())
+            .await
+            .map_err(db_err("listing api keys"))?
+            .iter()
+            .map(rows::api_key)
+            .collect()
     }
 
     pub async fn org_update_in_txn(tx: &mut Conn, org: &OrgId, name: Option<&str>, email: Option<&str>) -> Result<bool, Error> {
@@ -192,6 +195,45 @@ impl Store {
         .await
         .map_err(db_err("marking spend limit"))?;
         Ok(r.rows_affected() == 1)
+    }
+
+    /// The keys (live and revoked) of one service account of `org`, oldest first.
+    pub async fn api_key_list_by_service_account(&self, org: &OrgId, sa: &ServiceAccountId) -> Result<Vec<ApiKey>, Error> {
+        sqlx::query(&format!("{API_KEY_SELECT} WHERE k.org_id = $1 AND k.service_account_id = $2 ORDER BY k.created_at, k.id"))
+            .bind(org.as_str())
+            .bind(sa.as_str())
+            .fetch_all(self.r())
+            .await
+            .map_err(db_err("listing service account keys"))?
+            .iter()
+            .map(rows::api_key)
+            .collect()
+    }
+
+    /// Revokes every live key of a service account of `org`; returns the revoked keys' ids.
+    pub async fn api_key_revoke_by_service_account_in_txn(
+        tx: &mut Conn,
+        org: &OrgId,
+        sa: &ServiceAccountId,
+        now: i64,
+    ) -> Result<Vec<ApiKeyId>, Error> {
+        let ids = sqlx::query("SELECT id FROM api_keys WHERE org_id = $1 AND service_account_id = $2 AND revoked_at IS NULL ORDER BY id")
+            .bind(org.as_str())
+            .bind(sa.as_str())
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_err("listing service account keys"))?
+            .iter()
+            .map(|r| get::<String>(r, "id").map(ApiKeyId::from_trusted))
+            .collect::<Result<Vec<_>, _>>()?;
+        sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE org_id = $2 AND service_account_id = $3 AND revoked_at IS NULL")
+            .bind(now)
+            .bind(org.as_str())
+            .bind(sa.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err("revoking service account keys"))?;
+        Ok(ids)
     }
 
     /// Revokes a key of this org; false when there is no such live key.

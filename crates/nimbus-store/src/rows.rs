@@ -53,6 +53,19 @@ pub(crate) fn api_key(row: &AnyRow) -> Result<ApiKey, Error> {
         revoked_at: get(row, "revoked_at")?,
         expires_at: get(row, "expires_at")?,
         created_by: get::<Option<String>>(row, "created_by")?.map(ApiKeyId::from_trusted),
+        service_account_id: get::<Option<String>>(row, "service_account_id")?.map(ServiceAccountId::from_trusted),
+    })
+}
+
+pub(crate) fn service_account(row: &AnyRow) -> Result<ServiceAccount, Error> {
+    Ok(ServiceAccount {
+        id: ServiceAccountId::from_trusted(get(row, "id")?),
+        org_id: OrgId::from_trusted(get(row, "org_id")?),
+        name: get(row, "name")?,
+        description: get(row, "description")?,
+        permissions: Permissions::from_bits(get(row, "permissions")?),
+        created_at: get(row, "created_at")?,
+        deleted_at: get(row, "deleted_at")?,
     })
 }
 

@@ -1,6 +1,7 @@
 //! `nimbus`: the one binary. Control plane (`server`), host agent (`agent`), both in one process
 //! for laptops and CI (`dev`), operator commands (`admin`), tenant commands (`instance`,
-//! `ssh-key`, `fs`, `types`, `cluster`) and benchmarks (`bench`).
+//! `ssh-key`, `fs`, `types`, `volume`, `snapshot`, `billing`, `service-account`, `cluster`) and
+//! benchmarks (`bench`).
 
 mod admin;
 mod bench;
@@ -13,6 +14,7 @@ mod cluster_cmd;
 mod common;
 mod dev;
 mod image;
+mod service_account_cmd;
 mod storage_cmd;
 mod tenant;
 
@@ -95,6 +97,13 @@ enum Cmd {
         #[command(flatten)]
         conn: tenant::ConnArgs,
     },
+    /// Service accounts and their API keys (native API; needs an ADMIN key).
+    ServiceAccount {
+        #[command(subcommand)]
+        cmd: service_account_cmd::ServiceAccountCmd,
+        #[command(flatten)]
+        conn: tenant::ConnArgs,
+    },
     /// Usage, invoices and estimates (native API).
     Billing {
         #[command(subcommand)]
@@ -143,6 +152,7 @@ fn main() -> anyhow::Result<()> {
             Cmd::Volume { cmd, conn } => storage_cmd::volume(&conn, cmd).await,
             Cmd::Billing { cmd, conn } => billing_cmd::run(&conn, cmd).await,
             Cmd::Cluster { cmd, conn } => cluster_cmd::run(&conn, cmd).await,
+            Cmd::ServiceAccount { cmd, conn } => service_account_cmd::run(&conn, cmd).await,
             Cmd::Snapshot { cmd, conn } => storage_cmd::snapshot(&conn, cmd).await,
             Cmd::Bench { cmd } => bench::run(cmd).await,
             Cmd::Image { cmd } => image::run(cmd).await,

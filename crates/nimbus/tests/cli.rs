@@ -105,10 +105,23 @@ fn dev_and_tenant_cli() {
     assert!(fs.contains("/lambda/nfs/data"), "{fs}");
     cli(&dev, &["instance", "terminate", &id]);
 
-    // Clusters: create, list, nodes, spend limit, delete.
+    // Clusters: create, list, nodes, spend limit, delete. The sim host has this machine's vCPUs
+    // (maybe 2) and the terminated instance gives its own back asynchronously: the cluster waits.
     let c: serde_json::Value = serde_json::from_str(&cli(
         &dev,
-        &["cluster", "create", "duo", "--dedicated", "us-east-1=2", "--machine-type", "cpu_1x_small", "--ssh-key", "mine", "--json"],
+        &[
+            "cluster",
+            "create",
+            "duo",
+            "--dedicated",
+            "us-east-1=2",
+            "--machine-type",
+            "cpu_1x_small",
+            "--ssh-key",
+            "mine",
+            "--wait-for-capacity",
+            "--json",
+        ],
     ))
     .unwrap();
     let cid = c["id"].as_str().unwrap().to_owned();
@@ -159,4 +172,37 @@ fn admin_cli_creates_orgs_and_keys_that_work() {
     let out = as_acme(&["ssh-key", "generate", "x"]);
     assert!(!out.status.success(), "a READ key cannot create");
     assert!(String::from_utf8_lossy(&out.stderr).contains("account-inactive"));
+}
+
+#[test]
+fn service_account_cli() {
+    // One argument (the other tests use two and none), so its data directory is its own.
+    let dev = start_dev(&["--api-key=sa-test-key-0123456789abcdef"]);
+    let created = cli(&dev, &["service-account", "create", "deployer", "--permissions", "READ,CREATE", "--description", "ci", "--json"]);
+    let sa: serde_json::Value = serde_json::from_str(&created).unwrap();
+    let id = sa["id"].as_str().unwrap().to_owned();
+    assert_eq!(sa["permissions"], serde_json::json!(["CREATE", "READ"]), "{sa}");
+    let table = cli(&dev, &["service-account", "list"]);
+    assert!(table.contains(&id) && table.contains("deployer") && table.contains("CREATE,READ"), "{table}");
+
+    // `key create` prints the secret alone, for `KEY=$(…)`.
+    let secret = cli(&dev, &["service-account", "key", "create", &id, "--name", "ci"]).trim().to_owned();
+    assert!(secret.starts_with("nmb_") && !secret.contains(' '), "{secret}");
+    let keys: serde_json::Value = serde_json::from_str(&cli(&dev, &["service-account", "key", "list", &id, "--json"])).unwrap();
+    assert_eq!(keys[0]["name"], "ci", "{keys}");
+    let key_id = keys[0]["id"].as_str().unwrap().to_owned();
+
+    let as_sa = |args: &[&str]| Command::new(BIN).args(args).env("NIMBUS_URL", &dev.url).env("NIMBUS_API_KEY", &secret).output().unwrap();
+    let out = as_sa(&["instance", "list", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = as_sa(&["service-account", "list"]);
+    assert!(!out.status.success(), "a CREATE,READ key cannot manage service accounts");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("forbidden"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let updated = cli(&dev, &["service-account", "update", &id, "--permissions", "EDIT"]);
+    assert!(updated.contains("EDIT"), "{updated}");
+    assert!(!as_sa(&["instance", "list"]).status.success(), "the key follows its account's permissions");
+    assert!(cli(&dev, &["service-account", "key", "delete", &id, &key_id]).contains("revoked"));
+    assert!(cli(&dev, &["service-account", "delete", &id]).contains("deleted"));
+    assert!(cli(&dev, &["service-account", "list", "--json"]).trim() == "[]");
 }

@@ -140,8 +140,7 @@ fn parse_create(b: &Value) -> Result<CreateRequest, ClError> {
 
 pub async fn create(State(s): State<ApiState>, ClActor(a): ClActor, ClJson(b): ClJson<Value>) -> ClResult {
     let req = parse_create(&b)?;
-    let c = clusters::create(&s.control, &a, req).await?;
-    let nodes = clusters::nodes(&s.control, &a, &c.id).await?;
+    let (c, nodes) = clusters::create(&s.control, &a, req).await?;
     Ok(Json(render(&s, &c, &nodes)).into_response())
 }
 
@@ -272,8 +271,7 @@ pub async fn delete(State(s): State<ApiState>, ClActor(a): ClActor, Path(id): Pa
 
 pub async fn available_regions(State(s): State<ApiState>, ClActor(a): ClActor, RawQuery(q): RawQuery) -> ClResult {
     let pairs = query_pairs(q.as_deref());
-    let provider =
-        pairs.iter().find(|(k, _)| k == "provider").map(|(_, v)| v.clone()).ok_or_else(|| Error::invalid("provider", "is required"))?;
-    let regions = clusters::available_regions(&s.control, &a, &provider).await?;
+    let provider = pairs.iter().find(|(k, _)| k == "provider").map(|(_, v)| v.clone());
+    let regions = clusters::available_regions(&s.control, &a, provider.as_deref()).await?;
     Ok(Json(json!({"regions": regions})).into_response())
 }

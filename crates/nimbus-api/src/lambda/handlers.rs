@@ -11,7 +11,7 @@ use bytes::Bytes;
 use nimbus_api_types::lambda as w;
 use nimbus_control::instances::{ImageRef, LaunchSpec};
 use nimbus_control::{audit, capacity, firewall, images, instances, ssh_keys, storage};
-use nimbus_core::auth::Actor;
+use nimbus_core::auth::{Actor, Permission};
 use nimbus_core::clock::parse_rfc3339;
 use nimbus_core::firewall::FirewallRule;
 use nimbus_core::model::{Instance, Org};
@@ -37,15 +37,18 @@ fn json_bytes(body: Bytes) -> Response {
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
-async fn fs_names(s: &ApiState, actor: &Actor, insts: &[Instance]) -> Result<FsNames, Error> {
+/// The names of the file systems `insts` mount, looked up for the action (needing `p`) whose
+/// result is being rendered.
+async fn fs_names(s: &ApiState, actor: &Actor, insts: &[Instance], p: Permission) -> Result<FsNames, Error> {
     if insts.iter().all(|i| i.file_system_mounts.is_empty()) {
         return Ok(HashMap::new());
     }
-    Ok(storage::list(&s.control, actor).await?.into_iter().map(|f| (f.id, f.name)).collect())
+    Ok(storage::list_for(&s.control, actor, p).await?.into_iter().map(|f| (f.id, f.name)).collect())
 }
 
-async fn render_instances(s: &ApiState, actor: &Actor, insts: &[Instance]) -> Result<Vec<w::Instance>, Error> {
-    let fs = fs_names(s, actor, insts).await?;
+/// Renders instances that an action needing `p` returned.
+async fn render_instances(s: &ApiState, actor: &Actor, insts: &[Instance], p: Permission) -> Result<Vec<w::Instance>, Error> {
+    let fs = fs_names(s, actor, insts, p).await?;
     let cfg = s.control.config();
     Ok(insts.iter().map(|i| render::instance(i, cfg, &fs)).collect())
 }
@@ -108,7 +111,7 @@ pub async fn instances_list(
         return Ok(json_bytes(body));
     }
     let list = instances::list(&s.control, &a).await?;
-    let rendered = render_instances(&s, &a, &list).await?;
+    let rendered = render_instances(&s, &a, &list, Permission::Read).await?;
     let body = Bytes::from(serde_json::to_vec(&w::Data { data: rendered }).map_err(|e| Error::internal(e.to_string()))?);
     s.lambda_cache.put(&a.org_id, generation, body.clone());
     Ok(json_bytes(body))
@@ -125,7 +128,7 @@ pub async fn instances_list(
 )]
 pub async fn instance_get(State(s): State<ApiState>, LambdaActor(a): LambdaActor, Path(id): Path<String>) -> LResult {
     let i = instances::get(&s.control, &a, &id).await?;
-    Ok(data(render_instances(&s, &a, std::slice::from_ref(&i)).await?.pop()))
+    Ok(data(render_instances(&s, &a, std::slice::from_ref(&i), Permission::Read).await?.pop()))
 }
 
 #[utoipa::path(
@@ -145,7 +148,7 @@ pub async fn instance_modify(
 ) -> LResult {
     let name = req.name.filter(|n| !n.is_empty());
     let i = instances::rename(&s.control, &a, &id, name.as_deref()).await?;
-    Ok(data(render_instances(&s, &a, std::slice::from_ref(&i)).await?.pop()))
+    Ok(data(render_instances(&s, &a, std::slice::from_ref(&i), Permission::Edit).await?.pop()))
 }
 
 fn launch_spec(req: w::LaunchRequest) -> LaunchSpec {
@@ -210,7 +213,7 @@ pub async fn restart(
     LambdaJson(req): LambdaJson<w::InstanceIdsRequest>,
 ) -> LResult {
     let list = instances::restart(&s.control, &a, &req.instance_ids).await?;
-    Ok(data(w::RestartResponse { restarted_instances: render_instances(&s, &a, &list).await? }))
+    Ok(data(w::RestartResponse { restarted_instances: render_instances(&s, &a, &list, Permission::Edit).await? }))
 }
 
 #[utoipa::path(
@@ -228,7 +231,7 @@ pub async fn terminate(
     LambdaJson(req): LambdaJson<w::InstanceIdsRequest>,
 ) -> LResult {
     let list = instances::terminate(&s.control, &a, &req.instance_ids).await?;
-    Ok(data(w::TerminateResponse { terminated_instances: render_instances(&s, &a, &list).await? }))
+    Ok(data(w::TerminateResponse { terminated_instances: render_instances(&s, &a, &list, Permission::Delete).await? }))
 }
 
 #[utoipa::path(
@@ -341,8 +344,7 @@ pub async fn file_system_delete(State(s): State<ApiState>, LambdaActor(a): Lambd
     responses((status = 200, description = "Success", body = w::Data<Vec<w::Image>>), (status = 400, description = "Invalid request", body = w::ErrorBody), (status = 401, description = "Invalid API key", body = w::ErrorBody), (status = 403, description = "Missing permission", body = w::ErrorBody), (status = 429, description = "Rate limited", body = w::ErrorBody))
 )]
 pub async fn images_list(State(s): State<ApiState>, LambdaActor(a): LambdaActor) -> LResult {
-    a.require(nimbus_core::auth::Permission::Read)?;
-    let imgs = images::list(&s.control).await?;
+    let imgs = images::list(&s.control, &a).await?;
     let regions = capacity::live_regions(&s.control).await?;
     let cfg = s.control.config();
     let out: Vec<w::Image> = regions.iter().flat_map(|r| imgs.iter().map(move |i| render::image(i, cfg, &r.name))).collect();
@@ -418,10 +420,7 @@ pub async fn global_ruleset_patch(
     if req.name.is_some() {
         return Err(Error::invalid("name", "the global ruleset cannot be renamed").into());
     }
-    let rules = match req.rules {
-        Some(r) => firewall::global_set(&s.control, &a, rules_in(r)?).await?,
-        None => firewall::global_get(&s.control, &a).await?,
-    };
+    let rules = firewall::global_update(&s.control, &a, req.rules.map(rules_in).transpose()?).await?;
     Ok(data(render::global_ruleset(&rules)))
 }
 

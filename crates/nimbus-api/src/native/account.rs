@@ -29,7 +29,7 @@ fn render_account(s: &ApiState, o: &Org) -> w::Account {
     }
 }
 
-fn render_key(k: &ApiKey) -> w::ApiKey {
+pub(super) fn render_key(k: &ApiKey) -> w::ApiKey {
     w::ApiKey {
         id: k.id.to_string(),
         name: k.name.clone(),
@@ -38,6 +38,28 @@ fn render_key(k: &ApiKey) -> w::ApiKey {
         created_at: to_rfc3339(k.created_at),
         expires_at: k.expires_at.map(to_rfc3339),
         created_by: k.created_by.as_ref().map(ToString::to_string),
+        service_account_id: k.service_account_id.as_ref().map(ToString::to_string),
+    }
+}
+
+/// A permission list of a request body (at least one).
+pub(super) fn permissions(names: &[String]) -> Result<Permissions, Error> {
+    if names.is_empty() {
+        return Err(Error::invalid("permissions", "at least one permission is required"));
+    }
+    Permissions::parse_list(&names.join(","))
+}
+
+/// A key's expiry from `expires_at` (RFC 3339) or `expires_in_days` (1 to 3650), not both.
+pub(super) fn expiry(s: &ApiState, at: Option<&str>, in_days: Option<i64>) -> Result<Option<i64>, Error> {
+    match (at, in_days) {
+        (Some(_), Some(_)) => Err(Error::InvalidRequest { message: "give expires_at or expires_in_days, not both".into() }),
+        (Some(t), None) => {
+            Ok(Some(parse_rfc3339(t).ok_or_else(|| Error::invalid("expires_at", "must be an RFC 3339 time such as 2030-01-01T00:00:00Z"))?))
+        }
+        (None, Some(d)) if (1..=3650).contains(&d) => Ok(Some(s.control.now() + d * 86_400_000_000)),
+        (None, Some(_)) => Err(Error::invalid("expires_in_days", "must be between 1 and 3650")),
+        (None, None) => Ok(None),
     }
 }
 
@@ -141,19 +163,8 @@ pub async fn api_keys_list(State(s): State<ApiState>, NativeActor(a): NativeActo
     )
 )]
 pub async fn api_key_create(State(s): State<ApiState>, NativeActor(a): NativeActor, NativeJson(b): NativeJson<w::ApiKeyCreate>) -> NResult {
-    if b.permissions.is_empty() {
-        return Err(Error::invalid("permissions", "at least one permission is required").into());
-    }
-    let perms = Permissions::parse_list(&b.permissions.join(","))?;
-    let expires_at = match (b.expires_at.as_deref(), b.expires_in_days) {
-        (Some(_), Some(_)) => return Err(Error::InvalidRequest { message: "give expires_at or expires_in_days, not both".into() }.into()),
-        (Some(t), None) => {
-            Some(parse_rfc3339(t).ok_or_else(|| Error::invalid("expires_at", "must be an RFC 3339 time such as 2030-01-01T00:00:00Z"))?)
-        }
-        (None, Some(d)) if (1..=3650).contains(&d) => Some(s.control.now() + d * 86_400_000_000),
-        (None, Some(_)) => return Err(Error::invalid("expires_in_days", "must be between 1 and 3650").into()),
-        (None, None) => None,
-    };
+    let perms = permissions(&b.permissions)?;
+    let expires_at = expiry(&s, b.expires_at.as_deref(), b.expires_in_days)?;
     let (key, secret) = account::api_key_create(&s.control, &a, &b.name, perms, expires_at).await?;
     Ok((StatusCode::CREATED, ok(w::ApiKeyWithSecret { key: render_key(&key), secret }, None)).into_response())
 }

@@ -188,7 +188,7 @@ pub async fn instance_create(
     };
     let ids = instances::launch(&s.control, &a, spec).await?;
     let id = ids.first().ok_or_else(|| Error::internal("launch placed nothing"))?;
-    let i = instances::get(&s.control, &a, id.as_str()).await?;
+    let i = instances::get_for(&s.control, &a, id.as_str(), nimbus_core::auth::Permission::Create).await?;
     Ok((axum::http::StatusCode::CREATED, ok(render(&i), None)).into_response())
 }
 

@@ -10,6 +10,7 @@ mod firewall;
 mod handlers;
 mod metrics;
 pub mod page;
+mod service_accounts;
 mod storage;
 mod vpn;
 mod webhooks;
@@ -55,6 +56,14 @@ pub fn api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(account::account_quota))
         .routes(routes!(account::api_keys_list, account::api_key_create))
         .routes(routes!(account::api_key_delete))
+        .routes(routes!(service_accounts::service_accounts_list, service_accounts::service_account_create))
+        .routes(routes!(
+            service_accounts::service_account_get,
+            service_accounts::service_account_update,
+            service_accounts::service_account_delete
+        ))
+        .routes(routes!(service_accounts::service_account_api_keys_list, service_accounts::service_account_api_key_create))
+        .routes(routes!(service_accounts::service_account_api_key_delete))
         .routes(routes!(firewall::firewall_rules_list, firewall::firewall_rule_create))
         .routes(routes!(firewall::firewall_rule_delete))
         .routes(routes!(metrics::instance_metrics_get))

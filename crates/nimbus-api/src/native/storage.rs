@@ -4,7 +4,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use nimbus_api_types::native as w;
-use nimbus_control::{instances, volumes};
+use nimbus_control::volumes;
 use nimbus_core::clock::to_rfc3339;
 use nimbus_core::model::{Snapshot, Volume};
 use nimbus_core::Error;
@@ -340,44 +340,9 @@ pub async fn snapshot_restore(
     Path(id): Path<String>,
     NativeJson(b): NativeJson<w::SnapshotRestore>,
 ) -> NResult {
-    let snap = volumes::snapshot_get(&s.control, &a, &id).await?;
-    match snap.source_type {
-        nimbus_core::model::SnapshotSourceType::Volume => {
-            if b.instance_type.is_some() || b.ssh_keys.is_some() {
-                return Err(Error::InvalidRequest {
-                    message: "a volume snapshot restores to a volume: give name and size_gib only".into(),
-                }
-                .into());
-            }
-            let v = volumes::restore_to_volume(&s.control, &a, &id, &b.name, b.size_gib).await?;
-            created(w::RestoreResult { volume: Some(render_volume(&v)), instance: None })
-        }
-        nimbus_core::model::SnapshotSourceType::Instance => {
-            if b.size_gib.is_some() {
-                return Err(Error::invalid(
-                    "size_gib",
-                    "an instance snapshot restores to an instance; its disk size comes from instance_type",
-                )
-                .into());
-            }
-            let itype = b.instance_type.ok_or_else(|| Error::invalid("instance_type", "required to restore an instance snapshot"))?;
-            let keys = b.ssh_keys.unwrap_or_default();
-            if keys.is_empty() {
-                return Err(Error::invalid("ssh_keys", "at least one SSH key id is required").into());
-            }
-            let spec = instances::LaunchSpec {
-                region: snap.region.clone(),
-                instance_type: itype,
-                ssh_key_ids: keys,
-                name: Some(b.name),
-                source_snapshot: Some(id.clone()),
-                quantity: 1,
-                ..Default::default()
-            };
-            let ids = instances::launch(&s.control, &a, spec).await?;
-            let iid = ids.first().ok_or_else(|| Error::internal("launch placed nothing"))?;
-            let i = instances::get(&s.control, &a, iid.as_str()).await?;
-            created(w::RestoreResult { volume: None, instance: Some(render(&i)) })
-        }
+    let req = volumes::RestoreRequest { name: b.name, size_gib: b.size_gib, instance_type: b.instance_type, ssh_key_ids: b.ssh_keys };
+    match volumes::snapshot_restore(&s.control, &a, &id, req).await? {
+        volumes::Restored::Volume(v) => created(w::RestoreResult { volume: Some(render_volume(&v)), instance: None }),
+        volumes::Restored::Instance(i) => created(w::RestoreResult { volume: None, instance: Some(render(&i)) }),
     }
 }

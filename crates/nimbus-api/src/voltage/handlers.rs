@@ -6,6 +6,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use nimbus_core::auth::Actor;
 use nimbus_core::model::{Host, HostStatus};
 use nimbus_core::money::Micros;
 use nimbus_core::Error;
@@ -47,12 +48,6 @@ pub fn usd(m: i64) -> String {
     Micros(m).to_string()
 }
 
-/// Host ports not yet forwarded to an instance on `h` (the VMs' `port_forwards` come from these).
-async fn free_ports(s: &ApiState, h: &Host) -> Result<Vec<i64>, VpError> {
-    let used: Vec<i64> = s.control.store().instance_list_by_host(&h.id).await?.iter().filter_map(|i| i.ssh_port).collect();
-    Ok(s.control.config().port_forwards.ports().filter(|p| !used.contains(p)).collect())
-}
-
 fn hostnode(s: &ApiState, h: &Host, free_ports: Vec<i64>) -> Value {
     let cfg = s.control.config();
     let free = h.free();
@@ -87,12 +82,8 @@ fn hostnode(s: &ApiState, h: &Host, free_ports: Vec<i64>) -> Value {
     })
 }
 
-async fn locations_json(s: &ApiState) -> Result<Vec<Value>, VpError> {
-    let hosts = s.control.store().host_list(None, true).await?;
-    let mut ports = std::collections::HashMap::new();
-    for h in &hosts {
-        ports.insert(h.id.clone(), free_ports(s, h).await?);
-    }
+async fn locations_json(s: &ApiState, a: &Actor) -> Result<Vec<Value>, VpError> {
+    let nodes = nimbus_control::capacity::hostnodes(&s.control, a, true).await?;
     Ok(s.control
         .config()
         .regions
@@ -104,28 +95,29 @@ async fn locations_json(s: &ApiState) -> Result<Vec<Value>, VpError> {
                 "city": city,
                 "region": r.name,
                 "country": country,
-                "hostnodes": hosts.iter().filter(|h| h.region == r.name && h.status == HostStatus::Up).map(|h| hostnode(s, h, ports.get(&h.id).cloned().unwrap_or_default())).collect::<Vec<_>>(),
+                "hostnodes": nodes.iter().filter(|(h, _)| h.region == r.name && h.status == HostStatus::Up).map(|(h, p)| hostnode(s, h, p.clone())).collect::<Vec<_>>(),
             })
         })
         .collect())
 }
 
-pub async fn locations_list(State(s): State<ApiState>, VpActor(_a): VpActor, RawQuery(q): RawQuery) -> VpResult {
+pub async fn locations_list(State(s): State<ApiState>, VpActor(a): VpActor, RawQuery(q): RawQuery) -> VpResult {
     let page = Page::parse(q.as_deref(), 3, 15)?;
-    Ok(Json(page.render(locations_json(&s).await?)).into_response())
+    Ok(Json(page.render(locations_json(&s, &a).await?)).into_response())
 }
 
-pub async fn location_get(State(s): State<ApiState>, VpActor(_a): VpActor, Path(id): Path<String>) -> VpResult {
-    let all = locations_json(&s).await?;
+pub async fn location_get(State(s): State<ApiState>, VpActor(a): VpActor, Path(id): Path<String>) -> VpResult {
+    let all = locations_json(&s, &a).await?;
     let found = all.into_iter().find(|l| l["id"].as_str().is_some_and(|x| x.eq_ignore_ascii_case(&id)));
     found.map(|l| Json(l).into_response()).ok_or_else(|| Error::not_found("location", id).into())
 }
 
-pub async fn hostnode_get(State(s): State<ApiState>, VpActor(_a): VpActor, Path(id): Path<String>) -> VpResult {
+pub async fn hostnode_get(State(s): State<ApiState>, VpActor(a): VpActor, Path(id): Path<String>) -> VpResult {
     let hex = from_uuid(&id).ok_or_else(|| VpError::at("path", Error::invalid("hostnode_id", "Input should be a valid UUID")))?;
-    let hosts = s.control.store().host_list(None, false).await?;
-    let h = hosts.iter().find(|h| h.id.as_str() == hex).ok_or_else(|| Error::NotFound { kind: "HostNode", id: id.clone() })?;
-    Ok(Json(hostnode(&s, h, free_ports(&s, h).await?)).into_response())
+    let nodes = nimbus_control::capacity::hostnodes(&s.control, &a, false).await?;
+    let (h, ports) =
+        nodes.into_iter().find(|(h, _)| h.id.as_str() == hex).ok_or_else(|| Error::NotFound { kind: "HostNode", id: id.clone() })?;
+    Ok(Json(hostnode(&s, &h, ports)).into_response())
 }
 
 fn check_key_name(name: &str) -> Result<(), VpError> {
@@ -193,8 +185,9 @@ pub async fn validate_cloudinit(VpJson(b): VpJson<CloudInit>) -> VpResult {
     Ok(Json(out).into_response())
 }
 
-pub async fn storage_hourly_rate(State(s): State<ApiState>, VpActor(_a): VpActor) -> VpResult {
-    Ok(Json(json!({"hourly_rate_per_gb": usd(s.control.config().pricing.storage_gib_hour_micros)})).into_response())
+pub async fn storage_hourly_rate(State(s): State<ApiState>, VpActor(a): VpActor) -> VpResult {
+    let rate = nimbus_control::billing::storage_hourly_rate(&s.control, &a).await?;
+    Ok(Json(json!({"hourly_rate_per_gb": usd(rate.0)})).into_response())
 }
 
 /// Instance id → the bare-metal rental it is (or was) a node of, for the instances charged in `txs`.

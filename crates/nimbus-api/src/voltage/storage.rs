@@ -10,6 +10,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use nimbus_control::volumes::{self, SharedVolumeSpec, VolumeChange};
+use nimbus_core::auth::Permission;
 use nimbus_core::ids::OrgId;
 use nimbus_core::model::{Volume, VolumeHostState};
 use nimbus_core::money::Micros;
@@ -51,8 +52,9 @@ struct Orders {
 }
 
 impl Orders {
-    async fn load(s: &ApiState, a: &nimbus_core::auth::Actor) -> Result<Orders, VpError> {
-        let rentals = nimbus_control::bare_metal::list(&s.control, a).await?;
+    /// The org's rentals, looked up for an action that needs `p`.
+    async fn load(s: &ApiState, a: &nimbus_core::auth::Actor, p: Permission) -> Result<Orders, VpError> {
+        let rentals = nimbus_control::bare_metal::list_for(&s.control, a, p).await?;
         Ok(Orders { rentals: rentals.into_iter().map(|(r, nodes)| (r.id, nodes.iter().map(|n| n.id.to_string()).collect())).collect() })
     }
 
@@ -155,14 +157,14 @@ fn check_size(size: i64) -> Result<i64, VpError> {
 pub async fn storage_list(State(s): State<ApiState>, VpActor(a): VpActor, RawQuery(q): RawQuery) -> VpResult {
     let page = Page::parse(q.as_deref(), 20, 100)?;
     let all = volumes::list(&s.control, &a).await.map_err(|e| vp_error(e, None))?;
-    let orders = Orders::load(&s, &a).await?;
+    let orders = Orders::load(&s, &a, Permission::Read).await?;
     Ok(Json(page.render(all.iter().map(|v| render(&s, v, &orders)).collect())).into_response())
 }
 
 pub async fn storage_create(State(s): State<ApiState>, VpActor(a): VpActor, VpJson(b): VpJson<Map<String, Value>>) -> VpResult {
     let size = int_field(&b, "size_in_gb")?.ok_or_else(|| VpError::from(Error::invalid("size_in_gb", "Field required")))?;
     let name = str_field(&b, "name")?.ok_or_else(|| VpError::from(Error::invalid("name", "Field required")))?;
-    let orders = Orders::load(&s, &a).await?;
+    let orders = Orders::load(&s, &a, Permission::Create).await?;
     let instance_ids = orders.expand(orders_field(&b)?.unwrap_or_default());
     let spec = SharedVolumeSpec { display_name: name, size_gib: check_size(size)?, instance_ids };
     let v = volumes::create_shared(&s.control, &a, spec).await.map_err(|e| vp_error(e, None))?;
@@ -171,7 +173,7 @@ pub async fn storage_create(State(s): State<ApiState>, VpActor(a): VpActor, VpJs
 
 pub async fn storage_get(State(s): State<ApiState>, VpActor(a): VpActor, Path(id): Path<String>) -> VpResult {
     let v = volumes::get(&s.control, &a, &storage_id(&id)?).await.map_err(|e| vp_error(e, Some(&id)))?;
-    let mut out = render(&s, &v, &Orders::load(&s, &a).await?);
+    let mut out = render(&s, &v, &Orders::load(&s, &a, Permission::Read).await?);
     out["used_capacity_bytes"] = json!(v.used_bytes);
     Ok(Json(out).into_response())
 }
@@ -183,7 +185,7 @@ pub async fn storage_update(
     VpJson(b): VpJson<Map<String, Value>>,
 ) -> VpResult {
     let hex = storage_id(&id)?;
-    let orders = Orders::load(&s, &a).await?;
+    let orders = Orders::load(&s, &a, Permission::Edit).await?;
     let change = VolumeChange {
         size_gib: int_field(&b, "size_in_gb")?.map(check_size).transpose()?,
         display_name: str_field(&b, "name")?,

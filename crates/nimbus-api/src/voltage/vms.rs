@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use nimbus_control::instances::LaunchSpec;
 use nimbus_control::presets::Preset;
+use nimbus_core::auth::Permission;
 use nimbus_core::instance::InstanceState;
 use nimbus_core::metering::StopBilling;
 use nimbus_core::model::{Host, Instance};
@@ -169,9 +170,14 @@ async fn vms(s: &ApiState, a: &nimbus_core::auth::Actor) -> Result<Vec<Instance>
     Ok(all.into_iter().filter(|i| !super::bare_metal::is_node(i)).collect())
 }
 
-async fn vm(s: &ApiState, a: &nimbus_core::auth::Actor, id: &str) -> Result<Instance, VpError> {
+/// The VM `id`, looked up for an action that needs `p` (so that a key lacking `p` is refused
+/// before anything is looked up, and a key holding just `p` can act).
+async fn vm(s: &ApiState, a: &nimbus_core::auth::Actor, id: &str, p: Permission) -> Result<Instance, VpError> {
     let hex = path_id("virtual_machine_id", id)?;
-    let i = nimbus_control::instances::get(&s.control, a, &hex).await.map_err(|_| Error::not_found("virtual machine", id))?;
+    let i = nimbus_control::instances::get_for(&s.control, a, &hex, p).await.map_err(|e| match e {
+        Error::NotFound { .. } => Error::not_found("virtual machine", id),
+        other => other,
+    })?;
     if i.state == InstanceState::Terminated || super::bare_metal::is_node(&i) {
         return Err(Error::not_found("virtual machine", id).into());
     }
@@ -185,7 +191,7 @@ pub async fn vms_list(State(s): State<ApiState>, VpActor(a): VpActor, RawQuery(q
 }
 
 pub async fn vm_get(State(s): State<ApiState>, VpActor(a): VpActor, Path(id): Path<String>) -> VpResult {
-    let i = vm(&s, &a, &id).await?;
+    let i = vm(&s, &a, &id, Permission::Read).await?;
     let mut v = render_all(&s, std::slice::from_ref(&i)).await?;
     Ok(Json(v.pop().unwrap_or(Value::Null)).into_response())
 }
@@ -203,9 +209,10 @@ pub enum OrgKeys {
     },
 }
 
-/// The org key ids `mode` selects; unknown ids are a 400 naming them.
+/// The org key ids `mode` selects for a new VM or rental (so CREATE, not READ, is what the
+/// lookup needs); unknown ids are a 400 naming them.
 pub(crate) async fn org_key_ids(s: &ApiState, a: &nimbus_core::auth::Actor, mode: &OrgKeys) -> Result<Vec<String>, VpError> {
-    let keys = nimbus_control::ssh_keys::list(&s.control, a).await?;
+    let keys = nimbus_control::ssh_keys::list_for(&s.control, a, Permission::Create).await?;
     Ok(match mode {
         OrgKeys::None => Vec::new(),
         OrgKeys::All => keys.iter().map(|k| k.id.to_string()).collect(),
@@ -316,7 +323,7 @@ pub struct Patch {
 }
 
 pub async fn vm_patch(State(s): State<ApiState>, VpActor(a): VpActor, Path(id): Path<String>, VpJson(b): VpJson<Patch>) -> VpResult {
-    let i = vm(&s, &a, &id).await?;
+    let i = vm(&s, &a, &id, Permission::Edit).await?;
     let name = b.name.as_deref().map(Some);
     let tags = b.tags.map(tag_pairs);
     let u = nimbus_control::instances::update(&s.control, &a, i.id.as_str(), name, tags).await?;
@@ -324,7 +331,7 @@ pub async fn vm_patch(State(s): State<ApiState>, VpActor(a): VpActor, Path(id): 
 }
 
 pub async fn vm_delete(State(s): State<ApiState>, VpActor(a): VpActor, Path(id): Path<String>) -> VpResult {
-    let i = vm(&s, &a, &id).await?;
+    let i = vm(&s, &a, &id, Permission::Delete).await?;
     nimbus_control::instances::terminate(&s.control, &a, &[i.id.to_string()]).await?;
     Ok((StatusCode::ACCEPTED, Json(Value::Null)).into_response())
 }
@@ -335,7 +342,7 @@ pub struct Power {
 }
 
 pub async fn vm_power(State(s): State<ApiState>, VpActor(a): VpActor, Path(id): Path<String>, VpJson(b): VpJson<Power>) -> VpResult {
-    let i = vm(&s, &a, &id).await?;
+    let i = vm(&s, &a, &id, Permission::Edit).await?;
     let c = &s.control;
     let stopped = matches!(i.state, InstanceState::Stopping | InstanceState::Stopped);
     // Asking for the power state a VM is already in (or on its way to) is a success here.

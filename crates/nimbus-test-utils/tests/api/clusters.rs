@@ -85,6 +85,24 @@ async fn seed_examples_and_cluster_lifecycle() {
     same_shape("available-regions response", &regions);
     assert_eq!(regions["regions"], json!(["us-east-1"]), "the only region with a host");
 
+    // A service account's key creates as that account (`creator_id`), with CREATE alone, and
+    // cannot read or delete without READ/DELETE (PERMISSION_DENIED).
+    let sa = s.nexpect("POST", "/service-accounts", Some(json!({"name": "deployer", "permissions": ["CREATE"]})), 201).await;
+    let sa_id = sa["id"].as_str().unwrap().to_owned();
+    let secret = s.nexpect("POST", &format!("/service-accounts/{sa_id}/api-keys"), Some(json!({"name": "ci"})), 201).await["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut by_sa = body.clone();
+    by_sa["name"] = json!("by-sa");
+    let (st, made) = cl(&s, &secret, "POST", "/clusters", Some(by_sa)).await;
+    assert_eq!((st, made["creator_id"].as_str()), (200, Some(sa_id.as_str())), "{made}");
+    let (st, e) = cl(&s, &secret, "GET", "/clusters", None).await;
+    assert_eq!((st, e["code"].as_i64()), (403, Some(7)), "{e}");
+    let (st, _) = cl(&s, &secret, "DELETE", &format!("/clusters/{}", made["id"].as_str().unwrap()), None).await;
+    assert_eq!(st, 403);
+    assert_eq!(cl(&s, &s.key, "DELETE", &format!("/clusters/{}", made["id"].as_str().unwrap()), None).await.0, 200);
+
     // Names are unique among live clusters; errors carry gRPC codes.
     let (st, e) = cl(&s, &s.key, "POST", "/clusters", Some(body.clone())).await;
     assert_eq!((st, e["code"].as_i64(), e["message"].is_string()), (409, Some(6), true), "{e}");
