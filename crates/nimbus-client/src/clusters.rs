@@ -5,26 +5,34 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use reqwest::Method;
+
+use crate::transport::{Auth, RetryPolicy, Transport};
 use crate::{ClientError, Result};
 
 #[derive(Clone)]
 pub struct ClustersClient {
     base: String,
-    key: String,
-    http: reqwest::Client,
+    t: Transport,
 }
 
 impl ClustersClient {
     /// `root` is the server root, e.g. `http://127.0.0.1:8080`.
     pub fn new(root: &str, api_key: &str) -> Self {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap_or_default();
-        ClustersClient { base: format!("{}/api/v1/clusters", root.trim_end_matches('/')), key: api_key.to_owned(), http }
+        ClustersClient {
+            base: format!("{}/api/v1/clusters", root.trim_end_matches('/')),
+            t: Transport::new(Auth::Bearer(api_key.to_owned()), Duration::from_secs(60), RetryPolicy::default()),
+        }
     }
 
-    async fn send(&self, rb: reqwest::RequestBuilder) -> Result<Value> {
-        let resp = rb.bearer_auth(&self.key).send().await.map_err(ClientError::Transport)?;
-        let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.map_err(ClientError::Transport)?;
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.t = self.t.with_retry(retry);
+        self
+    }
+
+    async fn call(&self, method: Method, path: &str, query: &[(String, String)], body: Option<Value>) -> Result<Value> {
+        let a = self.t.send(method, &format!("{}{path}", self.base), query, body.as_ref(), None).await?;
+        let (status, bytes) = (a.status, a.body);
         let v: Option<Value> = serde_json::from_slice(&bytes).ok();
         match (status, v) {
             (200, Some(v)) => Ok(v),
@@ -37,31 +45,31 @@ impl ClustersClient {
 
     /// `POST /clusters` with a request in the seed's shape (`name`, `provider`, `spec`).
     pub async fn create(&self, request: &Value) -> Result<Value> {
-        self.send(self.http.post(&self.base).json(request)).await
+        self.call(Method::POST, "", &[], Some(request.clone())).await
     }
 
     pub async fn list(&self, show_inactive: bool) -> Result<Value> {
-        self.send(self.http.get(&self.base).query(&[("show_inactive", show_inactive.to_string())])).await
+        self.call(Method::GET, "", &[("show_inactive".to_owned(), show_inactive.to_string())], None).await
     }
 
     pub async fn get(&self, id: &str) -> Result<Value> {
-        self.send(self.http.get(format!("{}/{id}", self.base))).await
+        self.call(Method::GET, &format!("/{id}"), &[], None).await
     }
 
     pub async fn nodes(&self, id: &str) -> Result<Value> {
-        self.send(self.http.get(format!("{}/{id}/nodes", self.base))).await
+        self.call(Method::GET, &format!("/{id}/nodes"), &[], None).await
     }
 
     pub async fn set_spend_limit(&self, id: &str, cents: i64) -> Result<()> {
-        self.send(self.http.put(format!("{}/{id}/spend-limit", self.base)).json(&json!({"spendLimit": cents}))).await.map(|_| ())
+        self.call(Method::PUT, &format!("/{id}/spend-limit"), &[], Some(json!({"spendLimit": cents}))).await.map(|_| ())
     }
 
     pub async fn delete(&self, id: &str) -> Result<()> {
-        self.send(self.http.delete(format!("{}/{id}", self.base))).await.map(|_| ())
+        self.call(Method::DELETE, &format!("/{id}"), &[], None).await.map(|_| ())
     }
 
     pub async fn available_regions(&self, provider: &str) -> Result<Vec<String>> {
-        let v = self.send(self.http.get(format!("{}/available-regions", self.base)).query(&[("provider", provider)])).await?;
+        let v = self.call(Method::GET, "/available-regions", &[("provider".to_owned(), provider.to_owned())], None).await?;
         Ok(v["regions"].as_array().map(|a| a.iter().filter_map(|r| r.as_str().map(str::to_owned)).collect()).unwrap_or_default())
     }
 }

@@ -4,9 +4,18 @@
 
 mod clusters;
 mod native;
+pub mod transport;
 
 pub use clusters::ClustersClient;
 pub use native::{ListParams, NativeClient, Page};
+pub use transport::{Auth, RetryPolicy};
+
+use reqwest::Method;
+use transport::Transport;
+
+fn to_value<B: Serialize>(b: &B) -> Result<serde_json::Value> {
+    serde_json::to_value(b).map_err(|e| ClientError::Unexpected { status: 0, body: format!("request body: {e}") })
+}
 
 use std::time::Duration;
 
@@ -33,21 +42,47 @@ pub type Result<T> = std::result::Result<T, ClientError>;
 #[derive(Clone)]
 pub struct LambdaClient {
     base: String,
-    key: String,
-    http: reqwest::Client,
+    t: Transport,
 }
 
 impl LambdaClient {
-    /// `root` is the server root, e.g. `http://127.0.0.1:8080`.
+    /// `root` is the server root, e.g. `http://127.0.0.1:8080`. Bearer auth, a 60 s timeout and
+    /// the default retry policy.
     pub fn new(root: &str, api_key: &str) -> Self {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap_or_default();
-        LambdaClient { base: format!("{}/api/v1", root.trim_end_matches('/')), key: api_key.to_owned(), http }
+        Self::with_auth(root, Auth::Bearer(api_key.to_owned()))
     }
 
-    async fn send<T: DeserializeOwned>(&self, rb: reqwest::RequestBuilder) -> Result<T> {
-        let resp = rb.bearer_auth(&self.key).send().await.map_err(ClientError::Transport)?;
-        let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.map_err(ClientError::Transport)?;
+    /// With another of the dialect's auth forms (`Auth::Basic` as Lambda's curl recipes use).
+    pub fn with_auth(root: &str, auth: Auth) -> Self {
+        LambdaClient {
+            base: format!("{}/api/v1", root.trim_end_matches('/')),
+            t: Transport::new(auth, Duration::from_secs(60), RetryPolicy::default()),
+        }
+    }
+
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.t = self.t.with_retry(retry);
+        self
+    }
+
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.t = self.t.with_timeout(timeout);
+        self
+    }
+
+    async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<serde_json::Value>) -> Result<T> {
+        self.call_q(method, path, &[], body).await
+    }
+
+    async fn call_q<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(String, String)],
+        body: Option<serde_json::Value>,
+    ) -> Result<T> {
+        let a = self.t.send(method, &format!("{}{path}", self.base), query, body.as_ref(), None).await?;
+        let (status, bytes) = (a.status, a.body);
         if status == 200 {
             let d: w::Data<T> = serde_json::from_slice(&bytes)
                 .map_err(|e| ClientError::Unexpected { status, body: format!("{e}: {}", String::from_utf8_lossy(&bytes)) })?;
@@ -60,15 +95,23 @@ impl LambdaClient {
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        self.send(self.http.get(format!("{}{path}", self.base))).await
+        self.call(Method::GET, path, None).await
     }
 
     async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
-        self.send(self.http.post(format!("{}{path}", self.base)).json(body)).await
+        self.call(Method::POST, path, Some(to_value(body)?)).await
+    }
+
+    async fn put<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        self.call(Method::PUT, path, Some(to_value(body)?)).await
+    }
+
+    async fn patch<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        self.call(Method::PATCH, path, Some(to_value(body)?)).await
     }
 
     async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        self.send(self.http.delete(format!("{}{path}", self.base))).await
+        self.call(Method::DELETE, path, None).await
     }
 
     pub async fn instance_types(&self) -> Result<std::collections::BTreeMap<String, w::InstanceTypeEntry>> {
@@ -123,5 +166,86 @@ impl LambdaClient {
 
     pub async fn file_system_delete(&self, id: &str) -> Result<w::DeletedIds> {
         self.delete(&format!("/filesystems/{id}")).await
+    }
+
+    /// Renames an instance (`None` clears the name).
+    pub async fn instance_rename(&self, id: &str, name: Option<&str>) -> Result<w::Instance> {
+        self.post(&format!("/instances/{id}"), &w::InstanceModifyRequest { name: name.map(str::to_owned) }).await
+    }
+
+    pub async fn images(&self) -> Result<Vec<w::Image>> {
+        self.get("/images").await
+    }
+
+    pub async fn firewall_rules(&self) -> Result<Vec<w::FirewallRule>> {
+        self.get("/firewall-rules").await
+    }
+
+    /// Replaces the inbound rules of the region-less (legacy) firewall.
+    pub async fn firewall_rules_replace(&self, rules: Vec<w::FirewallRule>) -> Result<Vec<w::FirewallRule>> {
+        self.put("/firewall-rules", &w::FirewallRulesPut { data: rules }).await
+    }
+
+    pub async fn firewall_rulesets(&self) -> Result<Vec<w::FirewallRuleset>> {
+        self.get("/firewall-rulesets").await
+    }
+
+    pub async fn firewall_ruleset(&self, id: &str) -> Result<w::FirewallRuleset> {
+        self.get(&format!("/firewall-rulesets/{id}")).await
+    }
+
+    pub async fn firewall_ruleset_create(&self, req: &w::CreateRulesetRequest) -> Result<w::FirewallRuleset> {
+        self.post("/firewall-rulesets", req).await
+    }
+
+    pub async fn firewall_ruleset_update(&self, id: &str, req: &w::PatchRulesetRequest) -> Result<w::FirewallRuleset> {
+        self.patch(&format!("/firewall-rulesets/{id}"), req).await
+    }
+
+    pub async fn firewall_ruleset_delete(&self, id: &str) -> Result<serde_json::Value> {
+        self.delete(&format!("/firewall-rulesets/{id}")).await
+    }
+
+    pub async fn firewall_ruleset_global(&self) -> Result<w::GlobalFirewallRuleset> {
+        self.get("/firewall-rulesets/global").await
+    }
+
+    pub async fn firewall_ruleset_global_update(&self, req: &w::PatchRulesetRequest) -> Result<w::GlobalFirewallRuleset> {
+        self.patch("/firewall-rulesets/global", req).await
+    }
+
+    /// One page of audit events (`page_token` from the previous page).
+    pub async fn audit_events(&self, page_token: Option<&str>) -> Result<w::AuditEventsPage> {
+        let q: Vec<(String, String)> = page_token.map(|t| ("page_token".to_owned(), t.to_owned())).into_iter().collect();
+        self.call_q(Method::GET, "/audit-events", &q, None).await
+    }
+
+    /// Every audit event, following `page_token`s.
+    pub async fn audit_events_all(&self) -> Result<Vec<w::AuditEvent>> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self.audit_events(token.as_deref()).await?;
+            out.extend(page.events);
+            match page.page_token.filter(|t| !t.is_empty()) {
+                Some(t) if token.as_deref() != Some(t.as_str()) => token = Some(t),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// Polls until the instance is `active` (or `timeout` passes).
+    pub async fn wait_until_ready(&self, id: &str, timeout: Duration) -> Result<w::Instance> {
+        let start = std::time::Instant::now();
+        loop {
+            let i = self.instance(id).await?;
+            if i.status == "active" {
+                return Ok(i);
+            }
+            if start.elapsed() > timeout || matches!(i.status.as_str(), "terminated" | "terminating") {
+                return Err(ClientError::Wait { id: id.to_owned(), wanted: "active".into(), last: i.status });
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 }

@@ -7,6 +7,9 @@ use nimbus_api_types::native as w;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use reqwest::Method;
+
+use crate::transport::{Auth, RetryPolicy, Transport};
 use crate::{ClientError, Result};
 
 /// One page of a list.
@@ -55,21 +58,43 @@ struct ErrEnvelope {
 #[derive(Clone)]
 pub struct NativeClient {
     base: String,
-    key: String,
-    http: reqwest::Client,
+    t: Transport,
+}
+
+fn to_value<B: Serialize>(b: &B) -> Result<serde_json::Value> {
+    serde_json::to_value(b).map_err(|e| ClientError::Unexpected { status: 0, body: format!("request body: {e}") })
 }
 
 impl NativeClient {
-    /// `root` is the server root, e.g. `http://127.0.0.1:8080`.
+    /// `root` is the server root, e.g. `http://127.0.0.1:8080`. Bearer auth, a 60 s timeout and
+    /// the default retry policy; see `with_retry`/`with_timeout`.
     pub fn new(root: &str, api_key: &str) -> Self {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap_or_default();
-        NativeClient { base: format!("{}/v1", root.trim_end_matches('/')), key: api_key.to_owned(), http }
+        NativeClient {
+            base: format!("{}/v1", root.trim_end_matches('/')),
+            t: Transport::new(Auth::Bearer(api_key.to_owned()), Duration::from_secs(60), RetryPolicy::default()),
+        }
     }
 
-    async fn send<T: DeserializeOwned>(&self, rb: reqwest::RequestBuilder) -> Result<w::Envelope<T>> {
-        let resp = rb.bearer_auth(&self.key).send().await.map_err(ClientError::Transport)?;
-        let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.map_err(ClientError::Transport)?;
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.t = self.t.with_retry(retry);
+        self
+    }
+
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.t = self.t.with_timeout(timeout);
+        self
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(String, String)],
+        body: Option<serde_json::Value>,
+        idem: Option<&str>,
+    ) -> Result<w::Envelope<T>> {
+        let a = self.t.send(method, &self.url(path), query, body.as_ref(), idem).await?;
+        let (status, bytes) = (a.status, a.body);
         if (200..300).contains(&status) {
             return serde_json::from_slice(&bytes)
                 .map_err(|e| ClientError::Unexpected { status, body: format!("{e}: {}", String::from_utf8_lossy(&bytes)) });
@@ -85,31 +110,46 @@ impl NativeClient {
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        Ok(self.send(self.http.get(self.url(path))).await?.data)
+        Ok(self.call(Method::GET, path, &[], None, None).await?.data)
+    }
+
+    async fn get_query<T: DeserializeOwned>(&self, path: &str, q: &[(String, String)]) -> Result<T> {
+        Ok(self.call(Method::GET, path, q, None, None).await?.data)
     }
 
     async fn list<T: DeserializeOwned>(&self, path: &str, p: &ListParams) -> Result<Page<T>> {
-        let env: w::Envelope<Vec<T>> = self.send(self.http.get(self.url(path)).query(&p.pairs())).await?;
+        let env: w::Envelope<Vec<T>> = self.call(Method::GET, path, &p.pairs(), None, None).await?;
         Ok(Page { items: env.data, pagination: env.pagination })
     }
 
+    /// Every item of a list, page after page (the server's `next`), with `p`'s filters.
+    pub async fn list_all<T: DeserializeOwned>(&self, path: &str, p: &ListParams) -> Result<Vec<T>> {
+        let mut out = Vec::new();
+        let mut q = p.clone();
+        q.page = Some(p.page.unwrap_or(1));
+        loop {
+            let page: Page<T> = self.list(path, &q).await?;
+            let n = page.items.len();
+            out.extend(page.items);
+            let more = page.pagination.as_ref().is_some_and(|pg| pg.has_next) && n > 0;
+            if !more {
+                return Ok(out);
+            }
+            q.page = q.page.map(|x| x + 1);
+        }
+    }
+
     async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: Option<&B>, idem: Option<&str>) -> Result<T> {
-        let mut rb = self.http.post(self.url(path));
-        if let Some(b) = body {
-            rb = rb.json(b);
-        }
-        if let Some(k) = idem {
-            rb = rb.header("idempotency-key", k);
-        }
-        Ok(self.send(rb).await?.data)
+        let body = body.map(to_value).transpose()?;
+        Ok(self.call(Method::POST, path, &[], body, idem).await?.data)
     }
 
     async fn patch<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
-        Ok(self.send(self.http.patch(self.url(path)).json(body)).await?.data)
+        Ok(self.call(Method::PATCH, path, &[], Some(to_value(body)?), None).await?.data)
     }
 
     async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        Ok(self.send(self.http.delete(self.url(path))).await?.data)
+        Ok(self.call(Method::DELETE, path, &[], None, None).await?.data)
     }
 
     // Instances.
@@ -233,7 +273,8 @@ impl NativeClient {
         if let Some(e) = end {
             q.push(("end", e));
         }
-        Ok(self.send(self.http.get(self.url("/billing/usage")).query(&q)).await?.data)
+        let q: Vec<(String, String)> = q.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+        self.get_query("/billing/usage", &q).await
     }
     pub async fn billing_invoices(&self) -> Result<Vec<w::Invoice>> {
         self.get("/billing/invoices").await
@@ -249,7 +290,8 @@ impl NativeClient {
         if let Some(h) = hours {
             q.push(("hours", h.to_string()));
         }
-        Ok(self.send(self.http.get(self.url("/billing/estimate")).query(&q)).await?.data)
+        let q: Vec<(String, String)> = q.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        self.get_query("/billing/estimate", &q).await
     }
     // Webhooks, VPNs and metrics.
 
@@ -267,6 +309,16 @@ impl NativeClient {
     }
     pub async fn vpn_create(&self, req: &w::VpnCreate) -> Result<w::VpnCreated> {
         self.post("/vpn", Some(req), None).await
+    }
+    pub async fn webhook(&self, id: &str) -> Result<nimbus_api_types::webhooks::Webhook> {
+        self.get(&format!("/webhooks/{id}")).await
+    }
+    /// Queues a delivery of the same event again.
+    pub async fn webhook_redeliver(&self, id: &str, delivery_id: &str) -> Result<nimbus_api_types::webhooks::WebhookDelivery> {
+        self.post::<(), _>(&format!("/webhooks/{id}/deliveries/{delivery_id}/redeliver"), None, None).await
+    }
+    pub async fn vpns(&self, p: &ListParams) -> Result<Page<w::Vpn>> {
+        self.list("/vpn", p).await
     }
     pub async fn vpn(&self, id: &str) -> Result<w::Vpn> {
         self.get(&format!("/vpn/{id}")).await

@@ -71,3 +71,82 @@ async fn native_client_covers_the_instance_lifecycle_and_storage() {
     assert!(q.iter().any(|x| x.resource == "volumes" && x.used == 1));
     assert_eq!(c.account().await.unwrap().id, s.org.id.to_string());
 }
+
+/// A proxy in front of a real server that answers the first `refusals` launches with
+/// `429 Retry-After: 1` (as a rate limiter would) and forwards everything else; it counts the
+/// launches it forwarded.
+async fn refusing_proxy(
+    upstream: String,
+    refusals: usize,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let seen = Arc::new(AtomicUsize::new(0));
+    let forwarded = Arc::new(AtomicUsize::new(0));
+    let (s2, f2) = (seen.clone(), forwarded.clone());
+    let http = reqwest::Client::new();
+    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let (seen, forwarded, http, upstream) = (s2.clone(), f2.clone(), http.clone(), upstream.clone());
+        async move {
+            use axum::response::IntoResponse;
+            let launch = req.method() == axum::http::Method::POST && req.uri().path().ends_with("/instance-operations/launch");
+            if launch && seen.fetch_add(1, Ordering::SeqCst) < refusals {
+                return (
+                    axum::http::StatusCode::TOO_MANY_REQUESTS,
+                    [("retry-after", "1")],
+                    r#"{"error":{"code":"global/quota-exceeded","message":"slow down"}}"#,
+                )
+                    .into_response();
+            }
+            if launch {
+                forwarded.fetch_add(1, Ordering::SeqCst);
+            }
+            let (parts, body) = req.into_parts();
+            let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
+            let mut rb = http.request(parts.method.clone(), format!("{upstream}{}", parts.uri)).body(bytes);
+            for (k, v) in &parts.headers {
+                if k != "host" && k != "content-length" {
+                    rb = rb.header(k, v);
+                }
+            }
+            let resp = rb.send().await.unwrap();
+            let status = resp.status().as_u16();
+            let body = resp.bytes().await.unwrap_or_default();
+            (axum::http::StatusCode::from_u16(status).unwrap(), [("content-type", "application/json")], body).into_response()
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, seen, forwarded)
+}
+
+#[tokio::test]
+async fn clients_retry_429_honouring_retry_after_without_launching_twice() {
+    let s = TestServer::builder().host("us-east-1", sim_host("h", 8, 0)).start().await;
+    add_key(&s, "k").await;
+    let (proxy, seen, forwarded) = refusing_proxy(s.url.clone(), 2).await;
+    let c = nimbus_client::LambdaClient::new(&proxy, &s.key);
+    let req: nimbus_api_types::lambda::LaunchRequest = serde_json::from_value(serde_json::json!({
+        "region_name": "us-east-1", "instance_type_name": "cpu_1x_small", "ssh_key_names": ["k"]
+    }))
+    .unwrap();
+    let t = std::time::Instant::now();
+    let ids = c.launch(&req).await.unwrap();
+    let waited = t.elapsed();
+    use std::sync::atomic::Ordering;
+    assert_eq!((seen.load(Ordering::SeqCst), forwarded.load(Ordering::SeqCst)), (3, 1), "two refusals, then the third try went through");
+    assert!(waited >= Duration::from_secs(2), "Retry-After: 1 was honoured twice ({waited:?})");
+    assert_eq!(ids.len(), 1);
+    let all = c.instances().await.unwrap();
+    assert_eq!(all.len(), 1, "exactly one instance launched");
+
+    // With retries off, the 429 comes back as the API's error.
+    let (proxy, _, _) = refusing_proxy(s.url.clone(), 1).await;
+    let once =
+        nimbus_client::LambdaClient::new(&proxy, &s.key).with_retry(nimbus_client::RetryPolicy { max_attempts: 1, ..Default::default() });
+    match once.launch(&req).await {
+        Err(ClientError::Api { status: 429, code, .. }) => assert_eq!(code, "global/quota-exceeded"),
+        other => panic!("expected the 429: {other:?}"),
+    }
+}

@@ -1,0 +1,172 @@
+//! Every operation of the Lambda and native OpenAPI documents (checked in, generated from the
+//! server's code) has a client method: each row names the operation and calls the method (the
+//! future is built and dropped, so a missing or renamed method fails to compile), and the test
+//! fails when the document has an operation without a row, or a row names none.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+
+use nimbus_api_types::lambda as lw;
+use nimbus_client::{LambdaClient, ListParams, NativeClient};
+
+type LambdaRow = (&'static str, fn(&LambdaClient));
+type NativeRow = (&'static str, fn(&NativeClient));
+
+const LAMBDA: &[LambdaRow] = &[
+    ("audit_events_list", |c| drop(c.audit_events(None))),
+    ("file_systems_list", |c| drop(c.file_systems())),
+    ("file_system_create", |c| drop(c.file_system_create("x", "us-east-1"))),
+    ("file_system_delete", |c| drop(c.file_system_delete("x"))),
+    ("firewall_rules_list", |c| drop(c.firewall_rules())),
+    ("firewall_rules_replace", |c| drop(c.firewall_rules_replace(vec![]))),
+    ("firewall_rulesets_list", |c| drop(c.firewall_rulesets())),
+    ("firewall_ruleset_create", |c| {
+        drop(c.firewall_ruleset_create(&lw::CreateRulesetRequest { name: "x".into(), region: "us-east-1".into(), rules: vec![] }))
+    }),
+    ("firewall_ruleset_global_get", |c| drop(c.firewall_ruleset_global())),
+    ("firewall_ruleset_global_update", |c| drop(c.firewall_ruleset_global_update(&lw::PatchRulesetRequest { name: None, rules: None }))),
+    ("firewall_ruleset_get", |c| drop(c.firewall_ruleset("x"))),
+    ("firewall_ruleset_delete", |c| drop(c.firewall_ruleset_delete("x"))),
+    ("firewall_ruleset_update", |c| drop(c.firewall_ruleset_update("x", &lw::PatchRulesetRequest { name: None, rules: None }))),
+    ("images_list", |c| drop(c.images())),
+    ("instances_launch", |_| {
+        let _ = LambdaClient::launch;
+    }),
+    ("instances_restart", |c| drop(c.restart(&[]))),
+    ("instances_terminate", |c| drop(c.terminate(&[]))),
+    ("instance_types_list", |c| drop(c.instance_types())),
+    ("instances_list", |c| drop(c.instances())),
+    ("instance_get", |c| drop(c.instance("x"))),
+    ("instance_update", |c| drop(c.instance_rename("x", None))),
+    ("ssh_keys_list", |c| drop(c.ssh_keys())),
+    ("ssh_key_create", |c| drop(c.ssh_key_add("x", None))),
+    ("ssh_key_delete", |c| drop(c.ssh_key_delete("x"))),
+];
+
+fn p() -> ListParams {
+    ListParams::default()
+}
+
+const NATIVE: &[NativeRow] = &[
+    ("account_get", |c| drop(c.account())),
+    ("account_update", |_| {
+        let _ = NativeClient::account_update;
+    }),
+    ("api_keys_list", |c| drop(c.api_keys(&p()))),
+    ("api_key_create", |_| {
+        let _ = NativeClient::api_key_create;
+    }),
+    ("api_key_delete", |c| drop(c.api_key_delete("x"))),
+    ("account_quota", |c| drop(c.quota())),
+    ("billing_estimate_get", |c| drop(c.billing_estimate(None, None))),
+    ("billing_invoices_list", |c| drop(c.billing_invoices())),
+    ("billing_invoice_get", |c| drop(c.billing_invoice("x"))),
+    ("billing_usage_get", |c| drop(c.billing_usage(None, None))),
+    ("firewall_rules_list", |c| drop(c.firewall_rules(&p()))),
+    ("firewall_rule_create", |_| {
+        let _ = NativeClient::firewall_rule_create;
+    }),
+    ("firewall_rule_delete", |c| drop(c.firewall_rule_delete("x"))),
+    ("instances_list", |c| drop(c.instances(&p()))),
+    ("instance_create", |_| {
+        let _ = NativeClient::instance_create;
+    }),
+    ("instance_get", |c| drop(c.instance("x"))),
+    ("instance_delete", |c| drop(c.instance_delete("x"))),
+    ("instance_update", |_| {
+        let _ = NativeClient::instance_update;
+    }),
+    ("instance_metrics_get", |c| drop(c.instance_metrics("x", 60))),
+    ("instance_network_get", |c| drop(c.instance_network("x"))),
+    ("instance_resize", |c| drop(c.instance_resize("x", "t"))),
+    ("instance_restart", |c| drop(c.instance_restart("x"))),
+    ("instance_start", |c| drop(c.instance_start("x"))),
+    ("instance_stop", |c| drop(c.instance_stop("x"))),
+    ("service_accounts_list", |c| drop(c.service_accounts(&p()))),
+    ("service_account_create", |_| {
+        let _ = NativeClient::service_account_create;
+    }),
+    ("service_account_get", |c| drop(c.service_account("x"))),
+    ("service_account_delete", |c| drop(c.service_account_delete("x"))),
+    ("service_account_update", |_| {
+        let _ = NativeClient::service_account_update;
+    }),
+    ("service_account_api_keys_list", |c| drop(c.service_account_api_keys("x", &p()))),
+    ("service_account_api_key_create", |_| {
+        let _ = NativeClient::service_account_api_key_create;
+    }),
+    ("service_account_api_key_delete", |c| drop(c.service_account_api_key_delete("x", "y"))),
+    ("snapshots_list", |c| drop(c.snapshots(&p()))),
+    ("snapshot_create", |_| {
+        let _ = NativeClient::snapshot_create;
+    }),
+    ("snapshot_get", |c| drop(c.snapshot("x"))),
+    ("snapshot_delete", |c| drop(c.snapshot_delete("x"))),
+    ("snapshot_restore", |_| {
+        let _ = NativeClient::snapshot_restore;
+    }),
+    ("volumes_list", |c| drop(c.volumes(&p()))),
+    ("volume_create", |_| {
+        let _ = NativeClient::volume_create;
+    }),
+    ("volume_get", |c| drop(c.volume("x"))),
+    ("volume_delete", |c| drop(c.volume_delete("x"))),
+    ("volume_attach", |c| drop(c.volume_attach("x", "y"))),
+    ("volume_detach", |c| drop(c.volume_detach("x"))),
+    ("volume_resize", |c| drop(c.volume_resize("x", 2))),
+    ("vpns_list", |c| drop(c.vpns(&p()))),
+    ("vpn_create", |_| {
+        let _ = NativeClient::vpn_create;
+    }),
+    ("vpn_get", |c| drop(c.vpn("x"))),
+    ("vpn_delete", |c| drop(c.vpn_delete("x"))),
+    ("webhooks_list", |c| drop(c.webhooks(&p()))),
+    ("webhook_create", |_| {
+        let _ = NativeClient::webhook_create;
+    }),
+    ("webhook_get", |c| drop(c.webhook("x"))),
+    ("webhook_delete", |c| drop(c.webhook_delete("x"))),
+    ("webhook_deliveries_list", |c| drop(c.webhook_deliveries("x", &p()))),
+    ("webhook_delivery_redeliver", |c| drop(c.webhook_redeliver("x", "y"))),
+];
+
+fn operation_ids(doc: &str) -> BTreeSet<String> {
+    let path = format!("{}/../../openapi/{doc}", env!("CARGO_MANIFEST_DIR"));
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut out = BTreeSet::new();
+    for ops in v["paths"].as_object().unwrap().values() {
+        for (m, op) in ops.as_object().unwrap() {
+            if ["get", "post", "put", "patch", "delete"].contains(&m.as_str()) {
+                out.insert(op["operationId"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+    out
+}
+
+fn check(doc: &str, rows: &[&str]) {
+    let ops = operation_ids(doc);
+    let table: BTreeSet<String> = rows.iter().map(|s| (*s).to_owned()).collect();
+    assert_eq!(table.len(), rows.len(), "{doc}: a row is listed twice");
+    let missing: Vec<&String> = ops.difference(&table).collect();
+    let stale: Vec<&String> = table.difference(&ops).collect();
+    assert!(
+        missing.is_empty() && stale.is_empty(),
+        "{doc}: operations without a client method {missing:?}; rows for no operation {stale:?}"
+    );
+}
+
+#[tokio::test]
+async fn every_operation_has_a_client_method() {
+    let lambda = LambdaClient::new("http://127.0.0.1:9", "k");
+    for (_, call) in LAMBDA {
+        call(&lambda);
+    }
+    check("lambda.json", &LAMBDA.iter().map(|r| r.0).collect::<Vec<_>>());
+    let native = NativeClient::new("http://127.0.0.1:9", "k");
+    for (_, call) in NATIVE {
+        call(&native);
+    }
+    check("native.json", &NATIVE.iter().map(|r| r.0).collect::<Vec<_>>());
+}
