@@ -14,6 +14,7 @@ mod cluster_cmd;
 mod common;
 mod dev;
 mod image;
+mod profiles;
 mod service_account_cmd;
 mod storage_cmd;
 mod tenant;
@@ -25,6 +26,9 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "nimbus", version, about = "Nimbus: a self-hosted GPU cloud")]
 struct Cli {
+    /// A profile from ~/.config/nimbus/config.toml (`nimbus profile add`); default: the current one.
+    #[arg(long, global = true, env = "NIMBUS_PROFILE")]
+    profile: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -120,8 +124,16 @@ enum Cmd {
     },
     /// Instance types and the regions with capacity for them.
     Types {
+        /// One table over every profile (their instance types and prices side by side).
+        #[arg(long)]
+        all_profiles: bool,
         #[command(flatten)]
         conn: tenant::ConnArgs,
+    },
+    /// Named endpoints (URL, dialect, key source) for the tenant commands.
+    Profile {
+        #[command(subcommand)]
+        cmd: profiles::ProfileCmd,
     },
     /// Instance images (root file systems) cached on this host.
     Image {
@@ -137,6 +149,7 @@ enum Cmd {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let profile = cli.profile.clone();
     common::init_tracing();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
@@ -145,15 +158,17 @@ fn main() -> anyhow::Result<()> {
             Cmd::Agent(a) => dev::run_agent(a).await,
             Cmd::Dev(d) => dev::run_dev(d).await,
             Cmd::Admin { store, cmd } => admin::run(&store, cmd).await,
-            Cmd::Instance { cmd, conn } => tenant::instance(&conn, cmd).await,
-            Cmd::SshKey { cmd, conn } => tenant::ssh_key(&conn, cmd).await,
-            Cmd::Fs { cmd, conn } => tenant::fs(&conn, cmd).await,
-            Cmd::Types { conn } => tenant::types(&conn).await,
-            Cmd::Volume { cmd, conn } => storage_cmd::volume(&conn, cmd).await,
-            Cmd::Billing { cmd, conn } => billing_cmd::run(&conn, cmd).await,
-            Cmd::Cluster { cmd, conn } => cluster_cmd::run(&conn, cmd).await,
-            Cmd::ServiceAccount { cmd, conn } => service_account_cmd::run(&conn, cmd).await,
-            Cmd::Snapshot { cmd, conn } => storage_cmd::snapshot(&conn, cmd).await,
+            Cmd::Instance { cmd, conn } => tenant::instance(&conn.with_profile(&profile), cmd).await,
+            Cmd::SshKey { cmd, conn } => tenant::ssh_key(&conn.with_profile(&profile), cmd).await,
+            Cmd::Fs { cmd, conn } => tenant::fs(&conn.with_profile(&profile), cmd).await,
+            Cmd::Types { conn, all_profiles: false } => tenant::types(&conn.with_profile(&profile)).await,
+            Cmd::Types { conn, all_profiles: true } => tenant::types_all_profiles(&conn).await,
+            Cmd::Profile { cmd } => profiles::run(cmd),
+            Cmd::Volume { cmd, conn } => storage_cmd::volume(&conn.with_profile(&profile), cmd).await,
+            Cmd::Billing { cmd, conn } => billing_cmd::run(&conn.with_profile(&profile), cmd).await,
+            Cmd::Cluster { cmd, conn } => cluster_cmd::run(&conn.with_profile(&profile), cmd).await,
+            Cmd::ServiceAccount { cmd, conn } => service_account_cmd::run(&conn.with_profile(&profile), cmd).await,
+            Cmd::Snapshot { cmd, conn } => storage_cmd::snapshot(&conn.with_profile(&profile), cmd).await,
             Cmd::Bench { cmd } => bench::run(cmd).await,
             Cmd::Image { cmd } => image::run(cmd).await,
         }

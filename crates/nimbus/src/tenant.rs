@@ -8,31 +8,66 @@ use nimbus_api_types::lambda as w;
 use nimbus_client::LambdaClient;
 use serde::Serialize;
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct ConnArgs {
-    #[arg(long, env = "NIMBUS_URL", default_value = "http://127.0.0.1:8080", global = true)]
-    pub url: String,
+    /// Server root (default: the profile's, else http://127.0.0.1:8080).
+    #[arg(long, env = "NIMBUS_URL", global = true)]
+    pub url: Option<String>,
     #[arg(long, env = "NIMBUS_API_KEY", global = true, hide_env_values = true)]
     pub api_key: Option<String>,
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
+    /// The profile (`nimbus --profile NAME …`), set from the top-level flag.
+    #[arg(skip)]
+    pub profile: Option<String>,
+}
+
+/// Where a command connects: an explicit `--url`/`--api-key` (or their environment variables)
+/// wins, then the named or current profile, then the local `nimbus dev` address.
+pub struct Endpoint {
+    pub url: String,
+    pub key: Option<String>,
+    pub dialect: String,
 }
 
 impl ConnArgs {
+    pub fn with_profile(mut self, profile: &Option<String>) -> Self {
+        self.profile = profile.clone();
+        self
+    }
+
+    pub fn endpoint(&self) -> anyhow::Result<Endpoint> {
+        let p = crate::profiles::pick(self.profile.as_deref())?;
+        let key = match (&self.api_key, &p) {
+            (Some(k), _) => Some(k.clone()),
+            (None, Some((_, p))) => Some(p.key()?),
+            (None, None) => None,
+        };
+        let url =
+            self.url.clone().or_else(|| p.as_ref().map(|(_, p)| p.base_url.clone())).unwrap_or_else(|| "http://127.0.0.1:8080".into());
+        Ok(Endpoint { url, key, dialect: p.map(|(_, p)| p.dialect).unwrap_or_else(|| "lambda".into()) })
+    }
+
+    fn url_and_key(&self) -> anyhow::Result<(String, String)> {
+        let e = self.endpoint()?;
+        let key = e.key.context("set NIMBUS_API_KEY, pass --api-key, or add a profile (nimbus profile add)")?;
+        Ok((e.url, key))
+    }
+
     fn client(&self) -> anyhow::Result<LambdaClient> {
-        let key = self.api_key.as_deref().context("set NIMBUS_API_KEY or pass --api-key")?;
-        Ok(LambdaClient::new(&self.url, key))
+        let (url, key) = self.url_and_key()?;
+        Ok(LambdaClient::new(&url, &key))
     }
 
     pub(crate) fn clusters(&self) -> anyhow::Result<nimbus_client::ClustersClient> {
-        let key = self.api_key.as_deref().context("set NIMBUS_API_KEY or pass --api-key")?;
-        Ok(nimbus_client::ClustersClient::new(&self.url, key))
+        let (url, key) = self.url_and_key()?;
+        Ok(nimbus_client::ClustersClient::new(&url, &key))
     }
 
     pub(crate) fn native(&self) -> anyhow::Result<nimbus_client::NativeClient> {
-        let key = self.api_key.as_deref().context("set NIMBUS_API_KEY or pass --api-key")?;
-        Ok(nimbus_client::NativeClient::new(&self.url, key))
+        let (url, key) = self.url_and_key()?;
+        Ok(nimbus_client::NativeClient::new(&url, &key))
     }
 }
 
@@ -150,6 +185,24 @@ pub async fn instance(conn: &ConnArgs, cmd: InstanceCmd) -> anyhow::Result<()> {
             } else {
                 for id in ids {
                     println!("{id}");
+                }
+            }
+        }
+        InstanceCmd::List if conn.endpoint()?.dialect == "native" => {
+            let page = conn.native()?.list_all::<nimbus_api_types::native::Instance>("/instances", &Default::default()).await?;
+            if conn.json {
+                print_json(&page)?;
+            } else {
+                println!("{:<32}  {:<16}  {:<10}  {:<15}  TYPE", "ID", "NAME", "STATUS", "IP");
+                for i in &page {
+                    println!(
+                        "{:<32}  {:<16}  {:<10}  {:<15}  {}",
+                        i.id,
+                        i.name.as_deref().unwrap_or("-"),
+                        i.status,
+                        i.ip.as_deref().unwrap_or("-"),
+                        i.instance_type
+                    );
                 }
             }
         }
@@ -350,6 +403,63 @@ pub async fn types(conn: &ConnArgs) -> anyhow::Result<()> {
             it.specs.vcpus,
             it.specs.memory_gib,
             it.specs.gpus,
+            if regions.is_empty() { "-".to_owned() } else { regions.join(",") }
+        );
+    }
+    Ok(())
+}
+
+/// One table of every profile's instance types (over the Lambda dialect, which every Nimbus and
+/// Lambda-compatible endpoint speaks): a profile that cannot be reached is a row saying why.
+pub async fn types_all_profiles(conn: &ConnArgs) -> anyhow::Result<()> {
+    let f = crate::profiles::load()?;
+    if f.profiles.is_empty() {
+        anyhow::bail!("no profiles (nimbus profile add NAME --url URL --key-file PATH)");
+    }
+    let mut rows: Vec<serde_json::Value> = Vec::new();
+    for (name, p) in &f.profiles {
+        let got = match p.key() {
+            Ok(key) => LambdaClient::new(&p.base_url, &key).instance_types().await.map_err(anyhow::Error::from),
+            Err(e) => Err(e),
+        };
+        match got {
+            Ok(types) => {
+                for (t, e) in types {
+                    let it = &e.instance_type;
+                    rows.push(serde_json::json!({
+                        "profile": name,
+                        "type": t,
+                        "price_cents_per_hour": it.price_cents_per_hour,
+                        "vcpus": it.specs.vcpus,
+                        "memory_gib": it.specs.memory_gib,
+                        "gpus": it.specs.gpus,
+                        "regions_with_capacity": e.regions_with_capacity_available.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
+                    }));
+                }
+            }
+            Err(e) => rows.push(serde_json::json!({"profile": name, "error": e.to_string()})),
+        }
+    }
+    // Cheapest first across all endpoints, so the same shape at different prices sits together.
+    rows.sort_by_key(|r| (r["price_cents_per_hour"].as_i64().unwrap_or(i64::MAX), r["profile"].as_str().unwrap_or_default().to_owned()));
+    if conn.json {
+        return print_json(&rows);
+    }
+    println!("{:<12}  {:<24}  {:>7}  {:>5}  {:>8}  {:>4}  REGIONS WITH CAPACITY", "PROFILE", "TYPE", "$/HR", "VCPU", "MEM GiB", "GPUS");
+    for r in &rows {
+        let profile = r["profile"].as_str().unwrap_or_default();
+        if let Some(e) = r["error"].as_str() {
+            println!("{profile:<12}  error: {e}");
+            continue;
+        }
+        let regions: Vec<&str> = r["regions_with_capacity"].as_array().into_iter().flatten().filter_map(|x| x.as_str()).collect();
+        println!(
+            "{profile:<12}  {:<24}  {:>7.2}  {:>5}  {:>8}  {:>4}  {}",
+            r["type"].as_str().unwrap_or_default(),
+            r["price_cents_per_hour"].as_f64().unwrap_or(0.0) / 100.0,
+            r["vcpus"],
+            r["memory_gib"],
+            r["gpus"],
             if regions.is_empty() { "-".to_owned() } else { regions.join(",") }
         );
     }

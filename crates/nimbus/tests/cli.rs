@@ -206,3 +206,71 @@ fn service_account_cli() {
     assert!(cli(&dev, &["service-account", "delete", &id]).contains("deleted"));
     assert!(cli(&dev, &["service-account", "list", "--json"]).trim() == "[]");
 }
+
+/// Profiles: two running servers, one profile each (keys in 0600 files, never printed);
+/// `nimbus --profile a types --all-profiles` prints one merged table of both.
+#[test]
+fn profiles_and_types_across_two_servers() {
+    use std::os::unix::fs::PermissionsExt;
+    let a = start_dev(&["--api-key", "profile-a-key-0123456789", "--region", "us-east-1"]);
+    let b = start_dev(&[
+        "--api-key",
+        "profile-b-key-0123456789",
+        "--region",
+        "us-west-1",
+        "--sim-gpus",
+        "NVIDIA H100 80GB HBM3:8",
+        "--sim-vcpus",
+        "64",
+        "--sim-memory-gib",
+        "512",
+        "--sim-disk-gib",
+        "10000",
+    ]);
+    let home = std::env::temp_dir().join(format!("nimbus-profiles-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&home);
+    std::fs::create_dir_all(&home).unwrap();
+    let run = |args: &[&str]| {
+        Command::new(BIN).args(args).env("NIMBUS_CONFIG_DIR", &home).env_remove("NIMBUS_URL").env_remove("NIMBUS_API_KEY").output().unwrap()
+    };
+    for (name, dev) in [("a", &a), ("b", &b)] {
+        let key = home.join(format!("{name}.key"));
+        std::fs::write(&key, &dev.key).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let refused = run(&["profile", "add", name, "--url", &dev.url, "--key-file", key.to_str().unwrap()]);
+        assert!(
+            !refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("chmod 600"),
+            "a readable key file is refused"
+        );
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let ok = run(&["profile", "add", name, "--url", &dev.url, "--key-file", key.to_str().unwrap()]);
+        assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    }
+    let list = String::from_utf8(run(&["profile", "list"]).stdout).unwrap();
+    assert!(list.contains("* a") && list.contains(&b.url) && !list.contains(&a.key) && !list.contains(&b.key), "{list}");
+
+    let out = run(&["--profile", "a", "types", "--all-profiles"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = String::from_utf8(out.stdout).unwrap();
+    let rows_of = |p: &str| table.lines().filter(|l| l.starts_with(&format!("{p:<12}"))).count();
+    assert!(rows_of("a") > 5 && rows_of("b") > 5, "{table}");
+    assert!(
+        table.lines().any(|l| l.starts_with("b ") && l.contains("gpu_1x_h100_sxm5") && l.contains("us-west-1")),
+        "b's H100s have capacity: {table}"
+    );
+    assert!(table.lines().any(|l| l.starts_with("a ") && l.contains("cpu_1x_small") && l.contains("us-east-1")), "{table}");
+
+    // The current profile drives ordinary commands; --profile picks another.
+    let types_b = String::from_utf8(run(&["--profile", "b", "types"]).stdout).unwrap();
+    assert!(types_b.contains("us-west-1") && !types_b.contains("us-east-1"), "{types_b}");
+    assert!(run(&["profile", "use", "b"]).status.success());
+    let types_cur = String::from_utf8(run(&["types"]).stdout).unwrap();
+    assert!(types_cur.contains("us-west-1"), "{types_cur}");
+    // A profile may speak the native dialect: instance commands then use /v1.
+    std::env::set_var("NIMBUS_TEST_PROFILE_KEY", &a.key);
+    assert!(run(&["profile", "add", "n", "--url", &a.url, "--dialect", "native", "--key-env", "NIMBUS_TEST_PROFILE_KEY"]).status.success());
+    let listed = run(&["--profile", "n", "instance", "list", "--json"]);
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&listed.stdout).unwrap(), serde_json::json!([]));
+    let _ = std::fs::remove_dir_all(&home);
+}
