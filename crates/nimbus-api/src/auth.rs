@@ -34,6 +34,18 @@ pub fn presented_key(headers: &HeaderMap) -> Option<String> {
     None
 }
 
+/// The caller of a plan-limited dialect (native-style rate limits: Voltage Park, clusters): the
+/// presented key authenticated and its org's plan budget checked.
+pub async fn plan_limited_actor(headers: &HeaderMap, s: &crate::ApiState) -> Result<nimbus_core::auth::Actor, nimbus_core::Error> {
+    let secret = presented_key(headers).ok_or(nimbus_core::Error::Unauthenticated)?;
+    let actor = nimbus_control::auth::authenticate(&s.control, &secret).await?;
+    let d = s.limiter.check_plan(&actor.key_id, crate::ratelimit::RouteClass::Native, &actor.plan);
+    if !d.allowed {
+        return Err(nimbus_core::Error::RateLimited { retry_after: d.retry_after });
+    }
+    Ok(actor)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,6 @@ use nimbus_core::auth::Actor;
 use nimbus_core::Error;
 use serde_json::json;
 
-use crate::ratelimit::RouteClass;
 use crate::ApiState;
 
 pub fn router() -> Router<ApiState> {
@@ -73,13 +72,7 @@ impl FromRequestParts<ApiState> for ClActor {
     type Rejection = ClError;
 
     async fn from_request_parts(parts: &mut Parts, s: &ApiState) -> Result<Self, Self::Rejection> {
-        let secret = crate::auth::presented_key(&parts.headers).ok_or(Error::Unauthenticated)?;
-        let actor = nimbus_control::auth::authenticate(&s.control, &secret).await?;
-        let d = s.limiter.check_plan(&actor.key_id, RouteClass::Native, &actor.plan);
-        if !d.allowed {
-            return Err(Error::RateLimited { retry_after: d.retry_after }.into());
-        }
-        Ok(ClActor(actor))
+        Ok(ClActor(crate::auth::plan_limited_actor(&parts.headers, s).await?))
     }
 }
 

@@ -7,7 +7,6 @@ use nimbus_core::auth::Actor;
 use nimbus_core::Error;
 
 use super::VpError;
-use crate::ratelimit::RouteClass;
 use crate::ApiState;
 
 pub struct VpActor(pub Actor);
@@ -16,13 +15,7 @@ impl FromRequestParts<ApiState> for VpActor {
     type Rejection = VpError;
 
     async fn from_request_parts(parts: &mut Parts, s: &ApiState) -> Result<Self, Self::Rejection> {
-        let secret = crate::auth::presented_key(&parts.headers).ok_or(Error::Unauthenticated)?;
-        let actor = nimbus_control::auth::authenticate(&s.control, &secret).await?;
-        let d = s.limiter.check_plan(&actor.key_id, RouteClass::Native, &actor.plan);
-        if !d.allowed {
-            return Err(Error::RateLimited { retry_after: d.retry_after }.into());
-        }
-        Ok(VpActor(actor))
+        Ok(VpActor(crate::auth::plan_limited_actor(&parts.headers, s).await?))
     }
 }
 

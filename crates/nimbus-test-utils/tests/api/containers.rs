@@ -99,6 +99,30 @@ fn host_config(data: &std::path::Path, images: &std::path::Path, prefix: &str, n
     }
 }
 
+/// A test's container host and SSH key pair: registers a container host of `s` (data under
+/// `<server dir>/<dir_name>`, bridge `<prefix>…` on 10.`net`.0.0/24, see `host_config`) and makes
+/// a fresh ed25519 key. The guard cleans the host up, also when the test fails.
+struct Rig {
+    cfg: ContainerConfig,
+    data: PathBuf,
+    key: PathBuf,
+    public: String,
+    _cleanup: HostCleanup,
+}
+
+async fn rig(s: &mut TestServer, images: &std::path::Path, dir_name: &str, prefix: &str, net: u8, sshd_grace: Duration) -> Rig {
+    let data = s.dir.0.join(dir_name);
+    let cfg = host_config(&data, images, prefix, net, sshd_grace);
+    let cleanup = HostCleanup { cfg: cfg.clone() };
+    s.add_container_host("us-east-1", cfg.clone()).await;
+    let keydir = s.dir.0.join("keys");
+    std::fs::create_dir_all(&keydir).unwrap();
+    let key = keydir.join("id");
+    assert!(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).status().unwrap().success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    Rig { cfg, data, key, public, _cleanup: cleanup }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn launch_ssh_file_systems_terminate_and_nothing_leaks() {
     let Some(images) = ready() else { return };
@@ -421,15 +445,8 @@ async fn vpn_peer_reaches_its_orgs_instance_only() {
 async fn volumes_enforce_size_attach_live_and_snapshots_restore() {
     let Some(images) = ready() else { return };
     let mut s = TestServer::builder().start().await;
-    let data = s.dir.0.join("storage-host");
-    let cfg = host_config(&data, &images, "nbs", 238, Duration::from_secs(5));
-    let _cleanup = HostCleanup { cfg: cfg.clone() };
-    s.add_container_host("us-east-1", cfg.clone()).await;
-    let keydir = s.dir.0.join("keys");
-    std::fs::create_dir_all(&keydir).unwrap();
-    let key = keydir.join("id");
-    assert!(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).status().unwrap().success());
-    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let rig = rig(&mut s, &images, "storage-host", "nbs", 238, Duration::from_secs(5)).await;
+    let (data, key, public) = (rig.data.clone(), rig.key.clone(), rig.public.clone());
     let kid = s.expect("POST", "/ssh-keys", Some(json!({"name": "st", "public_key": public.trim()})), 200).await["data"]["id"]
         .as_str()
         .unwrap()
@@ -549,15 +566,8 @@ async fn volumes_enforce_size_attach_live_and_snapshots_restore() {
 async fn voltage_storage_shared_by_two_instances_and_measured() {
     let Some(images) = ready() else { return };
     let mut s = TestServer::builder().start().await;
-    let data = s.dir.0.join("vp-storage-host");
-    let cfg = host_config(&data, &images, "nbp", 241, Duration::from_secs(5));
-    let _cleanup = HostCleanup { cfg: cfg.clone() };
-    s.add_container_host("us-east-1", cfg.clone()).await;
-    let keydir = s.dir.0.join("keys");
-    std::fs::create_dir_all(&keydir).unwrap();
-    let key = keydir.join("id");
-    assert!(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).status().unwrap().success());
-    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let rig = rig(&mut s, &images, "vp-storage-host", "nbp", 241, Duration::from_secs(5)).await;
+    let (data, key, public) = (rig.data.clone(), rig.key.clone(), rig.public.clone());
     let kid = s.expect("POST", "/ssh-keys", Some(json!({"name": "vp", "public_key": public.trim()})), 200).await["data"]["id"]
         .as_str()
         .unwrap()
@@ -664,15 +674,8 @@ async fn voltage_vm_ssh_through_its_port_forward_power_and_delete() {
     let Some(images) = ready() else { return };
     // A port range of its own: forwards DNAT every local address, so stay clear of others.
     let mut s = TestServer::builder().config(|c| c.port_forwards.first_port = 42_100).start().await;
-    let data = s.dir.0.join("vp-vm-host");
-    let cfg = host_config(&data, &images, "nbw", 243, Duration::from_secs(5));
-    let _cleanup = HostCleanup { cfg: cfg.clone() };
-    s.add_container_host("us-east-1", cfg.clone()).await;
-    let keydir = s.dir.0.join("keys");
-    std::fs::create_dir_all(&keydir).unwrap();
-    let key = keydir.join("id");
-    assert!(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).status().unwrap().success());
-    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let rig = rig(&mut s, &images, "vp-vm-host", "nbw", 243, Duration::from_secs(5)).await;
+    let (cfg, key, public) = (rig.cfg.clone(), rig.key.clone(), rig.public.clone());
     let vp = |m: &'static str, p: String, b: Option<serde_json::Value>| {
         let s = &s;
         async move { s.send(&s.key, m, format!("{}/api/v1{p}", s.url), b).await }
@@ -799,15 +802,8 @@ async fn cluster_nodes_reach_each_other_by_name_and_come_back() {
         })
         .start()
         .await;
-    let data = s.dir.0.join("cluster-host");
-    let cfg = host_config(&data, &images, "nbc", 244, Duration::from_secs(5));
-    let _cleanup = HostCleanup { cfg: cfg.clone() };
-    s.add_container_host("us-east-1", cfg.clone()).await;
-    let keydir = s.dir.0.join("keys");
-    std::fs::create_dir_all(&keydir).unwrap();
-    let key = keydir.join("id");
-    assert!(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).status().unwrap().success());
-    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let rig = rig(&mut s, &images, "cluster-host", "nbc", 244, Duration::from_secs(5)).await;
+    let (cfg, data, key, public) = (rig.cfg.clone(), rig.data.clone(), rig.key.clone(), rig.public.clone());
     s.expect("POST", "/ssh-keys", Some(json!({"name": "cl", "public_key": public.trim()})), 200).await;
     let api = |m: &'static str, p: String, b: Option<serde_json::Value>| {
         let s = &s;
