@@ -5,10 +5,12 @@
 mod clusters;
 mod native;
 pub mod transport;
+mod voltage;
 
 pub use clusters::ClustersClient;
 pub use native::{ListParams, NativeClient, Page};
 pub use transport::{Auth, RetryPolicy};
+pub use voltage::VoltageClient;
 
 use reqwest::Method;
 use transport::Transport;
