@@ -68,6 +68,22 @@ impl ClustersClient {
         self.call(Method::DELETE, &format!("/{id}"), &[], None).await.map(|_| ())
     }
 
+    /// Polls until the cluster is `CREATED` (an error once it is `FAILED` or `timeout` passes).
+    pub async fn wait_until_ready(&self, id: &str, timeout: Duration) -> Result<Value> {
+        let start = std::time::Instant::now();
+        loop {
+            let v = self.get(id).await?;
+            let state = v["state"].as_str().unwrap_or_default().to_owned();
+            if state == "CREATED" {
+                return Ok(v);
+            }
+            if start.elapsed() > timeout || matches!(state.as_str(), "FAILED" | "DELETED") {
+                return Err(ClientError::Wait { id: id.to_owned(), wanted: "CREATED".into(), last: state });
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     pub async fn available_regions(&self, provider: &str) -> Result<Vec<String>> {
         let v = self.call(Method::GET, "/available-regions", &[("provider".to_owned(), provider.to_owned())], None).await?;
         Ok(v["regions"].as_array().map(|a| a.iter().filter_map(|r| r.as_str().map(str::to_owned)).collect()).unwrap_or_default())

@@ -1,11 +1,19 @@
-//! A typed Rust client for Nimbus, over the same wire types the server uses
-//! (`nimbus-api-types`). `LambdaClient` speaks the Lambda Cloud API v1 dialect, `NativeClient`
-//! the native API at `/v1`.
+//! A typed Rust client for Nimbus (and any endpoint speaking one of its dialects), over the same
+//! wire types the server uses (`nimbus-api-types`): a module per dialect — `lambda`
+//! (`LambdaClient`, Lambda Cloud API v1), `native` (`NativeClient`, `/v1`), `voltage`
+//! (`VoltageClient`, Voltage Park On-Demand), `clusters` (`ClustersClient`, CockroachDB-Cloud-
+//! shaped) — sharing `transport` (auth, timeouts, retries honouring `Retry-After`, idempotency
+//! keys).
 
-mod clusters;
-mod native;
+pub mod clusters;
+pub mod native;
 pub mod transport;
-mod voltage;
+pub mod voltage;
+
+/// The Lambda Cloud API v1 dialect (`LambdaClient`), as a module like the other dialects.
+pub mod lambda {
+    pub use crate::LambdaClient;
+}
 
 pub use clusters::ClustersClient;
 pub use native::{ListParams, NativeClient, Page};
