@@ -4,6 +4,7 @@
 //! (`VoltageClient`, Voltage Park On-Demand), `clusters` (`ClustersClient`, CockroachDB-Cloud-
 //! shaped) — sharing `transport` (auth, timeouts, retries honouring `Retry-After`, idempotency
 //! keys).
+#![doc = include_str!("../../../docs/rust-sdk.md")]
 
 pub mod clusters;
 pub mod native;
