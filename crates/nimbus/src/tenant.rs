@@ -189,22 +189,20 @@ pub async fn instance(conn: &ConnArgs, cmd: InstanceCmd) -> anyhow::Result<()> {
             }
         }
         InstanceCmd::List if conn.endpoint()?.dialect == "native" => {
-            let page = conn.native()?.list_all::<nimbus_api_types::native::Instance>("/instances", &Default::default()).await?;
-            if conn.json {
-                print_json(&page)?;
-            } else {
-                println!("{:<32}  {:<16}  {:<10}  {:<15}  TYPE", "ID", "NAME", "STATUS", "IP");
-                for i in &page {
-                    println!(
-                        "{:<32}  {:<16}  {:<10}  {:<15}  {}",
-                        i.id,
-                        i.name.as_deref().unwrap_or("-"),
-                        i.status,
-                        i.ip.as_deref().unwrap_or("-"),
-                        i.instance_type
-                    );
-                }
+            let list = conn.native()?.list_all::<nimbus_api_types::native::Instance>("/instances", &Default::default()).await?;
+            native_rows(conn, &list)?;
+        }
+        InstanceCmd::Get { id } if conn.endpoint()?.dialect == "native" => {
+            let i = conn.native()?.instance(&id).await?;
+            native_rows(conn, std::slice::from_ref(&i))?;
+        }
+        InstanceCmd::Terminate { ids } if conn.endpoint()?.dialect == "native" => {
+            let n = conn.native()?;
+            let mut out = Vec::new();
+            for id in &ids {
+                out.push(n.instance_delete(id).await?);
             }
+            native_rows(conn, &out)?;
         }
         InstanceCmd::List => {
             let list = c.instances().await?;
@@ -404,6 +402,25 @@ pub async fn types(conn: &ConnArgs) -> anyhow::Result<()> {
             it.specs.memory_gib,
             it.specs.gpus,
             if regions.is_empty() { "-".to_owned() } else { regions.join(",") }
+        );
+    }
+    Ok(())
+}
+
+/// Instances of the native dialect, as a table or JSON.
+fn native_rows(conn: &ConnArgs, list: &[nimbus_api_types::native::Instance]) -> anyhow::Result<()> {
+    if conn.json {
+        return print_json(&list);
+    }
+    println!("{:<32}  {:<16}  {:<10}  {:<15}  TYPE", "ID", "NAME", "STATUS", "IP");
+    for i in list {
+        println!(
+            "{:<32}  {:<16}  {:<10}  {:<15}  {}",
+            i.id,
+            i.name.as_deref().unwrap_or("-"),
+            i.status,
+            i.ip.as_deref().unwrap_or("-"),
+            i.instance_type
         );
     }
     Ok(())

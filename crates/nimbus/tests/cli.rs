@@ -272,5 +272,7 @@ fn profiles_and_types_across_two_servers() {
     let listed = run(&["--profile", "n", "instance", "list", "--json"]);
     assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
     assert_eq!(serde_json::from_slice::<serde_json::Value>(&listed.stdout).unwrap(), serde_json::json!([]));
+    let missing = run(&["--profile", "n", "instance", "get", "0123456789abcdef0123456789abcdef"]);
+    assert!(!missing.status.success() && String::from_utf8_lossy(&missing.stderr).contains("not_found"), "the native dialect's error code");
     let _ = std::fs::remove_dir_all(&home);
 }
