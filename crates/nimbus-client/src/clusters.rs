@@ -70,18 +70,15 @@ impl ClustersClient {
 
     /// Polls until the cluster is `CREATED` (an error once it is `FAILED` or `timeout` passes).
     pub async fn wait_until_ready(&self, id: &str, timeout: Duration) -> Result<Value> {
-        let start = std::time::Instant::now();
-        loop {
-            let v = self.get(id).await?;
-            let state = v["state"].as_str().unwrap_or_default().to_owned();
-            if state == "CREATED" {
-                return Ok(v);
-            }
-            if start.elapsed() > timeout || matches!(state.as_str(), "FAILED" | "DELETED") {
-                return Err(ClientError::Wait { id: id.to_owned(), wanted: "CREATED".into(), last: state });
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        crate::transport::poll_until(
+            id,
+            "CREATED",
+            &["FAILED", "DELETED"],
+            timeout,
+            || self.get(id),
+            |v| v["state"].as_str().unwrap_or_default().to_owned(),
+        )
+        .await
     }
 
     pub async fn available_regions(&self, provider: &str) -> Result<Vec<String>> {

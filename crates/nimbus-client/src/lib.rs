@@ -247,16 +247,6 @@ impl LambdaClient {
 
     /// Polls until the instance is `active` (or `timeout` passes).
     pub async fn wait_until_ready(&self, id: &str, timeout: Duration) -> Result<w::Instance> {
-        let start = std::time::Instant::now();
-        loop {
-            let i = self.instance(id).await?;
-            if i.status == "active" {
-                return Ok(i);
-            }
-            if start.elapsed() > timeout || matches!(i.status.as_str(), "terminated" | "terminating") {
-                return Err(ClientError::Wait { id: id.to_owned(), wanted: "active".into(), last: i.status });
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        transport::poll_until(id, "active", &["terminating", "terminated"], timeout, || self.instance(id), |i| i.status.clone()).await
     }
 }

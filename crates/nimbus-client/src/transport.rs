@@ -158,6 +158,34 @@ impl Transport {
     }
 }
 
+/// Reads `read()` every 250 ms until its status (`status_of`) is `wanted`; an error once it is
+/// one of `hopeless` or `timeout` has passed (the `wait_until_ready` of every dialect).
+pub(crate) async fn poll_until<T, F, Fut>(
+    id: &str,
+    wanted: &str,
+    hopeless: &[&str],
+    timeout: Duration,
+    read: F,
+    status_of: impl Fn(&T) -> String,
+) -> Result<T>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        let v = read().await?;
+        let status = status_of(&v);
+        if status == wanted {
+            return Ok(v);
+        }
+        if start.elapsed() > timeout || hopeless.contains(&status.as_str()) {
+            return Err(ClientError::Wait { id: id.to_owned(), wanted: wanted.to_owned(), last: status });
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

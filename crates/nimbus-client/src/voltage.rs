@@ -148,18 +148,15 @@ impl VoltageClient {
     }
     /// Polls until the VM is `Running` (or `timeout` passes).
     pub async fn wait_until_ready(&self, id: &str, timeout: Duration) -> Result<Value> {
-        let start = std::time::Instant::now();
-        loop {
-            let v = self.vm(id).await?;
-            let status = v["status"].as_str().unwrap_or_default().to_owned();
-            if status == "Running" {
-                return Ok(v);
-            }
-            if start.elapsed() > timeout || matches!(status.as_str(), "Error" | "Terminating") {
-                return Err(ClientError::Wait { id: id.to_owned(), wanted: "Running".into(), last: status });
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        crate::transport::poll_until(
+            id,
+            "Running",
+            &["Error", "Terminating"],
+            timeout,
+            || self.vm(id),
+            |v| v["status"].as_str().unwrap_or_default().to_owned(),
+        )
+        .await
     }
 
     // Bare metal.
