@@ -193,22 +193,25 @@ runcmd:
     assert!(lines[1] == "100000" || lines[1] == "100000 100000", "{out}");
     assert!(lines[2].ends_with(":/"), "the instance is the root of its cgroup namespace: {out}");
 
-    // Metrics are the kernel's own counters: a busy loop inside shows up as about one core (the
-    // instance's limit), and its memory and disk are non-zero.
-    let (ok, out) = ssh(&key, &ip1, "nohup timeout 6 sh -c 'while :; do :; done' >/dev/null 2>&1 & echo busy");
+    // Metrics are the kernel's own counters: a busy loop inside shows up as most of a core, capped
+    // near one (the instance's limit), and its memory and disk are non-zero. The loop runs until
+    // seen (at most 20 s) and the bar is half a core: on a loaded 2-core machine a shorter loop
+    // could miss every one-second sample at 0.7 cores (seen while compiles ran alongside).
+    let (ok, out) = ssh(&key, &ip1, "nohup timeout 20 sh -c 'while :; do :; done' >/dev/null 2>&1 & echo busy");
     assert!(ok, "{out}");
     let t = Instant::now();
     loop {
         let (st, v) = s.native(&s.key, "GET", &format!("/instances/{id1}/metrics?step=1"), None).await;
         assert_eq!(st, 200, "{v}");
         let points = v["data"]["points"].as_array().cloned().unwrap_or_default();
-        if let Some(p) = points.iter().rev().find(|p| p["cpu_millicores"].as_i64().unwrap_or(0) >= 700) {
+        if let Some(p) = points.iter().rev().find(|p| p["cpu_millicores"].as_i64().unwrap_or(0) >= 500) {
             assert!(p["cpu_millicores"].as_i64().unwrap() <= 1_150, "capped near one core: {p}");
             assert!(p["memory_bytes"].as_i64().unwrap() > 1 << 20, "{p}");
             assert!(p["disk_bytes"].as_i64().unwrap() > 0, "{p}");
+            let _ = ssh(&key, &ip1, "pkill -f 'while :; do :; done'; true");
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(15), "no busy sample: {v}");
+        assert!(t.elapsed() < Duration::from_secs(20), "no busy sample: {v}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
