@@ -96,6 +96,40 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
     }
 }
 
+/// Starts `hosts` real agents with sim drivers (`sim(i)` for host `i`) against `server_url`,
+/// stopped by `stop`, and waits until every one has registered.
+pub(crate) async fn spawn_sim_hosts(
+    control: &Control,
+    server_url: &str,
+    token: &str,
+    dir: &std::path::Path,
+    hosts: usize,
+    stop: &tokio::sync::watch::Receiver<bool>,
+    sim: impl Fn(usize) -> SimConfig,
+) -> anyhow::Result<()> {
+    for h in 0..hosts {
+        let agent = Agent::new(
+            AgentConfig {
+                server_url: server_url.to_owned(),
+                token: token.to_owned(),
+                data_dir: dir.join(format!("agent-{h}")),
+                poll_wait: Duration::from_secs(25),
+                public_ip: None,
+            },
+            Arc::new(SimDriver::new(sim(h))),
+        );
+        tokio::spawn(agent.run(stop.clone()));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while control.store().host_list(None, true).await.map_err(|e| anyhow::anyhow!("{e}"))?.len() < hosts {
+        if Instant::now() > deadline {
+            bail!("sim hosts did not register");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
 pub(crate) fn temp_dir(tag: &str) -> anyhow::Result<std::path::PathBuf> {
     let d = std::env::temp_dir().join(format!("nimbus-bench-{tag}-{}", nimbus_core::ids::random_hex_id()));
     std::fs::create_dir_all(&d)?;
@@ -241,35 +275,16 @@ async fn api(n: usize, concurrency: usize, secs: Duration, hosts: usize, databas
     let server = nimbus_api::server::start(control.clone(), listener)?;
     let addr = server.addr;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    for h in 0..hosts {
-        let driver = Arc::new(SimDriver::new(SimConfig {
-            hostname: format!("sim-{h}"),
-            vcpus: 100_000,
-            memory_mib: 1 << 30,
-            disk_gib: 10_000_000,
-            gpus: vec![("NVIDIA H100 80GB HBM3".to_owned(), 8)],
-            state_file: None,
-            address_block: h as u8,
-        }));
-        let agent = Agent::new(
-            AgentConfig {
-                server_url: server.url(),
-                token: token.clone(),
-                data_dir: dir.join(format!("agent-{h}")),
-                poll_wait: Duration::from_secs(25),
-                public_ip: None,
-            },
-            driver,
-        );
-        tokio::spawn(agent.run(stop_rx.clone()));
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while control.store().host_list(None, true).await.map_err(|e| anyhow::anyhow!("{e}"))?.len() < hosts {
-        if Instant::now() > deadline {
-            bail!("sim hosts did not register");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    spawn_sim_hosts(&control, &server.url(), &token, &dir, hosts, &stop_rx, |h| SimConfig {
+        hostname: format!("sim-{h}"),
+        vcpus: 100_000,
+        memory_mib: 1 << 30,
+        disk_gib: 10_000_000,
+        gpus: vec![("NVIDIA H100 80GB HBM3".to_owned(), 8)],
+        state_file: None,
+        address_block: h as u8,
+    })
+    .await?;
     let mut c = connect(addr).await?;
     let resp = c.send_request(request("POST", "/api/v1/ssh-keys", &key, Some(r#"{"name":"bench"}"#))?).await?;
     if !resp.status().is_success() {

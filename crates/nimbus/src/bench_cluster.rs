@@ -7,12 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use nimbus_agent::{Agent, AgentConfig};
 use nimbus_control::config::RateLimits;
 use nimbus_control::{admin, Config, Control};
 use nimbus_core::auth::Permissions;
 use nimbus_core::clock::SystemClock;
-use nimbus_driver::sim::{SimConfig, SimDriver};
+use nimbus_driver::sim::SimConfig;
 use nimbus_store::Store;
 use serde_json::{json, Value};
 
@@ -49,35 +48,16 @@ pub async fn run(a: ClusterArgs) -> anyhow::Result<()> {
     let token = admin::host_token_create(&control, "us-east-1").await.map_err(err)?;
     let server = nimbus_api::server::start(control.clone(), tokio::net::TcpListener::bind("127.0.0.1:0").await?)?;
     let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    for h in 0..a.hosts {
-        let driver = Arc::new(SimDriver::new(SimConfig {
-            hostname: format!("sim-{h}"),
-            vcpus: 64,
-            memory_mib: 512 * 1024,
-            disk_gib: 100_000,
-            gpus: vec![],
-            state_file: None,
-            address_block: h as u8,
-        }));
-        let agent = Agent::new(
-            AgentConfig {
-                server_url: server.url(),
-                token: token.clone(),
-                data_dir: dir.join(format!("agent-{h}")),
-                poll_wait: Duration::from_secs(25),
-                public_ip: None,
-            },
-            driver,
-        );
-        tokio::spawn(agent.run(stop_rx.clone()));
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while control.store().host_list(None, true).await.map_err(err)?.len() < a.hosts {
-        if Instant::now() > deadline {
-            bail!("sim hosts did not register");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::bench::spawn_sim_hosts(&control, &server.url(), &token, &dir, a.hosts, &stop_rx, |h| SimConfig {
+        hostname: format!("sim-{h}"),
+        vcpus: 64,
+        memory_mib: 512 * 1024,
+        disk_gib: 100_000,
+        gpus: vec![],
+        state_file: None,
+        address_block: h as u8,
+    })
+    .await?;
     let http = reqwest::Client::new();
     let base = format!("{}/api/v1", server.url());
     let r = http.post(format!("{base}/ssh-keys")).bearer_auth(&key).json(&json!({"name": "bench"})).send().await?;
