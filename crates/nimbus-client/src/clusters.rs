@@ -1,11 +1,13 @@
 //! `ClustersClient`: the clusters dialect (`/api/v1/clusters`, CockroachDB-Cloud-shaped), Bearer
 //! auth, errors `{"code", "message"}` as `ClientError::Api` with the gRPC code as the code.
+//! Requests and answers are the server's own wire types (`nimbus_api_types::clusters`).
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
-
+use nimbus_api_types::clusters as w;
 use reqwest::Method;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use crate::transport::{Auth, RetryPolicy, Transport};
 use crate::{ClientError, Result};
@@ -30,59 +32,88 @@ impl ClustersClient {
         self
     }
 
-    async fn call(&self, method: Method, path: &str, query: &[(String, String)], body: Option<Value>) -> Result<Value> {
+    async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, query: &[(String, String)], body: Option<Value>) -> Result<T> {
         let a = self.t.send(method, &format!("{}{path}", self.base), query, body.as_ref(), None).await?;
         let (status, bytes) = (a.status, a.body);
-        let v: Option<Value> = serde_json::from_slice(&bytes).ok();
-        match (status, v) {
-            (200, Some(v)) => Ok(v),
-            (_, Some(e)) if e.get("code").is_some_and(Value::is_i64) => {
-                Err(ClientError::Api { status, code: e["code"].to_string(), message: e["message"].as_str().unwrap_or_default().to_owned() })
-            }
-            _ => Err(ClientError::Unexpected { status, body: String::from_utf8_lossy(&bytes).into_owned() }),
+        if status == 200 {
+            return serde_json::from_slice(&bytes)
+                .map_err(|e| ClientError::Unexpected { status, body: format!("{e}: {}", String::from_utf8_lossy(&bytes)) });
+        }
+        match serde_json::from_slice::<w::ErrorBody>(&bytes) {
+            Ok(e) => Err(ClientError::Api { status, code: e.code.to_string(), message: e.message }),
+            Err(_) => Err(ClientError::Unexpected { status, body: String::from_utf8_lossy(&bytes).into_owned() }),
         }
     }
 
-    /// `POST /clusters` with a request in the seed's shape (`name`, `provider`, `spec`).
-    pub async fn create(&self, request: &Value) -> Result<Value> {
-        self.call(Method::POST, "", &[], Some(request.clone())).await
+    fn body<T: serde::Serialize>(v: &T) -> Result<Value> {
+        serde_json::to_value(v).map_err(|e| ClientError::Unexpected { status: 0, body: format!("unencodable request: {e}") })
     }
 
-    pub async fn list(&self, show_inactive: bool) -> Result<Value> {
-        self.call(Method::GET, "", &[("show_inactive".to_owned(), show_inactive.to_string())], None).await
+    /// `POST /clusters` (`name`, `provider`, `spec`).
+    pub async fn create(&self, request: &w::CreateCluster) -> Result<w::Cluster> {
+        self.call(Method::POST, "", &[], Some(Self::body(request)?)).await
     }
 
-    pub async fn get(&self, id: &str) -> Result<Value> {
+    /// One page (`page` from 1; `limit` 0 is the server's default of 100).
+    pub async fn list_page(&self, show_inactive: bool, page: u64, limit: u64) -> Result<w::ClusterList> {
+        let q = [
+            ("show_inactive".to_owned(), show_inactive.to_string()),
+            ("pagination.page".to_owned(), page.to_string()),
+            ("pagination.limit".to_owned(), limit.to_string()),
+        ];
+        self.call(Method::GET, "", &q, None).await
+    }
+
+    /// Every cluster, following the pages.
+    pub async fn list(&self, show_inactive: bool) -> Result<Vec<w::Cluster>> {
+        let mut out = Vec::new();
+        let mut page = 1;
+        loop {
+            let p = self.list_page(show_inactive, page, 500).await?;
+            out.extend(p.clusters);
+            if p.pagination.next == 0 || p.pagination.next <= page {
+                return Ok(out);
+            }
+            page = p.pagination.next;
+        }
+    }
+
+    pub async fn get(&self, id: &str) -> Result<w::Cluster> {
         self.call(Method::GET, &format!("/{id}"), &[], None).await
     }
 
-    pub async fn nodes(&self, id: &str) -> Result<Value> {
-        self.call(Method::GET, &format!("/{id}/nodes"), &[], None).await
+    /// Every node, following the pages.
+    pub async fn nodes(&self, id: &str) -> Result<Vec<w::Node>> {
+        let mut out = Vec::new();
+        let mut page = 1;
+        loop {
+            let q = [("pagination.page".to_owned(), page.to_string()), ("pagination.limit".to_owned(), "500".to_owned())];
+            let p: w::NodeList = self.call(Method::GET, &format!("/{id}/nodes"), &q, None).await?;
+            out.extend(p.nodes);
+            if p.pagination.next == 0 || p.pagination.next <= page {
+                return Ok(out);
+            }
+            page = p.pagination.next;
+        }
     }
 
     pub async fn set_spend_limit(&self, id: &str, cents: i64) -> Result<()> {
-        self.call(Method::PUT, &format!("/{id}/spend-limit"), &[], Some(json!({"spendLimit": cents}))).await.map(|_| ())
+        let body = Self::body(&w::SpendLimit { spend_limit: cents })?;
+        self.call::<w::Empty>(Method::PUT, &format!("/{id}/spend-limit"), &[], Some(body)).await.map(|_| ())
     }
 
     pub async fn delete(&self, id: &str) -> Result<()> {
-        self.call(Method::DELETE, &format!("/{id}"), &[], None).await.map(|_| ())
+        self.call::<w::Empty>(Method::DELETE, &format!("/{id}"), &[], None).await.map(|_| ())
     }
 
     /// Polls until the cluster is `CREATED` (an error once it is `FAILED` or `timeout` passes).
-    pub async fn wait_until_ready(&self, id: &str, timeout: Duration) -> Result<Value> {
-        crate::transport::poll_until(
-            id,
-            "CREATED",
-            &["FAILED", "DELETED"],
-            timeout,
-            || self.get(id),
-            |v| v["state"].as_str().unwrap_or_default().to_owned(),
-        )
-        .await
+    pub async fn wait_until_ready(&self, id: &str, timeout: Duration) -> Result<w::Cluster> {
+        crate::transport::poll_until(id, "CREATED", &["FAILED", "DELETED"], timeout, || self.get(id), |c| c.state.clone()).await
     }
 
     pub async fn available_regions(&self, provider: &str) -> Result<Vec<String>> {
-        let v = self.call(Method::GET, "/available-regions", &[("provider".to_owned(), provider.to_owned())], None).await?;
-        Ok(v["regions"].as_array().map(|a| a.iter().filter_map(|r| r.as_str().map(str::to_owned)).collect()).unwrap_or_default())
+        let q = [("provider".to_owned(), provider.to_owned())];
+        let r: w::AvailableRegions = self.call(Method::GET, "/available-regions", &q, None).await?;
+        Ok(r.regions)
     }
 }

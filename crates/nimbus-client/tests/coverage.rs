@@ -1,4 +1,4 @@
-//! Every operation of the Lambda and native OpenAPI documents (checked in, generated from the
+//! Every operation of the Lambda, native and clusters OpenAPI documents (checked in, generated from the
 //! server's code) has a client method: each row names the operation and calls the method (the
 //! future is built and dropped, so a missing or renamed method fails to compile), and the test
 //! fails when the document has an operation without a row, or a row names none.
@@ -169,6 +169,29 @@ async fn every_operation_has_a_client_method() {
         call(&native);
     }
     check("native.json", &NATIVE.iter().map(|r| r.0).collect::<Vec<_>>());
+}
+
+type ClustersRow = (&'static str, fn(&nimbus_client::ClustersClient));
+
+const CLUSTERS: &[ClustersRow] = &[
+    ("clusters_list", |c| drop(c.list_page(false, 1, 0))),
+    ("cluster_create", |_| {
+        let _ = nimbus_client::ClustersClient::create;
+    }),
+    ("available_regions_list", |c| drop(c.available_regions("NIMBUS"))),
+    ("cluster_get", |c| drop(c.get("x"))),
+    ("cluster_delete", |c| drop(c.delete("x"))),
+    ("cluster_nodes_list", |c| drop(c.nodes("x"))),
+    ("cluster_spend_limit_update", |c| drop(c.set_spend_limit("x", 0))),
+];
+
+#[tokio::test]
+async fn every_clusters_operation_has_a_client_method() {
+    let c = nimbus_client::ClustersClient::new("http://127.0.0.1:9", "k");
+    for (_, call) in CLUSTERS {
+        call(&c);
+    }
+    check("clusters.json", &CLUSTERS.iter().map(|r| r.0).collect::<Vec<_>>());
 }
 
 type VoltageRow = (&'static str, fn(&nimbus_client::VoltageClient));

@@ -2,7 +2,9 @@
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
-use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+
+use nimbus_api_types::clusters as w;
 
 use crate::tenant::ConnArgs;
 
@@ -56,48 +58,52 @@ pub enum ClusterCmd {
 }
 
 /// The `spec` of a create request.
-fn spec(dedicated: &[String], machine_type: Option<String>, serverless: &[String], spend_limit: i64) -> anyhow::Result<Value> {
+fn spec(
+    dedicated: &[String],
+    machine_type: Option<String>,
+    serverless: &[String],
+    spend_limit: i64,
+) -> anyhow::Result<w::CreateClusterSpec> {
     match (dedicated.is_empty(), serverless.is_empty()) {
         (false, true) => {
-            let mut rn = Map::new();
+            let mut region_nodes = BTreeMap::new();
             for d in dedicated {
                 let (r, n) = d.split_once('=').context("--dedicated takes REGION=NODES")?;
-                rn.insert(r.to_owned(), json!(n.parse::<i64>().context("NODES must be a number")?));
+                region_nodes.insert(r.to_owned(), n.parse::<i64>().context("NODES must be a number")?);
             }
             let t = machine_type.context("--machine-type is required for a dedicated cluster")?;
-            Ok(json!({"dedicated": {"region_nodes": rn, "machine_type": t}}))
+            let d = w::DedicatedSpec { region_nodes, machine_type: Some(t), hardware: None };
+            Ok(w::CreateClusterSpec { dedicated: Some(d), serverless: None })
         }
-        (true, false) => Ok(json!({"serverless": {"regions": serverless, "spendLimit": spend_limit}})),
+        (true, false) => {
+            let s = w::ServerlessSpec { regions: serverless.to_vec(), spend_limit: Some(spend_limit) };
+            Ok(w::CreateClusterSpec { serverless: Some(s), dedicated: None })
+        }
         _ => bail!("give either --dedicated REGION=NODES (with --machine-type) or --serverless REGION"),
     }
 }
 
-fn line(c: &Value) {
-    println!(
-        "{}  {:<20} {:<10} {:<8} {}",
-        c["id"].as_str().unwrap_or_default(),
-        c["name"].as_str().unwrap_or_default(),
-        c["plan"].as_str().unwrap_or_default(),
-        c["state"].as_str().unwrap_or_default(),
-        c["regions"].as_array().map(|r| r.iter().filter_map(|x| x["name"].as_str()).collect::<Vec<_>>().join(",")).unwrap_or_default()
-    );
+fn line(c: &w::Cluster) {
+    let regions: Vec<&str> = c.regions.iter().map(|r| r.name.as_str()).collect();
+    println!("{}  {:<20} {:<10} {:<8} {}", c.id, c.name, c.plan, c.state, regions.join(","));
+}
+
+fn print<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
 }
 
 pub async fn run(conn: &ConnArgs, cmd: ClusterCmd) -> anyhow::Result<()> {
     let c = conn.clusters()?;
-    let print = |v: &Value| -> anyhow::Result<()> {
-        println!("{}", serde_json::to_string_pretty(v)?);
-        Ok(())
-    };
     match cmd {
         ClusterCmd::Create { name, dedicated, machine_type, serverless, spend_limit, provider, wait_for_capacity, ssh_keys } => {
-            let mut req = json!({"name": name, "provider": provider, "spec": spec(&dedicated, machine_type, &serverless, spend_limit)?});
-            if wait_for_capacity {
-                req["wait_for_capacity"] = json!(true);
-            }
-            if !ssh_keys.is_empty() {
-                req["ssh_key_names"] = json!(ssh_keys);
-            }
+            let req = w::CreateCluster {
+                name,
+                provider,
+                spec: spec(&dedicated, machine_type, &serverless, spend_limit)?,
+                ssh_key_names: (!ssh_keys.is_empty()).then_some(ssh_keys),
+                wait_for_capacity: wait_for_capacity.then_some(true),
+            };
             let v = c.create(&req).await?;
             if conn.json {
                 return print(&v);
@@ -109,9 +115,7 @@ pub async fn run(conn: &ConnArgs, cmd: ClusterCmd) -> anyhow::Result<()> {
             if conn.json {
                 return print(&v);
             }
-            for cl in v["clusters"].as_array().into_iter().flatten() {
-                line(cl);
-            }
+            v.iter().for_each(line);
         }
         ClusterCmd::Get { id } => print(&c.get(&id).await?)?,
         ClusterCmd::Nodes { id } => {
@@ -119,13 +123,8 @@ pub async fn run(conn: &ConnArgs, cmd: ClusterCmd) -> anyhow::Result<()> {
             if conn.json {
                 return print(&v);
             }
-            for n in v["nodes"].as_array().into_iter().flatten() {
-                println!(
-                    "{:<24} {:<16} {}",
-                    n["name"].as_str().unwrap_or_default(),
-                    n["region_name"].as_str().unwrap_or_default(),
-                    n["status"].as_str().unwrap_or_default()
-                );
+            for n in v {
+                println!("{:<24} {:<16} {}", n.name, n.region_name, n.status);
             }
         }
         ClusterCmd::SpendLimit { id, cents } => c.set_spend_limit(&id, cents).await?,
@@ -136,13 +135,16 @@ pub async fn run(conn: &ConnArgs, cmd: ClusterCmd) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
     fn specs_from_flags() {
         let d = spec(&["us-east-1=3".into()], Some("cpu_1x_small".into()), &[], 0).expect("dedicated");
+        let d = serde_json::to_value(d).expect("json");
         assert_eq!(d, json!({"dedicated": {"region_nodes": {"us-east-1": 3}, "machine_type": "cpu_1x_small"}}));
-        let s = spec(&[], None, &["us-east-1".into()], 500).expect("serverless");
+        let s = serde_json::to_value(spec(&[], None, &["us-east-1".into()], 500).expect("serverless")).expect("json");
         assert_eq!(s, json!({"serverless": {"regions": ["us-east-1"], "spendLimit": 500}}));
         assert!(spec(&["us-east-1=3".into()], None, &[], 0).is_err(), "machine type required");
         assert!(spec(&[], None, &[], 0).is_err());

@@ -5,11 +5,11 @@ use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{SecondsFormat, TimeZone, Utc};
+use nimbus_api_types::clusters as w;
 use nimbus_control::clusters::{self, CreateRequest, Spec};
 use nimbus_core::instance::InstanceState;
 use nimbus_core::model::{Cluster, Instance};
 use nimbus_core::Error;
-use serde_json::{json, Map, Value};
 
 use super::{ClActor, ClError, ClJson};
 use crate::voltage::handlers::{from_uuid, uuid};
@@ -32,118 +32,101 @@ fn routing_id(c: &Cluster) -> String {
     format!("{}-{n}", c.name)
 }
 
-fn render(s: &ApiState, c: &Cluster, nodes: &[Instance]) -> Value {
-    let regions: Vec<Value> = c
+fn render(s: &ApiState, c: &Cluster, nodes: &[Instance]) -> w::Cluster {
+    let dedicated = c.plan == clusters::DEDICATED;
+    let regions = c
         .region_nodes
         .iter()
-        .map(|(r, n)| {
+        .map(|(r, n)| w::ClusterRegion {
+            name: r.clone(),
             // The head node of the region: its first node with an address.
-            let head = nodes.iter().filter(|i| &i.region == r).find_map(|i| i.ip.clone()).unwrap_or_default();
-            let mut v = json!({"name": r, "sql_dns": head, "ui_dns": ""});
-            if c.plan == clusters::DEDICATED {
-                v["node_count"] = json!(n);
-            }
-            v
+            sql_dns: nodes.iter().filter(|i| &i.region == r).find_map(|i| i.ip.clone()).unwrap_or_default(),
+            ui_dns: String::new(),
+            node_count: dedicated.then_some(*n),
         })
         .collect();
     let config = if c.plan == clusters::SERVERLESS {
-        json!({"serverless": {
-            "regions": c.region_nodes.iter().map(|(r, _)| r.clone()).collect::<Vec<_>>(),
-            "spend_limit": c.spend_limit_cents.unwrap_or(0),
-            "routing_id": routing_id(c),
-        }})
+        w::ClusterConfig {
+            serverless: Some(w::ServerlessConfig {
+                regions: c.region_nodes.iter().map(|(r, _)| r.clone()).collect(),
+                spend_limit: c.spend_limit_cents.unwrap_or(0),
+                routing_id: routing_id(c),
+            }),
+            dedicated: None,
+        }
     } else {
         let t = s.control.config().instance_type(&c.machine_type).cloned();
-        json!({"dedicated": {
-            "machine_type": c.machine_type,
-            "num_virtual_cpus": t.as_ref().map_or(0, |t| t.vcpus),
-            "memory_gib": t.as_ref().map_or(0, |t| t.memory_gib),
-            "storage_gib": t.as_ref().map_or(0, |t| t.storage_gib),
-        }})
-    };
-    json!({
-        "cloud_provider": c.provider,
-        "created_at": ts(c.created_at),
-        "creator_id": c.creator_id,
-        "deleted_at": c.deleted_at.map(ts),
-        "id": uuid(&c.id),
-        "operation_status": c.operation_status,
-        "name": c.name,
-        "plan": c.plan,
-        "regions": regions,
-        "config": config,
-        "state": c.state,
-        "updated_at": ts(c.updated_at),
-    })
-}
-
-/// A field by any of its spellings.
-fn field<'a>(o: &'a Map<String, Value>, names: &[&str]) -> Option<&'a Value> {
-    names.iter().find_map(|n| o.get(*n)).filter(|v| !v.is_null())
-}
-
-fn string_list(v: &Value, label: &'static str) -> Result<Vec<String>, ClError> {
-    v.as_array()
-        .ok_or_else(|| Error::invalid(label, "must be a list of strings"))?
-        .iter()
-        .map(|x| x.as_str().map(str::to_owned).ok_or_else(|| Error::invalid(label, "must be a list of strings").into()))
-        .collect()
-}
-
-fn parse_create(b: &Value) -> Result<CreateRequest, ClError> {
-    let o = b.as_object().ok_or_else(|| Error::invalid("body", "must be a JSON object"))?;
-    let name = field(o, &["name"]).and_then(Value::as_str).ok_or_else(|| Error::invalid("name", "is required"))?.to_owned();
-    let provider =
-        field(o, &["provider", "cloud_provider"]).and_then(Value::as_str).ok_or_else(|| Error::invalid("provider", "is required"))?;
-    let spec =
-        field(o, &["spec"]).and_then(Value::as_object).ok_or_else(|| Error::invalid("spec", "is required: serverless or dedicated"))?;
-    let spec = match (field(spec, &["serverless"]), field(spec, &["dedicated"])) {
-        (Some(sv), None) => {
-            let sv = sv.as_object().ok_or_else(|| Error::invalid("spec.serverless", "must be an object"))?;
-            let regions = string_list(field(sv, &["regions"]).unwrap_or(&json!([])), "spec.serverless.regions")?;
-            let limit = match field(sv, &["spendLimit", "spend_limit"]) {
-                None => 0,
-                Some(v) => {
-                    v.as_i64().ok_or_else(|| Error::invalid("spec.serverless.spendLimit", "must be an integer number of US cents"))?
-                }
-            };
-            Spec::Serverless { regions, spend_limit_cents: limit }
+        w::ClusterConfig {
+            serverless: None,
+            dedicated: Some(w::DedicatedConfig {
+                machine_type: c.machine_type.clone(),
+                num_virtual_cpus: t.as_ref().map_or(0, |t| t.vcpus),
+                memory_gib: t.as_ref().map_or(0, |t| t.memory_gib),
+                storage_gib: t.as_ref().map_or(0, |t| t.storage_gib),
+            }),
         }
+    };
+    w::Cluster {
+        id: uuid(&c.id),
+        name: c.name.clone(),
+        cloud_provider: c.provider.clone(),
+        plan: c.plan.clone(),
+        state: c.state.clone(),
+        operation_status: c.operation_status.clone(),
+        creator_id: c.creator_id.clone(),
+        regions,
+        config,
+        created_at: ts(c.created_at),
+        updated_at: ts(c.updated_at),
+        deleted_at: c.deleted_at.map(ts),
+    }
+}
+
+fn parse_create(b: w::CreateCluster) -> Result<CreateRequest, ClError> {
+    let spec = match (b.spec.serverless, b.spec.dedicated) {
+        (Some(sv), None) => Spec::Serverless { regions: sv.regions, spend_limit_cents: sv.spend_limit.unwrap_or(0) },
         (None, Some(d)) => {
-            let d = d.as_object().ok_or_else(|| Error::invalid("spec.dedicated", "must be an object"))?;
-            let rn = field(d, &["region_nodes", "regionNodes"])
-                .and_then(Value::as_object)
-                .ok_or_else(|| Error::invalid("spec.dedicated.region_nodes", "is required: {\"region\": node count}"))?;
-            let mut region_nodes = Vec::new();
-            for (r, n) in rn {
-                let n = n
-                    .as_i64()
-                    .ok_or_else(|| Error::invalid("spec.dedicated.region_nodes", format!("{r}: the node count must be an integer")))?;
-                region_nodes.push((r.clone(), n));
-            }
-            let machine_type = field(d, &["machine_type", "machineType"])
-                .or_else(|| d.get("hardware").and_then(|h| h.get("machine_spec")).and_then(|m| m.get("machine_type")))
-                .and_then(Value::as_str)
-                .ok_or_else(|| Error::invalid("spec.dedicated.machine_type", "is required (an instance type name)"))?
-                .to_owned();
-            Spec::Dedicated { region_nodes, machine_type }
+            let machine_type = d
+                .machine_type
+                .or_else(|| d.hardware.and_then(|h| h.machine_spec).and_then(|m| m.machine_type))
+                .ok_or_else(|| Error::invalid("spec.dedicated.machine_type", "is required (an instance type name)"))?;
+            Spec::Dedicated { region_nodes: d.region_nodes.into_iter().collect(), machine_type }
         }
         _ => return Err(Error::invalid("spec", "give exactly one of serverless or dedicated").into()),
     };
-    let ssh_key_names = match field(o, &["ssh_key_names", "sshKeyNames"]) {
-        Some(v) => string_list(v, "ssh_key_names")?,
-        None => Vec::new(),
-    };
-    let wait_for_capacity = field(o, &["wait_for_capacity", "waitForCapacity"]).and_then(Value::as_bool).unwrap_or(false);
-    Ok(CreateRequest { name, provider: provider.to_owned(), spec, ssh_key_names, wait_for_capacity })
+    Ok(CreateRequest {
+        name: b.name,
+        provider: b.provider,
+        spec,
+        ssh_key_names: b.ssh_key_names.unwrap_or_default(),
+        wait_for_capacity: b.wait_for_capacity.unwrap_or(false),
+    })
 }
 
-pub async fn create(State(s): State<ApiState>, ClActor(a): ClActor, ClJson(b): ClJson<Value>) -> ClResult {
-    let req = parse_create(&b)?;
+#[utoipa::path(
+    post,
+    path = "/clusters",
+    tag = "clusters",
+    operation_id = "cluster_create",
+    summary = "Create a cluster: its nodes are placed in one transaction, or it fails (or waits) holding nothing",
+    request_body = w::CreateCluster,
+    responses((status = 200, description = "The cluster, `CREATING` (or `CREATED`, `WAITING_FOR_CAPACITY`, `FAILED`)", body = w::Cluster), (status = 400, description = "Invalid argument (3) or no capacity (9)", body = w::ErrorBody), (status = 401, description = "Unauthenticated (16)", body = w::ErrorBody), (status = 403, description = "Permission denied (7)", body = w::ErrorBody), (status = 409, description = "Name taken (6)", body = w::ErrorBody), (status = 429, description = "Rate limited or over quota (8)", body = w::ErrorBody))
+)]
+pub async fn create(State(s): State<ApiState>, ClActor(a): ClActor, ClJson(b): ClJson<w::CreateCluster>) -> ClResult {
+    let req = parse_create(b)?;
     let (c, nodes) = clusters::create(&s.control, &a, req).await?;
     Ok(Json(render(&s, &c, &nodes)).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/clusters/{cluster_id}",
+    tag = "clusters",
+    operation_id = "cluster_get",
+    summary = "Get a cluster",
+    params(("cluster_id" = String, Path, description = "The cluster's id")),
+    responses((status = 200, description = "The cluster", body = w::Cluster), (status = 401, description = "Unauthenticated (16)", body = w::ErrorBody), (status = 403, description = "Permission denied (7)", body = w::ErrorBody), (status = 404, description = "Not found (5)", body = w::ErrorBody))
+)]
 pub async fn get_one(State(s): State<ApiState>, ClActor(a): ClActor, Path(id): Path<String>) -> ClResult {
     let hex = cluster_id(&id)?;
     let c = clusters::get(&s.control, &a, &hex).await?;
@@ -199,7 +182,7 @@ fn pager(pairs: &[(String, String)]) -> Result<Pager, ClError> {
 }
 
 impl Pager {
-    fn apply<T>(&self, mut items: Vec<T>, now: i64) -> (Vec<T>, Value) {
+    fn apply<T>(&self, mut items: Vec<T>, now: i64) -> (Vec<T>, w::Pagination) {
         if self.desc {
             items.reverse();
         }
@@ -208,18 +191,32 @@ impl Pager {
         let start = (self.page - 1).saturating_mul(self.limit);
         let page: Vec<T> = items.into_iter().skip(start).take(self.limit).collect();
         let next = if self.page < last { self.page + 1 } else { 0 };
-        let meta = json!({
-            "next": next,
-            "last": last,
-            "limit": self.limit,
-            "total_results": total,
-            "time": ts(now),
-            "order": if self.desc { "DESC" } else { "ASC" },
-        });
+        let meta = w::Pagination {
+            next: next as u64,
+            last: last as u64,
+            limit: self.limit as u64,
+            total_results: total as u64,
+            time: ts(now),
+            order: if self.desc { "DESC" } else { "ASC" }.to_owned(),
+        };
         (page, meta)
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/clusters",
+    tag = "clusters",
+    operation_id = "clusters_list",
+    summary = "List the organization's clusters, a page at a time",
+    params(
+        ("show_inactive" = Option<bool>, Query, description = "Include deleted and failed clusters"),
+        ("pagination.page" = Option<u64>, Query, description = "Page number, from 1"),
+        ("pagination.limit" = Option<u64>, Query, description = "Page size, 1 to 500 (0: the default, 100)"),
+        ("pagination.sort_order" = Option<String>, Query, description = "`ASC` (oldest first, the default) or `DESC`"),
+    ),
+    responses((status = 200, description = "A page of clusters", body = w::ClusterList), (status = 400, description = "Invalid argument (3)", body = w::ErrorBody), (status = 401, description = "Unauthenticated (16)", body = w::ErrorBody), (status = 403, description = "Permission denied (7)", body = w::ErrorBody))
+)]
 pub async fn list(State(s): State<ApiState>, ClActor(a): ClActor, RawQuery(q): RawQuery) -> ClResult {
     let pairs = query_pairs(q.as_deref());
     let pg = pager(&pairs)?;
@@ -229,49 +226,92 @@ pub async fn list(State(s): State<ApiState>, ClActor(a): ClActor, RawQuery(q): R
         Some(_) => return Err(Error::invalid("show_inactive", "must be true or false").into()),
     };
     let all = clusters::list(&s.control, &a, inactive).await?;
-    let (page, meta) = pg.apply(all, s.control.now());
+    let (page, pagination) = pg.apply(all, s.control.now());
     let mut out = Vec::with_capacity(page.len());
     for c in &page {
         let nodes = clusters::nodes(&s.control, &a, &c.id).await?;
         out.push(render(&s, c, &nodes));
     }
-    Ok(Json(json!({"clusters": out, "pagination": meta})).into_response())
+    Ok(Json(w::ClusterList { clusters: out, pagination }).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/clusters/{cluster_id}/nodes",
+    tag = "clusters",
+    operation_id = "cluster_nodes_list",
+    summary = "List a cluster's nodes and whether each is live",
+    params(
+        ("cluster_id" = String, Path, description = "The cluster's id"),
+        ("pagination.page" = Option<u64>, Query, description = "Page number, from 1"),
+        ("pagination.limit" = Option<u64>, Query, description = "Page size, 1 to 500 (0: the default, 100)"),
+        ("pagination.sort_order" = Option<String>, Query, description = "`ASC` (the default) or `DESC`"),
+    ),
+    responses((status = 200, description = "A page of nodes", body = w::NodeList), (status = 400, description = "Invalid argument (3)", body = w::ErrorBody), (status = 401, description = "Unauthenticated (16)", body = w::ErrorBody), (status = 403, description = "Permission denied (7)", body = w::ErrorBody), (status = 404, description = "Not found (5)", body = w::ErrorBody))
+)]
 pub async fn nodes(State(s): State<ApiState>, ClActor(a): ClActor, Path(id): Path<String>, RawQuery(q): RawQuery) -> ClResult {
     let hex = cluster_id(&id)?;
     let pg = pager(&query_pairs(q.as_deref()))?;
     let all = clusters::nodes(&s.control, &a, &hex).await?;
-    let (page, meta) = pg.apply(all, s.control.now());
-    let nodes: Vec<Value> = page
+    let (page, pagination) = pg.apply(all, s.control.now());
+    let nodes = page
         .iter()
-        .map(|n| {
-            let live = n.state == InstanceState::Active;
-            json!({"name": n.hostname, "region_name": n.region, "status": if live { "LIVE" } else { "NOT_READY" }})
+        .map(|n| w::Node {
+            name: n.hostname.clone(),
+            region_name: n.region.clone(),
+            status: if n.state == InstanceState::Active { "LIVE" } else { "NOT_READY" }.to_owned(),
         })
         .collect();
-    Ok(Json(json!({"nodes": nodes, "pagination": meta})).into_response())
+    Ok(Json(w::NodeList { nodes, pagination }).into_response())
 }
 
-pub async fn spend_limit(State(s): State<ApiState>, ClActor(a): ClActor, Path(id): Path<String>, ClJson(b): ClJson<Value>) -> ClResult {
+#[utoipa::path(
+    put,
+    path = "/clusters/{cluster_id}/spend-limit",
+    tag = "clusters",
+    operation_id = "cluster_spend_limit_update",
+    summary = "Set a serverless cluster's monthly spend limit; its nodes stop when this month's charges reach it",
+    params(("cluster_id" = String, Path, description = "The cluster's id")),
+    request_body = w::SpendLimit,
+    responses((status = 200, description = "Set", body = w::Empty), (status = 400, description = "Invalid argument (3), or a dedicated cluster (9)", body = w::ErrorBody), (status = 401, description = "Unauthenticated (16)", body = w::ErrorBody), (status = 403, description = "Permission denied (7)", body = w::ErrorBody), (status = 404, description = "Not found (5)", body = w::ErrorBody))
+)]
+pub async fn spend_limit(
+    State(s): State<ApiState>,
+    ClActor(a): ClActor,
+    Path(id): Path<String>,
+    ClJson(b): ClJson<w::SpendLimit>,
+) -> ClResult {
     let hex = cluster_id(&id)?;
-    let cents = b
-        .as_object()
-        .and_then(|o| field(o, &["spendLimit", "spend_limit"]))
-        .and_then(Value::as_i64)
-        .ok_or_else(|| Error::invalid("spendLimit", "is required: an integer number of US cents"))?;
-    clusters::set_spend_limit(&s.control, &a, &hex, cents).await?;
-    Ok(Json(json!({})).into_response())
+    clusters::set_spend_limit(&s.control, &a, &hex, b.spend_limit).await?;
+    Ok(Json(w::Empty {}).into_response())
 }
 
+#[utoipa::path(
+    delete,
+    path = "/clusters/{cluster_id}",
+    tag = "clusters",
+    operation_id = "cluster_delete",
+    summary = "Delete a cluster and terminate its nodes",
+    params(("cluster_id" = String, Path, description = "The cluster's id")),
+    responses((status = 200, description = "Deleted", body = w::Empty), (status = 401, description = "Unauthenticated (16)", body = w::ErrorBody), (status = 403, description = "Permission denied (7)", body = w::ErrorBody), (status = 404, description = "Not found (5)", body = w::ErrorBody))
+)]
 pub async fn delete(State(s): State<ApiState>, ClActor(a): ClActor, Path(id): Path<String>) -> ClResult {
     clusters::delete(&s.control, &a, &cluster_id(&id)?).await?;
-    Ok(Json(json!({})).into_response())
+    Ok(Json(w::Empty {}).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/clusters/available-regions",
+    tag = "clusters",
+    operation_id = "available_regions_list",
+    summary = "List the regions where a node of some machine type fits now",
+    params(("provider" = Option<String>, Query, description = "`NIMBUS` (or its aliases `GCP`, `AWS`)")),
+    responses((status = 200, description = "Region names", body = w::AvailableRegions), (status = 400, description = "Invalid argument (3)", body = w::ErrorBody), (status = 401, description = "Unauthenticated (16)", body = w::ErrorBody), (status = 403, description = "Permission denied (7)", body = w::ErrorBody))
+)]
 pub async fn available_regions(State(s): State<ApiState>, ClActor(a): ClActor, RawQuery(q): RawQuery) -> ClResult {
     let pairs = query_pairs(q.as_deref());
     let provider = pairs.iter().find(|(k, _)| k == "provider").map(|(_, v)| v.clone());
     let regions = clusters::available_regions(&s.control, &a, provider.as_deref()).await?;
-    Ok(Json(json!({"regions": regions})).into_response())
+    Ok(Json(w::AvailableRegions { regions }).into_response())
 }

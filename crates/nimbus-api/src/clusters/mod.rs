@@ -9,22 +9,50 @@ use axum::extract::{FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
 use axum::{Json, Router};
 use nimbus_core::auth::Actor;
 use nimbus_core::Error;
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::ApiState;
 
-pub fn router() -> Router<ApiState> {
+/// The clusters router and its OpenAPI document, from the same handler list.
+pub fn api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
     use handlers::*;
-    Router::new()
-        .route("/clusters", get(list).post(create))
-        .route("/clusters/available-regions", get(available_regions))
-        .route("/clusters/{id}", get(get_one).delete(delete))
-        .route("/clusters/{id}/nodes", get(nodes))
-        .route("/clusters/{id}/spend-limit", put(spend_limit))
+    OpenApiRouter::with_openapi(doc_base())
+        .routes(routes!(list, create))
+        .routes(routes!(available_regions))
+        .routes(routes!(get_one, delete))
+        .routes(routes!(nodes))
+        .routes(routes!(spend_limit))
+        .split_for_parts()
+}
+
+pub fn router() -> Router<ApiState> {
+    api().0
+}
+
+fn doc_base() -> utoipa::openapi::OpenApi {
+    use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
+    let mut doc = utoipa::openapi::OpenApiBuilder::new()
+        .info(
+            utoipa::openapi::InfoBuilder::new()
+                .title("Nimbus: clusters dialect (CockroachDB Cloud shaped)")
+                .version("1.0.0")
+                .description(Some(
+                    "Multi-node GPU clusters in the shape of CockroachDB Cloud's cluster API, served by Nimbus at /api/v1/clusters. \
+                     Errors are {\"code\": <gRPC code>, \"message\"}. Generated from code; see docs/clusters.md.",
+                ))
+                .build(),
+        )
+        .servers(Some(vec![utoipa::openapi::ServerBuilder::new().url("/api/v1").build()]))
+        .build();
+    let components = doc.components.get_or_insert_with(Default::default);
+    components.add_security_scheme("bearerAuth", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+    doc.security = Some(vec![SecurityRequirement::new("bearerAuth", Vec::<String>::new())]);
+    doc
 }
 
 /// A domain error in this dialect's shape.

@@ -4,8 +4,8 @@
 //! organization and its service accounts is ADMIN), or PUBLIC.
 //!
 //! The routes a server serves are read from what defines them, not from this table: the
-//! checked-in `openapi/lambda.json` and `openapi/native.json`, plus the routes the dialects'
-//! `mod.rs` add by hand (Lambda's second spellings, native's documents and metrics stream, and
+//! checked-in `openapi/lambda.json`, `openapi/native.json` and `openapi/clusters.json`, plus the
+//! routes the dialects' `mod.rs` add by hand (Lambda's second spellings, native's documents and metrics stream, and
 //! every Voltage Park route, served with and without the seed's trailing slash). A served route
 //! missing from the table fails the test, and so does a row that matches no served route. Every
 //! key of `tests/fixtures/voltage-park-seed-examples.json` (one per Voltage Park endpoint of seed
@@ -211,16 +211,8 @@ const VOLTAGE: &[Row] = &[
     (Voltage, "GET", "/api/v1/billing/reports/{year}/{month}/transactions", Read, None),
 ];
 
-// ---------------------------------------------------------------------------------------------
-// CLUSTERS ROWS GO HERE (after the clusters API is merged).
-//
-// One row per route of the clusters dialect (`/api/v1/clusters…`, Bearer keys, errors
-// `{"code", "message"}`), e.g.
-//     (Clusters, "GET", "/api/v1/clusters", Read, None),
-//     (Clusters, "POST", "/api/v1/clusters", Create, Some(r#"{…}"#)),
-// Once `openapi/clusters.json` exists, every operation in it must have a row here, or this test
-// fails (see `served_routes`).
-// ---------------------------------------------------------------------------------------------
+/// The clusters dialect (`/api/v1/clusters…`, Bearer keys, `{"code", "message"}` errors); its
+/// routes are read from `openapi/clusters.json`.
 const CLUSTERS: &[Row] = &[
     (Clusters, "GET", "/api/v1/clusters", Read, None),
     (
@@ -331,13 +323,8 @@ fn served_routes() -> Vec<(Dialect, String, String)> {
     for (m, p) in hand_routes("voltage/mod.rs", "/api/v1") {
         out.push((Voltage, m, p));
     }
-    for (m, p) in hand_routes("clusters/mod.rs", "/api/v1") {
+    for (m, p) in document_routes("clusters.json").expect("openapi/clusters.json") {
         out.push((Clusters, m, p));
-    }
-    if let Some(clusters) = document_routes("clusters.json") {
-        for (m, p) in clusters {
-            out.push((Clusters, m, p));
-        }
     }
     out.sort();
     out.dedup();

@@ -188,16 +188,21 @@ async fn clusters_client_creates_waits_and_deletes() {
     let s = TestServer::builder().host("us-east-1", sim_host("h", 8, 0)).start().await;
     add_key(&s, "k").await;
     let c = nimbus_client::clusters::ClustersClient::new(&s.url, &s.key);
-    let made = c
-        .create(&serde_json::json!({"name": "sdk", "provider": "GCP", "spec": {"dedicated": {"region_nodes": {"us-east-1": 2}, "machine_type": "cpu_1x_small"}}}))
-        .await
-        .unwrap();
-    let id = made["id"].as_str().unwrap().to_owned();
-    let ready = c.wait_until_ready(&id, Duration::from_secs(15)).await.unwrap();
-    assert_eq!(ready["state"], "CREATED");
-    assert_eq!(c.nodes(&id).await.unwrap()["nodes"].as_array().unwrap().len(), 2);
+    // The seed's own shape, as JSON, decodes into the client's request type.
+    let req: nimbus_api_types::clusters::CreateCluster = serde_json::from_value(serde_json::json!(
+        {"name": "sdk", "provider": "GCP", "spec": {"dedicated": {"region_nodes": {"us-east-1": 2}, "machine_type": "cpu_1x_small"}}}
+    ))
+    .unwrap();
+    let made = c.create(&req).await.unwrap();
+    assert_eq!((made.plan.as_str(), made.regions[0].node_count), ("DEDICATED", Some(2)));
+    let ready = c.wait_until_ready(&made.id, Duration::from_secs(15)).await.unwrap();
+    assert_eq!(ready.state, "CREATED");
+    let nodes = c.nodes(&made.id).await.unwrap();
+    assert_eq!(nodes.iter().map(|n| n.status.as_str()).collect::<Vec<_>>(), ["LIVE", "LIVE"]);
+    assert_eq!(c.list(false).await.unwrap().iter().map(|c| c.id.clone()).collect::<Vec<_>>(), vec![made.id.clone()]);
     assert_eq!(c.available_regions("AWS").await.unwrap(), vec!["us-east-1".to_owned()]);
-    c.delete(&id).await.unwrap();
+    c.delete(&made.id).await.unwrap();
+    assert!(c.list(false).await.unwrap().is_empty());
     match c.get("0123456789abcdef0123456789abcdef").await {
         Err(ClientError::Api { status: 404, code, .. }) => assert_eq!(code, "5", "the gRPC code"),
         other => panic!("expected NOT_FOUND: {other:?}"),
