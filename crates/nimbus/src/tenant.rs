@@ -83,6 +83,7 @@ pub enum InstanceCmd {
         region: String,
         #[arg(long = "type")]
         instance_type: String,
+        /// SSH key: its name (Lambda dialect) or its id (native dialect, whose API takes ids).
         #[arg(long)]
         ssh_key: String,
         #[arg(long)]
@@ -158,6 +159,44 @@ fn instance_rows(list: &[w::Instance]) {
 pub async fn instance(conn: &ConnArgs, cmd: InstanceCmd) -> anyhow::Result<()> {
     let c = conn.client()?;
     match cmd {
+        InstanceCmd::Launch { region, instance_type, ssh_key, name, hostname, quantity, user_data, wait }
+            if conn.endpoint()?.dialect == "native" =>
+        {
+            let n = conn.native()?;
+            let req = nimbus_api_types::native::InstanceCreate {
+                name,
+                instance_type,
+                region,
+                ssh_keys: vec![ssh_key],
+                user_data: user_data.map(std::fs::read_to_string).transpose()?,
+                hostname,
+                ..Default::default()
+            };
+            // One create per instance: the native API launches one at a time, and the client
+            // sends each its own idempotency key, kept across its retries.
+            let mut made = Vec::new();
+            for _ in 0..quantity.max(1) {
+                made.push(n.instance_create(&req, None).await?);
+            }
+            if wait {
+                for i in &mut made {
+                    *i = wait_native_running(&n, &i.id).await?;
+                }
+            }
+            native_rows(conn, &made)?;
+        }
+        InstanceCmd::Ssh { id, identity, command } if conn.endpoint()?.dialect == "native" => {
+            let ip = conn.native()?.instance(&id).await?.ip;
+            ssh_to(ip, identity, command)?;
+        }
+        InstanceCmd::Restart { ids } if conn.endpoint()?.dialect == "native" => {
+            let n = conn.native()?;
+            let mut out = Vec::new();
+            for id in &ids {
+                out.push(n.instance_restart(id).await?);
+            }
+            native_rows(conn, &out)?;
+        }
         InstanceCmd::Launch { region, instance_type, ssh_key, name, hostname, quantity, user_data, wait } => {
             let user_data = user_data.map(std::fs::read_to_string).transpose()?;
             let req = w::LaunchRequest {
@@ -228,19 +267,7 @@ pub async fn instance(conn: &ConnArgs, cmd: InstanceCmd) -> anyhow::Result<()> {
                 instance_rows(&list)
             }
         }
-        InstanceCmd::Ssh { id, identity, command } => {
-            let i = c.instance(&id).await?;
-            let ip = i.ip.context("the instance has no address yet; wait until it is active")?;
-            let mut cmd = std::process::Command::new("ssh");
-            if let Some(k) = identity {
-                cmd.arg("-i").arg(k);
-            }
-            cmd.args(["-o", "StrictHostKeyChecking=accept-new"]).arg(format!("ubuntu@{ip}")).args(command);
-            let status = cmd.status().context("running ssh")?;
-            if !status.success() {
-                anyhow::bail!("ssh exited with {status}");
-            }
-        }
+        InstanceCmd::Ssh { id, identity, command } => ssh_to(c.instance(&id).await?.ip, identity, command)?,
         InstanceCmd::Restart { ids } => {
             let list = c.restart(&ids).await?;
             if conn.json {
@@ -271,6 +298,53 @@ pub async fn instance(conn: &ConnArgs, cmd: InstanceCmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Runs the system's ssh client as `ubuntu@ip`.
+fn ssh_to(ip: Option<String>, identity: Option<std::path::PathBuf>, command: Vec<String>) -> anyhow::Result<()> {
+    let ip = ip.context("the instance has no address yet; wait until it is active")?;
+    let mut cmd = std::process::Command::new("ssh");
+    if let Some(k) = identity {
+        cmd.arg("-i").arg(k);
+    }
+    cmd.args(["-o", "StrictHostKeyChecking=accept-new"]).arg(format!("ubuntu@{ip}")).args(command);
+    let status = cmd.status().context("running ssh")?;
+    if !status.success() {
+        anyhow::bail!("ssh exited with {status}");
+    }
+    Ok(())
+}
+
+/// Polls a native instance until `running`, printing each status it passes through.
+async fn wait_native_running(n: &nimbus_client::NativeClient, id: &str) -> anyhow::Result<nimbus_api_types::native::Instance> {
+    use std::io::Write;
+    let t = std::time::Instant::now();
+    let mut last = String::new();
+    loop {
+        let i = n.instance(id).await?;
+        if i.status != last {
+            eprint!("{}{id}: {}", if last.is_empty() { "" } else { "\n" }, i.status);
+            last = i.status.clone();
+        } else {
+            eprint!(".");
+        }
+        let _ = std::io::stderr().flush();
+        match i.status.as_str() {
+            "running" => {
+                eprintln!(" ({:.1} s)", t.elapsed().as_secs_f64());
+                return Ok(i);
+            }
+            "terminated" | "terminating" => {
+                eprintln!();
+                anyhow::bail!("instance {id} is {} while waiting for it to run", i.status);
+            }
+            _ if t.elapsed() > std::time::Duration::from_secs(600) => {
+                eprintln!();
+                anyhow::bail!("instance {id} is still {} after 10 minutes", i.status);
+            }
+            _ => tokio::time::sleep(std::time::Duration::from_millis(250)).await,
+        }
+    }
 }
 
 fn print_native(conn: &ConnArgs, i: &nimbus_api_types::native::Instance) -> anyhow::Result<()> {

@@ -274,5 +274,39 @@ fn profiles_and_types_across_two_servers() {
     assert_eq!(serde_json::from_slice::<serde_json::Value>(&listed.stdout).unwrap(), serde_json::json!([]));
     let missing = run(&["--profile", "n", "instance", "get", "0123456789abcdef0123456789abcdef"]);
     assert!(!missing.status.success() && String::from_utf8_lossy(&missing.stderr).contains("not_found"), "the native dialect's error code");
+    // Launch, wait and terminate over the native dialect (its API names SSH keys by id).
+    let pk = home.join("n.pub");
+    std::fs::write(&pk, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAICZUKH4bkuFLWaz1Z6RVWN2q8+AKMNNakUZWtb9FDa0a me@host\n").unwrap();
+    assert!(run(&["--profile", "a", "ssh-key", "add", "nk", "--public-key-file", pk.to_str().unwrap()]).status.success());
+    let keys: serde_json::Value = serde_json::from_slice(&run(&["--profile", "a", "ssh-key", "list", "--json"]).stdout).unwrap();
+    let key_id = keys[0]["id"].as_str().unwrap().to_owned();
+    let launched = run(&[
+        "--profile",
+        "n",
+        "instance",
+        "launch",
+        "--type",
+        "cpu_1x_small",
+        "--ssh-key",
+        &key_id,
+        "--quantity",
+        "2",
+        "--wait",
+        "--json",
+    ]);
+    assert!(launched.status.success(), "{}", String::from_utf8_lossy(&launched.stderr));
+    let made: serde_json::Value = serde_json::from_slice(&launched.stdout).unwrap();
+    let made = made.as_array().unwrap();
+    assert_eq!(made.iter().map(|i| i["status"].as_str().unwrap()).collect::<Vec<_>>(), ["running", "running"], "{made:?}");
+    assert!(String::from_utf8_lossy(&launched.stderr).contains("running"), "--wait shows progress");
+    let listed: serde_json::Value = serde_json::from_slice(&run(&["--profile", "n", "instance", "list", "--json"]).stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    let by_lambda: serde_json::Value = serde_json::from_slice(&run(&["--profile", "a", "instance", "list", "--json"]).stdout).unwrap();
+    assert_eq!(by_lambda.as_array().unwrap().len(), 2, "the same instances through the Lambda dialect");
+    let ids: Vec<&str> = made.iter().map(|i| i["id"].as_str().unwrap()).collect();
+    let gone = run(&[&["--profile", "n", "instance", "terminate"][..], &ids].concat());
+    assert!(gone.status.success(), "{}", String::from_utf8_lossy(&gone.stderr));
+    let bad_key = run(&["--profile", "n", "instance", "launch", "--type", "cpu_1x_small", "--ssh-key", "nk"]);
+    assert!(!bad_key.status.success(), "a key name is not an id in the native dialect");
     let _ = std::fs::remove_dir_all(&home);
 }
