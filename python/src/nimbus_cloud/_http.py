@@ -23,7 +23,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from http.client import HTTPException
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, TypeVar
 
 from .errors import ApiError, NimbusConnectionError
 
@@ -217,3 +217,74 @@ def _query_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     return str(v)
+
+
+class BaseClient:
+    """What both clients share: a :class:`Transport` to their dialect's prefix, ``request`` for
+    any endpoint, and use as a context manager. A subclass sets ``PREFIX`` and ``DECODE_ERROR``
+    and attaches its resource groups in ``_attach_groups``."""
+
+    PREFIX = ""
+    DECODE_ERROR: DecodeError
+
+    def __init__(
+        self,
+        api_key: str,
+        base_url: Optional[str] = None,
+        timeout: float = 60,
+        *,
+        max_retries: int = 3,
+        backoff: float = 0.5,
+        max_backoff: float = 30.0,
+    ) -> None:
+        self._transport = Transport(
+            api_key,
+            base_url,
+            self.PREFIX,
+            timeout=timeout,
+            max_retries=max_retries,
+            backoff=backoff,
+            max_backoff=max_backoff,
+            decode_error=type(self).DECODE_ERROR,
+        )
+        self.api_key = api_key
+        self.base_url = self._transport.base_url
+        self.timeout = timeout
+        self._attach_groups()
+
+    def _attach_groups(self) -> None:
+        """Sets the client's resource groups (``self.instances = ...``)."""
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Optional[Mapping[str, Any]] = None,
+        json: Any = None,
+        idempotency_key: Optional[str] = None,
+    ) -> Any:
+        """Any endpoint: ``path`` under the dialect's prefix; returns the whole decoded body."""
+        return self._transport.request(method, path, params=params, json_body=json, idempotency_key=idempotency_key)
+
+    def close(self) -> None:
+        """Nothing to release (each request has its own connection); kept for ``with``."""
+
+    def __enter__(self: _C) -> _C:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self.base_url!r})"
+
+
+_C = TypeVar("_C", bound=BaseClient)
+
+
+class Group:
+    """A resource group of a client (``client.instances``, ...)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
-from ._http import Transport, env_api_key
+from ._http import BaseClient, Group, env_api_key
 from ._http import path_segment as _seg
 from .errors import LambdaCloudError, WaitTimeout
 from .lambda_models import (
@@ -87,7 +87,7 @@ def _rules(rules: Iterable[RuleLike]) -> List[Dict[str, Any]]:
     return [r.to_request() if isinstance(r, FirewallRule) else dict(r) for r in rules]
 
 
-class LambdaCloudClient:
+class LambdaCloudClient(BaseClient):
     """Client of the Lambda Cloud API v1.
 
     Args:
@@ -106,29 +106,10 @@ class LambdaCloudClient:
             print(name, entry.regions)
     """
 
-    def __init__(
-        self,
-        api_key: str,
-        base_url: Optional[str] = None,
-        timeout: float = 60,
-        *,
-        max_retries: int = 3,
-        backoff: float = 0.5,
-        max_backoff: float = 30.0,
-    ) -> None:
-        self._transport = Transport(
-            api_key,
-            base_url,
-            "/api/v1",
-            timeout=timeout,
-            max_retries=max_retries,
-            backoff=backoff,
-            max_backoff=max_backoff,
-            decode_error=_decode_error,
-        )
-        self.api_key = api_key
-        self.base_url = self._transport.base_url
-        self.timeout = timeout
+    PREFIX = "/api/v1"
+    DECODE_ERROR = staticmethod(_decode_error)
+
+    def _attach_groups(self) -> None:
         self.instances = Instances(self)
         self.instance_types = InstanceTypes(self)
         self.ssh_keys = SSHKeys(self)
@@ -146,18 +127,6 @@ class LambdaCloudClient:
         is set."""
         return cls(api_key=env_api_key("LAMBDA_API_KEY", "NIMBUS_API_KEY"), base_url=base_url, **kwargs)
 
-    def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: Optional[Mapping[str, Any]] = None,
-        json: Any = None,
-        idempotency_key: Optional[str] = None,
-    ) -> Any:
-        """Any endpoint: ``path`` under ``/api/v1``; returns the whole decoded body."""
-        return self._transport.request(method, path, params=params, json_body=json, idempotency_key=idempotency_key)
-
     def _request(self, method: str, path: str, params: Optional[Mapping[str, Any]] = None, json: Any = None) -> Any:
         """lambda-cloud-python's low-level call: ``path`` includes ``/api/v1``."""
         if path.startswith("/api/v1"):
@@ -168,22 +137,9 @@ class LambdaCloudClient:
         body = self.request(method, path, **kw)
         return body.get("data") if isinstance(body, dict) else body
 
-    def close(self) -> None:
-        """Nothing to release (each request has its own connection); kept for ``with``."""
 
-    def __enter__(self) -> "LambdaCloudClient":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"LambdaCloudClient(base_url={self.base_url!r})"
-
-
-class _Group:
-    def __init__(self, client: LambdaCloudClient) -> None:
-        self._client = client
+class _Group(Group):
+    _client: LambdaCloudClient
 
 
 class Instances(_Group):

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Generic, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar
 
-from ._http import Transport, env_api_key
+from ._http import BaseClient, Group, env_api_key
 from ._http import path_segment as _seg
 from ._model import Model
 from .errors import NimbusApiError
@@ -141,7 +141,7 @@ def _compact(d: Mapping[str, Any]) -> Dict[str, Any]:
     return {k: v for k, v in d.items() if v is not None}
 
 
-class NimbusClient:
+class NimbusClient(BaseClient):
     """Client of the native API.
 
     Args:
@@ -152,28 +152,10 @@ class NimbusClient:
             (exponential backoff with full jitter, ``Retry-After`` honoured).
     """
 
-    def __init__(
-        self,
-        api_key: str,
-        base_url: Optional[str] = None,
-        timeout: float = 60,
-        *,
-        max_retries: int = 3,
-        backoff: float = 0.5,
-        max_backoff: float = 30.0,
-    ) -> None:
-        self._transport = Transport(
-            api_key,
-            base_url,
-            "/v1",
-            timeout=timeout,
-            max_retries=max_retries,
-            backoff=backoff,
-            max_backoff=max_backoff,
-            decode_error=_decode_error,
-        )
-        self.base_url = self._transport.base_url
-        self.timeout = timeout
+    PREFIX = "/v1"
+    DECODE_ERROR = staticmethod(_decode_error)
+
+    def _attach_groups(self) -> None:
         self.instances = Instances(self)
         self.volumes = Volumes(self)
         self.snapshots = Snapshots(self)
@@ -190,18 +172,6 @@ class NimbusClient:
         """A client whose key comes from ``$NIMBUS_API_KEY`` (else ``$LAMBDA_API_KEY``) and
         whose server comes from ``base_url``, else ``$NIMBUS_URL``."""
         return cls(api_key=env_api_key("NIMBUS_API_KEY", "LAMBDA_API_KEY"), base_url=base_url, **kwargs)
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: Optional[Mapping[str, Any]] = None,
-        json: Any = None,
-        idempotency_key: Optional[str] = None,
-    ) -> Any:
-        """Any endpoint: ``path`` under ``/v1``; returns the whole envelope."""
-        return self._transport.request(method, path, params=params, json_body=json, idempotency_key=idempotency_key)
 
     # helpers of the resource groups
     def _one(self, cls: Type[T], method: str, path: str, **kw: Any) -> T:
@@ -223,22 +193,9 @@ class NimbusClient:
                 v._bind(self)
         return obj
 
-    def close(self) -> None:
-        """Nothing to release; kept for ``with``."""
 
-    def __enter__(self) -> "NimbusClient":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"NimbusClient(base_url={self.base_url!r})"
-
-
-class _Group:
-    def __init__(self, client: NimbusClient) -> None:
-        self._client = client
+class _Group(Group):
+    _client: NimbusClient
 
 
 def _list_params(page: Optional[int], limit: Optional[int], sort: Optional[str], order: Optional[str], filters: Mapping[str, Any]) -> Dict[str, Any]:
