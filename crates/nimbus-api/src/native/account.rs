@@ -137,15 +137,9 @@ pub async fn account_quota(State(s): State<ApiState>, NativeActor(a): NativeActo
     responses((status = 200, description = "Success", body = w::Envelope<Vec<w::ApiKey>>), (status = 400, description = "Invalid query", body = w::ErrorEnvelope))
 )]
 pub async fn api_keys_list(State(s): State<ApiState>, NativeActor(a): NativeActor, RawQuery(raw): RawQuery) -> NResult {
-    let q = page::parse(&query_pairs(raw)?, &["created_at", "name"], &["name"])?;
+    let q = page::parse(&query_pairs(raw)?, page::BY_NAME_SORTS, page::BY_NAME_FILTERS)?;
     let all = account::api_keys_list(&s.control, &a).await?;
-    let (items, pg) = page::apply(
-        all,
-        &q,
-        |k, f| (f == "name").then(|| k.name.clone()),
-        |k, key| if key == "name" { k.name.clone() } else { format!("{:020}", k.created_at) },
-        |k| k.id.to_string(),
-    );
+    let (items, pg) = page::apply_by_name(all, &q, |k| &k.name, |k| k.created_at, |k| k.id.to_string());
     Ok(ok(items.iter().map(render_key).collect::<Vec<_>>(), Some(pg)))
 }
 

@@ -105,6 +105,28 @@ pub fn apply<T>(
     (items, page)
 }
 
+/// The lists of named objects (API keys, service accounts): `?name=` filters, `sort` is
+/// `created_at` (the default) or `name`.
+pub const BY_NAME_SORTS: &[&str] = &["created_at", "name"];
+pub const BY_NAME_FILTERS: &[&str] = &["name"];
+
+/// `apply` for a list of named objects (see `BY_NAME_SORTS`).
+pub fn apply_by_name<T>(
+    rows: Vec<T>,
+    q: &ListQuery,
+    name: impl Fn(&T) -> &str,
+    created_at: impl Fn(&T) -> i64,
+    id: impl Fn(&T) -> String,
+) -> (Vec<T>, Pagination) {
+    apply(
+        rows,
+        q,
+        |r, f| (f == "name").then(|| name(r).to_owned()),
+        |r, key| if key == "name" { name(r).to_owned() } else { format!("{:020}", created_at(r)) },
+        id,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

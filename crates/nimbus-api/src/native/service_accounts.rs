@@ -41,15 +41,9 @@ fn render(a: &ServiceAccount) -> w::ServiceAccount {
     )
 )]
 pub async fn service_accounts_list(State(s): State<ApiState>, NativeActor(a): NativeActor, RawQuery(raw): RawQuery) -> NResult {
-    let q = page::parse(&query_pairs(raw)?, &["created_at", "name"], &["name"])?;
+    let q = page::parse(&query_pairs(raw)?, page::BY_NAME_SORTS, page::BY_NAME_FILTERS)?;
     let all = sa::list(&s.control, &a).await?;
-    let (items, pg) = page::apply(
-        all,
-        &q,
-        |x, f| (f == "name").then(|| x.name.clone()),
-        |x, key| if key == "name" { x.name.clone() } else { format!("{:020}", x.created_at) },
-        |x| x.id.to_string(),
-    );
+    let (items, pg) = page::apply_by_name(all, &q, |x| &x.name, |x| x.created_at, |x| x.id.to_string());
     Ok(ok(items.iter().map(render).collect::<Vec<_>>(), Some(pg)))
 }
 
@@ -151,15 +145,9 @@ pub async fn service_account_api_keys_list(
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> NResult {
-    let q = page::parse(&query_pairs(raw)?, &["created_at", "name"], &["name"])?;
+    let q = page::parse(&query_pairs(raw)?, page::BY_NAME_SORTS, page::BY_NAME_FILTERS)?;
     let all = sa::api_keys_list(&s.control, &a, &id).await?;
-    let (items, pg) = page::apply(
-        all,
-        &q,
-        |k, f| (f == "name").then(|| k.name.clone()),
-        |k, key| if key == "name" { k.name.clone() } else { format!("{:020}", k.created_at) },
-        |k| k.id.to_string(),
-    );
+    let (items, pg) = page::apply_by_name(all, &q, |k| &k.name, |k| k.created_at, |k| k.id.to_string());
     Ok(ok(items.iter().map(render_key).collect::<Vec<_>>(), Some(pg)))
 }
 
