@@ -362,6 +362,31 @@ mod tests {
         Some(super::super::image::rootfs(&dir, "debian-12"))
     }
 
+    /// Waits up to 20 s for the SSH banner of `addr` (the console log is the failure message).
+    fn await_banner(addr: Ipv4Addr, dir: &Path) {
+        let t = Instant::now();
+        while !ssh_banner(addr, Duration::from_millis(200)) {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "no SSH banner: {}",
+                std::fs::read_to_string(dir.join("console.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// `ssh -i key ubuntu@addr cmd`, non-interactive, trusting the new host key.
+    fn ssh_as_ubuntu(key: &Path, addr: Ipv4Addr, cmd: &str) -> std::process::Output {
+        Command::new("ssh")
+            .arg("-i")
+            .arg(key)
+            .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"])
+            .arg(format!("ubuntu@{addr}"))
+            .arg(cmd)
+            .output()
+            .unwrap()
+    }
+
     #[test]
     fn a_container_boots_sshd_enforces_limits_and_leaves_nothing() {
         let Some(lower) = image() else { return };
@@ -401,34 +426,9 @@ mod tests {
         prepare(&spec).unwrap();
         let t = Instant::now();
         start(&spec, &cg, id).unwrap();
-        while !ssh_banner(addr, Duration::from_millis(200)) {
-            assert!(
-                t.elapsed() < Duration::from_secs(20),
-                "no SSH banner: {}",
-                std::fs::read_to_string(spec.dir.join("console.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        await_banner(addr, &spec.dir);
         eprintln!("start -> SSH banner: {:?}", t.elapsed());
-        let ssh = |cmd: &str| {
-            Command::new("ssh")
-                .args(["-i"])
-                .arg(&key)
-                .args([
-                    "-o",
-                    "BatchMode=yes",
-                    "-o",
-                    "StrictHostKeyChecking=no",
-                    "-o",
-                    "UserKnownHostsFile=/dev/null",
-                    "-o",
-                    "LogLevel=ERROR",
-                ])
-                .arg(format!("ubuntu@{addr}"))
-                .arg(cmd)
-                .output()
-                .unwrap()
-        };
+        let ssh = |cmd: &str| ssh_as_ubuntu(&key, addr, cmd);
         let out = ssh("hostname; whoami; sudo -n id -u; cat /lambda/nfs/shared/hello.txt; cat /proc/1/comm");
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
@@ -517,33 +517,9 @@ mod tests {
         };
         prepare(&spec).unwrap();
         start(&spec, &cg, id).unwrap();
-        let t = Instant::now();
-        while !ssh_banner(addr, Duration::from_millis(200)) {
-            assert!(
-                t.elapsed() < Duration::from_secs(20),
-                "no SSH banner: {}",
-                std::fs::read_to_string(spec.dir.join("console.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        await_banner(addr, &spec.dir);
         let ssh = |cmd: &str| {
-            let o = Command::new("ssh")
-                .args(["-i"])
-                .arg(&key)
-                .args([
-                    "-o",
-                    "BatchMode=yes",
-                    "-o",
-                    "StrictHostKeyChecking=no",
-                    "-o",
-                    "UserKnownHostsFile=/dev/null",
-                    "-o",
-                    "LogLevel=ERROR",
-                ])
-                .arg(format!("ubuntu@{addr}"))
-                .arg(cmd)
-                .output()
-                .unwrap();
+            let o = ssh_as_ubuntu(&key, addr, cmd);
             format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)).trim().to_owned()
         };
         let whitelist = cg.dirs(id).iter().any(|d| d.ends_with(format!("devices/nimbus-rtg-test-{tag}/{id}")));
