@@ -13,6 +13,7 @@ mod billing_cmd;
 mod cluster_cmd;
 mod common;
 mod dev;
+mod host_cmd;
 mod image;
 mod profiles;
 mod service_account_cmd;
@@ -140,6 +141,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: image::ImageCmd,
     },
+    /// This machine as a host: its inventory and GPU plans, without a server.
+    Host {
+        #[command(subcommand)]
+        cmd: host_cmd::HostCmd,
+    },
     /// Benchmarks that print figures.
     Bench {
         #[command(subcommand)]
@@ -156,6 +162,7 @@ fn main() -> anyhow::Result<()> {
         match cli.cmd {
             Cmd::Server { listen, store } => dev::run_server(&listen, &store).await,
             Cmd::Agent(a) => dev::run_agent(a).await,
+            Cmd::Host { cmd } => host_cmd::run(cmd),
             Cmd::Dev(d) => dev::run_dev(d).await,
             Cmd::Admin { store, cmd } => admin::run(&store, cmd).await,
             Cmd::Instance { cmd, conn } => tenant::instance(&conn.with_profile(&profile), cmd).await,

@@ -310,3 +310,22 @@ fn profiles_and_types_across_two_servers() {
     assert!(!bad_key.status.success(), "a key name is not an id in the native dialect");
     let _ = std::fs::remove_dir_all(&home);
 }
+
+/// `nimbus host inventory` reads this machine as an agent would, without a server.
+#[test]
+fn host_inventory_reports_this_machine() {
+    let out = Command::new(BIN).args(["host", "inventory", "--gpu-plan", "0"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let inv = &v["inventory"];
+    let cores = std::thread::available_parallelism().unwrap().get() as i64;
+    assert_eq!(inv["vcpus"].as_i64(), Some(cores), "{v}");
+    assert!(inv["memory_mib"].as_i64().unwrap() > 0 && inv["disk_gib"].as_i64().unwrap() > 0, "{v}");
+    if std::path::Path::new("/dev/nvidiactl").exists() {
+        assert!(!inv["gpus"].as_array().unwrap().is_empty(), "a GPU host lists its GPUs: {v}");
+        assert!(v["gpu_plan"]["devices"][0].as_str().unwrap().starts_with("/dev/nvidia"), "{v}");
+    } else {
+        assert_eq!(inv["gpus"], serde_json::json!([]));
+        assert!(v["gpu_plan"]["error"].as_str().unwrap().contains("no NVIDIA driver"), "{v}");
+    }
+}
