@@ -3,4 +3,5 @@
 
 pub mod lambda;
 pub mod native;
+pub mod voltage;
 pub mod webhooks;
