@@ -4,4 +4,5 @@
 pub mod clusters;
 pub mod lambda;
 pub mod native;
+pub mod voltage;
 pub mod webhooks;

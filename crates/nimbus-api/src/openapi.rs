@@ -5,7 +5,12 @@ use utoipa::openapi::OpenApi;
 
 /// `(dialect, document)` for every dialect served.
 pub fn documents() -> Vec<(&'static str, OpenApi)> {
-    vec![("lambda", crate::lambda::api().1), ("native", crate::native::api().1), ("clusters", crate::clusters::api().1)]
+    vec![
+        ("lambda", crate::lambda::api().1),
+        ("native", crate::native::api().1),
+        ("voltage", crate::voltage::api().1),
+        ("clusters", crate::clusters::api().1),
+    ]
 }
 
 /// Stable, pretty JSON for a document.

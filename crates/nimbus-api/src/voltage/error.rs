@@ -5,8 +5,8 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use nimbus_api_types::voltage as w;
 use nimbus_core::Error;
-use serde_json::json;
 
 #[derive(Debug)]
 pub struct VpError {
@@ -46,16 +46,21 @@ fn status(e: &Error) -> StatusCode {
 impl IntoResponse for VpError {
     fn into_response(self) -> Response {
         let st = status(&self.error);
+        let issue = |loc: Vec<w::LocPart>, msg: &str| {
+            Json(w::ValidationErrorBody { detail: vec![w::ValidationIssue { loc, msg: msg.to_owned(), kind: "value_error".into() }] })
+                .into_response()
+        };
+        let detail = |d: String| Json(w::ErrorBody { detail: d }).into_response();
         let body = match &self.error {
             Error::InvalidValue { label, message } => {
-                json!({"detail": [{"loc": [self.loc, label], "msg": message, "type": "value_error"}]})
+                issue(vec![w::LocPart::Name(self.loc.into()), w::LocPart::Name(label.clone())], message)
             }
-            Error::InvalidRequest { message } => json!({"detail": [{"loc": [self.loc], "msg": message, "type": "value_error"}]}),
-            Error::Unauthenticated => json!({"detail": "Invalid or missing API token"}),
-            Error::Internal { .. } => json!({"detail": "Internal Server Error"}),
-            other => json!({"detail": other.external_message()}),
+            Error::InvalidRequest { message } => issue(vec![w::LocPart::Name(self.loc.into())], message),
+            Error::Unauthenticated => detail("Invalid or missing API token".into()),
+            Error::Internal { .. } => detail("Internal Server Error".into()),
+            other => detail(other.external_message()),
         };
-        crate::middleware::finish_error_response((st, Json(body)).into_response(), &self.error)
+        crate::middleware::finish_error_response((st, body).into_response(), &self.error)
     }
 }
 

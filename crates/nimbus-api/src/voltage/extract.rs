@@ -69,14 +69,14 @@ impl Page {
     }
 
     /// `{results, total_result_count, has_previous, has_next}` for `items`.
-    pub fn render<T: serde::Serialize>(self, items: Vec<T>) -> serde_json::Value {
+    pub fn render<T>(self, items: Vec<T>) -> nimbus_api_types::voltage::Page<T> {
         let total = items.len();
         let results: Vec<T> = items.into_iter().skip(self.offset).take(self.limit).collect();
-        serde_json::json!({
-            "results": results,
-            "total_result_count": total,
-            "has_previous": self.offset > 0 && total > 0,
-            "has_next": self.offset + self.limit < total,
-        })
+        nimbus_api_types::voltage::Page {
+            results,
+            total_result_count: u64::try_from(total).unwrap_or(u64::MAX),
+            has_previous: self.offset > 0 && total > 0,
+            has_next: self.offset.saturating_add(self.limit) < total,
+        }
     }
 }

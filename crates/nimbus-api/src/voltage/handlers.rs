@@ -6,11 +6,12 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use nimbus_api_types::voltage as w;
 use nimbus_core::auth::Actor;
 use nimbus_core::model::{Host, HostStatus};
 use nimbus_core::money::Micros;
 use nimbus_core::Error;
-use serde_json::{json, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::extract::{Page, VpActor, VpJson};
@@ -48,41 +49,36 @@ pub fn usd(m: i64) -> String {
     Micros(m).to_string()
 }
 
-fn hostnode(s: &ApiState, h: &Host, free_ports: Vec<i64>) -> Value {
+fn hostnode(s: &ApiState, h: &Host, free_ports: Vec<i64>) -> w::HostNode {
     let cfg = s.control.config();
     let free = h.free();
-    let mut gpus = serde_json::Map::new();
-    let mut per_gpu = serde_json::Map::new();
+    let mut gpus = std::collections::BTreeMap::new();
+    let mut per_gpu = std::collections::BTreeMap::new();
     for g in &h.gpus {
         let slug = gpu_slug(&g.model);
-        let e = gpus.entry(slug.clone()).or_insert_with(|| json!({"count": 0}));
+        let e = gpus.entry(slug.clone()).or_insert(w::GpuCount { count: 0 });
         if g.instance_id.is_none() {
-            e["count"] = json!(e["count"].as_i64().unwrap_or(0) + 1);
+            e.count += 1;
         }
         if let Some(m) = nimbus_control::bare_metal::gpu_hour_price_micros(cfg, &g.model) {
-            per_gpu.insert(slug, json!(usd(m)));
+            per_gpu.insert(slug, usd(m));
         }
     }
-    json!({
-        "id": uuid(h.id.as_str()),
-        "location_id": location_id(&h.region),
-        "available_resources": {
-            "gpus": gpus,
-            "ram_gb": free.memory_mib / 1024,
-            "storage_gb": free.disk_gib,
-            "vcpu_count": free.vcpus,
+    w::HostNode {
+        id: uuid(h.id.as_str()),
+        location_id: location_id(&h.region),
+        available_resources: w::Resources { gpus, vcpu_count: free.vcpus, ram_gb: free.memory_mib / 1024, storage_gb: free.disk_gib },
+        pricing: w::HostNodePricing {
+            per_gpu_hr: per_gpu,
+            per_vcpu_hr: usd(cfg.pricing.vcpu_hour_micros),
+            per_gb_ram_hr: usd(cfg.pricing.ram_gib_hour_micros),
+            per_gb_storage_hr: usd(cfg.pricing.storage_gib_hour_micros),
         },
-        "pricing": {
-            "per_gpu_hr": per_gpu,
-            "per_vcpu_hr": usd(cfg.pricing.vcpu_hour_micros),
-            "per_gb_ram_hr": usd(cfg.pricing.ram_gib_hour_micros),
-            "per_gb_storage_hr": usd(cfg.pricing.storage_gib_hour_micros),
-        },
-        "available_ports": free_ports,
-    })
+        available_ports: free_ports,
+    }
 }
 
-async fn locations_json(s: &ApiState, a: &Actor) -> Result<Vec<Value>, VpError> {
+async fn locations(s: &ApiState, a: &Actor) -> Result<Vec<w::Location>, VpError> {
     let nodes = nimbus_control::capacity::hostnodes(&s.control, a, true).await?;
     Ok(s.control
         .config()
@@ -90,28 +86,81 @@ async fn locations_json(s: &ApiState, a: &Actor) -> Result<Vec<Value>, VpError> 
         .iter()
         .map(|r| {
             let (city, country) = r.description.split_once(", ").unwrap_or((r.description.as_str(), ""));
-            json!({
-                "id": location_id(&r.name),
-                "city": city,
-                "region": r.name,
-                "country": country,
-                "hostnodes": nodes.iter().filter(|(h, _)| h.region == r.name && h.status == HostStatus::Up).map(|(h, p)| hostnode(s, h, p.clone())).collect::<Vec<_>>(),
-            })
+            w::Location {
+                id: location_id(&r.name),
+                city: city.to_owned(),
+                region: r.name.clone(),
+                country: country.to_owned(),
+                hostnodes: nodes
+                    .iter()
+                    .filter(|(h, _)| h.region == r.name && h.status == HostStatus::Up)
+                    .map(|(h, p)| hostnode(s, h, p.clone()))
+                    .collect(),
+            }
         })
         .collect())
 }
 
+#[utoipa::path(
+    get,
+    path = "/locations/",
+    tag = "locations",
+    operation_id = "locations_list",
+    summary = "List locations with their available hostnodes",
+    params(
+        ("limit" = Option<u32>, Query, description = "Page size, 1 to 15 (default 3)"),
+        ("offset" = Option<u32>, Query, description = "Items to skip (default 0)"),
+    ),
+    responses(
+        (status = 200, description = "Successful Response", body = w::Page<w::Location>),
+        (status = 401, description = "Invalid or missing API token", body = w::ErrorBody),
+        (status = 403, description = "Missing permission", body = w::ErrorBody),
+        (status = 422, description = "Validation Error", body = w::ValidationErrorBody),
+        (status = 429, description = "Rate limited", body = w::ErrorBody),
+    )
+)]
 pub async fn locations_list(State(s): State<ApiState>, VpActor(a): VpActor, RawQuery(q): RawQuery) -> VpResult {
     let page = Page::parse(q.as_deref(), 3, 15)?;
-    Ok(Json(page.render(locations_json(&s, &a).await?)).into_response())
+    Ok(Json(page.render(locations(&s, &a).await?)).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/locations/{location_id}",
+    tag = "locations",
+    operation_id = "location_get",
+    summary = "Get one location with its available hostnodes",
+    params(("location_id" = String, Path, description = "Location id (UUID)")),
+    responses(
+        (status = 200, description = "Successful Response", body = w::Location),
+        (status = 401, description = "Invalid or missing API token", body = w::ErrorBody),
+        (status = 403, description = "Missing permission", body = w::ErrorBody),
+        (status = 404, description = "Not Found", body = w::ErrorBody),
+        (status = 429, description = "Rate limited", body = w::ErrorBody),
+    )
+)]
 pub async fn location_get(State(s): State<ApiState>, VpActor(a): VpActor, Path(id): Path<String>) -> VpResult {
-    let all = locations_json(&s, &a).await?;
-    let found = all.into_iter().find(|l| l["id"].as_str().is_some_and(|x| x.eq_ignore_ascii_case(&id)));
+    let all = locations(&s, &a).await?;
+    let found = all.into_iter().find(|l| l.id.eq_ignore_ascii_case(&id));
     found.map(|l| Json(l).into_response()).ok_or_else(|| Error::not_found("location", id).into())
 }
 
+#[utoipa::path(
+    get,
+    path = "/hostnodes/{hostnode_id}",
+    tag = "hostnodes",
+    operation_id = "hostnode_get",
+    summary = "Get a hostnode's available resources, pricing and free ports",
+    params(("hostnode_id" = String, Path, description = "Hostnode id (UUID)")),
+    responses(
+        (status = 200, description = "Successful Response", body = w::HostNode),
+        (status = 401, description = "Invalid or missing API token", body = w::ErrorBody),
+        (status = 403, description = "Missing permission", body = w::ErrorBody),
+        (status = 404, description = "HostNode not found", body = w::ErrorBody),
+        (status = 422, description = "Validation Error", body = w::ValidationErrorBody),
+        (status = 429, description = "Rate limited", body = w::ErrorBody),
+    )
+)]
 pub async fn hostnode_get(State(s): State<ApiState>, VpActor(a): VpActor, Path(id): Path<String>) -> VpResult {
     let hex = from_uuid(&id).ok_or_else(|| VpError::at("path", Error::invalid("hostnode_id", "Input should be a valid UUID")))?;
     let nodes = nimbus_control::capacity::hostnodes(&s.control, &a, false).await?;
@@ -129,20 +178,51 @@ fn check_key_name(name: &str) -> Result<(), VpError> {
     }
 }
 
+fn org_key(k: &nimbus_core::model::SshKey) -> w::OrgSshKey {
+    w::OrgSshKey { id: uuid(k.id.as_str()), name: k.name.clone(), content: k.public_key.clone() }
+}
+
+#[utoipa::path(
+    get,
+    path = "/organization/ssh-keys",
+    tag = "ssh-keys",
+    operation_id = "ssh_keys_list",
+    summary = "List the organization's SSH public keys",
+    params(
+        ("limit" = Option<u32>, Query, description = "Page size, 1 to 150 (default 150)"),
+        ("offset" = Option<u32>, Query, description = "Items to skip (default 0)"),
+    ),
+    responses(
+        (status = 200, description = "Successful Response", body = w::Page<w::OrgSshKey>),
+        (status = 401, description = "Invalid or missing API token", body = w::ErrorBody),
+        (status = 403, description = "Missing permission", body = w::ErrorBody),
+        (status = 422, description = "Validation Error", body = w::ValidationErrorBody),
+        (status = 429, description = "Rate limited", body = w::ErrorBody),
+    )
+)]
 pub async fn ssh_keys_list(State(s): State<ApiState>, VpActor(a): VpActor, RawQuery(q): RawQuery) -> VpResult {
     let page = Page::parse(q.as_deref(), 150, 150)?;
     let keys = nimbus_control::ssh_keys::list(&s.control, &a).await?;
-    let items: Vec<Value> = keys.iter().map(|k| json!({"id": uuid(k.id.as_str()), "name": k.name, "content": k.public_key})).collect();
-    Ok(Json(page.render(items)).into_response())
+    Ok(Json(page.render(keys.iter().map(org_key).collect())).into_response())
 }
 
-#[derive(serde::Deserialize)]
-pub struct SshKeyAdd {
-    name: String,
-    content: String,
-}
-
-pub async fn ssh_key_add(State(s): State<ApiState>, VpActor(a): VpActor, VpJson(b): VpJson<SshKeyAdd>) -> VpResult {
+#[utoipa::path(
+    post,
+    path = "/organization/ssh-keys",
+    tag = "ssh-keys",
+    operation_id = "ssh_key_create",
+    summary = "Add an SSH public key to the organization",
+    request_body = w::OrgSshKeyCreateRequest,
+    responses(
+        (status = 201, description = "Successful Response", body = w::OrgSshKey),
+        (status = 400, description = "Bad Request", body = w::ErrorBody),
+        (status = 401, description = "Invalid or missing API token", body = w::ErrorBody),
+        (status = 403, description = "Missing permission", body = w::ErrorBody),
+        (status = 422, description = "Validation Error", body = w::ValidationErrorBody),
+        (status = 429, description = "Rate limited", body = w::ErrorBody),
+    )
+)]
+pub async fn ssh_key_add(State(s): State<ApiState>, VpActor(a): VpActor, VpJson(b): VpJson<w::OrgSshKeyCreateRequest>) -> VpResult {
     check_key_name(&b.name)?;
     if b.content.trim().is_empty() {
         return Err(Error::invalid("content", "the SSH public key is required").into());
@@ -151,24 +231,46 @@ pub async fn ssh_key_add(State(s): State<ApiState>, VpActor(a): VpActor, VpJson(
         Error::InvalidValue { message, .. } => Error::invalid("content", message),
         other => other,
     })?;
-    Ok((StatusCode::CREATED, Json(json!({"id": uuid(k.id.as_str()), "name": k.name, "content": k.public_key}))).into_response())
+    Ok((StatusCode::CREATED, Json(org_key(&k))).into_response())
 }
 
+#[utoipa::path(
+    delete,
+    path = "/organization/ssh-keys/{ssh_key_id}",
+    tag = "ssh-keys",
+    operation_id = "ssh_key_delete",
+    summary = "Remove an SSH public key from the organization",
+    params(("ssh_key_id" = String, Path, description = "SSH key id (UUID)")),
+    responses(
+        (status = 204, description = "Successful Response"),
+        (status = 401, description = "Invalid or missing API token", body = w::ErrorBody),
+        (status = 403, description = "Missing permission", body = w::ErrorBody),
+        (status = 404, description = "Not Found", body = w::ErrorBody),
+        (status = 422, description = "Validation Error", body = w::ValidationErrorBody),
+        (status = 429, description = "Rate limited", body = w::ErrorBody),
+    )
+)]
 pub async fn ssh_key_delete(State(s): State<ApiState>, VpActor(a): VpActor, Path(id): Path<String>) -> VpResult {
     let hex = from_uuid(&id).ok_or_else(|| VpError::at("path", Error::invalid("ssh_key_id", "Input should be a valid UUID")))?;
     nimbus_control::ssh_keys::delete(&s.control, &a, &hex).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-#[derive(serde::Deserialize)]
-pub struct CloudInit {
-    #[serde(rename = "type")]
-    kind: String,
-    content: Value,
-}
-
 /// Validates cloud-init the way a launch would: `{error, message}`; no key needed.
-pub async fn validate_cloudinit(VpJson(b): VpJson<CloudInit>) -> VpResult {
+#[utoipa::path(
+    post,
+    path = "/validate/cloudinit",
+    tag = "cloud-init",
+    operation_id = "cloudinit_validate",
+    summary = "Validate a cloud-init script as a launch would",
+    request_body = w::CloudInitValidateRequest,
+    security(()),
+    responses(
+        (status = 200, description = "Successful Response", body = w::CloudInitValidation),
+        (status = 422, description = "Validation Error", body = w::ValidationErrorBody),
+    )
+)]
+pub async fn validate_cloudinit(VpJson(b): VpJson<w::CloudInitValidateRequest>) -> VpResult {
     if !matches!(b.kind.as_str(), "instant-vm" | "bare-metal") {
         return Err(Error::invalid("type", "Input should be 'instant-vm' or 'bare-metal'").into());
     }
@@ -179,15 +281,28 @@ pub async fn validate_cloudinit(VpJson(b): VpJson<CloudInit>) -> VpResult {
         _ => return Err(Error::invalid("content", "Input should be a valid string or object").into()),
     };
     let out = match nimbus_core::validate::user_data(&text) {
-        Ok(()) => json!({"error": false, "message": "cloud-init is valid"}),
-        Err(e) => json!({"error": true, "message": e.external_message()}),
+        Ok(()) => w::CloudInitValidation { error: false, message: "cloud-init is valid".into() },
+        Err(e) => w::CloudInitValidation { error: true, message: e.external_message() },
     };
     Ok(Json(out).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/storage/hourly-rate",
+    tag = "storage",
+    operation_id = "storage_hourly_rate_get",
+    summary = "Get the storage price per GB-hour",
+    responses(
+        (status = 200, description = "Successful Response", body = w::StorageHourlyRate),
+        (status = 401, description = "Invalid or missing API token", body = w::ErrorBody),
+        (status = 403, description = "Missing permission", body = w::ErrorBody),
+        (status = 429, description = "Rate limited", body = w::ErrorBody),
+    )
+)]
 pub async fn storage_hourly_rate(State(s): State<ApiState>, VpActor(a): VpActor) -> VpResult {
     let rate = nimbus_control::billing::storage_hourly_rate(&s.control, &a).await?;
-    Ok(Json(json!({"hourly_rate_per_gb": usd(rate.0)})).into_response())
+    Ok(Json(w::StorageHourlyRate { hourly_rate_per_gb: usd(rate.0) }).into_response())
 }
 
 /// Instance id → the bare-metal rental it is (or was) a node of, for the instances charged in `txs`.
@@ -210,46 +325,58 @@ async fn node_rentals(
     Ok(out)
 }
 
-fn transaction(t: &nimbus_store::LedgerTransaction, rentals: &std::collections::HashMap<String, String>) -> Value {
+fn transaction(t: &nimbus_store::LedgerTransaction, rentals: &std::collections::HashMap<String, String>) -> w::Transaction {
     let ts = nimbus_core::clock::to_rfc3339;
     let linked = if let Some(rental) = rentals.get(&t.resource_id) {
-        json!({"type": "baremetal_rental", "id": uuid(rental), "node_id": uuid(&t.resource_id)})
+        w::LinkedInstance::BaremetalRental { id: uuid(rental), node_id: uuid(&t.resource_id) }
     } else if t.resource_type == "instance" {
-        json!({
-            "type": "virtual_machine_instance",
-            "id": uuid(&t.resource_id),
-            "virtual_machine_id": uuid(&t.resource_id),
-            "timestamp_creation": t.instance_created_at.map(ts),
-            "timestamp_deletion": t.instance_terminated_at.map(ts),
-        })
+        w::LinkedInstance::VirtualMachineInstance {
+            id: uuid(&t.resource_id),
+            virtual_machine_id: uuid(&t.resource_id),
+            timestamp_creation: t.instance_created_at.map(ts),
+            timestamp_deletion: t.instance_terminated_at.map(ts),
+        }
     } else {
-        json!({"type": "storage_volume", "id": uuid(&t.resource_id)})
+        w::LinkedInstance::StorageVolume { id: uuid(&t.resource_id) }
     };
-    json!({
-        "id": uuid(&t.id),
-        "total_amount": usd(t.amount_micros),
-        "timestamp_creation": ts(t.hour_start * 1_000_000),
-        "timestamp_completion": ts((t.hour_start + 3600) * 1_000_000),
-        "details": {"type": "charge", "linked_instance": linked},
-        "period_amount": usd(t.amount_micros),
-    })
+    w::Transaction {
+        id: uuid(&t.id),
+        total_amount: usd(t.amount_micros),
+        timestamp_creation: ts(t.hour_start * 1_000_000),
+        timestamp_completion: ts((t.hour_start + 3600) * 1_000_000),
+        details: w::TransactionDetails::Charge { linked_instance: linked },
+        period_amount: usd(t.amount_micros),
+    }
 }
 
-fn credit(g: &nimbus_store::Credit) -> Value {
+fn credit(g: &nimbus_store::Credit) -> w::Transaction {
     let ts = nimbus_core::clock::to_rfc3339;
-    json!({
-        "id": uuid(&g.id),
-        "total_amount": usd(-g.amount_micros),
-        "timestamp_creation": ts(g.created_at),
-        "timestamp_completion": ts(g.created_at),
-        "details": {"type": "credit", "reason": g.reason},
-        "period_amount": usd(-g.amount_micros),
-    })
+    w::Transaction {
+        id: uuid(&g.id),
+        total_amount: usd(-g.amount_micros),
+        timestamp_creation: ts(g.created_at),
+        timestamp_completion: ts(g.created_at),
+        details: w::TransactionDetails::Credit { reason: g.reason.clone() },
+        period_amount: usd(-g.amount_micros),
+    }
 }
 
+#[utoipa::path(
+    get,
+    path = "/billing/hourly-rate",
+    tag = "billing",
+    operation_id = "billing_hourly_rate_get",
+    summary = "Get what the organization's active rentals cost per hour now",
+    responses(
+        (status = 200, description = "Successful Response", body = w::BillingHourlyRate),
+        (status = 401, description = "Invalid or missing API token", body = w::ErrorBody),
+        (status = 403, description = "Missing permission", body = w::ErrorBody),
+        (status = 429, description = "Rate limited", body = w::ErrorBody),
+    )
+)]
 pub async fn billing_hourly_rate(State(s): State<ApiState>, VpActor(a): VpActor) -> VpResult {
     let r = nimbus_control::billing::hourly_rate(&s.control, &a).await?;
-    Ok(Json(json!({"rate_hourly": r.to_string()})).into_response())
+    Ok(Json(w::BillingHourlyRate { rate_hourly: r.to_string() }).into_response())
 }
 
 /// `YYYY-MM-DD` as the first instant of that day (µs, UTC).
@@ -258,6 +385,27 @@ fn day(label: &str, v: &str) -> Result<i64, VpError> {
         .ok_or_else(|| VpError::at("query", Error::invalid(label.to_owned(), "Input should be a valid date in the format YYYY-MM-DD")))
 }
 
+#[utoipa::path(
+    get,
+    path = "/billing/transactions",
+    tag = "billing",
+    operation_id = "billing_transactions_list",
+    summary = "List the organization's billing transactions, newest first",
+    params(
+        ("limit" = Option<u32>, Query, description = "Page size, 1 to 10000 (default 30)"),
+        ("offset" = Option<u32>, Query, description = "Items to skip (default 0)"),
+        ("types" = Option<String>, Query, description = "Comma-separated: charge, credit, payment (default all)"),
+        ("earliest" = Option<String>, Query, description = "First day included, YYYY-MM-DD"),
+        ("latest" = Option<String>, Query, description = "Last day included, YYYY-MM-DD"),
+    ),
+    responses(
+        (status = 200, description = "Successful Response", body = w::Page<w::Transaction>),
+        (status = 401, description = "Invalid or missing API token", body = w::ErrorBody),
+        (status = 403, description = "Missing permission", body = w::ErrorBody),
+        (status = 422, description = "Validation Error", body = w::ValidationErrorBody),
+        (status = 429, description = "Rate limited", body = w::ErrorBody),
+    )
+)]
 pub async fn billing_transactions(State(s): State<ApiState>, VpActor(a): VpActor, RawQuery(q): RawQuery) -> VpResult {
     let page = Page::parse(q.as_deref(), 30, 10_000)?;
     let (mut from, mut to, mut types) = (i64::MIN / 2, i64::MAX / 2, Vec::new());
@@ -278,41 +426,52 @@ pub async fn billing_transactions(State(s): State<ApiState>, VpActor(a): VpActor
         ));
     }
     let want = |t: &str| types.is_empty() || types.iter().any(|x| x == t);
-    let mut items: Vec<(String, Value)> = Vec::new();
+    let mut items: Vec<w::Transaction> = Vec::new();
     if want("charge") {
         let txs = nimbus_control::billing::transactions(&s.control, &a, from, to).await?;
         let rentals = node_rentals(&s, &a, &txs).await?;
-        for t in txs {
-            let v = transaction(&t, &rentals);
-            items.push((v["timestamp_creation"].as_str().unwrap_or_default().to_owned(), v));
-        }
+        items.extend(txs.iter().map(|t| transaction(t, &rentals)));
     }
     if want("credit") {
-        for g in nimbus_control::billing::credits(&s.control, &a, from, to).await? {
-            let v = credit(&g);
-            items.push((v["timestamp_creation"].as_str().unwrap_or_default().to_owned(), v));
-        }
+        items.extend(nimbus_control::billing::credits(&s.control, &a, from, to).await?.iter().map(credit));
     }
     // Newest first; payments are not modelled.
-    items.sort_by(|a, b| b.0.cmp(&a.0));
-    let items: Vec<Value> = items.into_iter().map(|(_, v)| v).collect();
+    items.sort_by(|a, b| b.timestamp_creation.cmp(&a.timestamp_creation));
     Ok(Json(page.render(items)).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/billing/reports/{year}/{month}/transactions",
+    tag = "billing",
+    operation_id = "billing_month_report_get",
+    summary = "Get a month's transactions and balances",
+    params(
+        ("year" = i32, Path, description = "Year, e.g. 2024"),
+        ("month" = u32, Path, description = "Month, 1 to 12"),
+    ),
+    responses(
+        (status = 200, description = "Successful Response", body = w::MonthReport),
+        (status = 401, description = "Invalid or missing API token", body = w::ErrorBody),
+        (status = 403, description = "Missing permission", body = w::ErrorBody),
+        (status = 422, description = "Validation Error", body = w::ValidationErrorBody),
+        (status = 429, description = "Rate limited", body = w::ErrorBody),
+    )
+)]
 pub async fn billing_month_report(State(s): State<ApiState>, VpActor(a): VpActor, Path((year, month)): Path<(String, String)>) -> VpResult {
     let y: i32 = year.parse().map_err(|_| VpError::at("path", Error::invalid("year", "Input should be a valid integer")))?;
     let m: u32 = month.parse().map_err(|_| VpError::at("path", Error::invalid("month", "Input should be a valid integer")))?;
     let (txs, granted, start, delta, end) =
         nimbus_control::billing::month_report(&s.control, &a, y, m).await.map_err(|e| VpError::at("path", e))?;
     let rentals = node_rentals(&s, &a, &txs).await?;
-    let mut all: Vec<Value> = txs.iter().map(|t| transaction(t, &rentals)).chain(granted.iter().map(credit)).collect();
-    all.sort_by(|a, b| b["timestamp_creation"].as_str().cmp(&a["timestamp_creation"].as_str()));
-    Ok(Json(json!({
-        "transactions": all,
-        "balance_at_period_start": start.to_string(),
-        "balance_delta_in_period": delta.to_string(),
-        "balance_at_period_end": end.to_string(),
-    }))
+    let mut all: Vec<w::Transaction> = txs.iter().map(|t| transaction(t, &rentals)).chain(granted.iter().map(credit)).collect();
+    all.sort_by(|a, b| b.timestamp_creation.cmp(&a.timestamp_creation));
+    Ok(Json(w::MonthReport {
+        transactions: all,
+        balance_at_period_start: start.to_string(),
+        balance_delta_in_period: delta.to_string(),
+        balance_at_period_end: end.to_string(),
+    })
     .into_response())
 }
 

@@ -13,46 +13,83 @@ pub mod handlers;
 mod storage;
 mod vms;
 
-use axum::routing::{delete, get, post, put};
+use axum::routing::{get, post};
 use axum::Router;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use error::VpError;
 
 use crate::ApiState;
 
-pub fn router() -> Router<ApiState> {
+/// The Voltage Park router and its OpenAPI document, built from the same handler list so that
+/// the document cannot miss a route. Paths are documented as seed 004 writes them (with its
+/// trailing slash on `/locations/`, `/virtual-machines/`, `/bare-metal/`, `/storage/`, …); the
+/// other spelling of each list and create path is served as an undocumented alias.
+pub fn api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
     use handlers::*;
-    Router::new()
+    let (router, doc) = OpenApiRouter::with_openapi(doc_base())
+        .routes(routes!(locations_list))
+        .routes(routes!(location_get))
+        .routes(routes!(hostnode_get))
+        .routes(routes!(vms::presets_list))
+        .routes(routes!(vms::preset_get))
+        .routes(routes!(vms::vms_list))
+        .routes(routes!(vms::vm_create))
+        .routes(routes!(vms::vm_get, vms::vm_patch, vms::vm_delete))
+        .routes(routes!(vms::vm_power))
+        .routes(routes!(bare_metal::locations))
+        .routes(routes!(bare_metal::list, bare_metal::create))
+        .routes(routes!(bare_metal::patch, bare_metal::delete))
+        .routes(routes!(bare_metal::power))
+        .routes(routes!(bare_metal::reboot))
+        .routes(routes!(ssh_keys_list, ssh_key_add))
+        .routes(routes!(ssh_key_delete))
+        .routes(routes!(validate_cloudinit))
+        // A static segment wins over a parameter in axum, so `/storage/hourly-rate` stays the rate.
+        .routes(routes!(storage_hourly_rate))
+        .routes(routes!(storage::storage_list, storage::storage_create))
+        .routes(routes!(storage::storage_get, storage::storage_update, storage::storage_delete))
+        .routes(routes!(billing_hourly_rate))
+        .routes(routes!(billing_transactions))
+        .routes(routes!(billing_month_report))
+        .split_for_parts();
+    let router = router
         .route("/locations", get(locations_list))
-        .route("/locations/", get(locations_list))
-        .route("/locations/{id}", get(location_get))
-        .route("/hostnodes/{id}", get(hostnode_get))
         .route("/instant-deploy-presets", get(vms::presets_list))
-        .route("/instant-deploy-presets/", get(vms::presets_list))
-        .route("/instant-deploy-presets/{id}", get(vms::preset_get))
         .route("/virtual-machines", get(vms::vms_list))
-        .route("/virtual-machines/", get(vms::vms_list))
-        .route("/virtual-machines/instant", post(vms::vm_create))
         .route("/virtual-machines/instant/", post(vms::vm_create))
-        .route("/virtual-machines/{id}", get(vms::vm_get).patch(vms::vm_patch).delete(vms::vm_delete))
-        .route("/virtual-machines/{id}/power-status", put(vms::vm_power))
-        .route("/bare-metal/locations", get(bare_metal::locations))
         .route("/bare-metal/locations/", get(bare_metal::locations))
         .route("/bare-metal", get(bare_metal::list).post(bare_metal::create))
-        .route("/bare-metal/", get(bare_metal::list).post(bare_metal::create))
-        .route("/bare-metal/{id}", axum::routing::patch(bare_metal::patch).delete(bare_metal::delete))
-        .route("/bare-metal/{id}/power-status", put(bare_metal::power))
-        .route("/bare-metal/{id}/reboot", post(bare_metal::reboot))
-        .route("/organization/ssh-keys", get(ssh_keys_list).post(ssh_key_add))
         .route("/organization/ssh-keys/", get(ssh_keys_list).post(ssh_key_add))
-        .route("/organization/ssh-keys/{id}", delete(ssh_key_delete))
-        .route("/validate/cloudinit", post(validate_cloudinit))
-        .route("/storage/hourly-rate", get(storage_hourly_rate))
-        .route("/storage", get(storage::storage_list).post(storage::storage_create))
-        .route("/storage/", get(storage::storage_list).post(storage::storage_create))
-        // A static segment wins over a parameter in axum, so `/storage/hourly-rate` stays the rate.
-        .route("/storage/{id}", get(storage::storage_get).patch(storage::storage_update).delete(storage::storage_delete))
-        .route("/billing/hourly-rate", get(billing_hourly_rate))
-        .route("/billing/transactions", get(billing_transactions))
-        .route("/billing/reports/{year}/{month}/transactions", get(billing_month_report))
+        .route("/storage", get(storage::storage_list).post(storage::storage_create));
+    (router, doc)
+}
+
+pub fn router() -> Router<ApiState> {
+    api().0
+}
+
+fn doc_base() -> utoipa::openapi::OpenApi {
+    use utoipa::openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
+    let mut doc = utoipa::openapi::OpenApiBuilder::new()
+        .info(
+            utoipa::openapi::InfoBuilder::new()
+                .title("Nimbus: Voltage Park On-Demand dialect")
+                .version("1.0.0")
+                .description(Some(
+                    "Voltage Park On-Demand API (seed 004) as served by Nimbus at /api/v1. Generated from code; see docs/voltage-park.md.",
+                ))
+                .build(),
+        )
+        .servers(Some(vec![utoipa::openapi::ServerBuilder::new().url("/api/v1").build()]))
+        .build();
+    let components = doc.components.get_or_insert_with(Default::default);
+    components.add_security_scheme("bearerAuth", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+    components.add_security_scheme("apiTokenAuth", SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("x-api-token"))));
+    doc.security = Some(vec![
+        SecurityRequirement::new("bearerAuth", Vec::<String>::new()),
+        SecurityRequirement::new("apiTokenAuth", Vec::<String>::new()),
+    ]);
+    doc
 }

@@ -9,13 +9,14 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use nimbus_api_types::voltage as w;
 use nimbus_control::volumes::{self, SharedVolumeSpec, VolumeChange};
 use nimbus_core::auth::Permission;
 use nimbus_core::ids::OrgId;
 use nimbus_core::model::{Volume, VolumeHostState};
 use nimbus_core::money::Micros;
 use nimbus_core::{ConflictReason, Error};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use super::extract::{Page, VpActor, VpJson};
 use super::handlers::{from_uuid, uuid};
@@ -83,18 +84,18 @@ impl Orders {
     }
 }
 
-fn render(s: &ApiState, v: &Volume, orders: &Orders) -> Value {
+fn render(s: &ApiState, v: &Volume, orders: &Orders) -> w::Storage {
     let rate = Micros(v.size_gib.saturating_mul(s.control.config().pricing.storage_gib_hour_micros));
-    json!({
-        "id": uuid(v.id.as_str()),
-        "size_in_gb": v.size_gib,
-        "name": v.shown_name(),
-        "status": status(v),
-        "rate_hourly": rate.to_string(),
-        "order_ids": orders.shown(v),
-        "tenant_id": tenant_id(&v.org_id),
-        "vip": NO_VIP,
-    })
+    w::Storage {
+        id: uuid(v.id.as_str()),
+        size_in_gb: v.size_gib,
+        name: v.shown_name().to_owned(),
+        status: status(v).into(),
+        rate_hourly: rate.to_string(),
+        order_ids: orders.shown(v),
+        tenant_id: tenant_id(&v.org_id),
+        vip: NO_VIP.into(),
+    }
 }
 
 /// Domain errors in this dialect's terms: its field names, an unknown order is a request that
@@ -115,6 +116,11 @@ fn vp_error(e: Error, storage_id: Option<&str>) -> VpError {
 fn storage_id(raw: &str) -> Result<String, VpError> {
     from_uuid(raw).ok_or_else(|| VpError::at("path", Error::invalid("storage_id", "Input should be a valid UUID")))
 }
+
+// Request bodies are read as JSON objects and checked field by field rather than deserialized
+// into `w::StorageCreateRequest` / `w::StorageUpdateRequest` (the documented shapes): a 422 then
+// names the field at fault (`["body", "size_in_gb"]`), which serde's message for the whole body
+// would not.
 
 /// A body field that may be absent or `null`.
 fn field<'a>(b: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
@@ -154,6 +160,24 @@ fn check_size(size: i64) -> Result<i64, VpError> {
     Ok(size)
 }
 
+#[utoipa::path(
+    get,
+    path = "/storage/",
+    tag = "storage",
+    operation_id = "storage_list",
+    summary = "List the organization's storage volumes, oldest first",
+    params(
+        ("limit" = Option<u32>, Query, description = "Page size, 1 to 100 (default 20)"),
+        ("offset" = Option<u32>, Query, description = "Items to skip (default 0)"),
+    ),
+    responses(
+        (status = 200, description = "Successful Response", body = w::Page<w::Storage>),
+        (status = 401, description = "Invalid or missing API token", body = w::ErrorBody),
+        (status = 403, description = "Missing permission", body = w::ErrorBody),
+        (status = 422, description = "Validation Error", body = w::ValidationErrorBody),
+        (status = 429, description = "Rate limited", body = w::ErrorBody),
+    )
+)]
 pub async fn storage_list(State(s): State<ApiState>, VpActor(a): VpActor, RawQuery(q): RawQuery) -> VpResult {
     let page = Page::parse(q.as_deref(), 20, 100)?;
     let all = volumes::list(&s.control, &a).await.map_err(|e| vp_error(e, None))?;
@@ -161,6 +185,22 @@ pub async fn storage_list(State(s): State<ApiState>, VpActor(a): VpActor, RawQue
     Ok(Json(page.render(all.iter().map(|v| render(&s, v, &orders)).collect())).into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/storage/",
+    tag = "storage",
+    operation_id = "storage_create",
+    summary = "Create a storage volume, attached to the given orders",
+    request_body = w::StorageCreateRequest,
+    responses(
+        (status = 201, description = "Successful Response", body = w::Storage),
+        (status = 400, description = "Bad Request", body = w::ErrorBody),
+        (status = 401, description = "Invalid or missing API token", body = w::ErrorBody),
+        (status = 403, description = "Missing permission", body = w::ErrorBody),
+        (status = 422, description = "Validation Error", body = w::ValidationErrorBody),
+        (status = 429, description = "Rate limited", body = w::ErrorBody),
+    )
+)]
 pub async fn storage_create(State(s): State<ApiState>, VpActor(a): VpActor, VpJson(b): VpJson<Map<String, Value>>) -> VpResult {
     let size = int_field(&b, "size_in_gb")?.ok_or_else(|| VpError::from(Error::invalid("size_in_gb", "Field required")))?;
     let name = str_field(&b, "name")?.ok_or_else(|| VpError::from(Error::invalid("name", "Field required")))?;
@@ -171,13 +211,46 @@ pub async fn storage_create(State(s): State<ApiState>, VpActor(a): VpActor, VpJs
     Ok((StatusCode::CREATED, Json(render(&s, &v, &orders))).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/storage/{storage_id}",
+    tag = "storage",
+    operation_id = "storage_get",
+    summary = "Get one storage volume with the bytes in use",
+    params(("storage_id" = String, Path, description = "Storage id (UUID)")),
+    responses(
+        (status = 200, description = "Successful Response", body = w::StorageDetail),
+        (status = 401, description = "Invalid or missing API token", body = w::ErrorBody),
+        (status = 403, description = "Missing permission", body = w::ErrorBody),
+        (status = 404, description = "Not Found", body = w::ErrorBody),
+        (status = 422, description = "Validation Error", body = w::ValidationErrorBody),
+        (status = 429, description = "Rate limited", body = w::ErrorBody),
+    )
+)]
 pub async fn storage_get(State(s): State<ApiState>, VpActor(a): VpActor, Path(id): Path<String>) -> VpResult {
     let v = volumes::get(&s.control, &a, &storage_id(&id)?).await.map_err(|e| vp_error(e, Some(&id)))?;
-    let mut out = render(&s, &v, &Orders::load(&s, &a, Permission::Read).await?);
-    out["used_capacity_bytes"] = json!(v.used_bytes);
-    Ok(Json(out).into_response())
+    let storage = render(&s, &v, &Orders::load(&s, &a, Permission::Read).await?);
+    Ok(Json(w::StorageDetail { used_capacity_bytes: v.used_bytes, storage }).into_response())
 }
 
+#[utoipa::path(
+    patch,
+    path = "/storage/{storage_id}",
+    tag = "storage",
+    operation_id = "storage_update",
+    summary = "Grow, rename or re-attach a storage volume",
+    params(("storage_id" = String, Path, description = "Storage id (UUID)")),
+    request_body = w::StorageUpdateRequest,
+    responses(
+        (status = 200, description = "Successful Response", body = w::Storage),
+        (status = 400, description = "Bad Request", body = w::ErrorBody),
+        (status = 401, description = "Invalid or missing API token", body = w::ErrorBody),
+        (status = 403, description = "Missing permission", body = w::ErrorBody),
+        (status = 404, description = "Not Found", body = w::ErrorBody),
+        (status = 422, description = "Validation Error", body = w::ValidationErrorBody),
+        (status = 429, description = "Rate limited", body = w::ErrorBody),
+    )
+)]
 pub async fn storage_update(
     State(s): State<ApiState>,
     VpActor(a): VpActor,
@@ -195,6 +268,23 @@ pub async fn storage_update(
     Ok(Json(render(&s, &v, &orders)).into_response())
 }
 
+#[utoipa::path(
+    delete,
+    path = "/storage/{storage_id}",
+    tag = "storage",
+    operation_id = "storage_delete",
+    summary = "Delete a storage volume that is attached to no order",
+    params(("storage_id" = String, Path, description = "Storage id (UUID)")),
+    responses(
+        (status = 204, description = "Successful Response"),
+        (status = 400, description = "Bad Request", body = w::ErrorBody),
+        (status = 401, description = "Invalid or missing API token", body = w::ErrorBody),
+        (status = 403, description = "Missing permission", body = w::ErrorBody),
+        (status = 404, description = "Not Found", body = w::ErrorBody),
+        (status = 422, description = "Validation Error", body = w::ValidationErrorBody),
+        (status = 429, description = "Rate limited", body = w::ErrorBody),
+    )
+)]
 pub async fn storage_delete(State(s): State<ApiState>, VpActor(a): VpActor, Path(id): Path<String>) -> VpResult {
     volumes::delete(&s.control, &a, &storage_id(&id)?).await.map_err(|e| vp_error(e, Some(&id)))?;
     Ok(StatusCode::NO_CONTENT.into_response())

@@ -9,6 +9,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use nimbus_api_types::voltage::{self as w, OrgKeys};
 use nimbus_control::instances::LaunchSpec;
 use nimbus_control::presets::Preset;
 use nimbus_core::auth::Permission;
@@ -17,8 +18,7 @@ use nimbus_core::metering::StopBilling;
 use nimbus_core::model::{Host, Instance};
 use nimbus_core::money::Micros;
 use nimbus_core::{ConflictReason, Error};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::extract::{Page, VpActor, VpJson};
 use super::handlers::{from_uuid, gpu_slug, location_id, usd, uuid};
@@ -33,22 +33,22 @@ fn path_id(label: &'static str, id: &str) -> Result<String, VpError> {
 
 /// `{"h100-80gb-hbm3": {"count": n}}` for `count` GPUs of the type's model, named by the model a
 /// host (the first of `hosts` that has one) really has, as hostnodes name them.
-fn gpus_json(count: i64, type_model: &str, hosts: &[Host]) -> Value {
+fn gpus(count: i64, type_model: &str, hosts: &[Host]) -> std::collections::BTreeMap<String, w::GpuCount> {
     if count == 0 {
-        return json!({});
+        return Default::default();
     }
     let model = hosts
         .iter()
         .find_map(|h| h.gpus.iter().find(|g| nimbus_core::catalog::gpu_model_matches(type_model, &g.model)))
         .map(|g| gpu_slug(&g.model))
         .unwrap_or_else(|| gpu_slug(type_model));
-    json!({ model: {"count": count} })
+    [(model, w::GpuCount { count })].into_iter().collect()
 }
 
-fn resources_json(s: &ApiState, type_name: &str, hosts: &[Host]) -> Value {
+fn resources(s: &ApiState, type_name: &str, hosts: &[Host]) -> w::Resources {
     let t = s.control.config().instance_type(type_name).cloned();
-    let (gpus, model, vcpus, ram, disk) = t.map(|t| (t.gpus, t.gpu_model, t.vcpus, t.memory_gib, t.storage_gib)).unwrap_or_default();
-    json!({"gpus": gpus_json(gpus, &model, hosts), "vcpu_count": vcpus, "ram_gb": ram, "storage_gb": disk})
+    let (gpu_count, model, vcpus, ram, disk) = t.map(|t| (t.gpus, t.gpu_model, t.vcpus, t.memory_gib, t.storage_gib)).unwrap_or_default();
+    w::Resources { gpus: gpus(gpu_count, &model, hosts), vcpu_count: vcpus, ram_gb: ram, storage_gb: disk }
 }
 
 /// Hourly prices of an instance type split into the seed's parts; the parts add up to the
@@ -72,19 +72,32 @@ fn rates(s: &ApiState, type_name: &str) -> Rates {
     Rates { gpus, vcpus, ram, storage, total: total.max(vcpus + ram + storage) }
 }
 
-fn preset_json(s: &ApiState, p: &Preset, hosts: &[Host]) -> Value {
+fn preset(s: &ApiState, p: &Preset, hosts: &[Host]) -> w::Preset {
     let r = rates(s, &p.instance_type.name);
-    json!({
-        "id": uuid(&p.id),
-        "resources": resources_json(s, &p.instance_type.name, hosts),
-        "operating_system": p.image.description,
-        "compute_rate_hourly": usd(r.total),
-        "storage_rate_hourly": usd(r.storage),
-        "location_ids_with_availability": p.available_in.iter().map(|r| location_id(r)).collect::<Vec<_>>(),
-    })
+    w::Preset {
+        id: uuid(&p.id),
+        resources: resources(s, &p.instance_type.name, hosts),
+        operating_system: p.image.description.clone(),
+        compute_rate_hourly: usd(r.total),
+        storage_rate_hourly: usd(r.storage),
+        location_ids_with_availability: p.available_in.iter().map(|r| location_id(r)).collect(),
+    }
 }
 
 /// Presets are a public catalog in the seed (no key needed).
+#[utoipa::path(
+    get,
+    path = "/instant-deploy-presets/",
+    tag = "instant-deploy-presets",
+    operation_id = "presets_list",
+    summary = "List instant-deploy presets",
+    params(("available" = Option<bool>, Query, description = "true: only presets that fit somewhere now; false: only those that do not")),
+    security(()),
+    responses(
+        (status = 200, description = "Successful Response", body = Vec<w::Preset>),
+        (status = 422, description = "Validation Error", body = w::ValidationErrorBody),
+    )
+)]
 pub async fn presets_list(State(s): State<ApiState>, RawQuery(q): RawQuery) -> VpResult {
     let mut available: Option<bool> = None;
     for pair in q.as_deref().unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
@@ -100,16 +113,30 @@ pub async fn presets_list(State(s): State<ApiState>, RawQuery(q): RawQuery) -> V
     }
     let all = nimbus_control::presets::list(&s.control).await?;
     let hosts = s.control.store().host_list(None, false).await?;
-    let out: Vec<Value> =
-        all.iter().filter(|p| available.is_none_or(|want| want != p.available_in.is_empty())).map(|p| preset_json(&s, p, &hosts)).collect();
+    let out: Vec<w::Preset> =
+        all.iter().filter(|p| available.is_none_or(|want| want != p.available_in.is_empty())).map(|p| preset(&s, p, &hosts)).collect();
     Ok(Json(out).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/instant-deploy-presets/{instant_deploy_preset_id}",
+    tag = "instant-deploy-presets",
+    operation_id = "preset_get",
+    summary = "Get one instant-deploy preset",
+    params(("instant_deploy_preset_id" = String, Path, description = "Preset id (UUID)")),
+    security(()),
+    responses(
+        (status = 200, description = "Successful Response", body = w::Preset),
+        (status = 404, description = "Not Found", body = w::ErrorBody),
+        (status = 422, description = "Validation Error", body = w::ValidationErrorBody),
+    )
+)]
 pub async fn preset_get(State(s): State<ApiState>, Path(id): Path<String>) -> VpResult {
     let hex = path_id("instant_deploy_preset_id", &id)?;
     let p = nimbus_control::presets::get(&s.control, &hex).await.map_err(|_| Error::not_found("instant deploy preset", id))?;
     let hosts = s.control.store().host_list(None, false).await?;
-    Ok(Json(preset_json(&s, &p, &hosts)).into_response())
+    Ok(Json(preset(&s, &p, &hosts)).into_response())
 }
 
 /// The seed's status words.
@@ -129,39 +156,38 @@ fn status(i: &Instance) -> &'static str {
     }
 }
 
-fn vm_json(s: &ApiState, i: &Instance, hosts: &[Host], images: &[nimbus_core::model::Image]) -> Value {
+fn vm_wire(s: &ApiState, i: &Instance, hosts: &[Host], images: &[nimbus_core::model::Image]) -> w::VirtualMachine {
     let host = i.host_id.as_ref().and_then(|h| hosts.iter().find(|x| &x.id == h));
     let r = rates(s, &i.instance_type);
     let os = images.iter().find(|m| m.id == i.image_id).map(|m| m.description.clone()).unwrap_or_default();
     let public_ip = host.and_then(|h| h.public_ip.clone()).or_else(|| i.ip.clone());
-    let forwards: Vec<Value> = i.ssh_port.iter().map(|p| json!({"internal_port": 22, "external_port": p})).collect();
-    json!({
-        "id": uuid(i.id.as_str()),
-        "hostnode_id": i.host_id.as_ref().map(|h| uuid(h.as_str())),
-        "type": "ondem",
-        "status": status(i),
-        "name": i.name.clone().unwrap_or_default(),
-        "resources": resources_json(s, &i.instance_type, host.map(std::slice::from_ref).unwrap_or_default()),
-        "operating_system": os,
-        "pricing": {
-            "gpus_per_hr": usd(r.gpus),
-            "vcpus_per_hr": usd(r.vcpus),
-            "ram_per_hr": usd(r.ram),
-            "storage_per_hr": usd(r.storage),
-            "total_associated_per_hr": usd(r.total),
-            "total_disassociated_per_hr": usd(r.storage),
+    w::VirtualMachine {
+        id: uuid(i.id.as_str()),
+        hostnode_id: i.host_id.as_ref().map(|h| uuid(h.as_str())),
+        kind: "ondem".into(),
+        status: status(i).into(),
+        name: i.name.clone().unwrap_or_default(),
+        resources: resources(s, &i.instance_type, host.map(std::slice::from_ref).unwrap_or_default()),
+        operating_system: os,
+        pricing: w::VmPricing {
+            gpus_per_hr: usd(r.gpus),
+            vcpus_per_hr: usd(r.vcpus),
+            ram_per_hr: usd(r.ram),
+            storage_per_hr: usd(r.storage),
+            total_associated_per_hr: usd(r.total),
+            total_disassociated_per_hr: usd(r.storage),
         },
-        "public_ip": public_ip,
-        "port_forwards": forwards,
-        "timestamp_creation": nimbus_core::clock::to_rfc3339(i.created_at),
-        "tags": i.tags.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
-    })
+        public_ip,
+        port_forwards: i.ssh_port.iter().map(|p| w::PortForward { internal_port: 22, external_port: *p }).collect(),
+        timestamp_creation: nimbus_core::clock::to_rfc3339(i.created_at),
+        tags: i.tags.iter().map(|(k, _)| k.clone()).collect(),
+    }
 }
 
-async fn render_all(s: &ApiState, insts: &[Instance]) -> Result<Vec<Value>, VpError> {
+async fn render_all(s: &ApiState, insts: &[Instance]) -> Result<Vec<w::VirtualMachine>, VpError> {
     let hosts = s.control.store().host_list(None, false).await?;
     let images = s.control.store().image_list().await?;
-    Ok(insts.iter().map(|i| vm_json(s, i, &hosts, &images)).collect())
+    Ok(insts.iter().map(|i| vm_wire(s, i, &hosts, &images)).collect())
 }
 
 /// The org's live instances that are VMs (not nodes of a bare-metal rental).
@@ -184,29 +210,51 @@ async fn vm(s: &ApiState, a: &nimbus_core::auth::Actor, id: &str, p: Permission)
     Ok(i)
 }
 
+#[utoipa::path(
+    get,
+    path = "/virtual-machines/",
+    tag = "virtual-machines",
+    operation_id = "vms_list",
+    summary = "List the organization's unterminated virtual machines",
+    params(
+        ("limit" = Option<u32>, Query, description = "Page size, 1 to 100 (default 10)"),
+        ("offset" = Option<u32>, Query, description = "Items to skip (default 0)"),
+    ),
+    responses(
+        (status = 200, description = "Successful Response", body = w::Page<w::VirtualMachine>),
+        (status = 401, description = "Invalid or missing API token", body = w::ErrorBody),
+        (status = 403, description = "Missing permission", body = w::ErrorBody),
+        (status = 422, description = "Validation Error", body = w::ValidationErrorBody),
+        (status = 429, description = "Rate limited", body = w::ErrorBody),
+    )
+)]
 pub async fn vms_list(State(s): State<ApiState>, VpActor(a): VpActor, RawQuery(q): RawQuery) -> VpResult {
     let page = Page::parse(q.as_deref(), 10, 100)?;
     let all = vms(&s, &a).await?;
     Ok(Json(page.render(render_all(&s, &all).await?)).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/virtual-machines/{virtual_machine_id}",
+    tag = "virtual-machines",
+    operation_id = "vm_get",
+    summary = "Get one unterminated virtual machine",
+    params(("virtual_machine_id" = String, Path, description = "Virtual machine id (UUID)")),
+    responses(
+        (status = 200, description = "Successful Response", body = w::VirtualMachine),
+        (status = 401, description = "Invalid or missing API token", body = w::ErrorBody),
+        (status = 403, description = "Missing permission", body = w::ErrorBody),
+        (status = 404, description = "Not Found", body = w::ErrorBody),
+        (status = 422, description = "Validation Error", body = w::ValidationErrorBody),
+        (status = 429, description = "Rate limited", body = w::ErrorBody),
+    )
+)]
 pub async fn vm_get(State(s): State<ApiState>, VpActor(a): VpActor, Path(id): Path<String>) -> VpResult {
     let i = vm(&s, &a, &id, Permission::Read).await?;
-    let mut v = render_all(&s, std::slice::from_ref(&i)).await?;
-    Ok(Json(v.pop().unwrap_or(Value::Null)).into_response())
-}
-
-/// `organization_ssh_keys`: which of the org's keys go onto a new rental.
-#[derive(Debug, Deserialize, Default)]
-#[serde(tag = "mode", rename_all = "lowercase")]
-pub enum OrgKeys {
-    All,
-    #[default]
-    None,
-    Selective {
-        #[serde(default)]
-        ssh_key_ids: Vec<String>,
-    },
+    let hosts = s.control.store().host_list(None, false).await?;
+    let images = s.control.store().image_list().await?;
+    Ok(Json(vm_wire(&s, &i, &hosts, &images)).into_response())
 }
 
 /// The org key ids `mode` selects for a new VM or rental (so CREATE, not READ, is what the
@@ -265,23 +313,23 @@ fn tag_pairs(tags: Vec<String>) -> Vec<(String, String)> {
     tags.into_iter().map(|t| (t, String::new())).collect()
 }
 
-#[derive(Deserialize)]
-pub struct InstantVm {
-    config_id: String,
-    name: String,
-    #[serde(default)]
-    password: Option<String>,
-    #[serde(default)]
-    organization_ssh_keys: OrgKeys,
-    #[serde(default)]
-    ssh_keys: Vec<String>,
-    #[serde(default)]
-    cloud_init: Option<Value>,
-    #[serde(default)]
-    tags: Vec<String>,
-}
-
-pub async fn vm_create(State(s): State<ApiState>, VpActor(a): VpActor, VpJson(b): VpJson<InstantVm>) -> VpResult {
+#[utoipa::path(
+    post,
+    path = "/virtual-machines/instant",
+    tag = "virtual-machines",
+    operation_id = "vm_create",
+    summary = "Launch a virtual machine from an instant-deploy preset",
+    request_body = w::VmCreateRequest,
+    responses(
+        (status = 201, description = "Successful Response", body = w::VmCreated),
+        (status = 400, description = "Bad Request", body = w::ErrorBody),
+        (status = 401, description = "Invalid or missing API token", body = w::ErrorBody),
+        (status = 403, description = "Missing permission", body = w::ErrorBody),
+        (status = 422, description = "Validation Error", body = w::ValidationErrorBody),
+        (status = 429, description = "Rate limited", body = w::ErrorBody),
+    )
+)]
+pub async fn vm_create(State(s): State<ApiState>, VpActor(a): VpActor, VpJson(b): VpJson<w::VmCreateRequest>) -> VpResult {
     let preset = from_uuid(&b.config_id).ok_or_else(|| Error::invalid("config_id", "Input should be a valid UUID"))?;
     nimbus_core::validate::instance_name(&b.name)?;
     if let Some(p) = &b.password {
@@ -311,37 +359,87 @@ pub async fn vm_create(State(s): State<ApiState>, VpActor(a): VpActor, VpJson(b)
         Error::NotFound { kind: "instant deploy preset", .. } => Error::invalid("config_id", "no instant deploy preset has this id"),
         other => other,
     })?;
-    Ok((StatusCode::CREATED, Json(json!({"vm_id": uuid(id.as_str())}))).into_response())
+    Ok((StatusCode::CREATED, Json(w::VmCreated { vm_id: uuid(id.as_str()) })).into_response())
 }
 
-#[derive(Deserialize)]
-pub struct Patch {
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    tags: Option<Vec<String>>,
-}
-
-pub async fn vm_patch(State(s): State<ApiState>, VpActor(a): VpActor, Path(id): Path<String>, VpJson(b): VpJson<Patch>) -> VpResult {
+#[utoipa::path(
+    patch,
+    path = "/virtual-machines/{virtual_machine_id}",
+    tag = "virtual-machines",
+    operation_id = "vm_update",
+    summary = "Rename a virtual machine or replace its tags",
+    params(("virtual_machine_id" = String, Path, description = "Virtual machine id (UUID)")),
+    request_body = w::NameTagsUpdate,
+    responses(
+        (status = 200, description = "Successful Response", body = w::NameTags),
+        (status = 400, description = "Bad Request", body = w::ErrorBody),
+        (status = 401, description = "Invalid or missing API token", body = w::ErrorBody),
+        (status = 403, description = "Missing permission", body = w::ErrorBody),
+        (status = 404, description = "Not Found", body = w::ErrorBody),
+        (status = 422, description = "Validation Error", body = w::ValidationErrorBody),
+        (status = 429, description = "Rate limited", body = w::ErrorBody),
+    )
+)]
+pub async fn vm_patch(
+    State(s): State<ApiState>,
+    VpActor(a): VpActor,
+    Path(id): Path<String>,
+    VpJson(b): VpJson<w::NameTagsUpdate>,
+) -> VpResult {
     let i = vm(&s, &a, &id, Permission::Edit).await?;
     let name = b.name.as_deref().map(Some);
     let tags = b.tags.map(tag_pairs);
     let u = nimbus_control::instances::update(&s.control, &a, i.id.as_str(), name, tags).await?;
-    Ok(Json(json!({"name": u.name.unwrap_or_default(), "tags": u.tags.into_iter().map(|(k, _)| k).collect::<Vec<_>>()})).into_response())
+    Ok(Json(w::NameTags { name: u.name.unwrap_or_default(), tags: u.tags.into_iter().map(|(k, _)| k).collect() }).into_response())
 }
 
+#[utoipa::path(
+    delete,
+    path = "/virtual-machines/{virtual_machine_id}",
+    tag = "virtual-machines",
+    operation_id = "vm_delete",
+    summary = "Terminate a virtual machine",
+    params(("virtual_machine_id" = String, Path, description = "Virtual machine id (UUID)")),
+    responses(
+        (status = 202, description = "Terminating; the body is `null`", body = serde_json::Value),
+        (status = 400, description = "Bad Request", body = w::ErrorBody),
+        (status = 401, description = "Invalid or missing API token", body = w::ErrorBody),
+        (status = 403, description = "Missing permission", body = w::ErrorBody),
+        (status = 404, description = "Not Found", body = w::ErrorBody),
+        (status = 422, description = "Validation Error", body = w::ValidationErrorBody),
+        (status = 429, description = "Rate limited", body = w::ErrorBody),
+    )
+)]
 pub async fn vm_delete(State(s): State<ApiState>, VpActor(a): VpActor, Path(id): Path<String>) -> VpResult {
     let i = vm(&s, &a, &id, Permission::Delete).await?;
     nimbus_control::instances::terminate(&s.control, &a, &[i.id.to_string()]).await?;
     Ok((StatusCode::ACCEPTED, Json(Value::Null)).into_response())
 }
 
-#[derive(Deserialize)]
-pub struct Power {
-    status: String,
-}
-
-pub async fn vm_power(State(s): State<ApiState>, VpActor(a): VpActor, Path(id): Path<String>, VpJson(b): VpJson<Power>) -> VpResult {
+#[utoipa::path(
+    put,
+    path = "/virtual-machines/{virtual_machine_id}/power-status",
+    tag = "virtual-machines",
+    operation_id = "vm_power_update",
+    summary = "Start or stop a virtual machine (stopped_disassociated bills the disk only)",
+    params(("virtual_machine_id" = String, Path, description = "Virtual machine id (UUID)")),
+    request_body = w::PowerStatus,
+    responses(
+        (status = 200, description = "Successful Response", body = w::PowerStatus),
+        (status = 400, description = "Bad Request", body = w::ErrorBody),
+        (status = 401, description = "Invalid or missing API token", body = w::ErrorBody),
+        (status = 403, description = "Missing permission", body = w::ErrorBody),
+        (status = 404, description = "Not Found", body = w::ErrorBody),
+        (status = 422, description = "Validation Error", body = w::ValidationErrorBody),
+        (status = 429, description = "Rate limited", body = w::ErrorBody),
+    )
+)]
+pub async fn vm_power(
+    State(s): State<ApiState>,
+    VpActor(a): VpActor,
+    Path(id): Path<String>,
+    VpJson(b): VpJson<w::PowerStatus>,
+) -> VpResult {
     let i = vm(&s, &a, &id, Permission::Edit).await?;
     let c = &s.control;
     let stopped = matches!(i.state, InstanceState::Stopping | InstanceState::Stopped);
@@ -354,7 +452,7 @@ pub async fn vm_power(State(s): State<ApiState>, VpActor(a): VpActor, Path(id): 
         "stopped_disassociated" | "disassociated" => nimbus_control::instances::stop_releasing(c, &a, i.id.as_str()).await?,
         _ => return Err(Error::invalid("status", "Input should be 'started', 'stopped' or 'stopped_disassociated'").into()),
     };
-    Ok(Json(json!({"status": b.status})).into_response())
+    Ok(Json(b).into_response())
 }
 
 #[cfg(test)]
@@ -370,9 +468,9 @@ mod tests {
 
     #[test]
     fn org_key_modes_parse_as_the_seed_writes_them() {
-        let m: OrgKeys = serde_json::from_value(json!({"mode": "selective", "ssh_key_ids": ["x"]})).expect("parses");
+        let m: OrgKeys = serde_json::from_value(serde_json::json!({"mode": "selective", "ssh_key_ids": ["x"]})).expect("parses");
         assert!(matches!(m, OrgKeys::Selective { ssh_key_ids } if ssh_key_ids == ["x"]));
-        assert!(matches!(serde_json::from_value::<OrgKeys>(json!({"mode": "all"})), Ok(OrgKeys::All)));
-        assert!(serde_json::from_value::<OrgKeys>(json!({"mode": "some"})).is_err());
+        assert!(matches!(serde_json::from_value::<OrgKeys>(serde_json::json!({"mode": "all"})), Ok(OrgKeys::All)));
+        assert!(serde_json::from_value::<OrgKeys>(serde_json::json!({"mode": "some"})).is_err());
     }
 }

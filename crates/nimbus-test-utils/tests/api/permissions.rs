@@ -4,12 +4,13 @@
 //! organization and its service accounts is ADMIN), or PUBLIC.
 //!
 //! The routes a server serves are read from what defines them, not from this table: the
-//! checked-in `openapi/lambda.json`, `openapi/native.json` and `openapi/clusters.json`, plus the
-//! routes the dialects' `mod.rs` add by hand (Lambda's second spellings, native's documents and metrics stream, and
-//! every Voltage Park route, served with and without the seed's trailing slash). A served route
-//! missing from the table fails the test, and so does a row that matches no served route. Every
-//! key of `tests/fixtures/voltage-park-seed-examples.json` (one per Voltage Park endpoint of seed
-//! 004) must be covered as well.
+//! checked-in `openapi/lambda.json`, `openapi/native.json`, `openapi/voltage.json` and
+//! `openapi/clusters.json`, plus the routes the dialects' `mod.rs` add by hand (Lambda's second
+//! spellings, native's documents and metrics stream, Voltage Park's other spelling of the paths
+//! the seed writes with or without a trailing slash). A served route missing from the table fails
+//! the test, and so does a row that matches no served route. Every key of
+//! `tests/fixtures/voltage-park-seed-examples.json` (one per Voltage Park endpoint of seed 004)
+//! must be covered as well.
 //!
 //! For every served route, with made-up but well-formed ids and bodies that pass the dialect's
 //! own parsing:
@@ -320,7 +321,8 @@ fn served_routes() -> Vec<(Dialect, String, String)> {
     for (m, p) in native.into_iter().chain(hand_routes("native/mod.rs", "/v1")) {
         out.push((Native, m, p));
     }
-    for (m, p) in hand_routes("voltage/mod.rs", "/api/v1") {
+    let voltage = document_routes("voltage.json").expect("openapi/voltage.json");
+    for (m, p) in voltage.into_iter().chain(hand_routes("voltage/mod.rs", "/api/v1")) {
         out.push((Voltage, m, p));
     }
     for (m, p) in document_routes("clusters.json").expect("openapi/clusters.json") {

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use nimbus_api_types::native as w;
+use nimbus_api_types::voltage as vw;
 use nimbus_client::{ClientError, ListParams, NativeClient};
 use nimbus_test_utils::{sim_host, TestServer};
 
@@ -156,22 +157,22 @@ async fn voltage_client_deploys_powers_and_deletes_a_vm() {
     let s = TestServer::builder().host("us-east-1", sim_host("h", 64, 8)).start().await;
     let c = nimbus_client::VoltageClient::new(&s.url, &s.key);
     let presets = c.presets(Some(true)).await.unwrap();
-    let preset = presets.as_array().unwrap().iter().find(|p| p["compute_rate_hourly"] == "3.290000").unwrap()["id"].clone();
+    let preset = presets.iter().find(|p| p.compute_rate_hourly == "3.290000").unwrap().id.clone();
     let key = c.ssh_key_add("laptop", crate::PUBKEY).await.unwrap();
-    let vm = c
-        .vm_create(&serde_json::json!({"config_id": preset, "name": "sdk vm", "organization_ssh_keys": {"mode": "selective", "ssh_key_ids": [key["id"]]}}))
-        .await
-        .unwrap()["vm_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let req = vw::VmCreateRequest {
+        config_id: preset,
+        name: "sdk vm".into(),
+        organization_ssh_keys: vw::OrgKeys::Selective { ssh_key_ids: vec![key.id] },
+        ..Default::default()
+    };
+    let vm = c.vm_create(&req).await.unwrap().vm_id;
     let ready = c.wait_until_ready(&vm, Duration::from_secs(15)).await.unwrap();
-    assert_eq!(ready["port_forwards"][0]["internal_port"], 22);
-    assert_eq!(c.all("/virtual-machines/", 1).await.unwrap().len(), 1);
-    c.vm_power(&vm, "stopped").await.unwrap();
+    assert_eq!(ready.port_forwards[0].internal_port, 22);
+    assert_eq!(c.all::<vw::VirtualMachine>("/virtual-machines/", 1).await.unwrap().len(), 1);
+    assert_eq!(c.vm_power(&vm, "stopped").await.unwrap().status, "stopped");
     c.vm_delete(&vm).await.unwrap();
     // A 422 keeps the field it is about; an unknown id is a plain 404.
-    match c.storage_create(0, "x", &[]).await {
+    match c.storage_create(&vw::StorageCreateRequest { size_in_gb: 0, name: "x".into(), order_ids: vec![] }).await {
         Err(ClientError::Api { status: 422, code, message }) => {
             assert!(code == "validation_error" && message.contains("size_in_gb"), "{message}")
         }
