@@ -115,6 +115,25 @@ async fn seed_examples_and_cluster_lifecycle() {
             "machine type",
         ),
         (json!({"name": "x", "provider": "GCP", "spec": {"serverless": {"regions": ["mars-1"]}}}), "region"),
+        // Wrong JSON types, decoded by the shared wire type: INVALID_ARGUMENT, never a 500.
+        (json!([1, 2]), "an array body"),
+        (json!({"provider": "GCP", "spec": {"serverless": {"regions": ["us-east-1"]}}}), "no name"),
+        (json!({"name": 7, "provider": "GCP", "spec": {"serverless": {}}}), "a number as name"),
+        (json!({"name": "x", "provider": "GCP", "spec": {"serverless": {"regions": "us-east-1"}}}), "regions not a list"),
+        (json!({"name": "x", "provider": "GCP", "spec": {"serverless": {"regions": ["us-east-1"], "spendLimit": "5"}}}), "a string limit"),
+        (
+            json!({"name": "x", "provider": "GCP", "spec": {"dedicated": {"region_nodes": {"us-east-1": "3"}, "machine_type": "cpu_1x_small"}}}),
+            "a string node count",
+        ),
+        (json!({"name": "x", "provider": "GCP", "spec": {"dedicated": {"region_nodes": {"us-east-1": 1}}}}), "no machine type"),
+        (
+            json!({"name": "x", "provider": "GCP", "spec": {"dedicated": {"region_nodes": {"us-east-1": -1}, "machine_type": "cpu_1x_small"}}}),
+            "a negative node count",
+        ),
+        (
+            json!({"name": "x", "provider": "GCP", "spec": {"serverless": {"regions": ["us-east-1"]}, "dedicated": {"region_nodes": {}, "machine_type": "cpu_1x_small"}}}),
+            "both plans",
+        ),
     ] {
         let (st, e) = cl(&s, &s.key, "POST", "/clusters", Some(bad.clone())).await;
         assert_eq!((st, e["code"].as_i64()), (400, Some(3)), "{what}: {bad} -> {e}");
@@ -127,6 +146,12 @@ async fn seed_examples_and_cluster_lifecycle() {
     assert_eq!((st, e["code"].as_i64()), (400, Some(3)), "provider is required");
 
     // Spend limit: no body back; dedicated clusters have none.
+    for bad in [json!({}), json!({"spendLimit": "500"}), json!({"spendLimit": 1.5}), json!("500")] {
+        let (st, e) = cl(&s, &s.key, "PUT", &format!("/clusters/{id}/spend-limit"), Some(bad.clone())).await;
+        assert_eq!((st, e["code"].as_i64()), (400, Some(3)), "{bad} -> {e}");
+    }
+    let (st, v) = cl(&s, &s.key, "PUT", &format!("/clusters/{id}/spend-limit"), Some(json!({"spend_limit": 400}))).await;
+    assert_eq!((st, v), (200, json!({})), "CockroachDB's snake_case spelling");
     let (st, v) = cl(&s, &s.key, "PUT", &format!("/clusters/{id}/spend-limit"), Some(json!({"spendLimit": 500}))).await;
     assert_eq!((st, v), (200, json!({})));
     let (_, got) = cl(&s, &s.key, "GET", &format!("/clusters/{id}"), None).await;
