@@ -212,25 +212,10 @@ async fn spend_limit_refuses_launches_and_stops_the_running_set() {
 /// at its fixed whole-host price and its charges name the rental.
 #[tokio::test]
 async fn voltage_park_stops_and_bare_metal_in_the_ledger() {
-    let clock = Arc::new(ManualClock::new(parse_rfc3339("2026-03-02T10:00:00Z").unwrap()));
-    let mut a = sim_host("a", 64, 8);
-    a.address_block = 1;
-    let mut b = sim_host("b", 64, 8);
-    b.address_block = 2;
-    let s = TestServer::builder()
-        .clock(clock.clone())
-        .config(|c| c.agents.host_timeout_ms = 30 * 24 * 3_600_000)
-        .host("us-east-1", a)
-        .host("us-east-1", b)
-        .start()
-        .await;
+    let (s, clock) = crate::two_h100_hosts_at("2026-03-02T10:00:00Z").await;
     let vp = |m: &'static str, p: String, body: Option<Value>| {
         let s = &s;
-        async move {
-            let (st, v) = s.send(&s.key, m, format!("{}/api/v1{p}", s.url), body).await;
-            assert!(st < 300, "{m} {p} -> {st}: {v}");
-            v
-        }
+        async move { crate::vp_ok(s, m, &p, body).await }
     };
     let presets = vp("GET", "/instant-deploy-presets".into(), None).await;
     let preset = presets.as_array().unwrap().iter().find(|p| p["compute_rate_hourly"] == "3.290000").unwrap()["id"].clone();

@@ -28,7 +28,10 @@ mod voltage_storage;
 mod voltage_vms;
 mod webhooks;
 
-use nimbus_test_utils::TestServer;
+use std::sync::Arc;
+
+use nimbus_core::clock::{parse_rfc3339, ManualClock};
+use nimbus_test_utils::{sim_host, TestServer};
 use serde_json::{json, Value};
 
 pub const PUBKEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAICZUKH4bkuFLWaz1Z6RVWN2q8+AKMNNakUZWtb9FDa0a me@host";
@@ -57,4 +60,29 @@ pub fn assert_error(status: u16, body: &Value, want_status: u16, want_code: &str
     assert_eq!(status, want_status, "{body}");
     assert_eq!(body["error"]["code"], want_code, "{body}");
     assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+}
+
+/// Two sim hosts of 64 vCPUs and 8 H100s in us-east-1 (distinct address blocks) under a manual
+/// clock starting at `start` (RFC 3339); hosts never time out while the clock jumps ahead.
+pub async fn two_h100_hosts_at(start: &str) -> (TestServer, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::new(parse_rfc3339(start).unwrap()));
+    let mut a = sim_host("a", 64, 8);
+    a.address_block = 1;
+    let mut b = sim_host("b", 64, 8);
+    b.address_block = 2;
+    let s = TestServer::builder()
+        .clock(clock.clone())
+        .config(|c| c.agents.host_timeout_ms = 30 * 24 * 3_600_000)
+        .host("us-east-1", a)
+        .host("us-east-1", b)
+        .start()
+        .await;
+    (s, clock)
+}
+
+/// A Voltage Park call (`/api/v1{path}`) with the admin key that must succeed; its body.
+pub async fn vp_ok(s: &TestServer, method: &str, path: &str, body: Option<Value>) -> Value {
+    let (st, v) = s.send(&s.key, method, format!("{}/api/v1{path}", s.url), body).await;
+    assert!(st < 300, "{method} {path} -> {st}: {v}");
+    v
 }

@@ -4,10 +4,6 @@
 //! (per endpoint: the request body, when there is one, then the response). Request bodies are
 //! the seed's own, with its placeholders (ids, keys, `"text"` paths) replaced by real values.
 
-use std::sync::Arc;
-
-use nimbus_core::clock::{parse_rfc3339, ManualClock};
-use nimbus_test_utils::{sim_host, TestServer};
 use serde_json::{json, Value};
 
 use crate::PUBKEY;
@@ -50,25 +46,10 @@ impl Checker {
 
 #[tokio::test]
 async fn every_seed_example_field_by_field() {
-    let clock = Arc::new(ManualClock::new(parse_rfc3339("2026-05-16T08:00:00Z").unwrap()));
-    let mut a = sim_host("a", 64, 8);
-    a.address_block = 1;
-    let mut b = sim_host("b", 64, 8);
-    b.address_block = 2;
-    let s = TestServer::builder()
-        .clock(clock.clone())
-        .config(|c| c.agents.host_timeout_ms = 30 * 24 * 3_600_000)
-        .host("us-east-1", a)
-        .host("us-east-1", b)
-        .start()
-        .await;
+    let (s, clock) = crate::two_h100_hosts_at("2026-05-16T08:00:00Z").await;
     let call = |m: &'static str, p: String, body: Option<Value>| {
         let s = &s;
-        async move {
-            let (st, v) = s.send(&s.key, m, format!("{}/api/v1{p}", s.url), body).await;
-            assert!(st < 300, "{m} {p} -> {st}: {v}");
-            v
-        }
+        async move { crate::vp_ok(s, m, &p, body).await }
     };
     let mut c = Checker { ex: examples(), checked: Vec::new(), problems: Vec::new() };
 
