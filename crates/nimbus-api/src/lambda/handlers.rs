@@ -462,7 +462,7 @@ pub async fn ruleset_create(
     tag = "firewall",
     operation_id = "firewall_ruleset_get",
     summary = "Get a firewall ruleset",
-    params(("id" = String, Path, description = "Ruleset id")),
+    params(("id" = String, Path, description = "Ruleset id (32 hex characters; the global ruleset has its own path, `/firewall-rulesets/global`)", pattern = "^[0-9a-f]{32}$")),
     responses((status = 200, description = "Success", body = w::Data<w::FirewallRuleset>), (status = 400, description = "Invalid request", body = w::ErrorBody), (status = 401, description = "Invalid API key", body = w::ErrorBody), (status = 403, description = "Missing permission", body = w::ErrorBody), (status = 429, description = "Rate limited", body = w::ErrorBody), (status = 404, description = "Not found", body = w::ErrorBody))
 )]
 pub async fn ruleset_get(State(s): State<ApiState>, LambdaActor(a): LambdaActor, Path(id): Path<String>) -> LResult {
@@ -476,7 +476,7 @@ pub async fn ruleset_get(State(s): State<ApiState>, LambdaActor(a): LambdaActor,
     tag = "firewall",
     operation_id = "firewall_ruleset_update",
     summary = "Update a firewall ruleset",
-    params(("id" = String, Path, description = "Ruleset id")), request_body = w::PatchRulesetRequest,
+    params(("id" = String, Path, description = "Ruleset id (32 hex characters; the global ruleset has its own path, `/firewall-rulesets/global`)", pattern = "^[0-9a-f]{32}$")), request_body = w::PatchRulesetRequest,
     responses((status = 200, description = "Success", body = w::Data<w::FirewallRuleset>), (status = 400, description = "Invalid request", body = w::ErrorBody), (status = 401, description = "Invalid API key", body = w::ErrorBody), (status = 403, description = "Missing permission", body = w::ErrorBody), (status = 429, description = "Rate limited", body = w::ErrorBody), (status = 404, description = "Not found", body = w::ErrorBody))
 )]
 pub async fn ruleset_patch(
@@ -496,7 +496,7 @@ pub async fn ruleset_patch(
     tag = "firewall",
     operation_id = "firewall_ruleset_delete",
     summary = "Delete a firewall ruleset",
-    params(("id" = String, Path, description = "Ruleset id")),
+    params(("id" = String, Path, description = "Ruleset id (32 hex characters; the global ruleset has its own path, `/firewall-rulesets/global`)", pattern = "^[0-9a-f]{32}$")),
     responses((status = 200, description = "Success", body = w::Data<w::Empty>), (status = 400, description = "Invalid request", body = w::ErrorBody), (status = 401, description = "Invalid API key", body = w::ErrorBody), (status = 403, description = "Missing permission", body = w::ErrorBody), (status = 429, description = "Rate limited", body = w::ErrorBody), (status = 404, description = "Not found", body = w::ErrorBody))
 )]
 pub async fn ruleset_delete(State(s): State<ApiState>, LambdaActor(a): LambdaActor, Path(id): Path<String>) -> LResult {
