@@ -11,7 +11,8 @@ use nimbus_core::instance::InstanceState;
 use nimbus_core::model::{Cluster, Instance};
 use nimbus_core::Error;
 
-use super::{ClActor, ClError, ClJson};
+use super::{ClActor, ClError, ClJson, Needs};
+use crate::auth::perm::{Create, Edit};
 use crate::voltage::handlers::{from_uuid, uuid};
 use crate::ApiState;
 
@@ -112,7 +113,7 @@ fn parse_create(b: w::CreateCluster) -> Result<CreateRequest, ClError> {
     request_body = w::CreateCluster,
     responses((status = 200, description = "The cluster, `CREATING` (or `CREATED`, `WAITING_FOR_CAPACITY`, `FAILED`)", body = w::Cluster), (status = 400, description = "Invalid argument (3) or no capacity (9)", body = w::ErrorBody), (status = 401, description = "Unauthenticated (16)", body = w::ErrorBody), (status = 403, description = "Permission denied (7)", body = w::ErrorBody), (status = 409, description = "Name taken (6)", body = w::ErrorBody), (status = 429, description = "Rate limited or over quota (8)", body = w::ErrorBody))
 )]
-pub async fn create(State(s): State<ApiState>, ClActor(a): ClActor, ClJson(b): ClJson<w::CreateCluster>) -> ClResult {
+pub async fn create(State(s): State<ApiState>, ClActor(a): ClActor, _: Needs<Create>, ClJson(b): ClJson<w::CreateCluster>) -> ClResult {
     let req = parse_create(b)?;
     let (c, nodes) = clusters::create(&s.control, &a, req).await?;
     Ok(Json(render(&s, &c, &nodes)).into_response())
@@ -278,6 +279,7 @@ pub async fn nodes(State(s): State<ApiState>, ClActor(a): ClActor, Path(id): Pat
 pub async fn spend_limit(
     State(s): State<ApiState>,
     ClActor(a): ClActor,
+    _: Needs<Edit>,
     Path(id): Path<String>,
     ClJson(b): ClJson<w::SpendLimit>,
 ) -> ClResult {

@@ -100,9 +100,14 @@ impl FromRequestParts<ApiState> for ClActor {
     type Rejection = ClError;
 
     async fn from_request_parts(parts: &mut Parts, s: &ApiState) -> Result<Self, Self::Rejection> {
-        Ok(ClActor(crate::auth::plan_limited_actor(&parts.headers, s).await?))
+        let actor = crate::auth::plan_limited_actor(&parts.headers, s).await?;
+        crate::auth::remember(parts, &actor);
+        Ok(ClActor(actor))
     }
 }
+
+/// The permission a clusters route needs, checked before its body is read.
+pub type Needs<P> = crate::auth::Need<P, ClError>;
 
 /// A JSON object body; anything else is INVALID_ARGUMENT naming the problem.
 pub struct ClJson<T>(pub T);

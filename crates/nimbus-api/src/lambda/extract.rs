@@ -24,9 +24,13 @@ impl FromRequestParts<ApiState> for LambdaActor {
         if !d.allowed {
             return Err(Error::RateLimited { retry_after: d.retry_after }.into());
         }
+        crate::auth::remember(parts, &actor);
         Ok(LambdaActor(actor))
     }
 }
+
+/// The permission a Lambda route needs, checked before its body is read.
+pub type Needs<P> = crate::auth::Need<P, LambdaError>;
 
 pub struct LambdaJson<T>(pub T);
 

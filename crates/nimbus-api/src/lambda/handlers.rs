@@ -18,9 +18,10 @@ use nimbus_core::model::{Instance, Org};
 use nimbus_core::Error;
 use serde::Serialize;
 
-use super::extract::{LambdaActor, LambdaJson};
+use super::extract::{LambdaActor, LambdaJson, Needs};
 use super::render::{self, FsNames};
 use super::LambdaError;
+use crate::auth::perm::{Create, Delete, Edit};
 use crate::ApiState;
 
 type LResult<T = Response> = Result<T, LambdaError>;
@@ -143,6 +144,7 @@ pub async fn instance_get(State(s): State<ApiState>, LambdaActor(a): LambdaActor
 pub async fn instance_modify(
     State(s): State<ApiState>,
     LambdaActor(a): LambdaActor,
+    _: Needs<Edit>,
     Path(id): Path<String>,
     LambdaJson(req): LambdaJson<w::InstanceModifyRequest>,
 ) -> LResult {
@@ -189,7 +191,12 @@ fn launch_spec(req: w::LaunchRequest) -> LaunchSpec {
     request_body = w::LaunchRequest,
     responses((status = 200, description = "Success", body = w::Data<w::LaunchResponse>), (status = 400, description = "Invalid request", body = w::ErrorBody), (status = 401, description = "Invalid API key", body = w::ErrorBody), (status = 403, description = "Missing permission", body = w::ErrorBody), (status = 429, description = "Rate limited", body = w::ErrorBody), (status = 404, description = "Not found", body = w::ErrorBody))
 )]
-pub async fn launch(State(s): State<ApiState>, LambdaActor(a): LambdaActor, LambdaJson(req): LambdaJson<w::LaunchRequest>) -> LResult {
+pub async fn launch(
+    State(s): State<ApiState>,
+    LambdaActor(a): LambdaActor,
+    _: Needs<Create>,
+    LambdaJson(req): LambdaJson<w::LaunchRequest>,
+) -> LResult {
     // Lambda takes exactly one key per launch; more keys are added inside the instance.
     if req.ssh_key_names.len() != 1 {
         return Err(Error::invalid("ssh_key_names", "exactly one SSH key name is required").into());
@@ -210,6 +217,7 @@ pub async fn launch(State(s): State<ApiState>, LambdaActor(a): LambdaActor, Lamb
 pub async fn restart(
     State(s): State<ApiState>,
     LambdaActor(a): LambdaActor,
+    _: Needs<Edit>,
     LambdaJson(req): LambdaJson<w::InstanceIdsRequest>,
 ) -> LResult {
     let list = instances::restart(&s.control, &a, &req.instance_ids).await?;
@@ -228,6 +236,7 @@ pub async fn restart(
 pub async fn terminate(
     State(s): State<ApiState>,
     LambdaActor(a): LambdaActor,
+    _: Needs<Delete>,
     LambdaJson(req): LambdaJson<w::InstanceIdsRequest>,
 ) -> LResult {
     let list = instances::terminate(&s.control, &a, &req.instance_ids).await?;
@@ -259,6 +268,7 @@ pub async fn ssh_keys_list(State(s): State<ApiState>, LambdaActor(a): LambdaActo
 pub async fn ssh_key_add(
     State(s): State<ApiState>,
     LambdaActor(a): LambdaActor,
+    _: Needs<Create>,
     LambdaJson(req): LambdaJson<w::AddSshKeyRequest>,
 ) -> LResult {
     let (key, private) = ssh_keys::add(&s.control, &a, &req.name, req.public_key.as_deref()).await.map_err(|e| match e {
@@ -314,6 +324,7 @@ pub async fn file_systems_list(State(s): State<ApiState>, LambdaActor(a): Lambda
 pub async fn file_system_create(
     State(s): State<ApiState>,
     LambdaActor(a): LambdaActor,
+    _: Needs<Create>,
     LambdaJson(req): LambdaJson<w::CreateFileSystemRequest>,
 ) -> LResult {
     let f = storage::create(&s.control, &a, &req.name, &req.region).await?;
@@ -384,6 +395,7 @@ pub async fn firewall_rules_get(State(s): State<ApiState>, LambdaActor(a): Lambd
 pub async fn firewall_rules_put(
     State(s): State<ApiState>,
     LambdaActor(a): LambdaActor,
+    _: Needs<Edit>,
     LambdaJson(req): LambdaJson<w::FirewallRulesPut>,
 ) -> LResult {
     let rules = firewall::global_set(&s.control, &a, rules_in(req.data)?).await?;
@@ -415,6 +427,7 @@ pub async fn global_ruleset_get(State(s): State<ApiState>, LambdaActor(a): Lambd
 pub async fn global_ruleset_patch(
     State(s): State<ApiState>,
     LambdaActor(a): LambdaActor,
+    _: Needs<Edit>,
     LambdaJson(req): LambdaJson<w::PatchRulesetRequest>,
 ) -> LResult {
     if req.name.is_some() {
@@ -450,6 +463,7 @@ pub async fn rulesets_list(State(s): State<ApiState>, LambdaActor(a): LambdaActo
 pub async fn ruleset_create(
     State(s): State<ApiState>,
     LambdaActor(a): LambdaActor,
+    _: Needs<Create>,
     LambdaJson(req): LambdaJson<w::CreateRulesetRequest>,
 ) -> LResult {
     let rs = firewall::ruleset_create(&s.control, &a, &req.name, &req.region, rules_in(req.rules)?).await?;
@@ -482,6 +496,7 @@ pub async fn ruleset_get(State(s): State<ApiState>, LambdaActor(a): LambdaActor,
 pub async fn ruleset_patch(
     State(s): State<ApiState>,
     LambdaActor(a): LambdaActor,
+    _: Needs<Edit>,
     Path(id): Path<String>,
     LambdaJson(req): LambdaJson<w::PatchRulesetRequest>,
 ) -> LResult {

@@ -10,9 +10,10 @@ use nimbus_core::clock::{parse_rfc3339, to_rfc3339};
 use nimbus_core::model::{ApiKey, Org};
 use nimbus_core::Error;
 
-use super::extract::{NativeActor, NativeJson};
+use super::extract::{NativeActor, NativeJson, Needs};
 use super::handlers::{ok, query_pairs, NResult};
 use super::page;
+use crate::auth::perm::{Admin, Create};
 use crate::ApiState;
 
 fn render_account(s: &ApiState, o: &Org) -> w::Account {
@@ -92,6 +93,7 @@ pub async fn account_get(State(s): State<ApiState>, NativeActor(a): NativeActor)
 pub async fn account_update(
     State(s): State<ApiState>,
     NativeActor(a): NativeActor,
+    _: Needs<Admin>,
     NativeJson(b): NativeJson<w::AccountUpdate>,
 ) -> NResult {
     let spend = if b.spend_limit_cents.is_some() || b.spend_limit_action.is_some() {
@@ -156,7 +158,12 @@ pub async fn api_keys_list(State(s): State<ApiState>, NativeActor(a): NativeActo
         (status = 403, description = "Asks for more than the calling key has", body = w::ErrorEnvelope)
     )
 )]
-pub async fn api_key_create(State(s): State<ApiState>, NativeActor(a): NativeActor, NativeJson(b): NativeJson<w::ApiKeyCreate>) -> NResult {
+pub async fn api_key_create(
+    State(s): State<ApiState>,
+    NativeActor(a): NativeActor,
+    _: Needs<Create>,
+    NativeJson(b): NativeJson<w::ApiKeyCreate>,
+) -> NResult {
     let perms = permissions(&b.permissions)?;
     let expires_at = expiry(&s, b.expires_at.as_deref(), b.expires_in_days)?;
     let (key, secret) = account::api_key_create(&s.control, &a, &b.name, perms, expires_at).await?;

@@ -31,9 +31,13 @@ impl FromRequestParts<ApiState> for NativeActor {
         if !d.allowed {
             return Err(Error::RateLimited { retry_after: d.retry_after }.into());
         }
+        crate::auth::remember(parts, &actor);
         Ok(NativeActor(actor))
     }
 }
+
+/// The permission a native route needs, checked before its body is read.
+pub type Needs<P> = crate::auth::Need<P, NativeError>;
 
 /// Where the actor extractor leaves its rate-limit decision for `rate_limit_headers`.
 #[derive(Clone, Default)]

@@ -9,9 +9,10 @@ use nimbus_control::firewall::{self, ScopedRule};
 use nimbus_core::firewall::FirewallRule;
 use nimbus_core::Error;
 
-use super::extract::{NativeActor, NativeJson};
+use super::extract::{NativeActor, NativeJson, Needs};
 use super::handlers::{ok, query_pairs, NResult};
 use super::page;
+use crate::auth::perm::Create;
 use crate::ApiState;
 
 fn protocol(r: &FirewallRule) -> String {
@@ -80,6 +81,7 @@ pub async fn firewall_rules_list(State(s): State<ApiState>, NativeActor(a): Nati
 pub async fn firewall_rule_create(
     State(s): State<ApiState>,
     NativeActor(a): NativeActor,
+    _: Needs<Create>,
     NativeJson(b): NativeJson<w::FirewallRuleCreate>,
 ) -> NResult {
     // The shared validator labels fields Lambda's way (`rule.source_network`); name them as this

@@ -11,8 +11,9 @@ use nimbus_core::model::Instance;
 use nimbus_core::Error;
 use serde::Serialize;
 
-use super::extract::{NativeActor, NativeJson};
+use super::extract::{NativeActor, NativeJson, Needs};
 use super::{page, NativeError};
+use crate::auth::perm::{Create, Edit};
 use crate::ApiState;
 
 pub(super) type NResult = Result<Response, NativeError>;
@@ -156,6 +157,7 @@ pub async fn instances_list(State(s): State<ApiState>, NativeActor(a): NativeAct
 pub async fn instance_create(
     State(s): State<ApiState>,
     NativeActor(a): NativeActor,
+    _: Needs<Create>,
     NativeJson(body): NativeJson<w::InstanceCreate>,
 ) -> NResult {
     if body.ssh_keys.is_empty() {
@@ -227,6 +229,7 @@ pub async fn instance_get(State(s): State<ApiState>, NativeActor(a): NativeActor
 pub async fn instance_update(
     State(s): State<ApiState>,
     NativeActor(a): NativeActor,
+    _: Needs<Edit>,
     Path(id): Path<String>,
     NativeJson(body): NativeJson<w::InstanceUpdate>,
 ) -> NResult {
@@ -324,6 +327,7 @@ pub async fn instance_start(State(s): State<ApiState>, NativeActor(a): NativeAct
 pub async fn instance_resize(
     State(s): State<ApiState>,
     NativeActor(a): NativeActor,
+    _: Needs<Edit>,
     Path(id): Path<String>,
     NativeJson(body): NativeJson<w::InstanceResize>,
 ) -> NResult {

@@ -10,9 +10,10 @@ use nimbus_core::clock::to_rfc3339;
 use nimbus_core::model::ServiceAccount;
 
 use super::account::{expiry, permissions, render_key};
-use super::extract::{NativeActor, NativeJson};
+use super::extract::{NativeActor, NativeJson, Needs};
 use super::handlers::{ok, query_pairs, NResult};
 use super::page;
+use crate::auth::perm::Admin;
 use crate::ApiState;
 
 fn render(a: &ServiceAccount) -> w::ServiceAccount {
@@ -64,6 +65,7 @@ pub async fn service_accounts_list(State(s): State<ApiState>, NativeActor(a): Na
 pub async fn service_account_create(
     State(s): State<ApiState>,
     NativeActor(a): NativeActor,
+    _: Needs<Admin>,
     NativeJson(b): NativeJson<w::ServiceAccountCreate>,
 ) -> NResult {
     let perms = permissions(&b.permissions)?;
@@ -102,6 +104,7 @@ pub async fn service_account_get(State(s): State<ApiState>, NativeActor(a): Nati
 pub async fn service_account_update(
     State(s): State<ApiState>,
     NativeActor(a): NativeActor,
+    _: Needs<Admin>,
     Path(id): Path<String>,
     NativeJson(b): NativeJson<w::ServiceAccountUpdate>,
 ) -> NResult {
@@ -168,6 +171,7 @@ pub async fn service_account_api_keys_list(
 pub async fn service_account_api_key_create(
     State(s): State<ApiState>,
     NativeActor(a): NativeActor,
+    _: Needs<Admin>,
     Path(id): Path<String>,
     NativeJson(b): NativeJson<w::ServiceAccountKeyCreate>,
 ) -> NResult {

@@ -9,9 +9,10 @@ use nimbus_core::clock::to_rfc3339;
 use nimbus_core::model::{Snapshot, Volume};
 use nimbus_core::Error;
 
-use super::extract::{NativeActor, NativeJson};
+use super::extract::{NativeActor, NativeJson, Needs};
 use super::handlers::{ok, query_pairs, render, NResult};
 use super::page;
+use crate::auth::perm::{Create, Edit};
 use crate::ApiState;
 
 /// `attached` once the host reports it mounted in every instance it is attached to.
@@ -117,7 +118,12 @@ pub async fn volumes_list(State(s): State<ApiState>, NativeActor(a): NativeActor
         (status = 409, description = "Name taken", body = w::ErrorEnvelope)
     )
 )]
-pub async fn volume_create(State(s): State<ApiState>, NativeActor(a): NativeActor, NativeJson(b): NativeJson<w::VolumeCreate>) -> NResult {
+pub async fn volume_create(
+    State(s): State<ApiState>,
+    NativeActor(a): NativeActor,
+    _: Needs<Create>,
+    NativeJson(b): NativeJson<w::VolumeCreate>,
+) -> NResult {
     created(render_volume(&volumes::create(&s.control, &a, &b.name, &b.region, b.size_gib).await?))
 }
 
@@ -168,6 +174,7 @@ pub async fn volume_delete(State(s): State<ApiState>, NativeActor(a): NativeActo
 pub async fn volume_attach(
     State(s): State<ApiState>,
     NativeActor(a): NativeActor,
+    _: Needs<Edit>,
     Path(id): Path<String>,
     NativeJson(b): NativeJson<w::VolumeAttach>,
 ) -> NResult {
@@ -209,6 +216,7 @@ pub async fn volume_detach(State(s): State<ApiState>, NativeActor(a): NativeActo
 pub async fn volume_resize(
     State(s): State<ApiState>,
     NativeActor(a): NativeActor,
+    _: Needs<Edit>,
     Path(id): Path<String>,
     NativeJson(b): NativeJson<w::VolumeResize>,
 ) -> NResult {
@@ -279,6 +287,7 @@ pub async fn snapshots_list(State(s): State<ApiState>, NativeActor(a): NativeAct
 pub async fn snapshot_create(
     State(s): State<ApiState>,
     NativeActor(a): NativeActor,
+    _: Needs<Create>,
     NativeJson(b): NativeJson<w::SnapshotCreate>,
 ) -> NResult {
     let source = match (b.instance_id, b.volume_id) {
@@ -337,6 +346,7 @@ pub async fn snapshot_delete(State(s): State<ApiState>, NativeActor(a): NativeAc
 pub async fn snapshot_restore(
     State(s): State<ApiState>,
     NativeActor(a): NativeActor,
+    _: Needs<Create>,
     Path(id): Path<String>,
     NativeJson(b): NativeJson<w::SnapshotRestore>,
 ) -> NResult {

@@ -8,8 +8,9 @@ use nimbus_control::vpn;
 use nimbus_core::clock::to_rfc3339;
 use nimbus_core::model::Vpn;
 
-use super::extract::{NativeActor, NativeJson};
+use super::extract::{NativeActor, NativeJson, Needs};
 use super::handlers::{ok, NResult};
+use crate::auth::perm::Create;
 use crate::ApiState;
 
 fn render(v: &Vpn) -> w::Vpn {
@@ -43,7 +44,12 @@ fn render(v: &Vpn) -> w::Vpn {
         (status = 409, description = "No host in the region, or a name taken", body = w::ErrorEnvelope)
     )
 )]
-pub async fn vpn_create(State(s): State<ApiState>, NativeActor(a): NativeActor, NativeJson(b): NativeJson<w::VpnCreate>) -> NResult {
+pub async fn vpn_create(
+    State(s): State<ApiState>,
+    NativeActor(a): NativeActor,
+    _: Needs<Create>,
+    NativeJson(b): NativeJson<w::VpnCreate>,
+) -> NResult {
     let c = vpn::create(&s.control, &a, &b.name, &b.region).await?;
     let out = w::VpnCreated { vpn: render(&c.vpn), client_private_key: c.client_private_key };
     Ok((StatusCode::CREATED, ok(out, None)).into_response())

@@ -12,9 +12,10 @@ use nimbus_core::clock::to_rfc3339;
 use nimbus_core::webhook::{allowed_patterns, Webhook, WebhookDelivery};
 use nimbus_core::Error;
 
-use super::extract::{NativeActor, NativeJson};
+use super::extract::{NativeActor, NativeJson, Needs};
 use super::handlers::{ok, query_pairs};
 use super::{page, NativeError};
+use crate::auth::perm::Create;
 use crate::ApiState;
 
 type NResult = Result<Response, NativeError>;
@@ -118,6 +119,7 @@ pub async fn webhooks_list(State(s): State<ApiState>, NativeActor(a): NativeActo
 pub async fn webhook_create(
     State(s): State<ApiState>,
     NativeActor(a): NativeActor,
+    _: Needs<Create>,
     NativeJson(body): NativeJson<w::WebhookCreate>,
 ) -> NResult {
     let spec = webhooks::WebhookSpec { url: body.url, events: body.events, secret: body.secret };

@@ -13,10 +13,11 @@ use nimbus_core::model::{Host, Instance, Rental};
 use nimbus_core::Error;
 use serde_json::Value;
 
-use super::extract::{Page, VpActor, VpJson};
+use super::extract::{Needs, Page, VpActor, VpJson};
 use super::handlers::{from_uuid, gpu_slug, location_id, usd, uuid};
 use super::vms::{cloud_init_text, org_key_ids};
 use super::VpError;
+use crate::auth::perm::{Create, Edit};
 use crate::ApiState;
 
 type VpResult = Result<Response, VpError>;
@@ -189,7 +190,12 @@ pub async fn list(State(s): State<ApiState>, VpActor(a): VpActor, RawQuery(q): R
         (status = 429, description = "Rate limited", body = w::ErrorBody),
     )
 )]
-pub async fn create(State(s): State<ApiState>, VpActor(a): VpActor, VpJson(b): VpJson<w::BareMetalCreateRequest>) -> VpResult {
+pub async fn create(
+    State(s): State<ApiState>,
+    VpActor(a): VpActor,
+    _: Needs<Create>,
+    VpJson(b): VpJson<w::BareMetalCreateRequest>,
+) -> VpResult {
     let region = s
         .control
         .config()
@@ -246,6 +252,7 @@ pub async fn create(State(s): State<ApiState>, VpActor(a): VpActor, VpJson(b): V
 pub async fn patch(
     State(s): State<ApiState>,
     VpActor(a): VpActor,
+    _: Needs<Edit>,
     Path(id): Path<String>,
     VpJson(b): VpJson<w::NameTagsUpdate>,
 ) -> VpResult {
@@ -294,7 +301,13 @@ pub async fn delete(State(s): State<ApiState>, VpActor(a): VpActor, Path(id): Pa
         (status = 429, description = "Rate limited", body = w::ErrorBody),
     )
 )]
-pub async fn power(State(s): State<ApiState>, VpActor(a): VpActor, Path(id): Path<String>, VpJson(b): VpJson<w::PowerStatus>) -> VpResult {
+pub async fn power(
+    State(s): State<ApiState>,
+    VpActor(a): VpActor,
+    _: Needs<Edit>,
+    Path(id): Path<String>,
+    VpJson(b): VpJson<w::PowerStatus>,
+) -> VpResult {
     let hex = rental_id(&id)?;
     let start = match b.status.as_str() {
         "started" => true,
@@ -326,6 +339,7 @@ pub async fn power(State(s): State<ApiState>, VpActor(a): VpActor, Path(id): Pat
 pub async fn reboot(
     State(s): State<ApiState>,
     VpActor(a): VpActor,
+    _: Needs<Edit>,
     Path(id): Path<String>,
     VpJson(b): VpJson<w::RebootRequest>,
 ) -> VpResult {

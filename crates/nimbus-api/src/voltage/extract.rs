@@ -15,9 +15,14 @@ impl FromRequestParts<ApiState> for VpActor {
     type Rejection = VpError;
 
     async fn from_request_parts(parts: &mut Parts, s: &ApiState) -> Result<Self, Self::Rejection> {
-        Ok(VpActor(crate::auth::plan_limited_actor(&parts.headers, s).await?))
+        let actor = crate::auth::plan_limited_actor(&parts.headers, s).await?;
+        crate::auth::remember(parts, &actor);
+        Ok(VpActor(actor))
     }
 }
+
+/// The permission a Voltage Park route needs, checked before its body is read.
+pub type Needs<P> = crate::auth::Need<P, VpError>;
 
 /// A JSON object body, whatever the Content-Type; malformed bodies are 422 as FastAPI does.
 pub struct VpJson<T>(pub T);

@@ -14,8 +14,9 @@ use nimbus_core::Error;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::extract::{Page, VpActor, VpJson};
+use super::extract::{Needs, Page, VpActor, VpJson};
 use super::VpError;
+use crate::auth::perm::Create;
 use crate::ApiState;
 
 type VpResult = Result<Response, VpError>;
@@ -222,7 +223,12 @@ pub async fn ssh_keys_list(State(s): State<ApiState>, VpActor(a): VpActor, RawQu
         (status = 429, description = "Rate limited", body = w::ErrorBody),
     )
 )]
-pub async fn ssh_key_add(State(s): State<ApiState>, VpActor(a): VpActor, VpJson(b): VpJson<w::OrgSshKeyCreateRequest>) -> VpResult {
+pub async fn ssh_key_add(
+    State(s): State<ApiState>,
+    VpActor(a): VpActor,
+    _: Needs<Create>,
+    VpJson(b): VpJson<w::OrgSshKeyCreateRequest>,
+) -> VpResult {
     check_key_name(&b.name)?;
     if b.content.trim().is_empty() {
         return Err(Error::invalid("content", "the SSH public key is required").into());

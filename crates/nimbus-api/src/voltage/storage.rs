@@ -18,9 +18,10 @@ use nimbus_core::money::Micros;
 use nimbus_core::{ConflictReason, Error};
 use serde_json::{Map, Value};
 
-use super::extract::{Page, VpActor, VpJson};
+use super::extract::{Needs, Page, VpActor, VpJson};
 use super::handlers::{from_uuid, uuid};
 use super::VpError;
+use crate::auth::perm::{Create, Edit};
 use crate::ApiState;
 
 type VpResult = Result<Response, VpError>;
@@ -201,7 +202,12 @@ pub async fn storage_list(State(s): State<ApiState>, VpActor(a): VpActor, RawQue
         (status = 429, description = "Rate limited", body = w::ErrorBody),
     )
 )]
-pub async fn storage_create(State(s): State<ApiState>, VpActor(a): VpActor, VpJson(b): VpJson<Map<String, Value>>) -> VpResult {
+pub async fn storage_create(
+    State(s): State<ApiState>,
+    VpActor(a): VpActor,
+    _: Needs<Create>,
+    VpJson(b): VpJson<Map<String, Value>>,
+) -> VpResult {
     let size = int_field(&b, "size_in_gb")?.ok_or_else(|| VpError::from(Error::invalid("size_in_gb", "Field required")))?;
     let name = str_field(&b, "name")?.ok_or_else(|| VpError::from(Error::invalid("name", "Field required")))?;
     let orders = Orders::load(&s, &a, Permission::Create).await?;
@@ -254,6 +260,7 @@ pub async fn storage_get(State(s): State<ApiState>, VpActor(a): VpActor, Path(id
 pub async fn storage_update(
     State(s): State<ApiState>,
     VpActor(a): VpActor,
+    _: Needs<Edit>,
     Path(id): Path<String>,
     VpJson(b): VpJson<Map<String, Value>>,
 ) -> VpResult {

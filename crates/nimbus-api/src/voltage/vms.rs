@@ -20,9 +20,10 @@ use nimbus_core::money::Micros;
 use nimbus_core::{ConflictReason, Error};
 use serde_json::Value;
 
-use super::extract::{Page, VpActor, VpJson};
+use super::extract::{Needs, Page, VpActor, VpJson};
 use super::handlers::{from_uuid, gpu_slug, location_id, usd, uuid};
 use super::VpError;
+use crate::auth::perm::{Create, Edit};
 use crate::ApiState;
 
 type VpResult = Result<Response, VpError>;
@@ -329,7 +330,12 @@ fn tag_pairs(tags: Vec<String>) -> Vec<(String, String)> {
         (status = 429, description = "Rate limited", body = w::ErrorBody),
     )
 )]
-pub async fn vm_create(State(s): State<ApiState>, VpActor(a): VpActor, VpJson(b): VpJson<w::VmCreateRequest>) -> VpResult {
+pub async fn vm_create(
+    State(s): State<ApiState>,
+    VpActor(a): VpActor,
+    _: Needs<Create>,
+    VpJson(b): VpJson<w::VmCreateRequest>,
+) -> VpResult {
     let preset = from_uuid(&b.config_id).ok_or_else(|| Error::invalid("config_id", "Input should be a valid UUID"))?;
     nimbus_core::validate::instance_name(&b.name)?;
     if let Some(p) = &b.password {
@@ -383,6 +389,7 @@ pub async fn vm_create(State(s): State<ApiState>, VpActor(a): VpActor, VpJson(b)
 pub async fn vm_patch(
     State(s): State<ApiState>,
     VpActor(a): VpActor,
+    _: Needs<Edit>,
     Path(id): Path<String>,
     VpJson(b): VpJson<w::NameTagsUpdate>,
 ) -> VpResult {
@@ -437,6 +444,7 @@ pub async fn vm_delete(State(s): State<ApiState>, VpActor(a): VpActor, Path(id):
 pub async fn vm_power(
     State(s): State<ApiState>,
     VpActor(a): VpActor,
+    _: Needs<Edit>,
     Path(id): Path<String>,
     VpJson(b): VpJson<w::PowerStatus>,
 ) -> VpResult {

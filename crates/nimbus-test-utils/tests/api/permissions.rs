@@ -441,13 +441,17 @@ fn assert_forbidden_shape(d: Dialect, v: &Value, at: &str) {
 }
 
 async fn request(s: &TestServer, key: Option<&str>, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    request_raw(s, key, method, path, body.map(|b| serde_json::to_vec(&b).unwrap())).await
+}
+
+async fn request_raw(s: &TestServer, key: Option<&str>, method: &str, path: &str, body: Option<Vec<u8>>) -> (u16, Value) {
     let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
     let mut rb = s.http.request(m, format!("{}{path}", s.url));
     if let Some(k) = key {
         rb = rb.bearer_auth(k);
     }
     if let Some(b) = body {
-        rb = rb.body(serde_json::to_vec(&b).unwrap());
+        rb = rb.body(b);
     }
     let resp = rb.send().await.unwrap();
     let status = resp.status().as_u16();
@@ -484,6 +488,12 @@ async fn every_route_of_every_dialect_enforces_its_permission() {
             check(st == 403, format!("a key with every permission but {p}: {st} {v}"));
             if st == 403 {
                 assert_forbidden_shape(d, &v, &at);
+            }
+            if matches!(method.as_str(), "POST" | "PUT" | "PATCH") {
+                // The permission is checked before the body is read: junk from a key without it
+                // is 403, not a validation error that tells it about the request's shape.
+                let (st, v) = request_raw(&s, Some(&keys.others[p]), &method, &url, Some(b"{\"junk\": [".to_vec())).await;
+                check(st == 403, format!("a malformed body from a key with every permission but {p}: {st} {v}"));
             }
             let (st, v) = request(&s, Some(&keys.only[p]), &method, &url, b()).await;
             check(!matches!(st, 401 | 403) && st < 500, format!("a key with only {p}: {st} {v}"));
