@@ -35,24 +35,14 @@ pub fn router() -> Router<ApiState> {
 }
 
 fn doc_base() -> utoipa::openapi::OpenApi {
-    use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
-    let mut doc = utoipa::openapi::OpenApiBuilder::new()
-        .info(
-            utoipa::openapi::InfoBuilder::new()
-                .title("Nimbus: clusters dialect (CockroachDB Cloud shaped)")
-                .version("1.0.0")
-                .description(Some(
-                    "Multi-node GPU clusters in the shape of CockroachDB Cloud's cluster API, served by Nimbus at /api/v1/clusters. \
-                     Errors are {\"code\": <gRPC code>, \"message\"}. Generated from code; see docs/clusters.md.",
-                ))
-                .build(),
-        )
-        .servers(Some(vec![utoipa::openapi::ServerBuilder::new().url("/api/v1").build()]))
-        .build();
-    let components = doc.components.get_or_insert_with(Default::default);
-    components.add_security_scheme("bearerAuth", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
-    doc.security = Some(vec![SecurityRequirement::new("bearerAuth", Vec::<String>::new())]);
-    doc
+    use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+    crate::openapi::base(
+        "Nimbus: clusters dialect (CockroachDB Cloud shaped)",
+        "Multi-node GPU clusters in the shape of CockroachDB Cloud's cluster API, served by Nimbus at /api/v1/clusters. \
+         Errors are {\"code\": <gRPC code>, \"message\"}. Generated from code; see docs/clusters.md.",
+        "/api/v1",
+        vec![("bearerAuth", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)))],
+    )
 }
 
 /// A domain error in this dialect's shape.

@@ -58,26 +58,15 @@ pub fn router() -> Router<ApiState> {
 
 fn doc_base() -> utoipa::openapi::OpenApi {
     use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
-    let mut doc = utoipa::openapi::OpenApiBuilder::new()
-        .info(
-            utoipa::openapi::InfoBuilder::new()
-                .title("Nimbus: Lambda Cloud API v1 dialect")
-                .version("1.0.0")
-                .description(Some(
-                    "Lambda Cloud API v1 as served by Nimbus at /api/v1. Generated from code; see docs/lambda-compatibility.md.",
-                ))
-                .build(),
-        )
-        .servers(Some(vec![utoipa::openapi::ServerBuilder::new().url("/api/v1").build()]))
-        .build();
-    let components = doc.components.get_or_insert_with(Default::default);
-    components.add_security_scheme("basicAuth", SecurityScheme::Http(Http::new(HttpAuthScheme::Basic)));
-    components.add_security_scheme("bearerAuth", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
-    doc.security = Some(vec![
-        utoipa::openapi::security::SecurityRequirement::new("basicAuth", Vec::<String>::new()),
-        utoipa::openapi::security::SecurityRequirement::new("bearerAuth", Vec::<String>::new()),
-    ]);
-    doc
+    crate::openapi::base(
+        "Nimbus: Lambda Cloud API v1 dialect",
+        "Lambda Cloud API v1 as served by Nimbus at /api/v1. Generated from code; see docs/lambda-compatibility.md.",
+        "/api/v1",
+        vec![
+            ("basicAuth", SecurityScheme::Http(Http::new(HttpAuthScheme::Basic))),
+            ("bearerAuth", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer))),
+        ],
+    )
 }
 
 /// Rendered `GET /instances` bodies per org, valid while the org's instances generation is

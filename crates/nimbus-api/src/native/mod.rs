@@ -26,16 +26,8 @@ use crate::ApiState;
 /// The native router and its OpenAPI document, from one handler list.
 pub fn api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
     use handlers::*;
-    let doc = utoipa::openapi::OpenApiBuilder::new()
-        .info(
-            utoipa::openapi::InfoBuilder::new()
-                .title("Nimbus native API")
-                .version("1.0.0")
-                .description(Some("Nimbus's own API at /v1 (seed 001 conventions). Generated from code."))
-                .build(),
-        )
-        .servers(Some(vec![utoipa::openapi::ServerBuilder::new().url("/v1").build()]))
-        .build();
+    let doc =
+        crate::openapi::base("Nimbus native API", "Nimbus's own API at /v1 (seed 001 conventions). Generated from code.", "/v1", vec![]);
     let (router, doc) = OpenApiRouter::with_openapi(doc)
         .routes(routes!(instances_list, instance_create))
         .routes(routes!(instance_get, instance_update, instance_delete))

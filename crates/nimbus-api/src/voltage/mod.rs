@@ -71,25 +71,14 @@ pub fn router() -> Router<ApiState> {
 }
 
 fn doc_base() -> utoipa::openapi::OpenApi {
-    use utoipa::openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
-    let mut doc = utoipa::openapi::OpenApiBuilder::new()
-        .info(
-            utoipa::openapi::InfoBuilder::new()
-                .title("Nimbus: Voltage Park On-Demand dialect")
-                .version("1.0.0")
-                .description(Some(
-                    "Voltage Park On-Demand API (seed 004) as served by Nimbus at /api/v1. Generated from code; see docs/voltage-park.md.",
-                ))
-                .build(),
-        )
-        .servers(Some(vec![utoipa::openapi::ServerBuilder::new().url("/api/v1").build()]))
-        .build();
-    let components = doc.components.get_or_insert_with(Default::default);
-    components.add_security_scheme("bearerAuth", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
-    components.add_security_scheme("apiTokenAuth", SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("x-api-token"))));
-    doc.security = Some(vec![
-        SecurityRequirement::new("bearerAuth", Vec::<String>::new()),
-        SecurityRequirement::new("apiTokenAuth", Vec::<String>::new()),
-    ]);
-    doc
+    use utoipa::openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityScheme};
+    crate::openapi::base(
+        "Nimbus: Voltage Park On-Demand dialect",
+        "Voltage Park On-Demand API (seed 004) as served by Nimbus at /api/v1. Generated from code; see docs/voltage-park.md.",
+        "/api/v1",
+        vec![
+            ("bearerAuth", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer))),
+            ("apiTokenAuth", SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("x-api-token")))),
+        ],
+    )
 }
