@@ -315,20 +315,32 @@ fn ssh_to(ip: Option<String>, identity: Option<std::path::PathBuf>, command: Vec
     Ok(())
 }
 
-/// Polls a native instance until `running`, printing each status it passes through.
-async fn wait_native_running(n: &nimbus_client::NativeClient, id: &str) -> anyhow::Result<nimbus_api_types::native::Instance> {
-    use std::io::Write;
-    let t = std::time::Instant::now();
-    let mut last = String::new();
-    loop {
-        let i = n.instance(id).await?;
-        if i.status != last {
-            eprint!("{}{id}: {}", if last.is_empty() { "" } else { "\n" }, i.status);
-            last = i.status.clone();
+/// Progress on stderr while polling: a line per status, a dot per poll without a change.
+#[derive(Default)]
+struct StatusProgress {
+    last: String,
+}
+
+impl StatusProgress {
+    fn show(&mut self, id: &str, status: &str) {
+        use std::io::Write;
+        if status != self.last {
+            eprint!("{}{id}: {status}", if self.last.is_empty() { "" } else { "\n" });
+            self.last = status.to_owned();
         } else {
             eprint!(".");
         }
         let _ = std::io::stderr().flush();
+    }
+}
+
+/// Polls a native instance until `running`, printing each status it passes through.
+async fn wait_native_running(n: &nimbus_client::NativeClient, id: &str) -> anyhow::Result<nimbus_api_types::native::Instance> {
+    let t = std::time::Instant::now();
+    let mut progress = StatusProgress::default();
+    loop {
+        let i = n.instance(id).await?;
+        progress.show(id, &i.status);
         match i.status.as_str() {
             "running" => {
                 eprintln!(" ({:.1} s)", t.elapsed().as_secs_f64());
@@ -560,18 +572,11 @@ pub async fn types_all_profiles(conn: &ConnArgs) -> anyhow::Result<()> {
 /// Polls until the instance is active and its port 22 answers with an SSH banner, drawing
 /// progress on stderr.
 async fn wait_reachable(c: &LambdaClient, id: &str) -> anyhow::Result<()> {
-    use std::io::Write;
     let t = std::time::Instant::now();
-    let mut last = String::new();
+    let mut progress = StatusProgress::default();
     loop {
         let i = c.instance(id).await?;
-        if i.status != last {
-            eprint!("{}{id}: {}", if last.is_empty() { "" } else { "\n" }, i.status);
-            last = i.status.clone();
-        } else {
-            eprint!(".");
-        }
-        let _ = std::io::stderr().flush();
+        progress.show(id, &i.status);
         match (i.status.as_str(), i.ip.as_deref()) {
             ("active", Some(ip)) => {
                 let addr = format!("{ip}:22");
