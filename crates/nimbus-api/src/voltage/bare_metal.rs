@@ -13,6 +13,7 @@ use nimbus_core::model::{Host, Instance, Rental};
 use nimbus_core::Error;
 use serde_json::Value;
 
+use super::error::KeyErrors;
 use super::extract::{Needs, Page, VpActor, VpJson};
 use super::handlers::{from_uuid, gpu_slug, location_id, usd, uuid};
 use super::vms::{cloud_init_text, org_key_ids};
@@ -154,10 +155,8 @@ fn rental_id(id: &str) -> Result<String, VpError> {
     ),
     responses(
         (status = 200, description = "Successful Response", body = w::Page<w::BareMetalRental>),
-        (status = 401, description = "Invalid or missing API token", body = w::ErrorBody),
-        (status = 403, description = "Missing permission", body = w::ErrorBody),
         (status = 422, description = "Validation Error", body = w::ValidationErrorBody),
-        (status = 429, description = "Rate limited", body = w::ErrorBody),
+        KeyErrors,
     )
 )]
 pub async fn list(State(s): State<ApiState>, VpActor(a): VpActor, RawQuery(q): RawQuery) -> VpResult {
@@ -184,10 +183,8 @@ pub async fn list(State(s): State<ApiState>, VpActor(a): VpActor, RawQuery(q): R
     responses(
         (status = 201, description = "Successful Response", body = w::BareMetalCreated),
         (status = 400, description = "Bad Request", body = w::ErrorBody),
-        (status = 401, description = "Invalid or missing API token", body = w::ErrorBody),
-        (status = 403, description = "Missing permission", body = w::ErrorBody),
         (status = 422, description = "Validation Error", body = w::ValidationErrorBody),
-        (status = 429, description = "Rate limited", body = w::ErrorBody),
+        KeyErrors,
     )
 )]
 pub async fn create(
@@ -242,11 +239,9 @@ pub async fn create(
     responses(
         (status = 200, description = "Successful Response", body = w::NameTags),
         (status = 400, description = "Bad Request", body = w::ErrorBody),
-        (status = 401, description = "Invalid or missing API token", body = w::ErrorBody),
-        (status = 403, description = "Missing permission", body = w::ErrorBody),
         (status = 404, description = "Not Found", body = w::ErrorBody),
         (status = 422, description = "Validation Error", body = w::ValidationErrorBody),
-        (status = 429, description = "Rate limited", body = w::ErrorBody),
+        KeyErrors,
     )
 )]
 pub async fn patch(
@@ -271,11 +266,9 @@ pub async fn patch(
     responses(
         (status = 202, description = "Terminating; the body is `null`", body = serde_json::Value),
         (status = 400, description = "Bad Request", body = w::ErrorBody),
-        (status = 401, description = "Invalid or missing API token", body = w::ErrorBody),
-        (status = 403, description = "Missing permission", body = w::ErrorBody),
         (status = 404, description = "Not Found", body = w::ErrorBody),
         (status = 422, description = "Validation Error", body = w::ValidationErrorBody),
-        (status = 429, description = "Rate limited", body = w::ErrorBody),
+        KeyErrors,
     )
 )]
 pub async fn delete(State(s): State<ApiState>, VpActor(a): VpActor, Path(id): Path<String>) -> VpResult {
@@ -294,11 +287,9 @@ pub async fn delete(State(s): State<ApiState>, VpActor(a): VpActor, Path(id): Pa
     responses(
         (status = 200, description = "Successful Response; the body is `null`", body = serde_json::Value),
         (status = 400, description = "Bad Request", body = w::ErrorBody),
-        (status = 401, description = "Invalid or missing API token", body = w::ErrorBody),
-        (status = 403, description = "Missing permission", body = w::ErrorBody),
         (status = 404, description = "Not Found", body = w::ErrorBody),
         (status = 422, description = "Validation Error", body = w::ValidationErrorBody),
-        (status = 429, description = "Rate limited", body = w::ErrorBody),
+        KeyErrors,
     )
 )]
 pub async fn power(
@@ -329,11 +320,9 @@ pub async fn power(
     responses(
         (status = 201, description = "Successful Response; the body is `null`", body = serde_json::Value),
         (status = 400, description = "Bad Request", body = w::ErrorBody),
-        (status = 401, description = "Invalid or missing API token", body = w::ErrorBody),
-        (status = 403, description = "Missing permission", body = w::ErrorBody),
         (status = 404, description = "Not Found", body = w::ErrorBody),
         (status = 422, description = "Validation Error", body = w::ValidationErrorBody),
-        (status = 429, description = "Rate limited", body = w::ErrorBody),
+        KeyErrors,
     )
 )]
 pub async fn reboot(

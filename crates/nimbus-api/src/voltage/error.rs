@@ -8,6 +8,19 @@ use axum::Json;
 use nimbus_api_types::voltage as w;
 use nimbus_core::Error;
 
+/// The answers every keyed operation documents besides its own: no key, a missing permission, a
+/// rate limit (`responses(..., KeyErrors)` in a handler's annotation).
+#[allow(dead_code)] // only its derive is used: it documents, it is never built
+#[derive(utoipa::IntoResponses)]
+pub enum KeyErrors {
+    #[response(status = 401, description = "Invalid or missing API token")]
+    Unauthorized(w::ErrorBody),
+    #[response(status = 403, description = "Missing permission")]
+    Forbidden(w::ErrorBody),
+    #[response(status = 429, description = "Rate limited")]
+    RateLimited(w::ErrorBody),
+}
+
 #[derive(Debug)]
 pub struct VpError {
     pub error: Error,

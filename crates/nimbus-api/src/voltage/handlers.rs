@@ -14,6 +14,7 @@ use nimbus_core::Error;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use super::error::KeyErrors;
 use super::extract::{Needs, Page, VpActor, VpJson};
 use super::VpError;
 use crate::auth::perm::Create;
@@ -114,10 +115,8 @@ async fn locations(s: &ApiState, a: &Actor) -> Result<Vec<w::Location>, VpError>
     ),
     responses(
         (status = 200, description = "Successful Response", body = w::Page<w::Location>),
-        (status = 401, description = "Invalid or missing API token", body = w::ErrorBody),
-        (status = 403, description = "Missing permission", body = w::ErrorBody),
         (status = 422, description = "Validation Error", body = w::ValidationErrorBody),
-        (status = 429, description = "Rate limited", body = w::ErrorBody),
+        KeyErrors,
     )
 )]
 pub async fn locations_list(State(s): State<ApiState>, VpActor(a): VpActor, RawQuery(q): RawQuery) -> VpResult {
@@ -134,10 +133,8 @@ pub async fn locations_list(State(s): State<ApiState>, VpActor(a): VpActor, RawQ
     params(("location_id" = String, Path, description = "Location id (UUID)")),
     responses(
         (status = 200, description = "Successful Response", body = w::Location),
-        (status = 401, description = "Invalid or missing API token", body = w::ErrorBody),
-        (status = 403, description = "Missing permission", body = w::ErrorBody),
         (status = 404, description = "Not Found", body = w::ErrorBody),
-        (status = 429, description = "Rate limited", body = w::ErrorBody),
+        KeyErrors,
     )
 )]
 pub async fn location_get(State(s): State<ApiState>, VpActor(a): VpActor, Path(id): Path<String>) -> VpResult {
@@ -155,11 +152,9 @@ pub async fn location_get(State(s): State<ApiState>, VpActor(a): VpActor, Path(i
     params(("hostnode_id" = String, Path, description = "Hostnode id (UUID)")),
     responses(
         (status = 200, description = "Successful Response", body = w::HostNode),
-        (status = 401, description = "Invalid or missing API token", body = w::ErrorBody),
-        (status = 403, description = "Missing permission", body = w::ErrorBody),
         (status = 404, description = "HostNode not found", body = w::ErrorBody),
         (status = 422, description = "Validation Error", body = w::ValidationErrorBody),
-        (status = 429, description = "Rate limited", body = w::ErrorBody),
+        KeyErrors,
     )
 )]
 pub async fn hostnode_get(State(s): State<ApiState>, VpActor(a): VpActor, Path(id): Path<String>) -> VpResult {
@@ -195,10 +190,8 @@ fn org_key(k: &nimbus_core::model::SshKey) -> w::OrgSshKey {
     ),
     responses(
         (status = 200, description = "Successful Response", body = w::Page<w::OrgSshKey>),
-        (status = 401, description = "Invalid or missing API token", body = w::ErrorBody),
-        (status = 403, description = "Missing permission", body = w::ErrorBody),
         (status = 422, description = "Validation Error", body = w::ValidationErrorBody),
-        (status = 429, description = "Rate limited", body = w::ErrorBody),
+        KeyErrors,
     )
 )]
 pub async fn ssh_keys_list(State(s): State<ApiState>, VpActor(a): VpActor, RawQuery(q): RawQuery) -> VpResult {
@@ -217,10 +210,8 @@ pub async fn ssh_keys_list(State(s): State<ApiState>, VpActor(a): VpActor, RawQu
     responses(
         (status = 201, description = "Successful Response", body = w::OrgSshKey),
         (status = 400, description = "Bad Request", body = w::ErrorBody),
-        (status = 401, description = "Invalid or missing API token", body = w::ErrorBody),
-        (status = 403, description = "Missing permission", body = w::ErrorBody),
         (status = 422, description = "Validation Error", body = w::ValidationErrorBody),
-        (status = 429, description = "Rate limited", body = w::ErrorBody),
+        KeyErrors,
     )
 )]
 pub async fn ssh_key_add(
@@ -249,11 +240,9 @@ pub async fn ssh_key_add(
     params(("ssh_key_id" = String, Path, description = "SSH key id (UUID)")),
     responses(
         (status = 204, description = "Successful Response"),
-        (status = 401, description = "Invalid or missing API token", body = w::ErrorBody),
-        (status = 403, description = "Missing permission", body = w::ErrorBody),
         (status = 404, description = "Not Found", body = w::ErrorBody),
         (status = 422, description = "Validation Error", body = w::ValidationErrorBody),
-        (status = 429, description = "Rate limited", body = w::ErrorBody),
+        KeyErrors,
     )
 )]
 pub async fn ssh_key_delete(State(s): State<ApiState>, VpActor(a): VpActor, Path(id): Path<String>) -> VpResult {
@@ -301,9 +290,7 @@ pub async fn validate_cloudinit(VpJson(b): VpJson<w::CloudInitValidateRequest>) 
     summary = "Get the storage price per GB-hour",
     responses(
         (status = 200, description = "Successful Response", body = w::StorageHourlyRate),
-        (status = 401, description = "Invalid or missing API token", body = w::ErrorBody),
-        (status = 403, description = "Missing permission", body = w::ErrorBody),
-        (status = 429, description = "Rate limited", body = w::ErrorBody),
+        KeyErrors,
     )
 )]
 pub async fn storage_hourly_rate(State(s): State<ApiState>, VpActor(a): VpActor) -> VpResult {
@@ -375,9 +362,7 @@ fn credit(g: &nimbus_store::Credit) -> w::Transaction {
     summary = "Get what the organization's active rentals cost per hour now",
     responses(
         (status = 200, description = "Successful Response", body = w::BillingHourlyRate),
-        (status = 401, description = "Invalid or missing API token", body = w::ErrorBody),
-        (status = 403, description = "Missing permission", body = w::ErrorBody),
-        (status = 429, description = "Rate limited", body = w::ErrorBody),
+        KeyErrors,
     )
 )]
 pub async fn billing_hourly_rate(State(s): State<ApiState>, VpActor(a): VpActor) -> VpResult {
@@ -406,10 +391,8 @@ fn day(label: &str, v: &str) -> Result<i64, VpError> {
     ),
     responses(
         (status = 200, description = "Successful Response", body = w::Page<w::Transaction>),
-        (status = 401, description = "Invalid or missing API token", body = w::ErrorBody),
-        (status = 403, description = "Missing permission", body = w::ErrorBody),
         (status = 422, description = "Validation Error", body = w::ValidationErrorBody),
-        (status = 429, description = "Rate limited", body = w::ErrorBody),
+        KeyErrors,
     )
 )]
 pub async fn billing_transactions(State(s): State<ApiState>, VpActor(a): VpActor, RawQuery(q): RawQuery) -> VpResult {
@@ -458,10 +441,8 @@ pub async fn billing_transactions(State(s): State<ApiState>, VpActor(a): VpActor
     ),
     responses(
         (status = 200, description = "Successful Response", body = w::MonthReport),
-        (status = 401, description = "Invalid or missing API token", body = w::ErrorBody),
-        (status = 403, description = "Missing permission", body = w::ErrorBody),
         (status = 422, description = "Validation Error", body = w::ValidationErrorBody),
-        (status = 429, description = "Rate limited", body = w::ErrorBody),
+        KeyErrors,
     )
 )]
 pub async fn billing_month_report(State(s): State<ApiState>, VpActor(a): VpActor, Path((year, month)): Path<(String, String)>) -> VpResult {

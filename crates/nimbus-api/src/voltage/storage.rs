@@ -18,6 +18,7 @@ use nimbus_core::money::Micros;
 use nimbus_core::{ConflictReason, Error};
 use serde_json::{Map, Value};
 
+use super::error::KeyErrors;
 use super::extract::{Needs, Page, VpActor, VpJson};
 use super::handlers::{from_uuid, uuid};
 use super::VpError;
@@ -173,10 +174,8 @@ fn check_size(size: i64) -> Result<i64, VpError> {
     ),
     responses(
         (status = 200, description = "Successful Response", body = w::Page<w::Storage>),
-        (status = 401, description = "Invalid or missing API token", body = w::ErrorBody),
-        (status = 403, description = "Missing permission", body = w::ErrorBody),
         (status = 422, description = "Validation Error", body = w::ValidationErrorBody),
-        (status = 429, description = "Rate limited", body = w::ErrorBody),
+        KeyErrors,
     )
 )]
 pub async fn storage_list(State(s): State<ApiState>, VpActor(a): VpActor, RawQuery(q): RawQuery) -> VpResult {
@@ -196,10 +195,8 @@ pub async fn storage_list(State(s): State<ApiState>, VpActor(a): VpActor, RawQue
     responses(
         (status = 201, description = "Successful Response", body = w::Storage),
         (status = 400, description = "Bad Request", body = w::ErrorBody),
-        (status = 401, description = "Invalid or missing API token", body = w::ErrorBody),
-        (status = 403, description = "Missing permission", body = w::ErrorBody),
         (status = 422, description = "Validation Error", body = w::ValidationErrorBody),
-        (status = 429, description = "Rate limited", body = w::ErrorBody),
+        KeyErrors,
     )
 )]
 pub async fn storage_create(
@@ -226,11 +223,9 @@ pub async fn storage_create(
     params(("storage_id" = String, Path, description = "Storage id (UUID)")),
     responses(
         (status = 200, description = "Successful Response", body = w::StorageDetail),
-        (status = 401, description = "Invalid or missing API token", body = w::ErrorBody),
-        (status = 403, description = "Missing permission", body = w::ErrorBody),
         (status = 404, description = "Not Found", body = w::ErrorBody),
         (status = 422, description = "Validation Error", body = w::ValidationErrorBody),
-        (status = 429, description = "Rate limited", body = w::ErrorBody),
+        KeyErrors,
     )
 )]
 pub async fn storage_get(State(s): State<ApiState>, VpActor(a): VpActor, Path(id): Path<String>) -> VpResult {
@@ -250,11 +245,9 @@ pub async fn storage_get(State(s): State<ApiState>, VpActor(a): VpActor, Path(id
     responses(
         (status = 200, description = "Successful Response", body = w::Storage),
         (status = 400, description = "Bad Request", body = w::ErrorBody),
-        (status = 401, description = "Invalid or missing API token", body = w::ErrorBody),
-        (status = 403, description = "Missing permission", body = w::ErrorBody),
         (status = 404, description = "Not Found", body = w::ErrorBody),
         (status = 422, description = "Validation Error", body = w::ValidationErrorBody),
-        (status = 429, description = "Rate limited", body = w::ErrorBody),
+        KeyErrors,
     )
 )]
 pub async fn storage_update(
@@ -285,11 +278,9 @@ pub async fn storage_update(
     responses(
         (status = 204, description = "Successful Response"),
         (status = 400, description = "Bad Request", body = w::ErrorBody),
-        (status = 401, description = "Invalid or missing API token", body = w::ErrorBody),
-        (status = 403, description = "Missing permission", body = w::ErrorBody),
         (status = 404, description = "Not Found", body = w::ErrorBody),
         (status = 422, description = "Validation Error", body = w::ValidationErrorBody),
-        (status = 429, description = "Rate limited", body = w::ErrorBody),
+        KeyErrors,
     )
 )]
 pub async fn storage_delete(State(s): State<ApiState>, VpActor(a): VpActor, Path(id): Path<String>) -> VpResult {

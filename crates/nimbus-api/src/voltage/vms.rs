@@ -20,6 +20,7 @@ use nimbus_core::money::Micros;
 use nimbus_core::{ConflictReason, Error};
 use serde_json::Value;
 
+use super::error::KeyErrors;
 use super::extract::{Needs, Page, VpActor, VpJson};
 use super::handlers::{from_uuid, gpu_slug, location_id, usd, uuid};
 use super::VpError;
@@ -223,10 +224,8 @@ async fn vm(s: &ApiState, a: &nimbus_core::auth::Actor, id: &str, p: Permission)
     ),
     responses(
         (status = 200, description = "Successful Response", body = w::Page<w::VirtualMachine>),
-        (status = 401, description = "Invalid or missing API token", body = w::ErrorBody),
-        (status = 403, description = "Missing permission", body = w::ErrorBody),
         (status = 422, description = "Validation Error", body = w::ValidationErrorBody),
-        (status = 429, description = "Rate limited", body = w::ErrorBody),
+        KeyErrors,
     )
 )]
 pub async fn vms_list(State(s): State<ApiState>, VpActor(a): VpActor, RawQuery(q): RawQuery) -> VpResult {
@@ -244,11 +243,9 @@ pub async fn vms_list(State(s): State<ApiState>, VpActor(a): VpActor, RawQuery(q
     params(("virtual_machine_id" = String, Path, description = "Virtual machine id (UUID)")),
     responses(
         (status = 200, description = "Successful Response", body = w::VirtualMachine),
-        (status = 401, description = "Invalid or missing API token", body = w::ErrorBody),
-        (status = 403, description = "Missing permission", body = w::ErrorBody),
         (status = 404, description = "Not Found", body = w::ErrorBody),
         (status = 422, description = "Validation Error", body = w::ValidationErrorBody),
-        (status = 429, description = "Rate limited", body = w::ErrorBody),
+        KeyErrors,
     )
 )]
 pub async fn vm_get(State(s): State<ApiState>, VpActor(a): VpActor, Path(id): Path<String>) -> VpResult {
@@ -324,10 +321,8 @@ fn tag_pairs(tags: Vec<String>) -> Vec<(String, String)> {
     responses(
         (status = 201, description = "Successful Response", body = w::VmCreated),
         (status = 400, description = "Bad Request", body = w::ErrorBody),
-        (status = 401, description = "Invalid or missing API token", body = w::ErrorBody),
-        (status = 403, description = "Missing permission", body = w::ErrorBody),
         (status = 422, description = "Validation Error", body = w::ValidationErrorBody),
-        (status = 429, description = "Rate limited", body = w::ErrorBody),
+        KeyErrors,
     )
 )]
 pub async fn vm_create(
@@ -379,11 +374,9 @@ pub async fn vm_create(
     responses(
         (status = 200, description = "Successful Response", body = w::NameTags),
         (status = 400, description = "Bad Request", body = w::ErrorBody),
-        (status = 401, description = "Invalid or missing API token", body = w::ErrorBody),
-        (status = 403, description = "Missing permission", body = w::ErrorBody),
         (status = 404, description = "Not Found", body = w::ErrorBody),
         (status = 422, description = "Validation Error", body = w::ValidationErrorBody),
-        (status = 429, description = "Rate limited", body = w::ErrorBody),
+        KeyErrors,
     )
 )]
 pub async fn vm_patch(
@@ -410,11 +403,9 @@ pub async fn vm_patch(
     responses(
         (status = 202, description = "Terminating; the body is `null`", body = serde_json::Value),
         (status = 400, description = "Bad Request", body = w::ErrorBody),
-        (status = 401, description = "Invalid or missing API token", body = w::ErrorBody),
-        (status = 403, description = "Missing permission", body = w::ErrorBody),
         (status = 404, description = "Not Found", body = w::ErrorBody),
         (status = 422, description = "Validation Error", body = w::ValidationErrorBody),
-        (status = 429, description = "Rate limited", body = w::ErrorBody),
+        KeyErrors,
     )
 )]
 pub async fn vm_delete(State(s): State<ApiState>, VpActor(a): VpActor, Path(id): Path<String>) -> VpResult {
@@ -434,11 +425,9 @@ pub async fn vm_delete(State(s): State<ApiState>, VpActor(a): VpActor, Path(id):
     responses(
         (status = 200, description = "Successful Response", body = w::PowerStatus),
         (status = 400, description = "Bad Request", body = w::ErrorBody),
-        (status = 401, description = "Invalid or missing API token", body = w::ErrorBody),
-        (status = 403, description = "Missing permission", body = w::ErrorBody),
         (status = 404, description = "Not Found", body = w::ErrorBody),
         (status = 422, description = "Validation Error", body = w::ValidationErrorBody),
-        (status = 429, description = "Rate limited", body = w::ErrorBody),
+        KeyErrors,
     )
 )]
 pub async fn vm_power(
