@@ -17,7 +17,7 @@ pub mod lambda {
 }
 
 pub use clusters::ClustersClient;
-pub use native::{ListParams, NativeClient, Page};
+pub use native::{ListParams, NativeClient, Page, Pages};
 /// The wire types of every dialect (`nimbus-api-types`), the server's own definitions.
 pub use nimbus_api_types as types;
 pub use transport::{Auth, RetryPolicy};

@@ -122,21 +122,22 @@ impl NativeClient {
         Ok(Page { items: env.data, pagination: env.pagination })
     }
 
-    /// Every item of a list, page after page (the server's `next`), with `p`'s filters.
-    pub async fn list_all<T: DeserializeOwned>(&self, path: &str, p: &ListParams) -> Result<Vec<T>> {
-        let mut out = Vec::new();
+    /// A cursor over a list's pages (`p`'s filters, sort and page size), fetched one at a time
+    /// as `next` is awaited: `while let Some(page) = pages.next().await? { … }`.
+    pub fn pages<T: DeserializeOwned>(&self, path: &str, p: &ListParams) -> Pages<'_, T> {
         let mut q = p.clone();
         q.page = Some(p.page.unwrap_or(1));
-        loop {
-            let page: Page<T> = self.list(path, &q).await?;
-            let n = page.items.len();
-            out.extend(page.items);
-            let more = page.pagination.as_ref().is_some_and(|pg| pg.has_next) && n > 0;
-            if !more {
-                return Ok(out);
-            }
-            q.page = q.page.map(|x| x + 1);
+        Pages { client: self, path: path.to_owned(), q, done: false, _t: std::marker::PhantomData }
+    }
+
+    /// Every item of a list, page after page, with `p`'s filters.
+    pub async fn list_all<T: DeserializeOwned>(&self, path: &str, p: &ListParams) -> Result<Vec<T>> {
+        let mut out = Vec::new();
+        let mut pages = self.pages(path, p);
+        while let Some(items) = pages.next().await? {
+            out.extend(items);
         }
+        Ok(out)
     }
 
     async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: Option<&B>, idem: Option<&str>) -> Result<T> {
@@ -376,5 +377,34 @@ impl NativeClient {
     }
     pub async fn service_account_api_key_delete(&self, id: &str, key_id: &str) -> Result<w::ApiKey> {
         self.delete(&format!("/service-accounts/{id}/api-keys/{key_id}")).await
+    }
+}
+
+/// The pages of one list (`NativeClient::pages`): each `next` fetches the following page; `None`
+/// after the last (the server's `has_next`, or an empty page).
+pub struct Pages<'c, T> {
+    client: &'c NativeClient,
+    path: String,
+    q: ListParams,
+    done: bool,
+    _t: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T: DeserializeOwned> Pages<'_, T> {
+    pub async fn next(&mut self) -> Result<Option<Vec<T>>> {
+        if self.done {
+            return Ok(None);
+        }
+        let page: Page<T> = self.client.list(&self.path, &self.q).await?;
+        if page.items.is_empty() {
+            self.done = true;
+            return Ok(None);
+        }
+        if page.pagination.as_ref().is_some_and(|pg| pg.has_next) {
+            self.q.page = self.q.page.map(|x| x + 1);
+        } else {
+            self.done = true;
+        }
+        Ok(Some(page.items))
     }
 }
