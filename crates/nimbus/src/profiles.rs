@@ -23,7 +23,9 @@ pub struct ProfilesFile {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Profile {
     pub base_url: String,
-    /// `lambda` or `native`: the API the instance commands speak to this endpoint.
+    /// `lambda` or `native`: the API the instance commands speak to this endpoint; `voltage`
+    /// (Voltage Park On-Demand) for an endpoint that `types --all-profiles` compares by its
+    /// instant-deploy presets.
     #[serde(default = "default_dialect")]
     pub dialect: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -109,7 +111,8 @@ pub enum ProfileCmd {
         name: String,
         #[arg(long)]
         url: String,
-        /// `lambda` or `native`.
+        /// `lambda` or `native` (what instance commands speak), or `voltage` (compared by
+        /// `types --all-profiles` through its presets).
         #[arg(long, default_value = "lambda")]
         dialect: String,
         /// Read the key from this environment variable.
@@ -137,8 +140,8 @@ pub fn run(cmd: ProfileCmd) -> anyhow::Result<()> {
     let mut f = load()?;
     match cmd {
         ProfileCmd::Add { name, url, dialect, key_env, key_file, make_current } => {
-            if !matches!(dialect.as_str(), "lambda" | "native") {
-                bail!("--dialect must be lambda or native");
+            if !matches!(dialect.as_str(), "lambda" | "native" | "voltage") {
+                bail!("--dialect must be lambda, native or voltage");
             }
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 bail!("--url must be an http(s) URL");

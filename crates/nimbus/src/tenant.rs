@@ -51,6 +51,9 @@ impl ConnArgs {
 
     fn url_and_key(&self) -> anyhow::Result<(String, String)> {
         let e = self.endpoint()?;
+        if e.dialect == "voltage" {
+            anyhow::bail!("this profile speaks the Voltage Park dialect: `nimbus types --all-profiles` compares its presets; other commands need a lambda or native profile");
+        }
         let key = e.key.context("set NIMBUS_API_KEY, pass --api-key, or add a profile (nimbus profile add)")?;
         Ok((e.url, key))
     }
@@ -514,6 +517,49 @@ fn native_rows(conn: &ConnArgs, list: &[nimbus_api_types::native::Instance]) -> 
 
 /// One table of every profile's instance types (over the Lambda dialect, which every Nimbus and
 /// Lambda-compatible endpoint speaks): a profile that cannot be reached is a row saying why.
+/// A Voltage Park endpoint's instant-deploy presets as rows of the merged table: the shape, the
+/// hourly price of compute and disk together, and the regions of the locations that can place
+/// one now.
+async fn voltage_rows(name: &str, p: &crate::profiles::Profile) -> anyhow::Result<Vec<serde_json::Value>> {
+    let c = nimbus_client::VoltageClient::new(&p.base_url, &p.key()?);
+    let regions: std::collections::BTreeMap<String, String> =
+        c.all::<nimbus_api_types::voltage::Location>("/locations/", 15).await?.into_iter().map(|l| (l.id, l.region)).collect();
+    let mut rows = Vec::new();
+    for preset in c.presets(None).await? {
+        let r = &preset.resources;
+        let gpus: i64 = r.gpus.values().map(|g| g.count).sum();
+        let shape = match r.gpus.keys().next() {
+            Some(model) => format!("{gpus}x {model}"),
+            None => format!("{} vCPU, {} GB", r.vcpu_count, r.ram_gb),
+        };
+        let cents = dollars_to_cents(&preset.compute_rate_hourly)? + dollars_to_cents(&preset.storage_rate_hourly)?;
+        let available: Vec<&String> = preset.location_ids_with_availability.iter().filter_map(|id| regions.get(id)).collect();
+        rows.push(serde_json::json!({
+            "profile": name,
+            "type": shape,
+            "price_cents_per_hour": cents,
+            "vcpus": r.vcpu_count,
+            "memory_gib": r.ram_gb,
+            "gpus": gpus,
+            "regions_with_capacity": available,
+        }));
+    }
+    Ok(rows)
+}
+
+/// `"3.290000"` (dollars) → 329 cents, rounded to the nearest cent.
+fn dollars_to_cents(s: &str) -> anyhow::Result<i64> {
+    let bad = || anyhow::anyhow!("not a price in dollars: {s:?}");
+    let (whole, frac) = s.trim().split_once('.').unwrap_or((s.trim(), ""));
+    if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let micros_frac: i64 = format!("{frac:0<6}").get(..6).ok_or_else(bad)?.parse().map_err(|_| bad())?;
+    let micros =
+        whole.parse::<i64>().map_err(|_| bad())?.checked_mul(1_000_000).and_then(|m| m.checked_add(micros_frac)).ok_or_else(bad)?;
+    Ok((micros + 5_000) / 10_000)
+}
+
 pub async fn types_all_profiles(conn: &ConnArgs) -> anyhow::Result<()> {
     let f = crate::profiles::load()?;
     if f.profiles.is_empty() {
@@ -521,6 +567,13 @@ pub async fn types_all_profiles(conn: &ConnArgs) -> anyhow::Result<()> {
     }
     let mut rows: Vec<serde_json::Value> = Vec::new();
     for (name, p) in &f.profiles {
+        if p.dialect == "voltage" {
+            match voltage_rows(name, p).await {
+                Ok(r) => rows.extend(r),
+                Err(e) => rows.push(serde_json::json!({"profile": name, "error": e.to_string()})),
+            }
+            continue;
+        }
         let got = match p.key() {
             Ok(key) => LambdaClient::new(&p.base_url, &key).instance_types().await.map_err(anyhow::Error::from),
             Err(e) => Err(e),
@@ -599,5 +652,21 @@ async fn wait_reachable(c: &LambdaClient, id: &str) -> anyhow::Result<()> {
             anyhow::bail!("instance {id} did not become reachable in 5 minutes");
         }
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dollars_to_cents;
+
+    #[test]
+    fn dollar_strings_to_cents() {
+        assert_eq!(dollars_to_cents("3.290000").unwrap(), 329);
+        assert_eq!(dollars_to_cents("0.004999").unwrap(), 0);
+        assert_eq!(dollars_to_cents("0.005").unwrap(), 1);
+        assert_eq!(dollars_to_cents("12").unwrap(), 1200);
+        for bad in ["", "-1.00", "1.2.3", "abc", "1e3", "99999999999999999999"] {
+            assert!(dollars_to_cents(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -272,6 +272,22 @@ fn profiles_and_types_across_two_servers() {
     let listed = run(&["--profile", "n", "instance", "list", "--json"]);
     assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
     assert_eq!(serde_json::from_slice::<serde_json::Value>(&listed.stdout).unwrap(), serde_json::json!([]));
+    // A Voltage Park profile joins the comparison through its instant-deploy presets.
+    std::env::set_var("NIMBUS_TEST_PROFILE_KEY_B", &b.key);
+    assert!(run(&["profile", "add", "v", "--url", &b.url, "--dialect", "voltage", "--key-env", "NIMBUS_TEST_PROFILE_KEY_B"])
+        .status
+        .success());
+    let merged = String::from_utf8(run(&["types", "--all-profiles"]).stdout).unwrap();
+    assert!(
+        merged.lines().any(|l| l.starts_with("v ") && l.contains("1x h100-80gb-hbm3") && l.contains("us-west-1")),
+        "b's one-H100 preset, placeable in us-west-1: {merged}"
+    );
+    let refused = run(&["--profile", "v", "instance", "list"]);
+    assert!(
+        !refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("Voltage Park"),
+        "instance commands need lambda or native"
+    );
+    assert!(run(&["profile", "remove", "v"]).status.success());
     let missing = run(&["--profile", "n", "instance", "get", "0123456789abcdef0123456789abcdef"]);
     assert!(!missing.status.success() && String::from_utf8_lossy(&missing.stderr).contains("not_found"), "the native dialect's error code");
     // Launch, wait and terminate over the native dialect (its API names SSH keys by id).
