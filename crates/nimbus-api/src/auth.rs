@@ -1,6 +1,6 @@
 //! Where an API key is read from: `Authorization: Basic base64(KEY:)` (curl `-u KEY:`),
 //! `Authorization: Bearer KEY`, `X-API-Key: KEY` or `x-api-token: KEY`; and `Need`, the
-//! permission a route needs, checked before its body is read.
+//! permission a route needs, checked before its query or body is parsed.
 
 use std::marker::PhantomData;
 
@@ -27,12 +27,12 @@ pub mod perm {
             }
         )*};
     }
-    perms!(Admin, Create, Edit, Delete);
+    perms!(Admin, Create, Read, Edit, Delete);
 }
 
 /// The route needs permission `P`: checked right after the dialect's actor extractor (which
-/// leaves the `Actor` in the request's extensions) and before the body is read, so that a key
-/// without it gets 403 in the dialect's shape `E` whatever it sends, never a validation error
+/// leaves the `Actor` in the request's extensions) and before the query or body is parsed, so that
+/// a key without it gets 403 in the dialect's shape `E` whatever it sends, never a validation error
 /// about a request it may not make. The domain checks again; this only orders the answers.
 /// Placed before the actor extractor it finds no actor and answers 401.
 pub struct Need<P, E>(PhantomData<fn() -> (P, E)>);

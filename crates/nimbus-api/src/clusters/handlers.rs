@@ -12,7 +12,7 @@ use nimbus_core::model::{Cluster, Instance};
 use nimbus_core::Error;
 
 use super::{ClActor, ClError, ClJson, Needs};
-use crate::auth::perm::{Create, Edit};
+use crate::auth::perm::{Create, Edit, Read};
 use crate::voltage::handlers::{from_uuid, uuid};
 use crate::ApiState;
 
@@ -218,7 +218,7 @@ impl Pager {
     ),
     responses((status = 200, description = "A page of clusters", body = w::ClusterList), (status = 400, description = "Invalid argument (3)", body = w::ErrorBody), (status = 401, description = "Unauthenticated (16)", body = w::ErrorBody), (status = 403, description = "Permission denied (7)", body = w::ErrorBody))
 )]
-pub async fn list(State(s): State<ApiState>, ClActor(a): ClActor, RawQuery(q): RawQuery) -> ClResult {
+pub async fn list(State(s): State<ApiState>, ClActor(a): ClActor, _: Needs<Read>, RawQuery(q): RawQuery) -> ClResult {
     let pairs = query_pairs(q.as_deref());
     let pg = pager(&pairs)?;
     let inactive = match pairs.iter().find(|(k, _)| k == "show_inactive").map(|(_, v)| v.as_str()) {
@@ -250,7 +250,13 @@ pub async fn list(State(s): State<ApiState>, ClActor(a): ClActor, RawQuery(q): R
     ),
     responses((status = 200, description = "A page of nodes", body = w::NodeList), (status = 400, description = "Invalid argument (3)", body = w::ErrorBody), (status = 401, description = "Unauthenticated (16)", body = w::ErrorBody), (status = 403, description = "Permission denied (7)", body = w::ErrorBody), (status = 404, description = "Not found (5)", body = w::ErrorBody))
 )]
-pub async fn nodes(State(s): State<ApiState>, ClActor(a): ClActor, Path(id): Path<String>, RawQuery(q): RawQuery) -> ClResult {
+pub async fn nodes(
+    State(s): State<ApiState>,
+    ClActor(a): ClActor,
+    _: Needs<Read>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ClResult {
     let hex = cluster_id(&id)?;
     let pg = pager(&query_pairs(q.as_deref()))?;
     let all = clusters::nodes(&s.control, &a, &hex).await?;

@@ -96,7 +96,7 @@ impl FromRequestParts<ApiState> for ClActor {
     }
 }
 
-/// The permission a clusters route needs, checked before its body is read.
+/// The permission a clusters route needs, checked before its query or body is parsed.
 pub type Needs<P> = crate::auth::Need<P, ClError>;
 
 /// A JSON object body; anything else is INVALID_ARGUMENT naming the problem.

@@ -29,7 +29,7 @@ impl FromRequestParts<ApiState> for LambdaActor {
     }
 }
 
-/// The permission a Lambda route needs, checked before its body is read.
+/// The permission a Lambda route needs, checked before its query or body is parsed.
 pub type Needs<P> = crate::auth::Need<P, LambdaError>;
 
 pub struct LambdaJson<T>(pub T);

@@ -13,7 +13,7 @@ use nimbus_core::Error;
 use super::extract::{NativeActor, NativeJson, Needs};
 use super::handlers::{ok, query_pairs, NResult};
 use super::page;
-use crate::auth::perm::{Admin, Create};
+use crate::auth::perm::{Admin, Create, Read};
 use crate::ApiState;
 
 fn render_account(s: &ApiState, o: &Org) -> w::Account {
@@ -138,7 +138,7 @@ pub async fn account_quota(State(s): State<ApiState>, NativeActor(a): NativeActo
         ("order" = Option<String>, Query, description = "asc or desc"), ("name" = Option<String>, Query)),
     responses((status = 200, description = "Success", body = w::Envelope<Vec<w::ApiKey>>), (status = 400, description = "Invalid query", body = w::ErrorEnvelope))
 )]
-pub async fn api_keys_list(State(s): State<ApiState>, NativeActor(a): NativeActor, RawQuery(raw): RawQuery) -> NResult {
+pub async fn api_keys_list(State(s): State<ApiState>, NativeActor(a): NativeActor, _: Needs<Read>, RawQuery(raw): RawQuery) -> NResult {
     let q = page::parse(&query_pairs(raw)?, page::BY_NAME_SORTS, page::BY_NAME_FILTERS)?;
     let all = account::api_keys_list(&s.control, &a).await?;
     let (items, pg) = page::apply_by_name(all, &q, |k| &k.name, |k| k.created_at, |k| k.id.to_string());

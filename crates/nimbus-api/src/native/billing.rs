@@ -7,8 +7,9 @@ use nimbus_core::clock::{parse_rfc3339, to_rfc3339};
 use nimbus_core::money::Micros;
 use nimbus_core::Error;
 
-use super::extract::NativeActor;
+use super::extract::{NativeActor, Needs};
 use super::handlers::{ok, query_pairs, NResult};
+use crate::auth::perm::Read;
 use crate::ApiState;
 
 /// The first instant of the month of `t` (µs, UTC).
@@ -35,7 +36,7 @@ fn month_start(t: i64) -> i64 {
         (status = 400, description = "Invalid period", body = w::ErrorEnvelope)
     )
 )]
-pub async fn billing_usage_get(State(s): State<ApiState>, NativeActor(a): NativeActor, RawQuery(raw): RawQuery) -> NResult {
+pub async fn billing_usage_get(State(s): State<ApiState>, NativeActor(a): NativeActor, _: Needs<Read>, RawQuery(raw): RawQuery) -> NResult {
     let (mut start, mut end, mut rtype, mut sku) = (None, None, None, None);
     for (k, v) in query_pairs(raw)? {
         match k.as_str() {
@@ -148,7 +149,12 @@ pub async fn billing_invoice_get(
     ),
     responses((status = 200, description = "Success", body = w::Envelope<w::Estimate>), (status = 400, description = "Invalid request", body = w::ErrorEnvelope))
 )]
-pub async fn billing_estimate_get(State(s): State<ApiState>, NativeActor(a): NativeActor, RawQuery(raw): RawQuery) -> NResult {
+pub async fn billing_estimate_get(
+    State(s): State<ApiState>,
+    NativeActor(a): NativeActor,
+    _: Needs<Read>,
+    RawQuery(raw): RawQuery,
+) -> NResult {
     let (mut itype, mut hours) = (None, None);
     for (k, v) in query_pairs(raw)? {
         match k.as_str() {

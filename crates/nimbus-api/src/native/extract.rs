@@ -36,7 +36,7 @@ impl FromRequestParts<ApiState> for NativeActor {
     }
 }
 
-/// The permission a native route needs, checked before its body is read.
+/// The permission a native route needs, checked before its query or body is parsed.
 pub type Needs<P> = crate::auth::Need<P, NativeError>;
 
 /// Where the actor extractor leaves its rate-limit decision for `rate_limit_headers`.

@@ -12,7 +12,7 @@ use nimbus_core::Error;
 use super::extract::{NativeActor, NativeJson, Needs};
 use super::handlers::{ok, query_pairs, NResult};
 use super::page;
-use crate::auth::perm::Create;
+use crate::auth::perm::{Create, Read};
 use crate::ApiState;
 
 fn protocol(r: &FirewallRule) -> String {
@@ -41,7 +41,12 @@ fn render(r: &ScopedRule) -> w::FirewallRule {
         ("protocol" = Option<String>, Query), ("ruleset_id" = Option<String>, Query, description = "`global` for the global rules"), ("source" = Option<String>, Query)),
     responses((status = 200, description = "Success", body = w::Envelope<Vec<w::FirewallRule>>), (status = 400, description = "Invalid query", body = w::ErrorEnvelope))
 )]
-pub async fn firewall_rules_list(State(s): State<ApiState>, NativeActor(a): NativeActor, RawQuery(raw): RawQuery) -> NResult {
+pub async fn firewall_rules_list(
+    State(s): State<ApiState>,
+    NativeActor(a): NativeActor,
+    _: Needs<Read>,
+    RawQuery(raw): RawQuery,
+) -> NResult {
     let q = page::parse(&query_pairs(raw)?, &["ruleset_id", "protocol", "source"], &["protocol", "ruleset_id", "source"])?;
     let all = firewall::rule_list(&s.control, &a).await?;
     let scope = |r: &ScopedRule| r.ruleset_id.as_ref().map(ToString::to_string).unwrap_or_else(|| "global".to_owned());

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::extract::{NativeActor, NativeJson, Needs};
 use super::{page, NativeError};
-use crate::auth::perm::{Create, Edit};
+use crate::auth::perm::{Create, Edit, Read};
 use crate::ApiState;
 
 pub(super) type NResult = Result<Response, NativeError>;
@@ -112,7 +112,7 @@ const FILTERS: &[&str] = &["status", "region", "instance_type", "name"];
         (status = 429, description = "Rate limited", body = w::ErrorEnvelope)
     )
 )]
-pub async fn instances_list(State(s): State<ApiState>, NativeActor(a): NativeActor, RawQuery(raw): RawQuery) -> NResult {
+pub async fn instances_list(State(s): State<ApiState>, NativeActor(a): NativeActor, _: Needs<Read>, RawQuery(raw): RawQuery) -> NResult {
     let q = page::parse(&query_pairs(raw)?, SORTS, FILTERS)?;
     let all = instances::list(&s.control, &a).await?;
     let field = |i: &Instance, f: &str| -> Option<String> {

@@ -13,9 +13,10 @@ use nimbus_core::clock::{parse_rfc3339, to_rfc3339};
 use nimbus_core::model::MetricPoint;
 use nimbus_core::Error;
 
-use super::extract::NativeActor;
+use super::extract::{NativeActor, Needs};
 use super::handlers::{ok, query_pairs, NResult};
 use super::NativeError;
+use crate::auth::perm::Read;
 use crate::ApiState;
 
 pub(super) fn render(p: &MetricPoint) -> w::MetricPoint {
@@ -54,6 +55,7 @@ const DEFAULT_WINDOW_MICROS: i64 = 3_600_000_000;
 pub async fn instance_metrics_get(
     State(s): State<ApiState>,
     NativeActor(a): NativeActor,
+    _: Needs<Read>,
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> NResult {

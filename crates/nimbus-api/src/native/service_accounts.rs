@@ -41,7 +41,12 @@ fn render(a: &ServiceAccount) -> w::ServiceAccount {
         (status = 403, description = "Not an ADMIN key", body = w::ErrorEnvelope)
     )
 )]
-pub async fn service_accounts_list(State(s): State<ApiState>, NativeActor(a): NativeActor, RawQuery(raw): RawQuery) -> NResult {
+pub async fn service_accounts_list(
+    State(s): State<ApiState>,
+    NativeActor(a): NativeActor,
+    _: Needs<Admin>,
+    RawQuery(raw): RawQuery,
+) -> NResult {
     let q = page::parse(&query_pairs(raw)?, page::BY_NAME_SORTS, page::BY_NAME_FILTERS)?;
     let all = sa::list(&s.control, &a).await?;
     let (items, pg) = page::apply_by_name(all, &q, |x| &x.name, |x| x.created_at, |x| x.id.to_string());
@@ -145,6 +150,7 @@ pub async fn service_account_delete(State(s): State<ApiState>, NativeActor(a): N
 pub async fn service_account_api_keys_list(
     State(s): State<ApiState>,
     NativeActor(a): NativeActor,
+    _: Needs<Admin>,
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> NResult {

@@ -12,7 +12,7 @@ use nimbus_core::Error;
 use super::extract::{NativeActor, NativeJson, Needs};
 use super::handlers::{ok, query_pairs, render, NResult};
 use super::page;
-use crate::auth::perm::{Create, Edit};
+use crate::auth::perm::{Create, Edit, Read};
 use crate::ApiState;
 
 /// `attached` once the host reports it mounted in every instance it is attached to.
@@ -79,7 +79,7 @@ const VOLUME_FILTERS: &[&str] = &["status", "region", "name", "instance_id"];
         (status = 400, description = "Invalid query", body = w::ErrorEnvelope)
     )
 )]
-pub async fn volumes_list(State(s): State<ApiState>, NativeActor(a): NativeActor, RawQuery(raw): RawQuery) -> NResult {
+pub async fn volumes_list(State(s): State<ApiState>, NativeActor(a): NativeActor, _: Needs<Read>, RawQuery(raw): RawQuery) -> NResult {
     let q = page::parse(&query_pairs(raw)?, VOLUME_SORTS, VOLUME_FILTERS)?;
     let all = volumes::list(&s.control, &a).await?;
     let field = |v: &Volume, f: &str| -> Option<String> {
@@ -244,7 +244,7 @@ const SNAPSHOT_FILTERS: &[&str] = &["status", "region", "name", "source_type", "
         (status = 400, description = "Invalid query", body = w::ErrorEnvelope)
     )
 )]
-pub async fn snapshots_list(State(s): State<ApiState>, NativeActor(a): NativeActor, RawQuery(raw): RawQuery) -> NResult {
+pub async fn snapshots_list(State(s): State<ApiState>, NativeActor(a): NativeActor, _: Needs<Read>, RawQuery(raw): RawQuery) -> NResult {
     let q = page::parse(&query_pairs(raw)?, SNAPSHOT_SORTS, SNAPSHOT_FILTERS)?;
     let all = volumes::snapshot_list(&s.control, &a).await?;
     let field = |x: &Snapshot, f: &str| -> Option<String> {

@@ -15,7 +15,7 @@ use nimbus_core::Error;
 use super::extract::{NativeActor, NativeJson, Needs};
 use super::handlers::{ok, query_pairs};
 use super::{page, NativeError};
-use crate::auth::perm::Create;
+use crate::auth::perm::{Create, Read};
 use crate::ApiState;
 
 type NResult = Result<Response, NativeError>;
@@ -94,7 +94,7 @@ fn with_event_types(e: Error) -> NativeError {
         (status = 401, description = "Invalid API key", body = n::ErrorEnvelope)
     )
 )]
-pub async fn webhooks_list(State(s): State<ApiState>, NativeActor(a): NativeActor, RawQuery(raw): RawQuery) -> NResult {
+pub async fn webhooks_list(State(s): State<ApiState>, NativeActor(a): NativeActor, _: Needs<Read>, RawQuery(raw): RawQuery) -> NResult {
     let q = page::parse(&query_pairs(raw)?, &["created_at", "url"], &["url"])?;
     let all = webhooks::list(&s.control, &a).await?;
     let key = |h: &Webhook, k: &str| if k == "url" { h.url.clone() } else { format!("{:020}", h.created_at) };
@@ -183,6 +183,7 @@ pub async fn webhook_delete(State(s): State<ApiState>, NativeActor(a): NativeAct
 pub async fn webhook_deliveries_list(
     State(s): State<ApiState>,
     NativeActor(a): NativeActor,
+    _: Needs<Read>,
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> NResult {

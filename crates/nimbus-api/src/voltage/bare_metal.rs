@@ -18,7 +18,7 @@ use super::extract::{Needs, Page, VpActor, VpJson};
 use super::handlers::{from_uuid, gpu_slug, location_id, usd, uuid};
 use super::vms::{cloud_init_text, org_key_ids};
 use super::VpError;
-use crate::auth::perm::{Create, Edit};
+use crate::auth::perm::{Create, Edit, Read};
 use crate::ApiState;
 
 type VpResult = Result<Response, VpError>;
@@ -159,7 +159,7 @@ fn rental_id(id: &str) -> Result<String, VpError> {
         KeyErrors,
     )
 )]
-pub async fn list(State(s): State<ApiState>, VpActor(a): VpActor, RawQuery(q): RawQuery) -> VpResult {
+pub async fn list(State(s): State<ApiState>, VpActor(a): VpActor, _: Needs<Read>, RawQuery(q): RawQuery) -> VpResult {
     // `limit=all` is the seed's string form of "no limit".
     let raw = q.unwrap_or_default();
     let all_rows = raw.split('&').any(|p| p == "limit=all");

@@ -21,7 +21,7 @@ impl FromRequestParts<ApiState> for VpActor {
     }
 }
 
-/// The permission a Voltage Park route needs, checked before its body is read.
+/// The permission a Voltage Park route needs, checked before its query or body is parsed.
 pub type Needs<P> = crate::auth::Need<P, VpError>;
 
 /// A JSON object body, whatever the Content-Type; malformed bodies are 422 as FastAPI does.

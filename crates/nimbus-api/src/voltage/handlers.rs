@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use super::error::KeyErrors;
 use super::extract::{Needs, Page, VpActor, VpJson};
 use super::VpError;
-use crate::auth::perm::Create;
+use crate::auth::perm::{Create, Read};
 use crate::ApiState;
 
 type VpResult = Result<Response, VpError>;
@@ -119,7 +119,7 @@ async fn locations(s: &ApiState, a: &Actor) -> Result<Vec<w::Location>, VpError>
         KeyErrors,
     )
 )]
-pub async fn locations_list(State(s): State<ApiState>, VpActor(a): VpActor, RawQuery(q): RawQuery) -> VpResult {
+pub async fn locations_list(State(s): State<ApiState>, VpActor(a): VpActor, _: Needs<Read>, RawQuery(q): RawQuery) -> VpResult {
     let page = Page::parse(q.as_deref(), 3, 15)?;
     Ok(Json(page.render(locations(&s, &a).await?)).into_response())
 }
@@ -194,7 +194,7 @@ fn org_key(k: &nimbus_core::model::SshKey) -> w::OrgSshKey {
         KeyErrors,
     )
 )]
-pub async fn ssh_keys_list(State(s): State<ApiState>, VpActor(a): VpActor, RawQuery(q): RawQuery) -> VpResult {
+pub async fn ssh_keys_list(State(s): State<ApiState>, VpActor(a): VpActor, _: Needs<Read>, RawQuery(q): RawQuery) -> VpResult {
     let page = Page::parse(q.as_deref(), 150, 150)?;
     let keys = nimbus_control::ssh_keys::list(&s.control, &a).await?;
     Ok(Json(page.render(keys.iter().map(org_key).collect())).into_response())
@@ -395,7 +395,7 @@ fn day(label: &str, v: &str) -> Result<i64, VpError> {
         KeyErrors,
     )
 )]
-pub async fn billing_transactions(State(s): State<ApiState>, VpActor(a): VpActor, RawQuery(q): RawQuery) -> VpResult {
+pub async fn billing_transactions(State(s): State<ApiState>, VpActor(a): VpActor, _: Needs<Read>, RawQuery(q): RawQuery) -> VpResult {
     let page = Page::parse(q.as_deref(), 30, 10_000)?;
     let (mut from, mut to, mut types) = (i64::MIN / 2, i64::MAX / 2, Vec::new());
     for pair in q.as_deref().unwrap_or_default().split('&').filter(|p| !p.is_empty()) {

@@ -22,7 +22,7 @@ use super::error::KeyErrors;
 use super::extract::{Needs, Page, VpActor, VpJson};
 use super::handlers::{from_uuid, uuid};
 use super::VpError;
-use crate::auth::perm::{Create, Edit};
+use crate::auth::perm::{Create, Edit, Read};
 use crate::ApiState;
 
 type VpResult = Result<Response, VpError>;
@@ -178,7 +178,7 @@ fn check_size(size: i64) -> Result<i64, VpError> {
         KeyErrors,
     )
 )]
-pub async fn storage_list(State(s): State<ApiState>, VpActor(a): VpActor, RawQuery(q): RawQuery) -> VpResult {
+pub async fn storage_list(State(s): State<ApiState>, VpActor(a): VpActor, _: Needs<Read>, RawQuery(q): RawQuery) -> VpResult {
     let page = Page::parse(q.as_deref(), 20, 100)?;
     let all = volumes::list(&s.control, &a).await.map_err(|e| vp_error(e, None))?;
     let orders = Orders::load(&s, &a, Permission::Read).await?;

@@ -24,7 +24,7 @@ use super::error::KeyErrors;
 use super::extract::{Needs, Page, VpActor, VpJson};
 use super::handlers::{from_uuid, gpu_slug, location_id, usd, uuid};
 use super::VpError;
-use crate::auth::perm::{Create, Edit};
+use crate::auth::perm::{Create, Edit, Read};
 use crate::ApiState;
 
 type VpResult = Result<Response, VpError>;
@@ -228,7 +228,7 @@ async fn vm(s: &ApiState, a: &nimbus_core::auth::Actor, id: &str, p: Permission)
         KeyErrors,
     )
 )]
-pub async fn vms_list(State(s): State<ApiState>, VpActor(a): VpActor, RawQuery(q): RawQuery) -> VpResult {
+pub async fn vms_list(State(s): State<ApiState>, VpActor(a): VpActor, _: Needs<Read>, RawQuery(q): RawQuery) -> VpResult {
     let page = Page::parse(q.as_deref(), 10, 100)?;
     let all = vms(&s, &a).await?;
     Ok(Json(page.render(render_all(&s, &all).await?)).into_response())

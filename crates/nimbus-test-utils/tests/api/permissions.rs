@@ -489,6 +489,13 @@ async fn every_route_of_every_dialect_enforces_its_permission() {
             if st == 403 {
                 assert_forbidden_shape(d, &v, &at);
             }
+            if method == "GET" {
+                // Likewise for a query that does not parse.
+                let junk =
+                    format!("{url}{}limit=-x&offset=-x&page=-x&pagination.page=-x&status=%FF", if url.contains('?') { '&' } else { '?' });
+                let (st, v) = request(&s, Some(&keys.others[p]), &method, &junk, None).await;
+                check(st == 403, format!("a malformed query from a key with every permission but {p}: {st} {v}"));
+            }
             if matches!(method.as_str(), "POST" | "PUT" | "PATCH") {
                 // The permission is checked before the body is read: junk from a key without it
                 // is 403, not a validation error that tells it about the request's shape.
