@@ -9,7 +9,7 @@ use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::transport::{Auth, RetryPolicy, Transport};
+use crate::transport::{dialect_base, json_body, Auth, RetryPolicy, Transport};
 use crate::{ClientError, Result};
 
 #[derive(Clone)]
@@ -21,10 +21,7 @@ pub struct ClustersClient {
 impl ClustersClient {
     /// `root` is the server root, e.g. `http://127.0.0.1:8080`.
     pub fn new(root: &str, api_key: &str) -> Self {
-        ClustersClient {
-            base: format!("{}/api/v1/clusters", root.trim_end_matches('/')),
-            t: Transport::new(Auth::Bearer(api_key.to_owned()), Duration::from_secs(60), RetryPolicy::default()),
-        }
+        ClustersClient { base: dialect_base(root, "/api/v1/clusters"), t: Transport::with_defaults(Auth::Bearer(api_key.to_owned())) }
     }
 
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
@@ -45,13 +42,9 @@ impl ClustersClient {
         }
     }
 
-    fn body<T: serde::Serialize>(v: &T) -> Result<Value> {
-        serde_json::to_value(v).map_err(|e| ClientError::Unexpected { status: 0, body: format!("unencodable request: {e}") })
-    }
-
     /// `POST /clusters` (`name`, `provider`, `spec`).
     pub async fn create(&self, request: &w::CreateCluster) -> Result<w::Cluster> {
-        self.call(Method::POST, "", &[], Some(Self::body(request)?)).await
+        self.call(Method::POST, "", &[], Some(json_body(request)?)).await
     }
 
     /// One page (`page` from 1; `limit` 0 is the server's default of 100).
@@ -98,7 +91,7 @@ impl ClustersClient {
     }
 
     pub async fn set_spend_limit(&self, id: &str, cents: i64) -> Result<()> {
-        let body = Self::body(&w::SpendLimit { spend_limit: cents })?;
+        let body = json_body(&w::SpendLimit { spend_limit: cents })?;
         self.call::<w::Empty>(Method::PUT, &format!("/{id}/spend-limit"), &[], Some(body)).await.map(|_| ())
     }
 

@@ -24,11 +24,7 @@ pub use transport::{Auth, RetryPolicy};
 pub use voltage::VoltageClient;
 
 use reqwest::Method;
-use transport::Transport;
-
-fn to_value<B: Serialize>(b: &B) -> Result<serde_json::Value> {
-    serde_json::to_value(b).map_err(|e| ClientError::Unexpected { status: 0, body: format!("request body: {e}") })
-}
+use transport::{json_body, Transport};
 
 use std::time::Duration;
 
@@ -67,10 +63,7 @@ impl LambdaClient {
 
     /// With another of the dialect's auth forms (`Auth::Basic` as Lambda's curl recipes use).
     pub fn with_auth(root: &str, auth: Auth) -> Self {
-        LambdaClient {
-            base: format!("{}/api/v1", root.trim_end_matches('/')),
-            t: Transport::new(auth, Duration::from_secs(60), RetryPolicy::default()),
-        }
+        LambdaClient { base: transport::dialect_base(root, "/api/v1"), t: Transport::with_defaults(auth) }
     }
 
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
@@ -112,15 +105,15 @@ impl LambdaClient {
     }
 
     async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
-        self.call(Method::POST, path, Some(to_value(body)?)).await
+        self.call(Method::POST, path, Some(json_body(body)?)).await
     }
 
     async fn put<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
-        self.call(Method::PUT, path, Some(to_value(body)?)).await
+        self.call(Method::PUT, path, Some(json_body(body)?)).await
     }
 
     async fn patch<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
-        self.call(Method::PATCH, path, Some(to_value(body)?)).await
+        self.call(Method::PATCH, path, Some(json_body(body)?)).await
     }
 
     async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use reqwest::Method;
 
-use crate::transport::{Auth, RetryPolicy, Transport};
+use crate::transport::{dialect_base, json_body, Auth, RetryPolicy, Transport};
 use crate::{ClientError, Result};
 
 /// One page of a list.
@@ -61,18 +61,11 @@ pub struct NativeClient {
     t: Transport,
 }
 
-fn to_value<B: Serialize>(b: &B) -> Result<serde_json::Value> {
-    serde_json::to_value(b).map_err(|e| ClientError::Unexpected { status: 0, body: format!("request body: {e}") })
-}
-
 impl NativeClient {
     /// `root` is the server root, e.g. `http://127.0.0.1:8080`. Bearer auth, a 60 s timeout and
     /// the default retry policy; see `with_retry`/`with_timeout`.
     pub fn new(root: &str, api_key: &str) -> Self {
-        NativeClient {
-            base: format!("{}/v1", root.trim_end_matches('/')),
-            t: Transport::new(Auth::Bearer(api_key.to_owned()), Duration::from_secs(60), RetryPolicy::default()),
-        }
+        NativeClient { base: dialect_base(root, "/v1"), t: Transport::with_defaults(Auth::Bearer(api_key.to_owned())) }
     }
 
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
@@ -141,12 +134,12 @@ impl NativeClient {
     }
 
     async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: Option<&B>, idem: Option<&str>) -> Result<T> {
-        let body = body.map(to_value).transpose()?;
+        let body = body.map(json_body).transpose()?;
         Ok(self.call(Method::POST, path, &[], body, idem).await?.data)
     }
 
     async fn patch<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
-        Ok(self.call(Method::PATCH, path, &[], Some(to_value(body)?), None).await?.data)
+        Ok(self.call(Method::PATCH, path, &[], Some(json_body(body)?), None).await?.data)
     }
 
     async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {

@@ -77,6 +77,11 @@ pub struct Transport {
 }
 
 impl Transport {
+    /// What every client starts with: a 60 s timeout and the default retry policy.
+    pub fn with_defaults(auth: Auth) -> Self {
+        Self::new(auth, Duration::from_secs(60), RetryPolicy::default())
+    }
+
     pub fn new(auth: Auth, timeout: Duration, retry: RetryPolicy) -> Self {
         let http =
             reqwest::Client::builder().timeout(timeout).connect_timeout(timeout.min(Duration::from_secs(10))).build().unwrap_or_default();
@@ -184,6 +189,16 @@ where
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// Where a dialect's paths start under a server root (`http://h:8080/` and `/v1`).
+pub(crate) fn dialect_base(root: &str, prefix: &str) -> String {
+    format!("{}{prefix}", root.trim_end_matches('/'))
+}
+
+/// A request body as JSON; a type that cannot be encoded is `ClientError::Unexpected`.
+pub(crate) fn json_body<B: serde::Serialize>(b: &B) -> Result<serde_json::Value> {
+    serde_json::to_value(b).map_err(|e| ClientError::Unexpected { status: 0, body: format!("request body: {e}") })
 }
 
 #[cfg(test)]

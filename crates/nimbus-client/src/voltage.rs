@@ -11,7 +11,7 @@ use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::transport::{Auth, RetryPolicy, Transport};
+use crate::transport::{dialect_base, json_body, Auth, RetryPolicy, Transport};
 use crate::{ClientError, Result};
 
 #[derive(Clone)]
@@ -38,10 +38,6 @@ fn detail_message(bytes: &[u8]) -> Option<String> {
     v.get("detail").map(ToString::to_string)
 }
 
-fn to_value<B: Serialize>(b: &B) -> Result<serde_json::Value> {
-    serde_json::to_value(b).map_err(|e| ClientError::Unexpected { status: 0, body: format!("request body: {e}") })
-}
-
 impl VoltageClient {
     /// `root` is the server root, e.g. `http://127.0.0.1:8080`; the key goes in `x-api-token`.
     pub fn new(root: &str, api_key: &str) -> Self {
@@ -49,10 +45,7 @@ impl VoltageClient {
     }
 
     pub fn with_auth(root: &str, auth: Auth) -> Self {
-        VoltageClient {
-            base: format!("{}/api/v1", root.trim_end_matches('/')),
-            t: Transport::new(auth, Duration::from_secs(60), RetryPolicy::default()),
-        }
+        VoltageClient { base: dialect_base(root, "/api/v1"), t: Transport::with_defaults(auth) }
     }
 
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
@@ -91,7 +84,7 @@ impl VoltageClient {
     }
 
     async fn send<B: Serialize, T: DeserializeOwned>(&self, method: Method, path: &str, body: &B) -> Result<T> {
-        self.call(method, path, &[], Some(to_value(body)?)).await
+        self.call(method, path, &[], Some(json_body(body)?)).await
     }
 
     fn page(limit: Option<u32>, offset: Option<u32>) -> Vec<(String, String)> {
