@@ -72,6 +72,8 @@ pub struct Agent {
     vpn_reports: std::sync::Mutex<Vec<proto::VpnReport>>,
     /// The host's volumes and snapshots after the last apply, sent with every report.
     storage: std::sync::Mutex<nimbus_driver::StorageReport>,
+    /// Instances whose readiness is being watched (one watcher each).
+    watching: std::sync::Mutex<HashSet<String>>,
 }
 
 impl Agent {
@@ -93,7 +95,24 @@ impl Agent {
             applied: std::sync::Mutex::new(HashMap::new()),
             vpn_reports: std::sync::Mutex::new(Vec::new()),
             storage: std::sync::Mutex::new(nimbus_driver::StorageReport::default()),
+            watching: std::sync::Mutex::new(HashSet::new()),
         })
+    }
+
+    /// Reports as soon as instance `id`, just started, is reachable: SkyPilot and dstack SSH in
+    /// the moment they see `active`, so readiness must not wait for the next heartbeat.
+    fn watch_ready(self: &Arc<Self>, id: &str) {
+        if !self.watching.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_owned()) {
+            return;
+        }
+        let me = self.clone();
+        let id = id.to_owned();
+        tokio::spawn(async move {
+            if me.driver.wait_ready(&id).await {
+                me.report_now.notify_one();
+            }
+            me.watching.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        });
     }
 
     fn creds_path(&self) -> PathBuf {
@@ -197,7 +216,7 @@ impl Agent {
     }
 
     /// Brings the driver in line with `desired`. Errors on one instance do not stop the others.
-    pub async fn apply(&self, desired: &proto::DesiredResponse) -> Result<(), AgentError> {
+    pub async fn apply(self: &Arc<Self>, desired: &proto::DesiredResponse) -> Result<(), AgentError> {
         // Volumes and snapshots before instances, so an attached volume exists when it is mounted.
         self.sync_storage(desired).await;
         let actual: HashMap<String, proto::InstanceReport> = self.driver.list().await?.into_iter().map(|r| (r.id.clone(), r)).collect();
@@ -214,6 +233,9 @@ impl Agent {
             match res {
                 Ok(()) => {
                     self.applied.lock().unwrap_or_else(|p| p.into_inner()).insert(d.id.clone(), d.clone());
+                    if d.power == proto::Power::Running && actual.get(&d.id).is_none_or(|a| a.state != proto::ActualState::Running) {
+                        self.watch_ready(&d.id);
+                    }
                 }
                 Err(e) => tracing::warn!(instance = %d.id, error = %e, "driver failed to converge instance"),
             }

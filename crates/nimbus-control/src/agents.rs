@@ -393,6 +393,8 @@ pub async fn desired(c: &Control, host: &HostId, req: proto::DesiredRequest) -> 
             source_snapshot: i.source_snapshot_id.as_ref().map(ToString::to_string),
             ssh_port: i.ssh_port.and_then(|p| u16::try_from(p).ok()),
             peers: peers_of(i),
+            tenant: i.org_id.to_string(),
+            privileged: c.config().instance_type(&i.instance_type).is_some_and(|t| t.privileged),
         })
         .collect();
     let host_volumes = volumes
@@ -400,6 +402,7 @@ pub async fn desired(c: &Control, host: &HostId, req: proto::DesiredRequest) -> 
         .map(|v| proto::HostVolume {
             id: v.id.to_string(),
             size_gib: v.size_gib,
+            tenant: v.org_id.to_string(),
             source_snapshot: v.source_snapshot_id.as_ref().map(ToString::to_string),
         })
         .collect();

@@ -356,6 +356,7 @@ fn gpu_type(name: &str, count: i64, model_desc: &str, gpu_model: &str, shape: (i
         storage_gib: disk,
         gpus: count,
         gpu_model: gpu_model.to_owned(),
+        privileged: false,
     }
 }
 
@@ -370,6 +371,7 @@ fn cpu_type(name: &str, desc: &str, vcpus: i64, mem: i64, disk: i64, cents: i64)
         storage_gib: disk,
         gpus: 0,
         gpu_model: String::new(),
+        privileged: false,
     }
 }
 

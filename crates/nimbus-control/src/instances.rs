@@ -143,6 +143,7 @@ pub async fn launch(c: &Control, actor: &Actor, spec: LaunchSpec) -> Result<Vec<
                 storage_gib: 0,
                 gpus: w.gpus_per_node,
                 gpu_model: w.gpu_model.clone(),
+                privileged: false,
             };
             &whole_host_type
         }

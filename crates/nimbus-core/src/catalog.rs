@@ -45,6 +45,11 @@ pub struct InstanceType {
     /// Empty for CPU-only types.
     #[serde(default)]
     pub gpu_model: String,
+    /// Instances of this type run without a user namespace: root inside is root on the host.
+    /// Off by default; an operator turns it on per type, for tenants they trust, and the
+    /// agent logs every such start (docs/security.md).
+    #[serde(default)]
+    pub privileged: bool,
 }
 
 impl InstanceType {

@@ -52,6 +52,13 @@ pub trait Driver: Send + Sync + 'static {
     /// Stops the instance, keeping its disk.
     async fn stop(&self, id: &str) -> Result<()>;
 
+    /// Waits (up to the driver's own grace period) until a just-started instance is reachable,
+    /// and says whether it became so, so that the agent can report `running` the moment it is
+    /// instead of at its next heartbeat. Drivers that start instances ready wait for nothing.
+    async fn wait_ready(&self, _id: &str) -> bool {
+        true
+    }
+
     /// Removes the instance and everything it owns on the host. Unknown ids are fine.
     async fn destroy(&self, id: &str) -> Result<()>;
 

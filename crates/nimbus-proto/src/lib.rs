@@ -156,6 +156,14 @@ pub struct DesiredInstance {
     /// every port.
     #[serde(default)]
     pub peers: Vec<Peer>,
+    /// Opaque id of the organization that rents it: instances of one tenant share a uid range
+    /// on the host, tenants never do.
+    #[serde(default)]
+    pub tenant: String,
+    /// Run without a user namespace (root inside is root on the host): an operator's opt-in
+    /// per instance type, for trusted tenants only.
+    #[serde(default)]
+    pub privileged: bool,
 }
 
 /// A node of the same cluster.
@@ -179,6 +187,9 @@ pub struct VolumeMount {
 pub struct HostVolume {
     pub id: String,
     pub size_gib: i64,
+    /// Opaque id of the organization that owns it (its files belong to that tenant's uid range).
+    #[serde(default)]
+    pub tenant: String,
     /// When set, a volume that does not exist yet starts as a copy of this (volume) snapshot.
     #[serde(default)]
     pub source_snapshot: Option<String>,

@@ -163,6 +163,7 @@ pub async fn make_driver(args: &DriverArgs, dir: &Path) -> anyhow::Result<Arc<dy
             .await??;
             let mut cfg = nimbus_driver::container::driver::ContainerConfig::new(&dir.join("container"), &images_dir);
             cfg.outbound_nat = offer.outbound_nat;
+            cfg.launcher = Some(nimbus_driver::container::runtime::Launcher::current_exe()?);
             if offer.offer_vcpus.is_some() || offer.offer_memory_gib.is_some() || offer.offer_disk_gib.is_some() {
                 std::fs::create_dir_all(&cfg.data_dir)?;
                 let mut inv = nimbus_driver::container::inventory::read(&cfg.data_dir);

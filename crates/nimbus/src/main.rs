@@ -154,6 +154,12 @@ enum Cmd {
 }
 
 fn main() -> anyhow::Result<()> {
+    // The container launcher: a single-threaded process that must run before anything else
+    // (no tokio runtime, no threads), so it may fork and change namespaces safely.
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(nimbus_driver::container::runtime::LAUNCH_SUBCOMMAND) {
+        std::process::exit(nimbus_driver::container::launch::main(&args[2..]));
+    }
     let cli = Cli::parse();
     let profile = cli.profile.clone();
     common::init_tracing();

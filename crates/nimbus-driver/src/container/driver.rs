@@ -1,5 +1,10 @@
 //! `ContainerDriver`: the `Driver` trait over cgroups, network namespaces and the runtime.
 //!
+//! Every instance is an unprivileged system container (docs/security.md): a user namespace
+//! with its tenant's uid range (`idmap.rs`), the seccomp filter, a reduced bounding set, masked
+//! `/proc` and `/sys`, a device filter, and per-port source checks on the bridge. Instance types
+//! marked `privileged` by the operator run without the user namespace, loudly logged.
+//!
 //! Each instance has a directory `<data>/instances/<id>/` holding its ledger (`ledger.json`: the
 //! spec it was created from and its address), its disk (`upper/`) and its console log. The
 //! ledger is written before anything is created, so a crash at any point leaves something
@@ -18,7 +23,10 @@ use serde::{Deserialize, Serialize};
 
 use super::cgroup::{Cgroups, Limits};
 use super::gpu::{self, GpuPlan};
+use super::idmap::{self, ImageMode};
+use super::launch::IdMap;
 use super::net::Network;
+use super::runtime::{Launcher, Weaken};
 use super::{image, runtime};
 use crate::{Driver, DriverError, Result};
 
@@ -41,6 +49,17 @@ pub struct ContainerConfig {
     pub sshd_grace: Duration,
     /// Masquerade instance traffic leaving the host (see `firewall::Options`).
     pub outbound_nat: bool,
+    /// The program that starts containers (`nimbus __launch-container`, or a test binary's).
+    /// Required: the driver refuses to start without one.
+    pub launcher: Option<Launcher>,
+    /// How instances see the shared image; `None` probes the kernel once (idmapped mounts where
+    /// they work, shifted copies elsewhere).
+    pub image_mode: Option<ImageMode>,
+    /// Host uids handed out to tenants: `(first, count)`; `None` reads root's `/etc/subuid`
+    /// entry or takes LXD's default window.
+    pub id_window: Option<(u32, u32)>,
+    /// Isolation layers turned off on purpose (the escape suite's self-test only).
+    pub weaken: Weaken,
 }
 
 impl ContainerConfig {
@@ -57,6 +76,10 @@ impl ContainerConfig {
             inventory: None,
             sshd_grace: Duration::from_secs(20),
             outbound_nat: false,
+            launcher: None,
+            image_mode: None,
+            id_window: None,
+            weaken: Weaken::default(),
         }
     }
 }
@@ -86,6 +109,9 @@ pub struct ContainerDriver {
     nvml: std::sync::OnceLock<Option<nvml_wrapper::Nvml>>,
     vpns: super::vpn::Gateways,
     storage: super::storage::Storage,
+    ranges: idmap::Ranges,
+    image_mode: ImageMode,
+    launcher: Launcher,
 }
 
 fn err(id: &str, e: impl std::fmt::Display) -> DriverError {
@@ -125,6 +151,7 @@ fn gpu_plan(spec: &DesiredInstance, read_host: impl FnOnce() -> gpu::Host) -> Re
 
 impl ContainerDriver {
     pub fn new(cfg: ContainerConfig) -> Result<Self> {
+        let launcher = cfg.launcher.clone().ok_or_else(|| host_err("no container launcher configured (ContainerConfig::launcher)"))?;
         let cgroups = Cgroups::detect(&cfg.cgroup_mount, &cfg.cgroup_parent).map_err(host_err)?;
         let net = Network::new(&cfg.bridge, cfg.gateway, cfg.prefix_len, &cfg.ns_prefix);
         net.ensure_bridge().map_err(host_err)?;
@@ -135,7 +162,25 @@ impl ContainerDriver {
         };
         let vpns = super::vpn::Gateways::new(&cfg.data_dir, &cfg.bridge, network);
         let storage = super::storage::Storage::new(&cfg.data_dir);
+        let window = cfg.id_window.unwrap_or_else(|| idmap::host_window(&std::fs::read_to_string("/etc/subuid").unwrap_or_default()));
+        let ranges = idmap::Ranges::new(&cfg.data_dir, window);
+        let image_mode = match cfg.image_mode {
+            Some(m) => m,
+            None => match idmap::probe(&cfg.data_dir.join(".idmap-probe")) {
+                Ok(()) => ImageMode::Idmapped,
+                Err(e) => {
+                    tracing::info!(reason = %e, "this kernel cannot idmap an overlay's lower layer; each tenant gets a shifted copy of each image, made once");
+                    ImageMode::ShiftedCopy
+                }
+            },
+        };
+        if cfg.weaken.any() {
+            tracing::error!(weaken = ?cfg.weaken, "WEAKENED container host: isolation layers are off (tests only)");
+        }
         Ok(ContainerDriver {
+            ranges,
+            image_mode,
+            launcher,
             storage,
             vpns,
             cfg,
@@ -178,36 +223,54 @@ impl ContainerDriver {
         self.cfg.data_dir.join("file-systems").join(fs_id)
     }
 
+    /// The instance's user namespace: its tenant's range, or none for a privileged type.
+    fn userns(&self, s: &DesiredInstance) -> Result<Option<IdMap>> {
+        if s.privileged {
+            return Ok(None);
+        }
+        let base = self.ranges.base_for(&s.tenant).map_err(|e| err(&s.id, e))?;
+        Ok(Some(IdMap { host_base: base, count: idmap::RANGE }))
+    }
+
     fn runtime_spec(&self, l: &Ledger) -> Result<runtime::Spec> {
         let s = &l.spec;
         if !image::exists(&self.cfg.images_dir, &s.image) {
             return Err(err(&s.id, format!("image {:?} is not built on this host (nimbus image build --name {})", s.image, s.image)));
         }
+        let userns = self.userns(s)?;
+        let root = userns.map_or(0, |m| m.host_base);
         let mut mounts = Vec::new();
         for m in &s.file_system_mounts {
             let d = self.file_system_dir(&m.file_system_id);
             if !d.exists() {
                 std::fs::create_dir_all(&d).map_err(|e| err(&s.id, e))?;
                 // Owned by the default user, as Lambda's shared file systems are writable by it.
-                std::os::unix::fs::chown(&d, Some(1000), Some(1000)).map_err(|e| err(&s.id, e))?;
+                std::os::unix::fs::chown(&d, Some(root + 1000), Some(root + 1000)).map_err(|e| err(&s.id, e))?;
             }
             mounts.push((d, m.mount_point.clone()));
         }
+        let image_root = image::rootfs(&self.cfg.images_dir, &s.image);
+        let (lower, idmap_lower) = match (userns, self.image_mode) {
+            (None, _) => (image_root, false),
+            (Some(_), ImageMode::Idmapped) => (image_root, true),
+            (Some(m), ImageMode::ShiftedCopy) => (idmap::shifted_copy(&image_root, m.host_base).map_err(|e| err(&s.id, e))?, false),
+        };
+        let addr = self.net.address(l.addr_index);
         Ok(runtime::Spec {
             id: s.id.clone(),
             hostname: s.hostname.clone(),
-            lower: image::rootfs(&self.cfg.images_dir, &s.image),
+            lower,
+            idmap_lower,
             dir: self.dir(&s.id),
             limits: Limits {
                 cpu_millis: u64::try_from(s.vcpus.max(1)).unwrap_or(1) * 1000,
                 memory_bytes: u64::try_from(s.memory_mib.max(64)).unwrap_or(64) << 20,
                 pids: 4096,
             },
-            netns: self.net.ns_path(&s.id),
-            addr: self.net.address(l.addr_index),
+            net: self.net.launch_spec(&s.id, addr),
             authorized_keys: s.ssh_public_keys.clone(),
             mounts,
-            user_uid: 1000,
+            userns,
             first_boot: s
                 .user_data
                 .as_deref()
@@ -217,6 +280,8 @@ impl ContainerDriver {
             password_ssh: s.user_data.as_deref().is_some_and(nimbus_core::cloudinit::wants_password_ssh),
             hosts_file: Some(self.dir(&s.id).join("hosts")),
             gpu: None,
+            launcher: self.launcher.clone(),
+            weaken: self.cfg.weaken,
         })
     }
 
@@ -228,6 +293,8 @@ impl ContainerDriver {
             .map(|l| super::firewall::Entry {
                 id: &l.spec.id,
                 addr: self.net.address(l.addr_index),
+                port: self.net.port(&l.spec.id),
+                mac: super::launch::mac_for(self.net.address(l.addr_index)),
                 rules: &l.spec.firewall,
                 ssh_port: l.spec.ssh_port,
                 peers: l.spec.peers.iter().filter_map(|p| p.ip.parse().ok()).collect(),
@@ -241,8 +308,17 @@ impl ContainerDriver {
             std::fs::write(&p, "1").map_err(|e| host_err(format!("{p}: {e}")))?;
         }
         let network = Ipv4Addr::from(u32::from(self.cfg.gateway) & (u32::MAX << (32 - u32::from(self.cfg.prefix_len.clamp(1, 32)))));
-        let opts = super::firewall::Options { outbound_nat: self.cfg.outbound_nat.then_some((network, self.cfg.prefix_len)) };
-        super::firewall::apply(&super::firewall::render(&self.cfg.bridge, self.cfg.gateway, &entries, opts)).map_err(host_err)
+        let w = self.cfg.weaken;
+        let opts = super::firewall::Options {
+            outbound_nat: self.cfg.outbound_nat.then_some((network, self.cfg.prefix_len)),
+            antispoof: !w.antispoof,
+            ipv6_drop: !w.ipv6_drop,
+            host_input_drop: !w.host_input_drop,
+        };
+        // Both tables in one transaction: never a moment with one and not the other.
+        let text = super::firewall::render(&self.cfg.bridge, self.cfg.gateway, &entries, opts)
+            + &super::firewall::render_ports(&self.cfg.bridge, &entries, opts);
+        super::firewall::apply(&text).map_err(host_err)
     }
 
     fn observe(&self, id: &str) -> InstanceReport {
@@ -288,9 +364,6 @@ impl ContainerDriver {
         // The ledger first: whatever follows can be found and undone after a crash.
         self.write_ledger(id, &ledger)?;
         let rs = self.runtime_spec(&ledger)?;
-        if !self.net.exists(id) {
-            self.net.create(id, rs.addr).map_err(|e| err(id, e))?;
-        }
         // A disk restored from a snapshot starts as its copy (then gets this instance's keys).
         if let (true, Some(snap)) = (!rs.dir.join("upper").exists(), &spec.source_snapshot) {
             self.storage.restore_upper(snap, &rs.dir.join("upper")).map_err(|e| err(id, e))?;
@@ -307,11 +380,22 @@ impl ContainerDriver {
             let rs = runtime::Spec { gpu: gpu_plan(spec, gpu::Host::read)?, ..rs };
             ledger.started_at = now_secs();
             self.write_ledger(id, &ledger)?;
-            runtime::start(&rs, &self.cgroups, id).map_err(|e| err(id, e))?;
+            // A namespace name left by the previous run (the launcher makes a fresh one, owned by
+            // the new user namespace).
+            self.net.destroy(id, None);
+            runtime::start(&rs, &self.cgroups).map_err(|e| err(id, e))?;
         }
         // Attached volumes, mounted (or unmounted) in the running container without a restart.
         self.storage.mount_for(&dir, &spec.volumes).map_err(|e| err(id, e))?;
         Ok(self.observe(id))
+    }
+
+    /// Kills the instance and releases its namespace and volume mounts; the disk stays.
+    fn stop_locked(&self, id: &str) -> Result<()> {
+        runtime::stop(&self.cgroups, id).map_err(|e| err(id, e))?;
+        self.net.destroy(id, None);
+        super::storage::unmount_all(&self.dir(id));
+        Ok(())
     }
 
     /// `(volume id, instance id, mount path)` of every volume mounted now.
@@ -360,8 +444,7 @@ impl Driver for ContainerDriver {
         match spec.power {
             Power::Running => self.start_locked(spec),
             Power::Stopped => {
-                runtime::stop(&self.cgroups, &spec.id).map_err(|e| err(&spec.id, e))?;
-                super::storage::unmount_all(&self.dir(&spec.id));
+                self.stop_locked(&spec.id)?;
                 Ok(self.observe(&spec.id))
             }
         }
@@ -369,21 +452,36 @@ impl Driver for ContainerDriver {
 
     async fn restart(&self, spec: &DesiredInstance) -> Result<InstanceReport> {
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        runtime::stop(&self.cgroups, &spec.id).map_err(|e| err(&spec.id, e))?;
-        super::storage::unmount_all(&self.dir(&spec.id));
+        self.stop_locked(&spec.id)?;
         self.start_locked(spec)
     }
 
     async fn stop(&self, id: &str) -> Result<()> {
-        runtime::stop(&self.cgroups, id).map_err(|e| err(id, e))?;
-        super::storage::unmount_all(&self.dir(id));
-        Ok(())
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.stop_locked(id)
+    }
+
+    async fn wait_ready(&self, id: &str) -> bool {
+        let Some(addr) = self.ledger(id).map(|l| self.net.address(l.addr_index)) else { return false };
+        let deadline = std::time::Instant::now() + self.cfg.sshd_grace;
+        // Off the async threads: each probe is a blocking connect of at most 50 ms.
+        tokio::task::spawn_blocking(move || {
+            while std::time::Instant::now() < deadline {
+                if runtime::ssh_banner(addr, Duration::from_millis(50)) {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            false
+        })
+        .await
+        .unwrap_or(false)
     }
 
     async fn destroy(&self, id: &str) -> Result<()> {
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         runtime::stop(&self.cgroups, id).map_err(|e| err(id, e))?;
-        self.net.destroy(id);
+        self.net.destroy(id, self.ledger(id).map(|l| self.net.address(l.addr_index)));
         let dir = self.dir(id);
         // Volumes first: removing the directory must never reach into a mounted volume.
         super::storage::unmount_all(&dir);
@@ -402,7 +500,10 @@ impl Driver for ContainerDriver {
         snapshots: &[nimbus_proto::HostSnapshot],
     ) -> Result<crate::StorageReport> {
         let mounts = self.volume_mounts();
-        let (volumes, snapshots) = self.storage.sync(volumes, snapshots, &self.cfg.data_dir.join("instances"), &mounts);
+        let owner_of = |v: &nimbus_proto::HostVolume| -> std::result::Result<u32, String> {
+            Ok(self.ranges.base_for(&v.tenant).map_err(|e| e.to_string())? + 1000)
+        };
+        let (volumes, snapshots) = self.storage.sync(volumes, snapshots, &self.cfg.data_dir.join("instances"), &mounts, &owner_of);
         Ok(crate::StorageReport { volumes, snapshots })
     }
 
@@ -476,6 +577,8 @@ mod tests {
             source_snapshot: None,
             ssh_port: None,
             peers: vec![],
+            tenant: "org".into(),
+            privileged: false,
         }
     }
 

@@ -14,7 +14,16 @@
 //!   address, 127.0.0.1 included: such packets are masqueraded to the bridge gateway); forwarded
 //!   connections pass the instance's allow-list, as the forward is an explicit exposure.
 //!
-//! Terminating an instance rewrites the table without it: no rule of it is left.
+//! - **ports** (a second table, `bridge nimbus_<bridge>`): every frame an instance sends into
+//!   the bridge, to another instance or to the host, must carry its own MAC and, for IPv4 and
+//!   ARP, its own address; anything else (another source, IPv6, VLAN tags, other ethertypes)
+//!   is dropped at its port. So an instance can neither spoof another instance or the gateway
+//!   nor slip past a rule by adding an allowed address to its interface.
+//! - **IPv6** is not offered to instances: the bridge carries IPv4 and ARP only, the host's
+//!   bridge end has IPv6 disabled, and the inet table drops IPv6 to and from the bridge, so the
+//!   default is drop for both families.
+//!
+//! Terminating an instance rewrites the tables without it: no rule of it is left.
 
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
@@ -25,6 +34,9 @@ use nimbus_proto::FirewallRule;
 pub struct Entry<'a> {
     pub id: &'a str,
     pub addr: Ipv4Addr,
+    /// Its bridge port (the host end of its veth) and the one MAC it may send from.
+    pub port: String,
+    pub mac: String,
     pub rules: &'a [FirewallRule],
     /// Host port forwarded to the instance's port 22.
     pub ssh_port: Option<u16>,
@@ -56,21 +68,69 @@ fn rule_line(r: &FirewallRule) -> Option<String> {
     })
 }
 
-/// Host-level options of the table.
-#[derive(Debug, Clone, Copy, Default)]
+/// Host-level options of the tables.
+#[derive(Debug, Clone, Copy)]
 pub struct Options {
     /// Masquerade instance traffic leaving the host (outbound internet). The operator also
     /// enables `net.ipv4.ip_forward`; the driver changes no sysctl itself.
     pub outbound_nat: Option<(Ipv4Addr, u8)>,
+    /// The layers below are on in every real deployment; the escape suite's self-test turns
+    /// them off one at a time to show that its network checks can fail.
+    pub antispoof: bool,
+    pub ipv6_drop: bool,
+    pub host_input_drop: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { outbound_nat: None, antispoof: true, ipv6_drop: true, host_input_drop: true }
+    }
+}
+
+/// Name of the bridge-family table.
+pub fn bridge_table_name(bridge: &str) -> String {
+    table_name(bridge)
+}
+
+/// The per-port source checks (bridge family), pure.
+pub fn render_ports(bridge: &str, entries: &[Entry<'_>], opts: Options) -> String {
+    let t = bridge_table_name(bridge);
+    let mut s = format!("table bridge {t} {{}}\ndelete table bridge {t}\ntable bridge {t} {{\n");
+    for hook in ["forward", "input"] {
+        s += &format!("  chain {hook} {{\n    type filter hook {hook} priority -200; policy accept;\n");
+        if opts.antispoof || opts.ipv6_drop {
+            for e in entries {
+                s += &format!("    iifname \"{}\" jump p_{}\n", e.port, &e.id[..e.id.len().min(12)]);
+            }
+        }
+        s += "  }\n";
+    }
+    for e in entries {
+        s += &format!("  chain p_{} {{\n", &e.id[..e.id.len().min(12)]);
+        if opts.antispoof {
+            s += &format!(
+                "    ether saddr != {mac} drop\n    ether type arp arp saddr ether != {mac} drop\n    ether type arp arp saddr ip != {ip} drop\n    ether type ip ip saddr != {ip} drop\n",
+                mac = e.mac,
+                ip = e.addr
+            );
+        }
+        s += "    ether type { ip, arp } accept\n";
+        s += if opts.ipv6_drop { "    drop\n" } else { "    accept\n" };
+        s += "  }\n";
+    }
+    s += "}\n";
+    s
 }
 
 /// The complete ruleset text for `entries` (pure; unit-tested).
 pub fn render(bridge: &str, gateway: Ipv4Addr, entries: &[Entry<'_>], opts: Options) -> String {
     let t = table_name(bridge);
     let mut s = format!("table inet {t} {{}}\ndelete table inet {t}\ntable inet {t} {{\n");
-    s += &format!(
-        "  chain input {{\n    type filter hook input priority 0; policy accept;\n    iifname \"{bridge}\" ct state established,related accept\n    iifname \"{bridge}\" drop\n  }}\n"
-    );
+    s += &format!("  chain input {{\n    type filter hook input priority 0; policy accept;\n    iifname \"{bridge}\" ct state established,related accept\n");
+    if opts.host_input_drop {
+        s += &format!("    iifname \"{bridge}\" drop\n");
+    }
+    s += "  }\n";
     for e in entries {
         let c = &e.id[..e.id.len().min(12)];
         s += &format!("  chain i_{c} {{\n    ip saddr {gateway} tcp dport 22 accept\n");
@@ -87,9 +147,14 @@ pub fn render(bridge: &str, gateway: Ipv4Addr, entries: &[Entry<'_>], opts: Opti
         s += "    drop\n  }\n";
     }
     for hook in ["forward", "output"] {
-        s += &format!(
-            "  chain {hook} {{\n    type filter hook {hook} priority 0; policy accept;\n    ct state established,related accept\n"
-        );
+        s += &format!("  chain {hook} {{\n    type filter hook {hook} priority 0; policy accept;\n");
+        if opts.ipv6_drop {
+            s += &format!("    meta nfproto ipv6 oifname \"{bridge}\" drop\n");
+            if hook == "forward" {
+                s += &format!("    meta nfproto ipv6 iifname \"{bridge}\" drop\n");
+            }
+        }
+        s += "    ct state established,related accept\n";
         for e in entries {
             s += &format!("    ip daddr {} jump i_{}\n", e.addr, &e.id[..e.id.len().min(12)]);
         }
@@ -138,14 +203,51 @@ pub fn apply(text: &str) -> Result<(), String> {
     }
 }
 
-/// Removes the table (tests).
+/// Removes the tables (tests).
 pub fn remove(bridge: &str) {
     let _ = Command::new("nft").args(["delete", "table", "inet", &table_name(bridge)]).stderr(Stdio::null()).status();
+    let _ = Command::new("nft").args(["delete", "table", "bridge", &bridge_table_name(bridge)]).stderr(Stdio::null()).status();
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(rules: &[FirewallRule], ssh_port: Option<u16>, peers: Vec<Ipv4Addr>) -> Entry<'_> {
+        Entry {
+            id: "abcdef0123456789",
+            addr: Ipv4Addr::new(10, 200, 0, 3),
+            port: "nhabcdef012345".into(),
+            mac: "0a:58:0a:c8:00:03".into(),
+            rules,
+            ssh_port,
+            peers,
+        }
+    }
+
+    #[test]
+    fn ports_may_send_only_their_own_addresses_and_no_ipv6() {
+        let e = [entry(&[], None, vec![])];
+        let t = render_ports("nimbus0", &e, Options::default());
+        assert!(t.starts_with("table bridge nimbus_nimbus0 {}\ndelete table bridge nimbus_nimbus0\n"), "{t}");
+        assert_eq!(t.matches("iifname \"nhabcdef012345\" jump p_abcdef012345").count(), 2, "bridged and to the host: {t}");
+        for rule in [
+            "ether saddr != 0a:58:0a:c8:00:03 drop",
+            "ether type arp arp saddr ether != 0a:58:0a:c8:00:03 drop",
+            "ether type arp arp saddr ip != 10.200.0.3 drop",
+            "ether type ip ip saddr != 10.200.0.3 drop",
+            "ether type { ip, arp } accept\n    drop\n",
+        ] {
+            assert!(t.contains(rule), "{rule}: {t}");
+        }
+        let inet = render("nimbus0", Ipv4Addr::new(10, 200, 0, 1), &e, Options::default());
+        assert!(inet.contains("meta nfproto ipv6 iifname \"nimbus0\" drop") && inet.contains("meta nfproto ipv6 oifname \"nimbus0\" drop"), "{inet}");
+        // The weakened variants the escape suite's self-test uses.
+        let open = render_ports("nimbus0", &e, Options { antispoof: false, ipv6_drop: false, ..Options::default() });
+        assert!(!open.contains("saddr") && !open.contains("jump"), "{open}");
+        let no_input = render("nimbus0", Ipv4Addr::new(10, 200, 0, 1), &e, Options { host_input_drop: false, ..Options::default() });
+        assert!(!no_input.contains("\n    iifname \"nimbus0\" drop"), "{no_input}");
+    }
 
     #[test]
     fn renders_allow_lists_per_instance() {
@@ -155,7 +257,7 @@ mod tests {
             FirewallRule { protocol: "icmp".into(), port_range: None, source: "1.2.3.4/32".into() },
             FirewallRule { protocol: "tcp".into(), port_range: Some((1, 2)), source: "not-a-cidr; drop".into() },
         ];
-        let e = [Entry { id: "abcdef0123456789", addr: Ipv4Addr::new(10, 200, 0, 3), rules: &rules, ssh_port: None, peers: vec![] }];
+        let e = [entry(&rules, None, vec![])];
         let t = render("nimbus0", Ipv4Addr::new(10, 200, 0, 1), &e, Options::default());
         assert!(t.contains("chain i_abcdef012345 {"), "{t}");
         assert!(t.contains("ip saddr 0.0.0.0/0 tcp dport 22 accept"));
@@ -165,20 +267,14 @@ mod tests {
         assert!(t.contains("ip daddr 10.200.0.3 jump i_abcdef012345"));
         assert!(t.contains("iifname \"nimbus0\" drop"));
         assert!(!t.contains("masquerade"), "no NAT unless asked");
-        let nat = render("nimbus0", Ipv4Addr::new(10, 200, 0, 1), &e, Options { outbound_nat: Some((Ipv4Addr::new(10, 200, 0, 0), 16)) });
+        let nat = render("nimbus0", Ipv4Addr::new(10, 200, 0, 1), &e, Options { outbound_nat: Some((Ipv4Addr::new(10, 200, 0, 0), 16)), ..Options::default() });
         assert!(nat.contains("ip saddr 10.200.0.0/16 oifname != \"nimbus0\" masquerade"), "{nat}");
         assert!(!t.contains("dnat"), "no forwards unless an instance has a port");
     }
 
     #[test]
     fn renders_port_forwards() {
-        let e = [Entry {
-            id: "abcdef0123456789",
-            addr: Ipv4Addr::new(10, 200, 0, 3),
-            rules: &[],
-            ssh_port: Some(20001),
-            peers: vec![Ipv4Addr::new(10, 200, 0, 4)],
-        }];
+        let e = [entry(&[], Some(20001), vec![Ipv4Addr::new(10, 200, 0, 4)])];
         let t = render("nimbus0", Ipv4Addr::new(10, 200, 0, 1), &e, Options::default());
         assert_eq!(t.matches("fib daddr type local tcp dport 20001 dnat ip to 10.200.0.3:22").count(), 2, "{t}");
         assert!(t.contains("ct status dnat tcp dport 22 accept"), "{t}");

@@ -15,10 +15,9 @@
 //! - A tmpfs over `/proc/driver/nvidia` holding the driver's `version`, `registry` and `params`
 //!   (with `ModifyDeviceFiles: 0`, so the libraries inside never try to create the missing
 //!   nodes of other GPUs) and bind mounts of only the instance's `gpus/<bus id>` entries.
-//! - On a cgroup v1 host with a `devices` controller, a device whitelist (see
-//!   `Cgroups::restrict_devices`). On cgroup v2 the kernel filters devices only through an eBPF
-//!   program, which this driver does not load: there the isolation is the bind-mount visibility
-//!   alone (see `docs/gpu.md`).
+//! - A device filter that lets the instance open only its own GPUs' nodes besides the base
+//!   set (`devices.rs`: the v1 whitelist and the cgroup v2 eBPF program), so even a node it
+//!   makes itself with `mknod` for another GPU does not open.
 //!
 //! Discovery reads a root directory (`/` in production, a fake tree in tests) and parses text, so
 //! all of it is tested without a GPU; only [`Host::read`] touches NVML and runs programs.
@@ -87,7 +86,7 @@ pub struct HostGpu {
 }
 
 /// A character device an instance gets, at the same path inside as on the host.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DeviceNode {
     /// Absolute path, e.g. `/dev/nvidia0`.
     pub path: String,
@@ -96,7 +95,7 @@ pub struct DeviceNode {
 }
 
 /// Everything `runtime` does to give an instance its GPUs.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct GpuPlan {
     /// Device nodes to bind into the instance's `/dev`: its GPUs first, then the control nodes.
     pub devices: Vec<DeviceNode>,
@@ -116,19 +115,6 @@ impl GpuPlan {
     /// `(major, minor)` of every device node, for a cgroup device whitelist.
     pub fn device_numbers(&self) -> Vec<(u32, u32)> {
         self.devices.iter().map(|d| (d.major, d.minor)).collect()
-    }
-
-    /// The plan as environment variables for the container's init script: one entry a line,
-    /// fields separated by `|` (paths with `|` or newlines never make it into a plan), so the
-    /// script reads them without any re-quoting.
-    pub fn env(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("NIMBUS_GPU_LIBDIR", LIB_DIR.to_owned()),
-            ("NIMBUS_GPU_DEVS", self.devices.iter().map(|d| format!("{}\n", d.path)).collect()),
-            ("NIMBUS_GPU_FILES", self.files.iter().map(|(s, d)| format!("{}|{d}\n", s.display())).collect()),
-            ("NIMBUS_GPU_LINKS", self.links.iter().map(|(t, l)| format!("{t}|{l}\n")).collect()),
-            ("NIMBUS_GPU_PROC", self.proc_entries.iter().map(|p| format!("{p}\n")).collect()),
-        ]
     }
 }
 
@@ -746,23 +732,15 @@ mod tests {
     }
 
     #[test]
-    fn the_plan_travels_as_line_oriented_environment() {
+    fn the_plan_travels_to_the_launcher_unchanged() {
         let t = fake_host();
         let plan = host(&t.0).plan(&[0]).expect("plan");
-        let env: BTreeMap<&str, String> = plan.env().into_iter().collect();
-        assert_eq!(env["NIMBUS_GPU_LIBDIR"], LIB_DIR);
-        assert!(env["NIMBUS_GPU_DEVS"].starts_with("/dev/nvidia0\n/dev/nvidiactl\n"), "{}", env["NIMBUS_GPU_DEVS"]);
-        assert!(
-            env["NIMBUS_GPU_FILES"].contains("/lib/x86_64-linux-gnu/libcuda.so.550.54.15|/usr/lib/nimbus-nvidia/libcuda.so.550.54.15\n")
-        );
-        assert!(env["NIMBUS_GPU_FILES"].contains("/usr/bin/nvidia-smi|/usr/bin/nvidia-smi\n"));
-        assert!(env["NIMBUS_GPU_LINKS"].contains("libcuda.so.550.54.15|/usr/lib/nimbus-nvidia/libcuda.so.1\n"));
-        assert_eq!(env["NIMBUS_GPU_PROC"], "gpus/0000:1a:00.0\ncapabilities\n");
-        for v in env.values() {
-            for line in v.lines() {
-                assert!(line.split('|').all(|f| !f.is_empty()), "{line:?}");
-            }
-        }
+        let json = serde_json::to_value(&plan).expect("serializes");
+        assert_eq!(json["devices"][0]["path"], "/dev/nvidia0");
+        assert_eq!(json["devices"][1]["path"], "/dev/nvidiactl");
+        assert_eq!(json["proc_entries"], serde_json::json!(["gpus/0000:1a:00.0", "capabilities"]));
+        let back: GpuPlan = serde_json::from_value(json).expect("deserializes");
+        assert_eq!(back, plan);
     }
 
     #[test]

@@ -1,17 +1,23 @@
-//! The container driver (in progress): instances as Linux containers built from overlayfs over a
-//! cached image, namespaces, cgroups and a real sshd. This module grows piece by piece; each
-//! piece is tested on the real kernel facility it drives.
+//! The container driver: instances as unprivileged Linux system containers built from
+//! overlayfs over a cached image, user and other namespaces, cgroups, a seccomp filter and a
+//! real sshd. Each piece is tested on the real kernel facility it drives; the isolation model
+//! is in docs/security.md.
 
 pub mod cgroup;
+pub mod devices;
 pub mod driver;
 pub mod firewall;
 pub mod gpu;
+pub mod idmap;
 pub mod image;
 pub mod inventory;
+pub mod launch;
 pub mod metrics;
 pub mod net;
 pub mod runtime;
+pub mod seccomp;
 pub mod storage;
+pub(crate) mod sys;
 pub mod vpn;
 
 /// A directory for a test's fake trees, removed when dropped.

@@ -2,6 +2,13 @@
 //! pair, with an address from the bridge's subnet. The host reaches every instance at its
 //! address (the instance's `ip` on a single machine), and instances reach each other.
 //!
+//! The namespace itself is made by the launcher at every start, inside the instance's user
+//! namespace (so its root administers its own network, as Docker inside needs); this module
+//! names things, keeps the bridge, and removes what a stopped instance leaves. Each instance's
+//! MAC follows from its address ([`super::launch::mac_for`]), so a reused address never meets a
+//! stale neighbour entry on the bridge (a launch right after a terminate used to wait out the
+//! host's ARP cache, 27–46 s), and the bridge filter knows which MAC each port may send.
+//!
 //! Done with iproute2 (`ip`), which every Linux host has; the driver owns only names with its
 //! prefix (`nimbus-…` namespaces, `nh…` veths, its bridge).
 
@@ -51,6 +58,8 @@ impl Network {
         if !ip(&["-4", "addr", "show", "dev", &self.bridge])?.contains(&cidr) {
             ip(&["addr", "add", &cidr, "dev", &self.bridge])?;
         }
+        // The bridge carries IPv4 and ARP only: no IPv6 address on the host's side of it.
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", self.bridge), "1");
         ip(&["link", "set", &self.bridge, "up"])?;
         Ok(())
     }
@@ -86,30 +95,36 @@ impl Network {
         format!("/run/netns/{}", self.ns_name(id))
     }
 
-    /// Creates the instance's namespace with `addr` on `eth0` and a default route via the bridge.
-    /// Idempotent: an existing namespace is recreated from scratch.
-    pub fn create(&self, id: &str, addr: Ipv4Addr) -> Result<()> {
-        self.destroy(id);
-        let ns = self.ns_name(id);
-        let vh = self.veth_name(id);
-        let vc = format!("{vh}c");
-        let vc = &vc[..vc.len().min(15)];
-        ip(&["netns", "add", &ns])?;
-        ip(&["link", "add", &vh, "type", "veth", "peer", "name", vc])?;
-        ip(&["link", "set", vc, "netns", &ns])?;
-        ip(&["link", "set", &vh, "master", &self.bridge, "up"])?;
-        ip(&["-n", &ns, "link", "set", vc, "name", "eth0"])?;
-        ip(&["-n", &ns, "addr", "add", &format!("{addr}/{}", self.prefix_len), "dev", "eth0"])?;
-        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
-        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-        ip(&["-n", &ns, "route", "add", "default", "via", &self.gateway.to_string()])?;
-        Ok(())
+    /// What the launcher needs to give instance `id` its network at `addr`.
+    pub fn launch_spec(&self, id: &str, addr: Ipv4Addr) -> super::launch::NetSpec {
+        super::launch::NetSpec {
+            bridge: self.bridge.clone(),
+            host_if: self.veth_name(id),
+            mac: super::launch::mac_for(addr),
+            addr,
+            prefix_len: self.prefix_len,
+            gateway: self.gateway,
+            ns_name: self.ns_name(id),
+        }
     }
 
-    /// Removes the namespace and veth. Idempotent; never fails (what is gone is gone).
-    pub fn destroy(&self, id: &str) {
-        let _ = ip(&["link", "del", &self.veth_name(id)]);
-        let _ = ip(&["netns", "del", &self.ns_name(id)]);
+    /// The host end of instance `id`'s veth (a bridge port).
+    pub fn port(&self, id: &str) -> String {
+        self.veth_name(id)
+    }
+
+    /// Removes the namespace and veth, and the bridge's neighbour entry for `addr` (the next
+    /// instance there is another machine). Idempotent; never fails (what is gone is gone).
+    pub fn destroy(&self, id: &str, addr: Option<Ipv4Addr>) {
+        if std::path::Path::new("/sys/class/net").join(self.veth_name(id)).exists() {
+            let _ = ip(&["link", "del", &self.veth_name(id)]);
+        }
+        if self.exists(id) {
+            let _ = ip(&["netns", "del", &self.ns_name(id)]);
+        }
+        if let Some(a) = addr {
+            let _ = ip(&["neigh", "del", &a.to_string(), "dev", &self.bridge]);
+        }
     }
 
     pub fn exists(&self, id: &str) -> bool {
@@ -147,7 +162,16 @@ mod tests {
     }
 
     #[test]
-    fn namespaces_are_reachable_from_the_host_and_leave_nothing() {
+    fn launch_specs_name_everything_after_the_instance() {
+        let net = Network::new("nbt0", Ipv4Addr::new(10, 231, 0, 1), 24, "nbt0-");
+        let n = net.launch_spec("aaaaaaaaaaaaaaaabbbb", net.address(1));
+        assert_eq!((n.host_if.as_str(), n.ns_name.as_str(), n.mac.as_str()), ("nhaaaaaaaaaaaa", "nbt0-aaaaaaaaaaaa", "0a:58:0a:e7:00:03"));
+        assert_eq!((n.addr, n.gateway, n.prefix_len), (Ipv4Addr::new(10, 231, 0, 3), Ipv4Addr::new(10, 231, 0, 1), 24));
+        assert!(n.host_if.len() <= 15, "interface names are at most 15 bytes");
+    }
+
+    #[test]
+    fn the_bridge_is_made_once_and_carries_no_ipv6() {
         if !root() {
             return;
         }
@@ -155,25 +179,13 @@ mod tests {
         let net = Network::new(&format!("nbt{tag}"), Ipv4Addr::new(10, 231, 0, 1), 24, &format!("nbt{tag}-"));
         net.ensure_bridge().expect("bridge");
         net.ensure_bridge().expect("bridge is idempotent");
-        let (a, b) = ("aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb");
-        net.create(a, net.address(1)).expect("create a");
-        net.create(b, net.address(2)).expect("create b");
-        assert_eq!(net.address(1), Ipv4Addr::new(10, 231, 0, 3));
-        let mut names = net.list();
-        names.sort();
-        assert_eq!(names, vec!["aaaaaaaaaaaa".to_owned(), "bbbbbbbbbbbb".to_owned()]);
-        // Host -> instance, and instance -> instance over the bridge (ICMP via a TCP-free probe:
-        // `ip netns exec … ip route get` proves routing; a real TCP round trip is in the driver test).
+        let v6 = std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", net.bridge)).unwrap_or_default();
         let route = Command::new("ip").args(["route", "get", &net.address(1).to_string()]).output().expect("route");
         assert!(String::from_utf8_lossy(&route.stdout).contains(&net.bridge), "{:?}", route);
-        let inner = Command::new("ip").args(["-n", &net.ns_name(a), "route", "get", &net.address(2).to_string()]).output().expect("route");
-        assert!(String::from_utf8_lossy(&inner.stdout).contains("eth0"));
-        net.destroy(a);
-        net.destroy(b);
-        net.destroy(b);
-        assert!(!net.exists(a) && !net.exists(b));
-        assert!(!net.veth_exists(a) && !net.veth_exists(b));
-        assert!(net.list().is_empty());
+        net.destroy("aaaaaaaaaaaaaaaa", Some(net.address(1)));
         net.remove_bridge();
+        if std::path::Path::new("/proc/sys/net/ipv6").exists() {
+            assert_eq!(v6.trim(), "1");
+        }
     }
 }

@@ -1,12 +1,20 @@
-//! Starting and stopping one container: an overlay over the image (mounted inside the
-//! container's own mount namespace, so it disappears with the container), mount/uts/ipc/pid
-//! namespaces plus the instance's network namespace, `pivot_root` into the overlay, and `tini`
-//! as PID 1 supervising a real OpenSSH `sshd`.
+//! Starting and stopping one container. The agent prepares everything the instance boots with
+//! on the host side — its cgroups (limits, device filter, delegation), the seed directory, the
+//! launch spec — and hands the rest to the launcher (`launch.rs`), a separate process that
+//! builds the namespaces and execs the instance's init: `tini` as PID 1, running the seed's
+//! boot script, which installs the keys and user data inside the instance and starts a real
+//! OpenSSH `sshd`.
 //!
-//! The container is started detached (its own process group, output to `console.log`), so it
-//! outlives the agent that started it; everything about it is found again from its directory,
-//! its cgroup and its network namespace.
+//! The host never writes into the instance's disk (its overlay upper directory): the tenant
+//! controls every name in it, links included. What the instance needs from the host arrives
+//! in the seed directory `<instance dir>/seed/`, host-owned, bound read-only at `/run/nimbus`,
+//! and is copied into place by the instance's own root from inside.
+//!
+//! The container is started detached (the launcher is its own process group and stays as its
+//! monitor), so it outlives the agent that started it; everything about it is found again from
+//! its directory, its cgroup and its network namespace.
 
+use std::io::BufRead;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -15,7 +23,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use super::cgroup::{Cgroups, Limits};
-use super::gpu::{self, GpuPlan};
+use super::gpu::GpuPlan;
+use super::launch::{Bind, Hardening, IdMap, LaunchSpec, NetSpec, Rootfs};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -37,25 +46,73 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RuntimeError + '_ {
     move |source| RuntimeError::Io { path: path.to_owned(), source }
 }
 
+/// The program that launches containers: `program args… SPEC.json`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Launcher {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+}
+
+impl Launcher {
+    /// The `nimbus` binary running now, through its hidden launcher subcommand.
+    pub fn current_exe() -> std::io::Result<Launcher> {
+        Ok(Launcher { program: std::env::current_exe()?, args: vec![LAUNCH_SUBCOMMAND.into()] })
+    }
+
+    /// A binary whose `main` is `launch::main` (test binaries).
+    pub fn binary(path: impl Into<PathBuf>) -> Launcher {
+        Launcher { program: path.into(), args: vec![] }
+    }
+}
+
+/// The hidden subcommand of `nimbus` that runs [`super::launch::main`].
+pub const LAUNCH_SUBCOMMAND: &str = "__launch-container";
+
+/// Layers a test turns off on purpose (the escape suite's self-test); all false in service.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Weaken {
+    pub seccomp: bool,
+    pub caps: bool,
+    pub masks: bool,
+    pub pid_namespace: bool,
+    pub device_filter: bool,
+    /// Join only the cpu/memory/pids/cpuacct hierarchies (the instance is then not the root of
+    /// the others' cgroup namespaces: the `release_agent` door).
+    pub partial_cgroups: bool,
+    /// Write the keys into the instance's disk from the host, following its links (the door
+    /// the symlink → snapshot → restore attack used).
+    pub host_side_writes: bool,
+    pub antispoof: bool,
+    pub ipv6_drop: bool,
+    pub host_input_drop: bool,
+}
+
+impl Weaken {
+    pub fn any(&self) -> bool {
+        *self != Weaken::default()
+    }
+}
+
 /// Everything needed to run one instance.
 #[derive(Debug, Clone)]
 pub struct Spec {
     pub id: String,
     pub hostname: String,
-    /// The image's root file system (read-only lower layer).
+    /// The image's root file system (read-only lower layer), or its shifted copy.
     pub lower: PathBuf,
-    /// The instance's directory: `upper/` (its disk), `work/`, `merged/`, `console.log`.
+    /// Mount `lower` idmapped (see `idmap.rs`).
+    pub idmap_lower: bool,
+    /// The instance's directory: `upper/` (its disk), `work/`, `merged/`, `seed/`,
+    /// `console.log`.
     pub dir: PathBuf,
     pub limits: Limits,
-    /// `/run/netns/...` of the instance's network namespace.
-    pub netns: String,
-    pub addr: Ipv4Addr,
+    pub net: NetSpec,
     pub authorized_keys: Vec<String>,
     /// `(host directory, mount point)` bind mounts (file systems).
     pub mounts: Vec<(PathBuf, String)>,
-    /// uid/gid of the default user inside the image.
-    pub user_uid: u32,
-    /// First-boot script made from the launch's `user_data`, run once.
+    /// `None`: privileged (no user namespace).
+    pub userns: Option<IdMap>,
+    /// First-boot script made from the launch's `user_data`, run once per instance.
     pub first_boot: Option<String>,
     /// sshd accepts passwords (`ssh_pwauth: true` in the user data); keys only otherwise.
     pub password_ssh: bool,
@@ -64,251 +121,258 @@ pub struct Spec {
     pub hosts_file: Option<PathBuf>,
     /// The instance's GPUs (`None`: no GPU, and nothing GPU-related happens).
     pub gpu: Option<GpuPlan>,
+    pub launcher: Launcher,
+    pub weaken: Weaken,
 }
 
+impl Spec {
+    /// Host uid of the instance's root (0 for a privileged instance).
+    pub fn root_uid(&self) -> u32 {
+        self.userns.map_or(0, |m| m.host_base)
+    }
+
+    pub fn seed_dir(&self) -> PathBuf {
+        self.dir.join("seed")
+    }
+}
+
+/// The instance's boot script, run by tini as its first program, inside the instance as its
+/// root. Read-only at /run/nimbus/boot.sh.
 const BOOT: &str = r#"#!/bin/sh
 # Written by the Nimbus container driver; runs under tini as the instance's first program.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-h=$(hostname)
-echo "$h" > /etc/hostname
-grep -q "[[:space:]]$h\$" /etc/hosts 2>/dev/null || echo "127.0.1.1 $h" >> /etc/hosts
-[ -f /etc/ssh/ssh_host_ed25519_key ] || ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key
-mkdir -p /run/sshd && chmod 0755 /run/sshd
-# user_data runs once per instance, after sshd is up, with its output where cloud-init keeps it.
-if [ -x /etc/nimbus/first-boot ] && [ ! -e /var/lib/nimbus/first-boot.done ]; then
-  mkdir -p /var/lib/nimbus && touch /var/lib/nimbus/first-boot.done
-  (sleep 0.2; /etc/nimbus/first-boot >> /var/log/cloud-init-output.log 2>&1) &
+S=/run/nimbus
+h=$(cat $S/hostname)
+echo "$h" > /etc/hostname 2>/dev/null
+grep -q "[[:space:]]$h\$" /etc/hosts 2>/dev/null || echo "127.0.1.1 $h" >> /etc/hosts 2>/dev/null
+mkdir -p /var/lib/nimbus /run/sshd && chmod 0755 /run/sshd
+id=$(cat $S/instance-id)
+# A disk from before instance ids were recorded has been through its first boot already.
+[ -e /var/lib/nimbus/instance-id ] || [ ! -e /var/lib/nimbus/first-boot.done ] || echo "$id" > /var/lib/nimbus/instance-id
+FIRST=
+if [ "$(cat /var/lib/nimbus/instance-id 2>/dev/null)" != "$id" ]; then
+  # A new instance on this disk (a fresh one, or one restored from a snapshot): its keys and
+  # its user data, once, as cloud-init does per instance.
+  home=$(getent passwd ubuntu | cut -d: -f6)
+  if [ -n "$home" ]; then
+    install -d -m 0700 -o ubuntu -g ubuntu "$home/.ssh"
+    install -m 0600 -o ubuntu -g ubuntu $S/authorized_keys "$home/.ssh/authorized_keys"
+  fi
+  if [ -f $S/user-data ]; then install -m 0700 $S/user-data /var/lib/nimbus/first-boot && FIRST=1; fi
+  echo "$id" > /var/lib/nimbus/instance-id
+  touch /var/lib/nimbus/first-boot.done
+fi
+if [ -f $S/gpu-ld.conf ]; then
+  cp $S/gpu-ld.conf /etc/ld.so.conf.d/000-nimbus-nvidia.conf
+  if command -v ldconfig >/dev/null 2>&1; then
+    ldconfig || echo "nimbus: ldconfig failed; the NVIDIA libraries are in /usr/lib/nimbus-nvidia" >&2
+  else
+    echo "nimbus: the image has no ldconfig; the NVIDIA libraries are in /usr/lib/nimbus-nvidia" >&2
+  fi
+fi
+# cgroup v2: the instance is the root of a delegated subtree; its processes move to a leaf so
+# that controllers can be enabled for what runs inside (Docker), as systemd does.
+if [ -f /sys/fs/cgroup/cgroup.controllers ] && [ ! -d /sys/fs/cgroup/init ]; then
+  mkdir /sys/fs/cgroup/init 2>/dev/null && for p in $(cat /sys/fs/cgroup/cgroup.procs); do echo "$p" > /sys/fs/cgroup/init/cgroup.procs 2>/dev/null; done
+  for c in $(cat /sys/fs/cgroup/cgroup.controllers); do echo "+$c" > /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null; done
 fi
 # sshd is a service of the instance, not its life: if it dies the instance keeps running (and
 # is reported unhealthy), as a VM would.
-PW=no; [ -e /etc/nimbus/password-ssh ] && PW=yes
-/usr/sbin/sshd -D -e -o UsePAM=no -o PasswordAuthentication=$PW -o HostKey=/etc/ssh/ssh_host_ed25519_key &
+PW=no; [ -e $S/password-ssh ] && PW=yes
+/usr/sbin/sshd -D -e -o UsePAM=no -o PasswordAuthentication=$PW -o HostKey=$S/ssh_host_ed25519_key &
+# user_data runs once per instance, after sshd is up, with its output where cloud-init keeps it.
+[ -n "$FIRST" ] && (sleep 0.2; /var/lib/nimbus/first-boot >> /var/log/cloud-init-output.log 2>&1) &
 exec sleep infinity
 "#;
 
-/// Runs as PID 1 of the new PID namespace, from the host's /bin/sh, before and across
-/// `pivot_root`; parameters arrive in the environment so nothing is re-quoted.
-const INIT: &str = r#"set -e
-# Slave, not private: mounts the host makes later under the instance's volumes directory reach
-# the running container (volumes attach without a restart); nothing goes the other way.
-mount --make-rslave /
-R="$NIMBUS_ROOT"
-mount -t overlay overlay -o "lowerdir=$NIMBUS_LOWER,upperdir=$NIMBUS_UPPER,workdir=$NIMBUS_WORK" "$R"
-mount -t proc proc "$R/proc"
-mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$R/sys"
-mount -t tmpfs -o nosuid,mode=0755 dev "$R/dev"
-for d in null zero full random urandom tty; do touch "$R/dev/$d"; mount --bind "/dev/$d" "$R/dev/$d"; done
-mkdir -p "$R/dev/pts" "$R/dev/shm"
-mount -t devpts -o newinstance,ptmxmode=0666,mode=0620,gid=5 devpts "$R/dev/pts"
-ln -sf pts/ptmx "$R/dev/ptmx"
-ln -sf /proc/self/fd "$R/dev/fd"
-mount -t tmpfs -o nosuid,nodev,mode=1777 shm "$R/dev/shm"
-mount -t tmpfs -o nosuid,nodev,mode=0755 run "$R/run"
-# GPUs, only for an instance that has some (see gpu.rs for the why of each step): its device
-# nodes and the control nodes into /dev (other GPUs' nodes are never there, which is what hides
-# them from NVML and CUDA); the host driver's libraries read-only in a tmpfs with their soname
-# links (fresh at every start, so a host driver upgrade leaves nothing stale; the tmpfs itself
-# stays writable for ldconfig's link upkeep) and its tools over /usr/bin; a tmpfs over
-# /proc/driver/nvidia with only this instance's GPU entries and ModifyDeviceFiles: 0, so the
-# libraries never try to create the missing nodes.
-if [ -n "$NIMBUS_GPU_LIBDIR" ]; then
-  printf '%s\n' "$NIMBUS_GPU_DEVS" | while read -r d; do
-    [ -n "$d" ] || continue
-    mkdir -p "$(dirname "$R$d")"
-    touch "$R$d"
-    mount --bind "$d" "$R$d"
-  done
-  mkdir -p "$R$NIMBUS_GPU_LIBDIR"
-  mount -t tmpfs -o nosuid,nodev,mode=0755 nimbus-nvidia "$R$NIMBUS_GPU_LIBDIR"
-  printf '%s\n' "$NIMBUS_GPU_FILES" | while IFS='|' read -r src dst; do
-    [ -n "$src" ] || continue
-    mkdir -p "$(dirname "$R$dst")"
-    [ -e "$R$dst" ] || touch "$R$dst"
-    mount --bind "$src" "$R$dst"
-    mount -o remount,bind,ro,nosuid,nodev "$R$dst"
-  done
-  printf '%s\n' "$NIMBUS_GPU_LINKS" | while IFS='|' read -r target link; do
-    [ -n "$target" ] || continue
-    ln -sfn "$target" "$R$link"
-  done
-  P="$R/proc/driver/nvidia"
-  if [ -d "$P" ]; then
-    mount -t tmpfs -o nosuid,nodev,noexec,mode=0555 nvidia "$P"
-    for f in version registry params; do
-      if [ -f "/proc/driver/nvidia/$f" ]; then
-        sed 's/^ModifyDeviceFiles: 1$/ModifyDeviceFiles: 0/' "/proc/driver/nvidia/$f" > "$P/$f"
-      fi
-    done
-    mkdir -p "$P/gpus"
-    printf '%s\n' "$NIMBUS_GPU_PROC" | while read -r e; do
-      [ -n "$e" ] || continue
-      mkdir -p "$P/$e"
-      mount --bind "/proc/driver/nvidia/$e" "$P/$e"
-    done
-    mount -o remount,ro,nosuid,nodev,noexec "$P"
-  fi
-fi
-# The instance's own cgroup, read-only, as the root of its cgroup namespace: tools inside see
-# their limits (memory.max / memory.limit_in_bytes) and nothing of the host's tree.
-if [ "$NIMBUS_CGROUP" = v2 ]; then
-  mount -t cgroup2 -o ro,nosuid,nodev,noexec cgroup2 "$R/sys/fs/cgroup"
-else
-  mount -t tmpfs -o nosuid,nodev,noexec,mode=0755 cgroup "$R/sys/fs/cgroup"
-  for c in $NIMBUS_CGROUP; do
-    mkdir -p "$R/sys/fs/cgroup/$c"
-    mount -t cgroup -o ro,nosuid,nodev,noexec,$c cgroup "$R/sys/fs/cgroup/$c"
-  done
-  mount -o remount,ro,bind "$R/sys/fs/cgroup"
-fi
-if [ -n "$NIMBUS_HOSTS_FILE" ]; then
-  [ -e "$R/etc/hosts" ] || touch "$R/etc/hosts"
-  mount --bind "$NIMBUS_HOSTS_FILE" "$R/etc/hosts"
-fi
-printf '%s\n' "$NIMBUS_MOUNTS" | while IFS='|' read -r src dst; do
-  [ -n "$src" ] || continue
-  mkdir -p "$R$dst"
-  mount --bind "$src" "$R$dst"
-done
-if [ -n "$NIMBUS_VOLUMES" ]; then
-  mkdir -p "$R/mnt/volumes"
-  mount --bind "$NIMBUS_VOLUMES" "$R/mnt/volumes"
-fi
-hostname "$NIMBUS_HOSTNAME"
-cd "$R"
-mkdir -p .nimbus-oldroot
-pivot_root . .nimbus-oldroot
-cd /
-umount -l /.nimbus-oldroot
-rmdir /.nimbus-oldroot
-# The driver's libraries into the image's ld cache (the ld.so.conf.d entry is written by the
-# agent into the instance's disk). Not fatal: the libraries stay usable with LD_LIBRARY_PATH.
-if [ -n "$NIMBUS_GPU_LIBDIR" ]; then
-  if command -v ldconfig >/dev/null 2>&1; then
-    ldconfig || echo "nimbus: ldconfig failed; the NVIDIA libraries are in $NIMBUS_GPU_LIBDIR" >&2
-  else
-    echo "nimbus: the image has no ldconfig; the NVIDIA libraries are in $NIMBUS_GPU_LIBDIR" >&2
-  fi
-fi
-exec env -i /usr/bin/tini -s -g -- /bin/sh /etc/nimbus/boot.sh
-"#;
+/// Writes `body` to `dir/name` by rename (a fresh inode every time; `dir` is host-owned, so
+/// nothing in it can be a tenant's link), owned by `uid` with `mode`.
+fn seed_file(dir: &Path, name: &str, body: &[u8], uid: u32, mode: u32) -> Result<()> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, body).map_err(io(&tmp))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).map_err(io(&tmp))?;
+    std::os::unix::fs::chown(&tmp, Some(uid), Some(uid)).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io(&path))
+}
 
-fn write(path: &Path, body: &str, mode: u32) -> Result<()> {
-    if let Some(p) = path.parent() {
-        std::fs::create_dir_all(p).map_err(io(p))?;
+fn remove_seed_file(dir: &Path, name: &str) -> Result<()> {
+    match std::fs::remove_file(dir.join(name)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(RuntimeError::Io { path: dir.join(name), source: e }),
+        _ => Ok(()),
     }
-    std::fs::write(path, body).map_err(io(path))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io(path))
 }
 
-fn chown(path: &Path, uid: u32) -> Result<()> {
-    std::os::unix::fs::chown(path, Some(uid), Some(uid)).map_err(io(path))
+/// An ed25519 host key in OpenSSH format: `(private, public)`.
+fn host_key() -> Result<(String, String)> {
+    let key = ssh_key::PrivateKey::random(&mut rand::rngs::OsRng, ssh_key::Algorithm::Ed25519)
+        .map_err(|e| RuntimeError::Start(format!("host key: {e}")))?;
+    let private = key.to_openssh(ssh_key::LineEnding::LF).map_err(|e| RuntimeError::Start(format!("host key: {e}")))?;
+    let public = key.public_key().to_openssh().map_err(|e| RuntimeError::Start(format!("host key: {e}")))?;
+    Ok((private.to_string(), format!("{public}\n")))
 }
 
-/// Lays out the instance directory and writes what the instance boots with into its disk
-/// (boot script, the default user's authorized keys). Idempotent; the disk is kept.
+/// Writes the seed directory the instance boots from. The instance's host key is made once
+/// and kept (its clients' known_hosts stay valid across restarts).
+pub fn write_seed(spec: &Spec) -> Result<()> {
+    let d = spec.seed_dir();
+    std::fs::create_dir_all(&d).map_err(io(&d))?;
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).map_err(io(&d))?;
+    std::os::unix::fs::chown(&d, Some(0), Some(0)).map_err(io(&d))?;
+    let root = spec.root_uid();
+    seed_file(&d, "boot.sh", BOOT.as_bytes(), 0, 0o755)?;
+    seed_file(&d, "instance-id", format!("{}\n", spec.id).as_bytes(), 0, 0o644)?;
+    seed_file(&d, "hostname", format!("{}\n", spec.hostname).as_bytes(), 0, 0o644)?;
+    let keys: String = spec.authorized_keys.iter().map(|k| format!("{}\n", k.trim())).collect();
+    seed_file(&d, "authorized_keys", keys.as_bytes(), 0, 0o644)?;
+    match &spec.first_boot {
+        // May hold secrets: readable by the instance's root only.
+        Some(script) => seed_file(&d, "user-data", script.as_bytes(), root, 0o600)?,
+        None => remove_seed_file(&d, "user-data")?,
+    }
+    if spec.password_ssh {
+        seed_file(&d, "password-ssh", b"", 0, 0o644)?;
+    } else {
+        remove_seed_file(&d, "password-ssh")?;
+    }
+    match &spec.gpu {
+        Some(plan) => seed_file(&d, "gpu-ld.conf", plan.ld_conf.as_bytes(), 0, 0o644)?,
+        None => remove_seed_file(&d, "gpu-ld.conf")?,
+    }
+    let key = d.join("ssh_host_ed25519_key");
+    if !key.exists() {
+        let (private, public) = host_key()?;
+        seed_file(&d, "ssh_host_ed25519_key.pub", public.as_bytes(), 0, 0o644)?;
+        seed_file(&d, "ssh_host_ed25519_key", private.as_bytes(), root, 0o600)?;
+    } else {
+        // A privileged instance turned unprivileged (or the reverse) keeps its key, re-owned.
+        std::os::unix::fs::chown(&key, Some(root), Some(root)).map_err(io(&key))?;
+    }
+    Ok(())
+}
+
+/// Lays out the instance directory: the disk (`upper/`, owned by the instance's root, so that
+/// its `/` is its own), the overlay's `work/` and the mount point `merged/`. Idempotent; the
+/// disk's contents are the tenant's and are never touched.
 pub fn prepare(spec: &Spec) -> Result<()> {
     for d in ["upper", "work", "merged"] {
         let p = spec.dir.join(d);
         std::fs::create_dir_all(&p).map_err(io(&p))?;
     }
     let upper = spec.dir.join("upper");
-    write(&upper.join("etc/nimbus/boot.sh"), BOOT, 0o755)?;
-    if let Some(script) = &spec.first_boot {
-        write(&upper.join("etc/nimbus/first-boot"), script, 0o700)?;
-    }
-    let marker = upper.join("etc/nimbus/password-ssh");
-    if spec.password_ssh {
-        write(&marker, "", 0o644)?;
-    } else if marker.exists() {
-        std::fs::remove_file(&marker).map_err(io(&marker))?;
-    }
-    let ssh = upper.join("home/ubuntu/.ssh");
-    let keys: String = spec.authorized_keys.iter().map(|k| format!("{}\n", k.trim())).collect();
-    write(&ssh.join("authorized_keys"), &keys, 0o600)?;
-    std::fs::set_permissions(&ssh, std::fs::Permissions::from_mode(0o700)).map_err(io(&ssh))?;
-    // The home directory must exist in the upper layer with the image's ownership and mode, or
-    // copy-up would give it root's and sshd's StrictModes would refuse the key.
-    let home = upper.join("home/ubuntu");
-    let lower_home = spec.lower.join("home/ubuntu");
-    let mode = std::fs::metadata(&lower_home).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o750);
-    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(mode)).map_err(io(&home))?;
-    for p in [&home, &ssh, &ssh.join("authorized_keys")] {
-        chown(p, spec.user_uid)?;
+    let root = spec.root_uid();
+    std::os::unix::fs::chown(&upper, Some(root), Some(root)).map_err(io(&upper))?;
+    if spec.weaken.host_side_writes {
+        legacy_host_side_keys(spec)?;
     }
     Ok(())
 }
 
-/// Starts the container detached and returns the host pid of its launcher. The launcher joins
-/// the cgroup before it execs anything, so no process of the instance ever runs outside it.
-pub fn start(spec: &Spec, cgroups: &Cgroups, cgroup_name: &str) -> Result<u32> {
-    cgroups.create(cgroup_name, spec.limits)?;
-    super::storage::share_volumes_dir(&spec.dir).map_err(RuntimeError::Start)?;
-    if let Some(plan) = &spec.gpu {
-        // Before the launcher joins, so no process of the instance ever runs unrestricted.
-        if !cgroups.restrict_devices(cgroup_name, &plan.device_numbers())? {
-            tracing::debug!(instance = %spec.id, "no cgroup v1 devices controller: GPU isolation is the container's /dev alone");
-        }
-        // The instance is not running, so its disk (the overlay's upper dir) may be written.
-        write(&spec.dir.join("upper").join(gpu::LD_CONF.trim_start_matches('/')), &plan.ld_conf, 0o644)?;
+/// What the driver did before the seed existed, kept only as a deliberately weakened path for
+/// the escape suite: writing the keys into the disk from the host follows whatever links the
+/// tenant left there.
+fn legacy_host_side_keys(spec: &Spec) -> Result<()> {
+    tracing::error!(instance = %spec.id, "WEAKENED LAUNCH: writing keys into the instance's disk from the host, following its links");
+    let ssh = spec.dir.join("upper/home/ubuntu/.ssh");
+    std::fs::create_dir_all(&ssh).map_err(io(&ssh))?;
+    let keys: String = spec.authorized_keys.iter().map(|k| format!("{}\n", k.trim())).collect();
+    let path = ssh.join("authorized_keys");
+    std::fs::write(&path, keys).map_err(io(&path))?;
+    let uid = spec.root_uid() + 1000;
+    std::os::unix::fs::chown(&ssh, Some(uid), Some(uid)).map_err(io(&ssh))?;
+    std::os::unix::fs::chown(&path, Some(uid), Some(uid)).map_err(io(&path))
+}
+
+/// The spec the launcher gets.
+pub fn launch_spec(spec: &Spec, cgroups: &Cgroups) -> LaunchSpec {
+    let mut binds: Vec<Bind> = spec.mounts.iter().map(|(src, dst)| Bind { source: src.clone(), target: dst.clone(), readonly: false, file: false }).collect();
+    binds.push(Bind { source: super::storage::volumes_dir(&spec.dir), target: "/mnt/volumes".into(), readonly: false, file: false });
+    if let Some(h) = &spec.hosts_file {
+        binds.push(Bind { source: h.clone(), target: "/etc/hosts".into(), readonly: true, file: true });
     }
-    let procs: Vec<String> = cgroups.dirs(cgroup_name).iter().map(|d| d.join("cgroup.procs").display().to_string()).collect();
-    let join: String = procs.iter().map(|p| format!("echo $$ > {p}; ")).collect();
+    // Last, so nothing the tenant named can be mounted over it.
+    binds.push(Bind { source: spec.seed_dir(), target: "/run/nimbus".into(), readonly: true, file: false });
+    let w = spec.weaken;
+    LaunchSpec {
+        id: spec.id.clone(),
+        hostname: spec.hostname.clone(),
+        rootfs: Rootfs {
+            lower: spec.lower.clone(),
+            upper: spec.dir.join("upper"),
+            work: spec.dir.join("work"),
+            target: spec.dir.join("merged"),
+            idmap_lower: spec.idmap_lower && spec.userns.is_some(),
+        },
+        userns: spec.userns,
+        cgroup_procs: cgroups.procs_files(&spec.id, w.partial_cgroups),
+        cgroup_mounts: cgroups.mounts(),
+        net: Some(spec.net.clone()),
+        binds,
+        gpu: spec.gpu.clone(),
+        hardening: Hardening { seccomp: !w.seccomp, drop_caps: !w.caps, masks: !w.masks, pid_namespace: !w.pid_namespace },
+        init: ["/usr/bin/tini", "-s", "-g", "--", "/bin/sh", "/run/nimbus/boot.sh"].map(str::to_owned).to_vec(),
+        env: ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "TERM=linux", "container=nimbus"]
+            .map(str::to_owned)
+            .to_vec(),
+    }
+}
+
+/// Starts the container detached and returns the host pid of its PID 1. Its cgroups (limits,
+/// device filter, delegation) exist before the launcher joins them, so no process of the
+/// instance ever runs outside them or unfiltered.
+pub fn start(spec: &Spec, cgroups: &Cgroups) -> Result<u32> {
+    if spec.weaken.any() {
+        tracing::error!(instance = %spec.id, weaken = ?spec.weaken, "WEAKENED LAUNCH: isolation layers are off for this instance (tests only)");
+    }
+    if spec.userns.is_none() {
+        tracing::warn!(instance = %spec.id, "PRIVILEGED instance: no user namespace, root inside is root on this host");
+    }
+    let rules = spec.gpu.as_ref().map(GpuPlan::device_numbers).unwrap_or_default();
+    let rules = super::devices::rules_with(&rules);
+    let owner = spec.userns.map(|m| m.host_base);
+    cgroups.create(&spec.id, spec.limits, (!spec.weaken.device_filter).then_some(rules.as_slice()), owner)?;
+    super::storage::share_volumes_dir(&spec.dir).map_err(RuntimeError::Start)?;
+    write_seed(spec)?;
+    let ls = launch_spec(spec, cgroups);
+    let spec_path = spec.dir.join("launch.json");
+    let body = serde_json::to_vec_pretty(&ls).map_err(|e| RuntimeError::Start(e.to_string()))?;
+    std::fs::write(&spec_path, body).map_err(io(&spec_path))?;
     let log_path = spec.dir.join("console.log");
     let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(io(&log_path))?;
-    let log2 = log.try_clone().map_err(io(&log_path))?;
-    let mounts: String = spec.mounts.iter().map(|(src, dst)| format!("{}|{}\n", src.display(), dst)).collect();
-    let child = Command::new("sh")
-        .arg("-c")
-        .arg(format!("{join}exec \"$@\""))
-        .arg("nimbus-launch")
-        .args([
-            "nsenter",
-            &format!("--net={}", spec.netns),
-            "--",
-            "unshare",
-            "--propagation",
-            "unchanged",
-            "--mount",
-            "--uts",
-            "--ipc",
-            "--pid",
-            "--cgroup",
-            "--fork",
-            "--",
-        ])
-        .args(["sh", "-c", INIT])
+    let mut child = Command::new(&spec.launcher.program)
+        .args(&spec.launcher.args)
+        .arg(&spec_path)
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("NIMBUS_ROOT", spec.dir.join("merged"))
-        .env("NIMBUS_LOWER", &spec.lower)
-        .env("NIMBUS_UPPER", spec.dir.join("upper"))
-        .env("NIMBUS_WORK", spec.dir.join("work"))
-        .env("NIMBUS_HOSTNAME", &spec.hostname)
-        .env("NIMBUS_MOUNTS", mounts)
-        .env("NIMBUS_HOSTS_FILE", spec.hosts_file.as_deref().map(|p| p.as_os_str().to_owned()).unwrap_or_default())
-        .env("NIMBUS_VOLUMES", super::storage::volumes_dir(&spec.dir))
-        .envs(spec.gpu.iter().flat_map(GpuPlan::env))
-        .env(
-            "NIMBUS_CGROUP",
-            match cgroups.version() {
-                super::cgroup::Version::V2 => "v2",
-                super::cgroup::Version::V1 => "cpu memory pids",
-            },
-        )
         .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2)
+        .stdout(Stdio::piped())
+        .stderr(log)
         .process_group(0)
         .spawn()
-        .map_err(|e| RuntimeError::Start(format!("spawning the container launcher: {e}")))?;
-    let pid = child.id();
-    // Reap the launcher whenever it ends, so it never lingers as a zombie of the agent. If the
-    // agent exits first, init adopts and reaps it.
+        .map_err(|e| RuntimeError::Start(format!("spawning the container launcher {}: {e}", spec.launcher.program.display())))?;
+    let out = child.stdout.take().ok_or_else(|| RuntimeError::Start("launcher without stdout".into()))?;
+    let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let mut child = child;
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(out).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    // The launcher stays as the container's monitor; reap it whenever it ends, so it never
+    // lingers as a zombie of the agent. If the agent exits first, init adopts it.
+    let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
+    std::thread::spawn(move || {
         let _ = child.wait();
     });
-    Ok(pid)
+    let line = line.trim();
+    if let Some(pid) = line.strip_prefix("ok ") {
+        return pid.parse().map_err(|_| RuntimeError::Start(format!("launcher said {line:?}")));
+    }
+    // Whatever got as far as the cgroup goes again, so a failed start leaves nothing running.
+    let _ = cgroups.destroy(&spec.id);
+    Err(RuntimeError::Start(match line.strip_prefix("error ") {
+        Some(e) => format!("the container did not start: {e}"),
+        None => format!("the container launcher gave no answer ({line:?}); see {}", log_path.display()),
+    }))
 }
 
 /// Whether `addr:22` answers with an SSH banner within `timeout`.
@@ -330,231 +394,4 @@ pub fn stop(cgroups: &Cgroups, cgroup_name: &str) -> Result<()> {
 /// Whether the container has live processes.
 pub fn running(cgroups: &Cgroups, cgroup_name: &str) -> bool {
     !cgroups.pids(cgroup_name).is_empty()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::super::net::Network;
-    use super::*;
-    use std::time::Instant;
-
-    fn image() -> Option<PathBuf> {
-        let is_root = Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
-        if !is_root {
-            eprintln!("SKIPPED: containers need root");
-            return None;
-        }
-        let dir = std::env::var("NIMBUS_TEST_IMAGES_DIR").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from("/var/tmp/nimbus-images"));
-        if !super::super::image::exists(&dir, "debian-12") {
-            eprintln!(
-                "SKIPPED: no debian-12 image in {} (build it with `nimbus image build --images-dir {}`)",
-                dir.display(),
-                dir.display()
-            );
-            return None;
-        }
-        for tool in ["ssh", "ssh-keygen", "nsenter", "unshare"] {
-            if Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().map(|o| !o.status.success()).unwrap_or(true) {
-                eprintln!("SKIPPED: {tool} is not installed");
-                return None;
-            }
-        }
-        Some(super::super::image::rootfs(&dir, "debian-12"))
-    }
-
-    /// Waits up to 20 s for the SSH banner of `addr` (the console log is the failure message).
-    fn await_banner(addr: Ipv4Addr, dir: &Path) {
-        let t = Instant::now();
-        while !ssh_banner(addr, Duration::from_millis(200)) {
-            assert!(
-                t.elapsed() < Duration::from_secs(20),
-                "no SSH banner: {}",
-                std::fs::read_to_string(dir.join("console.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// `ssh -i key ubuntu@addr cmd`, non-interactive, trusting the new host key.
-    fn ssh_as_ubuntu(key: &Path, addr: Ipv4Addr, cmd: &str) -> std::process::Output {
-        Command::new("ssh")
-            .arg("-i")
-            .arg(key)
-            .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"])
-            .arg(format!("ubuntu@{addr}"))
-            .arg(cmd)
-            .output()
-            .unwrap()
-    }
-
-    #[test]
-    fn a_container_boots_sshd_enforces_limits_and_leaves_nothing() {
-        let Some(lower) = image() else { return };
-        let tag = std::process::id() % 10_000;
-        let net = Network::new(&format!("nrt{tag}"), Ipv4Addr::new(10, 232, 0, 1), 24, &format!("nrt{tag}-"));
-        let cg = Cgroups::detect(Path::new("/sys/fs/cgroup"), &format!("nimbus-rt-test-{tag}")).expect("cgroups");
-        let dir = std::env::temp_dir().join(format!("nimbus-rt-{tag}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let key = dir.join("id");
-        assert!(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).status().unwrap().success());
-        let pubkey = std::fs::read_to_string(key.with_extension("pub")).unwrap();
-        let shared = dir.join("shared");
-        std::fs::create_dir_all(&shared).unwrap();
-        std::fs::write(shared.join("hello.txt"), "from the host\n").unwrap();
-
-        let id = "c0ffee00c0ffee00c0ffee00c0ffee00";
-        net.ensure_bridge().unwrap();
-        let addr = net.address(1);
-        net.create(id, addr).unwrap();
-        let spec = Spec {
-            id: id.into(),
-            hostname: "box-1".into(),
-            lower,
-            dir: dir.join("inst"),
-            limits: Limits { cpu_millis: 1000, memory_bytes: 256 << 20, pids: 256 },
-            netns: net.ns_path(id),
-            addr,
-            authorized_keys: vec![pubkey],
-            mounts: vec![(shared.clone(), "/lambda/nfs/shared".into())],
-            user_uid: 1000,
-            first_boot: None,
-            password_ssh: false,
-            hosts_file: None,
-            gpu: None,
-        };
-        prepare(&spec).unwrap();
-        let t = Instant::now();
-        start(&spec, &cg, id).unwrap();
-        await_banner(addr, &spec.dir);
-        eprintln!("start -> SSH banner: {:?}", t.elapsed());
-        let ssh = |cmd: &str| ssh_as_ubuntu(&key, addr, cmd);
-        let out = ssh("hostname; whoami; sudo -n id -u; cat /lambda/nfs/shared/hello.txt; cat /proc/1/comm");
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!(text.lines().collect::<Vec<_>>(), vec!["box-1", "ubuntu", "0", "from the host", "tini"]);
-        assert_eq!(cg.limits(id).unwrap(), spec.limits);
-        assert!(!cg.pids(id).is_empty());
-        // Writes persist in the instance's disk (the upper dir) across a restart.
-        assert!(ssh("echo kept > ~/state.txt").status.success());
-        stop(&cg, id).unwrap();
-        assert!(!running(&cg, id));
-        start(&spec, &cg, id).unwrap();
-        let t = Instant::now();
-        while !ssh_banner(addr, Duration::from_millis(200)) {
-            assert!(t.elapsed() < Duration::from_secs(20), "no SSH after restart");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let out = ssh("cat ~/state.txt");
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "kept");
-
-        // Tear down: nothing of the instance remains on the host. The shared volumes directory
-        // is the one host-side mount `start` makes; the driver unmounts it with the instance.
-        stop(&cg, id).unwrap();
-        super::super::storage::unmount_all(&spec.dir);
-        net.destroy(id);
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        assert!(!mounts.contains(spec.dir.to_str().unwrap()), "a mount of the instance leaked into the host");
-        assert!(!cg.exists(id) && !net.exists(id) && !net.veth_exists(id));
-        cg.remove_parent();
-        net.remove_bridge();
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    /// A GPU plan applied to a real container, with stand-ins for the NVIDIA pieces (this
-    /// machine has none): a host device node (`/dev/kmsg`), a host library with a soname link,
-    /// and a host tool. Checks what needs no GPU: the nodes, read-only files, the ld cache, and
-    /// on a cgroup v1 host the device whitelist (allowed nodes open, others do not, and what the
-    /// container always needs — `/dev/null`, ptys — still works).
-    #[test]
-    fn a_gpu_plan_is_applied_inside_the_container() {
-        let Some(lower) = image() else { return };
-        let lib = Path::new("/lib/x86_64-linux-gnu/libz.so.1");
-        let Ok(real) = std::fs::canonicalize(lib) else {
-            eprintln!("SKIPPED: no {} on this machine", lib.display());
-            return;
-        };
-        let real_name = real.file_name().unwrap().to_str().unwrap().to_owned();
-        let tag = std::process::id() % 10_000;
-        let net = Network::new(&format!("nrg{tag}"), Ipv4Addr::new(10, 234, 0, 1), 24, &format!("nrg{tag}-"));
-        let cg = Cgroups::detect(Path::new("/sys/fs/cgroup"), &format!("nimbus-rtg-test-{tag}")).expect("cgroups");
-        let dir = std::env::temp_dir().join(format!("nimbus-rtg-{tag}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let key = dir.join("id");
-        assert!(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).status().unwrap().success());
-        let pubkey = std::fs::read_to_string(key.with_extension("pub")).unwrap();
-
-        let id = "9e0000009e0000009e0000009e000000";
-        net.ensure_bridge().unwrap();
-        let addr = net.address(1);
-        net.create(id, addr).unwrap();
-        let plan = GpuPlan {
-            devices: vec![gpu::DeviceNode { path: "/dev/kmsg".into(), major: 1, minor: 11 }],
-            files: vec![
-                (real.clone(), format!("{}/{real_name}", gpu::LIB_DIR)),
-                (PathBuf::from("/bin/true"), "/usr/bin/nimbus-gpu-tool".into()),
-            ],
-            links: vec![(real_name.clone(), format!("{}/libz.so.1", gpu::LIB_DIR))],
-            proc_entries: vec![],
-            ld_conf: format!("{}\n", gpu::LIB_DIR),
-        };
-        let spec = Spec {
-            id: id.into(),
-            hostname: "gpu-1".into(),
-            lower,
-            dir: dir.join("inst"),
-            limits: Limits { cpu_millis: 1000, memory_bytes: 256 << 20, pids: 256 },
-            netns: net.ns_path(id),
-            addr,
-            authorized_keys: vec![pubkey],
-            mounts: vec![],
-            user_uid: 1000,
-            first_boot: None,
-            password_ssh: false,
-            hosts_file: None,
-            gpu: Some(plan),
-        };
-        prepare(&spec).unwrap();
-        start(&spec, &cg, id).unwrap();
-        await_banner(addr, &spec.dir);
-        let ssh = |cmd: &str| {
-            let o = ssh_as_ubuntu(&key, addr, cmd);
-            format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)).trim().to_owned()
-        };
-        let whitelist = cg.dirs(id).iter().any(|d| d.ends_with(format!("devices/nimbus-rtg-test-{tag}/{id}")));
-        eprintln!("cgroup v1 devices whitelist: {whitelist}");
-
-        assert_eq!(ssh("stat -c '%F %t:%T' /dev/kmsg"), "character special file 1:b");
-        assert_eq!(ssh("sudo -n sh -c ': < /dev/kmsg' && echo opened"), "opened");
-        assert_eq!(ssh("stat -L -c %s /usr/lib/nimbus-nvidia/libz.so.1"), std::fs::metadata(&real).unwrap().len().to_string());
-        assert_eq!(
-            ssh(&format!("sudo -n sh -c 'echo x >> /usr/lib/nimbus-nvidia/{real_name}' 2>/dev/null || echo read-only")),
-            "read-only"
-        );
-        assert_eq!(ssh("/usr/bin/nimbus-gpu-tool && echo ran"), "ran");
-        assert_eq!(ssh("cat /etc/ld.so.conf.d/000-nimbus-nvidia.conf"), "/usr/lib/nimbus-nvidia");
-        // The libraries of the plan come first in the instance's ld cache, ahead of the image's.
-        let first = ssh("/sbin/ldconfig -p | grep -m1 'libz.so.1 '");
-        assert!(first.ends_with("=> /usr/lib/nimbus-nvidia/libz.so.1"), "{first}");
-        // What every container needs still works under the whitelist: /dev/null, ptys.
-        assert_eq!(ssh("echo x > /dev/null && python3 -c 'import os; m, s = os.openpty(); print(os.ttyname(s)[:9])'"), "/dev/pts/");
-        if whitelist {
-            // Nodes outside the plan do not open even for root inside (who may still mknod).
-            let out = ssh("sudo -n mknod /tmp/mem c 1 1 && echo made && sudo -n sh -c ': < /tmp/mem' 2>&1 | grep -c 'Operation not permitted'; sudo -n rm -f /tmp/mem");
-            assert_eq!(out, "made\n1", "mknod is allowed, opening is not");
-            let list = std::fs::read_to_string(cg.dirs(id).last().unwrap().join("devices.list")).unwrap();
-            assert!(list.contains("c 1:11 rwm") && !list.contains("a *:* rwm"), "{list}");
-        }
-
-        stop(&cg, id).unwrap();
-        super::super::storage::unmount_all(&spec.dir);
-        net.destroy(id);
-        assert!(!cg.exists(id), "the devices cgroup goes with the others");
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        assert!(!mounts.contains(spec.dir.to_str().unwrap()), "a mount of the instance leaked into the host");
-        cg.remove_parent();
-        net.remove_bridge();
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
 }

@@ -24,8 +24,6 @@ use std::process::{Command, Stdio};
 use nimbus_proto::{HostSnapshot, HostVolume, SnapshotReport, SnapshotSource, SnapshotState, VolumeMount, VolumeReport};
 
 const GIB: u64 = 1 << 30;
-/// The image's default user owns a new volume's root.
-const OWNER: &str = "1000:1000";
 
 fn run(cmd: &str, args: &[&str]) -> Result<String, String> {
     let out = Command::new(cmd).args(args).stdin(Stdio::null()).output().map_err(|e| format!("{cmd}: cannot start ({e})"))?;
@@ -124,7 +122,8 @@ impl Storage {
         }
         std::fs::create_dir_all(&m).map_err(|e| e.to_string())?;
         grow_offline(&f)?;
-        run("mount", &["-o", "loop", &p(&f), &p(&m)])?;
+        // A tenant's file system: nothing in it acts as set-uid or as a device on the host.
+        run("mount", &["-o", "loop,nosuid,nodev", &p(&f), &p(&m)])?;
         Ok(m)
     }
 
@@ -178,8 +177,9 @@ impl Storage {
         self.data.join("snapshots").join(id)
     }
 
-    /// Creates or grows one volume's file system.
-    fn ensure_volume(&self, v: &HostVolume) -> Result<(), String> {
+    /// Creates or grows one volume's file system; a new one's root belongs to host uid `owner`
+    /// (the default user of its organization's instances).
+    fn ensure_volume(&self, v: &HostVolume, owner: u32) -> Result<(), String> {
         if !nimbus_core_is_id(&v.id) {
             return Err(format!("bad volume id {:?}", v.id));
         }
@@ -196,7 +196,7 @@ impl Storage {
                 }
                 None => {
                     std::fs::File::create(&tmp).and_then(|fh| fh.set_len(want)).map_err(|e| e.to_string())?;
-                    run("mkfs.ext4", &["-q", "-F", "-E", &format!("root_owner={OWNER}"), &p(&tmp)])?;
+                    run("mkfs.ext4", &["-q", "-F", "-E", &format!("root_owner={owner}:{owner}"), &p(&tmp)])?;
                 }
             }
             std::fs::rename(&tmp, &f).map_err(|e| e.to_string())?;
@@ -259,13 +259,15 @@ impl Storage {
     }
 
     /// Makes the host's volumes and snapshots the desired sets and reports them.
-    /// `mounts` lists `(volume id, instance id, mount path)` of what is bound into instances now.
+    /// `mounts` lists `(volume id, instance id, mount path)` of what is bound into instances now;
+    /// `owner_of` gives the host uid a new volume's root belongs to.
     pub fn sync(
         &self,
         volumes: &[HostVolume],
         snapshots: &[HostSnapshot],
         instances_dir: &Path,
         mounts: &[(String, String, PathBuf)],
+        owner_of: &dyn Fn(&HostVolume) -> Result<u32, String>,
     ) -> (Vec<VolumeReport>, Vec<SnapshotReport>) {
         // Host mounts no instance binds any more go first, so a detached volume grows offline
         // at its next mount and a deleted one can go below.
@@ -293,7 +295,7 @@ impl Storage {
         }
         let mut vol_reports = Vec::new();
         for v in volumes {
-            let r = self.ensure_volume(v);
+            let r = owner_of(v).and_then(|owner| self.ensure_volume(v, owner));
             let mounted_in_all: Vec<String> = mounts.iter().filter(|m| m.0 == v.id).map(|m| m.1.clone()).collect();
             vol_reports.push(VolumeReport {
                 id: v.id.clone(),

@@ -95,6 +95,7 @@ fn host_config(data: &std::path::Path, images: &std::path::Path, prefix: &str, n
             public_ip: None,
         }),
         sshd_grace,
+        launcher: Some(nimbus_driver::container::runtime::Launcher::binary(env!("CARGO_BIN_EXE_nimbus-test-launch"))),
         ..ContainerConfig::new(data, images)
     }
 }
