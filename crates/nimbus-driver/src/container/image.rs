@@ -29,6 +29,17 @@ type Result<T> = std::result::Result<T, ImageError>;
 pub const DEFAULT_PACKAGES: &[&str] =
     &["openssh-server", "sudo", "python3", "curl", "ca-certificates", "iproute2", "procps", "less", "rsync", "lsof", "tini"];
 
+/// What an image of `name` holds on top of [`DEFAULT_PACKAGES`]: the `-docker` variant (e.g.
+/// `debian-12-docker`) comes with Docker's engine, as dstack's jobs expect on a Lambda instance
+/// (docs/security.md: Docker inside an unprivileged instance).
+pub fn extra_packages(name: &str) -> &'static [&'static str] {
+    if name.ends_with("-docker") {
+        &["docker.io", "iptables"]
+    } else {
+        &[]
+    }
+}
+
 /// The rootfs directory of image `name` under `images_dir`.
 pub fn rootfs(images_dir: &Path, name: &str) -> PathBuf {
     images_dir.join(name).join("rootfs")
@@ -114,8 +125,9 @@ pub fn build_debian(images_dir: &Path, name: &str, mirror: &str, mut on_progress
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|source| ImageError::Io { path: tmp.clone(), source })?;
     }
+    let packages: Vec<&str> = DEFAULT_PACKAGES.iter().chain(extra_packages(name)).copied().collect();
     let mut child = Command::new("debootstrap")
-        .args(["--variant=minbase", &format!("--include={}", DEFAULT_PACKAGES.join(",")), "bookworm"])
+        .args(["--variant=minbase", &format!("--include={}", packages.join(",")), "bookworm"])
         .arg(&tmp)
         .arg(mirror)
         .stdout(Stdio::piped())

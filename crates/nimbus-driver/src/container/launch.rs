@@ -271,21 +271,22 @@ fn parent(spec: &LaunchSpec, pid: libc::pid_t, sock: &OwnedFd) -> Result<()> {
 /// is an idmapped clone of the image, so the image's root-owned files belong to the instance's
 /// root inside and stay root's on disk, shared by every instance.
 pub fn overlay(r: &Rootfs, idmap: Option<&OwnedFd>) -> Result<OwnedFd> {
-    let lower_tree;
+    // Every layer goes to overlayfs as `/proc/self/fd/N`: the instance's mountinfo then shows
+    // those strings, never the host's paths of its disk and of the image.
+    let path = |p: &Path| -> Result<OwnedFd> { sys::open_dir_path(p).map_err(ctx(p.display())) };
     let lower = match idmap {
         Some(userns) => {
             let c = sys::cstr(&r.lower).map_err(ctx("image path"))?;
-            lower_tree = sys::open_tree(&c, sys::OPEN_TREE_CLONE | sys::AT_RECURSIVE).map_err(ctx(format!("open_tree {}", r.lower.display())))?;
-            sys::mount_setattr(&lower_tree, true, sys::MOUNT_ATTR_IDMAP, Some(userns)).map_err(ctx("idmapping the image"))?;
-            sys::fd_path(&lower_tree)
+            let tree = sys::open_tree(&c, sys::OPEN_TREE_CLONE | sys::AT_RECURSIVE).map_err(ctx(format!("open_tree {}", r.lower.display())))?;
+            sys::mount_setattr(&tree, true, sys::MOUNT_ATTR_IDMAP, Some(userns)).map_err(ctx("idmapping the image"))?;
+            tree
         }
-        None => sys::cstr(&r.lower).map_err(ctx("image path"))?,
+        None => path(&r.lower)?,
     };
+    let (upper, work) = (path(&r.upper)?, path(&r.work)?);
     let fs = sys::fsopen(c"overlay").map_err(ctx("fsopen overlay"))?;
-    let upper = sys::cstr(&r.upper).map_err(ctx("upper path"))?;
-    let work = sys::cstr(&r.work).map_err(ctx("work path"))?;
     for (k, v) in [(c"lowerdir", &lower), (c"upperdir", &upper), (c"workdir", &work)] {
-        sys::fsconfig_string(&fs, k, v).map_err(ctx(format!("overlay {}", k.to_string_lossy())))?;
+        sys::fsconfig_string(&fs, k, &sys::fd_path(v)).map_err(ctx(format!("overlay {}", k.to_string_lossy())))?;
     }
     sys::fsconfig_create(&fs).map_err(ctx("creating the overlay"))?;
     sys::fsmount(&fs, 0).map_err(ctx("fsmount overlay"))
@@ -379,12 +380,12 @@ fn child(spec: &LaunchSpec, sock: &OwnedFd) -> Result<std::convert::Infallible> 
     let argv: Vec<CString> = spec.init.iter().map(|a| CString::new(a.as_bytes()).map_err(|_| "NUL in init".to_owned())).collect::<Result<_>>()?;
     let envp: Vec<CString> = spec.env.iter().map(|a| CString::new(a.as_bytes()).map_err(|_| "NUL in env".to_owned())).collect::<Result<_>>()?;
     let prog = argv.first().cloned().ok_or("no init")?;
-    let filter = if spec.hardening.seccomp { Some(super::seccomp::program()?) } else { None };
+    let filters = if spec.hardening.seccomp { super::seccomp::programs()? } else { Vec::new() };
     // Every descriptor but 0-2 closes at exec, the socket to the launcher included: its EOF is
     // the launcher's signal that the instance runs.
     sys::cloexec_from(3).map_err(ctx("close_range"))?;
     sys::default_signal(libc::SIGPIPE);
-    if let Some(f) = &filter {
+    for f in &filters {
         sys::seccomp_install(f).map_err(ctx("installing the seccomp filter"))?;
     }
     Err(format!("exec {}: {}", spec.init[0], sys::execve(&prog, &argv, &envp)))

@@ -6,7 +6,9 @@
 //! here when either of them refuses it and nesting does not need it):
 //! - kernel images and modules: `kexec_load`, `kexec_file_load`, `init_module`, `finit_module`,
 //!   `delete_module` (the pre-2.6 module calls no longer exist in the kernel);
-//! - the kernel keyring, which is not namespaced: `keyctl`, `add_key`, `request_key`;
+//! - the kernel keyring: `keyctl`, `add_key`, `request_key` — answered with `ENOSYS` rather than
+//!   `EPERM`, as LXD does: runc (Docker inside) then runs its containers without a session
+//!   keyring of their own, as on a kernel without keyrings, instead of failing;
 //! - file handles (the "shocker" escape): `open_by_handle_at`;
 //! - tracing and in-kernel programs: `perf_event_open`, `bpf`, `lookup_dcookie`;
 //! - the clock: `settimeofday`, `clock_settime`, `clock_adjtime` (`adjtimex` stays: reading the
@@ -38,9 +40,6 @@ pub fn denied() -> Vec<(&'static str, i64)> {
         ("init_module", libc::SYS_init_module),
         ("finit_module", libc::SYS_finit_module),
         ("delete_module", libc::SYS_delete_module),
-        ("keyctl", libc::SYS_keyctl),
-        ("add_key", libc::SYS_add_key),
-        ("request_key", libc::SYS_request_key),
         ("open_by_handle_at", libc::SYS_open_by_handle_at),
         ("perf_event_open", libc::SYS_perf_event_open),
         ("bpf", libc::SYS_bpf),
@@ -69,16 +68,26 @@ pub fn denied() -> Vec<(&'static str, i64)> {
     v
 }
 
+/// `(name, number)` of the keyring calls, answered with `ENOSYS`.
+pub fn keyring() -> Vec<(&'static str, i64)> {
+    vec![("keyctl", libc::SYS_keyctl), ("add_key", libc::SYS_add_key), ("request_key", libc::SYS_request_key)]
+}
+
 fn arch() -> Result<TargetArch, String> {
     TargetArch::try_from(std::env::consts::ARCH).map_err(|e| format!("no seccomp filter for {}: {e:?}", std::env::consts::ARCH))
 }
 
-/// The compiled filter: every denied call returns `EPERM`, everything else runs.
-pub fn program() -> Result<BpfProgram, String> {
-    let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> = denied().into_iter().map(|(_, nr)| (nr, vec![])).collect();
-    let filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::EPERM as u32), arch()?)
+fn compile(calls: Vec<(&'static str, i64)>, errno: i32) -> Result<BpfProgram, String> {
+    let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> = calls.into_iter().map(|(_, nr)| (nr, vec![])).collect();
+    let filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(errno as u32), arch()?)
         .map_err(|e| format!("seccomp filter: {e}"))?;
     filter.try_into().map_err(|e: seccompiler::BackendError| format!("seccomp filter: {e}"))
+}
+
+/// The compiled filters, installed one after the other (a call passes only if every filter
+/// allows it): [`denied`] returns `EPERM`, [`keyring`] returns `ENOSYS`, everything else runs.
+pub fn programs() -> Result<Vec<BpfProgram>, String> {
+    Ok(vec![compile(denied(), libc::EPERM)?, compile(keyring(), libc::ENOSYS)?])
 }
 
 #[cfg(test)]
@@ -88,9 +97,9 @@ mod tests {
 
     #[test]
     fn the_filter_compiles_and_covers_the_issue_list() {
-        let prog = program().expect("compiles");
-        assert!(prog.len() > denied().len(), "one comparison per denied call at least");
-        let names: Vec<&str> = denied().iter().map(|(n, _)| *n).collect();
+        let progs = programs().expect("compiles");
+        assert!(progs[0].len() > denied().len(), "one comparison per denied call at least");
+        let names: Vec<&str> = denied().iter().chain(keyring().iter()).map(|(n, _)| *n).collect();
         for must in ["kexec_load", "init_module", "finit_module", "keyctl", "open_by_handle_at", "perf_event_open", "clock_settime", "bpf"] {
             assert!(names.contains(&must), "{must} must be denied");
         }
@@ -102,16 +111,18 @@ mod tests {
     /// The filter on the real kernel: a child process installs it (as root, without
     /// no_new_privs) and then tries a denied call and an allowed one.
     #[test]
-    fn the_kernel_refuses_denied_calls_with_eperm() {
+    fn the_kernel_refuses_denied_calls_with_their_errno() {
         if !super::super::inventory::is_root() {
             eprintln!("SKIPPED: installing a filter without no_new_privs needs CAP_SYS_ADMIN");
             return;
         }
-        let prog = program().unwrap();
+        let progs = programs().unwrap();
         let script = "import ctypes, os\n\
                       libc = ctypes.CDLL(None, use_errno=True)\n\
                       r = libc.syscall(250, 0, -3, 0, 0, 0)\n\
                       print('keyctl', r, os.strerror(ctypes.get_errno()) if r < 0 else 'ok')\n\
+                      r = libc.syscall(321, 5, 0, 0)\n\
+                      print('bpf', r, os.strerror(ctypes.get_errno()) if r < 0 else 'ok')\n\
                       r = libc.syscall(39)\n\
                       print('getpid', 'ok' if r > 0 else 'failed')\n\
                       print(open('/proc/self/status').read().split('NoNewPrivs:')[1].split()[0])\n";
@@ -121,11 +132,11 @@ mod tests {
         // compiled before the fork; nothing allocates.
         #[allow(unsafe_code)]
         unsafe {
-            cmd.pre_exec(move || super::super::sys::seccomp_install(&prog));
+            cmd.pre_exec(move || progs.iter().try_for_each(|p| super::super::sys::seccomp_install(p)));
         }
         let out = cmd.output().expect("python3");
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!(text.lines().collect::<Vec<_>>(), vec!["keyctl -1 Operation not permitted", "getpid ok", "0"], "{text}");
+        assert_eq!(text.lines().collect::<Vec<_>>(), vec!["keyctl -1 Function not implemented", "bpf -1 Operation not permitted", "getpid ok", "0"], "{text}");
     }
 }
