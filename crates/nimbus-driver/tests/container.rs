@@ -3,6 +3,9 @@
 //! restart, and nothing of it is left after destroy. Needs root and the debian-12 image
 //! (scripts/test builds it); otherwise says why and skips.
 
+// Test code: a failed step is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::os::unix::fs::MetadataExt;

@@ -3,6 +3,9 @@
 //! tarball (no registry is reachable from here), and a container that runs and prints. Needs
 //! root and the debian-12-docker image (scripts/test builds it); otherwise says why and skips.
 
+// Test code: a failed step is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::Host;

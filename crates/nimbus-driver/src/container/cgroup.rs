@@ -126,7 +126,8 @@ impl Cgroups {
         }
         let opts = mount_options(mount);
         let mut hierarchies = Vec::new();
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(mount).map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect()).unwrap_or_default();
+        let mut entries: Vec<PathBuf> =
+            std::fs::read_dir(mount).map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect()).unwrap_or_default();
         entries.sort();
         for p in entries {
             // Co-mounted controllers appear once more as links (`cpu -> cpu,cpuacct`).
@@ -558,7 +559,10 @@ mod tests {
     fn every_hierarchy_is_joined_limits_are_set_and_the_subtree_is_delegated() {
         let t = fake_v1(&["cpu", "memory", "pids", "cpuacct", "devices", "freezer", "systemd"]);
         let cg = Cgroups::detect(&t.0, "nimbus").expect("v1");
-        assert_eq!(cg.hierarchies().iter().map(|h| h.options.as_str()).collect::<Vec<_>>(), ["cpu", "cpuacct", "devices", "freezer", "memory", "pids", "name=systemd"]);
+        assert_eq!(
+            cg.hierarchies().iter().map(|h| h.options.as_str()).collect::<Vec<_>>(),
+            ["cpu", "cpuacct", "devices", "freezer", "memory", "pids", "name=systemd"]
+        );
         let limits = Limits { cpu_millis: 1000, memory_bytes: 1 << 30, pids: 64 };
         let rules = super::super::devices::rules_with(&[(195, 3)]);
         cg.create("i", limits, Some(&rules), None).expect("create");

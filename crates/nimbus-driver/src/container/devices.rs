@@ -59,10 +59,7 @@ impl Rule {
     }
 
     fn matches(&self, kind: Kind, major: u32, minor: u32, access: u32) -> bool {
-        self.kind == kind
-            && self.major.is_none_or(|m| m == major)
-            && self.minor.is_none_or(|m| m == minor)
-            && access & !self.access == 0
+        self.kind == kind && self.major.is_none_or(|m| m == major) && self.minor.is_none_or(|m| m == minor) && access & !self.access == 0
     }
 }
 

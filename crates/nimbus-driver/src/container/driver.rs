@@ -314,6 +314,7 @@ impl ContainerDriver {
             antispoof: !w.antispoof,
             ipv6_drop: !w.ipv6_drop,
             host_input_drop: !w.host_input_drop,
+            instance_rules: !w.firewall,
         };
         // Both tables in one transaction: never a moment with one and not the other.
         let text = super::firewall::render(&self.cfg.bridge, self.cfg.gateway, &entries, opts)

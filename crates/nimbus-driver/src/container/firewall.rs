@@ -79,11 +79,12 @@ pub struct Options {
     pub antispoof: bool,
     pub ipv6_drop: bool,
     pub host_input_drop: bool,
+    pub instance_rules: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { outbound_nat: None, antispoof: true, ipv6_drop: true, host_input_drop: true }
+        Options { outbound_nat: None, antispoof: true, ipv6_drop: true, host_input_drop: true, instance_rules: true }
     }
 }
 
@@ -155,7 +156,7 @@ pub fn render(bridge: &str, gateway: Ipv4Addr, entries: &[Entry<'_>], opts: Opti
             }
         }
         s += "    ct state established,related accept\n";
-        for e in entries {
+        for e in entries.iter().filter(|_| opts.instance_rules) {
             s += &format!("    ip daddr {} jump i_{}\n", e.addr, &e.id[..e.id.len().min(12)]);
         }
         s += "  }\n";
@@ -241,7 +242,10 @@ mod tests {
             assert!(t.contains(rule), "{rule}: {t}");
         }
         let inet = render("nimbus0", Ipv4Addr::new(10, 200, 0, 1), &e, Options::default());
-        assert!(inet.contains("meta nfproto ipv6 iifname \"nimbus0\" drop") && inet.contains("meta nfproto ipv6 oifname \"nimbus0\" drop"), "{inet}");
+        assert!(
+            inet.contains("meta nfproto ipv6 iifname \"nimbus0\" drop") && inet.contains("meta nfproto ipv6 oifname \"nimbus0\" drop"),
+            "{inet}"
+        );
         // The weakened variants the escape suite's self-test uses.
         let open = render_ports("nimbus0", &e, Options { antispoof: false, ipv6_drop: false, ..Options::default() });
         assert!(!open.contains("saddr") && !open.contains("jump"), "{open}");
@@ -267,7 +271,12 @@ mod tests {
         assert!(t.contains("ip daddr 10.200.0.3 jump i_abcdef012345"));
         assert!(t.contains("iifname \"nimbus0\" drop"));
         assert!(!t.contains("masquerade"), "no NAT unless asked");
-        let nat = render("nimbus0", Ipv4Addr::new(10, 200, 0, 1), &e, Options { outbound_nat: Some((Ipv4Addr::new(10, 200, 0, 0), 16)), ..Options::default() });
+        let nat = render(
+            "nimbus0",
+            Ipv4Addr::new(10, 200, 0, 1),
+            &e,
+            Options { outbound_nat: Some((Ipv4Addr::new(10, 200, 0, 0), 16)), ..Options::default() },
+        );
         assert!(nat.contains("ip saddr 10.200.0.0/16 oifname != \"nimbus0\" masquerade"), "{nat}");
         assert!(!t.contains("dnat"), "no forwards unless an instance has a port");
     }

@@ -129,13 +129,7 @@ pub fn probe(scratch: &Path) -> std::result::Result<(), String> {
     // SAFETY: between fork and exec the child makes one system call (unshare) and nothing else.
     #[allow(unsafe_code)]
     unsafe {
-        holder.pre_exec(|| {
-            if libc::unshare(libc::CLONE_NEWUSER) == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        });
+        holder.pre_exec(|| if libc::unshare(libc::CLONE_NEWUSER) == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) });
     }
     let mut child = holder.spawn().map_err(|e| format!("user namespace holder: {e}"))?;
     let result = (|| {
@@ -170,12 +164,7 @@ pub fn shifted_copy(lower: &Path, base: u32) -> Result<PathBuf> {
     }
     let tmp = image_dir.join(format!(".shifted-{base}.partial"));
     let _ = std::fs::remove_dir_all(&tmp);
-    let st = std::process::Command::new("cp")
-        .args(["-a", "--reflink=auto"])
-        .arg(lower)
-        .arg(&tmp)
-        .status()
-        .map_err(io(&tmp))?;
+    let st = std::process::Command::new("cp").args(["-a", "--reflink=auto"]).arg(lower).arg(&tmp).status().map_err(io(&tmp))?;
     if !st.success() {
         return Err(IdmapError::Io { path: tmp, source: std::io::Error::other(format!("cp -a failed: {st}")) });
     }

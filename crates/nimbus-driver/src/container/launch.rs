@@ -178,13 +178,14 @@ pub fn main(args: &[String]) -> i32 {
         println!("error usage: launcher SPEC.json");
         return 2;
     };
-    let spec: LaunchSpec = match std::fs::read(path).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
-        Ok(s) => s,
-        Err(e) => {
-            println!("error reading {path}: {e}");
-            return 2;
-        }
-    };
+    let spec: LaunchSpec =
+        match std::fs::read(path).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
+            Ok(s) => s,
+            Err(e) => {
+                println!("error reading {path}: {e}");
+                return 2;
+            }
+        };
     match launch(&spec) {
         Ok(pid) => {
             println!("ok {pid}");
@@ -228,8 +229,15 @@ pub fn launch(spec: &LaunchSpec) -> Result<libc::pid_t> {
     drop(theirs);
     let res = parent(spec, pid, &ours);
     if let Err(e) = res {
+        // The child may have failed first (and its failure is the cause): its message wins.
         let _ = sys::kill(pid, libc::SIGKILL);
         let _ = sys::waitpid(pid);
+        let mut buf = [0u8; 4096];
+        if let Ok((n, _)) = sys::recv_msg_nowait(&ours, &mut buf) {
+            if n > 0 {
+                return Err(String::from_utf8_lossy(&buf[..n]).trim_start_matches("error ").to_owned());
+            }
+        }
         return Err(e);
     }
     // The child's first message is an error, or the socket closes when it execs (it is
@@ -277,7 +285,8 @@ pub fn overlay(r: &Rootfs, idmap: Option<&OwnedFd>) -> Result<OwnedFd> {
     let lower = match idmap {
         Some(userns) => {
             let c = sys::cstr(&r.lower).map_err(ctx("image path"))?;
-            let tree = sys::open_tree(&c, sys::OPEN_TREE_CLONE | sys::AT_RECURSIVE).map_err(ctx(format!("open_tree {}", r.lower.display())))?;
+            let tree =
+                sys::open_tree(&c, sys::OPEN_TREE_CLONE | sys::AT_RECURSIVE).map_err(ctx(format!("open_tree {}", r.lower.display())))?;
             sys::mount_setattr(&tree, true, sys::MOUNT_ATTR_IDMAP, Some(userns)).map_err(ctx("idmapping the image"))?;
             tree
         }
@@ -331,10 +340,7 @@ fn network(n: &NetSpec, pid: libc::pid_t) -> Result<()> {
     ip_batch(None, &format!("link set {} master {} up\n", n.host_if, n.bridge))?;
     ip_batch(
         Some(&n.ns_name),
-        &format!(
-            "link set lo up\naddr add {}/{} dev eth0\nlink set eth0 up\nroute add default via {}\n",
-            n.addr, n.prefix_len, n.gateway
-        ),
+        &format!("link set lo up\naddr add {}/{} dev eth0\nlink set eth0 up\nroute add default via {}\n", n.addr, n.prefix_len, n.gateway),
     )
 }
 
@@ -377,8 +383,10 @@ fn child(spec: &LaunchSpec, sock: &OwnedFd) -> Result<std::convert::Infallible> 
         }
         sys::ambient_clear().map_err(ctx("clearing ambient capabilities"))?;
     }
-    let argv: Vec<CString> = spec.init.iter().map(|a| CString::new(a.as_bytes()).map_err(|_| "NUL in init".to_owned())).collect::<Result<_>>()?;
-    let envp: Vec<CString> = spec.env.iter().map(|a| CString::new(a.as_bytes()).map_err(|_| "NUL in env".to_owned())).collect::<Result<_>>()?;
+    let argv: Vec<CString> =
+        spec.init.iter().map(|a| CString::new(a.as_bytes()).map_err(|_| "NUL in init".to_owned())).collect::<Result<_>>()?;
+    let envp: Vec<CString> =
+        spec.env.iter().map(|a| CString::new(a.as_bytes()).map_err(|_| "NUL in env".to_owned())).collect::<Result<_>>()?;
     let prog = argv.first().cloned().ok_or("no init")?;
     let filters = if spec.hardening.seccomp { super::seccomp::programs()? } else { Vec::new() };
     // Every descriptor but 0-2 closes at exec, the socket to the launcher included: its EOF is
@@ -404,11 +412,20 @@ const RESOLVE: u64 = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
 /// Opens `path` (absolute, as the instance sees it) as an `O_PATH` descriptor with every
 /// component resolved inside `root`: absolute links and `..` stay in the instance, magic links
 /// (`/proc/*/root`) are refused. Missing components are created (as directories, the last one
-/// as `create` says), never through a link.
+/// as `create` says), never on the host: a link on the way is followed inside the instance, as
+/// `mkdir -p` would within it.
 pub fn resolve_in_root(root: &OwnedFd, path: &str, create: Create) -> std::io::Result<OwnedFd> {
+    resolve_depth(root, path, create, 0)
+}
+
+fn resolve_depth(root: &OwnedFd, path: &str, create: Create, depth: u32) -> std::io::Result<OwnedFd> {
+    let invalid = || std::io::Error::from(std::io::ErrorKind::InvalidInput);
+    if depth > 40 {
+        return Err(std::io::Error::from_raw_os_error(libc::ELOOP));
+    }
     let rel = path.trim_start_matches('/');
     let open = |p: &str, dir: bool| {
-        let c = CString::new(if p.is_empty() { "." } else { p }).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        let c = CString::new(if p.is_empty() { "." } else { p }).map_err(|_| invalid())?;
         sys::openat2(root, &c, libc::O_PATH | if dir { libc::O_DIRECTORY } else { 0 }, 0, RESOLVE)
     };
     match open(rel, create == Create::Dir) {
@@ -424,15 +441,24 @@ pub fn resolve_in_root(root: &OwnedFd, path: &str, create: Create) -> std::io::R
         let parent = open(&prefix, true)?;
         let here = if prefix.is_empty() { (*comp).to_owned() } else { format!("{prefix}/{comp}") };
         let last = i + 1 == comps.len();
-        if open(&here, !last || create == Create::Dir).is_err() {
-            let name = CString::new(*comp).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-            let made = if last && create == Create::File { sys::create_file_at(&parent, &name, 0o644) } else { sys::mkdirat(&parent, &name, 0o755) };
+        let want_dir = !last || create == Create::Dir;
+        if open(&here, want_dir).is_err() {
+            let name = CString::new(*comp).map_err(|_| invalid())?;
+            let made = if last && create == Create::File {
+                sys::create_file_at(&parent, &name, 0o644)
+            } else {
+                sys::mkdirat(&parent, &name, 0o755)
+            };
             match made {
                 Ok(()) => {}
-                // Something (a dangling link, say) already has the name: refuse rather than
-                // follow it.
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    return Err(std::io::Error::new(e.kind(), format!("{path}: {comp} exists but does not resolve inside the instance")))
+                    // A dangling link: make what it points to, inside the instance, then go on
+                    // through it.
+                    let link = std::fs::read_link(format!("{}/{comp}", sys::fd_path(&parent).to_string_lossy()))
+                        .map_err(|_| std::io::Error::new(e.kind(), format!("{path}: {comp} exists and is not a directory")))?;
+                    let link = link.to_string_lossy();
+                    let target = if link.starts_with('/') { link.into_owned() } else { format!("/{prefix}/{link}") };
+                    drop(resolve_depth(root, &target, if want_dir { Create::Dir } else { create }, depth + 1)?);
                 }
                 Err(e) => return Err(e),
             }
@@ -442,7 +468,13 @@ pub fn resolve_in_root(root: &OwnedFd, path: &str, create: Create) -> std::io::R
     open(rel, create == Create::Dir)
 }
 
-fn mount_at(src: Option<&std::ffi::CStr>, target: &OwnedFd, fstype: Option<&std::ffi::CStr>, flags: libc::c_ulong, data: Option<&str>) -> std::io::Result<()> {
+fn mount_at(
+    src: Option<&std::ffi::CStr>,
+    target: &OwnedFd,
+    fstype: Option<&std::ffi::CStr>,
+    flags: libc::c_ulong,
+    data: Option<&str>,
+) -> std::io::Result<()> {
     let data = data.map(|d| CString::new(d).unwrap_or_default());
     sys::mount(src, &sys::fd_path(target), fstype, flags, data.as_deref())
 }
@@ -501,7 +533,13 @@ fn mount_all(spec: &LaunchSpec, root: &OwnedFd) -> Result<()> {
         .map_err(ctx("devpts"))?;
     tmpfs(root, "/dev/shm", NOSUID | NODEV, "mode=1777")?;
     let dev = at(root, "/dev", Create::Dir)?;
-    for (link, to) in [("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
+    for (link, to) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
         let l = CString::new(link).unwrap_or_default();
         let t = CString::new(to).unwrap_or_default();
         symlinkat(&t, &dev, &l).map_err(ctx(format!("/dev/{link}")))?;
@@ -557,8 +595,14 @@ fn masks(root: &OwnedFd) -> Result<()> {
     }
     for d in MASKED_DIRS {
         match resolve_in_root(root, d, Create::No) {
-            Ok(t) => mount_at(Some(c"tmpfs"), &t, Some(c"tmpfs"), libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, Some("mode=0555"))
-                .map_err(ctx(format!("masking {d}")))?,
+            Ok(t) => mount_at(
+                Some(c"tmpfs"),
+                &t,
+                Some(c"tmpfs"),
+                libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                Some("mode=0555"),
+            )
+            .map_err(ctx(format!("masking {d}")))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(format!("masking {d}: {e}")),
         }
@@ -646,5 +690,71 @@ mod tests {
             assert!(names.contains(&must), "{must}");
         }
         assert!(!names.contains(&"CAP_SYS_ADMIN") && !names.contains(&"CAP_NET_ADMIN"), "nesting needs these in the user namespace");
+    }
+}
+
+#[cfg(test)]
+mod resolve_tests {
+    use super::*;
+
+    fn root_of(t: &crate::container::TempDir) -> OwnedFd {
+        sys::open_dir_path(&t.0.join("root")).unwrap()
+    }
+
+    fn setup() -> crate::container::TempDir {
+        let t = crate::container::TempDir::new();
+        std::fs::create_dir_all(t.0.join("root/etc")).unwrap();
+        std::fs::create_dir_all(t.0.join("outside")).unwrap();
+        t
+    }
+
+    fn where_is(fd: &OwnedFd) -> PathBuf {
+        std::fs::read_link(sys::fd_path(fd).to_str().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn absolute_links_and_dotdot_stay_inside_the_root() {
+        let t = setup();
+        let outside = t.0.join("outside");
+        std::os::unix::fs::symlink(&outside, t.0.join("root/lambda")).unwrap();
+        std::os::unix::fs::symlink("../../../..", t.0.join("root/etc/up")).unwrap();
+        let root = root_of(&t);
+        // `/lambda -> <host path>`: the mount point is made inside the root, under that path.
+        let fd = resolve_in_root(&root, "/lambda/nfs/shared", Create::Dir).unwrap();
+        assert_eq!(where_is(&fd), t.0.join("root").join(outside.strip_prefix("/").unwrap()).join("nfs/shared"));
+        assert!(!outside.join("nfs").exists(), "nothing was made on the host");
+        // `..` past the root stays at the root.
+        let fd = resolve_in_root(&root, "/etc/up/etc", Create::No).unwrap();
+        assert_eq!(where_is(&fd), t.0.join("root/etc"));
+        // A file target through a link.
+        std::os::unix::fs::symlink("/etc/real-hosts", t.0.join("root/etc/hosts")).unwrap();
+        let fd = resolve_in_root(&root, "/etc/hosts", Create::File).unwrap();
+        assert_eq!(where_is(&fd), t.0.join("root/etc/real-hosts"));
+        assert!(t.0.join("root/etc/real-hosts").is_file());
+    }
+
+    #[test]
+    fn magic_links_and_plain_files_in_the_way_are_refused() {
+        let t = setup();
+        std::os::unix::fs::symlink("/proc/self/root", t.0.join("root/host")).unwrap();
+        std::fs::write(t.0.join("root/file"), "").unwrap();
+        let root = root_of(&t);
+        // RESOLVE_NO_MAGICLINKS: /proc/self/root is not followed (here /proc is not even in the
+        // root, and a link to it resolves inside; with the instance's /proc mounted, the magic
+        // link itself is refused).
+        assert!(resolve_in_root(&root, "/host/etc", Create::No).is_err());
+        let e = resolve_in_root(&root, "/file/x", Create::Dir).unwrap_err();
+        assert!(e.to_string().contains("exists and is not a directory") || e.raw_os_error() == Some(libc::ENOTDIR), "{e}");
+        let proc_ = resolve_in_root(&sys::open_dir_path(Path::new("/")).unwrap(), "/proc/self/root/etc", Create::No);
+        assert_eq!(proc_.unwrap_err().raw_os_error(), Some(libc::ELOOP), "magic links are refused");
+    }
+
+    #[test]
+    fn link_loops_end() {
+        let t = setup();
+        std::os::unix::fs::symlink("/b", t.0.join("root/a")).unwrap();
+        std::os::unix::fs::symlink("/a", t.0.join("root/b")).unwrap();
+        let root = root_of(&t);
+        assert!(resolve_in_root(&root, "/a/x", Create::Dir).is_err());
     }
 }

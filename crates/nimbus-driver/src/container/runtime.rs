@@ -85,6 +85,8 @@ pub struct Weaken {
     pub antispoof: bool,
     pub ipv6_drop: bool,
     pub host_input_drop: bool,
+    /// No per-instance allow lists (every port of every instance open to every other).
+    pub firewall: bool,
 }
 
 impl Weaken {
@@ -155,6 +157,10 @@ if [ "$(cat /var/lib/nimbus/instance-id 2>/dev/null)" != "$id" ]; then
   # its user data, once, as cloud-init does per instance.
   home=$(getent passwd ubuntu | cut -d: -f6)
   if [ -n "$home" ]; then
+    # The disk may hold anything there (a link planted before a snapshot, say): set it aside
+    # rather than follow it, so the instance's own keys always land in a real directory.
+    if [ -L "$home/.ssh" ] || { [ -e "$home/.ssh" ] && [ ! -d "$home/.ssh" ]; }; then mv "$home/.ssh" "$home/.ssh.moved-by-nimbus.$$"; fi
+    [ -L "$home/.ssh/authorized_keys" ] && rm -f "$home/.ssh/authorized_keys"
     install -d -m 0700 -o ubuntu -g ubuntu "$home/.ssh"
     install -m 0600 -o ubuntu -g ubuntu $S/authorized_keys "$home/.ssh/authorized_keys"
   fi
@@ -273,19 +279,26 @@ pub fn prepare(spec: &Spec) -> Result<()> {
 /// tenant left there.
 fn legacy_host_side_keys(spec: &Spec) -> Result<()> {
     tracing::error!(instance = %spec.id, "WEAKENED LAUNCH: writing keys into the instance's disk from the host, following its links");
-    let ssh = spec.dir.join("upper/home/ubuntu/.ssh");
+    let root = spec.root_uid();
+    let upper = spec.dir.join("upper");
+    let home = upper.join("home/ubuntu");
+    let ssh = home.join(".ssh");
     std::fs::create_dir_all(&ssh).map_err(io(&ssh))?;
     let keys: String = spec.authorized_keys.iter().map(|k| format!("{}\n", k.trim())).collect();
     let path = ssh.join("authorized_keys");
     std::fs::write(&path, keys).map_err(io(&path))?;
-    let uid = spec.root_uid() + 1000;
-    std::os::unix::fs::chown(&ssh, Some(uid), Some(uid)).map_err(io(&ssh))?;
-    std::os::unix::fs::chown(&path, Some(uid), Some(uid)).map_err(io(&path))
+    let own = |p: &Path, uid: u32| std::os::unix::fs::chown(p, Some(uid), Some(uid)).map_err(io(p));
+    own(&upper.join("home"), root)?;
+    for p in [&home, &ssh, &path] {
+        own(p, root + 1000)?;
+    }
+    Ok(())
 }
 
 /// The spec the launcher gets.
 pub fn launch_spec(spec: &Spec, cgroups: &Cgroups) -> LaunchSpec {
-    let mut binds: Vec<Bind> = spec.mounts.iter().map(|(src, dst)| Bind { source: src.clone(), target: dst.clone(), readonly: false, file: false }).collect();
+    let mut binds: Vec<Bind> =
+        spec.mounts.iter().map(|(src, dst)| Bind { source: src.clone(), target: dst.clone(), readonly: false, file: false }).collect();
     binds.push(Bind { source: super::storage::volumes_dir(&spec.dir), target: "/mnt/volumes".into(), readonly: false, file: false });
     if let Some(h) = &spec.hosts_file {
         binds.push(Bind { source: h.clone(), target: "/etc/hosts".into(), readonly: true, file: true });

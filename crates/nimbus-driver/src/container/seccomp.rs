@@ -100,7 +100,8 @@ mod tests {
         let progs = programs().expect("compiles");
         assert!(progs[0].len() > denied().len(), "one comparison per denied call at least");
         let names: Vec<&str> = denied().iter().chain(keyring().iter()).map(|(n, _)| *n).collect();
-        for must in ["kexec_load", "init_module", "finit_module", "keyctl", "open_by_handle_at", "perf_event_open", "clock_settime", "bpf"] {
+        for must in ["kexec_load", "init_module", "finit_module", "keyctl", "open_by_handle_at", "perf_event_open", "clock_settime", "bpf"]
+        {
             assert!(names.contains(&must), "{must} must be denied");
         }
         for nesting in [libc::SYS_mount, libc::SYS_unshare, libc::SYS_setns, libc::SYS_pivot_root, libc::SYS_clone, libc::SYS_clone3] {
@@ -137,6 +138,10 @@ mod tests {
         let out = cmd.output().expect("python3");
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!(text.lines().collect::<Vec<_>>(), vec!["keyctl -1 Function not implemented", "bpf -1 Operation not permitted", "getpid ok", "0"], "{text}");
+        assert_eq!(
+            text.lines().collect::<Vec<_>>(),
+            vec!["keyctl -1 Function not implemented", "bpf -1 Operation not permitted", "getpid ok", "0"],
+            "{text}"
+        );
     }
 }

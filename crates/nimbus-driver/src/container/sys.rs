@@ -107,7 +107,14 @@ pub fn mount_setattr(fd: &OwnedFd, recursive: bool, set: u64, userns: Option<&Ow
     let flags = libc::AT_EMPTY_PATH as u32 | if recursive { AT_RECURSIVE } else { 0 };
     // SAFETY: `attr` is a live mount_attr of the size passed; the empty path is a C literal.
     check(unsafe {
-        libc::syscall(libc::SYS_mount_setattr, fd.as_raw_fd(), c"".as_ptr(), flags, &attr as *const MountAttr, std::mem::size_of::<MountAttr>())
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
     })
     .map(drop)
 }
@@ -127,7 +134,14 @@ pub fn fsconfig_create(fs: &OwnedFd) -> io::Result<()> {
     const FSCONFIG_CMD_CREATE: u32 = 6;
     // SAFETY: no pointers.
     check(unsafe {
-        libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), FSCONFIG_CMD_CREATE, std::ptr::null::<libc::c_char>(), std::ptr::null::<libc::c_void>(), 0)
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_CMD_CREATE,
+            std::ptr::null::<libc::c_char>(),
+            std::ptr::null::<libc::c_void>(),
+            0,
+        )
     })
     .map(drop)
 }
@@ -165,7 +179,9 @@ struct OpenHow {
 pub fn openat2(dirfd: &OwnedFd, path: &CStr, flags: libc::c_int, mode: u32, resolve: u64) -> io::Result<OwnedFd> {
     let how = OpenHow { flags: (flags | libc::O_CLOEXEC) as u64, mode: u64::from(mode), resolve };
     // SAFETY: `how` is a live open_how of the size passed and `path` a valid C string.
-    owned(unsafe { libc::syscall(libc::SYS_openat2, dirfd.as_raw_fd(), path.as_ptr(), &how as *const OpenHow, std::mem::size_of::<OpenHow>()) })
+    owned(unsafe {
+        libc::syscall(libc::SYS_openat2, dirfd.as_raw_fd(), path.as_ptr(), &how as *const OpenHow, std::mem::size_of::<OpenHow>())
+    })
 }
 
 pub fn mkdirat(dirfd: &OwnedFd, name: &CStr, mode: u32) -> io::Result<()> {
@@ -178,7 +194,12 @@ pub fn mkdirat(dirfd: &OwnedFd, name: &CStr, mode: u32) -> io::Result<()> {
 pub fn create_file_at(dirfd: &OwnedFd, name: &CStr, mode: u32) -> io::Result<()> {
     // SAFETY: valid C string, descriptor we own; the returned descriptor is owned right away.
     let fd = check_int(unsafe {
-        libc::openat(dirfd.as_raw_fd(), name.as_ptr(), libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_WRONLY | libc::O_CLOEXEC, mode)
+        libc::openat(
+            dirfd.as_raw_fd(),
+            name.as_ptr(),
+            libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_WRONLY | libc::O_CLOEXEC,
+            mode,
+        )
     })?;
     // SAFETY: the kernel just handed us this descriptor.
     drop(unsafe { OwnedFd::from_raw_fd(fd) });
@@ -343,6 +364,15 @@ pub fn send_msg(sock: &OwnedFd, data: &[u8], fd: Option<&OwnedFd>) -> io::Result
 /// Receives one message into `buf`: its length (0 at end of stream) and the descriptor it
 /// carried, if any.
 pub fn recv_msg(sock: &OwnedFd, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
+    recv_flags(sock, buf, 0)
+}
+
+/// [`recv_msg`] without waiting: `WouldBlock` when nothing is queued.
+pub fn recv_msg_nowait(sock: &OwnedFd, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
+    recv_flags(sock, buf, libc::MSG_DONTWAIT)
+}
+
+fn recv_flags(sock: &OwnedFd, buf: &mut [u8], flags: libc::c_int) -> io::Result<(usize, Option<OwnedFd>)> {
     let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
     let mut cbuf = [0u64; 4];
     // SAFETY: all-zero is a valid msghdr.
@@ -353,7 +383,7 @@ pub fn recv_msg(sock: &OwnedFd, buf: &mut [u8]) -> io::Result<(usize, Option<Own
     msg.msg_controllen = std::mem::size_of_val(&cbuf);
     let n = loop {
         // SAFETY: `msg` points at live buffers for the duration of the call.
-        let rc = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        let rc = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC | flags) };
         if rc >= 0 {
             break rc as usize;
         }

@@ -4,6 +4,8 @@
 //! Dropping it removes everything it made, also when the test failed.
 
 #![allow(dead_code)]
+// Test support: a failed set-up step is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -146,12 +148,16 @@ impl Host {
 }
 
 pub fn ssh_with(key: &Path, ip: &str, cmd: &str) -> (bool, String) {
+    ssh_user(key, "ubuntu", ip, cmd)
+}
+
+pub fn ssh_user(key: &Path, user: &str, ip: &str, cmd: &str) -> (bool, String) {
     let out = Command::new("ssh")
         .arg("-i")
         .arg(key)
         .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"])
         .args(["-o", "ConnectTimeout=5"])
-        .arg(format!("ubuntu@{ip}"))
+        .arg(format!("{user}@{ip}"))
         .arg(cmd)
         .output()
         .expect("ssh");
