@@ -44,18 +44,10 @@ pub enum BenchCmd {
         #[arg(long)]
         database_url: Option<String>,
     },
-    /// Container instances: launch request to first successful `ssh … true`, terminate to fully
-    /// cleaned, and the agent's memory with many idle instances (root; builds the image if missing).
-    Launch {
-        /// Sequential launches measured.
-        #[arg(long, default_value_t = 20)]
-        launches: usize,
-        /// Instances kept running at once for the memory measurement.
-        #[arg(long, default_value_t = 30)]
-        idle: usize,
-        #[command(flatten)]
-        images: crate::image::ImagesDir,
-    },
+    /// Container instances as a client sees them: launch → `active` → first successful `ssh …
+    /// true`, terminate → fully cleaned, on an empty host, with instances running, and a batch;
+    /// optionally beside the LXD peer (root; builds the image if missing).
+    Launch(crate::bench_launch::LaunchArgs),
     /// What the rate limiter and the idempotency layer add to a request (p50 difference).
     Middleware {
         /// Requests per phase per round.
@@ -92,7 +84,7 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Rss { settle_seconds } => rss(settle_seconds).await,
         BenchCmd::Webhooks(a) => crate::bench_webhooks::run(a).await,
         BenchCmd::Cluster(a) => crate::bench_cluster::run(a).await,
-        BenchCmd::Launch { launches, idle, images } => launch(launches, idle, images.path()).await,
+        BenchCmd::Launch(a) => crate::bench_launch::run(a).await,
     }
 }
 
@@ -408,173 +400,6 @@ async fn rss(settle: u64) -> anyhow::Result<()> {
     let kib = rss_kib(pid)?;
     println!("nimbus server idle RSS: {:.1} MiB ({kib} KiB) after {settle} s", kib as f64 / 1024.0);
     child.kill().await?;
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(())
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn ssh_true(key: &std::path::Path, ip: &str) -> bool {
-    std::process::Command::new("ssh")
-        .arg("-i")
-        .arg(key)
-        .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"])
-        .args(["-o", "ConnectTimeout=2"])
-        .arg(format!("ubuntu@{ip}"))
-        .arg("true")
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-async fn launch(n: usize, idle: usize, images_dir: std::path::PathBuf) -> anyhow::Result<()> {
-    use nimbus_api_types::lambda as w;
-    let d = images_dir.clone();
-    tokio::task::spawn_blocking(move || crate::image::ensure_default(&d, "debian-12", None)).await??;
-    let dir = temp_dir("launch")?;
-    let url = format!("sqlite://{}?mode=rwc", dir.join("nimbus.db").display());
-    let cfg = Config { rate_limits: RateLimits::generous(), ..Config::default() };
-    let store = Store::connect(&url).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    let control = Control::new(store, Arc::new(SystemClock), cfg).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    let org = admin::org_create(&control, "bench", None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    let (_, key) = admin::api_key_create(&control, &org, "bench", Permissions::admin(), None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    let token = admin::host_token_create(&control, "us-east-1").await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    let server = nimbus_api::server::start(control.clone(), tokio::net::TcpListener::bind("127.0.0.1:0").await?)?;
-    // The agent is a real separate process, so its memory can be measured on its own.
-    let agent_log = std::fs::File::create(dir.join("agent.log"))?;
-    let mut agent = tokio::process::Command::new(std::env::current_exe()?)
-        .args(["agent", "--server", &server.url(), "--token", &token, "--data-dir"])
-        .arg(dir.join("agent"))
-        .arg("--images-dir")
-        .arg(&images_dir)
-        .args(["--offer-vcpus", &(idle.max(4) * 2).to_string(), "--offer-memory-gib", &(idle.max(4) * 2).to_string()])
-        .args(["--offer-disk-gib", &(idle.max(4) * 20).to_string()])
-        .stdout(agent_log.try_clone()?)
-        .stderr(agent_log)
-        .kill_on_drop(true)
-        .spawn()?;
-    let agent_pid = agent.id().context("agent pid")?;
-    let t = Instant::now();
-    while control.store().host_list(None, true).await.map_err(|e| anyhow::anyhow!("{e}"))?.is_empty() {
-        if t.elapsed() > Duration::from_secs(60) {
-            bail!("the agent did not register; see {}", dir.join("agent.log").display());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let keyfile = dir.join("id");
-    let ok = std::process::Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&keyfile).status()?.success();
-    if !ok {
-        bail!("ssh-keygen failed");
-    }
-    let client = nimbus_client::LambdaClient::new(&server.url(), &key);
-    client.ssh_key_add("bench", Some(std::fs::read_to_string(keyfile.with_extension("pub"))?.trim())).await?;
-    let req = w::LaunchRequest {
-        region_name: "us-east-1".into(),
-        instance_type_name: "cpu_1x_small".into(),
-        ssh_key_names: vec!["bench".into()],
-        file_system_names: None,
-        file_system_mounts: None,
-        hostname: None,
-        name: None,
-        image: None,
-        user_data: None,
-        tags: None,
-        firewall_rulesets: None,
-        quantity: Some(1),
-    };
-    let gone = |id: &str| {
-        let short = &id[..12];
-        !std::path::Path::new(&format!("/run/netns/nimbus-{short}")).exists()
-            && !std::path::Path::new(&format!("/sys/fs/cgroup/memory/nimbus/{id}")).exists()
-            && !std::path::Path::new(&format!("/sys/fs/cgroup/nimbus/{id}")).exists()
-            && !dir.join("agent/container/instances").join(id).exists()
-    };
-    println!("nimbus bench launch: {n} sequential launches of cpu_1x_small (container driver, cached image), then {idle} idle instances");
-    let (mut to_ssh, mut to_clean) = (Vec::new(), Vec::new());
-    for _ in 0..n {
-        let t0 = Instant::now();
-        let id = client.launch(&req).await?.pop().context("no instance id")?;
-        loop {
-            let inst = client.instance(&id).await?;
-            if let Some(ip) = inst.ip.clone() {
-                let k = keyfile.clone();
-                if tokio::task::spawn_blocking(move || ssh_true(&k, &ip)).await? {
-                    break;
-                }
-            }
-            if t0.elapsed() > Duration::from_secs(60) {
-                bail!("instance {id} never answered ssh");
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        to_ssh.push(t0.elapsed());
-        let t1 = Instant::now();
-        client.terminate(std::slice::from_ref(&id)).await?;
-        loop {
-            if client.instance(&id).await?.status == "terminated" && gone(&id) {
-                break;
-            }
-            if t1.elapsed() > Duration::from_secs(30) {
-                bail!("instance {id} was not cleaned up");
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        to_clean.push(t1.elapsed());
-    }
-    to_ssh.sort();
-    to_clean.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    println!("| measure | n | p50 ms | p95 ms | max ms |");
-    println!("|---|---|---|---|---|");
-    println!(
-        "| launch request -> first successful `ssh ubuntu@ip true` | {n} | {:.0} | {:.0} | {:.0} |",
-        ms(pct(&to_ssh, 0.5)),
-        ms(pct(&to_ssh, 0.95)),
-        ms(pct(&to_ssh, 1.0))
-    );
-    println!(
-        "| terminate request -> no process, netns, cgroup or directory left | {n} | {:.0} | {:.0} | {:.0} |",
-        ms(pct(&to_clean, 0.5)),
-        ms(pct(&to_clean, 0.95)),
-        ms(pct(&to_clean, 1.0))
-    );
-
-    let mut ids = Vec::new();
-    for _ in 0..idle {
-        ids.extend(client.launch(&req).await?);
-    }
-    let t = Instant::now();
-    loop {
-        let active = client.instances().await?.iter().filter(|i| i.status == "active").count();
-        if active == idle {
-            break;
-        }
-        if t.elapsed() > Duration::from_secs(120) {
-            bail!("only {active}/{idle} instances became active");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let kib = rss_kib(agent_pid)?;
-    println!("\n{idle} idle instances running at once: agent RSS {:.1} MiB ({kib} KiB)", kib as f64 / 1024.0);
-    client.terminate(&ids).await?;
-    let t = Instant::now();
-    while ids.iter().any(|id| !gone(id)) {
-        if t.elapsed() > Duration::from_secs(60) {
-            bail!("idle instances were not cleaned up");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    println!("terminating all {idle}: cleaned in {:.2} s", t.elapsed().as_secs_f64());
-    agent.kill().await?;
-    server.shutdown().await?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -6,6 +6,7 @@
 mod admin;
 mod bench;
 mod bench_cluster;
+mod bench_launch;
 mod bench_metering;
 mod bench_middleware;
 mod bench_webhooks;

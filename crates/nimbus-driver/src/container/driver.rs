@@ -112,7 +112,13 @@ pub struct ContainerDriver {
     ranges: idmap::Ranges,
     image_mode: ImageMode,
     launcher: Launcher,
+    /// When each instance's sshd last answered: a live instance is probed again only after
+    /// [`HEALTH_RECHECK`] (every probe costs its sshd a fork), a new one every time.
+    healthy: Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
+
+/// How long a banner seen from a live instance counts.
+const HEALTH_RECHECK: Duration = Duration::from_secs(5);
 
 fn err(id: &str, e: impl std::fmt::Display) -> DriverError {
     DriverError::Instance { id: id.to_owned(), message: e.to_string() }
@@ -178,6 +184,7 @@ impl ContainerDriver {
             tracing::error!(weaken = ?cfg.weaken, "WEAKENED container host: isolation layers are off (tests only)");
         }
         Ok(ContainerDriver {
+            healthy: Mutex::new(std::collections::HashMap::new()),
             ranges,
             image_mode,
             launcher,
@@ -331,7 +338,7 @@ impl ContainerDriver {
             (None, _) => ActualState::Failed,
             (Some(l), true) => {
                 // "active means reachable": running only once sshd answers.
-                if addr.is_some_and(|a| runtime::ssh_banner(a, Duration::from_millis(150))) {
+                if self.answers(id, addr) {
                     ActualState::Running
                 } else if l.spec.power == Power::Stopped {
                     ActualState::Stopped
@@ -352,6 +359,26 @@ impl ContainerDriver {
             restart_generation: ledger.map(|l| l.spec.restart_generation).unwrap_or(0),
             message,
         }
+    }
+
+    /// Whether instance `id`'s sshd answers (or did a moment ago).
+    fn answers(&self, id: &str, addr: Option<Ipv4Addr>) -> bool {
+        let fresh = self.healthy.lock().unwrap_or_else(|p| p.into_inner()).get(id).is_some_and(|t| t.elapsed() < HEALTH_RECHECK);
+        if fresh {
+            return true;
+        }
+        let ok = addr.is_some_and(|a| runtime::ssh_banner(a, Duration::from_millis(150)));
+        let mut h = self.healthy.lock().unwrap_or_else(|p| p.into_inner());
+        if ok {
+            h.insert(id.to_owned(), std::time::Instant::now());
+        } else {
+            h.remove(id);
+        }
+        ok
+    }
+
+    fn forget_health(&self, id: &str) {
+        self.healthy.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
     }
 
     fn start_locked(&self, spec: &DesiredInstance) -> Result<InstanceReport> {
@@ -393,6 +420,7 @@ impl ContainerDriver {
 
     /// Kills the instance and releases its namespace and volume mounts; the disk stays.
     fn stop_locked(&self, id: &str) -> Result<()> {
+        self.forget_health(id);
         runtime::stop(&self.cgroups, id).map_err(|e| err(id, e))?;
         self.net.destroy(id, None);
         super::storage::unmount_all(&self.dir(id));
@@ -466,7 +494,7 @@ impl Driver for ContainerDriver {
         let Some(addr) = self.ledger(id).map(|l| self.net.address(l.addr_index)) else { return false };
         let deadline = std::time::Instant::now() + self.cfg.sshd_grace;
         // Off the async threads: each probe is a blocking connect of at most 50 ms.
-        tokio::task::spawn_blocking(move || {
+        let ready = tokio::task::spawn_blocking(move || {
             while std::time::Instant::now() < deadline {
                 if runtime::ssh_banner(addr, Duration::from_millis(50)) {
                     return true;
@@ -476,11 +504,16 @@ impl Driver for ContainerDriver {
             false
         })
         .await
-        .unwrap_or(false)
+        .unwrap_or(false);
+        if ready {
+            self.healthy.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_owned(), std::time::Instant::now());
+        }
+        ready
     }
 
     async fn destroy(&self, id: &str) -> Result<()> {
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.forget_health(id);
         runtime::stop(&self.cgroups, id).map_err(|e| err(id, e))?;
         self.net.destroy(id, self.ledger(id).map(|l| self.net.address(l.addr_index)));
         let dir = self.dir(id);
