@@ -47,6 +47,33 @@ async fn an_unprivileged_instance_boots_is_fenced_and_leaves_nothing() {
     }
     assert!(inside >= 3, "tini, sh, sshd at least: {pids:?}");
 
+    // The cgroup subtree is the instance's own: on the v2 hierarchy (the unified part of a hybrid
+    // host, or all of a v2 one) its root makes children and moves itself into them.
+    let v2 = if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() { "/sys/fs/cgroup" } else { "/sys/fs/cgroup/unified" };
+    let out = h.root(&ip, &format!("mkdir {v2}/nested && echo $$ > {v2}/nested/cgroup.procs && grep '^0::' /proc/self/cgroup"));
+    assert_eq!(out.trim(), "0::/nested", "{out}");
+
+    // Files it writes to a file system belong to its tenant's range on the host; another
+    // instance of the same tenant shares the range (and may write there), another tenant's does not.
+    let fs = nimbus_proto::MountSpec { file_system_id: "fedcba9876543210fedcba9876543210".into(), mount_point: "/lambda/nfs/shared".into() };
+    let mut spec = spec;
+    spec.file_system_mounts = vec![fs.clone()];
+    h.driver.restart(&spec).await.unwrap();
+    assert!(h.driver.wait_ready(&spec.id).await, "{}", h.console(&spec.id));
+    assert!(h.ssh(&ip, "echo one > /lambda/nfs/shared/note.txt").0);
+    let host_fs = h.cfg.data_dir.join("file-systems").join(&fs.file_system_id);
+    assert_eq!(std::fs::metadata(host_fs.join("note.txt")).unwrap().uid(), base + 1000);
+    let mut sibling = h.spec("org-a", "box-2");
+    sibling.file_system_mounts = vec![fs.clone()];
+    let sip = h.launch(&sibling).await;
+    assert!(h.ssh(&sip, "echo two >> /lambda/nfs/shared/note.txt && cat /lambda/nfs/shared/note.txt").1.contains("one\ntwo"));
+    let stranger = h.spec("org-b", "box-3");
+    h.launch(&stranger).await;
+    let other = std::fs::metadata(h.instance_dir(&stranger.id).join("upper")).unwrap().uid();
+    assert!(other >= base + 65536 || other + 65536 <= base, "disjoint ranges: {base} and {other}");
+    h.driver.destroy(&sibling.id).await.unwrap();
+    h.driver.destroy(&stranger.id).await.unwrap();
+
     // The disk survives a restart.
     assert!(h.ssh(&ip, "echo kept > ~/state.txt").0);
     h.driver.restart(&spec).await.unwrap();

@@ -586,6 +586,25 @@ mod tests {
         cg1.create("j", limits, None, None).expect("a weakened launch without a filter");
     }
 
+    #[test]
+    fn v2_limits_go_where_v2_wants_them() {
+        let t = crate::container::TempDir::new();
+        std::fs::write(t.0.join("cgroup.controllers"), "cpuset cpu io memory pids").unwrap();
+        let cg = Cgroups::detect(&t.0, "nimbus").expect("v2");
+        assert_eq!(cg.version(), Version::V2);
+        let limits = Limits { cpu_millis: 1500, memory_bytes: 2 << 30, pids: 128 };
+        cg.create("i", limits, None, None).expect("create");
+        let d = t.0.join("nimbus/i");
+        assert_eq!(std::fs::read_to_string(d.join("cpu.max")).unwrap(), "150000 100000");
+        assert_eq!(std::fs::read_to_string(t.0.join("nimbus/cgroup.subtree_control")).unwrap(), "+cpu +memory +pids");
+        assert_eq!(cg.limits("i").unwrap(), limits);
+        assert_eq!(cg.procs_files("i", false), vec![d.join("cgroup.procs")]);
+        assert_eq!(cg.mounts().len(), 1);
+        assert_eq!((cg.mounts()[0].dir.as_str(), cg.mounts()[0].fstype.as_str()), ("", "cgroup2"));
+        // A fake tree takes no eBPF program: with a filter asked for, v2 refuses to go on.
+        assert!(matches!(cg.create("j", limits, Some(&super::super::devices::base_rules()), None), Err(CgroupError::NoDeviceFilter(_))));
+    }
+
     /// On the real hierarchies of this host: the delegated files belong to the instance's
     /// root, the limit files do not.
     #[test]
