@@ -47,8 +47,13 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> IdmapError + '_ {
     move |source| IdmapError::Io { path: path.to_owned(), source }
 }
 
+/// The fewest ranges a `/etc/subuid` entry for root must hold to be used: Debian's `lxd`
+/// package writes `root:100000:65536`, a single range, which would leave room for one tenant.
+pub const MIN_RANGES: u32 = 16;
+
 /// The window of host ids the driver hands out: root's entry of `/etc/subuid` when there is
-/// one (as LXD reads it), else [`DEFAULT_FIRST`] + [`DEFAULT_COUNT`].
+/// one with room for [`MIN_RANGES`] tenants (as LXD reads it; e.g. `root:1000000:1000000000`),
+/// else [`DEFAULT_FIRST`] + [`DEFAULT_COUNT`].
 pub fn host_window(subuid: &str) -> (u32, u32) {
     subuid
         .lines()
@@ -57,7 +62,7 @@ pub fn host_window(subuid: &str) -> (u32, u32) {
             (f.next()? == "root").then_some(())?;
             Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
         })
-        .find(|(_, count): &(u32, u32)| *count >= RANGE)
+        .find(|(_, count): &(u32, u32)| *count >= MIN_RANGES * RANGE)
         .unwrap_or((DEFAULT_FIRST, DEFAULT_COUNT))
 }
 
@@ -199,8 +204,8 @@ mod tests {
     #[test]
     fn the_window_comes_from_roots_subuid_entry() {
         assert_eq!(host_window(""), (DEFAULT_FIRST, DEFAULT_COUNT));
-        assert_eq!(host_window("alice:100000:65536\nroot:2000000:131072\n"), (2_000_000, 131_072));
-        assert_eq!(host_window("root:2000000:100\n"), (DEFAULT_FIRST, DEFAULT_COUNT), "too small to hold one range");
+        assert_eq!(host_window("alice:100000:65536\nroot:2000000:1048576\n"), (2_000_000, 1_048_576));
+        assert_eq!(host_window("root:100000:65536\n"), (DEFAULT_FIRST, DEFAULT_COUNT), "Debian's lxd entry holds one tenant");
     }
 
     #[test]

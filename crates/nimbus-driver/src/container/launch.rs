@@ -326,21 +326,24 @@ fn ip_batch(netns: Option<&str>, lines: &str) -> Result<()> {
 
 /// The veth pair into the instance's network namespace, and the namespace's addresses.
 fn network(n: &NetSpec, pid: libc::pid_t) -> Result<()> {
+    // `addrgenmode none`: no IPv6 address on the host end, ever (the bridge carries IPv4 and
+    // ARP only: docs/security.md).
     ip_batch(
         None,
         &format!(
-            "link add {h} type veth peer name eth0 address {mac} netns {pid}\nnetns attach {ns} {pid}\n",
+            "link add {h} type veth peer name eth0 address {mac} netns {pid}\nlink set {h} addrgenmode none\nlink set {h} master {br} up\nnetns attach {ns} {pid}\n",
             h = n.host_if,
             mac = n.mac,
+            br = n.bridge,
             ns = n.ns_name
         ),
     )?;
-    // No IPv6 on the host end: the bridge carries IPv4 and ARP only (docs/security.md).
-    let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", n.host_if), "1");
-    ip_batch(None, &format!("link set {} master {} up\n", n.host_if, n.bridge))?;
     ip_batch(
         Some(&n.ns_name),
-        &format!("link set lo up\naddr add {}/{} dev eth0\nlink set eth0 up\nroute add default via {}\n", n.addr, n.prefix_len, n.gateway),
+        &format!(
+            "link set lo up\naddr add {}/{} dev eth0\nlink set eth0 up\nroute add default via {}\n",
+            n.addr, n.prefix_len, n.gateway
+        ),
     )
 }
 

@@ -144,15 +144,16 @@ const BOOT: &str = r#"#!/bin/sh
 # Written by the Nimbus container driver; runs under tini as the instance's first program.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 S=/run/nimbus
-h=$(cat $S/hostname)
+# Shell builtins where they do (every program started here is on the way to a listening sshd).
+read -r h < $S/hostname
 echo "$h" > /etc/hostname 2>/dev/null
-grep -q "[[:space:]]$h\$" /etc/hosts 2>/dev/null || echo "127.0.1.1 $h" >> /etc/hosts 2>/dev/null
-mkdir -p /var/lib/nimbus /run/sshd && chmod 0755 /run/sshd
-id=$(cat $S/instance-id)
+read -r id < $S/instance-id
+mkdir -p /var/lib/nimbus /run/sshd
 # A disk from before instance ids were recorded has been through its first boot already.
 [ -e /var/lib/nimbus/instance-id ] || [ ! -e /var/lib/nimbus/first-boot.done ] || echo "$id" > /var/lib/nimbus/instance-id
 FIRST=
-if [ "$(cat /var/lib/nimbus/instance-id 2>/dev/null)" != "$id" ]; then
+seen=; [ -f /var/lib/nimbus/instance-id ] && read -r seen < /var/lib/nimbus/instance-id
+if [ "$seen" != "$id" ]; then
   # A new instance on this disk (a fresh one, or one restored from a snapshot): its keys and
   # its user data, once, as cloud-init does per instance.
   home=$(getent passwd ubuntu | cut -d: -f6)

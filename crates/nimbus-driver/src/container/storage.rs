@@ -38,10 +38,29 @@ fn p(path: &Path) -> String {
     path.display().to_string()
 }
 
-/// Whether `path` is a mount point (its device differs from its parent's, or it is a bind of
-/// its own directory, which `mountpoint` recognises).
+/// Whether `path` is a mount point of this mount namespace (a bind of its own directory
+/// included), from `/proc/self/mountinfo`: no process to start on a launch's path.
 pub fn is_mount(path: &Path) -> bool {
-    Command::new("mountpoint").arg("-q").arg(path).status().is_ok_and(|s| s.success())
+    let Ok(want) = std::fs::canonicalize(path) else { return false };
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines().filter_map(|l| l.split(' ').nth(4)).any(|p| Path::new(&unescape_mountinfo(p)) == want)
+}
+
+/// mountinfo writes space, tab, newline and backslash in paths as octal escapes (`\040`).
+fn unescape_mountinfo(p: &str) -> String {
+    let b = p.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
+            out.push(b[i + 1].wrapping_sub(b'0') * 64 + b[i + 2].wrapping_sub(b'0') * 8 + b[i + 3].wrapping_sub(b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 pub fn volumes_dir(instance_dir: &Path) -> PathBuf {
@@ -51,12 +70,14 @@ pub fn volumes_dir(instance_dir: &Path) -> PathBuf {
 /// Makes `<instance dir>/volumes` a shared mount (a bind of itself), once, before the container
 /// starts, so the container's slave copy receives the volumes mounted under it later.
 pub fn share_volumes_dir(instance_dir: &Path) -> Result<(), String> {
+    use super::sys;
     let d = volumes_dir(instance_dir);
     std::fs::create_dir_all(&d).map_err(|e| format!("{}: {e}", d.display()))?;
+    let c = sys::cstr(&d).map_err(|e| format!("{}: {e}", d.display()))?;
     if !is_mount(&d) {
-        run("mount", &["--bind", &p(&d), &p(&d)])?;
+        sys::mount(Some(&c), &c, None, libc::MS_BIND, None).map_err(|e| format!("binding {}: {e}", d.display()))?;
     }
-    run("mount", &["--make-shared", &p(&d)])?;
+    sys::mount(None, &c, None, libc::MS_SHARED, None).map_err(|e| format!("sharing {}: {e}", d.display()))?;
     Ok(())
 }
 
@@ -397,4 +418,15 @@ fn loop_device_of(file: &Path) -> Option<String> {
 /// Allocated bytes under `path` (file or directory).
 fn du_bytes(path: &Path) -> i64 {
     i64::try_from(super::metrics::disk_bytes(path)).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn mountinfo_escapes_are_undone_and_mounts_found() {
+        assert_eq!(super::unescape_mountinfo("/a\\040b/c\\134d"), "/a b/c\\d");
+        assert_eq!(super::unescape_mountinfo("/plain"), "/plain");
+        assert!(super::is_mount(std::path::Path::new("/proc")));
+        assert!(!super::is_mount(std::path::Path::new("/proc/self")));
+    }
 }
