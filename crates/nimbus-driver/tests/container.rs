@@ -35,6 +35,17 @@ async fn an_unprivileged_instance_boots_is_fenced_and_leaves_nothing() {
     let bnd = out.lines().find_map(|l| l.strip_prefix("CapBnd:\t")).and_then(|v| u64::from_str_radix(v.trim(), 16).ok()).unwrap();
     assert_eq!(bnd & (1 << 16), 0, "no CAP_SYS_MODULE");
     assert_ne!(bnd & (1 << 21), 0, "CAP_SYS_ADMIN stays (in its own namespace, for Docker inside)");
+    // Package management works as root inside (dpkg chowns, runs maintainer scripts): a local
+    // package, since no mirror is reachable from here.
+    let out = h.root(
+        &ip,
+        "set -e; d=$(mktemp -d); mkdir -p $d/p/DEBIAN $d/p/opt/t; echo from-a-package > $d/p/opt/t/hello; \
+         printf 'Package: nimbus-t\\nVersion: 1.0\\nArchitecture: all\\nMaintainer: t <t@example.com>\\nDescription: t\\n' > $d/p/DEBIAN/control; \
+         printf '#!/bin/sh\\nchown nobody /opt/t/hello\\n' > $d/p/DEBIAN/postinst; chmod 755 $d/p/DEBIAN/postinst; \
+         dpkg-deb --build --root-owner-group $d/p $d/t.deb >/dev/null; apt-get install -y -q $d/t.deb >/dev/null 2>&1; \
+         cat /opt/t/hello; stat -c %U /opt/t/hello; dpkg-query -W -f='${Status}' nimbus-t",
+    );
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["from-a-package", "nobody", "install ok installed"], "{out}");
     // Host side: the instance's processes run as its range, never as host root.
     let pids = h.cgroups().pids(&spec.id);
     let launcher_uid = 0;
@@ -56,7 +67,8 @@ async fn an_unprivileged_instance_boots_is_fenced_and_leaves_nothing() {
 
     // Files it writes to a file system belong to its tenant's range on the host; another
     // instance of the same tenant shares the range (and may write there), another tenant's does not.
-    let fs = nimbus_proto::MountSpec { file_system_id: "fedcba9876543210fedcba9876543210".into(), mount_point: "/lambda/nfs/shared".into() };
+    let fs =
+        nimbus_proto::MountSpec { file_system_id: "fedcba9876543210fedcba9876543210".into(), mount_point: "/lambda/nfs/shared".into() };
     let mut spec = spec;
     spec.file_system_mounts = vec![fs.clone()];
     h.driver.restart(&spec).await.unwrap();
@@ -89,4 +101,26 @@ async fn an_unprivileged_instance_boots_is_fenced_and_leaves_nothing() {
     assert!(!h.cgroups().exists(&spec.id));
     assert!(!h.instance_dir(&spec.id).exists());
     assert!(h.driver.list().await.unwrap().is_empty());
+}
+
+/// A disk made under one id range (here: a privileged instance's, host root's) is re-owned
+/// once when its instance starts under another, as LXD remaps a container whose idmap
+/// changed; the default user still logs in and owns its files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_is_re_owned_when_its_range_changes() {
+    let Some(h) = Host::new("mig", 240, Weaken::default()) else { return };
+    let mut spec = h.spec("org-m", "mig");
+    spec.privileged = true;
+    let ip = h.launch(&spec).await;
+    assert!(h.ssh(&ip, "echo mine > ~/file").0);
+    let file = h.instance_dir(&spec.id).join("upper/home/ubuntu/file");
+    assert_eq!(std::fs::metadata(&file).unwrap().uid(), 1000, "privileged: ids are the host's");
+    spec.privileged = false;
+    h.driver.restart(&spec).await.unwrap();
+    assert!(h.driver.wait_ready(&spec.id).await, "{}", h.console(&spec.id));
+    let base = std::fs::metadata(h.instance_dir(&spec.id).join("upper")).unwrap().uid();
+    assert!(base > 0);
+    assert_eq!(std::fs::metadata(&file).unwrap().uid(), base + 1000);
+    let (ok, out) = h.ssh(&ip, "cat ~/file && echo more >> ~/file && cat /proc/self/uid_map");
+    assert!(ok && out.starts_with("mine\n"), "{out}");
 }

@@ -92,6 +92,10 @@ struct Ledger {
     /// When the container was last started (seconds since the epoch).
     #[serde(default)]
     started_at: u64,
+    /// Host uid that root of the instance's disk is owned as (its range's base; 0 for a
+    /// privileged instance). `None`: a disk from before user namespaces, owned as host root.
+    #[serde(default)]
+    disk_base: Option<u32>,
 }
 
 fn now_secs() -> u64 {
@@ -384,7 +388,7 @@ impl ContainerDriver {
     fn start_locked(&self, spec: &DesiredInstance) -> Result<InstanceReport> {
         let id = &spec.id;
         let fresh = self.ledger(id).is_none();
-        let mut ledger = self.ledger(id).unwrap_or(Ledger { spec: spec.clone(), addr_index: 0, started_at: 0 });
+        let mut ledger = self.ledger(id).unwrap_or(Ledger { spec: spec.clone(), addr_index: 0, started_at: 0, disk_base: None });
         if ledger.addr_index == 0 {
             ledger.addr_index = self.free_index();
         }
@@ -396,14 +400,29 @@ impl ContainerDriver {
         if let (true, Some(snap)) = (!rs.dir.join("upper").exists(), &spec.source_snapshot) {
             self.storage.restore_upper(snap, &rs.dir.join("upper")).map_err(|e| err(id, e))?;
         }
-        // The disk is prepared once: later ensures must not undo what the instance's users changed.
-        if fresh || !rs.dir.join("upper").exists() {
-            runtime::prepare(&rs).map_err(|e| err(id, e))?;
+        // A disk owned under another range (made before user namespaces, or the type turned
+        // privileged or back) is re-owned once, before anything runs on it.
+        let upper = rs.dir.join("upper");
+        let want = rs.root_uid();
+        if upper.exists() && !fresh {
+            let had = ledger.disk_base.unwrap_or(0);
+            if had != want {
+                tracing::info!(instance = %id, from = had, to = want, "re-owning the instance's disk for its id range");
+                idmap::shift_tree_between(&upper, had, want).map_err(|e| err(id, e))?;
+            }
         }
-        self.sync_firewall()?;
+        // Idempotent, and touches nothing the instance's users made: the disk's directories
+        // exist (an agent killed mid-start may have made only some of them).
+        runtime::prepare(&rs).map_err(|e| err(id, e))?;
+        if ledger.disk_base != Some(want) {
+            ledger.disk_base = Some(want);
+            self.write_ledger(id, &ledger)?;
+        }
         write_hosts(&rs.dir.join("hosts"), &spec.hostname, &spec.peers).map_err(|e| err(id, e))?;
         let dir = rs.dir.clone();
-        if !runtime::running(&self.cgroups, id) {
+        if runtime::running(&self.cgroups, id) {
+            self.sync_firewall()?;
+        } else {
             // Read at start only (NVML and `ldconfig -p` are not free), and before anything runs.
             let rs = runtime::Spec { gpu: gpu_plan(spec, gpu::Host::read)?, ..rs };
             ledger.started_at = now_secs();
@@ -411,7 +430,15 @@ impl ContainerDriver {
             // A namespace name left by the previous run (the launcher makes a fresh one, owned by
             // the new user namespace).
             self.net.destroy(id, None);
-            runtime::start(&rs, &self.cgroups).map_err(|e| err(id, e))?;
+            // The host's tables are rewritten while the launcher builds the instance; it execs
+            // the instance's first program only once they are in place.
+            let mut fw = Ok(());
+            let started = runtime::start(&rs, &self.cgroups, || {
+                fw = self.sync_firewall();
+                fw.is_ok()
+            });
+            fw?;
+            started.map_err(|e| err(id, e))?;
         }
         // Attached volumes, mounted (or unmounted) in the running container without a restart.
         self.storage.mount_for(&dir, &spec.volumes).map_err(|e| err(id, e))?;

@@ -181,10 +181,19 @@ pub fn shifted_copy(lower: &Path, base: u32) -> Result<PathBuf> {
 /// Moves the owner of every inode under `root` up by `base`, keeping set-uid/set-gid bits
 /// (which `chown` clears) so `sudo` stays set-uid inside.
 pub fn shift_tree(root: &Path, base: u32) -> Result<()> {
+    shift_tree_between(root, 0, base)
+}
+
+/// Moves the owners of every inode under `root` from the range at `from` to the range at `to`
+/// (ids outside the `from` range are left alone). A disk made before its instance had a user
+/// namespace (from 0) or under another range is re-owned this way once, as LXD remaps a
+/// container whose idmap changed. Links are not followed: the walk never leaves `root`.
+pub fn shift_tree_between(root: &Path, from: u32, to: u32) -> Result<()> {
+    let shift = |id: u32| if (from..from.saturating_add(RANGE)).contains(&id) { id - from + to } else { id };
     let mut stack = vec![root.to_owned()];
     while let Some(p) = stack.pop() {
         let md = std::fs::symlink_metadata(&p).map_err(io(&p))?;
-        std::os::unix::fs::lchown(&p, Some(base + md.uid()), Some(base + md.gid())).map_err(io(&p))?;
+        std::os::unix::fs::lchown(&p, Some(shift(md.uid())), Some(shift(md.gid()))).map_err(io(&p))?;
         if md.file_type().is_file() && md.mode() & 0o6000 != 0 {
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(md.mode() & 0o7777)).map_err(io(&p))?;
         }
@@ -243,6 +252,24 @@ mod tests {
         assert_eq!(std::fs::symlink_metadata(lower.join("etc")).unwrap().uid(), 1000, "the image itself is untouched");
         let inode = md("").ino();
         assert_eq!(std::fs::metadata(shifted_copy(&lower, 2_000_000).unwrap()).unwrap().ino(), inode, "made once, then reused");
+    }
+
+    #[test]
+    fn a_tree_moves_between_ranges_and_foreign_ids_stay() {
+        if !super::super::inventory::is_root() {
+            eprintln!("SKIPPED: chown needs root");
+            return;
+        }
+        let t = crate::container::TempDir::new();
+        std::fs::create_dir_all(t.0.join("d/home")).unwrap();
+        std::fs::write(t.0.join("d/home/f"), "").unwrap();
+        std::os::unix::fs::chown(t.0.join("d/home"), Some(1000), Some(1000)).unwrap();
+        std::os::unix::fs::chown(t.0.join("d/home/f"), Some(3_000_000), Some(3_000_000)).unwrap();
+        shift_tree_between(&t.0.join("d"), 0, 2_000_000).unwrap();
+        let uid = |p: &str| std::fs::symlink_metadata(t.0.join(p)).unwrap().uid();
+        assert_eq!((uid("d"), uid("d/home"), uid("d/home/f")), (2_000_000, 2_001_000, 3_000_000));
+        shift_tree_between(&t.0.join("d"), 2_000_000, 1_000_000).unwrap();
+        assert_eq!((uid("d"), uid("d/home")), (1_000_000, 1_001_000));
     }
 
     #[test]

@@ -271,6 +271,13 @@ fn parent(spec: &LaunchSpec, pid: libc::pid_t, sock: &OwnedFd) -> Result<()> {
     if let Some(n) = &spec.net {
         network(n, pid)?;
     }
+    // The agent says when the host's packet filters for this instance are in place (it loads
+    // them meanwhile); nothing of the tenant's runs before.
+    let mut line = String::new();
+    let _ = std::io::BufRead::read_line(&mut std::io::stdin().lock(), &mut line);
+    if line.trim() != "go" {
+        return Err("the agent called the start off (its firewall update failed, or it went away)".into());
+    }
     sys::send_msg(sock, b"net", None).map_err(ctx("signalling the instance"))?;
     Ok(())
 }
@@ -340,10 +347,7 @@ fn network(n: &NetSpec, pid: libc::pid_t) -> Result<()> {
     )?;
     ip_batch(
         Some(&n.ns_name),
-        &format!(
-            "link set lo up\naddr add {}/{} dev eth0\nlink set eth0 up\nroute add default via {}\n",
-            n.addr, n.prefix_len, n.gateway
-        ),
+        &format!("link set lo up\naddr add {}/{} dev eth0\nlink set eth0 up\nroute add default via {}\n", n.addr, n.prefix_len, n.gateway),
     )
 }
 
@@ -371,6 +375,11 @@ fn child(spec: &LaunchSpec, sock: &OwnedFd) -> Result<std::convert::Infallible> 
     sys::pivot_root(c".", c".").map_err(ctx("pivot_root"))?;
     sys::umount2(c".", libc::MNT_DETACH).map_err(ctx("detaching the host's root"))?;
     std::env::set_current_dir("/").map_err(ctx("chdir /"))?;
+    // Inside the instance now, as its root: whatever links the tenant left in its disk resolve
+    // here, never on the host.
+    if let Err(e) = provision(Path::new(SEED)) {
+        eprintln!("nimbus: first-boot provisioning: {e}");
+    }
     let (n, _) = sys::recv_msg(sock, &mut buf).map_err(ctx("waiting for the network"))?;
     if &buf[..n] != b"net" {
         return Err("the launcher went away".into());
@@ -400,6 +409,73 @@ fn child(spec: &LaunchSpec, sock: &OwnedFd) -> Result<std::convert::Infallible> 
         sys::seccomp_install(f).map_err(ctx("installing the seccomp filter"))?;
     }
     Err(format!("exec {}: {}", spec.init[0], sys::execve(&prog, &argv, &envp)))
+}
+
+/// Where the seed directory appears inside an instance.
+pub const SEED: &str = "/run/nimbus";
+
+/// The default user's `(uid, gid, home)` from the instance's `/etc/passwd`.
+fn user(passwd: &str, name: &str) -> Option<(u32, u32, PathBuf)> {
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 6 && f[0] == name).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?, PathBuf::from(f[5]))))?
+    })
+}
+
+/// What an instance does on its first boot on its disk (a fresh instance, or one restored from
+/// a snapshot of another), once, as cloud-init does per instance: the default user's
+/// authorized keys from the seed, and its user data set up to run after sshd is up. Runs in
+/// the launcher's child after `pivot_root`, as the instance's root.
+pub fn provision(seed: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let state = Path::new("/var/lib/nimbus");
+    let id = std::fs::read_to_string(seed.join("instance-id"))?.trim().to_owned();
+    if let Ok(h) = std::fs::read_to_string(seed.join("hostname")) {
+        let _ = std::fs::write("/etc/hostname", h);
+    }
+    std::fs::create_dir_all(state)?;
+    let seen = std::fs::read_to_string(state.join("instance-id")).map(|s| s.trim().to_owned());
+    // A disk from before instance ids were recorded has had its first boot already.
+    if seen.is_err() && state.join("first-boot.done").exists() {
+        return std::fs::write(state.join("instance-id"), format!("{id}\n"));
+    }
+    if seen.as_ref().is_ok_and(|s| *s == id) {
+        return Ok(());
+    }
+    if let Some((uid, gid, home)) = user(&std::fs::read_to_string("/etc/passwd").unwrap_or_default(), "ubuntu") {
+        let ssh = home.join(".ssh");
+        // Anything but a directory there (a link planted before a snapshot, say) is set aside,
+        // so the instance's own keys always land in a real directory.
+        if let Ok(md) = std::fs::symlink_metadata(&ssh) {
+            if !md.is_dir() {
+                std::fs::rename(&ssh, home.join(format!(".ssh.moved-by-nimbus.{}", std::process::id())))?;
+            }
+        }
+        if !ssh.exists() {
+            std::fs::create_dir(&ssh)?;
+        }
+        std::fs::set_permissions(&ssh, std::fs::Permissions::from_mode(0o700))?;
+        std::os::unix::fs::chown(&ssh, Some(uid), Some(gid))?;
+        let keys = ssh.join("authorized_keys");
+        if std::fs::symlink_metadata(&keys).is_ok_and(|m| !m.is_file()) {
+            std::fs::remove_file(&keys)?;
+        }
+        let mut f =
+            std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(&keys)?;
+        std::io::Write::write_all(&mut f, &std::fs::read(seed.join("authorized_keys"))?)?;
+        drop(f);
+        std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600))?;
+        std::os::unix::fs::chown(&keys, Some(uid), Some(gid))?;
+    }
+    if let Ok(script) = std::fs::read(seed.join("user-data")) {
+        let first = state.join("first-boot");
+        let _ = std::fs::remove_file(&first);
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o700).open(&first)?;
+        std::io::Write::write_all(&mut f, &script)?;
+        std::fs::write(state.join("run-first-boot"), "")?;
+    }
+    std::fs::write(state.join("instance-id"), format!("{id}\n"))?;
+    std::fs::write(state.join("first-boot.done"), "")
 }
 
 /// Where a mount target lives: created as a directory or a file when missing.

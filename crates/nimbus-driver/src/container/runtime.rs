@@ -141,34 +141,12 @@ impl Spec {
 /// The instance's boot script, run by tini as its first program, inside the instance as its
 /// root. Read-only at /run/nimbus/boot.sh.
 const BOOT: &str = r#"#!/bin/sh
-# Written by the Nimbus container driver; runs under tini as the instance's first program.
+# Written by the Nimbus container driver; runs under tini as the instance's first program. The
+# launcher has put the keys in place already (inside the instance, as its root); what is left
+# is started from here, with as few programs as possible before sshd listens.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 S=/run/nimbus
-# Shell builtins where they do (every program started here is on the way to a listening sshd).
-read -r h < $S/hostname
-echo "$h" > /etc/hostname 2>/dev/null
-read -r id < $S/instance-id
-mkdir -p /var/lib/nimbus /run/sshd
-# A disk from before instance ids were recorded has been through its first boot already.
-[ -e /var/lib/nimbus/instance-id ] || [ ! -e /var/lib/nimbus/first-boot.done ] || echo "$id" > /var/lib/nimbus/instance-id
-FIRST=
-seen=; [ -f /var/lib/nimbus/instance-id ] && read -r seen < /var/lib/nimbus/instance-id
-if [ "$seen" != "$id" ]; then
-  # A new instance on this disk (a fresh one, or one restored from a snapshot): its keys and
-  # its user data, once, as cloud-init does per instance.
-  home=$(getent passwd ubuntu | cut -d: -f6)
-  if [ -n "$home" ]; then
-    # The disk may hold anything there (a link planted before a snapshot, say): set it aside
-    # rather than follow it, so the instance's own keys always land in a real directory.
-    if [ -L "$home/.ssh" ] || { [ -e "$home/.ssh" ] && [ ! -d "$home/.ssh" ]; }; then mv "$home/.ssh" "$home/.ssh.moved-by-nimbus.$$"; fi
-    [ -L "$home/.ssh/authorized_keys" ] && rm -f "$home/.ssh/authorized_keys"
-    install -d -m 0700 -o ubuntu -g ubuntu "$home/.ssh"
-    install -m 0600 -o ubuntu -g ubuntu $S/authorized_keys "$home/.ssh/authorized_keys"
-  fi
-  if [ -f $S/user-data ]; then install -m 0700 $S/user-data /var/lib/nimbus/first-boot && FIRST=1; fi
-  echo "$id" > /var/lib/nimbus/instance-id
-  touch /var/lib/nimbus/first-boot.done
-fi
+mkdir -p /run/sshd
 if [ -f $S/gpu-ld.conf ]; then
   cp $S/gpu-ld.conf /etc/ld.so.conf.d/000-nimbus-nvidia.conf
   if command -v ldconfig >/dev/null 2>&1; then
@@ -188,7 +166,10 @@ fi
 PW=no; [ -e $S/password-ssh ] && PW=yes
 /usr/sbin/sshd -D -e -o UsePAM=no -o PasswordAuthentication=$PW -o HostKey=$S/ssh_host_ed25519_key &
 # user_data runs once per instance, after sshd is up, with its output where cloud-init keeps it.
-[ -n "$FIRST" ] && (sleep 0.2; /var/lib/nimbus/first-boot >> /var/log/cloud-init-output.log 2>&1) &
+if [ -e /var/lib/nimbus/run-first-boot ]; then
+  rm -f /var/lib/nimbus/run-first-boot
+  (sleep 0.2; /var/lib/nimbus/first-boot >> /var/log/cloud-init-output.log 2>&1) &
+fi
 exec sleep infinity
 "#;
 
@@ -219,8 +200,9 @@ fn host_key() -> Result<(String, String)> {
     Ok((private.to_string(), format!("{public}\n")))
 }
 
-/// Writes the seed directory the instance boots from. The instance's host key is made once
-/// and kept (its clients' known_hosts stay valid across restarts).
+/// Writes the seed directory the instance boots from (`launch::provision` and the boot script
+/// read it inside). The instance's host key is made once and kept (its clients' known_hosts
+/// stay valid across restarts).
 pub fn write_seed(spec: &Spec) -> Result<()> {
     let d = spec.seed_dir();
     std::fs::create_dir_all(&d).map_err(io(&d))?;
@@ -258,17 +240,20 @@ pub fn write_seed(spec: &Spec) -> Result<()> {
     Ok(())
 }
 
-/// Lays out the instance directory: the disk (`upper/`, owned by the instance's root, so that
-/// its `/` is its own), the overlay's `work/` and the mount point `merged/`. Idempotent; the
-/// disk's contents are the tenant's and are never touched.
+/// Lays out the instance directory: the disk (`upper/`, made owned by the instance's root, so
+/// that its `/` is its own), the overlay's `work/` and the mount point `merged/`. Idempotent;
+/// the disk's contents are the tenant's and are never touched.
 pub fn prepare(spec: &Spec) -> Result<()> {
-    for d in ["upper", "work", "merged"] {
+    let upper = spec.dir.join("upper");
+    if !upper.exists() {
+        std::fs::create_dir_all(&upper).map_err(io(&upper))?;
+        let root = spec.root_uid();
+        std::os::unix::fs::chown(&upper, Some(root), Some(root)).map_err(io(&upper))?;
+    }
+    for d in ["work", "merged"] {
         let p = spec.dir.join(d);
         std::fs::create_dir_all(&p).map_err(io(&p))?;
     }
-    let upper = spec.dir.join("upper");
-    let root = spec.root_uid();
-    std::os::unix::fs::chown(&upper, Some(root), Some(root)).map_err(io(&upper))?;
     if spec.weaken.host_side_writes {
         legacy_host_side_keys(spec)?;
     }
@@ -333,8 +318,10 @@ pub fn launch_spec(spec: &Spec, cgroups: &Cgroups) -> LaunchSpec {
 
 /// Starts the container detached and returns the host pid of its PID 1. Its cgroups (limits,
 /// device filter, delegation) exist before the launcher joins them, so no process of the
-/// instance ever runs outside them or unfiltered.
-pub fn start(spec: &Spec, cgroups: &Cgroups) -> Result<u32> {
+/// instance ever runs outside them or unfiltered. `meanwhile` runs while the launcher builds the
+/// instance (the host's packet filters); the launcher execs the instance's first program only
+/// after it returned true, and tears everything down when it returned false.
+pub fn start(spec: &Spec, cgroups: &Cgroups, meanwhile: impl FnOnce() -> bool) -> Result<u32> {
     if spec.weaken.any() {
         tracing::error!(instance = %spec.id, weaken = ?spec.weaken, "WEAKENED LAUNCH: isolation layers are off for this instance (tests only)");
     }
@@ -358,13 +345,19 @@ pub fn start(spec: &Spec, cgroups: &Cgroups) -> Result<u32> {
         .arg(&spec_path)
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(log)
         .process_group(0)
         .spawn()
         .map_err(|e| RuntimeError::Start(format!("spawning the container launcher {}: {e}", spec.launcher.program.display())))?;
     let out = child.stdout.take().ok_or_else(|| RuntimeError::Start("launcher without stdout".into()))?;
+    let go = meanwhile();
+    if let Some(mut stdin) = child.stdin.take() {
+        use std::io::Write;
+        // A launcher that already failed has closed its end; its answer below says why.
+        let _ = stdin.write_all(if go { b"go\n" } else { b"stop\n" });
+    }
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut line = String::new();

@@ -382,8 +382,12 @@ impl Storage {
         if let Some(parent) = upper.parent() {
             std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
         }
-        run("cp", &["-a", "--reflink=auto", &p(&src), &p(upper)])?;
-        Ok(())
+        // Into a temporary name, renamed when complete: an agent killed mid-copy leaves no
+        // half disk that a restart would take for the restored one.
+        let tmp = upper.with_extension("restoring");
+        let _ = std::fs::remove_dir_all(&tmp);
+        run("cp", &["-a", "--reflink=auto", &p(&src), &p(&tmp)])?;
+        std::fs::rename(&tmp, upper).map_err(|e| e.to_string())
     }
 }
 

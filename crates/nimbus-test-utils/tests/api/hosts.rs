@@ -65,3 +65,32 @@ async fn restarted_agent_adopts_and_removes_orphans() {
     }
     s.shutdown().await;
 }
+
+/// What a host is told to run carries the tenant (its uid range on the host) and, only for
+/// instance types the operator marked `privileged`, the opt-out of the user namespace.
+#[tokio::test]
+async fn desired_instances_carry_their_tenant_and_privileged_only_by_type() {
+    let s = TestServer::builder()
+        .config(|c| {
+            let mut t = c.instance_type("cpu_1x_small").cloned().unwrap();
+            t.name = "cpu_1x_trusted".into();
+            t.privileged = true;
+            c.instance_types.push(t);
+        })
+        .host("us-east-1", sim_host("h", 16, 0))
+        .start()
+        .await;
+    add_key(&s, "k").await;
+    let plain = launch(&s, &s.key, "cpu_1x_small", "k").await;
+    let trusted = launch(&s, &s.key, "cpu_1x_trusted", "k").await;
+    let host = s.control.store().host_list(None, true).await.unwrap()[0].id.clone();
+    let d = nimbus_control::agents::desired(&s.control, &host, nimbus_proto::DesiredRequest { known_generation: -1, wait_ms: 0 })
+        .await
+        .unwrap();
+    let find = |id: &str| d.instances.iter().find(|i| i.id == id).cloned().unwrap();
+    let (p, t) = (find(&plain), find(&trusted));
+    assert_eq!((p.privileged, t.privileged), (false, true));
+    assert_eq!(p.tenant, s.org.id.to_string());
+    assert_eq!(t.tenant, s.org.id.to_string());
+    s.shutdown().await;
+}
