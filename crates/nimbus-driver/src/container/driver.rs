@@ -341,8 +341,13 @@ impl ContainerDriver {
         let state = match (&ledger, running) {
             (None, _) => ActualState::Failed,
             (Some(l), true) => {
-                // "active means reachable": running only once sshd answers.
-                if self.answers(id, addr) {
+                // "active means reachable": running only once sshd answers. An instance still
+                // in its first seconds is not probed here: the agent's readiness watcher probes
+                // it (and marks it healthy the moment it answers), and a probe of an address
+                // whose network is still being made waits out its whole timeout.
+                let starting = now_secs().saturating_sub(l.started_at) <= self.cfg.sshd_grace.as_secs();
+                let seen = self.healthy.lock().unwrap_or_else(|p| p.into_inner()).contains_key(id);
+                if self.recently_healthy(id) || ((seen || !starting) && self.answers(id, addr)) {
                     ActualState::Running
                 } else if l.spec.power == Power::Stopped {
                     ActualState::Stopped
@@ -365,10 +370,13 @@ impl ContainerDriver {
         }
     }
 
+    fn recently_healthy(&self, id: &str) -> bool {
+        self.healthy.lock().unwrap_or_else(|p| p.into_inner()).get(id).is_some_and(|t| t.elapsed() < HEALTH_RECHECK)
+    }
+
     /// Whether instance `id`'s sshd answers (or did a moment ago).
     fn answers(&self, id: &str, addr: Option<Ipv4Addr>) -> bool {
-        let fresh = self.healthy.lock().unwrap_or_else(|p| p.into_inner()).get(id).is_some_and(|t| t.elapsed() < HEALTH_RECHECK);
-        if fresh {
+        if self.recently_healthy(id) {
             return true;
         }
         let ok = addr.is_some_and(|a| runtime::ssh_banner(a, Duration::from_millis(150)));
