@@ -359,7 +359,7 @@ async fn api(n: usize, concurrency: usize, secs: Duration, hosts: usize, databas
     Ok(())
 }
 
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+pub(crate) fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     s.lines()
         .find(|l| l.starts_with("VmRSS:"))

@@ -192,15 +192,6 @@ impl Bench {
     }
 }
 
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .context("VmRSS missing")
-}
-
 pub async fn run(a: LaunchArgs) -> anyhow::Result<()> {
     let images_dir = a.images.path();
     let d = images_dir.clone();
@@ -271,7 +262,7 @@ pub async fn run(a: LaunchArgs) -> anyhow::Result<()> {
     b.wait_active(&busy_ids, t0, Duration::from_secs(120)).await?;
     let t_busy = t0.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let kib = rss_kib(agent_pid)?;
+    let kib = crate::bench::rss_kib(agent_pid)?;
     let busy = b.rounds(a.launches).await?;
     let t = b.terminate(&busy_ids).await?;
     println!(

@@ -138,6 +138,17 @@ def _():
     return ["blocked", "; ".join(notes) or "no hierarchy shows a release_agent"]
 
 
+def write_back(path):
+    cur = open(path, "rb").read()
+    try:
+        fd = os.open(path, os.O_WRONLY)
+        os.write(fd, cur)
+        os.close(fd)
+        return True, "ok"
+    except OSError as e:
+        return False, ename(e.errno)
+
+
 @check("raise_limits")
 def _():
     if A["cgroup"] == "v1":
@@ -152,28 +163,13 @@ def _():
     out = []
     try:
         for f in files:
-            cur = open(f, "rb").read()
-            try:
-                fd = os.open(f, os.O_WRONLY)
-                os.write(fd, cur)
-                os.close(fd)
+            ok, e = write_back(f)
+            if ok:
                 return ["open", f"{f} is writable"]
-            except OSError as e:
-                out.append(f"{f}: {ename(e.errno)}")
+            out.append(f"{f}: {e}")
     finally:
         libc.umount2(d.encode(), 2)
     return ["blocked", "; ".join(out)]
-
-
-def write_back(path):
-    cur = open(path, "rb").read()
-    try:
-        fd = os.open(path, os.O_WRONLY)
-        os.write(fd, cur)
-        os.close(fd)
-        return True, "ok"
-    except OSError as e:
-        return False, ename(e.errno)
 
 
 @check("host_sysctl")
