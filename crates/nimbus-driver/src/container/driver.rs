@@ -346,8 +346,8 @@ impl ContainerDriver {
                 // it (and marks it healthy the moment it answers), and a probe of an address
                 // whose network is still being made waits out its whole timeout.
                 let starting = now_secs().saturating_sub(l.started_at) <= self.cfg.sshd_grace.as_secs();
-                let seen = self.healthy.lock().unwrap_or_else(|p| p.into_inner()).contains_key(id);
-                if self.recently_healthy(id) || ((seen || !starting) && self.answers(id, addr)) {
+                let last = self.last_healthy(id);
+                if last.is_some_and(|t| t.elapsed() < HEALTH_RECHECK) || ((last.is_some() || !starting) && self.probe(id, addr)) {
                     ActualState::Running
                 } else if l.spec.power == Power::Stopped {
                     ActualState::Stopped
@@ -370,21 +370,22 @@ impl ContainerDriver {
         }
     }
 
-    fn recently_healthy(&self, id: &str) -> bool {
-        self.healthy.lock().unwrap_or_else(|p| p.into_inner()).get(id).is_some_and(|t| t.elapsed() < HEALTH_RECHECK)
+    /// When instance `id`'s sshd last answered since it was started.
+    fn last_healthy(&self, id: &str) -> Option<std::time::Instant> {
+        self.healthy.lock().unwrap_or_else(|p| p.into_inner()).get(id).copied()
     }
 
-    /// Whether instance `id`'s sshd answers (or did a moment ago).
-    fn answers(&self, id: &str, addr: Option<Ipv4Addr>) -> bool {
-        if self.recently_healthy(id) {
-            return true;
-        }
+    fn mark_healthy(&self, id: &str) {
+        self.healthy.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_owned(), std::time::Instant::now());
+    }
+
+    /// Whether instance `id`'s sshd answers now; remembered either way.
+    fn probe(&self, id: &str, addr: Option<Ipv4Addr>) -> bool {
         let ok = addr.is_some_and(|a| runtime::ssh_banner(a, Duration::from_millis(150)));
-        let mut h = self.healthy.lock().unwrap_or_else(|p| p.into_inner());
         if ok {
-            h.insert(id.to_owned(), std::time::Instant::now());
+            self.mark_healthy(id);
         } else {
-            h.remove(id);
+            self.forget_health(id);
         }
         ok
     }
@@ -541,7 +542,7 @@ impl Driver for ContainerDriver {
         .await
         .unwrap_or(false);
         if ready {
-            self.healthy.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_owned(), std::time::Instant::now());
+            self.mark_healthy(id);
         }
         ready
     }

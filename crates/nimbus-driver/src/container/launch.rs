@@ -233,12 +233,10 @@ pub fn launch(spec: &LaunchSpec) -> Result<libc::pid_t> {
         let _ = sys::kill(pid, libc::SIGKILL);
         let _ = sys::waitpid(pid);
         let mut buf = [0u8; 4096];
-        if let Ok((n, _)) = sys::recv_msg_nowait(&ours, &mut buf) {
-            if n > 0 {
-                return Err(String::from_utf8_lossy(&buf[..n]).trim_start_matches("error ").to_owned());
-            }
-        }
-        return Err(e);
+        return Err(match sys::recv_msg_nowait(&ours, &mut buf) {
+            Ok((n, _)) if n > 0 => child_error(&buf[..n]),
+            _ => e,
+        });
     }
     // The child's first message is an error, or the socket closes when it execs (it is
     // close-on-exec).
@@ -247,10 +245,15 @@ pub fn launch(spec: &LaunchSpec) -> Result<libc::pid_t> {
         Ok((0, _)) => Ok(pid),
         Ok((n, _)) => {
             let _ = sys::waitpid(pid);
-            Err(String::from_utf8_lossy(&buf[..n]).trim_start_matches("error ").to_owned())
+            Err(child_error(&buf[..n]))
         }
         Err(e) => Err(format!("waiting for the instance to start: {e}")),
     }
+}
+
+/// The child's `error <message>`, as the message.
+fn child_error(msg: &[u8]) -> String {
+    String::from_utf8_lossy(msg).trim_start_matches("error ").to_owned()
 }
 
 /// The launcher's half: maps, root file system, network.
@@ -611,7 +614,6 @@ fn mount_all(spec: &LaunchSpec, root: &OwnedFd) -> Result<()> {
     mount_at(Some(c"devpts"), &pts, Some(c"devpts"), NOSUID | NOEXEC, Some("newinstance,ptmxmode=0666,mode=0620,gid=5"))
         .map_err(ctx("devpts"))?;
     tmpfs(root, "/dev/shm", NOSUID | NODEV, "mode=1777")?;
-    let dev = at(root, "/dev", Create::Dir)?;
     for (link, to) in [
         ("ptmx", "pts/ptmx"),
         ("fd", "/proc/self/fd"),
@@ -619,9 +621,7 @@ fn mount_all(spec: &LaunchSpec, root: &OwnedFd) -> Result<()> {
         ("stdout", "/proc/self/fd/1"),
         ("stderr", "/proc/self/fd/2"),
     ] {
-        let l = CString::new(link).unwrap_or_default();
-        let t = CString::new(to).unwrap_or_default();
-        symlinkat(&t, &dev, &l).map_err(ctx(format!("/dev/{link}")))?;
+        symlink_in(root, &format!("/dev/{link}"), to)?;
     }
     if let Some(g) = &spec.gpu {
         gpu_mounts(root, g)?;
@@ -640,10 +640,14 @@ fn mount_all(spec: &LaunchSpec, root: &OwnedFd) -> Result<()> {
     Ok(())
 }
 
-fn symlinkat(target: &std::ffi::CStr, dir: &OwnedFd, name: &std::ffi::CStr) -> std::io::Result<()> {
-    // /dev is the tmpfs just mounted: O_PATH descriptors work as dirfds for symlinkat.
-    let path = format!("{}/{}", sys::fd_path(dir).to_string_lossy(), name.to_string_lossy());
-    std::os::unix::fs::symlink(Path::new(&*target.to_string_lossy()), path)
+/// Makes `link` (an absolute path inside) a symbolic link to `target`, replacing what has that
+/// name; its directory is resolved inside the root (through `/proc/self/fd/N` of it).
+fn symlink_in(root: &OwnedFd, link: &str, target: &str) -> Result<()> {
+    let (dir, name) = link.rsplit_once('/').ok_or_else(|| format!("bad link {link}"))?;
+    let d = at(root, if dir.is_empty() { "/" } else { dir }, Create::Dir)?;
+    let path = format!("{}/{name}", sys::fd_path(&d).to_string_lossy());
+    let _ = std::fs::remove_file(&path);
+    std::os::unix::fs::symlink(target, &path).map_err(ctx(format!("link {link}")))
 }
 
 fn cgroups(root: &OwnedFd, mounts: &[CgroupMount]) -> Result<()> {
@@ -664,33 +668,30 @@ fn cgroups(root: &OwnedFd, mounts: &[CgroupMount]) -> Result<()> {
     Ok(())
 }
 
+/// `path` resolved inside the root, or `None` where this kernel or image has no such file.
+fn existing(root: &OwnedFd, path: &str) -> Result<Option<OwnedFd>> {
+    match resolve_in_root(root, path, Create::No) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("{path}: {e}")),
+    }
+}
+
 fn masks(root: &OwnedFd) -> Result<()> {
     for f in MASKED_FILES {
-        match resolve_in_root(root, f, Create::No) {
-            Ok(t) => bind(Path::new("/dev/null"), &t, true)?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(format!("masking {f}: {e}")),
+        if let Some(t) = existing(root, f)? {
+            bind(Path::new("/dev/null"), &t, true)?;
         }
     }
+    const EMPTY: libc::c_ulong = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
     for d in MASKED_DIRS {
-        match resolve_in_root(root, d, Create::No) {
-            Ok(t) => mount_at(
-                Some(c"tmpfs"),
-                &t,
-                Some(c"tmpfs"),
-                libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                Some("mode=0555"),
-            )
-            .map_err(ctx(format!("masking {d}")))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(format!("masking {d}: {e}")),
+        if let Some(t) = existing(root, d)? {
+            mount_at(Some(c"tmpfs"), &t, Some(c"tmpfs"), EMPTY, Some("mode=0555")).map_err(ctx(format!("masking {d}")))?;
         }
     }
     for p in READONLY {
-        match resolve_in_root(root, p, Create::No) {
-            Ok(t) => bind_c(&sys::fd_path(&t), &t, true).map_err(ctx(format!("read-only {p}")))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(format!("read-only {p}: {e}")),
+        if let Some(t) = existing(root, p)? {
+            bind_c(&sys::fd_path(&t), &t, true).map_err(ctx(format!("read-only {p}")))?;
         }
     }
     Ok(())
@@ -710,11 +711,7 @@ fn gpu_mounts(root: &OwnedFd, g: &GpuPlan) -> Result<()> {
         bind(src, &t, true)?;
     }
     for (target, link) in &g.links {
-        let (dir, name) = link.rsplit_once('/').ok_or_else(|| format!("bad link {link}"))?;
-        let d = at(root, if dir.is_empty() { "/" } else { dir }, Create::Dir)?;
-        let path = format!("{}/{name}", sys::fd_path(&d).to_string_lossy());
-        let _ = std::fs::remove_file(&path);
-        std::os::unix::fs::symlink(target, &path).map_err(ctx(format!("link {link}")))?;
+        symlink_in(root, link, target)?;
     }
     Ok(())
 }

@@ -116,7 +116,7 @@ impl Network {
     /// Removes the namespace and veth, and the bridge's neighbour entry for `addr` (the next
     /// instance there is another machine). Idempotent; never fails (what is gone is gone).
     pub fn destroy(&self, id: &str, addr: Option<Ipv4Addr>) {
-        if std::path::Path::new("/sys/class/net").join(self.veth_name(id)).exists() {
+        if self.veth_exists(id) {
             let _ = ip(&["link", "del", &self.veth_name(id)]);
         }
         if self.exists(id) {
@@ -133,7 +133,7 @@ impl Network {
 
     /// Whether any interface of ours for `id` is still on the host.
     pub fn veth_exists(&self, id: &str) -> bool {
-        ip(&["link", "show", &self.veth_name(id)]).is_ok()
+        std::path::Path::new("/sys/class/net").join(self.veth_name(id)).exists()
     }
 
     /// Names (id prefixes) of the namespaces this network owns.

@@ -136,6 +136,11 @@ impl Spec {
     pub fn seed_dir(&self) -> PathBuf {
         self.dir.join("seed")
     }
+
+    /// The `authorized_keys` file of the default user: one key a line.
+    fn authorized_keys_text(&self) -> String {
+        self.authorized_keys.iter().map(|k| format!("{}\n", k.trim())).collect()
+    }
 }
 
 /// The instance's boot script, run by tini as its first program, inside the instance as its
@@ -212,8 +217,7 @@ pub fn write_seed(spec: &Spec) -> Result<()> {
     seed_file(&d, "boot.sh", BOOT.as_bytes(), 0, 0o755)?;
     seed_file(&d, "instance-id", format!("{}\n", spec.id).as_bytes(), 0, 0o644)?;
     seed_file(&d, "hostname", format!("{}\n", spec.hostname).as_bytes(), 0, 0o644)?;
-    let keys: String = spec.authorized_keys.iter().map(|k| format!("{}\n", k.trim())).collect();
-    seed_file(&d, "authorized_keys", keys.as_bytes(), 0, 0o644)?;
+    seed_file(&d, "authorized_keys", spec.authorized_keys_text().as_bytes(), 0, 0o644)?;
     match &spec.first_boot {
         // May hold secrets: readable by the instance's root only.
         Some(script) => seed_file(&d, "user-data", script.as_bytes(), root, 0o600)?,
@@ -270,9 +274,8 @@ fn legacy_host_side_keys(spec: &Spec) -> Result<()> {
     let home = upper.join("home/ubuntu");
     let ssh = home.join(".ssh");
     std::fs::create_dir_all(&ssh).map_err(io(&ssh))?;
-    let keys: String = spec.authorized_keys.iter().map(|k| format!("{}\n", k.trim())).collect();
     let path = ssh.join("authorized_keys");
-    std::fs::write(&path, keys).map_err(io(&path))?;
+    std::fs::write(&path, spec.authorized_keys_text()).map_err(io(&path))?;
     let own = |p: &Path, uid: u32| std::os::unix::fs::chown(p, Some(uid), Some(uid)).map_err(io(p));
     own(&upper.join("home"), root)?;
     for p in [&home, &ssh, &path] {
@@ -290,7 +293,7 @@ pub fn launch_spec(spec: &Spec, cgroups: &Cgroups) -> LaunchSpec {
         binds.push(Bind { source: h.clone(), target: "/etc/hosts".into(), readonly: true, file: true });
     }
     // Last, so nothing the tenant named can be mounted over it.
-    binds.push(Bind { source: spec.seed_dir(), target: "/run/nimbus".into(), readonly: true, file: false });
+    binds.push(Bind { source: spec.seed_dir(), target: super::launch::SEED.into(), readonly: true, file: false });
     let w = spec.weaken;
     LaunchSpec {
         id: spec.id.clone(),
@@ -309,7 +312,7 @@ pub fn launch_spec(spec: &Spec, cgroups: &Cgroups) -> LaunchSpec {
         binds,
         gpu: spec.gpu.clone(),
         hardening: Hardening { seccomp: !w.seccomp, drop_caps: !w.caps, masks: !w.masks, pid_namespace: !w.pid_namespace },
-        init: ["/usr/bin/tini", "-s", "-g", "--", "/bin/sh", "/run/nimbus/boot.sh"].map(str::to_owned).to_vec(),
+        init: ["/usr/bin/tini", "-s", "-g", "--", "/bin/sh", &format!("{}/boot.sh", super::launch::SEED)].map(str::to_owned).to_vec(),
         env: ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "TERM=linux", "container=nimbus"]
             .map(str::to_owned)
             .to_vec(),
