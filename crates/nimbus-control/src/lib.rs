@@ -15,6 +15,7 @@ pub mod billing;
 pub mod capacity;
 pub mod clusters;
 pub mod config;
+pub mod egress;
 pub mod firewall;
 pub mod idempotency;
 pub mod images;

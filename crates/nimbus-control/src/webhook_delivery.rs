@@ -23,7 +23,16 @@
 //! other replica sends the same delivery. Attempts run concurrently (at most `max_concurrency`,
 //! and `per_webhook_concurrency` per webhook), each with a timeout; results are recorded in
 //! batches, conditional on the lease. A 2xx marks the delivery delivered; anything else
-//! schedules a retry with exponential backoff until `give_up_after_secs`.
+//! (a 3xx included: redirects are never followed) schedules a retry with exponential backoff
+//! until `give_up_after_secs`.
+//!
+//! **What the tenant reads.** Requests go through `egress::Egress`, which refuses loopback,
+//! private, metadata and other non-public addresses at connect time. The delivery log is the
+//! tenant's view of those attempts, so it says only one of a fixed set of things
+//! (`CONNECTION_FAILED`, `TIMED_OUT`, "receiver answered HTTP <status>"): a refused address, a
+//! closed port, a reset and a failed lookup all read the same, and a status is recorded only
+//! when a permitted receiver answered. Otherwise the log would turn webhooks into a port
+//! scanner of the server's own network. The precise reason is logged here with `tracing`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, LazyLock, Mutex};
@@ -39,6 +48,7 @@ use rand::Rng;
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 
+use crate::egress::{Egress, EgressError};
 use crate::Control;
 
 /// Events read per dispatcher pass.
@@ -49,6 +59,10 @@ const MAX_GAPS: usize = 1000;
 const RECORD_BATCH: usize = 256;
 /// A receiver's answer body is read (so the connection can be reused) up to this size.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
+/// The tenant-visible error of every attempt that got no HTTP answer and did not time out.
+pub const CONNECTION_FAILED: &str = "connection failed";
+/// The tenant-visible error of an attempt that ran out of `request_timeout_ms`.
+pub const TIMED_OUT: &str = "timed out";
 
 static SENDERS: LazyLock<Notify> = LazyLock::new(Notify::new);
 
@@ -273,7 +287,7 @@ async fn fan_out(c: &Control, tx: &mut nimbus_store::Conn, events: &[Event], now
 
 struct Sender {
     c: Control,
-    http: reqwest::Client,
+    http: Egress,
     slots: Arc<Semaphore>,
     /// Attempts in flight per webhook (this process).
     in_flight: Arc<Mutex<HashMap<WebhookId, usize>>>,
@@ -285,13 +299,15 @@ impl Sender {
     fn new(c: Control) -> Result<Self, Error> {
         let s = &c.config().webhooks;
         let timeout = Duration::from_millis(s.request_timeout_ms);
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .timeout(timeout)
-            .user_agent(concat!("Nimbus-Webhooks/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| Error::internal(format!("building the webhook HTTP client: {e}")))?;
+        let http = Egress::new(
+            reqwest::Client::builder()
+                .connect_timeout(timeout.min(Duration::from_secs(5)))
+                .timeout(timeout)
+                .user_agent(concat!("Nimbus-Webhooks/", env!("CARGO_PKG_VERSION"))),
+            s.allow_private_targets,
+            &s.resolver,
+        )
+        .map_err(|e| Error::internal(format!("building the webhook HTTP client: {e}")))?;
         let slots = Arc::new(Semaphore::new(s.max_concurrency));
         Ok(Sender { c, http, slots, in_flight: Arc::default(), progress: Arc::default() })
     }
@@ -388,7 +404,7 @@ impl Sender {
 /// One HTTP attempt of a claimed delivery; its outcome goes to the recorder.
 async fn attempt(
     c: Control,
-    http: reqwest::Client,
+    http: Egress,
     d: ClaimedDelivery,
     permit: OwnedSemaphorePermit,
     results: mpsc::UnboundedSender<(AttemptOutcome, OwnedSemaphorePermit)>,
@@ -397,7 +413,7 @@ async fn attempt(
     let started_at = c.now();
     let timestamp = started_at.div_euclid(1_000_000);
     let signature = wh::sign(&d.secret, timestamp, d.body.as_bytes());
-    let sent = http
+    let request = http
         .post(&d.url)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .header("x-nimbus-webhook-id", d.webhook_id.as_str())
@@ -405,9 +421,8 @@ async fn attempt(
         .header("x-nimbus-delivery-id", d.id.as_str())
         .header("x-nimbus-timestamp", timestamp.to_string())
         .header("x-nimbus-signature", signature)
-        .body(d.body.clone())
-        .send()
-        .await;
+        .body(d.body.clone());
+    let sent = http.send(request).await;
     let (status_code, error) = match sent {
         Ok(mut resp) => {
             let status = resp.status();
@@ -419,10 +434,19 @@ async fn attempt(
                     break;
                 }
             }
+            // A 3xx is an answer like any other non-2xx: Egress follows no redirect, so the
+            // receiver cannot send the attempt on to an address the policy would refuse.
             let err = (!status.is_success()).then(|| format!("receiver answered HTTP {}", status.as_u16()));
             (Some(i64::from(status.as_u16())), err)
         }
-        Err(e) => (None, Some(describe(&e, s.request_timeout_ms))),
+        Err(e) => {
+            if let Some(r) = e.refused() {
+                tracing::warn!(delivery = %d.id, webhook = %d.webhook_id, url = %d.url, refused = %r, "webhook destination refused by the egress policy");
+            } else {
+                tracing::debug!(delivery = %d.id, url = %d.url, error = %e.chain(), "webhook attempt got no answer");
+            }
+            (None, Some(describe(&e).to_owned()))
+        }
     };
     let finished = c.now();
     let attempt_no = d.attempts + 1;
@@ -457,20 +481,14 @@ async fn attempt(
     let _ = results.send((outcome, permit));
 }
 
-/// A transport error in words a tenant can act on.
-fn describe(e: &reqwest::Error, timeout_ms: u64) -> String {
-    use std::error::Error as _;
+/// What the tenant reads about an attempt that got no answer: deliberately one of two fixed
+/// texts, whatever the cause (see the module documentation). `e.chain()` has the detail, for logs.
+fn describe(e: &EgressError) -> &'static str {
     if e.is_timeout() {
-        return format!("timed out after {timeout_ms} ms");
+        TIMED_OUT
+    } else {
+        CONNECTION_FAILED
     }
-    let mut msg = if e.is_connect() { "could not connect".to_owned() } else { "request failed".to_owned() };
-    let mut src = e.source();
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
-    msg.chars().take(500).collect()
 }
 
 /// Writes outcomes in batches; frees the slot of each attempt once its outcome is stored.
@@ -527,6 +545,42 @@ mod tests {
             payload,
             created_at: 1_769_250_600_000_000,
         }
+    }
+
+    /// A closed port, a reset, a failed lookup and a refused address (literal or by name) must
+    /// give the tenant the same words, or the delivery log tells them apart.
+    #[tokio::test]
+    async fn closed_ports_and_refused_addresses_read_the_same() {
+        use crate::egress::{BaseResolver, FakeResolver};
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        // Accepts and hangs up at once: a reset or an early close, but a live port.
+        let resets = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let reset_port = resets.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = resets.accept().await {
+                drop(s);
+            }
+        });
+        let lo = std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST);
+        let base = BaseResolver::new(Arc::new(FakeResolver::new().with("receiver.nimbus-test.invalid", &[lo])));
+        let client = |allow| Egress::new(reqwest::Client::builder().timeout(Duration::from_secs(5)), allow, &base).expect("client");
+        let (open, strict) = (client(true), client(false));
+        let mut texts = Vec::new();
+        for (c, url, refused) in [
+            (&open, format!("http://127.0.0.1:{closed}/"), false),
+            (&open, format!("http://receiver.nimbus-test.invalid:{closed}/"), false),
+            (&open, format!("http://127.0.0.1:{reset_port}/"), false),
+            (&open, "http://unknown.nimbus-test.invalid/".to_owned(), false),
+            (&strict, format!("http://127.0.0.1:{closed}/"), true),
+            (&strict, format!("http://127.0.0.1:{reset_port}/"), true),
+            (&strict, format!("http://receiver.nimbus-test.invalid:{reset_port}/"), true),
+            (&strict, "http://[fd00:ec2::254]/".to_owned(), true),
+        ] {
+            let e = c.send(c.post(&url)).await.expect_err("no answer");
+            assert_eq!(e.refused().is_some(), refused, "{url}: {}", e.chain());
+            texts.push((url, describe(&e)));
+        }
+        assert!(texts.iter().all(|(_, t)| *t == CONNECTION_FAILED), "{texts:?}");
     }
 
     #[test]

@@ -46,9 +46,15 @@ pub struct WebhookSettings {
     /// waited for this long before it is skipped.
     pub gap_grace_ms: u64,
     pub max_per_org: i64,
-    /// Allow receivers on loopback, private and link-local addresses (given literally or as
-    /// `localhost`). Off by default: a tenant must not make the server probe its own network.
+    /// Allow receivers on loopback, private, link-local and other non-public addresses (see
+    /// `egress::forbidden`), whether given literally, as `localhost`, or as a name that resolves
+    /// to one. Off by default: a tenant must not make the server probe its own network.
     pub allow_private_targets: bool,
+    /// The DNS resolver underneath the egress check; not read from the file. Tests install a
+    /// `egress::FakeResolver` here so that a name can point at a loopback receiver while the
+    /// real check still runs.
+    #[serde(skip)]
+    pub resolver: crate::egress::BaseResolver,
 }
 
 impl Default for WebhookSettings {
@@ -65,6 +71,7 @@ impl Default for WebhookSettings {
             gap_grace_ms: 60_000,
             max_per_org: 50,
             allow_private_targets: false,
+            resolver: crate::egress::BaseResolver::default(),
         }
     }
 }
@@ -85,31 +92,10 @@ impl WebhookSettings {
     }
 }
 
-/// True for addresses a cloud server should not be made to call: loopback, private, link-local
-/// (cloud metadata services), unspecified, carrier-grade NAT, IPv6 unique-local.
-fn is_private(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || (o[0] == 100 && (64..128).contains(&o[1]))
-        }
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || (s[0] & 0xfe00) == 0xfc00
-                || (s[0] & 0xffc0) == 0xfe80
-                || v6.to_ipv4_mapped().is_some_and(|v4| is_private(IpAddr::V4(v4)))
-        }
-    }
-}
-
-/// An absolute `http` or `https` URL with a host and no credentials.
+/// An absolute `http` or `https` URL with a host and no credentials. Unless `allow_private`, a
+/// literal refused address or a `localhost` name is rejected here, early and with a clear
+/// message; names are checked again, on the addresses they resolve to, at each delivery
+/// (`egress`), since what a name resolves to can change after creation.
 pub fn validate_url(s: &str, allow_private: bool) -> Result<(), Error> {
     let invalid = |m: &str| Err(Error::invalid("url", m.to_owned()));
     if s.len() > MAX_URL_LEN {
@@ -133,11 +119,11 @@ pub fn validate_url(s: &str, allow_private: bool) -> Result<(), Error> {
     };
     // The URL parser has normalized IP literals (IPv6 in brackets, IPv4 in dotted form).
     let private = match host.parse::<IpAddr>() {
-        Ok(ip) => is_private(ip),
+        Ok(ip) => crate::egress::forbidden(ip).is_some(),
         Err(_) => host == "localhost" || host.ends_with(".localhost"),
     };
     if private && !allow_private {
-        return invalid("must not point at a loopback, private or link-local address");
+        return invalid("must not point at a loopback, private, link-local or other non-public address");
     }
     Ok(())
 }
@@ -281,6 +267,11 @@ mod tests {
             "http://[fd00::1]/",
             "http://[::ffff:10.0.0.1]/",
             "http://100.64.0.1/",
+            "http://[fd00:ec2::254]/",
+            "http://[64:ff9b::7f00:1]/",
+            "http://224.0.0.1/",
+            "http://0.0.0.0/",
+            "http://2130706433/",
         ] {
             assert!(validate_url(private, false).is_err(), "{private}");
             assert!(validate_url(private, true).is_ok(), "{private} allowed when configured");

@@ -1,5 +1,5 @@
 //! A webhook receiver for tests: a real HTTP server on `127.0.0.1:0` that records every request,
-//! answers 500 to the first N, or never answers at all. Signature checking is written here from
+//! answers 500 to the first N, redirects every request elsewhere, or never answers at all. Signature checking is written here from
 //! the documented rule (HMAC-SHA256 over `"<timestamp>.<body>"`), independently of the server's
 //! code.
 
@@ -39,11 +39,15 @@ struct Inner {
     /// Requests still to answer with 500.
     fail_remaining: AtomicUsize,
     hang: bool,
+    /// Answer every request with `302 Found` to this location.
+    redirect_to: Option<String>,
     in_flight: AtomicUsize,
 }
 
 pub struct WebhookReceiver {
+    /// `http://127.0.0.1:<port>/hook`.
     pub url: String,
+    pub addr: std::net::SocketAddr,
     inner: Arc<Inner>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -52,6 +56,11 @@ impl WebhookReceiver {
     /// Answers 500 to the first `fail_first` requests, 200 afterwards.
     pub async fn start(fail_first: usize) -> Self {
         Self::serve(Inner { fail_remaining: AtomicUsize::new(fail_first), ..Inner::default() }).await
+    }
+
+    /// Answers every request `302 Found` with `Location: location`.
+    pub async fn redirecting(location: &str) -> Self {
+        Self::serve(Inner { redirect_to: Some(location.to_owned()), ..Inner::default() }).await
     }
 
     /// Accepts requests and never answers them.
@@ -70,14 +79,22 @@ impl WebhookReceiver {
                     tokio::time::sleep(Duration::from_secs(3600)).await;
                 }
                 let fail = state.fail_remaining.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
-                let status = if fail { StatusCode::INTERNAL_SERVER_ERROR } else { StatusCode::OK };
+                let status = match (&state.redirect_to, fail) {
+                    (Some(_), _) => StatusCode::FOUND,
+                    (None, true) => StatusCode::INTERNAL_SERVER_ERROR,
+                    (None, false) => StatusCode::OK,
+                };
                 state.received.lock().unwrap_or_else(|p| p.into_inner()).push(Received {
                     headers,
                     body,
                     status: status.as_u16(),
                     at: Instant::now(),
                 });
-                (status, if fail { "not now" } else { "ok" })
+                let mut answer = HeaderMap::new();
+                if let Some(to) = state.redirect_to.as_deref().and_then(|l| l.parse().ok()) {
+                    answer.insert(axum::http::header::LOCATION, to);
+                }
+                (status, answer, if fail { "not now" } else { "ok" })
             }
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind receiver");
@@ -85,7 +102,7 @@ impl WebhookReceiver {
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        WebhookReceiver { url: format!("http://{addr}/hook"), inner, task }
+        WebhookReceiver { url: format!("http://{addr}/hook"), addr, inner, task }
     }
 
     /// Every request so far, in arrival order.

@@ -1,9 +1,15 @@
 //! Webhooks (`/v1/webhooks`): real server, real sim agents, a real HTTP receiver on 127.0.0.1.
 //! Every event arrives exactly once and signed, through retries; redelivery; validation and
-//! isolation; a hanging receiver does not slow the API.
+//! isolation; a hanging receiver does not slow the API. Egress: a host name that resolves to the
+//! server's own network is refused at connect time, redirects are not followed, and the tenant
+//! cannot tell a refused address from a closed port.
 
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use nimbus_control::egress::{BaseResolver, FakeResolver};
 
 use nimbus_test_utils::webhook_receiver::{verify_signature, Received, WebhookReceiver};
 use nimbus_test_utils::{sim_host, Builder, TestServer};
@@ -33,6 +39,79 @@ fn builder() -> Builder {
         c.webhooks.dispatch_lease_ms = 1_000;
         c.agents.host_timeout_ms = 2_000;
     })
+}
+
+/// Resolves to 127.0.0.1 through the test resolver: a stand-in for a hosts-file entry or an
+/// attacker's DNS name that points at the server's own network.
+const LOOPBACK_NAME: &str = "receiver.nimbus-test.invalid";
+/// Resolves to both metadata-service addresses.
+const METADATA_NAME: &str = "metadata.nimbus-test.invalid";
+/// The tenant-visible error of every attempt that got no HTTP answer (and did not time out).
+const CONNECTION_FAILED: &str = "connection failed";
+
+/// Fast retries and the test resolver (names above; any other name fails to resolve, so no
+/// query leaves the machine). The egress check wraps that resolver like any other.
+fn resolving_builder(allow_private_targets: bool) -> Builder {
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    let dns =
+        FakeResolver::new().with(LOOPBACK_NAME, &[ip("127.0.0.1")]).with(METADATA_NAME, &[ip("169.254.169.254"), ip("fd00:ec2::254")]);
+    TestServer::builder().config(move |c| {
+        c.webhooks.allow_private_targets = allow_private_targets;
+        c.webhooks.resolver = BaseResolver::new(Arc::new(dns));
+        c.webhooks.retry_initial_ms = 5;
+        c.webhooks.retry_max_ms = 40;
+        c.webhooks.poll_interval_ms = 50;
+    })
+}
+
+/// Creates a webhook for every event; returns its id.
+async fn hook_to(s: &TestServer, url: &str) -> String {
+    let (st, v) = v1(s, &s.key, "POST", "/webhooks", Some(json!({"url": url, "events": ["*"]}))).await;
+    assert_eq!(st, 201, "{url}: {v}");
+    v["data"]["id"].as_str().unwrap().to_owned()
+}
+
+/// Waits until the webhook has deliveries and each has been attempted at least `n` times (or is
+/// no longer pending, so that a wrongly successful delivery fails the caller's assertions at
+/// once rather than as a timeout).
+async fn attempted(s: &TestServer, hook: &str, n: i64) -> Vec<Value> {
+    let t = Instant::now();
+    loop {
+        let log = deliveries(s, hook).await;
+        if !log.is_empty() && log.iter().all(|d| d["attempts"].as_i64().unwrap() >= n || d["state"] != "pending") {
+            return log;
+        }
+        assert!(t.elapsed() < Duration::from_secs(15), "{hook}: {log:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What the tenant can read about one delivery's attempts, minus timings and identifiers.
+#[derive(Debug, Clone, PartialEq)]
+struct Readable {
+    state: Value,
+    last_status_code: Value,
+    last_error: Value,
+    /// Each attempt's `(status_code, error)`.
+    history: Vec<(Value, Value)>,
+}
+
+impl Readable {
+    /// The same, with only the first `n` attempts.
+    fn first(&self, n: usize) -> Readable {
+        Readable { history: self.history.iter().take(n).cloned().collect(), ..self.clone() }
+    }
+}
+
+fn readable(log: &[Value]) -> Vec<Readable> {
+    log.iter()
+        .map(|d| Readable {
+            state: d["state"].clone(),
+            last_status_code: d["last_status_code"].clone(),
+            last_error: d["last_error"].clone(),
+            history: d["history"].as_array().unwrap().iter().map(|a| (a["status_code"].clone(), a["error"].clone())).collect(),
+        })
+        .collect()
 }
 
 async fn wait_native(s: &TestServer, id: &str, status: &str) {
@@ -359,7 +438,7 @@ async fn hanging_and_dead_receivers_do_not_slow_the_api() {
             for d in &log {
                 assert_eq!(d["state"], "pending");
                 assert!(d.get("last_status_code").is_none());
-                assert!(d["last_error"].as_str().unwrap().starts_with("could not connect"), "{d}");
+                assert_eq!(d["last_error"], CONNECTION_FAILED, "{d}");
                 assert!(d["next_attempt_at"].as_str().is_some());
             }
             break;
@@ -367,6 +446,93 @@ async fn hanging_and_dead_receivers_do_not_slow_the_api() {
         assert!(t.elapsed() < Duration::from_secs(10), "{v}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    s.shutdown().await;
+}
+
+/// The attack of issue 16: a host name that resolves to loopback (the server itself) passes the
+/// create-time check, so the refusal must happen at connect time, on the resolved address.
+#[tokio::test]
+async fn names_resolving_to_private_addresses_are_refused_at_connect_time() {
+    // Control: with private targets allowed, the same name does reach a loopback receiver, so
+    // the resolver is in use and what stops the request below is the check alone.
+    let open = resolving_builder(true).start().await;
+    let reached = WebhookReceiver::start(0).await;
+    hook_to(&open, &format!("http://{LOOPBACK_NAME}:{}/hook", reached.addr.port())).await;
+    append_events(open.control.store(), &open.org.id, 0, 1).await;
+    reached.wait_until("the delivery by name", Duration::from_secs(10), |r| r.len() == 1).await;
+    open.shutdown().await;
+
+    let s = resolving_builder(false).start().await;
+    let rx = WebhookReceiver::start(0).await;
+    // A literal loopback address is refused at creation; a name cannot be judged then.
+    let (st, _) = v1(&s, &s.key, "POST", "/webhooks", Some(json!({"url": rx.url, "events": ["*"]}))).await;
+    assert_eq!(st, 400);
+    let hook = hook_to(&s, &format!("http://{LOOPBACK_NAME}:{}/hook", rx.addr.port())).await;
+    append_events(s.control.store(), &s.org.id, 0, 2).await;
+    let log = attempted(&s, &hook, 3).await;
+    assert_eq!(log.len(), 2);
+    for d in readable(&log) {
+        assert_eq!(
+            (d.state.as_str(), &d.last_status_code, d.last_error.as_str()),
+            (Some("pending"), &Value::Null, Some(CONNECTION_FAILED))
+        );
+        assert!(d.history.iter().all(|a| *a == (Value::Null, json!(CONNECTION_FAILED))), "{d:?}");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(rx.received().is_empty(), "the receiver behind the name got {} requests", rx.received().len());
+    s.shutdown().await;
+}
+
+/// A closed port (private targets allowed), a name refused by policy, the metadata service and
+/// an unresolvable name all read exactly the same in the delivery log.
+#[tokio::test]
+async fn closed_ports_and_refused_addresses_read_the_same() {
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let open = resolving_builder(true).start().await;
+    let closed = hook_to(&open, &format!("http://127.0.0.1:{closed_port}/hook")).await;
+    append_events(open.control.store(), &open.org.id, 0, 1).await;
+    let baseline = readable(&attempted(&open, &closed, 2).await[..1]);
+    assert_eq!(baseline[0].last_error, CONNECTION_FAILED, "{baseline:?}");
+    open.shutdown().await;
+
+    let s = resolving_builder(false).start().await;
+    let rx = WebhookReceiver::start(0).await;
+    let urls = [
+        format!("http://{LOOPBACK_NAME}:{}/hook", rx.addr.port()),
+        format!("http://{LOOPBACK_NAME}:{closed_port}/hook"),
+        format!("http://{METADATA_NAME}/latest/meta-data"),
+        "http://unknown.nimbus-test.invalid/hook".to_owned(),
+    ];
+    let mut hooks = Vec::new();
+    for u in &urls {
+        hooks.push(hook_to(&s, u).await);
+    }
+    append_events(s.control.store(), &s.org.id, 0, 1).await;
+    for (u, h) in urls.iter().zip(&hooks) {
+        let got = readable(&attempted(&s, h, 2).await);
+        // Compare the first two attempts, as the baseline has them.
+        let two = |r: &[Readable]| r.iter().map(|d| d.first(2)).collect::<Vec<_>>();
+        assert_eq!(two(&got), two(&baseline), "{u}");
+    }
+    assert!(rx.received().is_empty());
+    s.shutdown().await;
+}
+
+/// A receiver that answers 302 to another (loopback) URL: the redirect is not followed, even
+/// with private targets allowed, and the attempt counts as failed.
+#[tokio::test]
+async fn redirects_are_not_followed() {
+    let s = builder().start().await;
+    let target = WebhookReceiver::start(0).await;
+    let redirector = WebhookReceiver::redirecting(&target.url).await;
+    let hook = hook_to(&s, &redirector.url).await;
+    append_events(s.control.store(), &s.org.id, 0, 1).await;
+    let log = attempted(&s, &hook, 3).await;
+    let d = &log[0];
+    assert_eq!((d["state"].as_str(), d["last_status_code"].as_i64()), (Some("pending"), Some(302)), "{d}");
+    assert!(d["history"].as_array().unwrap().iter().all(|a| a["status_code"] == 302 && a["error"] == "receiver answered HTTP 302"), "{d}");
+    assert!(redirector.received().len() >= 3);
+    assert!(target.received().is_empty(), "the redirect was followed");
     s.shutdown().await;
 }
 
