@@ -3,11 +3,28 @@
 //!
 //! The agent keeps no state that matters in memory: its credentials live in `<data-dir>/agent.json`
 //! and its instances are whatever the driver lists, so a restarted agent re-registers as the same
-//! host and adopts running instances instead of recreating them. Anything the driver has that the
-//! server no longer wants (an orphan) is destroyed.
+//! host (with its host secret, which proves it is that host) and adopts running instances instead
+//! of recreating them. Anything the driver has that the server no longer wants (an orphan) is
+//! destroyed.
+//!
+//! Each instance's `user_data` is kept in `<data-dir>/user-data/<instance id>` once received,
+//! and every desired-state poll lists those instances, so the server sends each script once
+//! rather than on every generation bump (and not again after a restart).
+//!
+//! The data dir holds the host secret and tenants' user data. Every file the agent writes in it
+//! is created 0600 (a temp file opened with that mode, then renamed over the old one, never
+//! written loose and chmodded after), the user data in a 0700 directory. The data dir itself is
+//! 0711, and tightened to that on start (group and other lose read and write): nobody else can
+//! list it, but others keep search permission, because the container driver keeps its instances
+//! under `<data-dir>/container` and its launcher, once inside an instance's user namespace, runs
+//! as a uid that does not own the dir and must still traverse it to reach the instance's root
+//! file system (an ancestor at 0700 makes that EACCES). The driver's own files there (its
+//! per-instance ledgers) are the driver's to keep private.
 
-use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +33,8 @@ use nimbus_driver::Driver;
 use nimbus_proto as proto;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify};
+
+pub mod tls;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -27,6 +46,8 @@ pub enum AgentError {
     Transport(#[source] reqwest::Error),
     #[error("driver: {0}")]
     Driver(#[from] nimbus_driver::DriverError),
+    #[error("configuration: {0}")]
+    Config(String),
     #[error("data dir: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -38,13 +59,19 @@ pub const METRICS_INTERVAL: Duration = Duration::from_secs(1);
 pub struct AgentConfig {
     /// Server root, e.g. `http://127.0.0.1:8080`.
     pub server_url: String,
-    /// Host registration token.
+    /// Host registration token: used when the agent has no host secret yet, or the server
+    /// rejects the one it has (after an operator's re-enrolment). Tokens are single-use and
+    /// expire by default, so a restarted agent relies on the secret in `agent.json`.
     pub token: String,
     pub data_dir: PathBuf,
     /// Long-poll window.
     pub poll_wait: Duration,
     /// The address clients reach this host's forwarded ports on, reported with the inventory.
     pub public_ip: Option<String>,
+    /// What the server's certificate is checked against (an `https://` server URL).
+    pub trust: tls::ServerTrust,
+    /// Allow plain HTTP to a server that is not on loopback.
+    pub insecure: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -74,17 +101,66 @@ pub struct Agent {
     storage: std::sync::Mutex<nimbus_driver::StorageReport>,
     /// Instances whose readiness is being watched (one watcher each).
     watching: std::sync::Mutex<HashSet<String>>,
+    /// Instances whose `user_data` is kept in `user-data/` (listed in every desired poll).
+    held: std::sync::Mutex<BTreeSet<String>>,
+    /// Serialises writes of files in the data dir (their temp files have fixed names).
+    files: std::sync::Mutex<()>,
+}
+
+/// The data dir: not listable by others, but traversable (see the module doc).
+const DATA_DIR_MODE: u32 = 0o711;
+/// Directories and files holding secrets or tenants' data: the agent's alone.
+const PRIVATE_DIR_MODE: u32 = 0o700;
+const PRIVATE_FILE_MODE: u32 = 0o600;
+
+/// Creates `dir` (and missing parents) with `mode`, or takes from an existing one the
+/// permission bits `mode` does not have (never adds any).
+fn make_dir(dir: &Path, mode: u32) -> std::io::Result<()> {
+    std::fs::DirBuilder::new().recursive(true).mode(mode).create(dir)?;
+    tighten(dir, mode)
+}
+
+/// Clears the permission bits of an existing file or directory that `mode` does not allow.
+fn tighten(path: &Path, mode: u32) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(md) if md.file_type().is_symlink() => Err(std::io::Error::other(format!("{} is a symbolic link", path.display()))),
+        Ok(md) if md.permissions().mode() & 0o777 & !mode != 0 => {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(md.permissions().mode() & 0o777 & mode))
+        }
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes `bytes` to `path` atomically with mode 0600: a temp file beside it is created with
+/// that mode (never readable by others, not even briefly), synced, and renamed over `path`.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| std::io::Error::other("no file name"))?;
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(PRIVATE_FILE_MODE).open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)
+}
+
+/// An instance id the agent may use as a file name.
+fn safe_id(id: &str) -> bool {
+    (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 impl Agent {
-    pub fn new(cfg: AgentConfig, driver: Arc<dyn Driver>) -> Arc<Agent> {
-        // No overall timeout: long-polls legitimately take poll_wait; connect failures still fail fast.
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build()
-            .unwrap_or_default();
-        Arc::new(Agent {
+    /// Fails on a server URL the agent must not use (plain HTTP off loopback without
+    /// `insecure`) or a trust setting that does not load.
+    pub fn new(cfg: AgentConfig, driver: Arc<dyn Driver>) -> Result<Arc<Agent>, AgentError> {
+        tls::check_server_url(&cfg.server_url, cfg.insecure).map_err(AgentError::Config)?;
+        let http = tls::http_client(&cfg.trust).map_err(AgentError::Config)?;
+        Ok(Arc::new(Agent {
             cfg,
             driver,
             http,
@@ -96,7 +172,9 @@ impl Agent {
             vpn_reports: std::sync::Mutex::new(Vec::new()),
             storage: std::sync::Mutex::new(nimbus_driver::StorageReport::default()),
             watching: std::sync::Mutex::new(HashSet::new()),
-        })
+            held: std::sync::Mutex::new(BTreeSet::new()),
+            files: std::sync::Mutex::new(()),
+        }))
     }
 
     /// Reports as soon as instance `id`, just started, is reachable: SkyPilot and dstack SSH in
@@ -132,11 +210,97 @@ impl Agent {
     }
 
     fn save_creds(&self, c: &Credentials) -> Result<(), AgentError> {
-        std::fs::create_dir_all(&self.cfg.data_dir)?;
-        let tmp = self.creds_path().with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(c).map_err(std::io::Error::other)?)?;
-        std::fs::rename(tmp, self.creds_path())?;
+        let _g = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        make_dir(&self.cfg.data_dir, DATA_DIR_MODE)?;
+        write_private(&self.creds_path(), &serde_json::to_vec_pretty(c).map_err(std::io::Error::other)?)?;
         Ok(())
+    }
+
+    fn user_data_dir(&self) -> PathBuf {
+        self.cfg.data_dir.join("user-data")
+    }
+
+    /// Makes the data dir private (see the module doc; an older agent wrote it and agent.json
+    /// with default modes) and reads which instances' user data it keeps.
+    pub fn prepare_data_dir(&self) -> Result<(), AgentError> {
+        let _g = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        make_dir(&self.cfg.data_dir, DATA_DIR_MODE)?;
+        tighten(&self.creds_path(), PRIVATE_FILE_MODE)?;
+        let ud = self.user_data_dir();
+        make_dir(&ud, PRIVATE_DIR_MODE)?;
+        let mut held = BTreeSet::new();
+        for e in std::fs::read_dir(&ud)? {
+            let e = e?;
+            let Ok(name) = e.file_name().into_string() else { continue };
+            if !safe_id(&name) || !e.file_type()?.is_file() {
+                // Leftover temp files (`.<id>.tmp`) and anything else not written by us.
+                continue;
+            }
+            tighten(&e.path(), PRIVATE_FILE_MODE)?;
+            held.insert(name);
+        }
+        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = held;
+        Ok(())
+    }
+
+    /// Instances whose user data this agent keeps (what it tells the server it holds).
+    pub fn user_data_held(&self) -> Vec<String> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
+    }
+
+    /// Fills in the user data the server left out (from `user-data/`) and keeps what it sent.
+    /// Returns false when a kept copy turned out unreadable: it is forgotten, and the caller
+    /// polls again at once so that the server sends it (nothing is applied without it).
+    fn take_user_data(&self, d: &mut proto::DesiredResponse) -> bool {
+        let _g = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        let dir = self.user_data_dir();
+        let omitted: HashSet<&str> = d.user_data_omitted.iter().map(String::as_str).collect();
+        let mut complete = true;
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        for i in &mut d.instances {
+            if !safe_id(&i.id) {
+                continue;
+            }
+            if omitted.contains(i.id.as_str()) {
+                match std::fs::read(dir.join(&i.id)).map(String::from_utf8) {
+                    Ok(Ok(u)) => i.user_data = Some(u),
+                    other => {
+                        tracing::warn!(instance = %i.id, result = ?other.map(|r| r.map(|_| ())), "kept user data unreadable; asking again");
+                        held.remove(&i.id);
+                        complete = false;
+                    }
+                }
+            } else if let Some(u) = &i.user_data {
+                if !held.contains(&i.id) {
+                    match write_private(&dir.join(&i.id), u.as_bytes()) {
+                        Ok(()) => {
+                            held.insert(i.id.clone());
+                        }
+                        // Not kept: the server keeps sending it, which is only slower.
+                        Err(e) => tracing::warn!(instance = %i.id, error = %e, "keeping user data failed"),
+                    }
+                }
+            }
+        }
+        complete
+    }
+
+    /// Drops the kept user data of instances the host no longer has.
+    fn forget_user_data(&self, d: &proto::DesiredResponse) {
+        let _g = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        let wanted: HashSet<&str> = d.instances.iter().map(|i| i.id.as_str()).collect();
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let gone: Vec<String> = held.iter().filter(|id| !wanted.contains(id.as_str())).cloned().collect();
+        for id in gone {
+            match std::fs::remove_file(self.user_data_dir().join(&id)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    tracing::warn!(instance = %id, error = %e, "removing kept user data failed");
+                }
+                _ => {
+                    held.remove(&id);
+                }
+            }
+        }
     }
 
     async fn post<Req: Serialize, Resp: for<'de> Deserialize<'de>>(
@@ -161,20 +325,34 @@ impl Agent {
         resp.json().await.map_err(AgentError::Transport)
     }
 
-    /// Registers (or re-registers as the same machine) and stores the new host credential.
+    /// Registers (or re-registers as the same machine) and stores the host credential. A host
+    /// that has a secret presents it (proving it is that host); the token is for a host that
+    /// has none yet, or whose secret an operator revoked to re-enrol it.
     pub async fn register(&self) -> Result<proto::RegisterResponse, AgentError> {
+        self.prepare_data_dir()?;
         let mut creds = self.load_creds()?;
         let mut inventory = self.driver.inventory().await?;
         if self.cfg.public_ip.is_some() {
             inventory.public_ip = self.cfg.public_ip.clone();
         }
+        // The credential travels in the Authorization header, never in the body.
         let req = proto::RegisterRequest {
             protocol_version: proto::PROTOCOL_VERSION,
-            token: self.cfg.token.clone(),
+            token: String::new(),
             machine_id: creds.machine_id.clone(),
             inventory,
         };
-        let resp: proto::RegisterResponse = self.post(proto::PATH_REGISTER, None, &req).await?;
+        let with_token = || self.post::<_, proto::RegisterResponse>(proto::PATH_REGISTER, Some(&self.cfg.token), &req);
+        let resp = match creds.host_secret.as_deref() {
+            Some(secret) => match self.post(proto::PATH_REGISTER, Some(secret), &req).await {
+                Err(AgentError::Unauthorized) if !self.cfg.token.is_empty() => {
+                    tracing::warn!("the server rejected this host's secret; registering with the host token");
+                    with_token().await?
+                }
+                r => r?,
+            },
+            None => with_token().await?,
+        };
         creds.host_id = Some(resp.host_id.clone());
         creds.host_secret = Some(resp.host_secret.clone());
         self.save_creds(&creds)?;
@@ -278,6 +456,9 @@ impl Agent {
 
     /// Runs until `stop` turns true: a reporter task plus the long-poll/apply loop.
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        if let Err(e) = self.prepare_data_dir() {
+            tracing::error!(error = %e, dir = %self.cfg.data_dir.display(), "securing the data dir failed");
+        }
         self.register_until_ok(&stop).await;
         let reporter = {
             let me = self.clone();
@@ -311,17 +492,27 @@ impl Agent {
         };
         let mut known = -1i64;
         loop {
-            let req = proto::DesiredRequest { known_generation: known, wait_ms: self.cfg.poll_wait.as_millis() as u64 };
+            let req = proto::DesiredRequest {
+                known_generation: known,
+                wait_ms: self.cfg.poll_wait.as_millis() as u64,
+                user_data_held: self.user_data_held(),
+            };
             let secret = self.secret().await;
             let res = tokio::select! {
                 r = self.post::<_, proto::DesiredResponse>(proto::PATH_DESIRED, secret.as_deref(), &req) => r,
                 _ = stop.changed() => break,
             };
             match res {
-                Ok(d) => {
+                Ok(mut d) => {
+                    if !self.take_user_data(&mut d) {
+                        // Ask again at once; this time the server sends what was missing.
+                        known = -1;
+                        continue;
+                    }
                     if let Err(e) = self.apply(&d).await {
                         tracing::warn!(error = %e, "apply failed");
                     }
+                    self.forget_user_data(&d);
                     known = d.generation;
                     self.report_now.notify_one();
                 }
@@ -362,5 +553,151 @@ impl Agent {
         if let Err(e) = self.post::<_, serde_json::Value>(proto::PATH_METRICS, secret.as_deref(), &req).await {
             tracing::debug!(error = %e, "sending metrics failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let mut b = [0u8; 8];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut b);
+        std::env::temp_dir().join(format!("nimbus-agent-{tag}-{}", hex::encode(b)))
+    }
+
+    fn agent(dir: &Path) -> Arc<Agent> {
+        let cfg = AgentConfig {
+            server_url: "http://127.0.0.1:9".into(),
+            token: String::new(),
+            data_dir: dir.to_owned(),
+            poll_wait: Duration::from_secs(1),
+            public_ip: None,
+            trust: tls::ServerTrust::default(),
+            insecure: false,
+        };
+        Agent::new(cfg, Arc::new(nimbus_driver::sim::SimDriver::new(nimbus_driver::sim::SimConfig::default()))).unwrap()
+    }
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    fn instance(id: &str, user_data: Option<&str>) -> proto::DesiredInstance {
+        proto::DesiredInstance {
+            id: id.into(),
+            hostname: id.into(),
+            image: "debian-12".into(),
+            vcpus: 1,
+            memory_mib: 1024,
+            disk_gib: 10,
+            gpu_indices: vec![],
+            ssh_public_keys: vec![],
+            user_data: user_data.map(str::to_owned),
+            power: proto::Power::Running,
+            restart_generation: 0,
+            file_system_mounts: vec![],
+            firewall: vec![],
+            volumes: vec![],
+            source_snapshot: None,
+            ssh_port: None,
+            peers: vec![],
+            tenant: "t".into(),
+            privileged: false,
+        }
+    }
+
+    fn desired(instances: Vec<proto::DesiredInstance>, omitted: &[&str]) -> proto::DesiredResponse {
+        proto::DesiredResponse {
+            generation: 1,
+            instances,
+            volumes: vec![],
+            snapshots: vec![],
+            vpns: vec![],
+            user_data_omitted: omitted.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// The data dir is 0711 (not listable, traversable), and the files holding the host secret
+    /// and tenants' user data are 0600 (the user data in a 0700 dir), whether the agent creates
+    /// them or finds them looser (an older agent's).
+    #[test]
+    fn data_dir_and_files_are_private() {
+        let dir = temp_dir("modes");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(dir.join("agent.json"), br#"{"machine_id":"m","host_id":"h","host_secret":"s"}"#).unwrap();
+        std::fs::set_permissions(dir.join("agent.json"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::create_dir_all(dir.join("user-data")).unwrap();
+        std::fs::set_permissions(dir.join("user-data"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(dir.join("user-data").join("old"), b"#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(dir.join("user-data").join("old"), std::fs::Permissions::from_mode(0o644)).unwrap();
+
+        let a = agent(&dir);
+        a.prepare_data_dir().unwrap();
+        assert_eq!(mode(&dir), 0o711);
+        assert_eq!(mode(&dir.join("agent.json")), 0o600);
+        assert_eq!(mode(&dir.join("user-data")), 0o700);
+        assert_eq!(mode(&dir.join("user-data").join("old")), 0o600);
+        assert_eq!(a.user_data_held(), vec!["old".to_owned()]);
+
+        // Written anew: through a temp file created 0600, renamed over the old file.
+        let creds = a.load_creds().unwrap();
+        a.save_creds(&creds).unwrap();
+        assert_eq!(mode(&dir.join("agent.json")), 0o600);
+        assert!(!dir.join(".agent.json.tmp").exists());
+        let mut d = desired(vec![instance("i1", Some("#!/bin/sh\necho hi\n"))], &[]);
+        assert!(a.take_user_data(&mut d));
+        assert_eq!(mode(&dir.join("user-data").join("i1")), 0o600);
+
+        // A fresh data dir (and its parents) is created 0711, and a 0700 one is left alone.
+        let fresh = temp_dir("fresh").join("nested");
+        let b = agent(&fresh);
+        b.save_creds(&b.load_creds().unwrap()).unwrap();
+        assert_eq!(mode(&fresh), 0o711);
+        std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o700)).unwrap();
+        b.prepare_data_dir().unwrap();
+        assert_eq!(mode(&fresh), 0o700, "tightening never adds a bit");
+        assert_eq!(mode(&fresh.join("agent.json")), 0o600);
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(fresh.parent().unwrap());
+    }
+
+    /// User data arrives once, is kept, fills in answers that leave it out (after a restart
+    /// too), is asked for again when the kept copy is gone, and is dropped with its instance.
+    #[test]
+    fn user_data_is_kept_and_filled_in() {
+        let dir = temp_dir("ud");
+        let big = format!("#!/bin/sh\n#{}\n", "x".repeat(1 << 20));
+        let a = agent(&dir);
+        a.prepare_data_dir().unwrap();
+        let mut first = desired(vec![instance("i1", Some(&big)), instance("i2", None)], &[]);
+        assert!(a.take_user_data(&mut first));
+        assert_eq!(a.user_data_held(), vec!["i1".to_owned()], "an instance without user data keeps nothing");
+        assert_eq!(std::fs::read_to_string(dir.join("user-data").join("i1")).unwrap(), big);
+
+        // A restarted agent knows what it keeps, and fills in what the server left out.
+        let b = agent(&dir);
+        b.prepare_data_dir().unwrap();
+        assert_eq!(b.user_data_held(), vec!["i1".to_owned()]);
+        let mut later = desired(vec![instance("i1", None), instance("i2", None)], &["i1"]);
+        assert!(b.take_user_data(&mut later));
+        assert_eq!(later.instances[0].user_data.as_deref(), Some(big.as_str()));
+        assert_eq!(later.instances[1].user_data, None);
+
+        // The kept copy vanished: forgotten, and the answer is not to be applied.
+        std::fs::remove_file(dir.join("user-data").join("i1")).unwrap();
+        let mut broken = desired(vec![instance("i1", None)], &["i1"]);
+        assert!(!b.take_user_data(&mut broken));
+        assert!(b.user_data_held().is_empty());
+
+        // An instance the host no longer has takes its user data with it.
+        let mut again = desired(vec![instance("i1", Some(&big))], &[]);
+        assert!(b.take_user_data(&mut again));
+        assert_eq!(b.user_data_held(), vec!["i1".to_owned()]);
+        b.forget_user_data(&desired(vec![], &[]));
+        assert!(b.user_data_held().is_empty());
+        assert!(!dir.join("user-data").join("i1").exists());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

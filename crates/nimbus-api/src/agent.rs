@@ -1,5 +1,7 @@
-//! The agent protocol endpoints (`/internal/agent/v1/...`). Authenticated by host token (register)
-//! or host secret (everything else), never by a tenant key.
+//! The agent protocol endpoints (`/internal/agent/v1/...`). Authenticated by host token or host
+//! secret (register) or host secret (everything else), never by a tenant key. The credential is
+//! always a header, checked by an extractor that runs before the body extractor, so an
+//! unauthenticated request is answered 401 without its body being read.
 
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
@@ -70,10 +72,26 @@ impl FromRequestParts<ApiState> for AgentHost {
     }
 }
 
+/// A registration credential (host token or host secret) that was usable when the request
+/// arrived; the registration re-checks it, and spends the token's use, in its transaction.
+pub struct Registrant(pub String);
+
+impl FromRequestParts<ApiState> for Registrant {
+    type Rejection = AgentError;
+
+    async fn from_request_parts(parts: &mut Parts, s: &ApiState) -> Result<Self, Self::Rejection> {
+        let credential = crate::auth::presented_key(&parts.headers).ok_or(Error::Unauthenticated)?;
+        agents::check_registration_credential(&s.control, &credential).await?;
+        Ok(Registrant(credential))
+    }
+}
+
 async fn register(
     State(s): State<ApiState>,
-    AgentJson(req): AgentJson<proto::RegisterRequest>,
+    Registrant(credential): Registrant,
+    AgentJson(mut req): AgentJson<proto::RegisterRequest>,
 ) -> Result<Json<proto::RegisterResponse>, AgentError> {
+    req.token = credential;
     Ok(Json(agents::register(&s.control, req).await?))
 }
 

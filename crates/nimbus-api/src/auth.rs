@@ -87,7 +87,7 @@ pub fn presented_key(headers: &HeaderMap) -> Option<String> {
 pub async fn plan_limited_actor(headers: &HeaderMap, s: &crate::ApiState) -> Result<nimbus_core::auth::Actor, nimbus_core::Error> {
     let secret = presented_key(headers).ok_or(nimbus_core::Error::Unauthenticated)?;
     let actor = nimbus_control::auth::authenticate(&s.control, &secret).await?;
-    let d = s.limiter.check_plan(&actor.key_id, crate::ratelimit::RouteClass::Native, &actor.plan);
+    let d = s.limiter.check_actor(&actor, crate::ratelimit::RouteClass::Native);
     if !d.allowed {
         return Err(nimbus_core::Error::RateLimited { retry_after: d.retry_after });
     }

@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod auth;
+pub mod authfail;
 pub mod clusters;
 pub mod idempotency;
 pub mod lambda;
@@ -15,6 +16,7 @@ pub mod native;
 pub mod openapi;
 pub mod ratelimit;
 pub mod server;
+pub mod tls;
 pub mod voltage;
 
 use std::sync::Arc;
@@ -41,21 +43,45 @@ impl ApiState {
     }
 }
 
+/// Which planes a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Planes {
+    pub tenant: bool,
+    pub agent: bool,
+}
+
+impl Planes {
+    pub const ALL: Planes = Planes { tenant: true, agent: true };
+    pub const TENANT: Planes = Planes { tenant: true, agent: false };
+    pub const AGENT: Planes = Planes { tenant: false, agent: true };
+}
+
 /// The complete application router.
 pub fn router(state: ApiState) -> Router {
-    Router::new()
-        .nest(
-            "/api/v1",
-            lambda::router()
-                .layer(axum::middleware::from_fn(middleware::lambda_deadline))
-                .merge(voltage::router())
-                .merge(clusters::router()),
-        )
-        .nest("/v1", native::router())
-        .nest("/internal/agent/v1", agent::router())
-        .route("/healthz", get(|| async { "ok\n" }))
+    router_for(state, Planes::ALL)
+}
+
+/// The router of a listener serving `planes`; `/healthz` is on every one.
+pub fn router_for(state: ApiState, planes: Planes) -> Router {
+    let mut r = Router::new();
+    if planes.tenant {
+        r = r
+            .nest(
+                "/api/v1",
+                lambda::router()
+                    .layer(axum::middleware::from_fn(middleware::lambda_deadline))
+                    .merge(voltage::router())
+                    .merge(clusters::router()),
+            )
+            .nest("/v1", native::router());
+    }
+    if planes.agent {
+        r = r.nest("/internal/agent/v1", agent::router());
+    }
+    r.route("/healthz", get(|| async { "ok\n" }))
         .fallback(middleware::not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), idempotency::layer))
+        .layer(axum::middleware::from_fn_with_state(authfail::Guard::new(&state), authfail::layer))
         .with_state(state)
         .layer(axum::middleware::from_fn(middleware::request_id))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(middleware::panic_response))

@@ -69,6 +69,24 @@ pub struct Answer {
     pub body: Bytes,
 }
 
+/// The environment variable naming extra trusted CA certificates (PEM), for a server with a
+/// self-signed or private-CA certificate (`nimbus server` makes a self-signed one; its
+/// `<data-dir>/tls/server.crt` is what to point this at).
+pub const CA_CERT_ENV: &str = "NIMBUS_CA_CERT";
+
+fn http_client(mut b: reqwest::ClientBuilder) -> reqwest::Client {
+    if let Some(path) = std::env::var_os(CA_CERT_ENV).filter(|p| !p.is_empty()) {
+        // A file that does not load adds no trust: requests then fail the certificate check,
+        // which says what is wrong, rather than trusting more than was asked.
+        if let Ok(pem) = std::fs::read(&path) {
+            for c in reqwest::Certificate::from_pem_bundle(&pem).unwrap_or_default() {
+                b = b.add_root_certificate(c);
+            }
+        }
+    }
+    b.build().unwrap_or_default()
+}
+
 #[derive(Clone)]
 pub struct Transport {
     http: reqwest::Client,
@@ -83,8 +101,7 @@ impl Transport {
     }
 
     pub fn new(auth: Auth, timeout: Duration, retry: RetryPolicy) -> Self {
-        let http =
-            reqwest::Client::builder().timeout(timeout).connect_timeout(timeout.min(Duration::from_secs(10))).build().unwrap_or_default();
+        let http = http_client(reqwest::Client::builder().timeout(timeout).connect_timeout(timeout.min(Duration::from_secs(10))));
         Transport { http, auth, retry }
     }
 
@@ -94,7 +111,7 @@ impl Transport {
     }
 
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.http = reqwest::Client::builder().timeout(timeout).build().unwrap_or_default();
+        self.http = http_client(reqwest::Client::builder().timeout(timeout));
         self
     }
 

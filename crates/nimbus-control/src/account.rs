@@ -88,6 +88,7 @@ pub async fn quota(c: &Control, actor: &Actor) -> Result<Vec<QuotaUsage>, Error>
     let rulesets = Store::ruleset_count_in(&mut r, org).await?;
     let (volumes, volume_gib) = Store::volume_usage_in(&mut r, org).await?;
     let snapshots = Store::snapshot_count_in(&mut r, org).await?;
+    let api_keys = Store::api_key_count_live_by_org_in(&mut r, org, c.now()).await?;
     let u = |resource, used, limit, unit| QuotaUsage { resource, used, limit, unit };
     Ok(vec![
         u("instances", instances, q.instances_per_org, "count"),
@@ -97,6 +98,7 @@ pub async fn quota(c: &Control, actor: &Actor) -> Result<Vec<QuotaUsage>, Error>
         u("volumes", volumes, q.volumes_per_org, "count"),
         u("volume_storage", volume_gib, q.volume_gib_per_org, "GiB"),
         u("snapshots", snapshots, q.snapshots_per_org, "count"),
+        u("api_keys", api_keys, q.api_keys_per_org, "count"),
     ])
 }
 
@@ -136,7 +138,14 @@ pub async fn api_key_create(
             return Err(Error::invalid("expires_at", "must be in the future"));
         }
     }
-    let spec = admin::NewKey { name, permissions, expires_at, created_by: Some(&actor.key_id), ..admin::NewKey::default() };
+    let spec = admin::NewKey {
+        name,
+        permissions,
+        expires_at,
+        created_by: Some(&actor.key_id),
+        max_live_keys: Some(c.config().quotas.api_keys_per_org),
+        ..admin::NewKey::default()
+    };
     admin::insert_api_key(c, &actor.org_id, &actor.plan, spec).await
 }
 

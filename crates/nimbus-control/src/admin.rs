@@ -1,5 +1,5 @@
-//! Operator actions: organizations, API keys, host tokens. Reached from the `nimbus admin` CLI,
-//! never from a tenant API key.
+//! Operator actions: organizations, API keys, host tokens (limited uses, an expiry) and host
+//! re-enrolment. Reached from the `nimbus admin` CLI, never from a tenant API key.
 
 use nimbus_core::auth::{hash_secret, new_secret, Permissions};
 use nimbus_core::firewall::default_global_rules;
@@ -94,12 +94,15 @@ pub(crate) struct NewKey<'a> {
     /// live when the key is inserted: this is checked in the inserting transaction, so a key
     /// never outlives a concurrent deletion of its account.
     pub service_account: Option<&'a ServiceAccountId>,
+    /// The most live keys the org may hold, checked in the inserting transaction (tenants'
+    /// creations; `None` for operators').
+    pub max_live_keys: Option<i64>,
 }
 
 /// The one way a key is minted, for operators (above), tenants (`account`) and service
 /// accounts (`service_accounts`).
 pub(crate) async fn insert_api_key(c: &Control, org_id: &OrgId, plan: &str, k: NewKey<'_>) -> Result<(ApiKey, String), Error> {
-    let NewKey { name, permissions, secret, expires_at, created_by, service_account } = k;
+    let NewKey { name, permissions, secret, expires_at, created_by, service_account, max_live_keys } = k;
     if name.is_empty() || name.chars().count() > 64 {
         return Err(Error::invalid("name", "must be 1 to 64 characters"));
     }
@@ -129,6 +132,14 @@ pub(crate) async fn insert_api_key(c: &Control, org_id: &OrgId, plan: &str, k: N
         service_account_id: service_account.cloned(),
     };
     let mut tx = c.store().begin().await?;
+    if let Some(max) = max_live_keys {
+        Store::org_lock_in_txn(&mut tx, org_id).await?;
+        if Store::api_key_count_live_by_org_in(&mut tx, org_id, key.created_at).await? >= max {
+            return Err(Error::QuotaExceeded {
+                message: format!("an organization may have at most {max} live API keys; revoke one first"),
+            });
+        }
+    }
     if let Some(sa) = service_account {
         if Store::service_account_get_in(&mut tx, org_id, sa).await?.is_none() {
             return Err(Error::not_found(ServiceAccountId::KIND, sa.as_str()));
@@ -183,15 +194,139 @@ pub async fn api_key_revoke(c: &Control, org: &Org, id: &str) -> Result<(), Erro
     Ok(())
 }
 
-/// Creates a host registration token for a region; returns the secret (shown once).
+/// What a host token allows: `uses` registrations of new hosts within `ttl_secs` of its
+/// creation. The defaults (one use, one hour) fit "enrol this machine now".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostTokenLimits {
+    pub uses: i64,
+    pub ttl_secs: i64,
+}
+
+impl Default for HostTokenLimits {
+    fn default() -> Self {
+        HostTokenLimits { uses: 1, ttl_secs: 3600 }
+    }
+}
+
+const HOST_TOKEN_MAX_USES: i64 = 10_000;
+const HOST_TOKEN_MAX_TTL_SECS: i64 = 365 * 86_400;
+
+/// A minted host token; `secret` is shown once and stored hashed.
+#[derive(Debug, Clone)]
+pub struct MintedHostToken {
+    pub id: HostTokenId,
+    pub secret: String,
+    pub region: String,
+    pub uses: i64,
+    /// µs since the Unix epoch.
+    pub expires_at: i64,
+    /// For a re-enrolment token, the host it takes over.
+    pub host_id: Option<HostId>,
+}
+
+/// Creates a host registration token for a region with the default limits (one use, one hour);
+/// returns the secret (shown once).
 pub async fn host_token_create(c: &Control, region: &str) -> Result<String, Error> {
+    Ok(host_token_create_with(c, region, HostTokenLimits::default()).await?.secret)
+}
+
+/// Creates a host registration token for a region with these limits.
+pub async fn host_token_create_with(c: &Control, region: &str, limits: HostTokenLimits) -> Result<MintedHostToken, Error> {
     c.require_region("region", region)?;
+    mint_host_token(c, region, limits, None).await
+}
+
+async fn mint_host_token(c: &Control, region: &str, limits: HostTokenLimits, host: Option<&HostId>) -> Result<MintedHostToken, Error> {
+    let mut tx = c.store().begin().await?;
+    let t = mint_host_token_in_txn(c, &mut tx, region, limits, host).await?;
+    Store::commit(tx).await?;
+    Ok(t)
+}
+
+async fn mint_host_token_in_txn(
+    c: &Control,
+    tx: &mut nimbus_store::Conn,
+    region: &str,
+    limits: HostTokenLimits,
+    host: Option<&HostId>,
+) -> Result<MintedHostToken, Error> {
+    if !(1..=HOST_TOKEN_MAX_USES).contains(&limits.uses) {
+        return Err(Error::invalid("uses", format!("must be 1 to {HOST_TOKEN_MAX_USES}")));
+    }
+    if !(1..=HOST_TOKEN_MAX_TTL_SECS).contains(&limits.ttl_secs) {
+        return Err(Error::invalid("ttl", "must be between 1 second and 365 days"));
+    }
     let s = new_secret(HOST_TOKEN_PREFIX);
     let id = HostTokenId::generate();
+    let now = c.now();
+    let expires_at = now.saturating_add(limits.ttl_secs.saturating_mul(1_000_000));
+    Store::host_token_insert_in_txn(tx, &id, region, &s.prefix, &s.hash, now).await?;
+    Store::host_token_set_limits_in_txn(tx, &id, limits.uses, expires_at, host).await?;
+    Ok(MintedHostToken { id, secret: s.plain, region: region.to_owned(), uses: limits.uses, expires_at, host_id: host.cloned() })
+}
+
+/// Re-enrols a host whose agent lost its secret (or whose secret may have leaked): revokes the
+/// host's current secret, so its agent stops being answered, and mints a one-use token that
+/// takes over exactly this host (whatever machine id its agent presents, as long as no other
+/// host has it). The host keeps its id, capacity and instances. `host` is a host id, or a name
+/// that exactly one host has.
+pub async fn host_reenrol(c: &Control, host: &str, ttl_secs: i64) -> Result<MintedHostToken, Error> {
+    let h = match HostId::parse(host) {
+        Some(id) => c.store().host_get(&id).await?,
+        None => None,
+    };
+    let h = match h {
+        Some(h) => h,
+        None => {
+            let mut named: Vec<_> = c.store().host_list(None, false).await?.into_iter().filter(|h| h.name == host).collect();
+            match (named.pop(), named.is_empty()) {
+                (Some(h), true) => h,
+                (Some(_), false) => return Err(Error::invalid("host", format!("several hosts are named {host:?}; give the host id"))),
+                (None, _) => return Err(Error::not_found("host", host)),
+            }
+        }
+    };
+    let unusable = new_secret(crate::agents::HOST_SECRET_PREFIX).hash;
     let mut tx = c.store().begin().await?;
-    Store::host_token_insert_in_txn(&mut tx, &id, region, &s.prefix, &s.hash, c.now()).await?;
+    if !Store::host_revoke_secret_in_txn(&mut tx, &h.id, &unusable).await? {
+        return Err(Error::not_found("host", h.id.as_str()));
+    }
+    Store::event_append_in_txn(
+        &mut tx,
+        NewEvent {
+            org_id: None,
+            kind: "host.reenrolment_started",
+            resource_type: "host",
+            resource_id: h.id.as_str(),
+            actor_key_id: None,
+            payload: json!({"name": h.name, "region": h.region}),
+            now: c.now(),
+        },
+    )
+    .await?;
+    let t = mint_host_token_in_txn(c, &mut tx, &h.region, HostTokenLimits { uses: 1, ttl_secs }, Some(&h.id)).await?;
     Store::commit(tx).await?;
-    Ok(s.plain)
+    Ok(t)
+}
+
+/// Parses a token lifetime: a number with a unit, `s`, `m`, `h` or `d` (`90s`, `30m`, `24h`,
+/// `7d`); a bare number is seconds. Returns seconds.
+pub fn parse_ttl(s: &str) -> Result<i64, Error> {
+    let bad = || Error::invalid("ttl", format!("{s:?} is not a duration like 30m, 24h or 7d"));
+    let s = s.trim();
+    let (num, unit) = match s.char_indices().find(|(_, ch)| !ch.is_ascii_digit()) {
+        Some((i, _)) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: i64 = num.parse().map_err(|_| bad())?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(mult).ok_or_else(bad)
 }
 
 /// Sets an org's rate-limit plan (one of the configured plans).
@@ -252,4 +387,21 @@ pub async fn org_credit(c: &Control, org: &Org, cents: i64, reason: &str) -> Res
     .await?;
     Store::commit(tx).await?;
     Ok(credit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_ttl;
+
+    #[test]
+    fn ttl_units() {
+        assert_eq!(parse_ttl("30m").unwrap(), 1800);
+        assert_eq!(parse_ttl("24h").unwrap(), 86_400);
+        assert_eq!(parse_ttl("7d").unwrap(), 604_800);
+        assert_eq!(parse_ttl("90s").unwrap(), 90);
+        assert_eq!(parse_ttl("45").unwrap(), 45);
+        for bad in ["", "h", "1w", "-1h", "1.5h", "1h30m", "99999999999999999999d", "9223372036854775807d"] {
+            assert!(parse_ttl(bad).is_err(), "{bad:?}");
+        }
+    }
 }

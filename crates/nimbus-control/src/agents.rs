@@ -1,6 +1,13 @@
 //! The server side of the agent protocol: registration, reports (heartbeat + actual state) and
 //! the desired state each host long-polls for.
 //!
+//! Registration binds a host to its identity. A host token (limited uses, an expiry) enrols a
+//! machine id that no host has yet; a registered host re-registers with its current host
+//! secret, which it keeps; nothing else takes a host over except a re-enrolment token an
+//! operator minted for that very host (`admin::host_reenrol`), which revokes the old secret. A
+//! leaked token therefore enrols at most its remaining uses of new hosts and never receives an
+//! existing host's instances.
+//!
 //! Reports drive the instance lifecycle forward: a booting instance the host reports running
 //! becomes active; a terminating instance the host no longer has becomes terminated and its
 //! capacity returns to the host. Every change is a conditional update in one transaction with its
@@ -27,6 +34,40 @@ const MAX_WAIT: Duration = Duration::from_secs(30);
 /// transaction anyway; this catches separate calls made at once). It is on every launch's path.
 const COALESCE: Duration = Duration::from_millis(5);
 
+/// Who is registering, decided from the credential alone.
+enum Registrant {
+    /// A registered host proving its identity with its current secret.
+    Host { id: HostId, machine_id: String, region: String },
+    /// A usable host token; a re-enrolment token also names the host it may take over.
+    Token { id: HostTokenId, region: String, host: Option<HostId> },
+}
+
+async fn registrant(conn: &mut Conn, credential: &str, now: i64) -> Result<Registrant, Error> {
+    if credential.is_empty() {
+        return Err(Error::Unauthenticated);
+    }
+    let hash = hash_secret(credential);
+    if let Some((id, machine_id, region)) = Store::host_identity_by_secret_in(conn, &hash).await? {
+        return Ok(Registrant::Host { id, machine_id, region });
+    }
+    // Unknown, revoked, expired and used-up tokens are one answer: nothing tells them apart.
+    let (id, region, host) = Store::host_token_usable_in(conn, &hash, now).await?.ok_or(Error::Unauthenticated)?;
+    Ok(Registrant::Token { id, region, host })
+}
+
+/// Checks a registration's credential (a usable host token, or a registered host's secret)
+/// before its body is read, so unauthenticated registrations cost the server no body. The
+/// registration itself checks again, and spends the token's use, in its transaction.
+pub async fn check_registration_credential(c: &Control, credential: &str) -> Result<(), Error> {
+    let mut conn = c.store().reader().await?;
+    registrant(&mut conn, credential, c.now()).await.map(drop)
+}
+
+/// Registers a host. `req.token` is the credential (the HTTP layer fills it from the
+/// `Authorization` header): a host token enrols a new machine id, or takes over the one host a
+/// re-enrolment token names, with a new secret; a registered host's own secret refreshes its
+/// inventory and keeps the secret (answered again in the response, so an agent that crashed
+/// before saving the response loses nothing).
 pub async fn register(c: &Control, req: proto::RegisterRequest) -> Result<proto::RegisterResponse, Error> {
     if req.protocol_version != proto::PROTOCOL_VERSION {
         return Err(Error::invalid(
@@ -34,7 +75,6 @@ pub async fn register(c: &Control, req: proto::RegisterRequest) -> Result<proto:
             format!("server speaks agent protocol {}, agent speaks {}", proto::PROTOCOL_VERSION, req.protocol_version),
         ));
     }
-    let (token_id, region) = c.store().host_token_by_hash(&hash_secret(&req.token)).await?.ok_or(Error::Unauthenticated)?;
     let inv = &req.inventory;
     if req.machine_id.is_empty() || req.machine_id.len() > 128 {
         return Err(Error::invalid("machine_id", "must be 1 to 128 characters"));
@@ -52,13 +92,38 @@ pub async fn register(c: &Control, req: proto::RegisterRequest) -> Result<proto:
         .iter()
         .map(|g| Gpu { index: g.index, model: g.model.clone(), memory_mib: g.memory_mib, uuid: g.uuid.clone(), instance_id: None })
         .collect();
-    let secret = new_secret(HOST_SECRET_PREFIX);
     let now = c.now();
     let mut tx = c.store().begin().await?;
+    let fresh = new_secret(HOST_SECRET_PREFIX);
+    // (host to update, token that enrols it, new secret, region, event)
+    let (host, token_id, new_secret_hash, region, kind) = match registrant(&mut tx, &req.token, now).await? {
+        Registrant::Host { id, machine_id, region } => {
+            if machine_id != req.machine_id {
+                return Err(Error::invalid("machine_id", "is not the machine id of the host this secret belongs to"));
+            }
+            (Some(id), None, None, region, "host.reregistered")
+        }
+        Registrant::Token { id, region, host } => {
+            // The use is spent first: on PostgreSQL this takes the token's row lock, so of
+            // concurrent registrations with a token's last use the others wait and then fail.
+            if !Store::host_token_consume_in_txn(&mut tx, &id, now).await? {
+                return Err(Error::Unauthenticated);
+            }
+            let holder = Store::host_id_by_machine_in(&mut tx, &req.machine_id).await?;
+            match (&host, holder) {
+                (Some(h), Some(other)) if *h != other => return Err(machine_taken()),
+                (None, Some(_)) => return Err(machine_taken()),
+                _ => {}
+            }
+            let kind = if host.is_some() { "host.reenrolled" } else { "host.registered" };
+            (host, Some(id), Some(fresh.hash.clone()), region, kind)
+        }
+    };
     let host_id = Store::host_register_in_txn(
         &mut tx,
         &HostRegistration {
-            token_id: &token_id,
+            host: host.as_ref(),
+            token_id: token_id.as_ref(),
             region: &region,
             machine_id: &req.machine_id,
             name: &inv.hostname,
@@ -66,7 +131,7 @@ pub async fn register(c: &Control, req: proto::RegisterRequest) -> Result<proto:
             cpu_model: &inv.cpu_model,
             total: Resources { vcpus: inv.vcpus, memory_mib: inv.memory_mib, disk_gib: inv.disk_gib },
             gpus: &gpus,
-            secret_hash: &secret.hash,
+            secret_hash: new_secret_hash.as_deref(),
             public_ip: inv.public_ip.as_deref(),
             now,
         },
@@ -76,7 +141,7 @@ pub async fn register(c: &Control, req: proto::RegisterRequest) -> Result<proto:
         &mut tx,
         NewEvent {
             org_id: None,
-            kind: "host.registered",
+            kind,
             resource_type: "host",
             resource_id: host_id.as_str(),
             actor_key_id: None,
@@ -88,10 +153,18 @@ pub async fn register(c: &Control, req: proto::RegisterRequest) -> Result<proto:
     Store::commit(tx).await?;
     Ok(proto::RegisterResponse {
         host_id: host_id.to_string(),
-        host_secret: secret.plain,
+        host_secret: if new_secret_hash.is_some() { fresh.plain } else { req.token },
         region,
         heartbeat_interval_ms: c.config().agents.heartbeat_interval_ms,
     })
+}
+
+fn machine_taken() -> Error {
+    Error::conflict(
+        nimbus_core::ConflictReason::InvalidState,
+        "this machine id is already registered as a host: its agent re-registers with its host secret \
+         (agent.json), or an operator re-enrols the host (`nimbus admin hosts re-enrol HOST`)",
+    )
 }
 
 /// The host an agent credential belongs to.
@@ -330,6 +403,11 @@ fn addresses_changed(inst: &Instance, u: &InstanceUpdate) -> bool {
 
 /// The host's desired state, answered when its generation differs from `known_generation` or
 /// after waiting up to `wait_ms` (capped at 30 s) for it to change.
+///
+/// An instance's `user_data` (up to 1 MiB, set at launch and never changed) is sent only while
+/// the agent does not list the instance in `user_data_held`; otherwise it is left out and the
+/// instance listed in `user_data_omitted`, so a generation bump costs the host's instances'
+/// specs, not their scripts.
 pub async fn desired(c: &Control, host: &HostId, req: proto::DesiredRequest) -> Result<proto::DesiredResponse, Error> {
     let notify = c.hosts().handle(host);
     let notified = notify.notified();
@@ -366,6 +444,8 @@ pub async fn desired(c: &Control, host: &HostId, req: proto::DesiredRequest) -> 
             .filter_map(|n| n.private_ip.clone().or_else(|| n.ip.clone()).map(|ip| proto::Peer { name: n.hostname.clone(), ip }))
             .collect()
     };
+    let held: std::collections::HashSet<&str> = req.user_data_held.iter().map(String::as_str).collect();
+    let mut user_data_omitted = Vec::new();
     let desired = instances
         .iter()
         .filter(|i| i.state.wants_running() || matches!(i.state, InstanceState::Stopping | InstanceState::Stopped))
@@ -378,7 +458,13 @@ pub async fn desired(c: &Control, host: &HostId, req: proto::DesiredRequest) -> 
             disk_gib: i.resources.disk_gib,
             gpu_indices: i.gpu_indices.clone(),
             ssh_public_keys: i.ssh_public_keys.clone(),
-            user_data: i.user_data.clone(),
+            user_data: match &i.user_data {
+                Some(_) if held.contains(i.id.as_str()) => {
+                    user_data_omitted.push(i.id.to_string());
+                    None
+                }
+                u => u.clone(),
+            },
             power: if i.state.wants_running() { proto::Power::Running } else { proto::Power::Stopped },
             restart_generation: i.restart_generation,
             file_system_mounts: i
@@ -421,7 +507,14 @@ pub async fn desired(c: &Control, host: &HostId, req: proto::DesiredRequest) -> 
         })
         .collect();
     let vpns = crate::vpn::desired_for_host(c, host, &instances).await?;
-    Ok(proto::DesiredResponse { generation: gen, instances: desired, volumes: host_volumes, snapshots: host_snapshots, vpns })
+    Ok(proto::DesiredResponse {
+        generation: gen,
+        instances: desired,
+        volumes: host_volumes,
+        snapshots: host_snapshots,
+        vpns,
+        user_data_omitted,
+    })
 }
 
 #[cfg(test)]

@@ -37,6 +37,41 @@ pub struct Config {
     pub presets: Vec<PresetConfig>,
     #[serde(default)]
     pub clusters: ClustersConfig,
+    #[serde(default)]
+    pub http: HttpServerConfig,
+}
+
+/// How the HTTP listeners treat slow and numerous clients (`[http]`). A connection that has not
+/// sent a full request head within `header_read_timeout_ms`, a body not read within
+/// `body_read_timeout_ms`, or a keep-alive connection with no request in flight and no bytes
+/// moving for `idle_timeout_ms`, is closed. Connections over `max_connections`, or over
+/// `max_connections_per_ip` from one address, are answered 503 and closed at once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpServerConfig {
+    pub header_read_timeout_ms: u64,
+    pub body_read_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    /// `Strict-Transport-Security: max-age=...` on HTTPS answers; 0 sends none.
+    pub hsts_max_age_s: u64,
+    /// How often the certificate files are checked for a renewal (SIGHUP reloads at once).
+    pub tls_reload_poll_ms: u64,
+}
+
+impl Default for HttpServerConfig {
+    fn default() -> Self {
+        HttpServerConfig {
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
+            idle_timeout_ms: 60_000,
+            max_connections: 8192,
+            max_connections_per_ip: 512,
+            hsts_max_age_s: 31_536_000,
+            tls_reload_poll_ms: 2_000,
+        }
+    }
 }
 
 /// The clusters API (CockroachDB-Cloud-shaped).
@@ -161,6 +196,10 @@ pub struct Quotas {
     /// Largest single volume.
     pub max_volume_gib: i64,
     pub snapshots_per_org: i64,
+    /// Live (unrevoked, unexpired) API keys per org, service accounts' keys included: without
+    /// a cap a tenant could mint keys without end, and with them per-key state (rate-limit
+    /// buckets, auth cache entries). Checked in the creating transaction.
+    pub api_keys_per_org: i64,
 }
 
 impl Default for Quotas {
@@ -175,6 +214,7 @@ impl Default for Quotas {
             volume_gib_per_org: 10_240,
             max_volume_gib: 4_096,
             snapshots_per_org: 100,
+            api_keys_per_org: 100,
         }
     }
 }
@@ -186,7 +226,8 @@ pub struct Rate {
     pub burst: u32,
 }
 
-/// Per-API-key limits by route class. Defaults are Lambda's documented ones.
+/// Per-API-key limits by route class (defaults are Lambda's documented ones), the budget of each
+/// org across all its keys, and the limit on failed authentications per client address.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimits {
@@ -197,6 +238,31 @@ pub struct RateLimits {
     pub launch: Rate,
     /// Native API, per API key, by the org's plan (seed 001: requests per hour and burst).
     pub plans: std::collections::BTreeMap<String, PlanRate>,
+    /// Every request also draws from its org's bucket of the same route class, whose rate and
+    /// burst are the per-key ones times this, so that N keys of one org together get at most
+    /// this many keys' worth. 0 turns org budgets off.
+    pub org_multiplier: f64,
+    pub auth_failures: AuthFailureLimit,
+}
+
+/// Failed authentications (answers 401 to a request that carried credentials) per client
+/// address: `burst` at once, then `per_minute`; beyond that the address's requests with
+/// credentials are answered 429 before any key is looked up. IPv6 addresses count per /64.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthFailureLimit {
+    /// 0 turns the limit off.
+    pub per_minute: u32,
+    pub burst: u32,
+    /// Most addresses tracked at once (memory bound); beyond it, those closest to a clean
+    /// record are forgotten first.
+    pub max_tracked_ips: usize,
+}
+
+impl Default for AuthFailureLimit {
+    fn default() -> Self {
+        AuthFailureLimit { per_minute: 20, burst: 20, max_tracked_ips: 10_000 }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -219,6 +285,8 @@ impl Default for RateLimits {
             default: Rate { per_second: 1.0, burst: 20 },
             launch: Rate { per_second: 0.1, burst: 1 },
             plans: default_plans(),
+            org_multiplier: 4.0,
+            auth_failures: AuthFailureLimit::default(),
         }
     }
 }
@@ -231,6 +299,9 @@ impl RateLimits {
             default: Rate { per_second: 100_000.0, burst: 100_000 },
             launch: Rate { per_second: 10_000.0, burst: 10_000 },
             plans: default_plans(),
+            org_multiplier: 4.0,
+            // Every test client is 127.0.0.1, and suites probe with bad keys on purpose.
+            auth_failures: AuthFailureLimit { per_minute: 100_000, burst: 100_000, ..AuthFailureLimit::default() },
         }
     }
 }
@@ -265,6 +336,7 @@ impl Default for Config {
             port_forwards: PortForwards::default(),
             presets: Vec::new(),
             clusters: ClustersConfig::default(),
+            http: HttpServerConfig::default(),
         }
     }
 }
@@ -277,6 +349,13 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), Error> {
+        let h = &self.http;
+        if h.header_read_timeout_ms == 0 || h.body_read_timeout_ms == 0 || h.idle_timeout_ms == 0 || h.tls_reload_poll_ms == 0 {
+            return Err(Error::invalid("config.http", "timeouts must be positive"));
+        }
+        if h.max_connections == 0 || h.max_connections_per_ip == 0 {
+            return Err(Error::invalid("config.http", "connection caps must be positive"));
+        }
         for r in &self.regions {
             if !LAMBDA_REGION_CODES.contains(&r.name.as_str()) {
                 return Err(Error::invalid(
@@ -309,6 +388,13 @@ impl Config {
                     return Err(Error::invalid("config.presets", format!("unknown image family {f:?}")));
                 }
             }
+        }
+        let m = self.rate_limits.org_multiplier;
+        if !m.is_finite() || m < 0.0 {
+            return Err(Error::invalid("config.rate_limits.org_multiplier", "must be a finite number ≥ 0 (0 turns org budgets off)"));
+        }
+        if self.quotas.api_keys_per_org < 1 {
+            return Err(Error::invalid("config.quotas.api_keys_per_org", "must be at least 1"));
         }
         if self.port_forwards.first_port < 1024 || u32::from(self.port_forwards.first_port) + u32::from(self.port_forwards.count) > 65_536 {
             return Err(Error::invalid("config.port_forwards", "the range must lie within 1024..65535"));
@@ -442,6 +528,22 @@ mod tests {
         let bad = "[[regions]]\nname = \"mars-1\"\ndescription = \"Mars\"\n";
         assert!(Config::from_toml(bad).is_err());
         assert!(Config::from_toml("[nonsense]\nx = 1\n").is_err());
+    }
+
+    /// The example in docs/configuration.md is a configuration this server accepts, and its
+    /// `[http]` figures are the defaults (the page says they are).
+    #[test]
+    fn the_documented_example_parses() {
+        let doc = include_str!("../../../docs/configuration.md");
+        let start = doc.find("```toml\n").expect("a toml block") + "```toml\n".len();
+        let end = start + doc[start..].find("```").expect("closed");
+        let c = Config::from_toml(&doc[start..end]).expect("the documented example parses");
+        let (d, h) = (HttpServerConfig::default(), &c.http);
+        assert_eq!(
+            (h.header_read_timeout_ms, h.body_read_timeout_ms, h.idle_timeout_ms, h.max_connections, h.max_connections_per_ip),
+            (d.header_read_timeout_ms, d.body_read_timeout_ms, d.idle_timeout_ms, d.max_connections, d.max_connections_per_ip)
+        );
+        assert_eq!((h.hsts_max_age_s, h.tls_reload_poll_ms), (d.hsts_max_age_s, d.tls_reload_poll_ms));
     }
 
     #[test]

@@ -202,6 +202,7 @@ pub async fn api_key_create(
         expires_at,
         created_by: Some(&actor.key_id),
         service_account: Some(&sa.id),
+        max_live_keys: Some(c.config().quotas.api_keys_per_org),
         ..admin::NewKey::default()
     };
     admin::insert_api_key(c, &actor.org_id, &actor.plan, spec).await

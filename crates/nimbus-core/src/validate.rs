@@ -102,7 +102,10 @@ pub fn tags(tags: &[(String, String)]) -> Result<(), Error> {
 
 /// Checks an OpenSSH public key line (`type base64 [comment]`, at most 4096 bytes) by decoding it.
 /// The caller stores the line exactly as sent (trimmed): orchestrators compare the listed key with
-/// their own byte for byte.
+/// their own byte for byte. Whitespace around the line is allowed (a key read from a `.pub` file
+/// ends in a newline); blank text is not a key (only an absent key means "generate one"), and no
+/// control character may appear in the line (a NUL or an escape sequence in a comment would reach
+/// `authorized_keys` and every listing).
 pub fn ssh_public_key(s: &str) -> Result<(), Error> {
     let line = s.trim();
     if line.is_empty() || line.len() > 4096 {
@@ -110,6 +113,9 @@ pub fn ssh_public_key(s: &str) -> Result<(), Error> {
     }
     if line.contains('\n') || line.contains('\r') {
         return Err(Error::invalid("public_key", "must be a single line"));
+    }
+    if line.chars().any(char::is_control) {
+        return Err(Error::invalid("public_key", "must not contain control characters"));
     }
     ssh_key::PublicKey::from_openssh(line)
         .map(|_| ())
@@ -169,6 +175,13 @@ mod tests {
         assert!(ssh_public_key("ssh-ed25519 AAAAnotbase64!!").is_err());
         assert!(ssh_public_key("hello").is_err());
         assert!(ssh_public_key("").is_err());
+        assert!(ssh_public_key(&format!("{ED}\n")).is_ok(), "a key read from a file");
+        for blank_or_control in ["\u{0}", "a\u{0}b", "\n", "   ", "\t", "\r\n"] {
+            assert!(ssh_public_key(blank_or_control).is_err(), "{blank_or_control:?}");
+        }
+        for with_control in [format!("{ED}\u{0}x"), format!("{ED}\u{1b}[31m"), ED.replacen(' ', "\t", 1), format!("{ED}\u{7f}")] {
+            assert!(ssh_public_key(&with_control).is_err(), "{with_control:?}");
+        }
         let (public, private) = generate_ssh_keypair("gen").expect("keygen");
         assert!(ssh_public_key(&public).is_ok());
         assert!(private.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"));

@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 use common::Host;
 use nimbus_driver::container::runtime::Weaken;
@@ -27,6 +27,9 @@ async fn an_unprivileged_instance_boots_is_fenced_and_leaves_nothing() {
     let out = h.root(&ip, "cat /proc/self/uid_map; grep -E '^(CapEff|CapBnd|Seccomp|NoNewPrivs):' /proc/self/status");
     eprintln!("{out}");
     let base = std::fs::metadata(h.instance_dir(&spec.id).join("upper")).unwrap().uid();
+    // The ledger holds the tenant's user_data and keys: no other host user may read it.
+    let ledger = std::fs::metadata(h.instance_dir(&spec.id).join("ledger.json")).unwrap();
+    assert_eq!(ledger.permissions().mode() & 0o777, 0o600, "ledger.json is private");
     let window = nimbus_driver::container::idmap::host_window(&std::fs::read_to_string("/etc/subuid").unwrap_or_default());
     assert!(base >= window.0 && base > 0, "the disk belongs to the tenant's range, not host root: {base}");
     let map: Vec<&str> = out.lines().next().unwrap_or_default().split_whitespace().collect();

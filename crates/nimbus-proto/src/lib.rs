@@ -1,14 +1,21 @@
 //! The agent ⇄ server protocol (`/internal/agent/...`), versioned.
 //!
 //! The agent initiates every exchange, so hosts behind NAT work and the server keeps no
-//! connection state it could not rebuild:
-//! 1. `POST register` with a host token and the inventory → a host id and a host secret (the
-//!    agent keeps both in its data dir and re-registers with them after a restart).
-//! 2. `POST report` with `Authorization: Bearer <host secret>`: heartbeat plus the actual state of
-//!    every instance the driver knows. Sent on a timer and whenever something changes.
+//! connection state it could not rebuild. Every request carries its credential in
+//! `Authorization: Bearer …`, which the server checks before it reads the body:
+//! 1. `POST register` with a host token (first registration) or the host secret (every later
+//!    one) and the inventory → a host id and a host secret (the agent keeps both in its data dir,
+//!    mode 0600 in a 0700 directory). Host tokens expire and have a number of uses; a token only
+//!    enrols a machine id no host has yet, so a registered host re-registers with its secret
+//!    (which it keeps) or, when that is lost, with a re-enrolment token an operator minted for
+//!    it (`nimbus admin hosts re-enrol HOST`), which gives it a new secret.
+//! 2. `POST report` with the host secret: heartbeat plus the actual state of every instance the
+//!    driver knows. Sent on a timer and whenever something changes.
 //! 3. `POST desired` (long-poll): "what should I run, given I have seen generation N?" Answers
 //!    at once when the host's desired generation differs from N, otherwise waits up to
-//!    `wait_ms` for a change.
+//!    `wait_ms` for a change. The agent lists the instances whose `user_data` it keeps
+//!    (`user_data_held`); the answer leaves those out (`user_data_omitted`), so each instance's
+//!    user data crosses the wire once, not on every generation bump.
 
 use serde::{Deserialize, Serialize};
 
@@ -46,7 +53,11 @@ pub struct Inventory {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RegisterRequest {
     pub protocol_version: u32,
-    /// The host token from `nimbus admin host-token create`.
+    /// The credential, which travels in `Authorization: Bearer …` (checked before the body is
+    /// read); the server ignores this field on the wire and fills it from the header. In-process
+    /// callers of `control::agents::register` set it directly. A host token (`nimbus admin
+    /// host-token create`) or the host secret of the already registered host.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub token: String,
     /// Stable identity of this machine (e.g. from /etc/machine-id plus the data dir), so that a
     /// re-registering agent gets its host record back instead of a new one.
@@ -57,7 +68,8 @@ pub struct RegisterRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RegisterResponse {
     pub host_id: String,
-    /// Credential for `report` and `desired`; shown once, stored hashed.
+    /// Credential for `report`, `desired` and later registrations; stored hashed. A
+    /// registration with the host secret answers the same secret.
     pub host_secret: String,
     pub region: String,
     /// How often the agent must report, at least.
@@ -114,10 +126,14 @@ pub struct ReportResponse {
     pub desired_generation: i64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct DesiredRequest {
     pub known_generation: i64,
     pub wait_ms: u64,
+    /// Instances whose `user_data` the agent keeps (from an earlier answer, persisted in its
+    /// data dir): the answer leaves it out for these. User data never changes after launch.
+    #[serde(default)]
+    pub user_data_held: Vec<String>,
 }
 
 /// One instance the host should run.
@@ -292,6 +308,10 @@ pub struct DesiredResponse {
     /// Complete set of WireGuard gateways this host serves; any other is taken down.
     #[serde(default)]
     pub vpns: Vec<VpnGateway>,
+    /// Instances whose `user_data` was left out because the request listed them in
+    /// `user_data_held`: the agent uses its own copy (their `user_data` here is `None`).
+    #[serde(default)]
+    pub user_data_omitted: Vec<String>,
 }
 
 /// A WireGuard gateway: an interface on the host, its peers, and where they may go.

@@ -9,9 +9,14 @@ use sqlx::any::AnyRow;
 use crate::rows::{self, get};
 use crate::{db_err, Conn, Store};
 
-/// What an agent presents when it registers.
+/// What an agent presents when it registers, and what the registration does with it.
+///
+/// `host: None` enrols a new host (`token_id`, `region` and `secret_hash` are required).
+/// `host: Some` refreshes that host's inventory; with `secret_hash` it also takes the host over
+/// (a re-enrolment: new secret, machine id and token), without it the host keeps its secret.
 pub struct HostRegistration<'a> {
-    pub token_id: &'a HostTokenId,
+    pub host: Option<&'a HostId>,
+    pub token_id: Option<&'a HostTokenId>,
     pub region: &'a str,
     pub machine_id: &'a str,
     pub name: &'a str,
@@ -19,7 +24,7 @@ pub struct HostRegistration<'a> {
     pub cpu_model: &'a str,
     pub total: Resources,
     pub gpus: &'a [Gpu],
-    pub secret_hash: &'a str,
+    pub secret_hash: Option<&'a str>,
     /// Where clients reach this host's forwarded ports.
     pub public_ip: Option<&'a str>,
     pub now: i64,
@@ -29,22 +34,17 @@ const HOST_COLS: &str = "id, name, region, driver, cpu_model, vcpus_total, memor
     vcpus_used, memory_mib_used, disk_gib_used, status, last_seen_at, desired_generation, created_at, public_ip";
 
 impl Store {
-    /// Registers a host, or re-registers the same machine (same token and machine id), keeping its
-    /// id, its capacity ledger and its GPU assignments. Returns the host id.
+    /// Registers a new host, or refreshes (and with a new secret, takes over) an existing one,
+    /// keeping its id, its capacity ledger and its GPU assignments. Returns the host id. Who may
+    /// do which is the caller's decision (`control::agents::register`); this only writes it.
     pub async fn host_register_in_txn(tx: &mut Conn, r: &HostRegistration<'_>) -> Result<HostId, Error> {
-        let existing = sqlx::query("SELECT id FROM hosts WHERE token_id = $1 AND machine_id = $2")
-            .bind(r.token_id.as_str())
-            .bind(r.machine_id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db_err("looking up host"))?;
-        let id = match existing {
-            Some(row) => {
-                let id = HostId::from_trusted(get(&row, "id")?);
-                sqlx::query(
+        let id = match r.host {
+            Some(id) => {
+                let q = sqlx::query(
                     "UPDATE hosts SET name = $1, driver = $2, cpu_model = $3, vcpus_total = $4, memory_mib_total = $5, \
-                     disk_gib_total = $6, secret_hash = $7, status = 'up', last_seen_at = $8, \
-                     desired_generation = desired_generation + 1, public_ip = $10 WHERE id = $9",
+                     disk_gib_total = $6, secret_hash = COALESCE($7, secret_hash), status = 'up', last_seen_at = $8, \
+                     desired_generation = desired_generation + 1, public_ip = $10, machine_id = $11, \
+                     token_id = COALESCE($12, token_id) WHERE id = $9",
                 )
                 .bind(r.name)
                 .bind(r.driver)
@@ -56,12 +56,18 @@ impl Store {
                 .bind(r.now)
                 .bind(id.as_str())
                 .bind(r.public_ip)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err("updating host"))?;
-                id
+                .bind(r.machine_id)
+                .bind(r.token_id.map(HostTokenId::as_str));
+                let done = q.execute(&mut *tx).await.map_err(db_err("updating host"))?;
+                if done.rows_affected() != 1 {
+                    return Err(Error::not_found("host", id.as_str()));
+                }
+                id.clone()
             }
             None => {
+                let (Some(token_id), Some(secret_hash)) = (r.token_id, r.secret_hash) else {
+                    return Err(Error::internal("a new host needs a token and a secret"));
+                };
                 let id = HostId::generate();
                 sqlx::query(
                     "INSERT INTO hosts (id, name, region, token_id, machine_id, secret_hash, driver, cpu_model, \
@@ -71,9 +77,9 @@ impl Store {
                 .bind(id.as_str())
                 .bind(r.name)
                 .bind(r.region)
-                .bind(r.token_id.as_str())
+                .bind(token_id.as_str())
                 .bind(r.machine_id)
-                .bind(r.secret_hash)
+                .bind(secret_hash)
                 .bind(r.driver)
                 .bind(r.cpu_model)
                 .bind(r.total.vcpus)
@@ -142,6 +148,104 @@ impl Store {
             .await
             .map_err(db_err("looking up host credential"))?;
         row.map(|r| get::<String>(&r, "id").map(HostId::from_trusted)).transpose()
+    }
+
+    /// The host registered for this machine id, whichever token enrolled it.
+    pub async fn host_id_by_machine_in(c: &mut Conn, machine_id: &str) -> Result<Option<HostId>, Error> {
+        let row = sqlx::query("SELECT id FROM hosts WHERE machine_id = $1 ORDER BY created_at, id")
+            .bind(machine_id)
+            .fetch_optional(c)
+            .await
+            .map_err(db_err("looking up host by machine id"))?;
+        row.map(|r| get::<String>(&r, "id").map(HostId::from_trusted)).transpose()
+    }
+
+    /// `(host id, machine id, region)` of the host whose agent credential hashes to `secret_hash`.
+    pub async fn host_identity_by_secret_in(c: &mut Conn, secret_hash: &str) -> Result<Option<(HostId, String, String)>, Error> {
+        let row = sqlx::query("SELECT id, machine_id, region FROM hosts WHERE secret_hash = $1")
+            .bind(secret_hash)
+            .fetch_optional(c)
+            .await
+            .map_err(db_err("looking up host credential"))?;
+        row.map(|r| Ok((HostId::from_trusted(get(&r, "id")?), get(&r, "machine_id")?, get(&r, "region")?))).transpose()
+    }
+
+    /// Replaces a host's secret with `unusable_hash` (the hash of a secret nobody was given), so
+    /// its current credential stops working. Returns false when there is no such host.
+    pub async fn host_revoke_secret_in_txn(tx: &mut Conn, host: &HostId, unusable_hash: &str) -> Result<bool, Error> {
+        let r = sqlx::query("UPDATE hosts SET secret_hash = $1 WHERE id = $2")
+            .bind(unusable_hash)
+            .bind(host.as_str())
+            .execute(tx)
+            .await
+            .map_err(db_err("revoking host secret"))?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Gives a freshly inserted host token (`host_token_insert_in_txn`, which leaves it unusable)
+    /// its limits: `uses` registrations until `expires_at` (µs), and for a re-enrolment token the
+    /// one host it may take over.
+    pub async fn host_token_set_limits_in_txn(
+        tx: &mut Conn,
+        id: &HostTokenId,
+        uses: i64,
+        expires_at: i64,
+        host: Option<&HostId>,
+    ) -> Result<(), Error> {
+        let r = sqlx::query("UPDATE host_tokens SET uses_left = $1, expires_at = $2, host_id = $3 WHERE id = $4")
+            .bind(uses)
+            .bind(expires_at)
+            .bind(host.map(HostId::as_str))
+            .bind(id.as_str())
+            .execute(tx)
+            .await
+            .map_err(db_err("limiting host token"))?;
+        if r.rows_affected() != 1 {
+            return Err(Error::not_found("host token", id.as_str()));
+        }
+        Ok(())
+    }
+
+    /// `(token id, region, host it re-enrols)` of the host token with this hash, if it is usable
+    /// at `now`: not revoked, not expired, a use left. A read only; registration spends the use
+    /// with `host_token_consume_in_txn`.
+    pub async fn host_token_usable_in(
+        c: &mut Conn,
+        secret_hash: &str,
+        now: i64,
+    ) -> Result<Option<(HostTokenId, String, Option<HostId>)>, Error> {
+        let row = sqlx::query(
+            "SELECT id, region, host_id FROM host_tokens \
+             WHERE secret_hash = $1 AND revoked_at IS NULL AND uses_left > 0 AND expires_at > $2",
+        )
+        .bind(secret_hash)
+        .bind(now)
+        .fetch_optional(c)
+        .await
+        .map_err(db_err("looking up host token"))?;
+        match row {
+            None => Ok(None),
+            Some(r) => {
+                let host: Option<String> = get(&r, "host_id")?;
+                Ok(Some((HostTokenId::from_trusted(get(&r, "id")?), get(&r, "region")?, host.map(HostId::from_trusted))))
+            }
+        }
+    }
+
+    /// Spends one use of a host token, if it is still usable at `now`. The condition is in the
+    /// `UPDATE` itself, so of concurrent registrations with a token's last use exactly one sees
+    /// `true` (SQLite: one writer; PostgreSQL: the row lock, and the re-check after it).
+    pub async fn host_token_consume_in_txn(tx: &mut Conn, id: &HostTokenId, now: i64) -> Result<bool, Error> {
+        let r = sqlx::query(
+            "UPDATE host_tokens SET uses_left = uses_left - 1 \
+             WHERE id = $1 AND revoked_at IS NULL AND uses_left > 0 AND expires_at > $2",
+        )
+        .bind(id.as_str())
+        .bind(now)
+        .execute(tx)
+        .await
+        .map_err(db_err("spending a host token use"))?;
+        Ok(r.rows_affected() == 1)
     }
 
     /// Attaches GPUs to host rows with one query for all of them (the launch path reads every host

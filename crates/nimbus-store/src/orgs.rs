@@ -138,6 +138,28 @@ impl Store {
         Ok(())
     }
 
+    /// Serializes, until the transaction ends, the org's quota-checked creations: on PostgreSQL
+    /// (read committed) it takes the org row's lock, so that a count that follows sees every
+    /// creation committed before it; on SQLite the write transaction already holds the database's
+    /// one write lock (`BEGIN IMMEDIATE`).
+    pub async fn org_lock_in_txn(tx: &mut Conn, org: &OrgId) -> Result<(), Error> {
+        sqlx::query("UPDATE orgs SET plan = plan WHERE id = $1").bind(org.as_str()).execute(tx).await.map_err(db_err("locking org"))?;
+        Ok(())
+    }
+
+    /// The org's live keys at `now` (neither revoked nor expired), service accounts' included.
+    pub async fn api_key_count_live_by_org_in(c: &mut Conn, org: &OrgId, now: i64) -> Result<i64, Error> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM api_keys WHERE org_id = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $2)",
+        )
+        .bind(org.as_str())
+        .bind(now)
+        .fetch_one(c)
+        .await
+        .map_err(db_err("counting api keys"))?;
+        get(&row, "n")
+    }
+
     /// The live (not revoked) key with this secret hash.
     pub async fn api_key_by_hash(&self, secret_hash: &str) -> Result<Option<ApiKey>, Error> {
         let row = sqlx::query(&format!(

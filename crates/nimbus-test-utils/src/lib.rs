@@ -75,6 +75,11 @@ pub fn init_logs() {
 
 pub struct TestServer {
     pub url: String,
+    /// Where agents connect (the agent listener when the server has one).
+    pub agent_url: String,
+    /// The server's self-signed certificate (PEM), when it serves HTTPS.
+    pub tls_cert: Option<PathBuf>,
+    agent_trust: nimbus_agent::tls::ServerTrust,
     pub control: Control,
     pub org: Org,
     /// ADMIN key of `org`.
@@ -103,9 +108,23 @@ pub struct Builder {
     config: Config,
     hosts: Vec<(String, SimConfig)>,
     clock: Option<Arc<dyn nimbus_core::clock::Clock>>,
+    tls: bool,
+    agent_listener: bool,
 }
 
 impl Builder {
+    /// Serve HTTPS with a self-signed certificate: `http` trusts it, agents pin its fingerprint.
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+
+    /// Serve the agent protocol on its own listener (`--agent-listen`), and only there.
+    pub fn agent_listener(mut self) -> Self {
+        self.agent_listener = true;
+        self
+    }
+
     pub fn config(mut self, f: impl FnOnce(&mut Config)) -> Self {
         f(&mut self.config);
         self
@@ -133,13 +152,32 @@ impl Builder {
         let org = admin::org_create(&control, "org-a", Some("a@example.com")).await.unwrap();
         let (_, key) = admin::api_key_create(&control, &org, "admin", Permissions::admin(), None).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let handle = nimbus_api::server::start(control.clone(), listener).unwrap();
+        let mut opts = nimbus_api::server::ServeOptions::default();
+        let mut http = reqwest::Client::builder().timeout(Duration::from_secs(30));
+        let mut tls_cert = None;
+        let mut agent_trust = nimbus_agent::tls::ServerTrust::default();
+        if self.tls {
+            let names = ["localhost".to_owned(), "127.0.0.1".to_owned()];
+            let (cert, key, _) = nimbus_api::tls::ensure_self_signed(&dir.0, &names).unwrap();
+            let tls = nimbus_api::tls::ServerTls::load(&cert, &key).unwrap();
+            agent_trust = nimbus_agent::tls::ServerTrust::fingerprint(&tls.fingerprint()).unwrap();
+            http = http.add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&cert).unwrap()).unwrap());
+            opts.tls = Some(tls);
+            tls_cert = Some(cert);
+        }
+        if self.agent_listener {
+            opts.agent_listener = Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
+        }
+        let handle = nimbus_api::server::start_with(control.clone(), listener, opts).unwrap();
         let mut s = TestServer {
             url: handle.url(),
+            agent_url: handle.agent_url(),
+            tls_cert,
+            agent_trust,
             control,
             org,
             key,
-            http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
+            http: http.build().unwrap(),
             handle: Some(handle),
             agents: Vec::new(),
             dir,
@@ -172,7 +210,7 @@ impl TestServer {
             agents: AgentTimings { heartbeat_interval_ms: 200, host_timeout_ms: 5_000 },
             ..Config::default()
         };
-        Builder { config, hosts: Vec::new(), clock: None }
+        Builder { config, hosts: Vec::new(), clock: None, tls: false, agent_listener: false }
     }
 
     /// One host in us-east-1 with 64 vCPUs and 8 H100s.
@@ -220,14 +258,17 @@ impl TestServer {
         };
         let agent = Agent::new(
             AgentConfig {
-                server_url: self.url.clone(),
+                server_url: self.agent_url.clone(),
                 token: token.to_owned(),
                 data_dir: dir.clone(),
                 poll_wait: Duration::from_secs(5),
                 public_ip: Some("127.0.0.1".into()),
+                trust: self.agent_trust.clone(),
+                insecure: false,
             },
             driver,
-        );
+        )
+        .expect("agent config");
         let (tx, rx) = watch::channel(false);
         let task = tokio::spawn(agent.run(rx));
         AgentSlot { token: token.to_owned(), dir, sim, stop: tx, task: Some(task) }
@@ -345,6 +386,11 @@ impl TestServer {
             assert!(t.elapsed() < Duration::from_secs(15), "instance {id} never became {status}: {v}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// SHA-256 fingerprint of the certificate served now (HTTPS only).
+    pub fn fingerprint(&self) -> Option<String> {
+        self.handle.as_ref()?.tls.as_ref().map(|t| t.fingerprint())
     }
 
     pub async fn shutdown(mut self) {

@@ -1,4 +1,4 @@
-//! `nimbus admin`: organizations, API keys and host tokens, straight against the database.
+//! `nimbus admin`: organizations, API keys, host tokens and hosts, straight against the database.
 
 use anyhow::anyhow;
 use clap::Subcommand;
@@ -26,8 +26,27 @@ pub enum AdminCmd {
         #[command(subcommand)]
         cmd: HostTokenCmd,
     },
-    /// Registered hosts and their capacity.
-    Hosts,
+    /// Registered hosts and their capacity (`hosts` alone lists them).
+    Hosts {
+        #[command(subcommand)]
+        cmd: Option<HostsCmd>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum HostsCmd {
+    /// Lists hosts and their capacity.
+    List,
+    /// Lets a host be registered again by a new agent (its secret lost, or leaked): revokes the
+    /// host's current secret and prints a one-use token that takes over exactly this host, its
+    /// id, capacity and instances kept. Start its agent with `--token` set to it.
+    ReEnrol {
+        /// Host id, or a name only one host has.
+        host: String,
+        /// How long the token is valid: `30m`, `24h`, `7d` (s, m, h, d).
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -78,9 +97,18 @@ pub enum KeyCmd {
 
 #[derive(Subcommand)]
 pub enum HostTokenCmd {
+    /// Mints a token that registers new hosts in a region, and prints it once. A token enrols
+    /// only machines that are not registered yet; a registered host re-registers with its own
+    /// secret, or after `nimbus admin hosts re-enrol`.
     Create {
         #[arg(long)]
         region: String,
+        /// How many hosts it may register.
+        #[arg(long, default_value_t = 1)]
+        uses: i64,
+        /// How long it is valid: `30m`, `24h`, `7d` (s, m, h, d).
+        #[arg(long, default_value = "1h")]
+        ttl: String,
     },
 }
 
@@ -128,12 +156,20 @@ pub async fn run(store: &StoreArgs, cmd: AdminCmd) -> anyhow::Result<()> {
             admin::api_key_revoke(&c, &org, &id).await.map_err(e)?;
             println!("revoked {id}");
         }
-        AdminCmd::HostToken { cmd: HostTokenCmd::Create { region } } => {
-            let t = admin::host_token_create(&c, &region).await.map_err(e)?;
-            eprintln!("host token for {region} (shown once):");
-            println!("{t}");
+        AdminCmd::HostToken { cmd: HostTokenCmd::Create { region, uses, ttl } } => {
+            let ttl_secs = admin::parse_ttl(&ttl).map_err(e)?;
+            let t = admin::host_token_create_with(&c, &region, admin::HostTokenLimits { uses, ttl_secs }).await.map_err(e)?;
+            eprintln!("host token for {region}, {} use(s), valid until {} (shown once):", t.uses, to_rfc3339(t.expires_at));
+            println!("{}", t.secret);
         }
-        AdminCmd::Hosts => {
+        AdminCmd::Hosts { cmd: Some(HostsCmd::ReEnrol { host, ttl }) } => {
+            let ttl_secs = admin::parse_ttl(&ttl).map_err(e)?;
+            let t = admin::host_reenrol(&c, &host, ttl_secs).await.map_err(e)?;
+            let id = t.host_id.as_ref().map(ToString::to_string).unwrap_or_default();
+            eprintln!("host {id}: its secret is revoked; this token re-enrols it once, until {} (shown once):", to_rfc3339(t.expires_at));
+            println!("{}", t.secret);
+        }
+        AdminCmd::Hosts { cmd: None | Some(HostsCmd::List) } => {
             println!("{:<32}  {:<12}  {:<6}  {:<10}  {:>11}  {:>15}  GPUS", "ID", "REGION", "STATUS", "DRIVER", "VCPU", "MEM MiB");
             for h in c.store().host_list(None, false).await.map_err(e)? {
                 let free_gpus = h.gpus.iter().filter(|g| g.instance_id.is_none()).count();

@@ -89,16 +89,19 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
 }
 
 /// Starts `hosts` real agents with sim drivers (`sim(i)` for host `i`) against `server_url`,
-/// stopped by `stop`, and waits until every one has registered.
+/// stopped by `stop`, and waits until every one has registered (on one token minted with that
+/// many uses).
 pub(crate) async fn spawn_sim_hosts(
     control: &Control,
     server_url: &str,
-    token: &str,
     dir: &std::path::Path,
     hosts: usize,
     stop: &tokio::sync::watch::Receiver<bool>,
     sim: impl Fn(usize) -> SimConfig,
 ) -> anyhow::Result<()> {
+    let limits = admin::HostTokenLimits { uses: i64::try_from(hosts.max(1))?, ttl_secs: 3600 };
+    let minted = admin::host_token_create_with(control, "us-east-1", limits).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let token = minted.secret.as_str();
     for h in 0..hosts {
         let agent = Agent::new(
             AgentConfig {
@@ -107,9 +110,12 @@ pub(crate) async fn spawn_sim_hosts(
                 data_dir: dir.join(format!("agent-{h}")),
                 poll_wait: Duration::from_secs(25),
                 public_ip: None,
+                trust: Default::default(),
+                insecure: false,
             },
             Arc::new(SimDriver::new(sim(h))),
-        );
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
         tokio::spawn(agent.run(stop.clone()));
     }
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -262,12 +268,11 @@ async fn api(n: usize, concurrency: usize, secs: Duration, hosts: usize, databas
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let (_, key) = admin::api_key_create(&control, &org, "bench", Permissions::admin(), None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    let token = admin::host_token_create(&control, "us-east-1").await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let server = nimbus_api::server::start(control.clone(), listener)?;
     let addr = server.addr;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    spawn_sim_hosts(&control, &server.url(), &token, &dir, hosts, &stop_rx, |h| SimConfig {
+    spawn_sim_hosts(&control, &server.url(), &dir, hosts, &stop_rx, |h| SimConfig {
         hostname: format!("sim-{h}"),
         vcpus: 100_000,
         memory_mib: 1 << 30,

@@ -45,10 +45,9 @@ pub async fn run(a: ClusterArgs) -> anyhow::Result<()> {
     let control = Control::new(Store::connect(&url).await.map_err(err)?, Arc::new(SystemClock), cfg).await.map_err(err)?;
     let org = admin::org_create(&control, &format!("bench-{}", &nimbus_core::ids::random_hex_id()[..8]), None).await.map_err(err)?;
     let (_, key) = admin::api_key_create(&control, &org, "bench", Permissions::admin(), None).await.map_err(err)?;
-    let token = admin::host_token_create(&control, "us-east-1").await.map_err(err)?;
     let server = nimbus_api::server::start(control.clone(), tokio::net::TcpListener::bind("127.0.0.1:0").await?)?;
     let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    crate::bench::spawn_sim_hosts(&control, &server.url(), &token, &dir, a.hosts, &stop_rx, |h| SimConfig {
+    crate::bench::spawn_sim_hosts(&control, &server.url(), &dir, a.hosts, &stop_rx, |h| SimConfig {
         hostname: format!("sim-{h}"),
         vcpus: 64,
         memory_mib: 512 * 1024,

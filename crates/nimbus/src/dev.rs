@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use nimbus_agent::tls::ServerTrust;
 use nimbus_agent::{Agent, AgentConfig};
 use nimbus_control::config::RateLimits;
 use nimbus_control::{admin, Control};
@@ -34,12 +35,78 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-pub async fn run_server(listen: &str, store: &StoreArgs) -> anyhow::Result<()> {
+/// How `nimbus server` speaks TLS and where agents connect.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServerTlsArgs {
+    /// Certificate chain (PEM). With `--tls-key`; reloaded on SIGHUP and when the file changes.
+    /// Without both, a self-signed certificate is made in `<data-dir>/tls/` on first start.
+    #[arg(long, env = "NIMBUS_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of `--tls-cert`.
+    #[arg(long, env = "NIMBUS_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Extra names (DNS names or IP addresses) for the self-signed certificate; repeatable.
+    #[arg(long = "tls-san")]
+    pub tls_san: Vec<String>,
+    /// Serve plain HTTP: only behind a proxy that terminates TLS on the same machine.
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
+    pub no_tls: bool,
+    /// Serve the agent protocol on this address only (and not on `--listen`), so that it can be
+    /// firewalled away from tenants.
+    #[arg(long, env = "NIMBUS_AGENT_LISTEN")]
+    pub agent_listen: Option<String>,
+}
+
+fn self_signed_names(listen: &str, extra: &[String]) -> Vec<String> {
+    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        names.push(h.trim().to_owned());
+    }
+    if let Ok(a) = listen.parse::<std::net::SocketAddr>() {
+        if !a.ip().is_unspecified() {
+            names.push(a.ip().to_string());
+        }
+    }
+    names.extend(extra.iter().cloned());
+    names.retain(|n| !n.is_empty());
+    names.sort();
+    names.dedup();
+    names
+}
+
+pub async fn run_server(listen: &str, tls: &ServerTlsArgs, store: &StoreArgs) -> anyhow::Result<()> {
     let (control, dir) = open_control(store, "server", |_| {}).await?;
+    let server_tls = if tls.no_tls {
+        None
+    } else {
+        let (cert, key) = match (&tls.tls_cert, &tls.tls_key) {
+            (Some(c), Some(k)) => (c.clone(), k.clone()),
+            _ => {
+                let (c, k, made) = nimbus_api::tls::ensure_self_signed(&dir, &self_signed_names(listen, &tls.tls_san))?;
+                if made {
+                    println!("made a self-signed certificate: {}", c.display());
+                }
+                (c, k)
+            }
+        };
+        Some(nimbus_api::tls::ServerTls::load(&cert, &key)?)
+    };
     let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
-    let handle = nimbus_api::server::start(control, listener)?;
+    let agent_listener = match &tls.agent_listen {
+        Some(a) => Some(TcpListener::bind(a).await.with_context(|| format!("binding {a}"))?),
+        None => None,
+    };
+    let opts = nimbus_api::server::ServeOptions { tls: server_tls, agent_listener };
+    let handle = nimbus_api::server::start_with(control, listener, opts)?;
     tracing::info!(url = %handle.url(), data_dir = %dir.display(), "nimbus server listening");
     println!("nimbus server listening on {}", handle.url());
+    if handle.agent_addr.is_some() {
+        println!("agent protocol on {}", handle.agent_url());
+    }
+    if let Some(t) = &handle.tls {
+        println!("certificate fingerprint (sha256): {}", t.fingerprint());
+        println!("agents: nimbus agent --server {} --server-fingerprint {} ...", handle.agent_url(), t.fingerprint());
+    }
     shutdown_signal().await;
     handle.shutdown().await?;
     Ok(())
@@ -101,7 +168,19 @@ pub struct AgentArgs {
     /// Server root URL.
     #[arg(long, env = "NIMBUS_SERVER")]
     pub server: String,
-    /// Host registration token (`nimbus admin host-token create`).
+    /// SHA-256 fingerprint of the server's certificate (what `nimbus server` prints), for a
+    /// self-signed server certificate.
+    #[arg(long, env = "NIMBUS_SERVER_FINGERPRINT", conflicts_with = "server_ca")]
+    pub server_fingerprint: Option<String>,
+    /// CA certificate(s) (PEM) the server's certificate must chain to; default: the Mozilla roots.
+    #[arg(long, env = "NIMBUS_SERVER_CA")]
+    pub server_ca: Option<PathBuf>,
+    /// Allow plain HTTP to a server that is not on loopback (the host secret and instances'
+    /// user_data then cross the network in the clear).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Host registration token (`nimbus admin host-token create`, or `nimbus admin hosts
+    /// re-enrol`); only used while the agent has no host secret in its data dir.
     #[arg(long, env = "NIMBUS_HOST_TOKEN")]
     pub token: String,
     #[arg(long, env = "NIMBUS_AGENT_DATA_DIR")]
@@ -182,6 +261,12 @@ pub async fn make_driver(args: &DriverArgs, dir: &Path) -> anyhow::Result<Arc<dy
 pub async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
     let dir = a.data_dir.clone().unwrap_or_else(|| common::default_data_dir("agent"));
     std::fs::create_dir_all(&dir)?;
+    let trust = match (&a.server_fingerprint, &a.server_ca) {
+        (Some(fp), _) => ServerTrust::fingerprint(fp).map_err(anyhow::Error::msg)?,
+        (None, Some(ca)) => ServerTrust::ca_file(ca).map_err(anyhow::Error::msg)?,
+        (None, None) => ServerTrust::PublicRoots,
+    };
+    nimbus_agent::tls::check_server_url(&a.server, a.insecure).map_err(anyhow::Error::msg)?;
     let driver = make_driver(&a.host, &dir).await?;
     let agent = Agent::new(
         AgentConfig {
@@ -190,9 +275,11 @@ pub async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
             data_dir: dir,
             poll_wait: Duration::from_secs(25),
             public_ip: a.host.offer.public_ip.map(|a| a.to_string()),
+            trust,
+            insecure: a.insecure,
         },
         driver,
-    );
+    )?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(agent.run(stop_rx));
     shutdown_signal().await;
@@ -275,11 +362,10 @@ pub async fn run_dev(d: DevArgs) -> anyhow::Result<()> {
     .await?;
     let key = dev_org_and_key(&control, &dir, d.api_key.as_deref()).await?;
     let started = control.now();
-    let region = d.region.clone();
-    let token = persisted_secret(&dir.join("dev-host-token"), || async {
-        admin::host_token_create(&control, &region).await.map_err(|e| anyhow::anyhow!("{e}"))
-    })
-    .await?;
+    // A fresh one-use token on every start (tokens expire): the agent registers with it only
+    // when it has no host secret yet (first start, or a wiped agent dir) and otherwise
+    // re-registers with the secret in its agent.json.
+    let token = admin::host_token_create(&control, &d.region).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let listener = TcpListener::bind(&d.listen).await.with_context(|| format!("binding {}", d.listen))?;
     let agent_dir = dir.join("agent");
     std::fs::create_dir_all(&agent_dir)?;
@@ -291,9 +377,17 @@ pub async fn run_dev(d: DevArgs) -> anyhow::Result<()> {
     // On one machine the forwarded ports are reached on the loopback address.
     let public_ip = Some(d.host.offer.public_ip.map_or_else(|| "127.0.0.1".to_owned(), |a| a.to_string()));
     let agent = Agent::new(
-        AgentConfig { server_url: url.clone(), token, data_dir: agent_dir, poll_wait: Duration::from_secs(25), public_ip },
+        AgentConfig {
+            server_url: url.clone(),
+            token,
+            data_dir: agent_dir,
+            poll_wait: Duration::from_secs(25),
+            public_ip,
+            trust: ServerTrust::default(),
+            insecure: false,
+        },
         driver,
-    );
+    )?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let agent_task = tokio::spawn(agent.run(stop_rx));
     // Print the URL only once the local host offers capacity, so that a script can use it at once.

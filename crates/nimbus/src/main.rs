@@ -55,6 +55,8 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1:8080", env = "NIMBUS_LISTEN")]
         listen: String,
         #[command(flatten)]
+        tls: dev::ServerTlsArgs,
+        #[command(flatten)]
         store: StoreArgs,
     },
     /// Run a host agent.
@@ -164,10 +166,17 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let profile = cli.profile.clone();
     common::init_tracing();
+    if matches!(cli.cmd, Cmd::Server { .. } | Cmd::Dev(_) | Cmd::Agent(_)) {
+        // Each open connection is a descriptor; the connection caps ([http]) are the limit that
+        // should bite, not a soft RLIMIT_NOFILE of 1024.
+        if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+            tracing::warn!(error = %e, "could not raise RLIMIT_NOFILE");
+        }
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         match cli.cmd {
-            Cmd::Server { listen, store } => dev::run_server(&listen, &store).await,
+            Cmd::Server { listen, tls, store } => dev::run_server(&listen, &tls, &store).await,
             Cmd::Agent(a) => dev::run_agent(a).await,
             Cmd::Host { cmd } => host_cmd::run(cmd),
             Cmd::Dev(d) => dev::run_dev(d).await,

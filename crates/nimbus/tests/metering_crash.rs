@@ -3,6 +3,7 @@
 //! terminated; the server is SIGKILLed at random moments many times and restarted. Afterwards
 //! every instance's usage intervals must be exactly the billed segments its state history (the
 //! outbox, written in the same transactions) implies: nothing lost, nothing counted twice.
+//! The server speaks HTTPS (its self-signed certificate) and the agent pins its fingerprint.
 
 #![allow(clippy::unwrap_used)]
 
@@ -88,12 +89,22 @@ async fn usage_survives_sigkill_of_the_server() {
         (org, key, token)
     };
     let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    // HTTPS as `nimbus server` serves by default: the certificate it would make on first start is
+    // made here first so that the test can trust it and the agent can pin it; every restart
+    // serves the same one.
+    let (cert, key_file, _) = nimbus_api::tls::ensure_self_signed(&dir, &["127.0.0.1".to_owned()]).unwrap();
+    let fingerprint = nimbus_api::tls::ServerTls::load(&cert, &key_file).unwrap().fingerprint();
+    let url = format!("https://127.0.0.1:{port}");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&cert).unwrap()).unwrap())
+        .build()
+        .unwrap();
     let mut srv = server(&dir, port);
     wait_up(&http, &url).await;
     let mut agent = Command::new(BIN)
-        .args(["agent", "--server", &url, "--token", &token, "--driver", "sim", "--sim-vcpus", "64", "--data-dir"])
+        .args(["agent", "--server", &url, "--server-fingerprint", &fingerprint, "--token", &token])
+        .args(["--driver", "sim", "--sim-vcpus", "64", "--data-dir"])
         .arg(dir.join("agent"))
         .env("NIMBUS_LOG", "error")
         .stdout(Stdio::null())

@@ -1,7 +1,7 @@
 //! Cluster handlers: parse (the seed's camelCase and CockroachDB's snake_case both), call
 //! `nimbus_control::clusters`, render in the seed's shape. Ids are UUID-shaped.
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{SecondsFormat, TimeZone, Utc};
@@ -11,7 +11,7 @@ use nimbus_core::instance::InstanceState;
 use nimbus_core::model::{Cluster, Instance};
 use nimbus_core::Error;
 
-use super::{ClActor, ClError, ClJson, Needs};
+use super::{ClActor, ClError, ClJson, ClPath, Needs};
 use crate::auth::perm::{Create, Edit, Read};
 use crate::voltage::handlers::{from_uuid, uuid};
 use crate::ApiState;
@@ -128,7 +128,7 @@ pub async fn create(State(s): State<ApiState>, ClActor(a): ClActor, _: Needs<Cre
     params(("cluster_id" = String, Path, description = "The cluster's id")),
     responses((status = 200, description = "The cluster", body = w::Cluster), (status = 401, description = "Unauthenticated (16)", body = w::ErrorBody), (status = 403, description = "Permission denied (7)", body = w::ErrorBody), (status = 404, description = "Not found (5)", body = w::ErrorBody))
 )]
-pub async fn get_one(State(s): State<ApiState>, ClActor(a): ClActor, Path(id): Path<String>) -> ClResult {
+pub async fn get_one(State(s): State<ApiState>, ClActor(a): ClActor, ClPath(id): ClPath<String>) -> ClResult {
     let hex = cluster_id(&id)?;
     let c = clusters::get(&s.control, &a, &hex).await?;
     let nodes = clusters::nodes(&s.control, &a, &hex).await?;
@@ -142,15 +142,10 @@ struct Pager {
     desc: bool,
 }
 
-fn query_pairs(q: Option<&str>) -> Vec<(String, String)> {
-    q.unwrap_or_default()
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (k.replace("%2E", ".").replace("%2e", "."), v.to_owned())
-        })
-        .collect()
+/// The query string's pairs, strictly percent-decoded (so `pagination%2Elimit` is
+/// `pagination.limit`); a malformed one is INVALID_ARGUMENT naming the parameter.
+fn query_pairs(q: Option<&str>) -> Result<Vec<(String, String)>, ClError> {
+    Ok(crate::middleware::input::query_pairs(q)?)
 }
 
 fn pager(pairs: &[(String, String)]) -> Result<Pager, ClError> {
@@ -219,7 +214,7 @@ impl Pager {
     responses((status = 200, description = "A page of clusters", body = w::ClusterList), (status = 400, description = "Invalid argument (3)", body = w::ErrorBody), (status = 401, description = "Unauthenticated (16)", body = w::ErrorBody), (status = 403, description = "Permission denied (7)", body = w::ErrorBody))
 )]
 pub async fn list(State(s): State<ApiState>, ClActor(a): ClActor, _: Needs<Read>, RawQuery(q): RawQuery) -> ClResult {
-    let pairs = query_pairs(q.as_deref());
+    let pairs = query_pairs(q.as_deref())?;
     let pg = pager(&pairs)?;
     let inactive = match pairs.iter().find(|(k, _)| k == "show_inactive").map(|(_, v)| v.as_str()) {
         None | Some("false") | Some("") => false,
@@ -254,11 +249,11 @@ pub async fn nodes(
     State(s): State<ApiState>,
     ClActor(a): ClActor,
     _: Needs<Read>,
-    Path(id): Path<String>,
+    ClPath(id): ClPath<String>,
     RawQuery(q): RawQuery,
 ) -> ClResult {
     let hex = cluster_id(&id)?;
-    let pg = pager(&query_pairs(q.as_deref()))?;
+    let pg = pager(&query_pairs(q.as_deref())?)?;
     let all = clusters::nodes(&s.control, &a, &hex).await?;
     let (page, pagination) = pg.apply(all, s.control.now());
     let nodes = page
@@ -286,7 +281,7 @@ pub async fn spend_limit(
     State(s): State<ApiState>,
     ClActor(a): ClActor,
     _: Needs<Edit>,
-    Path(id): Path<String>,
+    ClPath(id): ClPath<String>,
     ClJson(b): ClJson<w::SpendLimit>,
 ) -> ClResult {
     let hex = cluster_id(&id)?;
@@ -303,7 +298,7 @@ pub async fn spend_limit(
     params(("cluster_id" = String, Path, description = "The cluster's id")),
     responses((status = 200, description = "Deleted", body = w::Empty), (status = 401, description = "Unauthenticated (16)", body = w::ErrorBody), (status = 403, description = "Permission denied (7)", body = w::ErrorBody), (status = 404, description = "Not found (5)", body = w::ErrorBody))
 )]
-pub async fn delete(State(s): State<ApiState>, ClActor(a): ClActor, Path(id): Path<String>) -> ClResult {
+pub async fn delete(State(s): State<ApiState>, ClActor(a): ClActor, ClPath(id): ClPath<String>) -> ClResult {
     clusters::delete(&s.control, &a, &cluster_id(&id)?).await?;
     Ok(Json(w::Empty {}).into_response())
 }
@@ -317,8 +312,8 @@ pub async fn delete(State(s): State<ApiState>, ClActor(a): ClActor, Path(id): Pa
     params(("provider" = Option<String>, Query, description = "`NIMBUS` (or its aliases `GCP`, `AWS`)")),
     responses((status = 200, description = "Region names", body = w::AvailableRegions), (status = 400, description = "Invalid argument (3)", body = w::ErrorBody), (status = 401, description = "Unauthenticated (16)", body = w::ErrorBody), (status = 403, description = "Permission denied (7)", body = w::ErrorBody))
 )]
-pub async fn available_regions(State(s): State<ApiState>, ClActor(a): ClActor, RawQuery(q): RawQuery) -> ClResult {
-    let pairs = query_pairs(q.as_deref());
+pub async fn available_regions(State(s): State<ApiState>, ClActor(a): ClActor, _: Needs<Read>, RawQuery(q): RawQuery) -> ClResult {
+    let pairs = query_pairs(q.as_deref())?;
     let provider = pairs.iter().find(|(k, _)| k == "provider").map(|(_, v)| v.clone());
     let regions = clusters::available_regions(&s.control, &a, provider.as_deref()).await?;
     Ok(Json(w::AvailableRegions { regions }).into_response())

@@ -16,18 +16,25 @@ use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::middleware::input::{self, InputError};
 use crate::ApiState;
 
 /// The clusters router and its OpenAPI document, from the same handler list.
 pub fn api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
     use handlers::*;
-    OpenApiRouter::with_openapi(doc_base())
+    let (router, doc) = OpenApiRouter::with_openapi(doc_base())
         .routes(routes!(list, create))
         .routes(routes!(available_regions))
         .routes(routes!(get_one, delete))
         .routes(routes!(nodes))
         .routes(routes!(spend_limit))
-        .split_for_parts()
+        .split_for_parts();
+    (router.method_not_allowed_fallback(method_not_allowed), doc)
+}
+
+/// A method the path does not serve: 405 with gRPC's UNIMPLEMENTED (12), as grpc-gateway answers.
+async fn method_not_allowed() -> Response {
+    (StatusCode::METHOD_NOT_ALLOWED, Json(json!({"code": 12, "message": "Method Not Allowed"}))).into_response()
 }
 
 pub fn router() -> Router<ApiState> {
@@ -99,17 +106,33 @@ impl FromRequestParts<ApiState> for ClActor {
 /// The permission a clusters route needs, checked before its query or body is parsed.
 pub type Needs<P> = crate::auth::Need<P, ClError>;
 
-/// A JSON object body; anything else is INVALID_ARGUMENT naming the problem.
+/// An extractor's finding: INVALID_ARGUMENT naming the problem.
+impl From<InputError> for ClError {
+    fn from(e: InputError) -> Self {
+        ClError(e.to_error())
+    }
+}
+
+/// A JSON object body, whatever the Content-Type; anything else is INVALID_ARGUMENT naming the
+/// problem (and the field, when one is at fault).
 pub struct ClJson<T>(pub T);
 
 impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<ApiState> for ClJson<T> {
     type Rejection = ClError;
 
     async fn from_request(req: Request, _: &ApiState) -> Result<Self, Self::Rejection> {
-        let bytes = axum::body::to_bytes(req.into_body(), crate::MAX_BODY_BYTES)
-            .await
-            .map_err(|_| Error::InvalidRequest { message: "request body is unreadable or too large".into() })?;
-        serde_json::from_slice(&bytes).map(ClJson).map_err(|e| Error::InvalidRequest { message: format!("invalid JSON body: {e}") }.into())
+        Ok(ClJson(input::json_object(req).await?))
+    }
+}
+
+/// Path parameters; one that is not UTF-8 once percent-decoded is INVALID_ARGUMENT.
+pub struct ClPath<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned + Send> FromRequestParts<ApiState> for ClPath<T> {
+    type Rejection = ClError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &ApiState) -> Result<Self, Self::Rejection> {
+        Ok(ClPath(input::path_params(parts).await?))
     }
 }
 

@@ -8,12 +8,20 @@ use axum::Json;
 use nimbus_api_types::lambda::{ErrorBody, ErrorDetail};
 use nimbus_core::{ConflictReason, Error};
 
+use crate::middleware::input::InputError;
+
 #[derive(Debug)]
 pub struct LambdaError(pub Error);
 
 impl From<Error> for LambdaError {
     fn from(e: Error) -> Self {
         LambdaError(e)
+    }
+}
+
+impl From<InputError> for LambdaError {
+    fn from(e: InputError) -> Self {
+        LambdaError(e.to_error())
     }
 }
 

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -18,10 +18,10 @@ use nimbus_core::model::{Instance, Org};
 use nimbus_core::Error;
 use serde::Serialize;
 
-use super::extract::{LambdaActor, LambdaJson, Needs};
+use super::extract::{LambdaActor, LambdaJson, LambdaPath, LambdaQuery, Needs};
 use super::render::{self, FsNames};
 use super::LambdaError;
-use crate::auth::perm::{Create, Delete, Edit};
+use crate::auth::perm::{Create, Delete, Edit, Read};
 use crate::ApiState;
 
 type LResult<T = Response> = Result<T, LambdaError>;
@@ -99,9 +99,9 @@ pub struct ListQuery {
 pub async fn instances_list(
     State(s): State<ApiState>,
     LambdaActor(a): LambdaActor,
-    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    _: Needs<Read>,
+    LambdaQuery(q): LambdaQuery<ListQuery>,
 ) -> LResult {
-    let Query(q) = q.map_err(|e| Error::InvalidRequest { message: e.body_text() })?;
     if q.cluster_id.is_some() {
         // No instance belongs to a 1-click cluster yet (clusters come with the clusters API).
         instances::list_generation(&s.control, &a).await?;
@@ -127,7 +127,7 @@ pub async fn instances_list(
     params(("id" = String, Path, description = "Instance id")),
     responses((status = 200, description = "Success", body = w::Data<w::Instance>), (status = 400, description = "Invalid request", body = w::ErrorBody), (status = 401, description = "Invalid API key", body = w::ErrorBody), (status = 403, description = "Missing permission", body = w::ErrorBody), (status = 429, description = "Rate limited", body = w::ErrorBody), (status = 404, description = "Not found", body = w::ErrorBody))
 )]
-pub async fn instance_get(State(s): State<ApiState>, LambdaActor(a): LambdaActor, Path(id): Path<String>) -> LResult {
+pub async fn instance_get(State(s): State<ApiState>, LambdaActor(a): LambdaActor, LambdaPath(id): LambdaPath<String>) -> LResult {
     let i = instances::get(&s.control, &a, &id).await?;
     Ok(data(render_instances(&s, &a, std::slice::from_ref(&i), Permission::Read).await?.pop()))
 }
@@ -145,7 +145,7 @@ pub async fn instance_modify(
     State(s): State<ApiState>,
     LambdaActor(a): LambdaActor,
     _: Needs<Edit>,
-    Path(id): Path<String>,
+    LambdaPath(id): LambdaPath<String>,
     LambdaJson(req): LambdaJson<w::InstanceModifyRequest>,
 ) -> LResult {
     let name = req.name.filter(|n| !n.is_empty());
@@ -288,7 +288,7 @@ pub async fn ssh_key_add(
     params(("id" = String, Path, description = "SSH key id")),
     responses((status = 200, description = "Success", body = w::Data<w::Empty>), (status = 400, description = "Invalid request", body = w::ErrorBody), (status = 401, description = "Invalid API key", body = w::ErrorBody), (status = 403, description = "Missing permission", body = w::ErrorBody), (status = 429, description = "Rate limited", body = w::ErrorBody), (status = 404, description = "Not found", body = w::ErrorBody))
 )]
-pub async fn ssh_key_delete(State(s): State<ApiState>, LambdaActor(a): LambdaActor, Path(id): Path<String>) -> LResult {
+pub async fn ssh_key_delete(State(s): State<ApiState>, LambdaActor(a): LambdaActor, LambdaPath(id): LambdaPath<String>) -> LResult {
     ssh_keys::delete(&s.control, &a, &id).await.map_err(|e| match e {
         // Lambda's spec has no 404 here: an unknown key is a 400 invalid-parameters.
         Error::NotFound { kind, id } => Error::invalid("id", format!("{kind} {id:?} does not exist")),
@@ -341,7 +341,7 @@ pub async fn file_system_create(
     params(("id" = String, Path, description = "File system id")),
     responses((status = 200, description = "Success", body = w::Data<w::DeletedIds>), (status = 400, description = "Invalid request", body = w::ErrorBody), (status = 401, description = "Invalid API key", body = w::ErrorBody), (status = 403, description = "Missing permission", body = w::ErrorBody), (status = 429, description = "Rate limited", body = w::ErrorBody), (status = 404, description = "Not found", body = w::ErrorBody))
 )]
-pub async fn file_system_delete(State(s): State<ApiState>, LambdaActor(a): LambdaActor, Path(id): Path<String>) -> LResult {
+pub async fn file_system_delete(State(s): State<ApiState>, LambdaActor(a): LambdaActor, LambdaPath(id): LambdaPath<String>) -> LResult {
     let id = storage::delete(&s.control, &a, &id).await?;
     Ok(data(w::DeletedIds { deleted_ids: vec![id.to_string()] }))
 }
@@ -479,7 +479,7 @@ pub async fn ruleset_create(
     params(("id" = String, Path, description = "Ruleset id (32 hex characters; the global ruleset has its own path, `/firewall-rulesets/global`)", pattern = "^[0-9a-f]{32}$")),
     responses((status = 200, description = "Success", body = w::Data<w::FirewallRuleset>), (status = 400, description = "Invalid request", body = w::ErrorBody), (status = 401, description = "Invalid API key", body = w::ErrorBody), (status = 403, description = "Missing permission", body = w::ErrorBody), (status = 429, description = "Rate limited", body = w::ErrorBody), (status = 404, description = "Not found", body = w::ErrorBody))
 )]
-pub async fn ruleset_get(State(s): State<ApiState>, LambdaActor(a): LambdaActor, Path(id): Path<String>) -> LResult {
+pub async fn ruleset_get(State(s): State<ApiState>, LambdaActor(a): LambdaActor, LambdaPath(id): LambdaPath<String>) -> LResult {
     let rs = firewall::ruleset_get(&s.control, &a, &id).await?;
     Ok(data(render::ruleset(&rs, s.control.config())))
 }
@@ -497,7 +497,7 @@ pub async fn ruleset_patch(
     State(s): State<ApiState>,
     LambdaActor(a): LambdaActor,
     _: Needs<Edit>,
-    Path(id): Path<String>,
+    LambdaPath(id): LambdaPath<String>,
     LambdaJson(req): LambdaJson<w::PatchRulesetRequest>,
 ) -> LResult {
     let rules = req.rules.map(rules_in).transpose()?;
@@ -514,7 +514,7 @@ pub async fn ruleset_patch(
     params(("id" = String, Path, description = "Ruleset id (32 hex characters; the global ruleset has its own path, `/firewall-rulesets/global`)", pattern = "^[0-9a-f]{32}$")),
     responses((status = 200, description = "Success", body = w::Data<w::Empty>), (status = 400, description = "Invalid request", body = w::ErrorBody), (status = 401, description = "Invalid API key", body = w::ErrorBody), (status = 403, description = "Missing permission", body = w::ErrorBody), (status = 429, description = "Rate limited", body = w::ErrorBody), (status = 404, description = "Not found", body = w::ErrorBody))
 )]
-pub async fn ruleset_delete(State(s): State<ApiState>, LambdaActor(a): LambdaActor, Path(id): Path<String>) -> LResult {
+pub async fn ruleset_delete(State(s): State<ApiState>, LambdaActor(a): LambdaActor, LambdaPath(id): LambdaPath<String>) -> LResult {
     firewall::ruleset_delete(&s.control, &a, &id).await?;
     Ok(data(w::Empty {}))
 }
@@ -539,9 +539,9 @@ pub struct AuditParams {
 pub async fn audit_events(
     State(s): State<ApiState>,
     LambdaActor(a): LambdaActor,
-    q: Result<Query<AuditParams>, axum::extract::rejection::QueryRejection>,
+    _: Needs<Read>,
+    LambdaQuery(q): LambdaQuery<AuditParams>,
 ) -> LResult {
-    let Query(q) = q.map_err(|e| Error::InvalidRequest { message: e.body_text() })?;
     let time = |label: &'static str, v: &Option<String>| -> Result<Option<i64>, Error> {
         v.as_deref().map(|t| parse_rfc3339(t).ok_or_else(|| Error::invalid(label, "must be an ISO 8601 date or time"))).transpose()
     };

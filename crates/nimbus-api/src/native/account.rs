@@ -1,6 +1,6 @@
 //! Native handlers for the caller's account: profile, quotas and API keys.
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use nimbus_api_types::native as w;
@@ -10,7 +10,7 @@ use nimbus_core::clock::{parse_rfc3339, to_rfc3339};
 use nimbus_core::model::{ApiKey, Org};
 use nimbus_core::Error;
 
-use super::extract::{NativeActor, NativeJson, Needs};
+use super::extract::{NativeActor, NativeJson, NativePath, Needs};
 use super::handlers::{ok, query_pairs, NResult};
 use super::page;
 use crate::auth::perm::{Admin, Create, Read};
@@ -183,6 +183,6 @@ pub async fn api_key_create(
         (status = 404, description = "Not found", body = w::ErrorEnvelope)
     )
 )]
-pub async fn api_key_delete(State(s): State<ApiState>, NativeActor(a): NativeActor, Path(id): Path<String>) -> NResult {
+pub async fn api_key_delete(State(s): State<ApiState>, NativeActor(a): NativeActor, NativePath(id): NativePath<String>) -> NResult {
     Ok(ok(render_key(&account::api_key_delete(&s.control, &a, &id).await?), None))
 }

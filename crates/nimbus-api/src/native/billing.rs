@@ -7,7 +7,7 @@ use nimbus_core::clock::{parse_rfc3339, to_rfc3339};
 use nimbus_core::money::Micros;
 use nimbus_core::Error;
 
-use super::extract::{NativeActor, Needs};
+use super::extract::{NativeActor, NativePath, Needs};
 use super::handlers::{ok, query_pairs, NResult};
 use crate::auth::perm::Read;
 use crate::ApiState;
@@ -129,11 +129,7 @@ pub async fn billing_invoices_list(State(s): State<ApiState>, NativeActor(a): Na
     params(("id" = String, Path)),
     responses((status = 200, description = "Success", body = w::Envelope<w::Invoice>), (status = 404, description = "Not found", body = w::ErrorEnvelope))
 )]
-pub async fn billing_invoice_get(
-    State(s): State<ApiState>,
-    NativeActor(a): NativeActor,
-    axum::extract::Path(id): axum::extract::Path<String>,
-) -> NResult {
+pub async fn billing_invoice_get(State(s): State<ApiState>, NativeActor(a): NativeActor, NativePath(id): NativePath<String>) -> NResult {
     Ok(ok(render_invoice(&nimbus_control::billing::invoice(&s.control, &a, &id).await?), None))
 }
 

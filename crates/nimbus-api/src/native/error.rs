@@ -8,6 +8,7 @@ use nimbus_api_types::native::{ErrorDetails, ErrorEnvelope, ErrorInfo};
 use nimbus_core::Error;
 
 use super::handlers::metadata;
+use crate::middleware::input::InputError;
 
 #[derive(Debug)]
 pub struct NativeError {
@@ -30,6 +31,18 @@ impl NativeError {
 impl From<Error> for NativeError {
     fn from(error: Error) -> Self {
         NativeError { error, details: None }
+    }
+}
+
+/// Seed 001's `details: {field, value, allowed_values}` from what the extractor found.
+impl From<InputError> for NativeError {
+    fn from(e: InputError) -> Self {
+        let details = (e.field.is_some() || e.value.is_some() || e.allowed_values.is_some()).then(|| ErrorDetails {
+            field: e.field.clone(),
+            value: e.value.clone(),
+            allowed_values: e.allowed_values.clone(),
+        });
+        NativeError { error: e.to_error(), details }
     }
 }
 
@@ -73,6 +86,22 @@ impl IntoResponse for NativeError {
         };
         crate::middleware::finish_error_response((status, Json(body)).into_response(), &self.error)
     }
+}
+
+/// A method the path does not serve: 405 in the envelope (seed 001 has no code of its own for it,
+/// so it is `invalid_request`, as Lambda answers `global/invalid-parameters`).
+pub async fn method_not_allowed() -> Response {
+    let body = ErrorEnvelope {
+        success: false,
+        error: ErrorInfo {
+            code: "invalid_request".into(),
+            message: "This endpoint does not support this HTTP method.".into(),
+            details: None,
+            retry_after: None,
+        },
+        metadata: metadata(),
+    };
+    (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Extractors of the native dialect: the authenticated, rate-limited actor (Bearer or
-//! `X-API-Key`, as seed 001 documents; Basic works too).
+//! `X-API-Key`, as seed 001 documents; Basic works too), JSON bodies and path parameters, every
+//! rejection in the native error envelope.
 
 use std::sync::{Arc, Mutex};
 
@@ -24,7 +25,7 @@ impl FromRequestParts<ApiState> for NativeActor {
     async fn from_request_parts(parts: &mut Parts, s: &ApiState) -> Result<Self, Self::Rejection> {
         let secret = crate::auth::presented_key(&parts.headers).ok_or(Error::Unauthenticated)?;
         let actor = nimbus_control::auth::authenticate(&s.control, &secret).await?;
-        let d = s.limiter.check_plan(&actor.key_id, RouteClass::Native, &actor.plan);
+        let d = s.limiter.check_actor(&actor, RouteClass::Native);
         if let Some(slot) = parts.extensions.get::<LimitSlot>() {
             *slot.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(d);
         }
@@ -65,21 +66,26 @@ pub async fn rate_limit_headers(mut req: Request, next: Next) -> Response {
     resp
 }
 
-/// A JSON object body, parsed whatever the Content-Type says; errors in the native shape.
+/// A JSON object body, parsed whatever the Content-Type says; errors in the native shape, with
+/// `details.field` (and the value sent, and the allowed values of an enum) when a field is wrong.
 pub struct NativeJson<T>(pub T);
 
 impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<ApiState> for NativeJson<T> {
     type Rejection = NativeError;
 
     async fn from_request(req: Request, _: &ApiState) -> Result<Self, Self::Rejection> {
-        let bytes = axum::body::to_bytes(req.into_body(), crate::MAX_BODY_BYTES)
-            .await
-            .map_err(|_| Error::InvalidRequest { message: "request body is unreadable or too large".into() })?;
-        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-            return Err(Error::InvalidRequest { message: "the request body must be a JSON object".into() }.into());
-        }
-        serde_json::from_slice(&bytes)
-            .map(NativeJson)
-            .map_err(|e| Error::InvalidRequest { message: format!("malformed JSON body: {e}") }.into())
+        Ok(NativeJson(crate::middleware::input::json_object(req).await?))
+    }
+}
+
+/// Path parameters; an id that is not UTF-8 once percent-decoded is `invalid_request` naming the
+/// parameter, not axum's plain-text 400.
+pub struct NativePath<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned + Send> FromRequestParts<ApiState> for NativePath<T> {
+    type Rejection = NativeError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &ApiState) -> Result<Self, Self::Rejection> {
+        Ok(NativePath(crate::middleware::input::path_params(parts).await?))
     }
 }

@@ -1,7 +1,7 @@
 //! Native handlers for firewall rules: one rule at a time over the same model as Lambda's
 //! global rules and rulesets; the agents enforce them with nftables.
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use nimbus_api_types::native as w;
@@ -9,7 +9,7 @@ use nimbus_control::firewall::{self, ScopedRule};
 use nimbus_core::firewall::FirewallRule;
 use nimbus_core::Error;
 
-use super::extract::{NativeActor, NativeJson, Needs};
+use super::extract::{NativeActor, NativeJson, NativePath, Needs};
 use super::handlers::{ok, query_pairs, NResult};
 use super::page;
 use crate::auth::perm::{Create, Read};
@@ -113,6 +113,6 @@ pub async fn firewall_rule_create(
     params(("id" = String, Path)),
     responses((status = 200, description = "Removed", body = w::Envelope<w::FirewallRule>), (status = 404, description = "Not found", body = w::ErrorEnvelope))
 )]
-pub async fn firewall_rule_delete(State(s): State<ApiState>, NativeActor(a): NativeActor, Path(id): Path<String>) -> NResult {
+pub async fn firewall_rule_delete(State(s): State<ApiState>, NativeActor(a): NativeActor, NativePath(id): NativePath<String>) -> NResult {
     Ok(ok(render(&firewall::rule_delete(&s.control, &a, &id).await?), None))
 }

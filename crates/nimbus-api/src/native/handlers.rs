@@ -1,6 +1,6 @@
 //! Native handlers: extract, call one control function, render the envelope.
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use nimbus_api_types::native as w;
@@ -11,7 +11,7 @@ use nimbus_core::model::Instance;
 use nimbus_core::Error;
 use serde::Serialize;
 
-use super::extract::{NativeActor, NativeJson, Needs};
+use super::extract::{NativeActor, NativeJson, NativePath, Needs};
 use super::{page, NativeError};
 use crate::auth::perm::{Create, Edit, Read};
 use crate::ApiState;
@@ -56,37 +56,9 @@ pub(super) fn render(i: &Instance) -> w::Instance {
     }
 }
 
+/// The query string's pairs, strictly percent-decoded; a malformed one names the parameter.
 pub(super) fn query_pairs(raw: Option<String>) -> Result<Vec<(String, String)>, NativeError> {
-    let raw = raw.unwrap_or_default();
-    serde_urlencoded_pairs(&raw).ok_or_else(|| Error::InvalidRequest { message: "malformed query string".into() }.into())
-}
-
-/// `a=1&b=2` with percent-decoding; `None` when malformed.
-fn serde_urlencoded_pairs(raw: &str) -> Option<Vec<(String, String)>> {
-    let decode = |s: &str| -> Option<String> {
-        let s = s.replace('+', " ");
-        let bytes = s.as_bytes();
-        let mut out = Vec::with_capacity(bytes.len());
-        let mut i = 0;
-        while i < bytes.len() {
-            if bytes[i] == b'%' {
-                let h = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(h, 16).ok()?);
-                i += 3;
-            } else {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-        String::from_utf8(out).ok()
-    };
-    raw.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            Some((decode(k)?, decode(v)?))
-        })
-        .collect()
+    Ok(crate::middleware::input::query_pairs(raw.as_deref())?)
 }
 
 const SORTS: &[&str] = &["created_at", "updated_at", "name", "status", "region", "instance_type"];
@@ -207,7 +179,7 @@ pub async fn instance_create(
         (status = 404, description = "Not found", body = w::ErrorEnvelope)
     )
 )]
-pub async fn instance_get(State(s): State<ApiState>, NativeActor(a): NativeActor, Path(id): Path<String>) -> NResult {
+pub async fn instance_get(State(s): State<ApiState>, NativeActor(a): NativeActor, NativePath(id): NativePath<String>) -> NResult {
     let i = instances::get(&s.control, &a, &id).await?;
     Ok(ok(render(&i), None))
 }
@@ -230,7 +202,7 @@ pub async fn instance_update(
     State(s): State<ApiState>,
     NativeActor(a): NativeActor,
     _: Needs<Edit>,
-    Path(id): Path<String>,
+    NativePath(id): NativePath<String>,
     NativeJson(body): NativeJson<w::InstanceUpdate>,
 ) -> NResult {
     let tags = body.tags.map(|t| t.into_iter().collect::<Vec<_>>());
@@ -250,7 +222,7 @@ pub async fn instance_update(
         (status = 404, description = "Not found", body = w::ErrorEnvelope)
     )
 )]
-pub async fn instance_delete(State(s): State<ApiState>, NativeActor(a): NativeActor, Path(id): Path<String>) -> NResult {
+pub async fn instance_delete(State(s): State<ApiState>, NativeActor(a): NativeActor, NativePath(id): NativePath<String>) -> NResult {
     let mut list = instances::terminate(&s.control, &a, std::slice::from_ref(&id)).await?;
     let i = list.pop().ok_or_else(|| Error::not_found("instance", &id))?;
     Ok(ok(render(&i), None))
@@ -269,7 +241,7 @@ pub async fn instance_delete(State(s): State<ApiState>, NativeActor(a): NativeAc
         (status = 409, description = "Not in a state that can restart", body = w::ErrorEnvelope)
     )
 )]
-pub async fn instance_restart(State(s): State<ApiState>, NativeActor(a): NativeActor, Path(id): Path<String>) -> NResult {
+pub async fn instance_restart(State(s): State<ApiState>, NativeActor(a): NativeActor, NativePath(id): NativePath<String>) -> NResult {
     let mut list = instances::restart(&s.control, &a, std::slice::from_ref(&id)).await?;
     let i = list.pop().ok_or_else(|| Error::not_found("instance", &id))?;
     Ok(ok(render(&i), None))
@@ -288,7 +260,7 @@ pub async fn instance_restart(State(s): State<ApiState>, NativeActor(a): NativeA
         (status = 409, description = "Not running", body = w::ErrorEnvelope)
     )
 )]
-pub async fn instance_stop(State(s): State<ApiState>, NativeActor(a): NativeActor, Path(id): Path<String>) -> NResult {
+pub async fn instance_stop(State(s): State<ApiState>, NativeActor(a): NativeActor, NativePath(id): NativePath<String>) -> NResult {
     Ok(ok(render(&instances::stop(&s.control, &a, &id).await?), None))
 }
 
@@ -305,7 +277,7 @@ pub async fn instance_stop(State(s): State<ApiState>, NativeActor(a): NativeActo
         (status = 409, description = "Not stopped", body = w::ErrorEnvelope)
     )
 )]
-pub async fn instance_start(State(s): State<ApiState>, NativeActor(a): NativeActor, Path(id): Path<String>) -> NResult {
+pub async fn instance_start(State(s): State<ApiState>, NativeActor(a): NativeActor, NativePath(id): NativePath<String>) -> NResult {
     Ok(ok(render(&instances::start(&s.control, &a, &id).await?), None))
 }
 
@@ -328,7 +300,7 @@ pub async fn instance_resize(
     State(s): State<ApiState>,
     NativeActor(a): NativeActor,
     _: Needs<Edit>,
-    Path(id): Path<String>,
+    NativePath(id): NativePath<String>,
     NativeJson(body): NativeJson<w::InstanceResize>,
 ) -> NResult {
     if !s.control.config().instance_types.iter().any(|t| t.name == body.instance_type) {
@@ -350,7 +322,7 @@ pub async fn instance_resize(
         (status = 404, description = "Not found", body = w::ErrorEnvelope)
     )
 )]
-pub async fn instance_network(State(s): State<ApiState>, NativeActor(a): NativeActor, Path(id): Path<String>) -> NResult {
+pub async fn instance_network(State(s): State<ApiState>, NativeActor(a): NativeActor, NativePath(id): NativePath<String>) -> NResult {
     let i = instances::get(&s.control, &a, &id).await?;
     Ok(ok(
         w::InstanceNetwork {

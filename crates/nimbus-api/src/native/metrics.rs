@@ -3,17 +3,18 @@
 
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{RawQuery, State};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use nimbus_api_types::native as w;
 use nimbus_control::{instances, metrics};
-use nimbus_core::auth::Actor;
+use nimbus_core::auth::{Actor, Permission};
 use nimbus_core::clock::{parse_rfc3339, to_rfc3339};
 use nimbus_core::model::MetricPoint;
 use nimbus_core::Error;
 
-use super::extract::{NativeActor, Needs};
+use super::extract::{NativeActor, NativePath, Needs};
 use super::handlers::{ok, query_pairs, NResult};
 use super::NativeError;
 use crate::auth::perm::Read;
@@ -56,7 +57,7 @@ pub async fn instance_metrics_get(
     State(s): State<ApiState>,
     NativeActor(a): NativeActor,
     _: Needs<Read>,
-    Path(id): Path<String>,
+    NativePath(id): NativePath<String>,
     RawQuery(raw): RawQuery,
 ) -> NResult {
     let (mut from, mut to, mut step) = (None, None, 60i64);
@@ -87,21 +88,48 @@ pub async fn instance_metrics_get(
 
 /// `GET /v1/instances/{id}/metrics/stream` (WebSocket): a text frame with one `MetricPoint`
 /// JSON per new sample, checked every second, until the client closes or the instance ends.
+/// The key is authenticated again before every push (through the auth cache, so the store is
+/// read about every [`nimbus_control::auth::CACHE_TTL`]): once it is revoked or expires, or
+/// loses the read permission, the server closes the socket with 1008 (policy violation), within
+/// a second on the replica that revoked it and within the cache TTL plus a second elsewhere.
 /// Outside the OpenAPI document, which cannot describe a WebSocket.
 pub async fn instance_metrics_stream(
     State(s): State<ApiState>,
     NativeActor(a): NativeActor,
-    Path(id): Path<String>,
+    NativePath(id): NativePath<String>,
+    headers: HeaderMap,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, NativeError> {
     let inst = instances::get(&s.control, &a, &id).await?;
     let ws =
         ws.map_err(|_| Error::InvalidRequest { message: "this endpoint is a WebSocket: send an Upgrade: websocket request".into() })?;
+    // The actor extractor authenticated exactly this secret.
+    let secret = crate::auth::presented_key(&headers).ok_or(Error::Unauthenticated)?;
     let start = s.control.now() - 2_000_000;
-    Ok(ws.on_upgrade(move |socket| stream(socket, s, a, inst.id, start)).into_response())
+    Ok(ws.on_upgrade(move |socket| stream(socket, s, a, secret, inst.id, start)).into_response())
 }
 
-async fn stream(mut socket: WebSocket, s: ApiState, actor: Actor, id: nimbus_core::ids::InstanceId, mut after: i64) {
+/// Whether a stream's key may still read: `Unknown` when the store could not tell (nothing is
+/// pushed that tick, and the next asks again).
+enum Recheck {
+    Still(Actor),
+    Denied(&'static str),
+    Unknown,
+}
+
+async fn recheck(s: &ApiState, secret: &str, actor: &Actor) -> Recheck {
+    match nimbus_control::auth::authenticate(&s.control, secret).await {
+        Ok(a) if a.key_id != actor.key_id => Recheck::Denied("the API key changed"),
+        Ok(a) => match a.require(Permission::Read) {
+            Ok(()) => Recheck::Still(a),
+            Err(_) => Recheck::Denied("the API key lost the read permission"),
+        },
+        Err(Error::Unauthenticated) => Recheck::Denied("the API key was revoked or has expired"),
+        Err(_) => Recheck::Unknown,
+    }
+}
+
+async fn stream(mut socket: WebSocket, s: ApiState, mut actor: Actor, secret: String, id: nimbus_core::ids::InstanceId, mut after: i64) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -111,6 +139,15 @@ async fn stream(mut socket: WebSocket, s: ApiState, actor: Actor, id: nimbus_cor
                 Some(Ok(_)) => {}
             },
             _ = tick.tick() => {
+                match recheck(&s, &secret, &actor).await {
+                    Recheck::Still(a) => actor = a,
+                    Recheck::Denied(reason) => {
+                        let frame = CloseFrame { code: close_code::POLICY, reason: reason.into() };
+                        let _ = socket.send(Message::Close(Some(frame))).await;
+                        return;
+                    }
+                    Recheck::Unknown => continue,
+                }
                 let points = match metrics::since(&s.control, &actor, &id, after).await {
                     Ok(p) => p,
                     Err(_) => return,

@@ -75,7 +75,8 @@ pub fn api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
     let router = router
         .route("/openapi.json", axum::routing::get(openapi_json))
         .route("/docs", axum::routing::get(docs_page))
-        .route("/instances/{id}/metrics/stream", axum::routing::get(metrics::instance_metrics_stream));
+        .route("/instances/{id}/metrics/stream", axum::routing::get(metrics::instance_metrics_stream))
+        .method_not_allowed_fallback(error::method_not_allowed);
     (router.fallback(unknown_endpoint).layer(axum::middleware::from_fn(extract::rate_limit_headers)), doc)
 }
 

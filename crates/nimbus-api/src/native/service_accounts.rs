@@ -1,7 +1,7 @@
 //! Native handlers for service accounts and their API keys (all need an ADMIN key; another
 //! organization's account is a 404).
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use nimbus_api_types::native as w;
@@ -10,7 +10,7 @@ use nimbus_core::clock::to_rfc3339;
 use nimbus_core::model::ServiceAccount;
 
 use super::account::{expiry, permissions, render_key};
-use super::extract::{NativeActor, NativeJson, Needs};
+use super::extract::{NativeActor, NativeJson, NativePath, Needs};
 use super::handlers::{ok, query_pairs, NResult};
 use super::page;
 use crate::auth::perm::Admin;
@@ -87,7 +87,7 @@ pub async fn service_account_create(
     params(("id" = String, Path)),
     responses((status = 200, description = "Success", body = w::Envelope<w::ServiceAccount>), (status = 404, description = "Not found", body = w::ErrorEnvelope))
 )]
-pub async fn service_account_get(State(s): State<ApiState>, NativeActor(a): NativeActor, Path(id): Path<String>) -> NResult {
+pub async fn service_account_get(State(s): State<ApiState>, NativeActor(a): NativeActor, NativePath(id): NativePath<String>) -> NResult {
     Ok(ok(render(&sa::get(&s.control, &a, &id).await?), None))
 }
 
@@ -110,7 +110,7 @@ pub async fn service_account_update(
     State(s): State<ApiState>,
     NativeActor(a): NativeActor,
     _: Needs<Admin>,
-    Path(id): Path<String>,
+    NativePath(id): NativePath<String>,
     NativeJson(b): NativeJson<w::ServiceAccountUpdate>,
 ) -> NResult {
     let perms = b.permissions.as_deref().map(permissions).transpose()?;
@@ -127,7 +127,7 @@ pub async fn service_account_update(
     params(("id" = String, Path)),
     responses((status = 200, description = "Deleted", body = w::Envelope<w::ServiceAccount>), (status = 404, description = "Not found", body = w::ErrorEnvelope))
 )]
-pub async fn service_account_delete(State(s): State<ApiState>, NativeActor(a): NativeActor, Path(id): Path<String>) -> NResult {
+pub async fn service_account_delete(State(s): State<ApiState>, NativeActor(a): NativeActor, NativePath(id): NativePath<String>) -> NResult {
     let (deleted, _revoked) = sa::delete(&s.control, &a, &id).await?;
     Ok(ok(render(&deleted), None))
 }
@@ -151,7 +151,7 @@ pub async fn service_account_api_keys_list(
     State(s): State<ApiState>,
     NativeActor(a): NativeActor,
     _: Needs<Admin>,
-    Path(id): Path<String>,
+    NativePath(id): NativePath<String>,
     RawQuery(raw): RawQuery,
 ) -> NResult {
     let q = page::parse(&query_pairs(raw)?, page::BY_NAME_SORTS, page::BY_NAME_FILTERS)?;
@@ -178,7 +178,7 @@ pub async fn service_account_api_key_create(
     State(s): State<ApiState>,
     NativeActor(a): NativeActor,
     _: Needs<Admin>,
-    Path(id): Path<String>,
+    NativePath(id): NativePath<String>,
     NativeJson(b): NativeJson<w::ServiceAccountKeyCreate>,
 ) -> NResult {
     let expires_at = expiry(&s, b.expires_at.as_deref(), b.expires_in_days)?;
@@ -198,7 +198,7 @@ pub async fn service_account_api_key_create(
 pub async fn service_account_api_key_delete(
     State(s): State<ApiState>,
     NativeActor(a): NativeActor,
-    Path((id, key_id)): Path<(String, String)>,
+    NativePath((id, key_id)): NativePath<(String, String)>,
 ) -> NResult {
     Ok(ok(render_key(&sa::api_key_delete(&s.control, &a, &id, &key_id).await?), None))
 }

@@ -1,6 +1,6 @@
 //! Native handlers for volumes and snapshots.
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use nimbus_api_types::native as w;
@@ -9,7 +9,7 @@ use nimbus_core::clock::to_rfc3339;
 use nimbus_core::model::{Snapshot, Volume};
 use nimbus_core::Error;
 
-use super::extract::{NativeActor, NativeJson, Needs};
+use super::extract::{NativeActor, NativeJson, NativePath, Needs};
 use super::handlers::{ok, query_pairs, render, NResult};
 use super::page;
 use crate::auth::perm::{Create, Edit, Read};
@@ -136,7 +136,7 @@ pub async fn volume_create(
     params(("id" = String, Path)),
     responses((status = 200, description = "Success", body = w::Envelope<w::Volume>), (status = 404, description = "Not found", body = w::ErrorEnvelope))
 )]
-pub async fn volume_get(State(s): State<ApiState>, NativeActor(a): NativeActor, Path(id): Path<String>) -> NResult {
+pub async fn volume_get(State(s): State<ApiState>, NativeActor(a): NativeActor, NativePath(id): NativePath<String>) -> NResult {
     Ok(ok(render_volume(&volumes::get(&s.control, &a, &id).await?), None))
 }
 
@@ -153,7 +153,7 @@ pub async fn volume_get(State(s): State<ApiState>, NativeActor(a): NativeActor, 
         (status = 409, description = "Attached", body = w::ErrorEnvelope)
     )
 )]
-pub async fn volume_delete(State(s): State<ApiState>, NativeActor(a): NativeActor, Path(id): Path<String>) -> NResult {
+pub async fn volume_delete(State(s): State<ApiState>, NativeActor(a): NativeActor, NativePath(id): NativePath<String>) -> NResult {
     Ok(ok(render_volume(&volumes::delete(&s.control, &a, &id).await?), None))
 }
 
@@ -175,7 +175,7 @@ pub async fn volume_attach(
     State(s): State<ApiState>,
     NativeActor(a): NativeActor,
     _: Needs<Edit>,
-    Path(id): Path<String>,
+    NativePath(id): NativePath<String>,
     NativeJson(b): NativeJson<w::VolumeAttach>,
 ) -> NResult {
     Ok(ok(render_volume(&volumes::attach(&s.control, &a, &id, &b.instance_id).await?), None))
@@ -194,7 +194,7 @@ pub async fn volume_attach(
         (status = 409, description = "Not attached", body = w::ErrorEnvelope)
     )
 )]
-pub async fn volume_detach(State(s): State<ApiState>, NativeActor(a): NativeActor, Path(id): Path<String>) -> NResult {
+pub async fn volume_detach(State(s): State<ApiState>, NativeActor(a): NativeActor, NativePath(id): NativePath<String>) -> NResult {
     Ok(ok(render_volume(&volumes::detach(&s.control, &a, &id).await?), None))
 }
 
@@ -217,7 +217,7 @@ pub async fn volume_resize(
     State(s): State<ApiState>,
     NativeActor(a): NativeActor,
     _: Needs<Edit>,
-    Path(id): Path<String>,
+    NativePath(id): NativePath<String>,
     NativeJson(b): NativeJson<w::VolumeResize>,
 ) -> NResult {
     Ok(ok(render_volume(&volumes::resize(&s.control, &a, &id, b.size_gib).await?), None))
@@ -307,7 +307,7 @@ pub async fn snapshot_create(
     params(("id" = String, Path)),
     responses((status = 200, description = "Success", body = w::Envelope<w::Snapshot>), (status = 404, description = "Not found", body = w::ErrorEnvelope))
 )]
-pub async fn snapshot_get(State(s): State<ApiState>, NativeActor(a): NativeActor, Path(id): Path<String>) -> NResult {
+pub async fn snapshot_get(State(s): State<ApiState>, NativeActor(a): NativeActor, NativePath(id): NativePath<String>) -> NResult {
     Ok(ok(render_snapshot(&volumes::snapshot_get(&s.control, &a, &id).await?), None))
 }
 
@@ -324,7 +324,7 @@ pub async fn snapshot_get(State(s): State<ApiState>, NativeActor(a): NativeActor
         (status = 409, description = "A restore from it is in progress", body = w::ErrorEnvelope)
     )
 )]
-pub async fn snapshot_delete(State(s): State<ApiState>, NativeActor(a): NativeActor, Path(id): Path<String>) -> NResult {
+pub async fn snapshot_delete(State(s): State<ApiState>, NativeActor(a): NativeActor, NativePath(id): NativePath<String>) -> NResult {
     Ok(ok(render_snapshot(&volumes::snapshot_delete(&s.control, &a, &id).await?), None))
 }
 
@@ -347,7 +347,7 @@ pub async fn snapshot_restore(
     State(s): State<ApiState>,
     NativeActor(a): NativeActor,
     _: Needs<Create>,
-    Path(id): Path<String>,
+    NativePath(id): NativePath<String>,
     NativeJson(b): NativeJson<w::SnapshotRestore>,
 ) -> NResult {
     let req = volumes::RestoreRequest { name: b.name, size_gib: b.size_gib, instance_type: b.instance_type, ssh_key_ids: b.ssh_keys };

@@ -1,6 +1,6 @@
 //! Native handlers for WireGuard VPNs.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use nimbus_api_types::native as w;
@@ -8,7 +8,7 @@ use nimbus_control::vpn;
 use nimbus_core::clock::to_rfc3339;
 use nimbus_core::model::Vpn;
 
-use super::extract::{NativeActor, NativeJson, Needs};
+use super::extract::{NativeActor, NativeJson, NativePath, Needs};
 use super::handlers::{ok, NResult};
 use crate::auth::perm::Create;
 use crate::ApiState;
@@ -76,7 +76,7 @@ pub async fn vpns_list(State(s): State<ApiState>, NativeActor(a): NativeActor) -
     params(("id" = String, Path)),
     responses((status = 200, description = "Success", body = w::Envelope<w::Vpn>), (status = 404, description = "Not found", body = w::ErrorEnvelope))
 )]
-pub async fn vpn_get(State(s): State<ApiState>, NativeActor(a): NativeActor, Path(id): Path<String>) -> NResult {
+pub async fn vpn_get(State(s): State<ApiState>, NativeActor(a): NativeActor, NativePath(id): NativePath<String>) -> NResult {
     Ok(ok(render(&vpn::get(&s.control, &a, &id).await?), None))
 }
 
@@ -89,6 +89,6 @@ pub async fn vpn_get(State(s): State<ApiState>, NativeActor(a): NativeActor, Pat
     params(("id" = String, Path)),
     responses((status = 200, description = "Deleted", body = w::Envelope<w::Vpn>), (status = 404, description = "Not found", body = w::ErrorEnvelope))
 )]
-pub async fn vpn_delete(State(s): State<ApiState>, NativeActor(a): NativeActor, Path(id): Path<String>) -> NResult {
+pub async fn vpn_delete(State(s): State<ApiState>, NativeActor(a): NativeActor, NativePath(id): NativePath<String>) -> NResult {
     Ok(ok(render(&vpn::delete(&s.control, &a, &id).await?), None))
 }

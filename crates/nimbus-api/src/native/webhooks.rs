@@ -1,7 +1,7 @@
 //! Native webhook handlers: subscriptions (`/v1/webhooks`) and their delivery log. Extract, call
 //! one `nimbus_control::webhooks` function, render.
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use nimbus_api_types::native as n;
@@ -12,7 +12,7 @@ use nimbus_core::clock::to_rfc3339;
 use nimbus_core::webhook::{allowed_patterns, Webhook, WebhookDelivery};
 use nimbus_core::Error;
 
-use super::extract::{NativeActor, NativeJson, Needs};
+use super::extract::{NativeActor, NativeJson, NativePath, Needs};
 use super::handlers::{ok, query_pairs};
 use super::{page, NativeError};
 use crate::auth::perm::{Create, Read};
@@ -139,7 +139,7 @@ pub async fn webhook_create(
         (status = 404, description = "Not found", body = n::ErrorEnvelope)
     )
 )]
-pub async fn webhook_get(State(s): State<ApiState>, NativeActor(a): NativeActor, Path(id): Path<String>) -> NResult {
+pub async fn webhook_get(State(s): State<ApiState>, NativeActor(a): NativeActor, NativePath(id): NativePath<String>) -> NResult {
     Ok(ok(render(&webhooks::get(&s.control, &a, &id).await?, None), None))
 }
 
@@ -155,7 +155,7 @@ pub async fn webhook_get(State(s): State<ApiState>, NativeActor(a): NativeActor,
         (status = 404, description = "Not found", body = n::ErrorEnvelope)
     )
 )]
-pub async fn webhook_delete(State(s): State<ApiState>, NativeActor(a): NativeActor, Path(id): Path<String>) -> NResult {
+pub async fn webhook_delete(State(s): State<ApiState>, NativeActor(a): NativeActor, NativePath(id): NativePath<String>) -> NResult {
     Ok(ok(render(&webhooks::delete(&s.control, &a, &id).await?, None), None))
 }
 
@@ -184,7 +184,7 @@ pub async fn webhook_deliveries_list(
     State(s): State<ApiState>,
     NativeActor(a): NativeActor,
     _: Needs<Read>,
-    Path(id): Path<String>,
+    NativePath(id): NativePath<String>,
     RawQuery(raw): RawQuery,
 ) -> NResult {
     let params = query_pairs(raw)?;
@@ -229,7 +229,7 @@ pub async fn webhook_deliveries_list(
 pub async fn webhook_delivery_redeliver(
     State(s): State<ApiState>,
     NativeActor(a): NativeActor,
-    Path((id, delivery_id)): Path<(String, String)>,
+    NativePath((id, delivery_id)): NativePath<(String, String)>,
 ) -> NResult {
     Ok(ok(render_delivery(&webhooks::redeliver(&s.control, &a, &id, &delivery_id).await?), None))
 }

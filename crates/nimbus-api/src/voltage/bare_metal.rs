@@ -2,7 +2,7 @@
 //! each node one instance holding its host. Kubernetes fields are null: Nimbus creates no
 //! cluster unless an operator wires one (docs/voltage-park.md).
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -14,7 +14,7 @@ use nimbus_core::Error;
 use serde_json::Value;
 
 use super::error::KeyErrors;
-use super::extract::{Needs, Page, VpActor, VpJson};
+use super::extract::{Needs, Page, VpActor, VpJson, VpPath};
 use super::handlers::{from_uuid, gpu_slug, location_id, usd, uuid};
 use super::vms::{cloud_init_text, org_key_ids};
 use super::VpError;
@@ -248,7 +248,7 @@ pub async fn patch(
     State(s): State<ApiState>,
     VpActor(a): VpActor,
     _: Needs<Edit>,
-    Path(id): Path<String>,
+    VpPath(id): VpPath<String>,
     VpJson(b): VpJson<w::NameTagsUpdate>,
 ) -> VpResult {
     let hex = rental_id(&id)?;
@@ -271,7 +271,7 @@ pub async fn patch(
         KeyErrors,
     )
 )]
-pub async fn delete(State(s): State<ApiState>, VpActor(a): VpActor, Path(id): Path<String>) -> VpResult {
+pub async fn delete(State(s): State<ApiState>, VpActor(a): VpActor, VpPath(id): VpPath<String>) -> VpResult {
     bare_metal::terminate(&s.control, &a, &rental_id(&id)?).await?;
     Ok((StatusCode::ACCEPTED, Json(Value::Null)).into_response())
 }
@@ -296,7 +296,7 @@ pub async fn power(
     State(s): State<ApiState>,
     VpActor(a): VpActor,
     _: Needs<Edit>,
-    Path(id): Path<String>,
+    VpPath(id): VpPath<String>,
     VpJson(b): VpJson<w::PowerStatus>,
 ) -> VpResult {
     let hex = rental_id(&id)?;
@@ -329,7 +329,7 @@ pub async fn reboot(
     State(s): State<ApiState>,
     VpActor(a): VpActor,
     _: Needs<Edit>,
-    Path(id): Path<String>,
+    VpPath(id): VpPath<String>,
     VpJson(b): VpJson<w::RebootRequest>,
 ) -> VpResult {
     bare_metal::reboot(&s.control, &a, &rental_id(&id)?, &b.public_ips).await?;

@@ -8,6 +8,8 @@ use axum::Json;
 use nimbus_api_types::voltage as w;
 use nimbus_core::Error;
 
+use crate::middleware::input::InputError;
+
 /// The answers every keyed operation documents besides its own: no key, a missing permission, a
 /// rate limit (`responses(..., KeyErrors)` in a handler's annotation).
 #[allow(dead_code)] // only its derive is used: it documents, it is never built
@@ -34,10 +36,39 @@ impl From<Error> for VpError {
     }
 }
 
+/// An extractor's finding, at its `loc` (`body`, `query`, `path`).
+impl From<InputError> for VpError {
+    fn from(e: InputError) -> Self {
+        VpError { error: e.to_error(), loc: e.loc }
+    }
+}
+
 impl VpError {
     pub fn at(loc: &'static str, error: Error) -> Self {
         VpError { error, loc }
     }
+}
+
+/// A field path (`ssh_keys[1]`, `tags.team`) as FastAPI's `loc` items: names and list indexes.
+fn loc_parts(label: &str) -> Vec<w::LocPart> {
+    let mut out = Vec::new();
+    for name in label.split('.') {
+        let mut pieces = name.split('[');
+        if let Some(first) = pieces.next().filter(|f| !f.is_empty()) {
+            out.push(w::LocPart::Name(first.to_owned()));
+        }
+        for idx in pieces {
+            let idx = idx.trim_end_matches(']');
+            out.push(match idx.parse() {
+                Ok(i) => w::LocPart::Index(i),
+                Err(_) => w::LocPart::Name(idx.to_owned()),
+            });
+        }
+    }
+    if out.is_empty() {
+        out.push(w::LocPart::Name(label.to_owned()));
+    }
+    out
 }
 
 fn status(e: &Error) -> StatusCode {
@@ -66,7 +97,9 @@ impl IntoResponse for VpError {
         let detail = |d: String| Json(w::ErrorBody { detail: d }).into_response();
         let body = match &self.error {
             Error::InvalidValue { label, message } => {
-                issue(vec![w::LocPart::Name(self.loc.into()), w::LocPart::Name(label.clone())], message)
+                let mut loc = vec![w::LocPart::Name(self.loc.into())];
+                loc.extend(loc_parts(label));
+                issue(loc, message)
             }
             Error::InvalidRequest { message } => issue(vec![w::LocPart::Name(self.loc.into())], message),
             Error::Unauthenticated => detail("Invalid or missing API token".into()),
@@ -75,6 +108,11 @@ impl IntoResponse for VpError {
         };
         crate::middleware::finish_error_response((st, body).into_response(), &self.error)
     }
+}
+
+/// A method the path does not serve: FastAPI's `405 {"detail": "Method Not Allowed"}`.
+pub async fn method_not_allowed() -> Response {
+    (StatusCode::METHOD_NOT_ALLOWED, Json(w::ErrorBody { detail: "Method Not Allowed".into() })).into_response()
 }
 
 #[cfg(test)]
@@ -87,5 +125,14 @@ mod tests {
         assert_eq!(status(&Error::not_found("vm", "x")), StatusCode::NOT_FOUND);
         assert_eq!(status(&Error::QuotaExceeded { message: "x".into() }), StatusCode::BAD_REQUEST);
         assert_eq!(status(&Error::Unauthenticated), StatusCode::UNAUTHORIZED);
+    }
+
+    #[test]
+    fn field_paths_become_loc_items() {
+        use w::LocPart::{Index, Name};
+        assert_eq!(loc_parts("name"), vec![Name("name".into())]);
+        assert_eq!(loc_parts("ssh_keys[1]"), vec![Name("ssh_keys".into()), Index(1)]);
+        assert_eq!(loc_parts("a.b[0][2].c"), vec![Name("a".into()), Name("b".into()), Index(0), Index(2), Name("c".into())]);
+        assert_eq!(loc_parts("pagination.limit"), vec![Name("pagination".into()), Name("limit".into())]);
     }
 }

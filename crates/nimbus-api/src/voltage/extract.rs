@@ -1,5 +1,6 @@
 //! Extractors of the Voltage Park dialect: the actor (`Authorization: Bearer` or `x-api-token`),
-//! JSON bodies and `limit`/`offset` pages, with failures in its error shape.
+//! JSON bodies, path parameters, query strings and `limit`/`offset` pages, with every failure in
+//! its (FastAPI) error shape.
 
 use axum::extract::{FromRequestParts, Request};
 use axum::http::request::Parts;
@@ -7,6 +8,7 @@ use nimbus_core::auth::Actor;
 use nimbus_core::Error;
 
 use super::VpError;
+use crate::middleware::input;
 use crate::ApiState;
 
 pub struct VpActor(pub Actor);
@@ -24,26 +26,33 @@ impl FromRequestParts<ApiState> for VpActor {
 /// The permission a Voltage Park route needs, checked before its query or body is parsed.
 pub type Needs<P> = crate::auth::Need<P, VpError>;
 
-/// A JSON object body, whatever the Content-Type; malformed bodies are 422 as FastAPI does.
+/// A JSON object body, whatever the Content-Type; malformed bodies are 422 as FastAPI does, with
+/// `loc` naming the field (`["body", "name"]`) when one is at fault.
 pub struct VpJson<T>(pub T);
 
 impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<ApiState> for VpJson<T> {
     type Rejection = VpError;
 
     async fn from_request(req: Request, _: &ApiState) -> Result<Self, Self::Rejection> {
-        let bytes = axum::body::to_bytes(req.into_body(), crate::MAX_BODY_BYTES)
-            .await
-            .map_err(|_| Error::InvalidRequest { message: "request body is unreadable or too large".into() })?;
-        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-            return Err(
-                Error::InvalidRequest { message: "Input should be a valid dictionary or object to extract fields from".into() }.into()
-            );
-        }
-        serde_json::from_slice(&bytes).map(VpJson).map_err(|e| {
-            // serde names the missing or bad field in its message; keep it for the client.
-            Error::InvalidRequest { message: format!("JSON decode error: {e}") }.into()
-        })
+        Ok(VpJson(input::json_object(req).await?))
     }
+}
+
+/// Path parameters; one that is not UTF-8 once percent-decoded is a 422 at `["path", name]`.
+pub struct VpPath<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned + Send> FromRequestParts<ApiState> for VpPath<T> {
+    type Rejection = VpError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &ApiState) -> Result<Self, Self::Rejection> {
+        Ok(VpPath(input::path_params(parts).await?))
+    }
+}
+
+/// The query string's pairs, strictly percent-decoded; a malformed one is a 422 at
+/// `["query", name]`.
+pub fn query_pairs(raw: Option<&str>) -> Result<Vec<(String, String)>, VpError> {
+    Ok(input::query_pairs(raw)?)
 }
 
 /// `limit` and `offset` of a list, within the endpoint's bounds.
@@ -56,10 +65,9 @@ pub struct Page {
 impl Page {
     pub fn parse(raw: Option<&str>, default_limit: usize, max_limit: usize) -> Result<Page, VpError> {
         let mut p = Page { limit: default_limit, offset: 0 };
-        for pair in raw.unwrap_or_default().split('&').filter(|s| !s.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let bad = |what: &str| VpError::at("query", Error::invalid(k.to_owned(), what.to_owned()));
-            match k {
+        for (k, v) in query_pairs(raw)? {
+            let bad = |what: &str| VpError::at("query", Error::invalid(k.clone(), what.to_owned()));
+            match k.as_str() {
                 "limit" => {
                     p.limit = v.parse().map_err(|_| bad("Input should be a valid integer"))?;
                     if p.limit < 1 || p.limit > max_limit {

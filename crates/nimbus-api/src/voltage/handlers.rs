@@ -2,7 +2,7 @@
 //! storage rate. Ids are rendered as UUIDs (our 128-bit ids with hyphens) and accepted in both
 //! forms.
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -15,7 +15,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::error::KeyErrors;
-use super::extract::{Needs, Page, VpActor, VpJson};
+use super::extract::{query_pairs, Needs, Page, VpActor, VpJson, VpPath};
 use super::VpError;
 use crate::auth::perm::{Create, Read};
 use crate::ApiState;
@@ -36,6 +36,14 @@ pub fn from_uuid(s: &str) -> Option<String> {
     nimbus_core::ids::is_valid_id(&h).then_some(h)
 }
 
+/// A host as one organization sees it. Seed 004 shows every tenant each hostnode's free
+/// resources (that is how a tenant picks where to deploy); what no tenant may learn is which
+/// hosts another org's machines are on. So the id is derived per org: the `hostnode_id` in one
+/// org's VM tells another org nothing, and two orgs cannot agree on a host by its id.
+pub fn hostnode_id(org: &nimbus_core::ids::OrgId, host: &str) -> String {
+    uuid(&hex::encode(&Sha256::digest(format!("nimbus-hostnode\0{}\0{host}", org.as_str()).as_bytes())[..16]))
+}
+
 pub fn location_id(region: &str) -> String {
     uuid(&hex::encode(&Sha256::digest(format!("nimbus-location\0{region}").as_bytes())[..16]))
 }
@@ -51,7 +59,7 @@ pub fn usd(m: i64) -> String {
     Micros(m).to_string()
 }
 
-fn hostnode(s: &ApiState, h: &Host, free_ports: Vec<i64>) -> w::HostNode {
+fn hostnode(s: &ApiState, a: &Actor, h: &Host, free_ports: Vec<i64>) -> w::HostNode {
     let cfg = s.control.config();
     let free = h.free();
     let mut gpus = std::collections::BTreeMap::new();
@@ -67,7 +75,7 @@ fn hostnode(s: &ApiState, h: &Host, free_ports: Vec<i64>) -> w::HostNode {
         }
     }
     w::HostNode {
-        id: uuid(h.id.as_str()),
+        id: hostnode_id(&a.org_id, h.id.as_str()),
         location_id: location_id(&h.region),
         available_resources: w::Resources { gpus, vcpu_count: free.vcpus, ram_gb: free.memory_mib / 1024, storage_gb: free.disk_gib },
         pricing: w::HostNodePricing {
@@ -96,7 +104,7 @@ async fn locations(s: &ApiState, a: &Actor) -> Result<Vec<w::Location>, VpError>
                 hostnodes: nodes
                     .iter()
                     .filter(|(h, _)| h.region == r.name && h.status == HostStatus::Up)
-                    .map(|(h, p)| hostnode(s, h, p.clone()))
+                    .map(|(h, p)| hostnode(s, a, h, p.clone()))
                     .collect(),
             }
         })
@@ -137,7 +145,7 @@ pub async fn locations_list(State(s): State<ApiState>, VpActor(a): VpActor, _: N
         KeyErrors,
     )
 )]
-pub async fn location_get(State(s): State<ApiState>, VpActor(a): VpActor, Path(id): Path<String>) -> VpResult {
+pub async fn location_get(State(s): State<ApiState>, VpActor(a): VpActor, VpPath(id): VpPath<String>) -> VpResult {
     let all = locations(&s, &a).await?;
     let found = all.into_iter().find(|l| l.id.eq_ignore_ascii_case(&id));
     found.map(|l| Json(l).into_response()).ok_or_else(|| Error::not_found("location", id).into())
@@ -157,12 +165,14 @@ pub async fn location_get(State(s): State<ApiState>, VpActor(a): VpActor, Path(i
         KeyErrors,
     )
 )]
-pub async fn hostnode_get(State(s): State<ApiState>, VpActor(a): VpActor, Path(id): Path<String>) -> VpResult {
+pub async fn hostnode_get(State(s): State<ApiState>, VpActor(a): VpActor, VpPath(id): VpPath<String>) -> VpResult {
     let hex = from_uuid(&id).ok_or_else(|| VpError::at("path", Error::invalid("hostnode_id", "Input should be a valid UUID")))?;
     let nodes = nimbus_control::capacity::hostnodes(&s.control, &a, false).await?;
-    let (h, ports) =
-        nodes.into_iter().find(|(h, _)| h.id.as_str() == hex).ok_or_else(|| Error::NotFound { kind: "HostNode", id: id.clone() })?;
-    Ok(Json(hostnode(&s, &h, ports)).into_response())
+    let (h, ports) = nodes
+        .into_iter()
+        .find(|(h, _)| from_uuid(&hostnode_id(&a.org_id, h.id.as_str())).as_deref() == Some(hex.as_str()))
+        .ok_or_else(|| Error::NotFound { kind: "HostNode", id: id.clone() })?;
+    Ok(Json(hostnode(&s, &a, &h, ports)).into_response())
 }
 
 fn check_key_name(name: &str) -> Result<(), VpError> {
@@ -245,7 +255,7 @@ pub async fn ssh_key_add(
         KeyErrors,
     )
 )]
-pub async fn ssh_key_delete(State(s): State<ApiState>, VpActor(a): VpActor, Path(id): Path<String>) -> VpResult {
+pub async fn ssh_key_delete(State(s): State<ApiState>, VpActor(a): VpActor, VpPath(id): VpPath<String>) -> VpResult {
     let hex = from_uuid(&id).ok_or_else(|| VpError::at("path", Error::invalid("ssh_key_id", "Input should be a valid UUID")))?;
     nimbus_control::ssh_keys::delete(&s.control, &a, &hex).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -398,12 +408,11 @@ fn day(label: &str, v: &str) -> Result<i64, VpError> {
 pub async fn billing_transactions(State(s): State<ApiState>, VpActor(a): VpActor, _: Needs<Read>, RawQuery(q): RawQuery) -> VpResult {
     let page = Page::parse(q.as_deref(), 30, 10_000)?;
     let (mut from, mut to, mut types) = (i64::MIN / 2, i64::MAX / 2, Vec::new());
-    for pair in q.as_deref().unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        match k {
-            "earliest" if !v.is_empty() => from = day("earliest", v)?,
+    for (k, v) in query_pairs(q.as_deref())? {
+        match k.as_str() {
+            "earliest" if !v.is_empty() => from = day("earliest", &v)?,
             // `latest` is a whole day: charges of that day are included.
-            "latest" if !v.is_empty() => to = day("latest", v)? + 86_400_000_000,
+            "latest" if !v.is_empty() => to = day("latest", &v)? + 86_400_000_000,
             "types" => types.extend(v.split(',').filter(|t| !t.is_empty()).map(str::to_owned)),
             _ => {}
         }
@@ -445,7 +454,11 @@ pub async fn billing_transactions(State(s): State<ApiState>, VpActor(a): VpActor
         KeyErrors,
     )
 )]
-pub async fn billing_month_report(State(s): State<ApiState>, VpActor(a): VpActor, Path((year, month)): Path<(String, String)>) -> VpResult {
+pub async fn billing_month_report(
+    State(s): State<ApiState>,
+    VpActor(a): VpActor,
+    VpPath((year, month)): VpPath<(String, String)>,
+) -> VpResult {
     let y: i32 = year.parse().map_err(|_| VpError::at("path", Error::invalid("year", "Input should be a valid integer")))?;
     let m: u32 = month.parse().map_err(|_| VpError::at("path", Error::invalid("month", "Input should be a valid integer")))?;
     let (txs, granted, start, delta, end) =

@@ -62,7 +62,8 @@ pub fn api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .route("/bare-metal/locations/", get(bare_metal::locations))
         .route("/bare-metal", get(bare_metal::list).post(bare_metal::create))
         .route("/organization/ssh-keys/", get(ssh_keys_list).post(ssh_key_add))
-        .route("/storage", get(storage::storage_list).post(storage::storage_create));
+        .route("/storage", get(storage::storage_list).post(storage::storage_create))
+        .method_not_allowed_fallback(error::method_not_allowed);
     (router, doc)
 }
 

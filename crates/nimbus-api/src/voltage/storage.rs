@@ -5,7 +5,7 @@
 //! name (free-form, kept beside the volume's internal name), orders as UUID-shaped instance ids,
 //! the status names, `rate_hourly`, `tenant_id` and `vip`. See docs/voltage-park.md.
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -19,7 +19,7 @@ use nimbus_core::{ConflictReason, Error};
 use serde_json::{Map, Value};
 
 use super::error::KeyErrors;
-use super::extract::{Needs, Page, VpActor, VpJson};
+use super::extract::{Needs, Page, VpActor, VpJson, VpPath};
 use super::handlers::{from_uuid, uuid};
 use super::VpError;
 use crate::auth::perm::{Create, Edit, Read};
@@ -228,7 +228,7 @@ pub async fn storage_create(
         KeyErrors,
     )
 )]
-pub async fn storage_get(State(s): State<ApiState>, VpActor(a): VpActor, Path(id): Path<String>) -> VpResult {
+pub async fn storage_get(State(s): State<ApiState>, VpActor(a): VpActor, VpPath(id): VpPath<String>) -> VpResult {
     let v = volumes::get(&s.control, &a, &storage_id(&id)?).await.map_err(|e| vp_error(e, Some(&id)))?;
     let storage = render(&s, &v, &Orders::load(&s, &a, Permission::Read).await?);
     Ok(Json(w::StorageDetail { used_capacity_bytes: v.used_bytes, storage }).into_response())
@@ -254,7 +254,7 @@ pub async fn storage_update(
     State(s): State<ApiState>,
     VpActor(a): VpActor,
     _: Needs<Edit>,
-    Path(id): Path<String>,
+    VpPath(id): VpPath<String>,
     VpJson(b): VpJson<Map<String, Value>>,
 ) -> VpResult {
     let hex = storage_id(&id)?;
@@ -283,7 +283,7 @@ pub async fn storage_update(
         KeyErrors,
     )
 )]
-pub async fn storage_delete(State(s): State<ApiState>, VpActor(a): VpActor, Path(id): Path<String>) -> VpResult {
+pub async fn storage_delete(State(s): State<ApiState>, VpActor(a): VpActor, VpPath(id): VpPath<String>) -> VpResult {
     volumes::delete(&s.control, &a, &storage_id(&id)?).await.map_err(|e| vp_error(e, Some(&id)))?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

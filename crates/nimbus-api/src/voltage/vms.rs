@@ -5,7 +5,7 @@
 //! and a host port forwarded to its port 22. Stop keeps the reservation and bills like running;
 //! the disassociated stop gives the processors, memory and GPUs back and bills the disk only.
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -21,8 +21,8 @@ use nimbus_core::{ConflictReason, Error};
 use serde_json::Value;
 
 use super::error::KeyErrors;
-use super::extract::{Needs, Page, VpActor, VpJson};
-use super::handlers::{from_uuid, gpu_slug, location_id, usd, uuid};
+use super::extract::{query_pairs, Needs, Page, VpActor, VpJson, VpPath};
+use super::handlers::{from_uuid, gpu_slug, hostnode_id, location_id, usd, uuid};
 use super::VpError;
 use crate::auth::perm::{Create, Edit, Read};
 use crate::ApiState;
@@ -102,8 +102,7 @@ fn preset(s: &ApiState, p: &Preset, hosts: &[Host]) -> w::Preset {
 )]
 pub async fn presets_list(State(s): State<ApiState>, RawQuery(q): RawQuery) -> VpResult {
     let mut available: Option<bool> = None;
-    for pair in q.as_deref().unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+    for (k, v) in query_pairs(q.as_deref())? {
         if k == "available" {
             available = match v.to_ascii_lowercase().as_str() {
                 "true" | "1" | "yes" | "on" => Some(true),
@@ -134,7 +133,7 @@ pub async fn presets_list(State(s): State<ApiState>, RawQuery(q): RawQuery) -> V
         (status = 422, description = "Validation Error", body = w::ValidationErrorBody),
     )
 )]
-pub async fn preset_get(State(s): State<ApiState>, Path(id): Path<String>) -> VpResult {
+pub async fn preset_get(State(s): State<ApiState>, VpPath(id): VpPath<String>) -> VpResult {
     let hex = path_id("instant_deploy_preset_id", &id)?;
     let p = nimbus_control::presets::get(&s.control, &hex).await.map_err(|_| Error::not_found("instant deploy preset", id))?;
     let hosts = s.control.store().host_list(None, false).await?;
@@ -165,7 +164,7 @@ fn vm_wire(s: &ApiState, i: &Instance, hosts: &[Host], images: &[nimbus_core::mo
     let public_ip = host.and_then(|h| h.public_ip.clone()).or_else(|| i.ip.clone());
     w::VirtualMachine {
         id: uuid(i.id.as_str()),
-        hostnode_id: i.host_id.as_ref().map(|h| uuid(h.as_str())),
+        hostnode_id: i.host_id.as_ref().map(|h| hostnode_id(&i.org_id, h.as_str())),
         kind: "ondem".into(),
         status: status(i).into(),
         name: i.name.clone().unwrap_or_default(),
@@ -248,7 +247,7 @@ pub async fn vms_list(State(s): State<ApiState>, VpActor(a): VpActor, _: Needs<R
         KeyErrors,
     )
 )]
-pub async fn vm_get(State(s): State<ApiState>, VpActor(a): VpActor, Path(id): Path<String>) -> VpResult {
+pub async fn vm_get(State(s): State<ApiState>, VpActor(a): VpActor, VpPath(id): VpPath<String>) -> VpResult {
     let i = vm(&s, &a, &id, Permission::Read).await?;
     let hosts = s.control.store().host_list(None, false).await?;
     let images = s.control.store().image_list().await?;
@@ -383,7 +382,7 @@ pub async fn vm_patch(
     State(s): State<ApiState>,
     VpActor(a): VpActor,
     _: Needs<Edit>,
-    Path(id): Path<String>,
+    VpPath(id): VpPath<String>,
     VpJson(b): VpJson<w::NameTagsUpdate>,
 ) -> VpResult {
     let i = vm(&s, &a, &id, Permission::Edit).await?;
@@ -408,7 +407,7 @@ pub async fn vm_patch(
         KeyErrors,
     )
 )]
-pub async fn vm_delete(State(s): State<ApiState>, VpActor(a): VpActor, Path(id): Path<String>) -> VpResult {
+pub async fn vm_delete(State(s): State<ApiState>, VpActor(a): VpActor, VpPath(id): VpPath<String>) -> VpResult {
     let i = vm(&s, &a, &id, Permission::Delete).await?;
     nimbus_control::instances::terminate(&s.control, &a, &[i.id.to_string()]).await?;
     Ok((StatusCode::ACCEPTED, Json(Value::Null)).into_response())
@@ -434,7 +433,7 @@ pub async fn vm_power(
     State(s): State<ApiState>,
     VpActor(a): VpActor,
     _: Needs<Edit>,
-    Path(id): Path<String>,
+    VpPath(id): VpPath<String>,
     VpJson(b): VpJson<w::PowerStatus>,
 ) -> VpResult {
     let i = vm(&s, &a, &id, Permission::Edit).await?;

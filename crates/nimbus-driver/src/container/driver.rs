@@ -12,7 +12,9 @@
 //! listed too, so orphans of a crashed agent are found and removed.
 
 use std::collections::BTreeSet;
+use std::io::Write as _;
 use std::net::Ipv4Addr;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -166,6 +168,12 @@ impl ContainerDriver {
         let net = Network::new(&cfg.bridge, cfg.gateway, cfg.prefix_len, &cfg.ns_prefix);
         net.ensure_bridge().map_err(host_err)?;
         std::fs::create_dir_all(cfg.data_dir.join("instances")).map_err(host_err)?;
+        // Ledgers written before they were made private are tightened now.
+        if let Ok(rd) = std::fs::read_dir(cfg.data_dir.join("instances")) {
+            for e in rd.flatten() {
+                let _ = std::fs::set_permissions(e.path().join("ledger.json"), std::fs::Permissions::from_mode(0o600));
+            }
+        }
         let network = {
             let mask = u32::MAX.checked_shl(32 - u32::from(cfg.prefix_len)).unwrap_or(0);
             format!("{}/{}", Ipv4Addr::from(u32::from(cfg.gateway) & mask), cfg.prefix_len)
@@ -214,8 +222,14 @@ impl ContainerDriver {
     fn write_ledger(&self, id: &str, l: &Ledger) -> Result<()> {
         let dir = self.dir(id);
         std::fs::create_dir_all(&dir).map_err(|e| err(id, e))?;
+        // The ledger holds the tenant's user_data and keys: created 0600 (never readable by
+        // other host users, not even between write and chmod), then renamed into place.
         let tmp = dir.join("ledger.json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(l).map_err(|e| err(id, e))?).map_err(|e| err(id, e))?;
+        let _ = std::fs::remove_file(&tmp);
+        let body = serde_json::to_vec_pretty(l).map_err(|e| err(id, e))?;
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(|e| err(id, e))?;
+        f.write_all(&body).map_err(|e| err(id, e))?;
+        f.sync_all().map_err(|e| err(id, e))?;
         std::fs::rename(&tmp, dir.join("ledger.json")).map_err(|e| err(id, e))
     }
 

@@ -119,3 +119,50 @@ async fn api_keys_never_exceed_their_creator_and_expire() {
     let (st, v) = s.native(&short, "GET", "/account", None).await;
     assert_eq!((st, v["error"]["code"].as_str()), (401, Some("authentication_failed")));
 }
+
+/// An org holds at most `quotas.api_keys_per_org` live keys, service accounts' included: the
+/// next creation is `quota_exceeded` in either path, revoking one frees a slot, and concurrent
+/// creations cannot overshoot (counted in the creating transaction).
+#[tokio::test]
+async fn api_key_count_is_capped_per_org() {
+    let s = TestServer::builder().config(|c| c.quotas.api_keys_per_org = 4).start().await;
+    // The server's own key is the first of four.
+    let mut ids = Vec::new();
+    for i in 0..2 {
+        let k = s.nexpect("POST", "/account/api-keys", Some(json!({"name": format!("k{i}"), "permissions": ["READ"]})), 201).await;
+        ids.push(k["id"].as_str().unwrap().to_owned());
+    }
+    let sa = s.nexpect("POST", "/service-accounts", Some(json!({"name": "ci", "permissions": ["READ"]})), 201).await;
+    let sa_id = sa["id"].as_str().unwrap().to_owned();
+    s.nexpect("POST", &format!("/service-accounts/{sa_id}/api-keys"), Some(json!({})), 201).await;
+
+    let e = s.nexpect("POST", "/account/api-keys", Some(json!({"name": "one-too-many", "permissions": ["READ"]})), 403).await;
+    assert_eq!(e["error"]["code"], "quota_exceeded", "{e}");
+    assert!(e["error"]["message"].as_str().unwrap().contains("at most 4"), "{e}");
+    let e = s.nexpect("POST", &format!("/service-accounts/{sa_id}/api-keys"), Some(json!({})), 403).await;
+    assert_eq!(e["error"]["code"], "quota_exceeded", "{e}");
+    let q = s.nexpect("GET", "/account/quota", None, 200).await;
+    let keys = q.as_array().unwrap().iter().find(|x| x["resource"] == "api_keys").cloned().unwrap();
+    assert_eq!((keys["used"].as_i64(), keys["limit"].as_i64()), (Some(4), Some(4)), "{q}");
+    // Another org has its own quota.
+    let (_, other) = s.org_with_key("keys-other", "ADMIN").await;
+    let (st, v) = s.native(&other, "POST", "/account/api-keys", Some(json!({"name": "x", "permissions": ["READ"]}))).await;
+    assert_eq!(st, 201, "{v}");
+
+    // Revoking one frees exactly one slot, even for creations racing for it.
+    s.nexpect("DELETE", &format!("/account/api-keys/{}", ids[0]), None, 200).await;
+    let racers =
+        (0..6).map(|i| {
+            let s = &s;
+            async move {
+                s.native(&s.key, "POST", "/account/api-keys", Some(json!({"name": format!("race{i}"), "permissions": ["READ"]}))).await
+            }
+        });
+    let results = futures_util::future::join_all(racers).await;
+    let created = results.iter().filter(|(st, _)| *st == 201).count();
+    assert_eq!(created, 1, "{results:?}");
+    assert!(results.iter().all(|(st, v)| *st == 201 || v["error"]["code"] == "quota_exceeded"), "{results:?}");
+    let live = s.nexpect("GET", "/account/api-keys?limit=100", None, 200).await;
+    assert_eq!(live.as_array().unwrap().len(), 4, "{live}");
+    s.shutdown().await;
+}

@@ -48,6 +48,32 @@ async fn pypi_lambda_clients() {
     s.shutdown().await;
 }
 
+/// The same clients against `nimbus server`'s HTTPS, trusting its self-signed certificate the
+/// way a user would (SSL_CERT_FILE; REQUESTS_CA_BUNDLE for requests-based tools).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pypi_lambda_clients_over_https() {
+    let Some(py) = python() else { return };
+    let s = TestServer::builder().tls().host("us-east-1", sim_host("h1", 64, 8)).host("us-west-1", sim_host("h2", 64, 0)).start().await;
+    assert!(s.url.starts_with("https://"));
+    let cert = s.tls_cert.clone().unwrap();
+    let script = repo_root().join("tests/lambda-clients/run.py");
+    let (url, key) = (s.url.clone(), s.key.clone());
+    tokio::task::spawn_blocking(move || {
+        run(
+            Command::new(py)
+                .arg(script)
+                .args(["--base-url", &url, "--api-key", &key])
+                .env("SSL_CERT_FILE", &cert)
+                .env("REQUESTS_CA_BUNDLE", &cert)
+                .env("CURL_CA_BUNDLE", &cert),
+            "tests/lambda-clients/run.py over HTTPS",
+        )
+    })
+    .await
+    .unwrap();
+    s.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_000_curl_recipes() {
     if python().is_none() {

@@ -5,6 +5,7 @@
 
 mod account;
 mod bad_input;
+mod bad_input_sweep;
 mod billing;
 mod clients;
 mod clusters;
@@ -22,6 +23,7 @@ mod scheduling;
 mod sdk;
 mod service_accounts;
 mod shape;
+mod transport;
 mod voltage;
 mod voltage_seed;
 mod voltage_storage;

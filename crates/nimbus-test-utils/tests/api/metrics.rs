@@ -67,3 +67,40 @@ async fn samples_flow_to_the_query_and_the_stream() {
     };
     assert_eq!(nimbus_control::metrics::ingest(&s.control, &stranger, vec![sample]).await.unwrap(), 0);
 }
+
+/// A stream does not outlive its key: once the key is revoked the server closes the socket with
+/// 1008 (policy violation) within seconds, and pushes nothing more.
+#[tokio::test]
+async fn the_stream_closes_when_its_key_is_revoked() {
+    let s = TestServer::builder().host("us-east-1", sim_host("h", 8, 0)).start().await;
+    let key_id = add_key(&s, "k").await["id"].as_str().unwrap().to_owned();
+    let body = json!({"instance_type": "cpu_1x_small", "region": "us-east-1", "ssh_keys": [key_id]});
+    let id = s.nexpect("POST", "/instances", Some(body), 201).await["id"].as_str().unwrap().to_owned();
+    s.wait_native_status(&format!("/instances/{id}"), "running").await;
+    let k = s.nexpect("POST", "/account/api-keys", Some(json!({"name": "watcher", "permissions": ["READ"]})), 201).await;
+    let (watcher, watcher_id) = (k["secret"].as_str().unwrap().to_owned(), k["id"].as_str().unwrap().to_owned());
+
+    let url = format!("{}/v1/instances/{id}/metrics/stream", s.url.replace("http://", "ws://"));
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut().insert("authorization", format!("Bearer {watcher}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("a sample within 5 s").unwrap().unwrap();
+    assert!(matches!(first, Message::Text(_)), "{first:?}");
+
+    s.nexpect("DELETE", &format!("/account/api-keys/{watcher_id}"), None, 200).await;
+    let revoked = std::time::Instant::now();
+    let close = loop {
+        let next = tokio::time::timeout(Duration::from_secs(5), ws.next()).await;
+        match next.expect("closed within 5 s of the revocation") {
+            Some(Ok(Message::Text(t))) => assert!(revoked.elapsed() < Duration::from_millis(500), "a sample pushed after revocation: {t}"),
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => {}
+            other => panic!("the stream ended without a close frame: {other:?}"),
+        }
+    };
+    assert!(revoked.elapsed() <= Duration::from_secs(5), "{:?}", revoked.elapsed());
+    let frame = close.expect("a close frame with a code");
+    assert_eq!(u16::from(frame.code), 1008, "{frame:?}");
+    assert!(frame.reason.contains("revoked"), "{frame:?}");
+    s.shutdown().await;
+}

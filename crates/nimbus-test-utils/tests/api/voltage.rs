@@ -112,3 +112,42 @@ async fn locations_hostnodes_keys_and_cloudinit() {
     let r = s.http.get(format!("{}/api/v1/storage/hourly-rate", s.url)).bearer_auth(&s.key).send().await.unwrap();
     assert_eq!(r.json::<Value>().await.unwrap(), json!({"hourly_rate_per_gb": "0.000137"}));
 }
+
+/// Every tenant sees each host's free resources (seed 004), but under an id of its own: the
+/// `hostnode_id` one org's VM reveals names nothing another org can look up or compare.
+#[tokio::test]
+async fn hostnode_ids_are_per_organization() {
+    let s = TestServer::builder().host("us-east-1", sim_host("h", 64, 8)).start().await;
+    let (_, b_key) = s.org_with_key("org-b", "ADMIN").await;
+    let east = |v: &Value| v["results"].as_array().unwrap().iter().find(|l| l["region"] == "us-east-1").unwrap()["hostnodes"].clone();
+    let (_, a) = vp(&s, "GET", "/locations?limit=15", None).await;
+    let r = s.http.get(format!("{}/api/v1/locations?limit=15", s.url)).header("x-api-token", &b_key).send().await.unwrap();
+    let b: Value = r.json().await.unwrap();
+    let (a_nodes, b_nodes) = (east(&a), east(&b));
+    assert_eq!((a_nodes.as_array().unwrap().len(), b_nodes.as_array().unwrap().len()), (1, 1));
+    let (a_id, b_id) = (a_nodes[0]["id"].as_str().unwrap(), b_nodes[0]["id"].as_str().unwrap());
+    assert_ne!(a_id, b_id, "one host, two orgs, two ids");
+    assert_eq!(a_nodes[0]["available_resources"], b_nodes[0]["available_resources"], "the same free capacity");
+    // Each org reaches the host by its own id only.
+    assert_eq!(vp(&s, "GET", &format!("/hostnodes/{a_id}"), None).await.0, 200);
+    assert_eq!(vp(&s, "GET", &format!("/hostnodes/{b_id}"), None).await.0, 404);
+    let r = s.http.get(format!("{}/api/v1/hostnodes/{a_id}", s.url)).header("x-api-token", &b_key).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    // A VM names its host by its org's id.
+    s.expect("POST", "/ssh-keys", Some(json!({"name": "k", "public_key": PUBKEY})), 200).await;
+    let v = s
+        .expect(
+            "POST",
+            "/instance-operations/launch",
+            Some(json!({"region_name": "us-east-1", "instance_type_name": "gpu_1x_h100_sxm5", "ssh_key_names": ["k"]})),
+            200,
+        )
+        .await;
+    let id = v["data"]["instance_ids"][0].as_str().unwrap().to_owned();
+    s.wait_status(&s.key, &id, "active").await;
+    let (st, vms) = vp(&s, "GET", "/virtual-machines/", None).await;
+    assert_eq!(st, 200, "{vms}");
+    let vm = vms["results"].as_array().unwrap().iter().find(|m| m["hostnode_id"].is_string()).unwrap().clone();
+    assert_eq!(vm["hostnode_id"], a_id, "{vm}");
+    s.shutdown().await;
+}
