@@ -56,6 +56,15 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
+    /// What HTTPS costs a client beside plain HTTP: per request on a kept connection, and per
+    /// new connection (the handshake).
+    Tls {
+        /// Requests per phase per round.
+        #[arg(long, default_value_t = 500)]
+        requests: usize,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
     /// What metering adds to a state transition, and invoice time for 10,000 intervals.
     Metering {
         #[arg(long, default_value_t = 2000)]
@@ -77,6 +86,7 @@ pub enum BenchCmd {
 pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
     match cmd {
         BenchCmd::Middleware { requests, rounds } => crate::bench_middleware::middleware(requests, rounds).await,
+        BenchCmd::Tls { requests, rounds } => crate::bench_tls::run(requests, rounds).await,
         BenchCmd::Metering { transitions, intervals } => crate::bench_metering::metering(transitions, intervals).await,
         BenchCmd::Api { instances, concurrency, seconds, hosts, database_url } => {
             api(instances, concurrency, Duration::from_secs(seconds), hosts, database_url).await

@@ -9,6 +9,7 @@ mod bench_cluster;
 mod bench_launch;
 mod bench_metering;
 mod bench_middleware;
+mod bench_tls;
 mod bench_webhooks;
 mod billing_cmd;
 mod cluster_cmd;

@@ -23,7 +23,7 @@ impl Drop for Dev {
 }
 
 fn start_dev(extra: &[&str]) -> Dev {
-    let dir = std::env::temp_dir().join(format!("nimbus-cli-test-{}-{}", std::process::id(), extra.len()));
+    let dir = std::env::temp_dir().join(format!("nimbus-cli-test-{}", nimbus_core::ids::random_hex_id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut child = Command::new(BIN)
         .args(["dev", "--driver", "sim", "--listen", "127.0.0.1:0", "--data-dir"])
@@ -344,4 +344,43 @@ fn host_inventory_reports_this_machine() {
         assert_eq!(inv["gpus"], serde_json::json!([]));
         assert!(v["gpu_plan"]["error"].as_str().unwrap().contains("no NVIDIA driver"), "{v}");
     }
+}
+
+fn admin_run(dev: &Dev, args: &[&str]) -> std::process::Output {
+    Command::new(BIN).arg("admin").arg("--data-dir").arg(&dev.dir).args(args).output().expect("run nimbus admin")
+}
+
+fn ok(dev: &Dev, args: &[&str]) -> (String, String) {
+    let out = admin_run(dev, args);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    assert!(out.status.success(), "admin {args:?}: {stderr}");
+    (stdout, stderr)
+}
+
+fn fails(dev: &Dev, args: &[&str]) -> String {
+    let out = admin_run(dev, args);
+    assert!(!out.status.success(), "admin {args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The host-token and re-enrolment commands of the admin CLI against the dev database.
+#[test]
+fn host_token_limits_and_reenrol_from_the_cli() {
+    let dev = start_dev(&[]);
+    let (token, note) = ok(&dev, &["host-token", "create", "--region", "us-east-1", "--uses", "3", "--ttl", "30m"]);
+    assert!(token.trim().starts_with("nmbh_"), "{token}");
+    assert!(note.contains("3 use(s)") && note.contains("valid until"), "{note}");
+    let (token, note) = ok(&dev, &["host-token", "create", "--region", "us-east-1"]);
+    assert!(token.trim().starts_with("nmbh_") && note.contains("1 use(s)"), "{note}");
+    assert!(fails(&dev, &["host-token", "create", "--region", "us-east-1", "--ttl", "1w"]).contains("30m"));
+    assert!(fails(&dev, &["host-token", "create", "--region", "us-east-1", "--uses", "0"]).contains("uses"));
+
+    // `hosts` alone still lists; `hosts list` is the same table.
+    let (table, _) = ok(&dev, &["hosts"]);
+    assert_eq!(ok(&dev, &["hosts", "list"]).0, table);
+    let host = table.lines().nth(1).and_then(|l| l.split_whitespace().next()).expect("the dev host").to_owned();
+    let (token, note) = ok(&dev, &["hosts", "re-enrol", &host, "--ttl", "10m"]);
+    assert!(token.trim().starts_with("nmbh_"), "{token}");
+    assert!(note.contains(&host) && note.contains("revoked"), "{note}");
+    fails(&dev, &["hosts", "re-enrol", "no-such-host"]);
 }

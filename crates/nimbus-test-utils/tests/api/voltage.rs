@@ -134,16 +134,8 @@ async fn hostnode_ids_are_per_organization() {
     let r = s.http.get(format!("{}/api/v1/hostnodes/{a_id}", s.url)).header("x-api-token", &b_key).send().await.unwrap();
     assert_eq!(r.status(), 404);
     // A VM names its host by its org's id.
-    s.expect("POST", "/ssh-keys", Some(json!({"name": "k", "public_key": PUBKEY})), 200).await;
-    let v = s
-        .expect(
-            "POST",
-            "/instance-operations/launch",
-            Some(json!({"region_name": "us-east-1", "instance_type_name": "gpu_1x_h100_sxm5", "ssh_key_names": ["k"]})),
-            200,
-        )
-        .await;
-    let id = v["data"]["instance_ids"][0].as_str().unwrap().to_owned();
+    crate::add_key(&s, "k").await;
+    let id = crate::launch(&s, &s.key, "gpu_1x_h100_sxm5", "k").await;
     s.wait_status(&s.key, &id, "active").await;
     let (st, vms) = vp(&s, "GET", "/virtual-machines/", None).await;
     assert_eq!(st, 200, "{vms}");
