@@ -16,7 +16,13 @@ pub fn init_tracing() {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
+/// `/var/lib/nimbus/<suffix>` for root, `~/.local/share/nimbus/<suffix>` for anyone else.
+/// Root's home is 0700: an unprivileged instance's launcher, which runs as the instance's own
+/// uid range, could not traverse it to reach the instance's directories.
 pub fn default_data_dir(suffix: &str) -> PathBuf {
+    if nimbus_driver::container::inventory::is_root() {
+        return PathBuf::from("/var/lib/nimbus").join(suffix);
+    }
     let base = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
     base.join(".local/share/nimbus").join(suffix)
 }
