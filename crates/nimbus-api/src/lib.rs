@@ -10,6 +10,7 @@ pub mod auth;
 pub mod authfail;
 pub mod clusters;
 pub mod idempotency;
+pub mod input;
 pub mod lambda;
 pub mod middleware;
 pub mod native;

@@ -145,7 +145,7 @@ struct Pager {
 /// The query string's pairs, strictly percent-decoded (so `pagination%2Elimit` is
 /// `pagination.limit`); a malformed one is INVALID_ARGUMENT naming the parameter.
 fn query_pairs(q: Option<&str>) -> Result<Vec<(String, String)>, ClError> {
-    Ok(crate::middleware::input::query_pairs(q)?)
+    Ok(crate::input::query_pairs(q)?)
 }
 
 fn pager(pairs: &[(String, String)]) -> Result<Pager, ClError> {

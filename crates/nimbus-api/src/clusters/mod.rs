@@ -16,7 +16,7 @@ use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::middleware::input::{self, InputError};
+use crate::input::{self, InputError};
 use crate::ApiState;
 
 /// The clusters router and its OpenAPI document, from the same handler list.

@@ -8,7 +8,7 @@ use axum::Json;
 use nimbus_api_types::lambda::{ErrorBody, ErrorDetail};
 use nimbus_core::{ConflictReason, Error};
 
-use crate::middleware::input::InputError;
+use crate::input::InputError;
 
 #[derive(Debug)]
 pub struct LambdaError(pub Error);

@@ -9,7 +9,7 @@ use nimbus_core::Error;
 use serde::de::DeserializeOwned;
 
 use super::LambdaError;
-use crate::middleware::input;
+use crate::input;
 use crate::ratelimit::RouteClass;
 use crate::ApiState;
 

@@ -8,7 +8,7 @@ use nimbus_api_types::native::{ErrorDetails, ErrorEnvelope, ErrorInfo};
 use nimbus_core::Error;
 
 use super::handlers::metadata;
-use crate::middleware::input::InputError;
+use crate::input::InputError;
 
 #[derive(Debug)]
 pub struct NativeError {

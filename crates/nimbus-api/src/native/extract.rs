@@ -74,7 +74,7 @@ impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<ApiState> for Na
     type Rejection = NativeError;
 
     async fn from_request(req: Request, _: &ApiState) -> Result<Self, Self::Rejection> {
-        Ok(NativeJson(crate::middleware::input::json_object(req).await?))
+        Ok(NativeJson(crate::input::json_object(req).await?))
     }
 }
 
@@ -86,6 +86,6 @@ impl<T: serde::de::DeserializeOwned + Send> FromRequestParts<ApiState> for Nativ
     type Rejection = NativeError;
 
     async fn from_request_parts(parts: &mut Parts, _: &ApiState) -> Result<Self, Self::Rejection> {
-        Ok(NativePath(crate::middleware::input::path_params(parts).await?))
+        Ok(NativePath(crate::input::path_params(parts).await?))
     }
 }

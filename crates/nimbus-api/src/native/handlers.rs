@@ -58,7 +58,7 @@ pub(super) fn render(i: &Instance) -> w::Instance {
 
 /// The query string's pairs, strictly percent-decoded; a malformed one names the parameter.
 pub(super) fn query_pairs(raw: Option<String>) -> Result<Vec<(String, String)>, NativeError> {
-    Ok(crate::middleware::input::query_pairs(raw.as_deref())?)
+    Ok(crate::input::query_pairs(raw.as_deref())?)
 }
 
 const SORTS: &[&str] = &["created_at", "updated_at", "name", "status", "region", "instance_type"];

@@ -8,7 +8,7 @@ use axum::Json;
 use nimbus_api_types::voltage as w;
 use nimbus_core::Error;
 
-use crate::middleware::input::InputError;
+use crate::input::InputError;
 
 /// The answers every keyed operation documents besides its own: no key, a missing permission, a
 /// rate limit (`responses(..., KeyErrors)` in a handler's annotation).

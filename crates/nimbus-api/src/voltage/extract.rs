@@ -8,7 +8,7 @@ use nimbus_core::auth::Actor;
 use nimbus_core::Error;
 
 use super::VpError;
-use crate::middleware::input;
+use crate::input;
 use crate::ApiState;
 
 pub struct VpActor(pub Actor);
