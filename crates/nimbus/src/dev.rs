@@ -367,6 +367,10 @@ pub async fn run_dev(d: DevArgs) -> anyhow::Result<()> {
     // re-registers with the secret in its agent.json.
     let token = admin::host_token_create(&control, &d.region).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let listener = TcpListener::bind(&d.listen).await.with_context(|| format!("binding {}", d.listen))?;
+    if listener.local_addr().is_ok_and(|a| !a.ip().is_loopback()) {
+        // dev is for one machine; anything reachable from others wants `nimbus server` (HTTPS).
+        tracing::warn!(listen = %d.listen, "nimbus dev serves plain HTTP; API keys sent to this address cross the network in the clear");
+    }
     let agent_dir = dir.join("agent");
     std::fs::create_dir_all(&agent_dir)?;
     // The driver first: a missing image is built (with progress) before anything listens.
