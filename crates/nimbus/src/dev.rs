@@ -138,7 +138,60 @@ pub struct DriverArgs {
     #[command(flatten)]
     pub offer: OfferArgs,
     #[command(flatten)]
+    pub net: HostNetArgs,
+    #[command(flatten)]
     pub sim: SimArgs,
+}
+
+/// The names and addresses a container host's instances live under. Several agents on one
+/// machine (a test bed of hosts) each need their own bridge and subnet; every name the driver
+/// makes (network namespaces `<bridge>-…`, the cgroup parent `nimbus-<bridge>`, the nftables
+/// tables named after the bridge) follows from the bridge's name, so a distinct bridge is enough.
+#[derive(clap::Args, Debug, Clone)]
+pub struct HostNetArgs {
+    /// The host's instance bridge (at most 15 characters: letters, digits, `-`, `_`).
+    #[arg(long, default_value = "nimbus0")]
+    pub bridge: String,
+    /// The instances' subnet on that bridge; the bridge takes its first address.
+    #[arg(long, default_value = "10.200.0.0/16")]
+    pub instance_subnet: String,
+}
+
+/// What `HostNetArgs` resolve to: bridge, gateway, prefix length, namespace prefix, cgroup parent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostNet {
+    pub bridge: String,
+    pub gateway: std::net::Ipv4Addr,
+    pub prefix_len: u8,
+    pub ns_prefix: String,
+    pub cgroup_parent: String,
+}
+
+impl HostNetArgs {
+    pub fn resolve(&self) -> anyhow::Result<HostNet> {
+        let b = &self.bridge;
+        if b.is_empty() || b.len() > 15 || !b.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            bail!("--bridge {b:?}: 1 to 15 characters of letters, digits, '-' and '_' (a Linux interface name)");
+        }
+        let (addr, len) = self.instance_subnet.split_once('/').context("--instance-subnet takes A.B.C.D/N")?;
+        let addr: std::net::Ipv4Addr = addr.parse().with_context(|| format!("--instance-subnet {:?}", self.instance_subnet))?;
+        let prefix_len: u8 = len.parse().with_context(|| format!("--instance-subnet {:?}: bad prefix length", self.instance_subnet))?;
+        if !(8..=28).contains(&prefix_len) {
+            bail!("--instance-subnet {:?}: the prefix length must be 8 to 28", self.instance_subnet);
+        }
+        let mask = u32::MAX << (32 - u32::from(prefix_len));
+        if u32::from(addr) & !mask != 0 {
+            bail!(
+                "--instance-subnet {:?}: host bits are set (the network is {}/{prefix_len})",
+                self.instance_subnet,
+                std::net::Ipv4Addr::from(u32::from(addr) & mask)
+            );
+        }
+        // The default host keeps the names it always had, so existing instances are adopted.
+        let (ns_prefix, cgroup_parent) =
+            if b == "nimbus0" { ("nimbus-".to_owned(), "nimbus".to_owned()) } else { (format!("{b}-"), format!("nimbus-{b}")) };
+        Ok(HostNet { bridge: b.clone(), gateway: std::net::Ipv4Addr::from(u32::from(addr) + 1), prefix_len, ns_prefix, cgroup_parent })
+    }
 }
 
 /// What a container host offers, when it should differ from the machine (overcommit).
@@ -223,7 +276,7 @@ fn local_hostname() -> String {
 /// The driver named on the command line. `container` needs root and builds the default image on
 /// first use.
 pub async fn make_driver(args: &DriverArgs, dir: &Path) -> anyhow::Result<Arc<dyn Driver>> {
-    let DriverArgs { driver: name, sim, images, offer } = args;
+    let DriverArgs { driver: name, sim, images, offer, net } = args;
     match name.as_str() {
         "sim" => {
             announce_sim();
@@ -240,7 +293,13 @@ pub async fn make_driver(args: &DriverArgs, dir: &Path) -> anyhow::Result<Arc<dy
                 crate::image::ensure_default(&d, "debian-12", None)
             })
             .await??;
+            let host_net = net.resolve()?;
             let mut cfg = nimbus_driver::container::driver::ContainerConfig::new(&dir.join("container"), &images_dir);
+            cfg.bridge = host_net.bridge;
+            cfg.gateway = host_net.gateway;
+            cfg.prefix_len = host_net.prefix_len;
+            cfg.ns_prefix = host_net.ns_prefix;
+            cfg.cgroup_parent = host_net.cgroup_parent;
             cfg.outbound_nat = offer.outbound_nat;
             cfg.launcher = Some(nimbus_driver::container::runtime::Launcher::current_exe()?);
             if offer.offer_vcpus.is_some() || offer.offer_memory_gib.is_some() || offer.offer_disk_gib.is_some() {
@@ -413,4 +472,43 @@ pub async fn run_dev(d: DevArgs) -> anyhow::Result<()> {
     let _ = agent_task.await;
     handle.shutdown().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HostNetArgs;
+
+    fn net(bridge: &str, subnet: &str) -> anyhow::Result<super::HostNet> {
+        HostNetArgs { bridge: bridge.into(), instance_subnet: subnet.into() }.resolve()
+    }
+
+    #[test]
+    fn the_default_host_keeps_its_names_and_others_get_their_own() {
+        let d = net("nimbus0", "10.200.0.0/16").expect("default");
+        let default = nimbus_driver::container::driver::ContainerConfig::new(std::path::Path::new("/x"), std::path::Path::new("/y"));
+        assert_eq!(
+            (d.bridge.as_str(), d.gateway, d.prefix_len, d.ns_prefix.as_str(), d.cgroup_parent.as_str()),
+            (default.bridge.as_str(), default.gateway, default.prefix_len, default.ns_prefix.as_str(), default.cgroup_parent.as_str()),
+            "the flags' defaults are the driver's"
+        );
+        let h = net("nb-h2", "10.201.4.0/24").expect("second host");
+        assert_eq!(h.gateway, std::net::Ipv4Addr::new(10, 201, 4, 1));
+        assert_eq!((h.ns_prefix.as_str(), h.cgroup_parent.as_str()), ("nb-h2-", "nimbus-nb-h2"));
+    }
+
+    #[test]
+    fn bad_bridges_and_subnets_are_refused() {
+        for (b, s) in [
+            ("", "10.0.0.0/24"),
+            ("a-bridge-name-too-long", "10.0.0.0/24"),
+            ("br/0", "10.0.0.0/24"),
+            ("br0", "10.0.0.0"),
+            ("br0", "10.0.0.0/33"),
+            ("br0", "10.0.0.0/30"),
+            ("br0", "10.0.0.1/24"),
+            ("br0", "fd00::/64"),
+        ] {
+            assert!(net(b, s).is_err(), "{b} {s}");
+        }
+    }
 }
