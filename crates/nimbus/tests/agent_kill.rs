@@ -26,9 +26,16 @@ fn images() -> Option<PathBuf> {
     Some(d)
 }
 
+/// This test's own bridge (and so its own namespaces, cgroup parent and nftables tables), never
+/// the machine's default `nimbus0`.
+fn bridge() -> String {
+    format!("nk{}", std::process::id() % 100_000)
+}
+
 fn agent(url: &str, token: &str, dir: &std::path::Path, images: &std::path::Path) -> Child {
+    let subnet = format!("10.233.{}.0/24", std::process::id() % 200);
     Command::new(BIN)
-        .args(["agent", "--server", url, "--token", token, "--data-dir"])
+        .args(["agent", "--server", url, "--token", token, "--bridge", &bridge(), "--instance-subnet", &subnet, "--data-dir"])
         .arg(dir)
         .arg("--images-dir")
         .arg(images)
@@ -61,7 +68,7 @@ async fn sigkill_mid_launch_adopts_and_leaks_nothing() {
     let v = s.expect("POST", "/instance-operations/launch", Some(launch.clone()), 200).await;
     let first = v["data"]["instance_ids"][0].as_str().unwrap().to_owned();
     s.wait_status(&s.key, &first, "active").await;
-    let cg = Cgroups::detect(std::path::Path::new("/sys/fs/cgroup"), "nimbus").unwrap();
+    let cg = Cgroups::detect(std::path::Path::new("/sys/fs/cgroup"), &format!("nimbus-{}", bridge())).unwrap();
     let pids_before = cg.pids(&first);
 
     // Launch a second instance and kill the agent while it is bringing it up.
@@ -110,10 +117,19 @@ async fn sigkill_mid_launch_adopts_and_leaks_nothing() {
     }
     assert_eq!(count_ours(&cg, &ids), 0, "no cgroup left");
     for id in &ids {
-        assert!(!std::path::Path::new(&format!("/run/netns/nimbus-{}", &id[..12])).exists(), "netns of {id} left");
+        assert!(!std::path::Path::new(&format!("/run/netns/{}-{}", bridge(), &id[..12])).exists(), "netns of {id} left");
         assert!(!dir.join("container/instances").join(id).exists(), "instance dir of {id} left");
     }
     a.kill().unwrap();
     a.wait().unwrap();
+    // What the agent keeps for the host's lifetime: its bridge, firewall tables, cgroup parent.
+    let b = bridge();
+    let _ = Command::new("ip").args(["link", "del", &b]).status();
+    for family in ["inet", "bridge"] {
+        let _ = Command::new("nft").args(["delete", "table", family, &format!("nimbus_{b}")]).status();
+    }
+    for h in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+        let _ = std::fs::remove_dir(h.path().join(format!("nimbus-{b}")));
+    }
     s.shutdown().await;
 }
