@@ -22,13 +22,13 @@
 //! per-instance ledgers) are the driver's to keep private.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use nimbus_driver::files::write_private;
 use nimbus_driver::Driver;
 use nimbus_proto as proto;
 use serde::{Deserialize, Serialize};
@@ -131,22 +131,6 @@ fn tighten(path: &Path, mode: u32) -> std::io::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
     }
-}
-
-/// Writes `bytes` to `path` atomically with mode 0600: a temp file beside it is created with
-/// that mode (never readable by others, not even briefly), synced, and renamed over `path`.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| std::io::Error::other("no file name"))?;
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    match std::fs::remove_file(&tmp) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(PRIVATE_FILE_MODE).open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)
 }
 
 /// An instance id the agent may use as a file name.

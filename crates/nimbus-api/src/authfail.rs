@@ -31,20 +31,6 @@ use nimbus_core::Error;
 
 use crate::ApiState;
 
-/// First path segments under `/api/v1` that belong to the Voltage Park dialect (the Lambda
-/// dialect serves the others; a test keeps this list equal to the Voltage document's paths).
-const VOLTAGE_SEGMENTS: &[&str] = &[
-    "bare-metal",
-    "billing",
-    "hostnodes",
-    "instant-deploy-presets",
-    "locations",
-    "organization",
-    "storage",
-    "validate",
-    "virtual-machines",
-];
-
 /// The layer's state: the failure table.
 #[derive(Clone)]
 pub struct Guard {
@@ -105,28 +91,17 @@ fn client_key(ip: IpAddr) -> IpAddr {
 
 /// 429 with `Retry-After` in the error shape of the dialect the path belongs to.
 fn rate_limited(path: &str, wait: Duration) -> Response {
-    let e = Error::RateLimited { retry_after: wait };
-    if path == "/v1" || path.starts_with("/v1/") {
-        return crate::native::NativeError::from(e).into_response();
-    }
-    if let Some(rest) = path.strip_prefix("/api/v1/") {
-        let segment = rest.split('/').next().unwrap_or_default();
-        if segment == "clusters" {
-            return crate::clusters::ClError(e).into_response();
-        }
-        if VOLTAGE_SEGMENTS.contains(&segment) {
-            return crate::voltage::VpError::from(e).into_response();
-        }
-        return crate::lambda::LambdaError(e).into_response();
-    }
+    let e = || Error::RateLimited { retry_after: wait };
     if path.starts_with("/internal/agent/") {
         // The agent dialect's body, with the status a rate limit has everywhere (its own error
         // mapping has no rate-limit case: nothing else limits agents).
-        let body = nimbus_proto::AgentError { code: e.code().to_owned(), message: e.external_message() };
-        return crate::middleware::finish_error_response((StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response(), &e);
+        let body = nimbus_proto::AgentError { code: e().code().to_owned(), message: e().external_message() };
+        return crate::middleware::finish_error_response((StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response(), &e());
     }
-    let body = serde_json::json!({"error": {"code": "too_many_requests", "message": "Too many failed authentications."}});
-    crate::middleware::finish_error_response((StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response(), &e)
+    crate::middleware::dialect_error(path, e()).unwrap_or_else(|| {
+        let body = serde_json::json!({"error": {"code": "too_many_requests", "message": "Too many failed authentications."}});
+        crate::middleware::finish_error_response((StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response(), &e())
+    })
 }
 
 /// Failure buckets by client address, GCRA: one timestamp per address.
@@ -263,23 +238,6 @@ mod tests {
         assert_eq!(client_key(a), client_key(b));
         assert_ne!(client_key(a), client_key(c));
         assert_eq!(client_key("::ffff:192.0.2.7".parse().unwrap()), ip(7));
-    }
-
-    #[test]
-    fn voltage_segments_match_the_voltage_document() {
-        let (_, doc) = crate::voltage::api();
-        let mut from_doc: Vec<String> =
-            doc.paths.paths.keys().filter_map(|p| p.trim_start_matches('/').split('/').next().map(str::to_owned)).collect();
-        from_doc.sort();
-        from_doc.dedup();
-        assert_eq!(from_doc, VOLTAGE_SEGMENTS.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>());
-        // And none of them is a Lambda or clusters path.
-        for (_, other) in [crate::lambda::api(), crate::clusters::api()] {
-            for p in other.paths.paths.keys() {
-                let seg = p.trim_start_matches('/').split('/').next().unwrap_or_default();
-                assert!(!VOLTAGE_SEGMENTS.contains(&seg), "{p}");
-            }
-        }
     }
 
     /// A router whose handler answers 401 unless the key is `good`, behind the guard, with the

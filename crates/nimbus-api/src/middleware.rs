@@ -109,20 +109,28 @@ fn api_v1_owner(rest: &str) -> ApiV1 {
     }
 }
 
+/// `e` in the error shape of the tenant dialect `path` belongs to (native under `/v1`; Lambda,
+/// Voltage Park or clusters under `/api/v1/`), for answers given before any dialect's handler
+/// runs; `None` for a path outside them.
+pub fn dialect_error(path: &str, e: nimbus_core::Error) -> Option<Response> {
+    if path.starts_with("/v1/") || path == "/v1" {
+        return Some(crate::native::NativeError::from(e).into_response());
+    }
+    let rest = path.strip_prefix("/api/v1/")?;
+    Some(match api_v1_owner(rest) {
+        ApiV1::Clusters => crate::clusters::ClError(e).into_response(),
+        ApiV1::Voltage => crate::voltage::VpError::from(e).into_response(),
+        ApiV1::Lambda => crate::lambda::LambdaError(e).into_response(),
+    })
+}
+
 /// An unknown endpoint: 404 in the error shape of the dialect whose paths it is among.
 pub async fn not_found(uri: axum::http::Uri) -> Response {
-    let e = || nimbus_core::Error::NotFound { kind: "endpoint", id: uri.path().to_owned() };
-    if uri.path().starts_with("/v1/") || uri.path() == "/v1" {
-        return crate::native::NativeError::from(e()).into_response();
-    }
-    if let Some(rest) = uri.path().strip_prefix("/api/v1/") {
-        return match api_v1_owner(rest) {
-            ApiV1::Clusters => crate::clusters::ClError(e()).into_response(),
-            ApiV1::Voltage => crate::voltage::VpError::from(e()).into_response(),
-            ApiV1::Lambda => crate::lambda::LambdaError(e()).into_response(),
-        };
-    }
-    (StatusCode::NOT_FOUND, axum::Json(serde_json::json!({"error": {"code": "not_found", "message": "No such endpoint."}}))).into_response()
+    let e = nimbus_core::Error::NotFound { kind: "endpoint", id: uri.path().to_owned() };
+    dialect_error(uri.path(), e).unwrap_or_else(|| {
+        (StatusCode::NOT_FOUND, axum::Json(serde_json::json!({"error": {"code": "not_found", "message": "No such endpoint."}})))
+            .into_response()
+    })
 }
 
 /// Longest a tenant request may take. Some clients (SkyPilot) set no HTTP timeout at all, so a
@@ -134,5 +142,28 @@ pub async fn lambda_deadline(req: Request, next: Next) -> Response {
         Ok(r) => r,
         Err(_) => crate::lambda::LambdaError(nimbus_core::Error::Unavailable { message: "the request took too long; retry it".into() })
             .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `api_v1_owner` tells the dialects under `/api/v1` apart by their paths' first segments,
+    /// which works only while no segment is in two documents.
+    #[test]
+    fn the_dialects_under_api_v1_have_disjoint_first_segments() {
+        let docs = [("lambda", crate::lambda::api().1), ("voltage", crate::voltage::api().1), ("clusters", crate::clusters::api().1)];
+        for (i, (a, da)) in docs.iter().enumerate() {
+            for (b, db) in &docs[i + 1..] {
+                let theirs = roots(db);
+                for r in roots(da) {
+                    assert!(!theirs.contains(&r), "/api/v1/{r} is in both the {a} and the {b} document");
+                }
+            }
+        }
+        assert!(matches!(api_v1_owner("virtual-machines/x"), ApiV1::Voltage));
+        assert!(matches!(api_v1_owner("clusters"), ApiV1::Clusters));
+        assert!(matches!(api_v1_owner("instances"), ApiV1::Lambda));
     }
 }

@@ -232,7 +232,8 @@ impl Listen {
         Ok(())
     }
 
-    async fn serve_conn(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, admitted: Admitted, stop: watch::Receiver<bool>) {
+    /// `_admitted` holds the connection's place in the caps until this returns.
+    async fn serve_conn(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, _admitted: Admitted, stop: watch::Receiver<bool>) {
         let _ = stream.set_nodelay(true);
         let Some(tls) = &self.tls else {
             return self.serve_io(stream, peer, stop).await;
@@ -249,7 +250,6 @@ impl Listen {
             Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
         }
-        drop(admitted);
     }
 
     async fn serve_io<I>(&self, io: I, peer: SocketAddr, mut stop: watch::Receiver<bool>)

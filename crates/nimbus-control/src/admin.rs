@@ -6,7 +6,7 @@ use nimbus_core::firewall::default_global_rules;
 use nimbus_core::ids::*;
 use nimbus_core::model::{ApiKey, Org};
 use nimbus_core::Error;
-use nimbus_store::{NewEvent, Store};
+use nimbus_store::{NewEvent, NewHostToken, Store};
 use serde_json::json;
 
 use crate::Control;
@@ -260,8 +260,8 @@ async fn mint_host_token_in_txn(
     let id = HostTokenId::generate();
     let now = c.now();
     let expires_at = now.saturating_add(limits.ttl_secs.saturating_mul(1_000_000));
-    Store::host_token_insert_in_txn(tx, &id, region, &s.prefix, &s.hash, now).await?;
-    Store::host_token_set_limits_in_txn(tx, &id, limits.uses, expires_at, host).await?;
+    let t = NewHostToken { id: &id, region, prefix: &s.prefix, secret_hash: &s.hash, created_at: now, uses: limits.uses, expires_at, host };
+    Store::host_token_insert_in_txn(tx, &t).await?;
     Ok(MintedHostToken { id, secret: s.plain, region: region.to_owned(), uses: limits.uses, expires_at, host_id: host.cloned() })
 }
 

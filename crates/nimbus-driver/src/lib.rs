@@ -10,6 +10,7 @@
 //! - `destroy` is idempotent and leaves nothing behind (processes, mounts, cgroups, links).
 
 pub mod container;
+pub mod files;
 pub mod sim;
 
 use async_trait::async_trait;

@@ -5,7 +5,7 @@
 //! `Authorization: Bearer …`, which the server checks before it reads the body:
 //! 1. `POST register` with a host token (first registration) or the host secret (every later
 //!    one) and the inventory → a host id and a host secret (the agent keeps both in its data dir,
-//!    mode 0600 in a 0700 directory). Host tokens expire and have a number of uses; a token only
+//!    `agent.json`, mode 0600). Host tokens expire and have a number of uses; a token only
 //!    enrols a machine id no host has yet, so a registered host re-registers with its secret
 //!    (which it keeps) or, when that is lost, with a re-enrolment token an operator minted for
 //!    it (`nimbus admin hosts re-enrol HOST`), which gives it a new secret.

@@ -9,6 +9,18 @@ use sqlx::any::AnyRow;
 use crate::rows::{self, get};
 use crate::{db_err, Conn, Store};
 
+/// A host token to insert (its secret only as a hash).
+pub struct NewHostToken<'a> {
+    pub id: &'a HostTokenId,
+    pub region: &'a str,
+    pub prefix: &'a str,
+    pub secret_hash: &'a str,
+    pub created_at: i64,
+    pub uses: i64,
+    pub expires_at: i64,
+    pub host: Option<&'a HostId>,
+}
+
 /// What an agent presents when it registers, and what the registration does with it.
 ///
 /// `host: None` enrols a new host (`token_id`, `region` and `secret_hash` are required).
@@ -182,27 +194,24 @@ impl Store {
         Ok(r.rows_affected() == 1)
     }
 
-    /// Gives a freshly inserted host token (`host_token_insert_in_txn`, which leaves it unusable)
-    /// its limits: `uses` registrations until `expires_at` (µs), and for a re-enrolment token the
-    /// one host it may take over.
-    pub async fn host_token_set_limits_in_txn(
-        tx: &mut Conn,
-        id: &HostTokenId,
-        uses: i64,
-        expires_at: i64,
-        host: Option<&HostId>,
-    ) -> Result<(), Error> {
-        let r = sqlx::query("UPDATE host_tokens SET uses_left = $1, expires_at = $2, host_id = $3 WHERE id = $4")
-            .bind(uses)
-            .bind(expires_at)
-            .bind(host.map(HostId::as_str))
-            .bind(id.as_str())
-            .execute(tx)
-            .await
-            .map_err(db_err("limiting host token"))?;
-        if r.rows_affected() != 1 {
-            return Err(Error::not_found("host token", id.as_str()));
-        }
+    /// Inserts a host token: `uses` registrations until `expires_at` (µs), and for a re-enrolment
+    /// token the one host it may take over.
+    pub async fn host_token_insert_in_txn(tx: &mut Conn, t: &NewHostToken<'_>) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO host_tokens (id, region, prefix, secret_hash, created_at, uses_left, expires_at, host_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(t.id.as_str())
+        .bind(t.region)
+        .bind(t.prefix)
+        .bind(t.secret_hash)
+        .bind(t.created_at)
+        .bind(t.uses)
+        .bind(t.expires_at)
+        .bind(t.host.map(HostId::as_str))
+        .execute(tx)
+        .await
+        .map_err(db_err("inserting host token"))?;
         Ok(())
     }
 

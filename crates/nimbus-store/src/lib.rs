@@ -36,7 +36,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions};
 
 pub use events::NewEvent;
-pub use hosts::HostRegistration;
+pub use hosts::{HostRegistration, NewHostToken};
 pub use idempotency::{Claim, StoredResponse};
 pub use instances::{InstanceUpdate, NewInstance};
 pub use service_accounts::ServiceAccountChange;

@@ -269,37 +269,4 @@ impl Store {
             .map_err(db_err("revoking api key"))?;
         Ok(r.rows_affected() == 1)
     }
-
-    pub async fn host_token_insert_in_txn(
-        tx: &mut Conn,
-        id: &HostTokenId,
-        region: &str,
-        prefix: &str,
-        secret_hash: &str,
-        now: i64,
-    ) -> Result<(), Error> {
-        sqlx::query("INSERT INTO host_tokens (id, region, prefix, secret_hash, created_at) VALUES ($1, $2, $3, $4, $5)")
-            .bind(id.as_str())
-            .bind(region)
-            .bind(prefix)
-            .bind(secret_hash)
-            .bind(now)
-            .execute(tx)
-            .await
-            .map_err(db_err("inserting host token"))?;
-        Ok(())
-    }
-
-    /// `(token id, region)` of the live host token with this hash.
-    pub async fn host_token_by_hash(&self, secret_hash: &str) -> Result<Option<(HostTokenId, String)>, Error> {
-        let row = sqlx::query("SELECT id, region FROM host_tokens WHERE secret_hash = $1 AND revoked_at IS NULL")
-            .bind(secret_hash)
-            .fetch_optional(self.r())
-            .await
-            .map_err(db_err("looking up host token"))?;
-        match row {
-            None => Ok(None),
-            Some(r) => Ok(Some((HostTokenId::from_trusted(get(&r, "id")?), get(&r, "region")?))),
-        }
-    }
 }

@@ -152,13 +152,17 @@ pub(crate) struct Phase {
     pub(crate) latencies: Vec<Duration>,
 }
 
+/// The `p` quantile (0..=1, nearest rank) of sorted latencies; zero for none.
+pub(crate) fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
 impl Phase {
     pub(crate) fn pct(&self, p: f64) -> Duration {
-        if self.latencies.is_empty() {
-            return Duration::ZERO;
-        }
-        let i = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
-        self.latencies[i]
+        pct(&self.latencies, p)
     }
 
     /// The header of the table `print` writes rows of.

@@ -25,6 +25,8 @@ use nimbus_core::auth::Permissions;
 use nimbus_core::clock::SystemClock;
 use nimbus_store::Store;
 
+use crate::bench::pct;
+
 #[derive(clap::Args)]
 pub struct LaunchArgs {
     /// Sequential rounds per phase.
@@ -45,13 +47,6 @@ pub struct LaunchArgs {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 fn ssh_true(key: &Path, ip: &str) -> bool {

@@ -15,15 +15,7 @@ use nimbus_core::auth::Permissions;
 use nimbus_core::clock::SystemClock;
 use nimbus_store::Store;
 
-use crate::bench::temp_dir;
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
+use crate::bench::{pct, temp_dir};
 
 async fn timed(client: &reqwest::Client, url: &str, key: &str, n: usize, out: &mut Vec<Duration>) -> anyhow::Result<()> {
     for _ in 0..n {

@@ -12,9 +12,8 @@
 //! listed too, so orphans of a crashed agent are found and removed.
 
 use std::collections::BTreeSet;
-use std::io::Write as _;
 use std::net::Ipv4Addr;
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -222,15 +221,9 @@ impl ContainerDriver {
     fn write_ledger(&self, id: &str, l: &Ledger) -> Result<()> {
         let dir = self.dir(id);
         std::fs::create_dir_all(&dir).map_err(|e| err(id, e))?;
-        // The ledger holds the tenant's user_data and keys: created 0600 (never readable by
-        // other host users, not even between write and chmod), then renamed into place.
-        let tmp = dir.join("ledger.json.tmp");
-        let _ = std::fs::remove_file(&tmp);
+        // The ledger holds the tenant's user_data and keys.
         let body = serde_json::to_vec_pretty(l).map_err(|e| err(id, e))?;
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(|e| err(id, e))?;
-        f.write_all(&body).map_err(|e| err(id, e))?;
-        f.sync_all().map_err(|e| err(id, e))?;
-        std::fs::rename(&tmp, dir.join("ledger.json")).map_err(|e| err(id, e))
+        crate::files::write_private(&dir.join("ledger.json"), &body).map_err(|e| err(id, e))
     }
 
     fn ids(&self) -> Vec<String> {
