@@ -84,6 +84,7 @@ pub async fn register(c: &Control, req: proto::RegisterRequest) -> Result<proto:
             return Err(Error::invalid("public_ip", format!("{ip:?} is not an IP address")));
         }
     }
+    let network = inv.network.as_ref().map(crate::fabric::validate).transpose()?;
     if inv.vcpus < 0 || inv.memory_mib < 0 || inv.disk_gib < 0 || inv.gpus.len() > 64 {
         return Err(Error::invalid("inventory", "sizes must be non-negative and at most 64 GPUs"));
     }
@@ -119,6 +120,13 @@ pub async fn register(c: &Control, req: proto::RegisterRequest) -> Result<proto:
             (host, Some(id), Some(fresh.hash.clone()), region, kind)
         }
     };
+    let before = match &host {
+        Some(h) => Store::host_list_in(&mut tx, Some(&region), false).await?.into_iter().find(|x| &x.id == h),
+        None => None,
+    };
+    if let Some((underlay, subnet)) = network {
+        crate::fabric::check_free(&mut tx, &region, host.as_ref(), underlay, subnet).await?;
+    }
     let host_id = Store::host_register_in_txn(
         &mut tx,
         &HostRegistration {
@@ -133,6 +141,7 @@ pub async fn register(c: &Control, req: proto::RegisterRequest) -> Result<proto:
             gpus: &gpus,
             secret_hash: new_secret_hash.as_deref(),
             public_ip: inv.public_ip.as_deref(),
+            network: inv.network.as_ref().map(|n| (n.underlay.as_str(), n.instance_subnet.as_str())),
             now,
         },
     )
@@ -151,6 +160,11 @@ pub async fn register(c: &Control, req: proto::RegisterRequest) -> Result<proto:
     )
     .await?;
     Store::commit(tx).await?;
+    let was = before.as_ref().map(|h| (h.underlay.clone(), h.instance_subnet.clone()));
+    let now_net = inv.network.as_ref().map(|n| (Some(n.underlay.clone()), Some(n.instance_subnet.clone())));
+    if was.clone().unwrap_or((None, None)) != now_net.unwrap_or((None, None)) {
+        crate::fabric::peers_changed(c, &region, &host_id).await?;
+    }
     Ok(proto::RegisterResponse {
         host_id: host_id.to_string(),
         host_secret: if new_secret_hash.is_some() { fresh.plain } else { req.token },
@@ -240,6 +254,8 @@ pub async fn report(c: &Control, host: &HostId, req: proto::ReportRequest) -> Re
     let mut tx = c.store().begin().await?;
     Store::host_seen_in_txn(&mut tx, host, now).await?;
     let mut changed_orgs: Vec<OrgId> = Vec::new();
+    // Orgs whose network gained or lost a member address: their other hosts re-read the members.
+    let mut member_orgs: Vec<OrgId> = Vec::new();
     // Clusters whose nodes' addresses changed: every node's host must re-read its peers.
     let mut changed_clusters: Vec<String> = Vec::new();
     for change in changes {
@@ -247,6 +263,9 @@ pub async fn report(c: &Control, host: &HostId, req: proto::ReportRequest) -> Re
             Change::Transition { index, to, addrs } => {
                 let inst = &instances[index];
                 let ok = Store::instance_transition_in_txn(&mut tx, &inst.id, inst.state, to, &addrs, now).await?;
+                if ok && private_changed(inst, &addrs) {
+                    member_orgs.push(inst.org_id.clone());
+                }
                 if ok && (addrs != InstanceUpdate::default() || to == InstanceState::Terminated) {
                     changed_clusters.extend(inst.cluster_id.clone());
                 }
@@ -268,6 +287,9 @@ pub async fn report(c: &Control, host: &HostId, req: proto::ReportRequest) -> Re
             Change::Addresses { index, addrs } => {
                 let inst = &instances[index];
                 let ok = Store::instance_set_addresses_in_txn(&mut tx, &inst.id, &addrs, now).await?;
+                if ok && private_changed(inst, &addrs) {
+                    member_orgs.push(inst.org_id.clone());
+                }
                 if ok {
                     changed_clusters.extend(inst.cluster_id.clone());
                 }
@@ -313,7 +335,14 @@ pub async fn report(c: &Control, host: &HostId, req: proto::ReportRequest) -> Re
             c.hosts().wake(h);
         }
     }
+    member_orgs.sort();
+    member_orgs.dedup();
+    crate::fabric::members_changed(c, &member_orgs, std::slice::from_ref(host)).await?;
     Ok(proto::ReportResponse { desired_generation: gen })
+}
+
+fn private_changed(inst: &Instance, u: &InstanceUpdate) -> bool {
+    u.private_ip.is_some() && u.private_ip != inst.private_ip
 }
 
 async fn org_event(
@@ -507,6 +536,10 @@ pub async fn desired(c: &Control, host: &HostId, req: proto::DesiredRequest) -> 
         })
         .collect();
     let vpns = crate::vpn::desired_for_host(c, host, &instances).await?;
+    let fabric = match c.store().host_get(host).await? {
+        Some(me) => Some(crate::fabric::for_host(c, &me, &instances).await?),
+        None => None,
+    };
     Ok(proto::DesiredResponse {
         generation: gen,
         instances: desired,
@@ -514,6 +547,7 @@ pub async fn desired(c: &Control, host: &HostId, req: proto::DesiredRequest) -> 
         snapshots: host_snapshots,
         vpns,
         user_data_omitted,
+        fabric,
     })
 }
 

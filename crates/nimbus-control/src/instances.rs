@@ -281,6 +281,8 @@ pub async fn launch(c: &Control, actor: &Actor, spec: LaunchSpec) -> Result<Vec<
     let mut hosts = pinned(Store::host_list_in(&mut tx, Some(&spec.region), true).await?);
     let mut launched = Vec::new();
     let mut woken = Vec::new();
+    // Hosts this launch placed on so far (a cluster's nodes spread over them).
+    let mut used_hosts: Vec<HostId> = Vec::new();
     'each: for _ in 0..spec.quantity {
         // A claim only fails when a concurrent transaction (PostgreSQL) took the capacity
         // first, so every failure means another launch made progress: re-read the hosts and try
@@ -288,6 +290,7 @@ pub async fn launch(c: &Control, actor: &Actor, spec: LaunchSpec) -> Result<Vec<
         for _attempt in 0..MAX_CLAIM_ATTEMPTS {
             let placed = match &spec.whole_hosts {
                 Some(w) => scheduler::place_whole(&hosts, &spec.region, w.gpus_per_node, &w.gpu_model),
+                None if spec.cluster.is_some() => scheduler::place_spread(&hosts, &req, &used_hosts).map(|p| (p, req.resources)),
                 None => scheduler::place(&hosts, &req).map(|p| (p, req.resources)),
             };
             let Some((p, resources)) = placed else { break 'each };
@@ -308,6 +311,7 @@ pub async fn launch(c: &Control, actor: &Actor, spec: LaunchSpec) -> Result<Vec<
             } else {
                 None
             };
+            used_hosts.push(host_id.clone());
             let h = &mut hosts[p.host_index];
             h.used.vcpus += resources.vcpus;
             h.used.memory_mib += resources.memory_mib;
@@ -584,6 +588,10 @@ async fn terminate_once(c: &Control, actor: &Actor, ids: &[String]) -> Result<Ve
     Store::commit(tx).await?;
     for h in &hosts {
         c.hosts().wake(h);
+    }
+    // A terminating instance leaves its org's network now, not when its host reports it gone.
+    if !hosts.is_empty() {
+        crate::fabric::members_changed(c, std::slice::from_ref(&actor.org_id), &hosts).await?;
     }
     reload(c, actor, &found).await
 }

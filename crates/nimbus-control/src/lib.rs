@@ -16,6 +16,7 @@ pub mod capacity;
 pub mod clusters;
 pub mod config;
 pub mod egress;
+pub mod fabric;
 pub mod firewall;
 pub mod idempotency;
 pub mod images;

@@ -76,6 +76,18 @@ pub fn place(hosts: &[Host], req: &Request<'_>) -> Option<Placement> {
     })
 }
 
+/// Like [`place`], but on a host none of `avoid` names while one fits (nodes of a cluster go to
+/// different hosts, as far as there are hosts: one host's loss takes one node, and the
+/// placement exercises the network between hosts); on any host otherwise.
+pub fn place_spread(hosts: &[Host], req: &Request<'_>, avoid: &[nimbus_core::ids::HostId]) -> Option<Placement> {
+    let others: Vec<usize> = (0..hosts.len()).filter(|&i| !avoid.contains(&hosts[i].id)).collect();
+    let subset: Vec<Host> = others.iter().map(|&i| hosts[i].clone()).collect();
+    match place(&subset, req) {
+        Some(p) => Some(Placement { host_index: others[p.host_index], gpu_indices: p.gpu_indices }),
+        None => place(hosts, req),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,6 +119,8 @@ mod tests {
             desired_generation: 1,
             created_at: 0,
             public_ip: None,
+            underlay: None,
+            instance_subnet: None,
         }
     }
 
@@ -159,5 +173,18 @@ mod tests {
         hosts[1].status = HostStatus::Down;
         assert!(place(&hosts, &req(0, "", 3)).is_none());
         assert_eq!(place(&hosts, &req(0, "", 2)).map(|p| p.host_index), Some(0));
+    }
+
+    #[test]
+    fn spread_avoids_used_hosts_while_one_fits() {
+        let hosts = vec![host("us-east-1", 8, &[]), host("us-east-1", 4, &[]), host("us-east-1", 2, &[])];
+        // Best fit alone packs onto the fullest host that fits (index 2)...
+        assert_eq!(place(&hosts, &req(0, "", 1)).map(|p| p.host_index), Some(2));
+        // ...spread goes elsewhere, then back to best fit when every host is used.
+        let avoid = vec![hosts[2].id.clone()];
+        assert_eq!(place_spread(&hosts, &req(0, "", 1), &avoid).map(|p| p.host_index), Some(1));
+        let all: Vec<_> = hosts.iter().map(|h| h.id.clone()).collect();
+        assert_eq!(place_spread(&hosts, &req(0, "", 1), &all).map(|p| p.host_index), Some(2));
+        assert_eq!(place_spread(&hosts, &req(0, "", 5), &[]).map(|p| p.host_index), Some(0));
     }
 }

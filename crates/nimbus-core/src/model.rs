@@ -102,6 +102,10 @@ pub struct Host {
     pub created_at: i64,
     /// Where clients reach this host's forwarded ports (the agent's `--public-ip`).
     pub public_ip: Option<String>,
+    /// Its address between hosts (VXLAN endpoint) and its instances' subnet, when it takes
+    /// part in the region's private network.
+    pub underlay: Option<String>,
+    pub instance_subnet: Option<String>,
 }
 
 impl Host {

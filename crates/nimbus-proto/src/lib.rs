@@ -48,6 +48,46 @@ pub struct Inventory {
     /// The address clients reach this host's forwarded ports on (`--public-ip`).
     #[serde(default)]
     pub public_ip: Option<String>,
+    /// Where this host's instances live and how other hosts reach them (`--underlay`); none
+    /// for a host that takes no part in the region's private network (sim, or a lone host).
+    #[serde(default)]
+    pub network: Option<HostNetwork>,
+}
+
+/// A host's place in its region's private network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostNetwork {
+    /// The host's own address on the network between hosts (its VXLAN endpoint).
+    pub underlay: String,
+    /// The subnet its instances' private addresses come from (`A.B.C.D/N`); the first address
+    /// is the host's gateway on its bridge. Subnets of one region never overlap.
+    pub instance_subnet: String,
+}
+
+/// The region's private network as one host needs it (see docs/architecture.md, "Network").
+///
+/// Every host of a region has a subnet for its instances; instances on different hosts reach
+/// each other through a VXLAN tunnel between the hosts' underlay addresses (one VNI per region),
+/// routed by subnet. Which instance may reach which is decided by the org: an instance accepts
+/// traffic from a private address only when that address belongs to an instance of its own org
+/// (`orgs`), and the port checks of every host guarantee that a private source address is the
+/// instance's own.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fabric {
+    /// VXLAN network identifier of the region.
+    pub vni: u32,
+    /// The other hosts of the region that have a network (complete set).
+    pub peers: Vec<HostNetwork>,
+    /// For every org with an instance on this host: the private addresses of all its instances
+    /// in the region, on every host (complete set; this host's own instances included).
+    pub orgs: Vec<OrgMembers>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrgMembers {
+    /// The org, as `DesiredInstance::tenant` names it.
+    pub tenant: String,
+    pub addrs: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -312,6 +352,10 @@ pub struct DesiredResponse {
     /// `user_data_held`: the agent uses its own copy (their `user_data` here is `None`).
     #[serde(default)]
     pub user_data_omitted: Vec<String>,
+    /// The region's private network; `None` from a server that predates it (the agent then
+    /// keeps what it has).
+    #[serde(default)]
+    pub fabric: Option<Fabric>,
 }
 
 /// A WireGuard gateway: an interface on the host, its peers, and where they may go.

@@ -39,11 +39,13 @@ pub struct HostRegistration<'a> {
     pub secret_hash: Option<&'a str>,
     /// Where clients reach this host's forwarded ports.
     pub public_ip: Option<&'a str>,
+    /// Its underlay address and instance subnet, validated by the caller.
+    pub network: Option<(&'a str, &'a str)>,
     pub now: i64,
 }
 
 const HOST_COLS: &str = "id, name, region, driver, cpu_model, vcpus_total, memory_mib_total, disk_gib_total, \
-    vcpus_used, memory_mib_used, disk_gib_used, status, last_seen_at, desired_generation, created_at, public_ip";
+    vcpus_used, memory_mib_used, disk_gib_used, status, last_seen_at, desired_generation, created_at, public_ip, underlay, instance_subnet";
 
 impl Store {
     /// Registers a new host, or refreshes (and with a new secret, takes over) an existing one,
@@ -56,7 +58,7 @@ impl Store {
                     "UPDATE hosts SET name = $1, driver = $2, cpu_model = $3, vcpus_total = $4, memory_mib_total = $5, \
                      disk_gib_total = $6, secret_hash = COALESCE($7, secret_hash), status = 'up', last_seen_at = $8, \
                      desired_generation = desired_generation + 1, public_ip = $10, machine_id = $11, \
-                     token_id = COALESCE($12, token_id) WHERE id = $9",
+                     token_id = COALESCE($12, token_id), underlay = $13, instance_subnet = $14 WHERE id = $9",
                 )
                 .bind(r.name)
                 .bind(r.driver)
@@ -69,7 +71,9 @@ impl Store {
                 .bind(id.as_str())
                 .bind(r.public_ip)
                 .bind(r.machine_id)
-                .bind(r.token_id.map(HostTokenId::as_str));
+                .bind(r.token_id.map(HostTokenId::as_str))
+                .bind(r.network.map(|n| n.0))
+                .bind(r.network.map(|n| n.1));
                 let done = q.execute(&mut *tx).await.map_err(db_err("updating host"))?;
                 if done.rows_affected() != 1 {
                     return Err(Error::not_found("host", id.as_str()));
@@ -83,8 +87,8 @@ impl Store {
                 let id = HostId::generate();
                 sqlx::query(
                     "INSERT INTO hosts (id, name, region, token_id, machine_id, secret_hash, driver, cpu_model, \
-                     vcpus_total, memory_mib_total, disk_gib_total, status, last_seen_at, created_at, public_ip) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'up', $12, $12, $13)",
+                     vcpus_total, memory_mib_total, disk_gib_total, status, last_seen_at, created_at, public_ip, \
+                     underlay, instance_subnet) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'up', $12, $12, $13, $14, $15)",
                 )
                 .bind(id.as_str())
                 .bind(r.name)
@@ -99,6 +103,8 @@ impl Store {
                 .bind(r.total.disk_gib)
                 .bind(r.now)
                 .bind(r.public_ip)
+                .bind(r.network.map(|n| n.0))
+                .bind(r.network.map(|n| n.1))
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err("inserting host"))?;

@@ -18,6 +18,7 @@ mod idempotency;
 mod instances;
 mod metrics;
 mod migrate;
+mod network;
 mod orgs;
 mod rentals;
 mod rows;

@@ -24,6 +24,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (14, "service_accounts", include_str!("../migrations/0014_service_accounts.sql")),
     (15, "clusters", include_str!("../migrations/0015_clusters.sql")),
     (16, "host_token_limits", include_str!("../migrations/0016_host_token_limits.sql")),
+    (17, "host_network", include_str!("../migrations/0017_host_network.sql")),
 ];
 
 fn render(sql: &str, backend: Backend) -> String {

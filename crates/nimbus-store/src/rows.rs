@@ -89,6 +89,8 @@ pub(crate) fn host(row: &AnyRow, gpus: Vec<Gpu>) -> Result<Host, Error> {
         desired_generation: get(row, "desired_generation")?,
         created_at: get(row, "created_at")?,
         public_ip: get(row, "public_ip")?,
+        underlay: get(row, "underlay")?,
+        instance_subnet: get(row, "instance_subnet")?,
     })
 }
 

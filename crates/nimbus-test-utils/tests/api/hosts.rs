@@ -124,6 +124,7 @@ fn reg(credential: &str, machine: &str) -> proto::RegisterRequest {
             gpus: vec![],
             driver: "sim".into(),
             public_ip: None,
+            network: None,
         },
     }
 }
