@@ -379,6 +379,13 @@ impl Agent {
 
     /// Brings the driver in line with `desired`. Errors on one instance do not stop the others.
     pub async fn apply(self: &Arc<Self>, desired: &proto::DesiredResponse) -> Result<(), AgentError> {
+        // The private network first: a member change (the common desired change on a busy
+        // org) is then in force before any slow instance start.
+        if let Some(f) = &desired.fabric {
+            if let Err(e) = self.driver.sync_fabric(f).await {
+                tracing::warn!(error = %e, "driver failed to converge the private network");
+            }
+        }
         // Volumes and snapshots before instances, so an attached volume exists when it is mounted.
         self.sync_storage(desired).await;
         let actual: HashMap<String, proto::InstanceReport> = self.driver.list().await?.into_iter().map(|r| (r.id.clone(), r)).collect();
@@ -599,6 +606,7 @@ mod tests {
             snapshots: vec![],
             vpns: vec![],
             user_data_omitted: omitted.iter().map(|s| s.to_string()).collect(),
+            fabric: None,
         }
     }
 

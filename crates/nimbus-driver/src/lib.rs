@@ -71,6 +71,12 @@ pub trait Driver: Send + Sync + 'static {
     /// gateway's state.
     async fn sync_vpns(&self, vpns: &[nimbus_proto::VpnGateway]) -> Result<Vec<nimbus_proto::VpnReport>>;
 
+    /// Makes the host's part of the region's private network match `fabric` (tunnels to the
+    /// other hosts, and who may reach each instance). Drivers without networks do nothing.
+    async fn sync_fabric(&self, _fabric: &nimbus_proto::Fabric) -> Result<()> {
+        Ok(())
+    }
+
     /// Makes the host's volumes and snapshots match the complete desired sets: creates (or
     /// grows) listed volumes, makes listed snapshots that do not exist yet, and deletes volumes
     /// and snapshots that are no longer listed (a volume still mounted in an instance is kept

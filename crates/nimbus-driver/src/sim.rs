@@ -111,6 +111,7 @@ impl Driver for SimDriver {
             gpus,
             driver: "sim".to_owned(),
             public_ip: None,
+            network: None,
         })
     }
 

@@ -85,6 +85,7 @@ const CHECKS: &[(&str, &str, &[&str])] = &[
     ("kernel_log", "syslog EPERM", &["kernel"]),
     ("host_keyrings", "/proc/keys masked", &["kernel"]),
     ("closed_port_v4", "", &["net"]),
+    ("other_org_private", "", &["net"]),
     ("closed_port_v6", "", &["net"]),
     ("spoof_ip", "", &["net"]),
     ("spoof_mac", "", &["net"]),

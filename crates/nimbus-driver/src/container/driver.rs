@@ -61,6 +61,9 @@ pub struct ContainerConfig {
     pub id_window: Option<(u32, u32)>,
     /// Isolation layers turned off on purpose (the escape suite's self-test only).
     pub weaken: Weaken,
+    /// This host's address between hosts (`--underlay`): with one, the host takes part in its
+    /// region's private network (a VXLAN tunnel to every other host, see `fabric`).
+    pub underlay: Option<Ipv4Addr>,
 }
 
 impl ContainerConfig {
@@ -81,6 +84,7 @@ impl ContainerConfig {
             image_mode: None,
             id_window: None,
             weaken: Weaken::default(),
+            underlay: None,
         }
     }
 }
@@ -120,7 +124,14 @@ pub struct ContainerDriver {
     /// When each instance's sshd last answered: a live instance is probed again only after
     /// [`HEALTH_RECHECK`] (every probe costs its sshd a fork), a new one every time.
     healthy: Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// The region's private network as last received (kept in `fabric.json`, so that a
+    /// restarted agent filters exactly as before until the server answers), and whether this
+    /// process has programmed it yet.
+    fabric: Mutex<(nimbus_proto::Fabric, bool)>,
 }
+
+/// Where the driver keeps the last private network it was sent.
+const FABRIC_FILE: &str = "fabric.json";
 
 /// How long a banner seen from a live instance counts.
 const HEALTH_RECHECK: Duration = Duration::from_secs(5);
@@ -191,11 +202,13 @@ impl ContainerDriver {
                 }
             },
         };
+        let fabric = std::fs::read(cfg.data_dir.join(FABRIC_FILE)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
         if cfg.weaken.any() {
             tracing::error!(weaken = ?cfg.weaken, "WEAKENED container host: isolation layers are off (tests only)");
         }
         Ok(ContainerDriver {
             healthy: Mutex::new(std::collections::HashMap::new()),
+            fabric: Mutex::new((fabric, false)),
             ranges,
             image_mode,
             launcher,
@@ -316,8 +329,10 @@ impl ContainerDriver {
                 rules: &l.spec.firewall,
                 ssh_port: l.spec.ssh_port,
                 peers: l.spec.peers.iter().filter_map(|p| p.ip.parse().ok()).collect(),
+                tenant: &l.spec.tenant,
             })
             .collect();
+        let private = self.private(&entries);
         if entries.iter().any(|e| e.ssh_port.is_some()) {
             // Forwarded ports answer on 127.0.0.1 too: after DNAT such packets leave through the
             // bridge with a loopback source (then masqueraded), which the kernel only routes
@@ -335,9 +350,40 @@ impl ContainerDriver {
             instance_rules: !w.firewall,
         };
         // Both tables in one transaction: never a moment with one and not the other.
-        let text = super::firewall::render(&self.cfg.bridge, self.cfg.gateway, &entries, opts)
+        let text = super::firewall::render(&self.cfg.bridge, self.cfg.gateway, &entries, &private, opts)
             + &super::firewall::render_ports(&self.cfg.bridge, &entries, opts);
         super::firewall::apply(&text).map_err(host_err)
+    }
+
+    fn subnet(&self) -> (Ipv4Addr, u8) {
+        let mask = u32::MAX.checked_shl(32 - u32::from(self.cfg.prefix_len)).unwrap_or(0);
+        (Ipv4Addr::from(u32::from(self.cfg.gateway) & mask), self.cfg.prefix_len)
+    }
+
+    /// The filters' view of the private network: the server's member lists joined with this
+    /// host's own instances (whose addresses the server may not have heard of yet).
+    fn private(&self, entries: &[super::firewall::Entry<'_>]) -> super::firewall::Private {
+        let f = self.fabric.lock().unwrap_or_else(|p| p.into_inner()).0.clone();
+        let peers: Vec<super::fabric::Peer> = f.peers.iter().filter_map(super::fabric::Peer::from_proto).collect();
+        let mut members: std::collections::BTreeMap<String, Vec<Ipv4Addr>> = std::collections::BTreeMap::new();
+        for o in &f.orgs {
+            members.entry(o.tenant.clone()).or_default().extend(o.addrs.iter().filter_map(|a| a.parse::<Ipv4Addr>().ok()));
+        }
+        for e in entries {
+            members.entry(e.tenant.to_owned()).or_default().push(e.addr);
+        }
+        for m in members.values_mut() {
+            m.sort_unstable();
+            m.dedup();
+        }
+        let mut subnets = vec![self.subnet()];
+        subnets.extend(peers.iter().map(|p| p.subnet));
+        super::firewall::Private {
+            subnets,
+            members,
+            underlays: peers.iter().map(|p| p.underlay).collect(),
+            tunnel: self.cfg.underlay.map(|_| super::fabric::device(&self.cfg.bridge)),
+        }
     }
 
     fn observe(&self, id: &str) -> InstanceReport {
@@ -493,10 +539,36 @@ impl Driver for ContainerDriver {
     }
 
     async fn inventory(&self) -> Result<Inventory> {
-        if let Some(i) = &self.cfg.inventory {
-            return Ok(i.clone());
+        let mut inv = match &self.cfg.inventory {
+            Some(i) => i.clone(),
+            None => super::inventory::read(&self.cfg.data_dir),
+        };
+        let (net, len) = self.subnet();
+        inv.network =
+            self.cfg.underlay.map(|u| nimbus_proto::HostNetwork { underlay: u.to_string(), instance_subnet: format!("{net}/{len}") });
+        Ok(inv)
+    }
+
+    async fn sync_fabric(&self, fabric: &nimbus_proto::Fabric) -> Result<()> {
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        {
+            let mut cur = self.fabric.lock().unwrap_or_else(|p| p.into_inner());
+            if cur.1 && cur.0 == *fabric {
+                return Ok(());
+            }
+            if cur.0 != *fabric {
+                let body = serde_json::to_vec(fabric).map_err(host_err)?;
+                crate::files::write_private(&self.cfg.data_dir.join(FABRIC_FILE), &body).map_err(host_err)?;
+            }
+            *cur = (fabric.clone(), false);
         }
-        Ok(super::inventory::read(&self.cfg.data_dir))
+        if let Some(local) = self.cfg.underlay {
+            let peers: Vec<super::fabric::Peer> = fabric.peers.iter().filter_map(super::fabric::Peer::from_proto).collect();
+            super::fabric::Tunnel::new(&self.cfg.bridge, self.cfg.gateway, fabric.vni, local).sync(&peers).map_err(host_err)?;
+        }
+        self.sync_firewall()?;
+        self.fabric.lock().unwrap_or_else(|p| p.into_inner()).1 = true;
+        Ok(())
     }
 
     async fn list(&self) -> Result<Vec<InstanceReport>> {

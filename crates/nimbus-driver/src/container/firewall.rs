@@ -23,7 +23,18 @@
 //!   bridge end has IPv6 disabled, and the inet table drops IPv6 to and from the bridge, so the
 //!   default is drop for both families.
 //!
+//! - **the private network** (see `fabric`): traffic to an instance from a private address (any
+//!   instance subnet of the region) is dropped unless the address is a member of the
+//!   instance's own org (a named set per org, the server's member list plus this host's own
+//!   instances), before any allow rule: another org's instance reaches it on no port, whatever
+//!   the rules say. Tunnelled traffic is accepted only from the region's other hosts (UDP 4789
+//!   from their underlay addresses) and only with a private source; instances never reach the
+//!   hosts' underlay addresses, so none can hand a host a forged tunnel packet; and their
+//!   traffic to another host's instances is never masqueraded (the source is the proof).
+//!
 //! Terminating an instance rewrites the tables without it: no rule of it is left.
+
+use std::collections::BTreeMap;
 
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
@@ -42,6 +53,31 @@ pub struct Entry<'a> {
     pub ssh_port: Option<u16>,
     /// Its cluster peers: allowed to reach it on every port.
     pub peers: Vec<Ipv4Addr>,
+    /// Its org (`DesiredInstance::tenant`): whose private addresses may reach it.
+    pub tenant: &'a str,
+}
+
+/// What the region's private network adds to the filters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Private {
+    /// Every instance subnet of the region, this host's included.
+    pub subnets: Vec<(Ipv4Addr, u8)>,
+    /// The private addresses of each org's instances, by tenant. An entry's tenant missing here
+    /// has no member at all (its instances then accept no private source but the gateway).
+    pub members: BTreeMap<String, Vec<Ipv4Addr>>,
+    /// The region's other hosts' underlay addresses.
+    pub underlays: Vec<Ipv4Addr>,
+    /// The tunnel device, when this host takes part in a private network across hosts.
+    pub tunnel: Option<String>,
+}
+
+fn elements<T: std::fmt::Display>(items: impl IntoIterator<Item = T>) -> String {
+    let v: Vec<String> = items.into_iter().map(|i| i.to_string()).collect();
+    if v.is_empty() {
+        String::new()
+    } else {
+        format!(" elements = {{ {} }};", v.join(", "))
+    }
 }
 
 pub fn table_name(bridge: &str) -> String {
@@ -124,12 +160,31 @@ pub fn render_ports(bridge: &str, entries: &[Entry<'_>], opts: Options) -> Strin
 }
 
 /// The complete ruleset text for `entries` (pure; unit-tested).
-pub fn render(bridge: &str, gateway: Ipv4Addr, entries: &[Entry<'_>], opts: Options) -> String {
+pub fn render(bridge: &str, gateway: Ipv4Addr, entries: &[Entry<'_>], private: &Private, opts: Options) -> String {
     let t = table_name(bridge);
     let mut s = format!("table inet {t} {{}}\ndelete table inet {t}\ntable inet {t} {{\n");
+    s += &format!(
+        "  set private {{\n    type ipv4_addr; flags interval;{}\n  }}\n",
+        elements(private.subnets.iter().map(|(a, l)| format!("{a}/{l}")))
+    );
+    s += &format!("  set underlay {{\n    type ipv4_addr;{}\n  }}\n", elements(&private.underlays));
+    let mut tenants: Vec<&str> = private.members.keys().map(String::as_str).collect();
+    for e in entries {
+        if !tenants.contains(&e.tenant) {
+            tenants.push(e.tenant);
+        }
+    }
+    tenants.sort_unstable();
+    for (k, tenant) in tenants.iter().enumerate() {
+        let members = private.members.get(*tenant).map(Vec::as_slice).unwrap_or_default();
+        s += &format!("  set m{k} {{\n    type ipv4_addr;{}\n  }}\n", elements(members));
+    }
     s += &format!("  chain input {{\n    type filter hook input priority 0; policy accept;\n    iifname \"{bridge}\" ct state established,related accept\n");
     if opts.host_input_drop {
         s += &format!("    iifname \"{bridge}\" drop\n");
+    }
+    if private.tunnel.is_some() {
+        s += &format!("    udp dport {} ip saddr != @underlay drop\n", super::fabric::VXLAN_PORT);
     }
     s += "  }\n";
     for e in entries {
@@ -138,6 +193,8 @@ pub fn render(bridge: &str, gateway: Ipv4Addr, entries: &[Entry<'_>], opts: Opti
         if e.ssh_port.is_some() {
             s += "    ct status dnat tcp dport 22 accept\n";
         }
+        let k = tenants.iter().position(|t| *t == e.tenant).unwrap_or(0);
+        s += &format!("    ip saddr @private ip saddr != @m{k} drop\n");
         if !e.peers.is_empty() {
             let set: Vec<String> = e.peers.iter().map(ToString::to_string).collect();
             s += &format!("    ip saddr {{ {} }} accept\n", set.join(", "));
@@ -154,6 +211,9 @@ pub fn render(bridge: &str, gateway: Ipv4Addr, entries: &[Entry<'_>], opts: Opti
             if hook == "forward" {
                 s += &format!("    meta nfproto ipv6 iifname \"{bridge}\" drop\n");
             }
+        }
+        if let (Some(tunnel), "forward") = (&private.tunnel, hook) {
+            s += &format!("    iifname \"{bridge}\" ip daddr @underlay drop\n    iifname \"{tunnel}\" ip saddr != @private drop\n");
         }
         s += "    ct state established,related accept\n";
         for e in entries.iter().filter(|_| opts.instance_rules) {
@@ -176,7 +236,7 @@ pub fn render(bridge: &str, gateway: Ipv4Addr, entries: &[Entry<'_>], opts: Opti
     }
     if let Some((net, len)) = opts.outbound_nat {
         s += &format!(
-            "  chain postrouting {{\n    type nat hook postrouting priority 100; policy accept;\n    ip saddr {net}/{len} oifname != \"{bridge}\" masquerade\n  }}\n"
+            "  chain postrouting {{\n    type nat hook postrouting priority 100; policy accept;\n    ip saddr {net}/{len} oifname != \"{bridge}\" ip daddr != @private masquerade\n  }}\n"
         );
     }
     s += "}\n";
@@ -223,6 +283,7 @@ mod tests {
             rules,
             ssh_port,
             peers,
+            tenant: "org-a",
         }
     }
 
@@ -241,7 +302,7 @@ mod tests {
         ] {
             assert!(t.contains(rule), "{rule}: {t}");
         }
-        let inet = render("nimbus0", Ipv4Addr::new(10, 200, 0, 1), &e, Options::default());
+        let inet = render("nimbus0", Ipv4Addr::new(10, 200, 0, 1), &e, &Private::default(), Options::default());
         assert!(
             inet.contains("meta nfproto ipv6 iifname \"nimbus0\" drop") && inet.contains("meta nfproto ipv6 oifname \"nimbus0\" drop"),
             "{inet}"
@@ -249,7 +310,13 @@ mod tests {
         // The weakened variants the escape suite's self-test uses.
         let open = render_ports("nimbus0", &e, Options { antispoof: false, ipv6_drop: false, ..Options::default() });
         assert!(!open.contains("saddr") && !open.contains("jump"), "{open}");
-        let no_input = render("nimbus0", Ipv4Addr::new(10, 200, 0, 1), &e, Options { host_input_drop: false, ..Options::default() });
+        let no_input = render(
+            "nimbus0",
+            Ipv4Addr::new(10, 200, 0, 1),
+            &e,
+            &Private::default(),
+            Options { host_input_drop: false, ..Options::default() },
+        );
         assert!(!no_input.contains("\n    iifname \"nimbus0\" drop"), "{no_input}");
     }
 
@@ -262,7 +329,7 @@ mod tests {
             FirewallRule { protocol: "tcp".into(), port_range: Some((1, 2)), source: "not-a-cidr; drop".into() },
         ];
         let e = [entry(&rules, None, vec![])];
-        let t = render("nimbus0", Ipv4Addr::new(10, 200, 0, 1), &e, Options::default());
+        let t = render("nimbus0", Ipv4Addr::new(10, 200, 0, 1), &e, &Private::default(), Options::default());
         assert!(t.contains("chain i_abcdef012345 {"), "{t}");
         assert!(t.contains("ip saddr 0.0.0.0/0 tcp dport 22 accept"));
         assert!(t.contains("ip saddr 10.0.0.0/8 udp dport 5000-5010 accept"));
@@ -275,19 +342,52 @@ mod tests {
             "nimbus0",
             Ipv4Addr::new(10, 200, 0, 1),
             &e,
+            &Private::default(),
             Options { outbound_nat: Some((Ipv4Addr::new(10, 200, 0, 0), 16)), ..Options::default() },
         );
-        assert!(nat.contains("ip saddr 10.200.0.0/16 oifname != \"nimbus0\" masquerade"), "{nat}");
+        assert!(nat.contains("ip saddr 10.200.0.0/16 oifname != \"nimbus0\" ip daddr != @private masquerade"), "{nat}");
         assert!(!t.contains("dnat"), "no forwards unless an instance has a port");
     }
 
     #[test]
     fn renders_port_forwards() {
         let e = [entry(&[], Some(20001), vec![Ipv4Addr::new(10, 200, 0, 4)])];
-        let t = render("nimbus0", Ipv4Addr::new(10, 200, 0, 1), &e, Options::default());
+        let t = render("nimbus0", Ipv4Addr::new(10, 200, 0, 1), &e, &Private::default(), Options::default());
         assert_eq!(t.matches("fib daddr type local tcp dport 20001 dnat ip to 10.200.0.3:22").count(), 2, "{t}");
         assert!(t.contains("ct status dnat tcp dport 22 accept"), "{t}");
         assert!(t.contains("ip saddr { 10.200.0.4 } accept"), "cluster peers: {t}");
         assert!(t.contains("oifname \"nimbus0\" ip saddr 127.0.0.0/8 ct status dnat masquerade"), "{t}");
+    }
+
+    #[test]
+    fn private_sources_must_be_members_of_the_instances_org() {
+        let mut a = entry(&[], None, vec![]);
+        a.tenant = "org-a";
+        let mut b = entry(&[], None, vec![]);
+        b.id = "0123456789abcdef";
+        b.addr = Ipv4Addr::new(10, 200, 0, 4);
+        b.tenant = "org-b";
+        let private = Private {
+            subnets: vec![(Ipv4Addr::new(10, 200, 0, 0), 24), (Ipv4Addr::new(10, 201, 0, 0), 24)],
+            members: [("org-a".to_owned(), vec![Ipv4Addr::new(10, 200, 0, 3), Ipv4Addr::new(10, 201, 0, 7)])].into_iter().collect(),
+            underlays: vec![Ipv4Addr::new(198, 51, 100, 2)],
+            tunnel: Some("vx-nimbus0".into()),
+        };
+        let t = render("nimbus0", Ipv4Addr::new(10, 200, 0, 1), &[a, b], &private, Options::default());
+        assert!(t.contains("set private {\n    type ipv4_addr; flags interval; elements = { 10.200.0.0/24, 10.201.0.0/24 };"), "{t}");
+        assert!(t.contains("set m0 {\n    type ipv4_addr; elements = { 10.200.0.3, 10.201.0.7 };"), "{t}");
+        // org-b has no member list from the server: an empty set, so no private source passes.
+        assert!(t.contains("set m1 {\n    type ipv4_addr;\n  }"), "{t}");
+        let chain_a = t.split("chain i_abcdef012345 {").nth(1).and_then(|c| c.split('}').next()).unwrap_or_default();
+        let chain_b = t.split("chain i_0123456789ab {").nth(1).and_then(|c| c.split('}').next()).unwrap_or_default();
+        // The org check comes after the host's probe and before any allow rule.
+        assert!(chain_a.contains("ip saddr 10.200.0.1 tcp dport 22 accept\n    ip saddr @private ip saddr != @m0 drop"), "{chain_a}");
+        assert!(chain_b.contains("ip saddr @private ip saddr != @m1 drop"), "{chain_b}");
+        assert!(t.contains("udp dport 4789 ip saddr != @underlay drop"), "{t}");
+        assert!(t.contains("iifname \"nimbus0\" ip daddr @underlay drop\n    iifname \"vx-nimbus0\" ip saddr != @private drop"), "{t}");
+        assert!(t.contains("set underlay {\n    type ipv4_addr; elements = { 198.51.100.2 };"), "{t}");
+        // A lone host: no tunnel rules at all.
+        let lone = render("nimbus0", Ipv4Addr::new(10, 200, 0, 1), &[entry(&[], None, vec![])], &Private::default(), Options::default());
+        assert!(!lone.contains("4789") && !lone.contains("@underlay drop") && lone.contains("!= @m0 drop"), "{lone}");
     }
 }

@@ -79,6 +79,7 @@ pub fn read(data_dir: &Path) -> Inventory {
         gpus: gpus(),
         driver: "container".into(),
         public_ip: None,
+        network: None,
     }
 }
 

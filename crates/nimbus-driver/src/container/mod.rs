@@ -6,6 +6,7 @@
 pub mod cgroup;
 pub mod devices;
 pub mod driver;
+pub mod fabric;
 pub mod firewall;
 pub mod gpu;
 pub mod idmap;

@@ -34,6 +34,45 @@ fn ip(args: &[&str]) -> Result<String> {
     }
 }
 
+/// Moves this process into the named network namespace (`/run/netns/NAME`, as `ip netns add`
+/// makes): how one machine runs several agents as separate hosts (the test bed). Only the
+/// network namespace changes; mounts, `/sys/fs/cgroup` included, stay the machine's. Must run
+/// while the process has one thread (before any runtime starts): `setns` moves only the caller.
+pub fn enter_netns(name: &str) -> std::io::Result<()> {
+    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{name:?} is not a network namespace name")));
+    }
+    let f = std::fs::File::open(std::path::Path::new("/run/netns").join(name))?;
+    super::sys::setns_net(&std::os::fd::OwnedFd::from(f))
+}
+
+/// `(received, sent)` bytes of interface `name` in this process's network namespace.
+///
+/// Read from `/proc/self/net/dev`, which shows the namespace of the reading process, and not
+/// from `/sys/class/net`, which shows the namespace `/sys` was mounted in: an agent that runs in
+/// a network namespace of its own (a test-bed host) keeps the machine's `/sys`, cgroups and all.
+pub fn link_bytes(name: &str) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/self/net/dev").ok()?;
+    parse_net_dev(&text, name)
+}
+
+/// Whether interface `name` exists in this process's network namespace.
+pub fn link_exists(name: &str) -> bool {
+    link_bytes(name).is_some()
+}
+
+fn parse_net_dev(text: &str, name: &str) -> Option<(u64, u64)> {
+    text.lines().skip(2).find_map(|l| {
+        let (n, rest) = l.split_once(':')?;
+        if n.trim() != name {
+            return None;
+        }
+        let f: Vec<u64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+        // Receive: bytes packets errs drop fifo frame compressed multicast; then transmit.
+        Some((*f.first()?, *f.get(8)?))
+    })
+}
+
 /// The host side: a bridge with the gateway address of a /16 (or smaller) subnet.
 #[derive(Debug, Clone)]
 pub struct Network {
@@ -86,9 +125,8 @@ impl Network {
     /// Bytes `(received, sent)` by the instance so far, read from the host end of its veth
     /// (what the host end sends, the instance receives).
     pub fn counters(&self, id: &str) -> Option<(u64, u64)> {
-        let base = std::path::Path::new("/sys/class/net").join(self.veth_name(id)).join("statistics");
-        let read = |f: &str| std::fs::read_to_string(base.join(f)).ok().and_then(|s| s.trim().parse::<u64>().ok());
-        Some((read("tx_bytes")?, read("rx_bytes")?))
+        let (rx, tx) = link_bytes(&self.veth_name(id))?;
+        Some((tx, rx))
     }
 
     pub fn ns_path(&self, id: &str) -> String {
@@ -133,7 +171,7 @@ impl Network {
 
     /// Whether any interface of ours for `id` is still on the host.
     pub fn veth_exists(&self, id: &str) -> bool {
-        std::path::Path::new("/sys/class/net").join(self.veth_name(id)).exists()
+        link_exists(&self.veth_name(id))
     }
 
     /// Names (id prefixes) of the namespaces this network owns.
@@ -159,6 +197,18 @@ mod tests {
             eprintln!("SKIPPED: network namespace tests need root");
         }
         ok
+    }
+
+    #[test]
+    fn interface_counters_come_from_the_namespace_of_the_process() {
+        let text = "Inter-|   Receive                                                |  Transmit\n \
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    \
+lo:    1000      10    0    0    0     0          0         0     1000      10    0    0    0     0       0          0\n\
+nh0123456789ab: 52 3 0 0 0 0 0 0 77 4 0 0 0 0 0 0\n";
+        assert_eq!(parse_net_dev(text, "nh0123456789ab"), Some((52, 77)));
+        assert_eq!(parse_net_dev(text, "lo"), Some((1000, 1000)));
+        assert_eq!(parse_net_dev(text, "nh0123"), None);
+        assert!(link_exists("lo"), "this process's loopback");
     }
 
     #[test]

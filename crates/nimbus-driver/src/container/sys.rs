@@ -61,6 +61,13 @@ pub fn clone3(flags: u64) -> io::Result<libc::pid_t> {
     check(rc).map(|p| p as libc::pid_t)
 }
 
+/// Moves the calling thread into the network namespace `fd` refers to.
+pub fn setns_net(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: a plain system call on a descriptor we own; it changes only this thread's namespace.
+    let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(fd), libc::CLONE_NEWNET) };
+    check_int(rc).map(drop)
+}
+
 pub fn mount(src: Option<&CStr>, target: &CStr, fstype: Option<&CStr>, flags: libc::c_ulong, data: Option<&CStr>) -> io::Result<()> {
     // SAFETY: every pointer is a NUL-terminated string that lives across the call, or null.
     check_int(unsafe { libc::mount(ptr(src), target.as_ptr(), ptr(fstype), flags, ptr(data).cast()) }).map(drop)

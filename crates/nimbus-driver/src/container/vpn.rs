@@ -38,7 +38,7 @@ fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> Result<String, String> 
 }
 
 fn link_exists(name: &str) -> bool {
-    Path::new("/sys/class/net").join(name).exists()
+    super::net::link_exists(name)
 }
 
 /// Whether the running kernel has WireGuard (probed once by creating and deleting a link).

@@ -78,6 +78,7 @@ impl Host {
                 gpus: vec![],
                 driver: "container".into(),
                 public_ip: None,
+                network: None,
             }),
             sshd_grace: Duration::from_secs(20),
             launcher: Some(Launcher::binary(env!("CARGO_BIN_EXE_nimbus-launch"))),

@@ -305,6 +305,13 @@ if N:
         ok, how = connect(N["victim"], N["closed_port"])
         return ["open", f"{N['victim']}:{N['closed_port']} {how}"] if ok else ["blocked", how]
 
+    @check("other_org_private")
+    def _():
+        # Port 22 is open to 0.0.0.0/0 in the victim's rules; its private address must still
+        # refuse an instance of another org (the org member check comes before the rules).
+        ok, how = connect(N["victim"], 22)
+        return ["open", f"{N['victim']}:22 {how}"] if ok else ["blocked", how]
+
     @check("closed_port_v6")
     def _():
         # Wait out duplicate address detection of our own link-local address.
