@@ -142,7 +142,7 @@ pub struct InstanceReport {
     pub message: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ReportRequest {
     /// Every instance the driver has, running or not. Desired instances that are absent here do
     /// not exist on the host (yet, or any more).

@@ -194,7 +194,8 @@ pub fn render(bridge: &str, gateway: Ipv4Addr, entries: &[Entry<'_>], private: &
             s += "    ct status dnat tcp dport 22 accept\n";
         }
         let k = tenants.iter().position(|t| *t == e.tenant).unwrap_or(0);
-        s += &format!("    ip saddr @private ip saddr != @m{k} drop\n");
+        // The host's own gateway address is the host, not an instance: the rules decide for it.
+        s += &format!("    ip saddr != {gateway} ip saddr @private ip saddr != @m{k} drop\n");
         if !e.peers.is_empty() {
             let set: Vec<String> = e.peers.iter().map(ToString::to_string).collect();
             s += &format!("    ip saddr {{ {} }} accept\n", set.join(", "));
@@ -381,8 +382,11 @@ mod tests {
         let chain_a = t.split("chain i_abcdef012345 {").nth(1).and_then(|c| c.split('}').next()).unwrap_or_default();
         let chain_b = t.split("chain i_0123456789ab {").nth(1).and_then(|c| c.split('}').next()).unwrap_or_default();
         // The org check comes after the host's probe and before any allow rule.
-        assert!(chain_a.contains("ip saddr 10.200.0.1 tcp dport 22 accept\n    ip saddr @private ip saddr != @m0 drop"), "{chain_a}");
-        assert!(chain_b.contains("ip saddr @private ip saddr != @m1 drop"), "{chain_b}");
+        assert!(
+            chain_a.contains("ip saddr 10.200.0.1 tcp dport 22 accept\n    ip saddr != 10.200.0.1 ip saddr @private ip saddr != @m0 drop"),
+            "{chain_a}"
+        );
+        assert!(chain_b.contains("ip saddr != 10.200.0.1 ip saddr @private ip saddr != @m1 drop"), "{chain_b}");
         assert!(t.contains("udp dport 4789 ip saddr != @underlay drop"), "{t}");
         assert!(t.contains("iifname \"nimbus0\" ip daddr @underlay drop\n    iifname \"vx-nimbus0\" ip saddr != @private drop"), "{t}");
         assert!(t.contains("set underlay {\n    type ipv4_addr; elements = { 198.51.100.2 };"), "{t}");

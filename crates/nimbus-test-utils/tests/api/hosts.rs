@@ -432,3 +432,94 @@ async fn user_data_crosses_the_wire_once_per_instance() {
     }
     s.shutdown().await;
 }
+
+fn reg_net(token: &str, machine: &str, underlay: &str, subnet: &str) -> proto::RegisterRequest {
+    let mut r = reg(token, machine);
+    r.inventory.network = Some(proto::HostNetwork { underlay: underlay.into(), instance_subnet: subnet.into() });
+    (r.inventory.vcpus, r.inventory.memory_mib, r.inventory.disk_gib) = (16, 65_536, 1_000);
+    r
+}
+
+/// Hosts join their region's private network with an underlay address and an instance subnet
+/// that no other host of the region has; each host's desired state names its peers and every
+/// member of the orgs it serves, and a new member on one host wakes the org's other hosts.
+#[tokio::test]
+async fn hosts_share_one_private_network_and_hear_of_new_members() {
+    let s = TestServer::builder().start().await;
+    let token = admin::host_token_create_with(&s.control, "us-east-1", HostTokenLimits { uses: 10, ttl_secs: 600 }).await.unwrap();
+    let h1 = agents::register(&s.control, reg_net(&token.secret, "m-1", "198.51.100.1", "10.220.1.0/24")).await.unwrap().host_id;
+    let h2 = agents::register(&s.control, reg_net(&token.secret, "m-2", "198.51.100.2", "10.220.2.0/24")).await.unwrap().host_id;
+    for (machine, underlay, subnet, why) in [
+        ("m-3", "198.51.100.3", "10.220.0.0/16", "a subnet over another host's"),
+        ("m-4", "198.51.100.1", "10.220.4.0/24", "another host's underlay address"),
+        ("m-5", "10.220.2.9", "10.220.5.0/24", "an underlay address inside another host's subnet"),
+    ] {
+        let e = agents::register(&s.control, reg_net(&token.secret, machine, underlay, subnet)).await.unwrap_err();
+        assert!(matches!(e, Error::Conflict { .. }), "{why}: {e:?}");
+    }
+    for (underlay, subnet) in [("nope", "10.220.6.0/24"), ("198.51.100.6", "10.220.6.1/24"), ("198.51.100.6", "10.220.6.0/31")] {
+        let e = agents::register(&s.control, reg_net(&token.secret, "m-6", underlay, subnet)).await.unwrap_err();
+        assert!(matches!(e, Error::InvalidValue { .. }), "{underlay} {subnet}: {e:?}");
+    }
+    let (h1, h2) = (nimbus_core::ids::HostId::parse(&h1).unwrap(), nimbus_core::ids::HostId::parse(&h2).unwrap());
+    let desired = |h: nimbus_core::ids::HostId| {
+        let c = s.control.clone();
+        async move { agents::desired(&c, &h, proto::DesiredRequest { known_generation: -1, ..Default::default() }).await.unwrap() }
+    };
+    let f1 = desired(h1.clone()).await.fabric.unwrap();
+    assert_eq!(f1.vni, nimbus_control::fabric::vni("us-east-1"));
+    assert_eq!(f1.peers, vec![proto::HostNetwork { underlay: "198.51.100.2".into(), instance_subnet: "10.220.2.0/24".into() }]);
+    assert!(f1.orgs.is_empty(), "no instance on it yet");
+
+    // A 2-node cluster spreads over both hosts; each node's address arrives with its host's report.
+    add_key(&s, "k").await;
+    let body = json!({"name": "pair", "provider": "GCP", "spec": {"dedicated": {"region_nodes": {"us-east-1": 2}, "machine_type": "cpu_1x_small"}}});
+    let (st, v) = s.send(&s.key, "POST", format!("{}/api/v1/clusters", s.url), Some(body)).await;
+    assert_eq!(st, 200, "{v}");
+    // Reports the host's instances (oldest first) at `addrs`.
+    let report = |h: nimbus_core::ids::HostId, addrs: &'static [&'static str]| {
+        let c = s.control.clone();
+        async move {
+            let mine = c.store().instance_list_by_host(&h).await.unwrap();
+            assert!(mine.len() >= addrs.len(), "instances on the host");
+            let instances = mine
+                .iter()
+                .zip(addrs)
+                .map(|(i, a)| proto::InstanceReport {
+                    id: i.id.to_string(),
+                    state: proto::ActualState::Running,
+                    ip: Some((*a).into()),
+                    private_ip: Some((*a).into()),
+                    restart_generation: 0,
+                    message: None,
+                })
+                .collect();
+            let gen = c.store().host_desired_generation(&h).await.unwrap();
+            agents::report(&c, &h, proto::ReportRequest { instances, applied_generation: gen, ..Default::default() }).await.unwrap();
+        }
+    };
+    report(h1.clone(), &["10.220.1.3"]).await;
+    report(h2.clone(), &["10.220.2.3"]).await;
+    let f1 = desired(h1.clone()).await.fabric.unwrap();
+    assert_eq!(f1.orgs, vec![proto::OrgMembers { tenant: s.org.id.to_string(), addrs: vec!["10.220.1.3".into(), "10.220.2.3".into()] }]);
+    // An instance outside the cluster (so no cluster change wakes anyone): best fit puts it on
+    // the older host, and its address reaching the server bumps the org's other host.
+    launch(&s, &s.key, "cpu_1x_small", "k").await;
+    let g2 = s.control.store().host_desired_generation(&h2).await.unwrap();
+    report(h1.clone(), &["10.220.1.3"]).await;
+    assert_eq!(s.control.store().host_desired_generation(&h2).await.unwrap(), g2, "a report without a new address changes no member");
+    report(h1.clone(), &["10.220.1.3", "10.220.1.4"]).await;
+    assert!(s.control.store().host_desired_generation(&h2).await.unwrap() > g2, "host 2 must hear of host 1's new member");
+    let f2 = desired(h2.clone()).await.fabric.unwrap();
+    assert_eq!(f2.orgs[0].addrs, vec!["10.220.1.3".to_owned(), "10.220.1.4".into(), "10.220.2.3".into()]);
+    // Terminating a node takes it out at once, before its host reports it gone.
+    let gone = s.control.store().instance_list_by_host(&h2).await.unwrap()[0].id.to_string();
+    let g1 = s.control.store().host_desired_generation(&h1).await.unwrap();
+    let (st, v) =
+        s.send(&s.key, "POST", format!("{}/api/v1/instance-operations/terminate", s.url), Some(json!({"instance_ids": [gone]}))).await;
+    assert_eq!(st, 200, "{v}");
+    assert!(s.control.store().host_desired_generation(&h1).await.unwrap() > g1, "host 1 must hear of the terminate");
+    let f1 = desired(h1.clone()).await.fabric.unwrap();
+    assert_eq!(f1.orgs[0].addrs, vec!["10.220.1.3".to_owned(), "10.220.1.4".into()]);
+    s.shutdown().await;
+}
