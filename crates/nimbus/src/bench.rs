@@ -76,6 +76,12 @@ pub enum BenchCmd {
     Webhooks(crate::bench_webhooks::WebhooksArgs),
     /// Creating an N-node cluster on sim hosts: until every node is scheduled, and until CREATED.
     Cluster(crate::bench_cluster::ClusterArgs),
+    /// The private network between hosts: TCP throughput and latency between instances on one
+    /// host and across two test-bed hosts, and membership convergence (root; a 2-host test bed).
+    Network(crate::bench_network::NetworkArgs),
+    /// The measuring peer `bench network` runs inside instances' network namespaces.
+    #[command(hide = true)]
+    TcpPeer(crate::bench_network::TcpPeerArgs),
     /// Idle resident memory of `nimbus server`.
     Rss {
         #[arg(long, default_value_t = 3)]
@@ -95,6 +101,8 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Webhooks(a) => crate::bench_webhooks::run(a).await,
         BenchCmd::Cluster(a) => crate::bench_cluster::run(a).await,
         BenchCmd::Launch(a) => crate::bench_launch::run(a).await,
+        BenchCmd::Network(a) => crate::bench_network::run(a).await,
+        BenchCmd::TcpPeer(a) => tokio::task::spawn_blocking(move || crate::bench_network::tcp_peer(&a)).await?,
     }
 }
 

@@ -55,6 +55,7 @@ pub async fn metering(transitions: usize, intervals: usize) -> anyhow::Result<()
                 gpus: vec![],
                 driver: "sim".into(),
                 public_ip: None,
+                network: None,
             },
         },
     )

@@ -152,9 +152,14 @@ pub struct HostNetArgs {
     /// The host's instance bridge (at most 15 characters: letters, digits, `-`, `_`).
     #[arg(long, default_value = "nimbus0")]
     pub bridge: String,
-    /// The instances' subnet on that bridge; the bridge takes its first address.
+    /// The instances' subnet on that bridge; the bridge takes its first address. Unique in the
+    /// region: it is where the instances' private addresses come from.
     #[arg(long, default_value = "10.200.0.0/16")]
     pub instance_subnet: String,
+    /// This host's address on the network between hosts: with one, the host joins its region's
+    /// private network (a VXLAN tunnel to every other host; UDP 4789 between hosts).
+    #[arg(long)]
+    pub underlay: Option<std::net::Ipv4Addr>,
 }
 
 /// What `HostNetArgs` resolve to: bridge, gateway, prefix length, namespace prefix, cgroup parent.
@@ -238,6 +243,13 @@ pub struct AgentArgs {
     pub token: String,
     #[arg(long, env = "NIMBUS_AGENT_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Run in this network namespace (`/run/netns/NAME`): one of several hosts on one machine
+    /// (`nimbus dev --hosts N` makes them). Only the network namespace changes.
+    #[arg(long)]
+    pub netns: Option<String>,
+    /// Stop when the process that started this agent goes (`nimbus dev --hosts`).
+    #[arg(long, hide = true)]
+    pub exit_with_parent: bool,
     #[command(flatten)]
     pub host: DriverArgs,
 }
@@ -301,6 +313,7 @@ pub async fn make_driver(args: &DriverArgs, dir: &Path) -> anyhow::Result<Arc<dy
             cfg.ns_prefix = host_net.ns_prefix;
             cfg.cgroup_parent = host_net.cgroup_parent;
             cfg.outbound_nat = offer.outbound_nat;
+            cfg.underlay = net.underlay;
             cfg.launcher = Some(nimbus_driver::container::runtime::Launcher::current_exe()?);
             if offer.offer_vcpus.is_some() || offer.offer_memory_gib.is_some() || offer.offer_disk_gib.is_some() {
                 std::fs::create_dir_all(&cfg.data_dir)?;
@@ -341,7 +354,16 @@ pub async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
     )?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(agent.run(stop_rx));
-    shutdown_signal().await;
+    let parent_gone = async {
+        if !a.exit_with_parent {
+            return std::future::pending().await;
+        }
+        let parent = std::os::unix::process::parent_id();
+        while std::os::unix::process::parent_id() == parent {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    };
+    tokio::select! { _ = shutdown_signal() => {}, _ = parent_gone => {} }
     let _ = stop_tx.send(true);
     let _ = task.await;
     Ok(())
@@ -359,6 +381,19 @@ pub struct DevArgs {
     /// Region of the local host.
     #[arg(long, default_value = "us-east-1")]
     pub region: String,
+    /// Run N container hosts, each a network namespace with its own agent, bridge, subnet and
+    /// tunnel endpoint, joined by one region-wide private network (a test bed of hosts on one
+    /// machine; root). Without it, one host in this process.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=32))]
+    pub hosts: Option<u8>,
+    /// With `--hosts`: remove the test bed's namespaces, links and routes, and exit (terminate
+    /// its instances first: their networks hang off the hosts').
+    #[arg(long, requires = "hosts")]
+    pub teardown: bool,
+    /// With `--hosts`: the bed's names and addresses as `PREFIX,A.B.C,S.T` (name prefix,
+    /// underlay /24, instance subnets S.T.i.0/24), so that a test's bed and a demo's coexist.
+    #[arg(long, hide = true, requires = "hosts", default_value = "nbd,198.51.100,10.210")]
+    pub bed_layout: String,
     #[command(flatten)]
     pub host: DriverArgs,
 }
@@ -430,6 +465,9 @@ pub async fn run_dev(d: DevArgs) -> anyhow::Result<()> {
         // dev is for one machine; anything reachable from others wants `nimbus server` (HTTPS).
         tracing::warn!(listen = %d.listen, "nimbus dev serves plain HTTP; API keys sent to this address cross the network in the clear");
     }
+    if let Some(n) = d.hosts {
+        return run_dev_hosts(&d, control, listener, &dir, &key, n).await;
+    }
     let agent_dir = dir.join("agent");
     std::fs::create_dir_all(&agent_dir)?;
     // The driver first: a missing image is built (with progress) before anything listens.
@@ -474,12 +512,108 @@ pub async fn run_dev(d: DevArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The `--offer-*` flags of `o`, for an agent of the test bed (each host offers what was asked,
+/// by default the whole machine: hosts of a bed share it).
+fn offer_args(o: &OfferArgs) -> Vec<String> {
+    let mut v = Vec::new();
+    for (flag, val) in
+        [("--offer-vcpus", o.offer_vcpus), ("--offer-memory-gib", o.offer_memory_gib), ("--offer-disk-gib", o.offer_disk_gib)]
+    {
+        if let Some(x) = val {
+            v.extend([flag.to_owned(), x.to_string()]);
+        }
+    }
+    if o.outbound_nat {
+        v.push("--outbound-nat".to_owned());
+    }
+    v
+}
+
+/// `nimbus dev --hosts N`: the server here, N agents as child processes in the hosts of a test
+/// bed (`testbed`). The bed and the instances outlive this process, as one host's do; a new
+/// start adopts them.
+async fn run_dev_hosts(d: &DevArgs, control: Control, listener: TcpListener, dir: &Path, key: &str, n: u8) -> anyhow::Result<()> {
+    if d.host.driver != "container" || !is_root() {
+        bail!("--hosts runs container hosts in network namespaces: it needs root and --driver container");
+    }
+    let bed = crate::testbed::TestBed::new(crate::testbed::Layout::parse(&d.bed_layout, n)?)?;
+    if d.teardown {
+        bed.remove();
+        println!("removed the test bed of {n} hosts");
+        return Ok(());
+    }
+    bed.ensure()?;
+    let images = d.host.images.path();
+    let img = images.clone();
+    tokio::task::spawn_blocking(move || {
+        crate::image::ensure_host_tools()?;
+        crate::image::ensure_default(&img, "debian-12", None)
+    })
+    .await??;
+    let agent_listener = TcpListener::bind((bed.machine_addr(), 0)).await.context("binding the test bed's agent address")?;
+    let opts = nimbus_api::server::ServeOptions { tls: None, agent_listener: Some(agent_listener) };
+    let handle = nimbus_api::server::start_with(control.clone(), listener, opts)?;
+    let token = admin::host_token_create_with(&control, &d.region, admin::HostTokenLimits { uses: i64::from(n), ttl_secs: 600 })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let exe = std::env::current_exe()?;
+    let mut children = Vec::new();
+    for h in &bed.hosts {
+        let hdir = dir.join("hosts").join(format!("h{}", h.index));
+        std::fs::create_dir_all(&hdir)?;
+        let log = std::fs::File::create(hdir.join("agent.log"))?;
+        let child = tokio::process::Command::new(&exe)
+            .arg("agent")
+            .args(bed.agent_args(h, &handle.agent_url(), &token.secret, &hdir))
+            .arg("--images-dir")
+            .arg(&images)
+            .args(offer_args(&d.host.offer))
+            .arg("--exit-with-parent")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting the agent of {}", h.netns))?;
+        children.push(child);
+    }
+    let t = std::time::Instant::now();
+    let mut up = 0;
+    while t.elapsed() < Duration::from_secs(30) {
+        let hosts = control.store().host_list(Some(&d.region), true).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        up = bed.hosts.iter().filter(|b| hosts.iter().any(|h| h.underlay.as_deref() == Some(b.underlay.to_string().as_str()))).count();
+        if up == bed.hosts.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if up < bed.hosts.len() {
+        tracing::warn!(up, wanted = bed.hosts.len(), "not every test-bed host registered; see hosts/h*/agent.log in the data dir");
+    }
+    let url = handle.url();
+    println!("Nimbus dev is running with {n} hosts.");
+    println!("  URL:      {url}");
+    println!("  API key:  {key}");
+    println!("  Data dir: {}", dir.display());
+    for h in &bed.hosts {
+        println!("  host {}: netns {}, underlay {}, instances {}", h.index, h.netns, h.underlay, h.subnet);
+    }
+    println!("Try:  curl -u {key}: {url}/api/v1/instance-types");
+    shutdown_signal().await;
+    for c in &mut children {
+        let _ = c.start_kill();
+        let _ = c.wait().await;
+    }
+    handle.shutdown().await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::HostNetArgs;
 
     fn net(bridge: &str, subnet: &str) -> anyhow::Result<super::HostNet> {
-        HostNetArgs { bridge: bridge.into(), instance_subnet: subnet.into() }.resolve()
+        HostNetArgs { bridge: bridge.into(), instance_subnet: subnet.into(), underlay: None }.resolve()
     }
 
     #[test]

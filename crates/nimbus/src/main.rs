@@ -9,6 +9,7 @@ mod bench_cluster;
 mod bench_launch;
 mod bench_metering;
 mod bench_middleware;
+mod bench_network;
 mod bench_tls;
 mod bench_webhooks;
 mod billing_cmd;
@@ -21,6 +22,7 @@ mod profiles;
 mod service_account_cmd;
 mod storage_cmd;
 mod tenant;
+mod testbed;
 
 use std::path::PathBuf;
 
@@ -158,6 +160,7 @@ enum Cmd {
 }
 
 fn main() -> anyhow::Result<()> {
+    use anyhow::Context;
     // The container launcher: a single-threaded process that must run before anything else
     // (no tokio runtime, no threads), so it may fork and change namespaces safely.
     let args: Vec<String> = std::env::args().collect();
@@ -172,6 +175,12 @@ fn main() -> anyhow::Result<()> {
         // should bite, not a soft RLIMIT_NOFILE of 1024.
         if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
             tracing::warn!(error = %e, "could not raise RLIMIT_NOFILE");
+        }
+    }
+    if let Cmd::Agent(a) = &cli.cmd {
+        // Before any thread exists: the runtime's threads are made in the namespace.
+        if let Some(ns) = &a.netns {
+            nimbus_driver::container::net::enter_netns(ns).with_context(|| format!("--netns {ns}"))?;
         }
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
