@@ -19,9 +19,11 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -70,19 +72,6 @@ impl Drop for Bed {
     }
 }
 
-fn ready() -> Option<PathBuf> {
-    if !nimbus_driver::container::inventory::is_root() {
-        eprintln!("SKIPPED: the container driver needs root");
-        return None;
-    }
-    let images = std::env::var("NIMBUS_TEST_IMAGES_DIR").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from("/var/tmp/nimbus-images"));
-    if !images.join("debian-12").exists() {
-        eprintln!("SKIPPED: no debian-12 image in {} (scripts/test builds it)", images.display());
-        return None;
-    }
-    Some(images)
-}
-
 struct Ssh {
     key: PathBuf,
 }
@@ -128,19 +117,14 @@ fn member_set(ns: &str, bridge: &str, set: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hosts_one_private_network_per_org() {
-    let Some(images) = ready() else { return };
+    let Some(images) = common::container_images() else { return };
     let tag = format!("tb{}", std::process::id() % 10_000);
     let layout = format!("{tag},203.0.113,10.211");
     let dir = std::env::temp_dir().join(format!("nimbus-testbed-{}", nimbus_core::ids::random_hex_id()));
     std::fs::create_dir_all(&dir).unwrap();
     let hosts: Vec<(String, String)> = (1..=3).map(|i| (format!("{tag}h{i}"), format!("{tag}b{i}"))).collect();
-    let mut bed = Bed {
-        dev: None,
-        procs: Vec::new(),
-        dir: dir.clone(),
-        layout: layout.clone(),
-        bridges: hosts.iter().map(|h| h.1.clone()).collect(),
-    };
+    let mut bed = Bed { dev: None, procs: Vec::new(), dir: dir.clone(), layout: layout.clone() };
+    let bridges: Vec<String> = hosts.iter().map(|h| h.1.clone()).collect();
     let data = dir.join("data");
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut dev = Command::new(BIN)

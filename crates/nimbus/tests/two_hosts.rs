@@ -7,6 +7,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -45,19 +47,6 @@ impl Drop for Bed {
     }
 }
 
-fn ready() -> Option<PathBuf> {
-    if !nimbus_driver::container::inventory::is_root() {
-        eprintln!("SKIPPED: the container driver needs root");
-        return None;
-    }
-    let images = std::env::var("NIMBUS_TEST_IMAGES_DIR").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from("/var/tmp/nimbus-images"));
-    if !images.join("debian-12").exists() {
-        eprintln!("SKIPPED: no debian-12 image in {} (scripts/test builds it)", images.display());
-        return None;
-    }
-    Some(images)
-}
-
 fn admin(dir: &Path, args: &[&str]) -> String {
     let out = Command::new(BIN).arg("admin").arg("--data-dir").arg(dir).args(args).output().unwrap();
     assert!(out.status.success(), "admin {args:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -66,7 +55,7 @@ fn admin(dir: &Path, args: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_container_agents_share_one_machine() {
-    let Some(images) = ready() else { return };
+    let Some(images) = common::container_images() else { return };
     let tag = std::process::id() % 10_000;
     let dir = std::env::temp_dir().join(format!("nimbus-two-hosts-{}", nimbus_core::ids::random_hex_id()));
     std::fs::create_dir_all(&dir).unwrap();

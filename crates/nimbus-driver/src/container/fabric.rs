@@ -14,9 +14,7 @@
 //! what its instances are using.
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::net::Ipv4Addr;
-use std::process::{Command, Stdio};
 
 use nimbus_proto::HostNetwork;
 
@@ -64,24 +62,7 @@ pub struct Tunnel {
     pub mac: String,
 }
 
-fn run(prog: &str, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
-    let mut child = Command::new(prog)
-        .args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("{prog}: {e}"))?;
-    if let (Some(text), Some(mut i)) = (stdin, child.stdin.take()) {
-        i.write_all(text.as_bytes()).map_err(|e| format!("{prog}: {e}"))?;
-    }
-    let out = child.wait_with_output().map_err(|e| format!("{prog}: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!("{prog} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
-    }
-}
+use super::tool as run;
 
 fn json(prog: &str, args: &[&str]) -> Vec<serde_json::Value> {
     run(prog, args, None).ok().and_then(|s| serde_json::from_str::<Vec<serde_json::Value>>(&s).ok()).unwrap_or_default()

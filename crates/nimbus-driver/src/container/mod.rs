@@ -21,6 +21,26 @@ pub mod storage;
 pub(crate) mod sys;
 pub mod vpn;
 
+/// Runs host tool `cmd` (iproute2, nft, wg, …) with `args`, feeding it `stdin`: its stdout, or
+/// an error naming the command and what it printed on stderr.
+pub(crate) fn tool(cmd: &str, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut c = Command::new(cmd);
+    c.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    c.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    let mut child = c.spawn().map_err(|e| format!("{cmd}: cannot start ({e})"))?;
+    if let (Some(input), Some(mut s)) = (stdin, child.stdin.take()) {
+        s.write_all(input.as_bytes()).map_err(|e| format!("{cmd}: {e}"))?;
+    }
+    let out = child.wait_with_output().map_err(|e| format!("{cmd}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!("{cmd} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
 /// A directory for a test's fake trees, removed when dropped.
 #[cfg(test)]
 pub(crate) struct TempDir(pub std::path::PathBuf);

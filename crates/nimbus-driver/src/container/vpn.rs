@@ -11,31 +11,11 @@
 //! Interfaces this driver made are remembered as marker files under `<data_dir>/vpns/`, so two
 //! drivers on one machine (tests) never take down each other's gateways.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use nimbus_proto::{VpnGateway, VpnReport};
 
-fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
-    let mut c = Command::new(cmd);
-    c.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
-    if stdin.is_some() {
-        c.stdin(Stdio::piped());
-    } else {
-        c.stdin(Stdio::null());
-    }
-    let mut child = c.spawn().map_err(|e| format!("{cmd}: cannot start ({e})"))?;
-    if let (Some(input), Some(mut s)) = (stdin, child.stdin.take()) {
-        s.write_all(input.as_bytes()).map_err(|e| format!("{cmd}: {e}"))?;
-    }
-    let out = child.wait_with_output().map_err(|e| format!("{cmd}: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!("{cmd} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
-    }
-}
+use super::tool as run;
 
 fn link_exists(name: &str) -> bool {
     super::net::link_exists(name)

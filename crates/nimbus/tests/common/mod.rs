@@ -1,0 +1,18 @@
+//! What the process tests of several hosts share.
+
+use std::path::PathBuf;
+
+/// The image cache when this machine can run container hosts (root and the debian-12 image,
+/// which scripts/test builds); otherwise says why the test skips.
+pub fn container_images() -> Option<PathBuf> {
+    if !nimbus_driver::container::inventory::is_root() {
+        eprintln!("SKIPPED: the container driver needs root");
+        return None;
+    }
+    let images = std::env::var("NIMBUS_TEST_IMAGES_DIR").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from("/var/tmp/nimbus-images"));
+    if !images.join("debian-12").exists() {
+        eprintln!("SKIPPED: no debian-12 image in {} (scripts/test builds it)", images.display());
+        return None;
+    }
+    Some(images)
+}
