@@ -481,9 +481,14 @@ pub struct Vpn {
     /// `address:port` to connect to (known once the host has reported).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
-    /// The instance network reachable through the tunnel (the client's AllowedIPs).
+    /// The instance network of the gateway's host (known once the host has reported).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
+    /// Every instance subnet of the region the tunnel reaches, on every host (the client's
+    /// AllowedIPs with `gateway_address`); empty where the region has no private network
+    /// across hosts, and then `network` is what it reaches.
+    #[serde(default)]
+    pub networks: Vec<String>,
     pub gateway_public_key: String,
     pub gateway_address: String,
     /// The client's tunnel address.

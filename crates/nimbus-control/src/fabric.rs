@@ -99,15 +99,37 @@ fn taken(message: String) -> Error {
     Error::conflict(nimbus_core::ConflictReason::InvalidState, message)
 }
 
-fn network_of(h: &Host) -> Option<proto::HostNetwork> {
-    Some(proto::HostNetwork { underlay: h.underlay.clone()?, instance_subnet: h.instance_subnet.clone()? })
+fn network_of(h: &Host, vpns: &[nimbus_core::model::Vpn]) -> Option<proto::HostNetwork> {
+    Some(proto::HostNetwork {
+        underlay: h.underlay.clone()?,
+        instance_subnet: h.instance_subnet.clone()?,
+        routes: vpns.iter().filter(|v| v.host_id == h.id).map(tunnel_subnet).collect(),
+    })
+}
+
+/// A VPN's tunnel subnet (its gateway and client addresses).
+fn tunnel_subnet(v: &nimbus_core::model::Vpn) -> String {
+    format!("10.201.{}.0/24", v.tunnel_index)
+}
+
+/// The instance subnets of `region`'s hosts that take part in its private network.
+pub async fn instance_subnets(c: &Control, region: &str) -> Result<Vec<String>, Error> {
+    let hosts = c.store().host_list(Some(region), false).await?;
+    Ok(hosts.iter().filter(|h| h.underlay.is_some()).filter_map(|h| h.instance_subnet.clone()).collect())
 }
 
 /// What host `me` must program: its region's other hosts, and the members of the orgs of
 /// `instances` (the host's own instances). Hosts that are down stay peers: their instances may
 /// well run on (only the control plane lost them), and a peer costs a route.
 pub async fn for_host(c: &Control, me: &Host, instances: &[Instance]) -> Result<proto::Fabric, Error> {
-    let peers = c.store().host_list(Some(&me.region), false).await?.iter().filter(|h| h.id != me.id).filter_map(network_of).collect();
+    let hosts = c.store().host_list(Some(&me.region), false).await?;
+    let vpns = c.store().vpn_list_by_region(&me.region).await?;
+    let peers = hosts.iter().filter(|h| h.id != me.id).filter_map(|h| network_of(h, &vpns)).collect();
+    // Private sources: every instance subnet and every VPN tunnel of the region.
+    let mut private: Vec<String> = hosts.iter().filter_map(|h| h.instance_subnet.clone()).collect();
+    private.extend(vpns.iter().map(tunnel_subnet));
+    private.sort();
+    private.dedup();
     let mut orgs: Vec<OrgId> = instances.iter().map(|i| i.org_id.clone()).collect();
     orgs.sort();
     orgs.dedup();
@@ -115,9 +137,15 @@ pub async fn for_host(c: &Control, me: &Host, instances: &[Instance]) -> Result<
     for (org, addr) in c.store().network_members(&me.region, &orgs).await? {
         members.entry(org.to_string()).or_default().push(addr);
     }
+    // A VPN's client is a member of its org's network (WireGuard lets it send only from its
+    // own tunnel address).
+    for v in vpns.iter().filter(|v| orgs.contains(&v.org_id)) {
+        members.entry(v.org_id.to_string()).or_default().push(v.client_address());
+    }
     Ok(proto::Fabric {
         vni: vni(&me.region),
         peers,
+        private,
         orgs: members.into_iter().map(|(tenant, addrs)| proto::OrgMembers { tenant, addrs }).collect(),
     })
 }
@@ -165,7 +193,7 @@ mod tests {
     use super::*;
 
     fn net(u: &str, s: &str) -> proto::HostNetwork {
-        proto::HostNetwork { underlay: u.into(), instance_subnet: s.into() }
+        proto::HostNetwork { underlay: u.into(), instance_subnet: s.into(), routes: vec![] }
     }
 
     #[test]

@@ -17,7 +17,8 @@ use serde_json::json;
 use crate::{emit, Control};
 
 const BASE_PORT: i64 = 51820;
-const MAX_PER_HOST: i64 = 256;
+/// Tunnel subnets are `10.201.<index>.0/24`, unique in a region.
+const MAX_PER_REGION: i64 = 256;
 const MAX_PER_ORG: i64 = 10;
 
 /// A new VPN and, once, the client's private key.
@@ -37,10 +38,13 @@ pub async fn create(c: &Control, actor: &Actor, name: &str, region: &str) -> Res
     }
     let host = pick_host(&mut tx, actor, region).await?;
     Store::host_bump_generation_in_txn(&mut tx, &host).await?;
-    let used: Vec<i64> = Store::vpn_list_by_host_in(&mut tx, &host).await?.iter().map(|v| v.tunnel_index).collect();
-    let index = (0..MAX_PER_HOST)
+    // Unique in the region (not only on the host): the private network routes each tunnel's
+    // subnet to its gateway's host. VPNs made before kept their per-host index.
+    let mut used: Vec<i64> = Store::vpn_indices_in_region_in(&mut tx, region).await?;
+    used.extend(Store::vpn_list_by_host_in(&mut tx, &host).await?.iter().map(|v| v.tunnel_index));
+    let index = (0..MAX_PER_REGION)
         .find(|i| !used.contains(i))
-        .ok_or_else(|| Error::InsufficientCapacity { message: "the host serves as many VPNs as it can".into() })?;
+        .ok_or_else(|| Error::InsufficientCapacity { message: format!("{region} serves as many VPNs as it can ({MAX_PER_REGION})") })?;
     let (gw_private, gw_public) = wireguard::keypair();
     let (client_private, client_public) = wireguard::keypair();
     let vpn = Vpn {
@@ -58,12 +62,16 @@ pub async fn create(c: &Control, actor: &Actor, name: &str, region: &str) -> Res
         message: None,
         endpoint: None,
         network: None,
+        networks: Vec::new(),
         created_at: now,
     };
     Store::vpn_insert_in_txn(&mut tx, &vpn).await?;
     emit(&mut tx, actor, "vpn.created", "vpn", vpn.id.as_str(), json!({"name": name, "region": region}), now).await?;
     Store::commit(tx).await?;
     c.hosts().wake(&host);
+    // Every other host of the region routes the new tunnel to this one.
+    crate::fabric::peers_changed(c, region, &host).await?;
+    let vpn = with_networks(c, vpn).await?;
     Ok(Created { vpn, client_private_key: client_private })
 }
 
@@ -86,12 +94,22 @@ async fn pick_host(tx: &mut Conn, actor: &Actor, region: &str) -> Result<HostId,
 
 pub async fn list(c: &Control, actor: &Actor) -> Result<Vec<Vpn>, Error> {
     actor.require(Permission::Read)?;
-    c.store().vpn_list_by_org(&actor.org_id).await
+    let mut out = Vec::new();
+    for v in c.store().vpn_list_by_org(&actor.org_id).await? {
+        out.push(with_networks(c, v).await?);
+    }
+    Ok(out)
 }
 
 pub async fn get(c: &Control, actor: &Actor, id: &str) -> Result<Vpn, Error> {
     actor.require(Permission::Read)?;
-    find(c, actor, id).await
+    with_networks(c, find(c, actor, id).await?).await
+}
+
+/// Fills in the instance subnets of the VPN's region, which its tunnel reaches.
+async fn with_networks(c: &Control, mut v: Vpn) -> Result<Vpn, Error> {
+    v.networks = crate::fabric::instance_subnets(c, &v.region).await?;
+    Ok(v)
 }
 
 /// The VPN, with no permission check: for functions that have checked theirs.
@@ -112,16 +130,23 @@ pub async fn delete(c: &Control, actor: &Actor, id: &str) -> Result<Vpn, Error> 
     emit(&mut tx, actor, "vpn.deleted", "vpn", v.id.as_str(), json!({"name": v.name}), now).await?;
     Store::commit(tx).await?;
     c.hosts().wake(&v.host_id);
+    crate::fabric::peers_changed(c, &v.region, &v.host_id).await?;
     Ok(v)
 }
 
-/// The gateways `host` should serve, each with the addresses its org's instances have there.
+/// The gateways `host` should serve, each with the addresses its org's instances have, on every
+/// host of the region (the private network carries what is not on this one).
 pub(crate) async fn desired_for_host(
     c: &Control,
     host: &HostId,
     instances: &[nimbus_core::model::Instance],
 ) -> Result<Vec<proto::VpnGateway>, Error> {
     let vpns = c.store().vpn_list_by_host(host).await?;
+    let mut orgs: Vec<nimbus_core::ids::OrgId> = vpns.iter().map(|v| v.org_id.clone()).collect();
+    orgs.sort();
+    orgs.dedup();
+    let region = vpns.first().map(|v| v.region.clone()).unwrap_or_default();
+    let members = c.store().network_members(&region, &orgs).await?;
     Ok(vpns
         .iter()
         .map(|v| proto::VpnGateway {
@@ -135,6 +160,9 @@ pub(crate) async fn desired_for_host(
                 .iter()
                 .filter(|i| i.org_id == v.org_id && i.state.wants_running())
                 .filter_map(|i| i.private_ip.clone())
+                .chain(members.iter().filter(|(o, _)| *o == v.org_id).map(|(_, a)| a.clone()))
+                .collect::<std::collections::BTreeSet<String>>()
+                .into_iter()
                 .collect(),
         })
         .collect())
@@ -157,7 +185,7 @@ pub(crate) async fn apply_reports(tx: &mut Conn, host: &HostId, reports: &[proto
 /// A wg-quick configuration for the client (with its private key when given).
 pub fn client_config(v: &Vpn, client_private_key: Option<&str>) -> Option<String> {
     let endpoint = v.endpoint.as_deref()?;
-    let network = v.network.as_deref()?;
+    let network = if v.networks.is_empty() { v.network.clone()? } else { v.networks.join(", ") };
     Some(format!(
         "[Interface]\nPrivateKey = {}\nAddress = {}/32\n\n[Peer]\nPublicKey = {}\nEndpoint = {endpoint}\nAllowedIPs = {}/32, {network}\nPersistentKeepalive = 25\n",
         client_private_key.unwrap_or("<the private_key returned when this VPN was created>"),

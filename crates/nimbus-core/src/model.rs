@@ -407,8 +407,12 @@ pub struct Vpn {
     pub message: Option<String>,
     /// `address:port` clients connect to, as the host reports it.
     pub endpoint: Option<String>,
-    /// The instance network behind the gateway (the client's AllowedIPs), as the host reports it.
+    /// The instance network behind the gateway, as the host reports it.
     pub network: Option<String>,
+    /// Every instance subnet of the region the tunnel reaches (the client's AllowedIPs): filled
+    /// when read (`control::vpn`), not stored; empty where the region has no private network
+    /// across hosts (then `network` is all there is).
+    pub networks: Vec<String>,
     pub created_at: i64,
 }
 

@@ -62,6 +62,9 @@ pub struct HostNetwork {
     /// The subnet its instances' private addresses come from (`A.B.C.D/N`); the first address
     /// is the host's gateway on its bridge. Subnets of one region never overlap.
     pub instance_subnet: String,
+    /// More private subnets routed to this host (the tunnels of the VPN gateways it serves).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<String>,
 }
 
 /// The region's private network as one host needs it (see docs/architecture.md, "Network").
@@ -78,6 +81,10 @@ pub struct Fabric {
     pub vni: u32,
     /// The other hosts of the region that have a network (complete set).
     pub peers: Vec<HostNetwork>,
+    /// Every private subnet of the region (instance subnets, VPN tunnels), this host's too: a
+    /// source in one of them is an instance or a VPN client, and must be a member.
+    #[serde(default)]
+    pub private: Vec<String>,
     /// For every org with an instance on this host: the private addresses of all its instances
     /// in the region, on every host (complete set; this host's own instances included).
     pub orgs: Vec<OrgMembers>,

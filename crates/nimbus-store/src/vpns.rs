@@ -13,6 +13,7 @@ const COLS: &str = "id, org_id, name, region, host_id, tunnel_index, listen_port
 
 fn vpn(r: &AnyRow) -> Result<Vpn, Error> {
     Ok(Vpn {
+        networks: Vec::new(),
         id: VpnId::from_trusted(get(r, "id")?),
         org_id: OrgId::from_trusted(get(r, "org_id")?),
         name: get(r, "name")?,
@@ -81,6 +82,30 @@ impl Store {
     pub async fn vpn_list_by_host(&self, host: &HostId) -> Result<Vec<Vpn>, Error> {
         let mut c = self.reader().await?;
         Self::vpn_list_by_host_in(&mut c, host).await
+    }
+
+    /// Tunnel indices in use in `region` (each VPN's tunnel subnet is unique in its region, so
+    /// that the private network can route it to its gateway's host).
+    pub async fn vpn_indices_in_region_in(c: &mut Conn, region: &str) -> Result<Vec<i64>, Error> {
+        let rows = sqlx::query("SELECT tunnel_index FROM vpns WHERE region = $1")
+            .bind(region)
+            .fetch_all(c)
+            .await
+            .map_err(db_err("listing vpn tunnels"))?;
+        rows.iter().map(|r| get(r, "tunnel_index")).collect()
+    }
+
+    /// Every VPN of `region`, for the private network (routes to gateways, client members).
+    pub async fn vpn_list_by_region(&self, region: &str) -> Result<Vec<Vpn>, Error> {
+        let mut c = self.reader().await?;
+        sqlx::query(&format!("SELECT {COLS} FROM vpns WHERE region = $1 ORDER BY tunnel_index, id"))
+            .bind(region)
+            .fetch_all(&mut *c)
+            .await
+            .map_err(db_err("listing region vpns"))?
+            .iter()
+            .map(vpn)
+            .collect()
     }
 
     pub async fn vpn_count_in(c: &mut Conn, org: &OrgId) -> Result<i64, Error> {

@@ -314,6 +314,7 @@ pub async fn make_driver(args: &DriverArgs, dir: &Path) -> anyhow::Result<Arc<dy
             cfg.cgroup_parent = host_net.cgroup_parent;
             cfg.outbound_nat = offer.outbound_nat;
             cfg.underlay = net.underlay;
+            cfg.public_ip = offer.public_ip;
             cfg.launcher = Some(nimbus_driver::container::runtime::Launcher::current_exe()?);
             if offer.offer_vcpus.is_some() || offer.offer_memory_gib.is_some() || offer.offer_disk_gib.is_some() {
                 std::fs::create_dir_all(&cfg.data_dir)?;

@@ -202,6 +202,22 @@ impl TestBed {
                 kill_tree(&root.join(format!("nimbus-{}", h.bridge)));
             }
         }
+        // Whatever else still runs in a host's namespace (its agent, a VPN gateway's
+        // wireguard-go): a deleted namespace name does not stop a process inside it.
+        let inodes: Vec<u64> = self
+            .hosts
+            .iter()
+            .filter_map(|h| std::fs::metadata(Path::new("/run/netns").join(&h.netns)).ok())
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .collect();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else { continue };
+            let Ok(link) = std::fs::read_link(format!("/proc/{pid}/ns/net")) else { continue };
+            let ino = link.to_string_lossy().trim_start_matches("net:[").trim_end_matches(']').parse::<u64>().ok();
+            if ino.is_some_and(|i| inodes.contains(&i)) && pid != std::process::id() {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).stderr(Stdio::null()).status();
+            }
+        }
         std::thread::sleep(std::time::Duration::from_millis(200));
         for e in std::fs::read_dir("/run/netns").into_iter().flatten().flatten() {
             let name = e.file_name().to_string_lossy().into_owned();

@@ -11,6 +11,8 @@
 //! - each of those refusals can fail: with the second org's address put into the first org's
 //!   member set on one host, or with the underlay rules taken out of the attacker's host, the
 //!   same probe gets through;
+//! - the org's VPN (its gateway on one host) reaches the org's nodes on every host, and not the
+//!   second org's instance;
 //! - killing a host's agent (`kill -9`) and restarting it keeps every node connected, and the
 //!   restarted agent puts back the rule the weakened run took out;
 //! - terminating a node takes its address out of the other hosts' member sets within 1 s.
@@ -53,6 +55,8 @@ struct Bed {
     procs: Vec<Child>,
     dir: PathBuf,
     layout: String,
+    /// The VPN client's namespace and its link on the underlay.
+    client_ns: Option<String>,
 }
 
 impl Drop for Bed {
@@ -60,6 +64,12 @@ impl Drop for Bed {
         for p in self.procs.iter_mut().chain(self.dev.iter_mut()) {
             let _ = p.kill();
             let _ = p.wait();
+        }
+        if let Some(ns) = &self.client_ns {
+            // The client's wireguard-go goes with its interface.
+            let _ = Command::new("ip").args(["netns", "exec", ns, "ip", "link", "del", &format!("{}w", &ns[..ns.len() - 1])]).status();
+            let _ = Command::new("ip").args(["link", "del", ns]).stderr(Stdio::null()).status();
+            let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
         }
         // Agents stop within 250 ms of their parent; the teardown removes what is left.
         std::thread::sleep(Duration::from_millis(600));
@@ -123,7 +133,7 @@ async fn three_hosts_one_private_network_per_org() {
     let dir = std::env::temp_dir().join(format!("nimbus-testbed-{}", nimbus_core::ids::random_hex_id()));
     std::fs::create_dir_all(&dir).unwrap();
     let hosts: Vec<(String, String)> = (1..=3).map(|i| (format!("{tag}h{i}"), format!("{tag}b{i}"))).collect();
-    let mut bed = Bed { dev: None, procs: Vec::new(), dir: dir.clone(), layout: layout.clone() };
+    let mut bed = Bed { dev: None, procs: Vec::new(), dir: dir.clone(), layout: layout.clone(), client_ns: None };
     let bridges: Vec<String> = hosts.iter().map(|h| h.1.clone()).collect();
     let data = dir.join("data");
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -283,6 +293,92 @@ async fn three_hosts_one_private_network_per_org() {
     }
     let (through, how) = ssh.connects(&b, &peer_underlay, 7999, None);
     assert!(!through, "org B reached the underlay address {peer_underlay}: {how}");
+
+    // 3b. Org A's VPN reaches its nodes on every host, and not B's instance.
+    if Command::new("sh").args(["-c", "command -v wireguard-go && command -v wg"]).output().is_ok_and(|o| o.status.success()) {
+        let native = |m: reqwest::Method, path: &str, body: Option<Value>| {
+            let mut rb = http.request(m, format!("{url}/v1{path}")).bearer_auth(&key);
+            if let Some(b) = body {
+                rb = rb.json(&b);
+            }
+            async move {
+                let r = rb.send().await.unwrap();
+                (r.status().as_u16(), r.json::<Value>().await.unwrap_or(Value::Null))
+            }
+        };
+        let (st, created) = native(reqwest::Method::POST, "/vpn", Some(json!({"name": "office", "region": "us-east-1"}))).await;
+        assert_eq!(st, 201, "{created}");
+        let vpn_id = created["data"]["id"].as_str().unwrap().to_owned();
+        let client_key = created["data"]["client_private_key"].as_str().unwrap().to_owned();
+        let t = Instant::now();
+        let vpn = loop {
+            let (_, v) = native(reqwest::Method::GET, &format!("/vpn/{vpn_id}"), None).await;
+            if v["data"]["status"] == "up" {
+                break v["data"].clone();
+            }
+            assert!(v["data"]["status"] != "failed", "{v}");
+            assert!(t.elapsed() < Duration::from_secs(20), "the gateway never came up: {v}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let mut networks: Vec<String> = vpn["networks"].as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_owned()).collect();
+        networks.sort();
+        assert_eq!(networks, ["10.211.1.0/24", "10.211.2.0/24", "10.211.3.0/24"], "{vpn}");
+        // The client: a namespace of its own on the underlay, as a laptop on the internet.
+        let cns = format!("{tag}c");
+        bed.client_ns = Some(cns.clone());
+        let sh = |c: &str| assert!(Command::new("sh").args(["-c", c]).status().unwrap().success(), "{c}");
+        sh(&format!("ip netns add {cns} && ip link add {cns} mtu 1550 type veth peer name {cns}p && ip link set {cns}p netns {cns}"));
+        sh(&format!("ip link set {cns} master {tag}u0 up"));
+        let nsx = |c: &str| sh(&format!("ip netns exec {cns} {c}"));
+        nsx(&format!("ip link set {cns}p name eth0"));
+        nsx("ip addr add 203.0.113.200/24 dev eth0");
+        nsx("ip link set eth0 up");
+        nsx("ip link set lo up");
+        // wireguard-go's control socket (/var/run/wireguard/<name>.sock) is machine-wide: a
+        // name of this run's own.
+        let wgc = format!("{tag}w");
+        nsx(&format!("wireguard-go {wgc}"));
+        let key_file = dir.join("vpn-client.key");
+        std::fs::write(&key_file, &client_key).unwrap();
+        let gw = vpn["gateway_address"].as_str().unwrap().to_owned();
+        let allowed = std::iter::once(format!("{gw}/32")).chain(networks.iter().cloned()).collect::<Vec<_>>().join(",");
+        nsx(&format!(
+            "wg set {wgc} private-key {} peer {} endpoint {} allowed-ips {allowed} persistent-keepalive 1",
+            key_file.display(),
+            vpn["gateway_public_key"].as_str().unwrap(),
+            vpn["endpoint"].as_str().unwrap()
+        ));
+        nsx(&format!("ip addr add {}/32 dev {wgc}", vpn["client_address"].as_str().unwrap()));
+        nsx(&format!("ip link set {wgc} up"));
+        for n in networks.iter().chain([&format!("{gw}/32")]) {
+            nsx(&format!("ip route add {n} dev {wgc}"));
+        }
+        let banner = |ip: &str| {
+            let out = Command::new("ip")
+                .args(["netns", "exec", &cns, "timeout", "3", "bash", "-c", &format!("exec 3<>/dev/tcp/{ip}/22; head -c 4 <&3")])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).starts_with("SSH-")
+        };
+        for n in &nodes {
+            let t = Instant::now();
+            while !banner(&n.1) {
+                assert!(t.elapsed() < Duration::from_secs(20), "no SSH banner from {} ({}) through the VPN", n.0, n.1);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        assert!(!banner(&b), "org B's instance answered through org A's VPN");
+        let (st, v) = native(reqwest::Method::DELETE, &format!("/vpn/{vpn_id}"), None).await;
+        assert_eq!(st, 200, "{v}");
+        // Every host hears of it: the tunnel leaves every host's private set.
+        let t = Instant::now();
+        while hosts.iter().any(|(ns, br)| member_set(ns, br, "private").contains("10.201.")) {
+            assert!(t.elapsed() < Duration::from_secs(5), "the deleted VPN's tunnel is still private somewhere");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    } else {
+        eprintln!("SKIPPED (VPN part): wireguard-go and wg are needed (scripts/test installs them)");
+    }
 
     // 4. Each refusal can fail. (a) B's address in A's member set on the victim's host.
     let (vns, vbr) = &hosts[host_of(&victim.1)];

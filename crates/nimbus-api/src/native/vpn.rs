@@ -22,6 +22,7 @@ fn render(v: &Vpn) -> w::Vpn {
         message: v.message.clone(),
         endpoint: v.endpoint.clone(),
         network: v.network.clone(),
+        networks: v.networks.clone(),
         gateway_public_key: v.gateway_public_key.clone(),
         gateway_address: v.gateway_address(),
         client_address: v.client_address(),

@@ -64,6 +64,9 @@ pub struct ContainerConfig {
     /// This host's address between hosts (`--underlay`): with one, the host takes part in its
     /// region's private network (a VXLAN tunnel to every other host, see `fabric`).
     pub underlay: Option<Ipv4Addr>,
+    /// The address clients reach this host on (`--public-ip`): VPN endpoints are there. `None`:
+    /// the source address of the host's default route.
+    pub public_ip: Option<std::net::IpAddr>,
 }
 
 impl ContainerConfig {
@@ -85,6 +88,7 @@ impl ContainerConfig {
             id_window: None,
             weaken: Weaken::default(),
             underlay: None,
+            public_ip: None,
         }
     }
 }
@@ -188,7 +192,7 @@ impl ContainerDriver {
             let mask = u32::MAX.checked_shl(32 - u32::from(cfg.prefix_len)).unwrap_or(0);
             format!("{}/{}", Ipv4Addr::from(u32::from(cfg.gateway) & mask), cfg.prefix_len)
         };
-        let vpns = super::vpn::Gateways::new(&cfg.data_dir, &cfg.bridge, network);
+        let vpns = super::vpn::Gateways::new(&cfg.data_dir, &cfg.bridge, network, cfg.public_ip.map(|a| a.to_string()));
         let storage = super::storage::Storage::new(&cfg.data_dir);
         let window = cfg.id_window.unwrap_or_else(|| idmap::host_window(&std::fs::read_to_string("/etc/subuid").unwrap_or_default()));
         let ranges = idmap::Ranges::new(&cfg.data_dir, window);
@@ -377,7 +381,10 @@ impl ContainerDriver {
             m.dedup();
         }
         let mut subnets = vec![self.subnet()];
-        subnets.extend(peers.iter().map(|p| p.subnet));
+        subnets.extend(peers.iter().flat_map(|p| std::iter::once(p.subnet).chain(p.routes.iter().copied())));
+        subnets.extend(f.private.iter().filter_map(|s| super::fabric::parse_subnet(s)));
+        subnets.sort_unstable();
+        subnets.dedup();
         super::firewall::Private {
             subnets,
             members,
@@ -544,8 +551,11 @@ impl Driver for ContainerDriver {
             None => super::inventory::read(&self.cfg.data_dir),
         };
         let (net, len) = self.subnet();
-        inv.network =
-            self.cfg.underlay.map(|u| nimbus_proto::HostNetwork { underlay: u.to_string(), instance_subnet: format!("{net}/{len}") });
+        inv.network = self.cfg.underlay.map(|u| nimbus_proto::HostNetwork {
+            underlay: u.to_string(),
+            instance_subnet: format!("{net}/{len}"),
+            routes: vec![],
+        });
         Ok(inv)
     }
 

@@ -40,16 +40,26 @@ pub struct Peer {
     pub subnet: (Ipv4Addr, u8),
     pub gateway: Ipv4Addr,
     pub underlay: Ipv4Addr,
+    /// More subnets behind it (its VPN gateways' tunnels).
+    pub routes: Vec<(Ipv4Addr, u8)>,
+}
+
+/// `A.B.C.D/N` with no host bits set.
+pub fn parse_subnet(s: &str) -> Option<(Ipv4Addr, u8)> {
+    let (a, l) = s.split_once('/')?;
+    let addr: Ipv4Addr = a.parse().ok()?;
+    let len: u8 = l.parse().ok().filter(|l| (8..=32).contains(l))?;
+    let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+    (u32::from(addr) & !mask == 0).then_some((addr, len))
 }
 
 impl Peer {
     /// `None` for a peer the server should never have sent (unparsable), which is skipped.
     pub fn from_proto(n: &HostNetwork) -> Option<Peer> {
         let underlay: Ipv4Addr = n.underlay.parse().ok()?;
-        let (a, l) = n.instance_subnet.split_once('/')?;
-        let addr: Ipv4Addr = a.parse().ok()?;
-        let len: u8 = l.parse().ok().filter(|l| (8..=30).contains(l))?;
-        Some(Peer { subnet: (addr, len), gateway: Ipv4Addr::from(u32::from(addr) + 1), underlay })
+        let (addr, len) = parse_subnet(&n.instance_subnet).filter(|(_, l)| *l <= 30)?;
+        let routes = n.routes.iter().filter_map(|r| parse_subnet(r)).collect();
+        Some(Peer { subnet: (addr, len), gateway: Ipv4Addr::from(u32::from(addr) + 1), underlay, routes })
     }
 }
 
@@ -149,7 +159,8 @@ impl Tunnel {
         let want: BTreeSet<&Peer> = peers.iter().filter(|p| p.underlay != self.local).collect();
         let macs: BTreeSet<String> = want.iter().map(|p| vtep_mac(p.gateway)).collect();
         let gws: BTreeSet<String> = want.iter().map(|p| p.gateway.to_string()).collect();
-        let nets: BTreeSet<String> = want.iter().map(|p| format!("{}/{}", p.subnet.0, p.subnet.1)).collect();
+        let nets: BTreeSet<String> =
+            want.iter().flat_map(|p| std::iter::once(&p.subnet).chain(&p.routes)).map(|(a, l)| format!("{a}/{l}")).collect();
         let mut fdb = String::new();
         for e in json("bridge", &["-j", "fdb", "show", "dev", &self.dev]) {
             if let Some(mac) = e["mac"].as_str() {
@@ -178,7 +189,9 @@ impl Tunnel {
         }
         for p in &want {
             ipb += &format!("neigh replace {} lladdr {} dev {} nud permanent\n", p.gateway, vtep_mac(p.gateway), self.dev);
-            ipb += &format!("route replace {}/{} via {} dev {} onlink\n", p.subnet.0, p.subnet.1, p.gateway, self.dev);
+            for (a, l) in std::iter::once(&p.subnet).chain(&p.routes) {
+                ipb += &format!("route replace {a}/{l} via {} dev {} onlink\n", p.gateway, self.dev);
+            }
         }
         if !fdb.is_empty() {
             run("bridge", &["-batch", "-"], Some(&fdb))?;
@@ -204,16 +217,22 @@ mod tests {
         assert_eq!(device("nimbus0"), "vx-nimbus0");
         assert!(device("a-fifteen-chars").len() <= 15);
         assert_eq!(vtep_mac(Ipv4Addr::new(10, 210, 1, 1)), "0a:59:0a:d2:01:01");
-        let p = Peer::from_proto(&HostNetwork { underlay: "198.51.100.2".into(), instance_subnet: "10.210.2.0/24".into() });
+        let p = Peer::from_proto(&HostNetwork { underlay: "198.51.100.2".into(), instance_subnet: "10.210.2.0/24".into(), routes: vec![] });
         assert_eq!(
             p,
             Some(Peer {
                 subnet: (Ipv4Addr::new(10, 210, 2, 0), 24),
                 gateway: Ipv4Addr::new(10, 210, 2, 1),
-                underlay: Ipv4Addr::new(198, 51, 100, 2)
+                underlay: Ipv4Addr::new(198, 51, 100, 2),
+                routes: vec![],
             })
         );
-        assert!(Peer::from_proto(&HostNetwork { underlay: "x".into(), instance_subnet: "10.210.2.0/24".into() }).is_none());
-        assert!(Peer::from_proto(&HostNetwork { underlay: "198.51.100.2".into(), instance_subnet: "10.210.2.0/33".into() }).is_none());
+        assert!(Peer::from_proto(&HostNetwork { underlay: "x".into(), instance_subnet: "10.210.2.0/24".into(), routes: vec![] }).is_none());
+        assert!(Peer::from_proto(&HostNetwork {
+            underlay: "198.51.100.2".into(),
+            instance_subnet: "10.210.2.0/33".into(),
+            routes: vec![]
+        })
+        .is_none());
     }
 }

@@ -56,12 +56,14 @@ pub struct Gateways {
     table: String,
     /// The instance network behind the gateways (`10.200.0.0/16`).
     network: String,
+    /// Where clients reach this host (`--public-ip`), when configured.
+    endpoint_ip: Option<String>,
 }
 
 impl Gateways {
-    pub fn new(data_dir: &Path, bridge: &str, network: String) -> Self {
+    pub fn new(data_dir: &Path, bridge: &str, network: String, endpoint_ip: Option<String>) -> Self {
         let table = format!("nimbus_vpn_{}", bridge.replace(|c: char| !c.is_ascii_alphanumeric(), "_"));
-        Gateways { markers: data_dir.join("vpns"), table, network }
+        Gateways { markers: data_dir.join("vpns"), table, network, endpoint_ip }
     }
 
     fn ours(&self) -> Vec<String> {
@@ -133,7 +135,9 @@ impl Gateways {
         } else {
             super::firewall::apply(&self.render(desired))
         };
-        let endpoint_host = host_address();
+        // A host of a test bed (or a host without a default route) has no "source of the
+        // default route": the configured public address says where clients come in.
+        let endpoint_host = self.endpoint_ip.clone().or_else(host_address);
         let forward = ip_forward();
         desired
             .iter()
@@ -169,7 +173,7 @@ mod tests {
 
     #[test]
     fn filter_allows_only_the_listed_instances() {
-        let g = Gateways::new(Path::new("/nonexistent"), "nimbus0", "10.200.0.0/16".into());
+        let g = Gateways::new(Path::new("/nonexistent"), "nimbus0", "10.200.0.0/16".into(), None);
         let gw = |iface: &str, reachable: Vec<&str>| VpnGateway {
             id: "v".into(),
             interface: iface.into(),

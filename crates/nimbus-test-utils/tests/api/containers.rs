@@ -70,7 +70,7 @@ impl Drop for HostCleanup {
         let _ = Command::new("ip").args(["link", "del", &self.cfg.bridge]).stderr(std::process::Stdio::null()).status();
         nimbus_driver::container::firewall::remove(&self.cfg.bridge);
         // VPN gateways the driver made (a failed test may not have deleted its VPN through the API).
-        nimbus_driver::container::vpn::Gateways::new(&self.cfg.data_dir, &self.cfg.bridge, String::new()).remove_all();
+        nimbus_driver::container::vpn::Gateways::new(&self.cfg.data_dir, &self.cfg.bridge, String::new(), None).remove_all();
     }
 }
 

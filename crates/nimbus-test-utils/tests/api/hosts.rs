@@ -435,7 +435,7 @@ async fn user_data_crosses_the_wire_once_per_instance() {
 
 fn reg_net(token: &str, machine: &str, underlay: &str, subnet: &str) -> proto::RegisterRequest {
     let mut r = reg(token, machine);
-    r.inventory.network = Some(proto::HostNetwork { underlay: underlay.into(), instance_subnet: subnet.into() });
+    r.inventory.network = Some(proto::HostNetwork { underlay: underlay.into(), instance_subnet: subnet.into(), routes: vec![] });
     (r.inventory.vcpus, r.inventory.memory_mib, r.inventory.disk_gib) = (16, 65_536, 1_000);
     r
 }
@@ -468,7 +468,10 @@ async fn hosts_share_one_private_network_and_hear_of_new_members() {
     };
     let f1 = desired(h1.clone()).await.fabric.unwrap();
     assert_eq!(f1.vni, nimbus_control::fabric::vni("us-east-1"));
-    assert_eq!(f1.peers, vec![proto::HostNetwork { underlay: "198.51.100.2".into(), instance_subnet: "10.220.2.0/24".into() }]);
+    assert_eq!(
+        f1.peers,
+        vec![proto::HostNetwork { underlay: "198.51.100.2".into(), instance_subnet: "10.220.2.0/24".into(), routes: vec![] }]
+    );
     assert!(f1.orgs.is_empty(), "no instance on it yet");
 
     // A 2-node cluster spreads over both hosts; each node's address arrives with its host's report.
