@@ -592,6 +592,7 @@ mod tests {
             volumes: vec![],
             source_snapshot: None,
             ssh_port: None,
+            port_forwards: vec![],
             peers: vec![],
             tenant: "t".into(),
             privileged: false,

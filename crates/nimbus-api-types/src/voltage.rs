@@ -216,6 +216,14 @@ pub struct PortForward {
     pub external_port: i64,
 }
 
+/// Open a port of the VM's public address to one of its ports (Nimbus extension).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PortForwardCreate {
+    /// The VM's port (TCP, 1–65535); the external port is chosen from the host's range.
+    pub internal_port: i64,
+}
+
 /// A virtual machine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct VirtualMachine {

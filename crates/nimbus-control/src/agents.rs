@@ -455,6 +455,7 @@ pub async fn desired(c: &Control, host: &HostId, req: proto::DesiredRequest) -> 
     let instances = c.store().instance_list_by_host(host).await?;
     let images = c.store().image_list().await?;
     let firewall = firewall_by_instance(c, &instances).await?;
+    let forwards = c.store().network_forwards_by_host(host).await?;
     let volumes = c.store().volume_list_by_host(host).await?;
     let snapshots = c.store().snapshot_list_by_host(host).await?;
     let image_name = |id: &ImageId| images.iter().find(|i| &i.id == id).map(|i| i.name.clone()).unwrap_or_default();
@@ -509,6 +510,11 @@ pub async fn desired(c: &Control, host: &HostId, req: proto::DesiredRequest) -> 
                 .collect(),
             source_snapshot: i.source_snapshot_id.as_ref().map(ToString::to_string),
             ssh_port: i.ssh_port.and_then(|p| u16::try_from(p).ok()),
+            port_forwards: forwards
+                .iter()
+                .filter(|(id, _, _)| *id == i.id)
+                .filter_map(|(_, e, n)| Some((u16::try_from(*e).ok()?, u16::try_from(*n).ok()?)))
+                .collect(),
             peers: peers_of(i),
             tenant: i.org_id.to_string(),
             privileged: c.config().instance_type(&i.instance_type).is_some_and(|t| t.privileged),

@@ -31,8 +31,9 @@ pub async fn hostnodes(c: &Control, actor: &Actor, up_only: bool) -> Result<Vec<
     actor.require(Permission::Read)?;
     let hosts = c.store().host_list(None, up_only).await?;
     let mut out = Vec::with_capacity(hosts.len());
+    let mut conn = c.store().reader().await?;
     for h in hosts {
-        let used: Vec<i64> = c.store().instance_list_by_host(&h.id).await?.iter().filter_map(|i| i.ssh_port).collect();
+        let used = nimbus_store::Store::network_used_ports_in(&mut conn, &h.id).await?;
         let free = c.config().port_forwards.ports().filter(|p| !used.contains(p)).collect();
         out.push((h, free));
     }

@@ -303,7 +303,7 @@ pub async fn launch(c: &Control, actor: &Actor, spec: LaunchSpec) -> Result<Vec<
             // After the claim, which holds the host's row: concurrent launches onto this host
             // wait for this transaction, so the port read here stays free until commit.
             let ssh_port = if spec.forward_ssh_port {
-                let used = Store::instance_ssh_ports_on_host_in(&mut tx, &host_id).await?;
+                let used = Store::network_used_ports_in(&mut tx, &host_id).await?;
                 // The claim is already made: fail the whole transaction rather than keep it.
                 Some(cfg.port_forwards.ports().find(|p| !used.contains(p)).ok_or_else(|| Error::InsufficientCapacity {
                     message: "No free port to forward SSH from on the chosen host.".to_owned(),

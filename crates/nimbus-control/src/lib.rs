@@ -24,6 +24,7 @@ pub mod instances;
 pub mod metering;
 pub mod metrics;
 pub mod notify;
+pub mod port_forwards;
 pub mod presets;
 pub mod reconcile;
 pub mod scheduler;

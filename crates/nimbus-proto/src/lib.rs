@@ -215,6 +215,9 @@ pub struct DesiredInstance {
     /// Host port forwarded (TCP) to the instance's port 22, on every host address.
     #[serde(default)]
     pub ssh_port: Option<u16>,
+    /// More host ports forwarded (TCP) to ports of the instance: `(host port, instance port)`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub port_forwards: Vec<(u16, u16)>,
     /// The other nodes of its cluster: in its `/etc/hosts` by name, and allowed to reach it on
     /// every port.
     #[serde(default)]

@@ -25,6 +25,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (15, "clusters", include_str!("../migrations/0015_clusters.sql")),
     (16, "host_token_limits", include_str!("../migrations/0016_host_token_limits.sql")),
     (17, "host_network", include_str!("../migrations/0017_host_network.sql")),
+    (18, "port_forwards", include_str!("../migrations/0018_port_forwards.sql")),
 ];
 
 fn render(sql: &str, backend: Backend) -> String {

@@ -2,7 +2,7 @@
 //! network (its instances' private addresses, on every host), and which hosts must hear when
 //! that changes.
 
-use nimbus_core::ids::{HostId, OrgId};
+use nimbus_core::ids::{HostId, InstanceId, OrgId};
 
 use nimbus_core::Error;
 
@@ -35,19 +35,23 @@ impl Store {
         Ok(out)
     }
 
-    /// Hosts that run (or keep) an instance of `org`: those whose filters name its members.
+    /// Hosts that run (or keep) an instance of `org`, or serve one of its VPNs: those whose
+    /// filters (or gateways) name its members.
     pub async fn network_hosts_of_org_in(c: &mut Conn, org: &OrgId) -> Result<Vec<HostId>, Error> {
-        let rows =
-            sqlx::query("SELECT DISTINCT host_id FROM instances WHERE org_id = $1 AND host_id IS NOT NULL AND state <> 'terminated'")
-                .bind(org.as_str())
-                .fetch_all(&mut *c)
-                .await
-                .map_err(db_err("listing hosts of an org"))?;
+        let rows = sqlx::query(
+            "SELECT host_id FROM instances WHERE org_id = $1 AND host_id IS NOT NULL AND state <> 'terminated' \
+             UNION SELECT host_id FROM vpns WHERE org_id = $1",
+        )
+        .bind(org.as_str())
+        .fetch_all(&mut *c)
+        .await
+        .map_err(db_err("listing hosts of an org"))?;
         let mut out: Vec<HostId> = Vec::with_capacity(rows.len());
         for r in &rows {
             out.push(HostId::from_trusted(crate::rows::get::<String>(r, "host_id")?));
         }
         out.sort();
+        out.dedup();
         Ok(out)
     }
 
@@ -58,5 +62,118 @@ impl Store {
             Self::host_bump_generation_in_txn(tx, h).await?;
         }
         Ok(())
+    }
+
+    /// Host ports in use on `host` by live instances: SSH forwards and opened forwards.
+    pub async fn network_used_ports_in(c: &mut Conn, host: &HostId) -> Result<Vec<i64>, Error> {
+        let mut used = Self::instance_ssh_ports_on_host_in(&mut *c, host).await?;
+        let rows = sqlx::query(
+            "SELECT f.external_port FROM port_forwards f JOIN instances i ON i.id = f.instance_id \
+             WHERE f.host_id = $1 AND i.state <> 'terminated'",
+        )
+        .bind(host.as_str())
+        .fetch_all(&mut *c)
+        .await
+        .map_err(db_err("listing forwarded ports"))?;
+        for r in &rows {
+            used.push(crate::rows::get(r, "external_port")?);
+        }
+        Ok(used)
+    }
+
+    /// `(instance, external port, internal port)` of the forwards of `host`'s live instances.
+    pub async fn network_forwards_by_host(&self, host: &HostId) -> Result<Vec<(InstanceId, i64, i64)>, Error> {
+        let rows = sqlx::query(
+            "SELECT f.instance_id, f.external_port, f.internal_port FROM port_forwards f JOIN instances i ON i.id = f.instance_id \
+             WHERE f.host_id = $1 AND i.state <> 'terminated' ORDER BY f.external_port",
+        )
+        .bind(host.as_str())
+        .fetch_all(self.r())
+        .await
+        .map_err(db_err("listing host forwards"))?;
+        Self::forward_rows(&rows)
+    }
+
+    /// The same for the given instances (any host).
+    pub async fn network_forwards_of(&self, ids: &[InstanceId]) -> Result<Vec<(InstanceId, i64, i64)>, Error> {
+        let mut out = Vec::new();
+        for id in ids {
+            let rows = sqlx::query(
+                "SELECT instance_id, external_port, internal_port FROM port_forwards WHERE instance_id = $1 ORDER BY external_port",
+            )
+            .bind(id.as_str())
+            .fetch_all(self.r())
+            .await
+            .map_err(db_err("listing forwards"))?;
+            out.extend(Self::forward_rows(&rows)?);
+        }
+        Ok(out)
+    }
+
+    fn forward_rows(rows: &[sqlx::any::AnyRow]) -> Result<Vec<(InstanceId, i64, i64)>, Error> {
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    InstanceId::from_trusted(crate::rows::get::<String>(r, "instance_id")?),
+                    crate::rows::get(r, "external_port")?,
+                    crate::rows::get(r, "internal_port")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Opens a forward; `false` when the instance already forwards `internal` (or the host port
+    /// was taken meanwhile).
+    pub async fn network_forward_insert_in_txn(
+        tx: &mut Conn,
+        host: &HostId,
+        instance: &InstanceId,
+        external: i64,
+        internal: i64,
+        now: i64,
+    ) -> Result<bool, Error> {
+        // Rows left by an instance that was terminated free its ports for good.
+        sqlx::query("DELETE FROM port_forwards WHERE host_id = $1 AND external_port = $2 AND instance_id IN (SELECT id FROM instances WHERE state = 'terminated')")
+            .bind(host.as_str())
+            .bind(external)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err("freeing a forwarded port"))?;
+        let exists = sqlx::query(
+            "SELECT 1 AS x FROM port_forwards WHERE (instance_id = $1 AND internal_port = $2) OR (host_id = $3 AND external_port = $4)",
+        )
+        .bind(instance.as_str())
+        .bind(internal)
+        .bind(host.as_str())
+        .bind(external)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err("checking forwards"))?;
+        if exists.is_some() {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO port_forwards (host_id, external_port, instance_id, internal_port, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(host.as_str())
+        .bind(external)
+        .bind(instance.as_str())
+        .bind(internal)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err("inserting forward"))?;
+        Ok(true)
+    }
+
+    /// Closes the instance's forward from host port `external`; `false` when it has none.
+    pub async fn network_forward_delete_in_txn(tx: &mut Conn, instance: &InstanceId, external: i64) -> Result<bool, Error> {
+        let r = sqlx::query("DELETE FROM port_forwards WHERE instance_id = $1 AND external_port = $2")
+            .bind(instance.as_str())
+            .bind(external)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err("deleting forward"))?;
+        Ok(r.rows_affected() == 1)
     }
 }

@@ -38,6 +38,8 @@ pub fn api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(vms::vm_create))
         .routes(routes!(vms::vm_get, vms::vm_patch, vms::vm_delete))
         .routes(routes!(vms::vm_power))
+        .routes(routes!(vms::vm_port_forward_create))
+        .routes(routes!(vms::vm_port_forward_delete))
         .routes(routes!(bare_metal::locations))
         .routes(routes!(bare_metal::list, bare_metal::create))
         .routes(routes!(bare_metal::patch, bare_metal::delete))

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use nimbus_api_types::voltage::{self as w, OrgKeys};
 use nimbus_control::instances::LaunchSpec;
+use nimbus_control::port_forwards::PortForward;
 use nimbus_control::presets::Preset;
 use nimbus_core::auth::Permission;
 use nimbus_core::instance::InstanceState;
@@ -157,7 +158,13 @@ fn status(i: &Instance) -> &'static str {
     }
 }
 
-fn vm_wire(s: &ApiState, i: &Instance, hosts: &[Host], images: &[nimbus_core::model::Image]) -> w::VirtualMachine {
+fn vm_wire(
+    s: &ApiState,
+    i: &Instance,
+    hosts: &[Host],
+    images: &[nimbus_core::model::Image],
+    forwards: &[PortForward],
+) -> w::VirtualMachine {
     let host = i.host_id.as_ref().and_then(|h| hosts.iter().find(|x| &x.id == h));
     let r = rates(s, &i.instance_type);
     let os = images.iter().find(|m| m.id == i.image_id).map(|m| m.description.clone()).unwrap_or_default();
@@ -179,7 +186,10 @@ fn vm_wire(s: &ApiState, i: &Instance, hosts: &[Host], images: &[nimbus_core::mo
             total_disassociated_per_hr: usd(r.storage),
         },
         public_ip,
-        port_forwards: i.ssh_port.iter().map(|p| w::PortForward { internal_port: 22, external_port: *p }).collect(),
+        port_forwards: forwards
+            .iter()
+            .map(|f| w::PortForward { internal_port: i64::from(f.internal_port), external_port: i64::from(f.external_port) })
+            .collect(),
         timestamp_creation: nimbus_core::clock::to_rfc3339(i.created_at),
         tags: i.tags.iter().map(|(k, _)| k.clone()).collect(),
     }
@@ -188,7 +198,14 @@ fn vm_wire(s: &ApiState, i: &Instance, hosts: &[Host], images: &[nimbus_core::mo
 async fn render_all(s: &ApiState, insts: &[Instance]) -> Result<Vec<w::VirtualMachine>, VpError> {
     let hosts = s.control.store().host_list(None, false).await?;
     let images = s.control.store().image_list().await?;
-    Ok(insts.iter().map(|i| vm_wire(s, i, &hosts, &images)).collect())
+    let forwards = nimbus_control::port_forwards::of(&s.control, insts).await?;
+    Ok(insts
+        .iter()
+        .map(|i| {
+            let f = forwards.iter().find(|(id, _)| *id == i.id).map(|(_, f)| f.as_slice()).unwrap_or_default();
+            vm_wire(s, i, &hosts, &images, f)
+        })
+        .collect())
 }
 
 /// The org's live instances that are VMs (not nodes of a bare-metal rental).
@@ -249,9 +266,65 @@ pub async fn vms_list(State(s): State<ApiState>, VpActor(a): VpActor, _: Needs<R
 )]
 pub async fn vm_get(State(s): State<ApiState>, VpActor(a): VpActor, VpPath(id): VpPath<String>) -> VpResult {
     let i = vm(&s, &a, &id, Permission::Read).await?;
-    let hosts = s.control.store().host_list(None, false).await?;
-    let images = s.control.store().image_list().await?;
-    Ok(Json(vm_wire(&s, &i, &hosts, &images)).into_response())
+    Ok(Json(render_all(&s, std::slice::from_ref(&i)).await?.remove(0)).into_response())
+}
+
+#[utoipa::path(
+    post,
+    path = "/virtual-machines/{virtual_machine_id}/port-forwards",
+    tag = "virtual-machines",
+    operation_id = "vm_port_forward_create",
+    summary = "Open a port of the VM's public address to one of its ports (Nimbus extension); the external port is chosen",
+    params(("virtual_machine_id" = String, Path, description = "Virtual machine id (UUID)")),
+    request_body = w::PortForwardCreate,
+    responses(
+        (status = 201, description = "Opened", body = w::PortForward),
+        (status = 400, description = "Bad Request (already forwarded, no free port, too many)", body = w::ErrorBody),
+        (status = 404, description = "Not Found", body = w::ErrorBody),
+        (status = 422, description = "Validation Error", body = w::ValidationErrorBody),
+        KeyErrors,
+    )
+)]
+pub async fn vm_port_forward_create(
+    State(s): State<ApiState>,
+    VpActor(a): VpActor,
+    _: Needs<Edit>,
+    VpPath(id): VpPath<String>,
+    VpJson(b): VpJson<w::PortForwardCreate>,
+) -> VpResult {
+    let i = vm(&s, &a, &id, Permission::Edit).await?;
+    let f = nimbus_control::port_forwards::open(&s.control, &a, &i, b.internal_port).await?;
+    let out = w::PortForward { internal_port: i64::from(f.internal_port), external_port: i64::from(f.external_port) };
+    Ok((StatusCode::CREATED, Json(out)).into_response())
+}
+
+#[utoipa::path(
+    delete,
+    path = "/virtual-machines/{virtual_machine_id}/port-forwards/{external_port}",
+    tag = "virtual-machines",
+    operation_id = "vm_port_forward_delete",
+    summary = "Close a port forward of the VM (Nimbus extension); the SSH forward goes only with the VM",
+    params(
+        ("virtual_machine_id" = String, Path, description = "Virtual machine id (UUID)"),
+        ("external_port" = i64, Path, description = "The forward's external port")
+    ),
+    responses(
+        (status = 202, description = "Closed"),
+        (status = 400, description = "Bad Request (the SSH forward)", body = w::ErrorBody),
+        (status = 404, description = "Not Found", body = w::ErrorBody),
+        (status = 422, description = "Validation Error", body = w::ValidationErrorBody),
+        KeyErrors,
+    )
+)]
+pub async fn vm_port_forward_delete(
+    State(s): State<ApiState>,
+    VpActor(a): VpActor,
+    _: Needs<Edit>,
+    VpPath((id, port)): VpPath<(String, i64)>,
+) -> VpResult {
+    let i = vm(&s, &a, &id, Permission::Edit).await?;
+    nimbus_control::port_forwards::close(&s.control, &a, &i, port).await?;
+    Ok((StatusCode::ACCEPTED, Json(Value::Null)).into_response())
 }
 
 /// The org key ids `mode` selects for a new VM or rental (so CREATE, not READ, is what the

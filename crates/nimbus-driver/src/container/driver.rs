@@ -331,13 +331,13 @@ impl ContainerDriver {
                 port: self.net.port(&l.spec.id),
                 mac: super::launch::mac_for(self.net.address(l.addr_index)),
                 rules: &l.spec.firewall,
-                ssh_port: l.spec.ssh_port,
+                forwards: l.spec.ssh_port.map(|p| (p, 22)).into_iter().chain(l.spec.port_forwards.iter().copied()).collect(),
                 peers: l.spec.peers.iter().filter_map(|p| p.ip.parse().ok()).collect(),
                 tenant: &l.spec.tenant,
             })
             .collect();
         let private = self.private(&entries);
-        if entries.iter().any(|e| e.ssh_port.is_some()) {
+        if entries.iter().any(|e| !e.forwards.is_empty()) {
             // Forwarded ports answer on 127.0.0.1 too: after DNAT such packets leave through the
             // bridge with a loopback source (then masqueraded), which the kernel only routes
             // with route_localnet on the bridge (ours; nothing else is affected).
@@ -735,6 +735,7 @@ mod tests {
             volumes: vec![],
             source_snapshot: None,
             ssh_port: None,
+            port_forwards: vec![],
             peers: vec![],
             tenant: "org".into(),
             privileged: false,

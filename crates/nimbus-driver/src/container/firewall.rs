@@ -49,8 +49,9 @@ pub struct Entry<'a> {
     pub port: String,
     pub mac: String,
     pub rules: &'a [FirewallRule],
-    /// Host port forwarded to the instance's port 22.
-    pub ssh_port: Option<u16>,
+    /// Host ports forwarded to ports of the instance: `(host port, instance port)` (its SSH
+    /// forward is `(ssh_port, 22)`).
+    pub forwards: Vec<(u16, u16)>,
     /// Its cluster peers: allowed to reach it on every port.
     pub peers: Vec<Ipv4Addr>,
     /// Its org (`DesiredInstance::tenant`): whose private addresses may reach it.
@@ -190,8 +191,11 @@ pub fn render(bridge: &str, gateway: Ipv4Addr, entries: &[Entry<'_>], private: &
     for e in entries {
         let c = &e.id[..e.id.len().min(12)];
         s += &format!("  chain i_{c} {{\n    ip saddr {gateway} tcp dport 22 accept\n");
-        if e.ssh_port.is_some() {
-            s += "    ct status dnat tcp dport 22 accept\n";
+        let mut inner: Vec<u16> = e.forwards.iter().map(|f| f.1).collect();
+        inner.sort_unstable();
+        inner.dedup();
+        for port in inner {
+            s += &format!("    ct status dnat tcp dport {port} accept\n");
         }
         let k = tenants.iter().position(|t| *t == e.tenant).unwrap_or(0);
         // The host's own gateway address is the host, not an instance: the rules decide for it.
@@ -222,12 +226,12 @@ pub fn render(bridge: &str, gateway: Ipv4Addr, entries: &[Entry<'_>], private: &
         }
         s += "  }\n";
     }
-    let forwards: Vec<(u16, Ipv4Addr)> = entries.iter().filter_map(|e| e.ssh_port.map(|p| (p, e.addr))).collect();
+    let forwards: Vec<(u16, Ipv4Addr, u16)> = entries.iter().flat_map(|e| e.forwards.iter().map(|(h, i)| (*h, e.addr, *i))).collect();
     if !forwards.is_empty() {
         for (chain, hook) in [("pf_prerouting", "prerouting"), ("pf_output", "output")] {
             s += &format!("  chain {chain} {{\n    type nat hook {hook} priority -100; policy accept;\n");
-            for (port, addr) in &forwards {
-                s += &format!("    fib daddr type local tcp dport {port} dnat ip to {addr}:22\n");
+            for (port, addr, inner) in &forwards {
+                s += &format!("    fib daddr type local tcp dport {port} dnat ip to {addr}:{inner}\n");
             }
             s += "  }\n";
         }
@@ -276,13 +280,14 @@ mod tests {
     use super::*;
 
     fn entry(rules: &[FirewallRule], ssh_port: Option<u16>, peers: Vec<Ipv4Addr>) -> Entry<'_> {
+        let forwards = ssh_port.map(|p| (p, 22)).into_iter().collect();
         Entry {
             id: "abcdef0123456789",
             addr: Ipv4Addr::new(10, 200, 0, 3),
             port: "nhabcdef012345".into(),
             mac: "0a:58:0a:c8:00:03".into(),
             rules,
-            ssh_port,
+            forwards,
             peers,
             tenant: "org-a",
         }
@@ -352,6 +357,11 @@ mod tests {
 
     #[test]
     fn renders_port_forwards() {
+        let mut with_more = entry(&[], Some(20001), vec![Ipv4Addr::new(10, 200, 0, 4)]);
+        with_more.forwards.push((20002, 8080));
+        let t = render("nimbus0", Ipv4Addr::new(10, 200, 0, 1), &[with_more], &Private::default(), Options::default());
+        assert_eq!(t.matches("fib daddr type local tcp dport 20002 dnat ip to 10.200.0.3:8080").count(), 2, "{t}");
+        assert!(t.contains("ct status dnat tcp dport 22 accept\n    ct status dnat tcp dport 8080 accept"), "{t}");
         let e = [entry(&[], Some(20001), vec![Ipv4Addr::new(10, 200, 0, 4)])];
         let t = render("nimbus0", Ipv4Addr::new(10, 200, 0, 1), &e, &Private::default(), Options::default());
         assert_eq!(t.matches("fib daddr type local tcp dport 20001 dnat ip to 10.200.0.3:22").count(), 2, "{t}");

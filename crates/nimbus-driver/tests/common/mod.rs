@@ -110,6 +110,7 @@ impl Host {
             volumes: vec![],
             source_snapshot: None,
             ssh_port: None,
+            port_forwards: vec![],
             peers: vec![],
             tenant: tenant.into(),
             privileged: false,

@@ -775,6 +775,36 @@ async fn voltage_vm_ssh_through_its_port_forward_power_and_delete() {
     let (ok, out) = ssh_port(&key, &host, port, "cat /etc/vp-e2e");
     assert!(ok && out == "hello from voltage park\n", "{out}");
 
+    // A port forward of its own: a server on the VM's 8080, reached on the host's address at
+    // the chosen external port; closed again, it is not.
+    let serve = "printf '%s\\n' 'import socket' 's=socket.socket()' 's.setsockopt(1,2,1)' 's.bind((\"0.0.0.0\",8080))' 's.listen(8)' 'while True:' ' c=s.accept()[0]; c.sendall(b\"hello-8080\"); c.close()' > /tmp/s.py && (nohup python3 /tmp/s.py >/dev/null 2>&1 &) && echo served";
+    let (ok, out) = ssh_port(&key, &host, port, serve);
+    assert!(ok && out.contains("served"), "{out}");
+    let (st, f) = vp("POST", format!("/virtual-machines/{vm}/port-forwards"), Some(json!({"internal_port": 8080}))).await;
+    assert_eq!(st, 201, "{f}");
+    let ext = u16::try_from(f["external_port"].as_i64().unwrap()).unwrap();
+    let hello = |p: u16| -> Option<String> {
+        use std::io::Read;
+        let mut c = std::net::TcpStream::connect_timeout(&format!("{host}:{p}").parse().ok()?, Duration::from_millis(500)).ok()?;
+        c.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        let mut b = String::new();
+        c.read_to_string(&mut b).ok()?;
+        Some(b)
+    };
+    let t = Instant::now();
+    while hello(ext).as_deref() != Some("hello-8080") {
+        assert!(t.elapsed() < Duration::from_secs(15), "the forward to 8080 never answered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(free(vp("GET", format!("/hostnodes/{hostnode_id}"), None).await.1), (json!(3), Some(254)), "the host port is taken");
+    let (st, _) = vp("DELETE", format!("/virtual-machines/{vm}/port-forwards/{ext}"), None).await;
+    assert_eq!(st, 202);
+    let t = Instant::now();
+    while hello(ext).is_some() {
+        assert!(t.elapsed() < Duration::from_secs(15), "the closed forward still answers");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // Delete: everything it held comes back and its forward is gone from the host.
     let (st, _) = vp("DELETE", format!("/virtual-machines/{vm}"), None).await;
     assert_eq!(st, 202);

@@ -421,3 +421,76 @@ async fn bare_metal_rents_whole_hosts_all_or_nothing() {
     assert_eq!(st, 204);
     let _ = key;
 }
+
+/// Port forwards: a VM opens a port of its public address to one of its ports, sees it in its
+/// `port_forwards` and in its host's desired state, closes it; wrong ports, repeats, the SSH
+/// forward, another org's key and a READ key are refused in the dialect's shapes.
+#[tokio::test]
+async fn port_forwards_open_and_close() {
+    let s = TestServer::builder().host("us-east-1", sim_host("h", 64, 8)).start().await;
+    let (st, k) = vp(&s, "POST", "/organization/ssh-keys", Some(json!({"name": "web key", "content": PUBKEY}))).await;
+    assert!(k["id"].is_string(), "{st} {k}");
+    let body = json!({"config_id": h100_preset(&s).await, "name": "web", "organization_ssh_keys": {"mode": "selective", "ssh_key_ids": [k["id"]]}});
+    let (st, created) = vp(&s, "POST", "/virtual-machines/instant", Some(body)).await;
+    assert_eq!(st, 201, "{created}");
+    let vm_id = created["vm_id"].as_str().unwrap().to_owned();
+    let v = wait_vm(&s, &vm_id, "Running").await;
+    let ssh = v["port_forwards"].as_array().unwrap().clone();
+    assert_eq!(ssh.len(), 1, "the SSH forward of the launch: {v}");
+    assert_eq!(ssh[0]["internal_port"], 22);
+
+    let path = format!("/virtual-machines/{vm_id}/port-forwards");
+    let (st, f) = vp(&s, "POST", &path, Some(json!({"internal_port": 8080}))).await;
+    assert_eq!(st, 201, "{f}");
+    assert_eq!(f["internal_port"], 8080);
+    let ext = f["external_port"].as_i64().unwrap();
+    assert!(ext != ssh[0]["external_port"].as_i64().unwrap() && (20_000..20_256).contains(&ext), "{f}");
+    let v = wait_vm(&s, &vm_id, "Running").await;
+    assert_eq!(v["port_forwards"], json!([ssh[0], {"internal_port": 8080, "external_port": ext}]));
+    // The host is told: its desired state forwards that port to the VM's 8080.
+    let inst = s.control.store().instance_list_by_org(&s.org.id).await.unwrap().pop().unwrap();
+    let host = inst.host_id.clone().unwrap();
+    let d = nimbus_control::agents::desired(&s.control, &host, nimbus_proto::DesiredRequest { known_generation: -1, ..Default::default() })
+        .await
+        .unwrap();
+    let di = d.instances.iter().find(|i| i.id == inst.id.as_str()).unwrap();
+    assert_eq!(di.port_forwards, vec![(u16::try_from(ext).unwrap(), 8080)]);
+
+    for (body, status, why) in [
+        (json!({"internal_port": 8080}), 400, "the same port twice"),
+        (json!({"internal_port": 22}), 400, "port 22 has the SSH forward"),
+        (json!({"internal_port": 0}), 422, "port 0"),
+        (json!({"internal_port": 70000}), 422, "a port past 65535"),
+        (json!({"internal_port": "80"}), 422, "a string"),
+        (json!({}), 422, "no port"),
+    ] {
+        let (st, e) = vp(&s, "POST", &path, Some(body)).await;
+        assert_eq!(st, status, "{why}: {e}");
+    }
+    // Another org does not see the VM; a READ key cannot open or close.
+    let (_, other) = s.org_with_key("pf-other", "ADMIN").await;
+    let (_, reader) = s.org_with_key(&s.org.name, "READ").await;
+    for (key, status) in [(&other, 404), (&reader, 403)] {
+        let r = s
+            .http
+            .post(format!("{}/api/v1{path}", s.url))
+            .header("x-api-token", key)
+            .json(&json!({"internal_port": 9090}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), status);
+        let r = s.http.delete(format!("{}/api/v1{path}/{ext}", s.url)).header("x-api-token", key).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), status);
+    }
+    let (st, _) = vp(&s, "DELETE", &format!("{path}/{}", ssh[0]["external_port"]), None).await;
+    assert_eq!(st, 400, "the SSH forward goes only with the VM");
+    let (st, _) = vp(&s, "DELETE", &format!("{path}/{ext}"), None).await;
+    assert_eq!(st, 202);
+    let (st, _) = vp(&s, "DELETE", &format!("{path}/{ext}"), None).await;
+    assert_eq!(st, 404, "closed already");
+    let (st, _) = vp(&s, "DELETE", &format!("{path}/not-a-port"), None).await;
+    assert_eq!(st, 422);
+    assert_eq!(wait_vm(&s, &vm_id, "Running").await["port_forwards"], json!([ssh[0]]));
+    s.shutdown().await;
+}
