@@ -593,6 +593,7 @@ mod tests {
             source_snapshot: None,
             ssh_port: None,
             port_forwards: vec![],
+            public_address: None,
             peers: vec![],
             tenant: "t".into(),
             privileged: false,

@@ -456,6 +456,7 @@ pub async fn desired(c: &Control, host: &HostId, req: proto::DesiredRequest) -> 
     let images = c.store().image_list().await?;
     let firewall = firewall_by_instance(c, &instances).await?;
     let forwards = c.store().network_forwards_by_host(host).await?;
+    let publics = c.store().network_public_by_host(host).await?;
     let volumes = c.store().volume_list_by_host(host).await?;
     let snapshots = c.store().snapshot_list_by_host(host).await?;
     let image_name = |id: &ImageId| images.iter().find(|i| &i.id == id).map(|i| i.name.clone()).unwrap_or_default();
@@ -515,6 +516,7 @@ pub async fn desired(c: &Control, host: &HostId, req: proto::DesiredRequest) -> 
                 .filter(|(id, _, _)| *id == i.id)
                 .filter_map(|(_, e, n)| Some((u16::try_from(*e).ok()?, u16::try_from(*n).ok()?)))
                 .collect(),
+            public_address: publics.iter().find(|(id, _)| *id == i.id).map(|(_, a)| a.clone()),
             peers: peers_of(i),
             tenant: i.org_id.to_string(),
             privileged: c.config().instance_type(&i.instance_type).is_some_and(|t| t.privileged),

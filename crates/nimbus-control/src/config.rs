@@ -39,6 +39,38 @@ pub struct Config {
     pub clusters: ClustersConfig,
     #[serde(default)]
     pub http: HttpServerConfig,
+    /// Public addresses per region (`[[public_addresses]]`): every instance launched there gets
+    /// one, routed to its host (the host holds it and NATs it 1:1 to the instance's private
+    /// address). Regions without a pool give instances their private address as `ip`, and
+    /// reach them from outside through port forwards of the host's address.
+    #[serde(default)]
+    pub public_addresses: Vec<PublicPool>,
+}
+
+/// One region's pool of public addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublicPool {
+    pub region: String,
+    /// IPv4 prefixes (`A.B.C.D/N`, N from 16 to 32) whose every address may be handed out.
+    pub prefixes: Vec<String>,
+}
+
+impl Config {
+    /// Every address of `region`'s pool, in order; empty without a pool.
+    pub fn public_addresses(&self, region: &str) -> Vec<std::net::Ipv4Addr> {
+        let mut out = Vec::new();
+        for p in self.public_addresses.iter().filter(|p| p.region == region) {
+            for pre in &p.prefixes {
+                if let Some(s) = crate::fabric::Subnet::parse_any(pre) {
+                    let first = u32::from(s.addr);
+                    let n = 1u64 << (32 - u32::from(s.len));
+                    out.extend((0..n).filter_map(|i| u32::try_from(i).ok()).map(|i| std::net::Ipv4Addr::from(first + i)));
+                }
+            }
+        }
+        out
+    }
 }
 
 /// How the HTTP listeners treat slow and numerous clients (`[http]`). A connection that has not
@@ -337,6 +369,7 @@ impl Default for Config {
             presets: Vec::new(),
             clusters: ClustersConfig::default(),
             http: HttpServerConfig::default(),
+            public_addresses: Vec::new(),
         }
     }
 }
@@ -395,6 +428,21 @@ impl Config {
         }
         if self.quotas.api_keys_per_org < 1 {
             return Err(Error::invalid("config.quotas.api_keys_per_org", "must be at least 1"));
+        }
+        let mut seen: Vec<crate::fabric::Subnet> = Vec::new();
+        for p in &self.public_addresses {
+            if self.region(&p.region).is_none() {
+                return Err(Error::invalid("config.public_addresses", format!("unknown region {:?}", p.region)));
+            }
+            for pre in &p.prefixes {
+                let s = crate::fabric::Subnet::parse_any(pre)
+                    .filter(|s| s.len >= 16)
+                    .ok_or_else(|| Error::invalid("config.public_addresses", format!("{pre:?} is not an IPv4 prefix A.B.C.D/16..32")))?;
+                if seen.iter().any(|o| o.overlaps(&s)) {
+                    return Err(Error::invalid("config.public_addresses", format!("{pre} overlaps another prefix")));
+                }
+                seen.push(s);
+            }
         }
         if self.port_forwards.first_port < 1024 || u32::from(self.port_forwards.first_port) + u32::from(self.port_forwards.count) > 65_536 {
             return Err(Error::invalid("config.port_forwards", "the range must lie within 1024..65535"));

@@ -28,18 +28,28 @@ pub struct Subnet {
 }
 
 impl Subnet {
+    /// An instance subnet: `/8` to `/30`.
     pub fn parse(s: &str) -> Option<Subnet> {
+        Self::parse_any(s).filter(|s| (8..=30).contains(&s.len))
+    }
+
+    /// Any prefix `/0` to `/32` with no host bits set.
+    pub fn parse_any(s: &str) -> Option<Subnet> {
         let (a, l) = s.split_once('/')?;
         let addr: Ipv4Addr = a.parse().ok()?;
-        let len: u8 = l.parse().ok()?;
-        if !(8..=30).contains(&len) || u32::from(addr) & !Self::mask(len) != 0 {
+        let len: u8 = l.parse().ok().filter(|l| *l <= 32)?;
+        if u32::from(addr) & !Self::mask(len) != 0 {
             return None;
         }
         Some(Subnet { addr, len })
     }
 
     fn mask(len: u8) -> u32 {
-        u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0)
+        if len == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(len))
+        }
     }
 
     pub fn overlaps(&self, o: &Subnet) -> bool {

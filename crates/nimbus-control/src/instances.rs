@@ -311,6 +311,17 @@ pub async fn launch(c: &Control, actor: &Actor, spec: LaunchSpec) -> Result<Vec<
             } else {
                 None
             };
+            // Where the region has a pool, every instance gets a public address (its `ip`).
+            let pool = cfg.public_addresses(&spec.region);
+            if !pool.is_empty() {
+                let used = Store::network_public_used_in(&mut tx, &spec.region).await?;
+                let addr = pool
+                    .iter()
+                    .map(ToString::to_string)
+                    .find(|a| !used.contains(a))
+                    .ok_or_else(|| Error::InsufficientCapacity { message: format!("No public address is left in {}.", spec.region) })?;
+                Store::network_public_assign_in_txn(&mut tx, &spec.region, &addr, &id, now).await?;
+            }
             used_hosts.push(host_id.clone());
             let h = &mut hosts[p.host_index];
             h.used.vcpus += resources.vcpus;

@@ -218,6 +218,10 @@ pub struct DesiredInstance {
     /// More host ports forwarded (TCP) to ports of the instance: `(host port, instance port)`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub port_forwards: Vec<(u16, u16)>,
+    /// Its public address (from the region's pool): the host holds it and NATs it 1:1 to the
+    /// instance's private address; the instance's reported `ip`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_address: Option<String>,
     /// The other nodes of its cluster: in its `/etc/hosts` by name, and allowed to reach it on
     /// every port.
     #[serde(default)]

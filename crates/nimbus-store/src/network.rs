@@ -176,4 +176,56 @@ impl Store {
             .map_err(db_err("deleting forward"))?;
         Ok(r.rows_affected() == 1)
     }
+
+    /// Public addresses of `region` held by live instances.
+    pub async fn network_public_used_in(c: &mut Conn, region: &str) -> Result<Vec<String>, Error> {
+        let rows = sqlx::query(
+            "SELECT p.address FROM public_addresses p JOIN instances i ON i.id = p.instance_id WHERE p.region = $1 AND i.state <> 'terminated'",
+        )
+        .bind(region)
+        .fetch_all(&mut *c)
+        .await
+        .map_err(db_err("listing public addresses"))?;
+        rows.iter().map(|r| crate::rows::get(r, "address")).collect()
+    }
+
+    /// Gives `address` to `instance` (taking it back from a terminated instance if one had it).
+    pub async fn network_public_assign_in_txn(
+        tx: &mut Conn,
+        region: &str,
+        address: &str,
+        instance: &InstanceId,
+        now: i64,
+    ) -> Result<(), Error> {
+        sqlx::query("DELETE FROM public_addresses WHERE region = $1 AND address = $2")
+            .bind(region)
+            .bind(address)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err("freeing a public address"))?;
+        sqlx::query("INSERT INTO public_addresses (region, address, instance_id, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(region)
+            .bind(address)
+            .bind(instance.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err("assigning a public address"))?;
+        Ok(())
+    }
+
+    /// `(instance, public address)` of `host`'s live instances that have one.
+    pub async fn network_public_by_host(&self, host: &HostId) -> Result<Vec<(InstanceId, String)>, Error> {
+        let rows = sqlx::query(
+            "SELECT p.instance_id, p.address FROM public_addresses p JOIN instances i ON i.id = p.instance_id \
+             WHERE i.host_id = $1 AND i.state <> 'terminated'",
+        )
+        .bind(host.as_str())
+        .fetch_all(self.r())
+        .await
+        .map_err(db_err("listing host public addresses"))?;
+        rows.iter()
+            .map(|r| Ok((InstanceId::from_trusted(crate::rows::get::<String>(r, "instance_id")?), crate::rows::get(r, "address")?)))
+            .collect()
+    }
 }

@@ -443,7 +443,18 @@ async fn dev_org_and_key(control: &Control, dir: &Path, wanted: Option<&str>) ->
 }
 
 pub async fn run_dev(d: DevArgs) -> anyhow::Result<()> {
+    // A test bed's region hands out public addresses from the top of its underlay's /24.
+    let bed_pool = match d.hosts {
+        Some(n) => Some(crate::testbed::TestBed::new(crate::testbed::Layout::parse(&d.bed_layout, n)?)?.public_pool()),
+        None => None,
+    };
+    let region = d.region.clone();
     let (control, dir) = open_control(&d.store, "dev", |cfg| {
+        if let Some(pool) = &bed_pool {
+            if !cfg.public_addresses.iter().any(|p| p.region == region) {
+                cfg.public_addresses.push(nimbus_control::config::PublicPool { region: region.clone(), prefixes: vec![pool.clone()] });
+            }
+        }
         cfg.rate_limits = RateLimits::generous();
         // A laptop or CI run (and the API fuzzer in scripts/test) should never meet the
         // production plans' hourly budgets.
@@ -599,6 +610,7 @@ async fn run_dev_hosts(d: &DevArgs, control: Control, listener: TcpListener, dir
     for h in &bed.hosts {
         println!("  host {}: netns {}, underlay {}, instances {}", h.index, h.netns, h.underlay, h.subnet);
     }
+    println!("  public addresses: {} (each instance's ip; reached from this machine)", bed.public_pool());
     println!("Try:  curl -u {key}: {url}/api/v1/instance-types");
     shutdown_signal().await;
     for c in &mut children {

@@ -105,6 +105,13 @@ impl TestBed {
         Ipv4Addr::new(a, b, c, 254)
     }
 
+    /// The public addresses of the bed's region: .128/26 of the underlay's /24 (hosts are
+    /// `.1`…`.32`, the machine `.254`), so the machine reaches them on the underlay bridge.
+    pub fn public_pool(&self) -> String {
+        let [a, b, c] = self.layout.underlay;
+        format!("{a}.{b}.{c}.128/26")
+    }
+
     fn underlay_bridge(&self) -> String {
         format!("{}u0", self.layout.prefix)
     }

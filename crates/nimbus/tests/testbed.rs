@@ -208,8 +208,18 @@ async fn three_hosts_one_private_network_per_org() {
     let body = json!({"name": "train", "provider": "GCP", "spec": {"dedicated": {"region_nodes": {"us-east-1": 3}, "machine_type": "cpu_1x_small"}}});
     let (st, v) = call(&key, reqwest::Method::POST, "/clusters", Some(body)).await;
     assert_eq!(st, 200, "{v}");
-    let mut nodes: Vec<(String, String, String)> = active(key.clone(), 3)
-        .await
+    let listed = active(key.clone(), 3).await;
+    // Public addresses: each node's Lambda `ip` comes from the region's pool (the test bed's
+    // 203.0.113.128/26), its `private_ip` from its host's subnet; SSH reaches it on the public one.
+    let mut publics: Vec<(String, String)> = Vec::new();
+    for i in &listed {
+        let (ip, private) = (i["ip"].as_str().unwrap().to_owned(), i["private_ip"].as_str().unwrap().to_owned());
+        let o = ip.parse::<Ipv4Addr>().unwrap().octets();
+        assert!(o[..3] == [203, 0, 113] && (128..192).contains(&o[3]), "ip {ip} is not from the pool: {i}");
+        assert_ne!(ip, private);
+        publics.push((ip, private));
+    }
+    let mut nodes: Vec<(String, String, String)> = listed
         .iter()
         .map(|i| {
             (i["hostname"].as_str().unwrap().to_owned(), i["private_ip"].as_str().unwrap().to_owned(), i["id"].as_str().unwrap().to_owned())
@@ -224,6 +234,11 @@ async fn three_hosts_one_private_network_per_org() {
         assert!(ok, "{out}");
         let (ok, out) = ssh.run(&n.1, "cat > /tmp/c.py", Some(CONNECT_PY));
         assert!(ok, "{out}");
+    }
+
+    for (public, private) in &publics {
+        let (ok, out) = ssh.run(public, "ip -4 -o addr show dev eth0", None);
+        assert!(ok && out.contains(&format!("{private}/24")), "ssh to the public {public}: {out}");
     }
 
     // 2. Every node reaches every other over SSH, by name and by private address.
@@ -293,6 +308,11 @@ async fn three_hosts_one_private_network_per_org() {
     }
     let (through, how) = ssh.connects(&b, &peer_underlay, 7999, None);
     assert!(!through, "org B reached the underlay address {peer_underlay}: {how}");
+    // The public path is another matter: org A's rules open port 22 to 0.0.0.0/0, and B's
+    // instance reaches a node there (at its public address, from its own).
+    let victim_public = publics.iter().find(|p| p.1 == victim.1).unwrap().0.clone();
+    let (through, how) = ssh.connects(&b, &victim_public, 22, None);
+    assert!(through, "the public address answers on the port the rules open: {how}");
 
     // 3b. Org A's VPN reaches its nodes on every host, and not B's instance.
     if Command::new("sh").args(["-c", "command -v wireguard-go && command -v wg"]).output().is_ok_and(|o| o.status.success()) {
@@ -458,6 +478,14 @@ async fn three_hosts_one_private_network_per_org() {
     let converged = t.elapsed();
     eprintln!("terminate → out of the member set of another host: {} ms", converged.as_millis());
     assert!(converged < Duration::from_secs(1), "membership took {converged:?}");
+    // Its host lets go of its public address.
+    let gone_public = publics.iter().find(|p| p.1 == gone.1).unwrap().0.clone();
+    let gns = &hosts[host_of(&gone.1)].0;
+    let t = Instant::now();
+    while in_ns(gns, &["ip", "-4", "-o", "addr", "show", "dev", "eth0"]).contains(&format!("{gone_public}/32")) {
+        assert!(t.elapsed() < Duration::from_secs(15), "{gone_public} still held by {gns}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // Everything goes; nothing of the instances is left on any host.
     for k in [&key, &key_b] {

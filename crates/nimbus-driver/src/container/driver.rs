@@ -132,6 +132,7 @@ pub struct ContainerDriver {
     /// restarted agent filters exactly as before until the server answers), and whether this
     /// process has programmed it yet.
     fabric: Mutex<(nimbus_proto::Fabric, bool)>,
+    publics: super::public::Publics,
 }
 
 /// Where the driver keeps the last private network it was sent.
@@ -213,6 +214,7 @@ impl ContainerDriver {
         Ok(ContainerDriver {
             healthy: Mutex::new(std::collections::HashMap::new()),
             fabric: Mutex::new((fabric, false)),
+            publics: super::public::Publics::new(&cfg.data_dir, cfg.public_ip.or(cfg.underlay.map(std::net::IpAddr::V4))),
             ranges,
             image_mode,
             launcher,
@@ -334,8 +336,13 @@ impl ContainerDriver {
                 forwards: l.spec.ssh_port.map(|p| (p, 22)).into_iter().chain(l.spec.port_forwards.iter().copied()).collect(),
                 peers: l.spec.peers.iter().filter_map(|p| p.ip.parse().ok()).collect(),
                 tenant: &l.spec.tenant,
+                public: l.spec.public_address.as_deref().and_then(|a| a.parse().ok()),
             })
             .collect();
+        let publics: BTreeSet<Ipv4Addr> = entries.iter().filter_map(|e| e.public).collect();
+        if let Err(e) = self.publics.sync(&publics) {
+            tracing::warn!(error = %e, "the host cannot hold its instances' public addresses");
+        }
         let private = self.private(&entries);
         if entries.iter().any(|e| !e.forwards.is_empty()) {
             // Forwarded ports answer on 127.0.0.1 too: after DNAT such packets leave through the
@@ -423,7 +430,8 @@ impl ContainerDriver {
         InstanceReport {
             id: id.to_owned(),
             state,
-            ip: addr.map(|a| a.to_string()),
+            // Its public address where it has one, else its private one (reachable from the host).
+            ip: ledger.as_ref().and_then(|l| l.spec.public_address.clone()).or_else(|| addr.map(|a| a.to_string())),
             private_ip: addr.map(|a| a.to_string()),
             restart_generation: ledger.map(|l| l.spec.restart_generation).unwrap_or(0),
             message,
@@ -736,6 +744,7 @@ mod tests {
             source_snapshot: None,
             ssh_port: None,
             port_forwards: vec![],
+            public_address: None,
             peers: vec![],
             tenant: "org".into(),
             privileged: false,

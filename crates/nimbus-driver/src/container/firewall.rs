@@ -56,6 +56,9 @@ pub struct Entry<'a> {
     pub peers: Vec<Ipv4Addr>,
     /// Its org (`DesiredInstance::tenant`): whose private addresses may reach it.
     pub tenant: &'a str,
+    /// Its public address, NATed 1:1 to `addr` (traffic to it passes the rules like any other
+    /// from outside).
+    pub public: Option<Ipv4Addr>,
 }
 
 /// What the region's private network adds to the filters.
@@ -239,6 +242,23 @@ pub fn render(bridge: &str, gateway: Ipv4Addr, entries: &[Entry<'_>], private: &
             "  chain pf_postrouting {{\n    type nat hook postrouting priority 100; policy accept;\n    oifname \"{bridge}\" ip saddr 127.0.0.0/8 ct status dnat masquerade\n  }}\n"
         );
     }
+    let publics: Vec<(Ipv4Addr, Ipv4Addr)> = entries.iter().filter_map(|e| e.public.map(|p| (p, e.addr))).collect();
+    if !publics.is_empty() {
+        // Before the port forwards' chains (-100): a public address is local too, and its
+        // whole port space is the instance's.
+        for (chain, hook) in [("pub_prerouting", "prerouting"), ("pub_output", "output")] {
+            s += &format!("  chain {chain} {{\n    type nat hook {hook} priority -110; policy accept;\n");
+            for (public, private) in &publics {
+                s += &format!("    ip daddr {public} dnat ip to {private}\n");
+            }
+            s += "  }\n";
+        }
+        s += "  chain pub_postrouting {\n    type nat hook postrouting priority 90; policy accept;\n";
+        for (public, private) in &publics {
+            s += &format!("    ip saddr {private} oifname != \"{bridge}\" ip daddr != @private snat ip to {public}\n");
+        }
+        s += "  }\n";
+    }
     if let Some((net, len)) = opts.outbound_nat {
         s += &format!(
             "  chain postrouting {{\n    type nat hook postrouting priority 100; policy accept;\n    ip saddr {net}/{len} oifname != \"{bridge}\" ip daddr != @private masquerade\n  }}\n"
@@ -290,6 +310,7 @@ mod tests {
             forwards,
             peers,
             tenant: "org-a",
+            public: None,
         }
     }
 
@@ -353,6 +374,18 @@ mod tests {
         );
         assert!(nat.contains("ip saddr 10.200.0.0/16 oifname != \"nimbus0\" ip daddr != @private masquerade"), "{nat}");
         assert!(!t.contains("dnat"), "no forwards unless an instance has a port");
+    }
+
+    #[test]
+    fn public_addresses_are_nated_one_to_one() {
+        let mut e = entry(&[], None, vec![]);
+        e.public = Some(Ipv4Addr::new(203, 0, 113, 70));
+        let t = render("nimbus0", Ipv4Addr::new(10, 200, 0, 1), &[e], &Private::default(), Options::default());
+        assert_eq!(t.matches("ip daddr 203.0.113.70 dnat ip to 10.200.0.3").count(), 2, "from outside and from the host: {t}");
+        assert!(t.contains("priority -110"), "{t}");
+        assert!(t.contains("ip saddr 10.200.0.3 oifname != \"nimbus0\" ip daddr != @private snat ip to 203.0.113.70"), "{t}");
+        let none = render("nimbus0", Ipv4Addr::new(10, 200, 0, 1), &[entry(&[], None, vec![])], &Private::default(), Options::default());
+        assert!(!none.contains("snat") && !none.contains("pub_"), "{none}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod inventory;
 pub mod launch;
 pub mod metrics;
 pub mod net;
+pub mod public;
 pub mod runtime;
 pub mod seccomp;
 pub mod storage;

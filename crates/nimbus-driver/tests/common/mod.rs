@@ -111,6 +111,7 @@ impl Host {
             source_snapshot: None,
             ssh_port: None,
             port_forwards: vec![],
+            public_address: None,
             peers: vec![],
             tenant: tenant.into(),
             privileged: false,
