@@ -467,8 +467,17 @@ pub async fn desired(c: &Control, host: &HostId, req: proto::DesiredRequest) -> 
             e.insert(nodes);
         }
     }
+    // Bare-metal rentals of one sub_order share a network as a cluster's nodes do.
+    let mut rentals: HashMap<String, Vec<Instance>> = HashMap::new();
+    for r in instances.iter().filter_map(|i| i.rental_id.clone()) {
+        if let std::collections::hash_map::Entry::Vacant(e) = rentals.entry(r) {
+            let nodes = c.store().network_rental_peers(e.key()).await?;
+            e.insert(nodes);
+        }
+    }
     let peers_of = |i: &Instance| -> Vec<proto::Peer> {
-        let Some(nodes) = i.cluster_id.as_ref().and_then(|cl| clusters.get(cl)) else { return Vec::new() };
+        let group = i.cluster_id.as_ref().and_then(|cl| clusters.get(cl)).or_else(|| i.rental_id.as_ref().and_then(|r| rentals.get(r)));
+        let Some(nodes) = group else { return Vec::new() };
         nodes
             .iter()
             .filter(|n| n.id != i.id)

@@ -228,4 +228,22 @@ impl Store {
             .map(|r| Ok((InstanceId::from_trusted(crate::rows::get::<String>(r, "instance_id")?), crate::rows::get(r, "address")?)))
             .collect()
     }
+
+    /// The live nodes of every rental that shares rental `id`'s network: the org's rentals of
+    /// the same `sub_order` (a rental without one is a network of its own).
+    pub async fn network_rental_peers(&self, id: &str) -> Result<Vec<nimbus_core::model::Instance>, Error> {
+        let cols: String = crate::rows::INSTANCE_COLS.split(", ").map(|c| format!("i.{}", c.trim())).collect::<Vec<_>>().join(", ");
+        sqlx::query(&format!(
+            "SELECT {cols} FROM instances i JOIN rentals r ON r.id = i.rental_id, rentals me \
+             WHERE me.id = $1 AND r.org_id = me.org_id AND COALESCE(r.sub_order, r.id) = COALESCE(me.sub_order, me.id) \
+             AND i.state <> 'terminated' ORDER BY i.created_at, i.id"
+        ))
+        .bind(id)
+        .fetch_all(self.r())
+        .await
+        .map_err(db_err("listing rental peers"))?
+        .iter()
+        .map(crate::rows::instance)
+        .collect()
+    }
 }

@@ -494,3 +494,50 @@ async fn port_forwards_open_and_close() {
     assert_eq!(wait_vm(&s, &vm_id, "Running").await["port_forwards"], json!([ssh[0]]));
     s.shutdown().await;
 }
+
+/// Bare-metal rentals of one `sub_order` share a network: each node's host is told the others'
+/// nodes as peers (reachable on every port, in `/etc/hosts`); a rental of another sub_order is
+/// no peer of theirs.
+#[tokio::test]
+async fn rentals_of_one_sub_order_are_peers() {
+    let mut b = TestServer::builder();
+    for (i, name) in ["a", "b", "c"].iter().enumerate() {
+        let mut h = sim_host(name, 64, 8);
+        h.address_block = u8::try_from(i + 1).unwrap();
+        b = b.host("us-east-1", h);
+    }
+    let s = b.start().await;
+    let r = s.http.get(format!("{}/api/v1/bare-metal/locations", s.url)).send().await.unwrap();
+    let locs: Value = r.json().await.unwrap();
+    let loc = locs["results"][0]["id"].clone();
+    vp(&s, "POST", "/organization/ssh-keys", Some(json!({"name": "laptop", "content": PUBKEY}))).await;
+    let mut rentals = Vec::new();
+    for (name, sub) in [("one", "order-a"), ("two", "order-a"), ("three", "order-b")] {
+        let body = json!({"location_id": loc, "gpu_count": 8, "name": name, "network_type": "ethernet",
+            "organization_ssh_keys": {"mode": "all"}, "sub_order": sub});
+        let (st, v) = vp(&s, "POST", "/bare-metal/", Some(body)).await;
+        assert_eq!(st, 201, "{v}");
+        rentals.push(name);
+    }
+    s.wait_for("every node active with an address", || async {
+        let all = s.control.store().instance_list_by_org(&s.org.id).await.unwrap();
+        all.len() == 3 && all.iter().all(|i| i.private_ip.is_some() && i.state == nimbus_core::instance::InstanceState::Active)
+    })
+    .await;
+    let nodes = s.control.store().instance_list_by_org(&s.org.id).await.unwrap();
+    let by_rental = |name: &str| nodes.iter().find(|i| i.name.as_deref() == Some(name)).unwrap().clone();
+    let (one, two, three) = (by_rental("one"), by_rental("two"), by_rental("three"));
+    let peers = |i: &nimbus_core::model::Instance| {
+        let (c, host, id) = (s.control.clone(), i.host_id.clone().unwrap(), i.id.to_string());
+        async move {
+            let d = nimbus_control::agents::desired(&c, &host, nimbus_proto::DesiredRequest { known_generation: -1, ..Default::default() })
+                .await
+                .unwrap();
+            d.instances.iter().find(|x| x.id == id).unwrap().peers.iter().map(|p| p.ip.clone()).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(peers(&one).await, vec![two.private_ip.clone().unwrap()]);
+    assert_eq!(peers(&two).await, vec![one.private_ip.clone().unwrap()]);
+    assert!(peers(&three).await.is_empty(), "another sub_order is another network");
+    s.shutdown().await;
+}
