@@ -159,6 +159,16 @@ impl VoltageClient {
     pub async fn vm_power(&self, id: &str, status: &str) -> Result<w::PowerStatus> {
         self.send(Method::PUT, &format!("/virtual-machines/{id}/power-status"), &w::PowerStatus { status: status.to_owned() }).await
     }
+    /// Opens a port of the VM's public address to its `internal_port` (Nimbus extension).
+    pub async fn port_forward_create(&self, id: &str, internal_port: u16) -> Result<w::PortForward> {
+        let body = w::PortForwardCreate { internal_port: i64::from(internal_port) };
+        self.send(Method::POST, &format!("/virtual-machines/{id}/port-forwards"), &body).await
+    }
+    /// Closes the forward from `external_port` (Nimbus extension).
+    pub async fn port_forward_delete(&self, id: &str, external_port: u16) -> Result<()> {
+        let path = format!("/virtual-machines/{id}/port-forwards/{external_port}");
+        self.call::<serde_json::Value>(Method::DELETE, &path, &[], None).await.map(|_| ())
+    }
     /// Polls until the VM is `Running` (or `timeout` passes).
     pub async fn wait_until_ready(&self, id: &str, timeout: Duration) -> Result<w::VirtualMachine> {
         crate::transport::poll_until(id, "Running", &["Error", "Terminating"], timeout, || self.vm(id), |v| v.status.clone()).await

@@ -208,6 +208,8 @@ const VOLTAGE: &[VoltageRow] = &[
     ("vm_update", |c| drop(c.vm_update("x", &vw::NameTagsUpdate::default()))),
     ("vm_delete", |c| drop(c.vm_delete("x"))),
     ("vm_power_update", |c| drop(c.vm_power("x", "started"))),
+    ("vm_port_forward_create", |c| drop(c.port_forward_create("x", 8080))),
+    ("vm_port_forward_delete", |c| drop(c.port_forward_delete("x", 20001))),
     ("presets_list", |c| drop(c.presets(None))),
     ("preset_get", |c| drop(c.preset("x"))),
     ("bare_metal_locations_list", |c| drop(c.bare_metal_locations())),
@@ -262,5 +264,5 @@ async fn every_voltage_park_operation_has_a_client_method_and_the_document_cover
         })
         .collect();
     assert!(missing.is_empty(), "seed 004 endpoints that are no operation of openapi/voltage.json: {missing:?}");
-    assert_eq!(operation_ids("voltage.json").len(), 31, "the seed's 31 operations");
+    assert_eq!(operation_ids("voltage.json").len(), 33, "the seed's 31 operations and the two port-forward extensions");
 }

@@ -161,17 +161,8 @@ async fn three_hosts_one_private_network_per_org() {
     std::thread::spawn(move || for _ in lines {});
     let url = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
-    let call = |key: &str, m: reqwest::Method, path: &str, body: Option<Value>| {
-        let mut rb = http.request(m, format!("{url}/api/v1{path}")).bearer_auth(key);
-        if let Some(b) = body {
-            rb = rb.json(&b);
-        }
-        async move {
-            let r = rb.send().await.unwrap();
-            let st = r.status().as_u16();
-            (st, r.json::<Value>().await.unwrap_or(Value::Null))
-        }
-    };
+    let call =
+        |key: &str, m: reqwest::Method, path: &str, body: Option<Value>| common::call(&http, key, m, format!("{url}/api/v1{path}"), body);
     let ssh_key = dir.join("id");
     assert!(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", ""]).arg("-f").arg(&ssh_key).status().unwrap().success());
     let public = std::fs::read_to_string(ssh_key.with_extension("pub")).unwrap();
@@ -316,16 +307,7 @@ async fn three_hosts_one_private_network_per_org() {
 
     // 3b. Org A's VPN reaches its nodes on every host, and not B's instance.
     if Command::new("sh").args(["-c", "command -v wireguard-go && command -v wg"]).output().is_ok_and(|o| o.status.success()) {
-        let native = |m: reqwest::Method, path: &str, body: Option<Value>| {
-            let mut rb = http.request(m, format!("{url}/v1{path}")).bearer_auth(&key);
-            if let Some(b) = body {
-                rb = rb.json(&b);
-            }
-            async move {
-                let r = rb.send().await.unwrap();
-                (r.status().as_u16(), r.json::<Value>().await.unwrap_or(Value::Null))
-            }
-        };
+        let native = |m: reqwest::Method, path: &str, body: Option<Value>| common::call(&http, &key, m, format!("{url}/v1{path}"), body);
         let (st, created) = native(reqwest::Method::POST, "/vpn", Some(json!({"name": "office", "region": "us-east-1"}))).await;
         assert_eq!(st, 201, "{created}");
         let vpn_id = created["data"]["id"].as_str().unwrap().to_owned();

@@ -98,17 +98,7 @@ async fn two_container_agents_share_one_machine() {
 
     let cert = reqwest::Certificate::from_pem(&std::fs::read(srv_dir.join("tls/server.crt")).unwrap()).unwrap();
     let http = reqwest::Client::builder().add_root_certificate(cert).timeout(Duration::from_secs(10)).build().unwrap();
-    let call = |m: reqwest::Method, path: &str, body: Option<Value>| {
-        let mut rb = http.request(m, format!("{url}/api/v1{path}")).bearer_auth(&key);
-        if let Some(b) = body {
-            rb = rb.json(&b);
-        }
-        async move {
-            let r = rb.send().await.unwrap();
-            let st = r.status().as_u16();
-            (st, r.json::<Value>().await.unwrap_or(Value::Null))
-        }
-    };
+    let call = |m: reqwest::Method, path: &str, body: Option<Value>| common::call(&http, &key, m, format!("{url}/api/v1{path}"), body);
     let t = Instant::now();
     while admin(&srv_dir, &["hosts"]).lines().filter(|l| l.contains(" up ")).count() < 2 {
         assert!(t.elapsed() < Duration::from_secs(60), "both agents did not register: {}", admin(&srv_dir, &["hosts"]));

@@ -183,6 +183,8 @@ const VOLTAGE: &[Row] = &[
     (Voltage, "PATCH", "/api/v1/virtual-machines/{id}", Edit, Some(r#"{"name": "renamed"}"#)),
     (Voltage, "DELETE", "/api/v1/virtual-machines/{id}", Delete, None),
     (Voltage, "PUT", "/api/v1/virtual-machines/{id}/power-status", Edit, Some(r#"{"status": "stopped"}"#)),
+    (Voltage, "POST", "/api/v1/virtual-machines/{id}/port-forwards", Edit, Some(r#"{"internal_port": 8080}"#)),
+    (Voltage, "DELETE", "/api/v1/virtual-machines/{id}/port-forwards/{port}", Edit, None),
     (Voltage, "GET", "/api/v1/bare-metal/locations", Public, None),
     (Voltage, "GET", "/api/v1/bare-metal", Read, None),
     // An unknown network type: refused after the permission check, so nothing is rented.
@@ -415,6 +417,7 @@ fn concrete(path: &str, d: Dialect) -> String {
         out.push_str(match (&rest[open + 1..close], d) {
             ("year", _) => "2025",
             ("month", _) => "01",
+            ("port", _) => "20001",
             (_, Voltage) => UUID_ID,
             _ => HEX_ID,
         });

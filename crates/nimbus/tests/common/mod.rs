@@ -16,3 +16,23 @@ pub fn container_images() -> Option<PathBuf> {
     }
     Some(images)
 }
+
+/// One API call with a bearer key: `(status, JSON body or null)`. The request is built before
+/// the future, which borrows nothing.
+pub fn call(
+    http: &reqwest::Client,
+    key: &str,
+    m: reqwest::Method,
+    url: String,
+    body: Option<serde_json::Value>,
+) -> impl std::future::Future<Output = (u16, serde_json::Value)> {
+    let mut rb = http.request(m, url).bearer_auth(key);
+    if let Some(b) = body {
+        rb = rb.json(&b);
+    }
+    async move {
+        let r = rb.send().await.unwrap();
+        let st = r.status().as_u16();
+        (st, r.json::<serde_json::Value>().await.unwrap_or(serde_json::Value::Null))
+    }
+}
