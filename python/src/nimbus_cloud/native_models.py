@@ -426,5 +426,7 @@ class Vpn(Model):
     client_private_key: Optional[str] = None
     endpoint: Optional[str] = None
     network: Optional[str] = None
+    #: Every instance subnet of the region the tunnel reaches (the client's AllowedIPs).
+    networks: List[str] = field(default_factory=list)
     config: Optional[str] = None
     created_at: Optional[str] = None
