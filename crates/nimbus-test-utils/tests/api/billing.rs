@@ -190,7 +190,10 @@ async fn spend_limit_refuses_launches_and_stops_the_running_set() {
     clock.advance_secs(3600);
     assert_eq!(nimbus_control::billing::enforce_spend_limits(&s.control).await.unwrap(), 0, "329 ¢ spent: under 500");
     clock.advance_secs(3600);
-    assert_eq!(nimbus_control::billing::enforce_spend_limits(&s.control).await.unwrap(), 1, "658 ¢ spent: over 500");
+    // The server's own reconcile pass enforces limits too and may get there first: either way
+    // it is acted on exactly once (the one audit event below), and not again this month.
+    let acted = nimbus_control::billing::enforce_spend_limits(&s.control).await.unwrap();
+    assert!(acted <= 1, "658 ¢ spent: over 500, acted on {acted} times");
     assert_eq!(nimbus_control::billing::enforce_spend_limits(&s.control).await.unwrap(), 0, "acted on once per month");
     s.wait_native_status(&format!("/instances/{id}"), "stopped").await;
     let (_, ev) = s.call(&s.key, "GET", "/audit-events?resource_type=organization", None).await;
