@@ -62,7 +62,7 @@ impl Config {
         let mut out = Vec::new();
         for p in self.public_addresses.iter().filter(|p| p.region == region) {
             for pre in &p.prefixes {
-                if let Some(s) = crate::fabric::Subnet::parse_any(pre) {
+                if let Some(s) = nimbus_core::net::Subnet::parse_any(pre) {
                     let first = u32::from(s.addr);
                     let n = 1u64 << (32 - u32::from(s.len));
                     out.extend((0..n).filter_map(|i| u32::try_from(i).ok()).map(|i| std::net::Ipv4Addr::from(first + i)));
@@ -429,13 +429,13 @@ impl Config {
         if self.quotas.api_keys_per_org < 1 {
             return Err(Error::invalid("config.quotas.api_keys_per_org", "must be at least 1"));
         }
-        let mut seen: Vec<crate::fabric::Subnet> = Vec::new();
+        let mut seen: Vec<nimbus_core::net::Subnet> = Vec::new();
         for p in &self.public_addresses {
             if self.region(&p.region).is_none() {
                 return Err(Error::invalid("config.public_addresses", format!("unknown region {:?}", p.region)));
             }
             for pre in &p.prefixes {
-                let s = crate::fabric::Subnet::parse_any(pre)
+                let s = nimbus_core::net::Subnet::parse_any(pre)
                     .filter(|s| s.len >= 16)
                     .ok_or_else(|| Error::invalid("config.public_addresses", format!("{pre:?} is not an IPv4 prefix A.B.C.D/16..32")))?;
                 if seen.iter().any(|o| o.overlaps(&s)) {

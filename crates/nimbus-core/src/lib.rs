@@ -16,6 +16,7 @@ pub mod instance;
 pub mod metering;
 pub mod model;
 pub mod money;
+pub mod net;
 pub mod password;
 pub mod validate;
 pub mod webhook;

@@ -424,6 +424,11 @@ impl Vpn {
     pub fn client_address(&self) -> String {
         format!("10.201.{}.2", self.tunnel_index)
     }
+
+    /// The tunnel's `/24`, which holds both addresses.
+    pub fn tunnel_subnet(&self) -> String {
+        format!("10.201.{}.0/24", self.tunnel_index)
+    }
 }
 
 /// A span during which something is billed at a fixed rate: opened and closed by the state

@@ -23,6 +23,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context};
+use nimbus_core::net::Subnet;
 
 /// The shape of a test bed.
 #[derive(Debug, Clone)]
@@ -123,23 +124,24 @@ impl TestBed {
         let routes: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
         let [a, b, c] = self.layout.underlay;
         let [s0, s1] = self.layout.subnets;
+        let underlay = Subnet { addr: Ipv4Addr::new(a, b, c, 0), len: 24 };
+        let instances = Subnet { addr: Ipv4Addr::new(s0, s1, 0, 0), len: 16 };
         let ours: Vec<String> = std::iter::once(self.underlay_bridge()).chain(self.hosts.iter().map(|h| h.netns.clone())).collect();
         for r in &routes {
             let (Some(dst), Some(dev)) = (r["dst"].as_str(), r["dev"].as_str()) else { continue };
             if ours.iter().any(|o| o == dev) {
                 continue;
             }
-            let addr = dst.split('/').next().unwrap_or(dst);
-            let Ok(ip) = addr.parse::<Ipv4Addr>() else { continue };
-            let o = ip.octets();
-            let len: u8 = dst.split('/').nth(1).and_then(|l| l.parse().ok()).unwrap_or(32);
-            let under = o[..3] == [a, b, c] || (len < 24 && overlaps(ip, len, Ipv4Addr::new(a, b, c, 0), 24));
-            let inst = (o[0], o[1]) == (s0, s1) || (len < 16 && overlaps(ip, len, Ipv4Addr::new(s0, s1, 0, 0), 16));
-            if (under || inst) && dst != "default" {
-                bail!(
-                    "this machine already routes {dst} through {dev}: the test bed's {} would meet it; pick another --bed-layout",
-                    if under { format!("underlay {a}.{b}.{c}.0/24") } else { format!("instance subnets {s0}.{s1}.0.0/16") }
-                );
+            // `ip -j` writes a host route without its /32 (and "default" for 0/0, which is skipped).
+            let net = match dst.parse::<Ipv4Addr>() {
+                Ok(addr) => Some(Subnet { addr, len: 32 }),
+                Err(_) => Subnet::parse_any(dst),
+            };
+            let Some(net) = net else { continue };
+            for (ours, what) in [(underlay, "underlay"), (instances, "instance subnets")] {
+                if net.overlaps(&ours) {
+                    bail!("this machine already routes {dst} through {dev}: the test bed's {what} {ours} would meet it; pick another --bed-layout");
+                }
             }
         }
         Ok(())
@@ -294,11 +296,6 @@ fn rmdir_tree(dir: &Path) {
         }
     }
     let _ = std::fs::remove_dir(dir);
-}
-
-fn overlaps(a: Ipv4Addr, alen: u8, b: Ipv4Addr, blen: u8) -> bool {
-    let m = u32::MAX.checked_shl(32 - u32::from(alen.min(blen))).unwrap_or(0);
-    u32::from(a) & m == u32::from(b) & m
 }
 
 /// Writes a sysctl inside network namespace `ns` (`/proc/sys/<key>`, read in that namespace).

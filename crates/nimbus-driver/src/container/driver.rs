@@ -19,6 +19,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use nimbus_core::net::Subnet;
 use nimbus_proto::{ActualState, DesiredInstance, InstanceReport, Inventory, Power};
 use serde::{Deserialize, Serialize};
 
@@ -189,10 +190,7 @@ impl ContainerDriver {
                 let _ = std::fs::set_permissions(e.path().join("ledger.json"), std::fs::Permissions::from_mode(0o600));
             }
         }
-        let network = {
-            let mask = u32::MAX.checked_shl(32 - u32::from(cfg.prefix_len)).unwrap_or(0);
-            format!("{}/{}", Ipv4Addr::from(u32::from(cfg.gateway) & mask), cfg.prefix_len)
-        };
+        let network = Subnet::containing(cfg.gateway, cfg.prefix_len).to_string();
         let vpns = super::vpn::Gateways::new(&cfg.data_dir, &cfg.bridge, network, cfg.public_ip.map(|a| a.to_string()));
         let storage = super::storage::Storage::new(&cfg.data_dir);
         let window = cfg.id_window.unwrap_or_else(|| idmap::host_window(&std::fs::read_to_string("/etc/subuid").unwrap_or_default()));
@@ -351,10 +349,10 @@ impl ContainerDriver {
             let p = format!("/proc/sys/net/ipv4/conf/{}/route_localnet", self.cfg.bridge);
             std::fs::write(&p, "1").map_err(|e| host_err(format!("{p}: {e}")))?;
         }
-        let network = Ipv4Addr::from(u32::from(self.cfg.gateway) & (u32::MAX << (32 - u32::from(self.cfg.prefix_len.clamp(1, 32)))));
+        let network = self.subnet();
         let w = self.cfg.weaken;
         let opts = super::firewall::Options {
-            outbound_nat: self.cfg.outbound_nat.then_some((network, self.cfg.prefix_len)),
+            outbound_nat: self.cfg.outbound_nat.then_some(network),
             antispoof: !w.antispoof,
             ipv6_drop: !w.ipv6_drop,
             host_input_drop: !w.host_input_drop,
@@ -366,9 +364,9 @@ impl ContainerDriver {
         super::firewall::apply(&text).map_err(host_err)
     }
 
-    fn subnet(&self) -> (Ipv4Addr, u8) {
-        let mask = u32::MAX.checked_shl(32 - u32::from(self.cfg.prefix_len)).unwrap_or(0);
-        (Ipv4Addr::from(u32::from(self.cfg.gateway) & mask), self.cfg.prefix_len)
+    /// The bridge's subnet (its gateway is the first address).
+    fn subnet(&self) -> Subnet {
+        Subnet::containing(self.cfg.gateway, self.cfg.prefix_len)
     }
 
     /// The filters' view of the private network: the server's member lists joined with this
@@ -387,9 +385,10 @@ impl ContainerDriver {
             m.sort_unstable();
             m.dedup();
         }
+        // The server's list names every private subnet of the region (peers' and VPN tunnels');
+        // this host's own counts before the server has answered.
         let mut subnets = vec![self.subnet()];
-        subnets.extend(peers.iter().flat_map(|p| std::iter::once(p.subnet).chain(p.routes.iter().copied())));
-        subnets.extend(f.private.iter().filter_map(|s| super::fabric::parse_subnet(s)));
+        subnets.extend(f.private.iter().filter_map(|s| Subnet::parse_any(s)));
         subnets.sort_unstable();
         subnets.dedup();
         super::firewall::Private {
@@ -558,10 +557,9 @@ impl Driver for ContainerDriver {
             Some(i) => i.clone(),
             None => super::inventory::read(&self.cfg.data_dir),
         };
-        let (net, len) = self.subnet();
         inv.network = self.cfg.underlay.map(|u| nimbus_proto::HostNetwork {
             underlay: u.to_string(),
-            instance_subnet: format!("{net}/{len}"),
+            instance_subnet: self.subnet().to_string(),
             routes: vec![],
         });
         Ok(inv)

@@ -16,6 +16,7 @@
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
+use nimbus_core::net::Subnet;
 use nimbus_proto::HostNetwork;
 
 /// UDP port of the tunnel (IANA's VXLAN port).
@@ -37,29 +38,20 @@ pub fn vtep_mac(gateway: Ipv4Addr) -> String {
 /// A peer as routes need it: its subnet, its gateway (the first address) and its underlay.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Peer {
-    pub subnet: (Ipv4Addr, u8),
+    pub subnet: Subnet,
     pub gateway: Ipv4Addr,
     pub underlay: Ipv4Addr,
     /// More subnets behind it (its VPN gateways' tunnels).
-    pub routes: Vec<(Ipv4Addr, u8)>,
-}
-
-/// `A.B.C.D/N` with no host bits set.
-pub fn parse_subnet(s: &str) -> Option<(Ipv4Addr, u8)> {
-    let (a, l) = s.split_once('/')?;
-    let addr: Ipv4Addr = a.parse().ok()?;
-    let len: u8 = l.parse().ok().filter(|l| (8..=32).contains(l))?;
-    let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-    (u32::from(addr) & !mask == 0).then_some((addr, len))
+    pub routes: Vec<Subnet>,
 }
 
 impl Peer {
     /// `None` for a peer the server should never have sent (unparsable), which is skipped.
     pub fn from_proto(n: &HostNetwork) -> Option<Peer> {
         let underlay: Ipv4Addr = n.underlay.parse().ok()?;
-        let (addr, len) = parse_subnet(&n.instance_subnet).filter(|(_, l)| *l <= 30)?;
-        let routes = n.routes.iter().filter_map(|r| parse_subnet(r)).collect();
-        Some(Peer { subnet: (addr, len), gateway: Ipv4Addr::from(u32::from(addr) + 1), underlay, routes })
+        let subnet = Subnet::parse(&n.instance_subnet)?;
+        let routes = n.routes.iter().filter_map(|r| Subnet::parse_any(r)).collect();
+        Some(Peer { subnet, gateway: Ipv4Addr::from(u32::from(subnet.addr) + 1), underlay, routes })
     }
 }
 
@@ -76,19 +68,6 @@ use super::tool as run;
 
 fn json(prog: &str, args: &[&str]) -> Vec<serde_json::Value> {
     run(prog, args, None).ok().and_then(|s| serde_json::from_str::<Vec<serde_json::Value>>(&s).ok()).unwrap_or_default()
-}
-
-/// The MTU of the interface holding `local`, if any holds it.
-fn underlay_mtu(local: Ipv4Addr) -> Option<u32> {
-    let want = local.to_string();
-    json("ip", &["-j", "-4", "addr", "show"]).iter().find_map(|l| {
-        let has = l["addr_info"].as_array()?.iter().any(|a| a["local"].as_str() == Some(want.as_str()));
-        if has {
-            l["mtu"].as_u64().and_then(|m| u32::try_from(m).ok())
-        } else {
-            None
-        }
-    })
 }
 
 impl Tunnel {
@@ -124,7 +103,7 @@ impl Tunnel {
     fn create(&self) -> Result<(), String> {
         // The tunnel's header costs 50 bytes of the underlay's MTU; with an underlay of 1550 or
         // more (jumbo frames, as VXLAN deployments run) instances keep a full 1500.
-        let mtu = underlay_mtu(self.local).map_or(1450, |m| m.saturating_sub(50).min(1500)).to_string();
+        let mtu = super::net::link_holding(self.local.into()).map_or(1450, |(_, m)| m.saturating_sub(50).min(1500)).to_string();
         let (vni, local, port) = (self.vni.to_string(), self.local.to_string(), VXLAN_PORT.to_string());
         run(
             "ip",
@@ -160,7 +139,7 @@ impl Tunnel {
         let macs: BTreeSet<String> = want.iter().map(|p| vtep_mac(p.gateway)).collect();
         let gws: BTreeSet<String> = want.iter().map(|p| p.gateway.to_string()).collect();
         let nets: BTreeSet<String> =
-            want.iter().flat_map(|p| std::iter::once(&p.subnet).chain(&p.routes)).map(|(a, l)| format!("{a}/{l}")).collect();
+            want.iter().flat_map(|p| std::iter::once(&p.subnet).chain(&p.routes)).map(ToString::to_string).collect();
         let mut fdb = String::new();
         for e in json("bridge", &["-j", "fdb", "show", "dev", &self.dev]) {
             if let Some(mac) = e["mac"].as_str() {
@@ -189,8 +168,8 @@ impl Tunnel {
         }
         for p in &want {
             ipb += &format!("neigh replace {} lladdr {} dev {} nud permanent\n", p.gateway, vtep_mac(p.gateway), self.dev);
-            for (a, l) in std::iter::once(&p.subnet).chain(&p.routes) {
-                ipb += &format!("route replace {a}/{l} via {} dev {} onlink\n", p.gateway, self.dev);
+            for net in std::iter::once(&p.subnet).chain(&p.routes) {
+                ipb += &format!("route replace {net} via {} dev {} onlink\n", p.gateway, self.dev);
             }
         }
         if !fdb.is_empty() {
@@ -221,7 +200,7 @@ mod tests {
         assert_eq!(
             p,
             Some(Peer {
-                subnet: (Ipv4Addr::new(10, 210, 2, 0), 24),
+                subnet: Subnet { addr: Ipv4Addr::new(10, 210, 2, 0), len: 24 },
                 gateway: Ipv4Addr::new(10, 210, 2, 1),
                 underlay: Ipv4Addr::new(198, 51, 100, 2),
                 routes: vec![],

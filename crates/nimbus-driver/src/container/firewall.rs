@@ -65,7 +65,7 @@ pub struct Entry<'a> {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Private {
     /// Every instance subnet of the region, this host's included.
-    pub subnets: Vec<(Ipv4Addr, u8)>,
+    pub subnets: Vec<nimbus_core::net::Subnet>,
     /// The private addresses of each org's instances, by tenant. An entry's tenant missing here
     /// has no member at all (its instances then accept no private source but the gateway).
     pub members: BTreeMap<String, Vec<Ipv4Addr>>,
@@ -113,7 +113,7 @@ fn rule_line(r: &FirewallRule) -> Option<String> {
 pub struct Options {
     /// Masquerade instance traffic leaving the host (outbound internet). The operator also
     /// enables `net.ipv4.ip_forward`; the driver changes no sysctl itself.
-    pub outbound_nat: Option<(Ipv4Addr, u8)>,
+    pub outbound_nat: Option<nimbus_core::net::Subnet>,
     /// The layers below are on in every real deployment; the escape suite's self-test turns
     /// them off one at a time to show that its network checks can fail.
     pub antispoof: bool,
@@ -167,10 +167,7 @@ pub fn render_ports(bridge: &str, entries: &[Entry<'_>], opts: Options) -> Strin
 pub fn render(bridge: &str, gateway: Ipv4Addr, entries: &[Entry<'_>], private: &Private, opts: Options) -> String {
     let t = table_name(bridge);
     let mut s = format!("table inet {t} {{}}\ndelete table inet {t}\ntable inet {t} {{\n");
-    s += &format!(
-        "  set private {{\n    type ipv4_addr; flags interval;{}\n  }}\n",
-        elements(private.subnets.iter().map(|(a, l)| format!("{a}/{l}")))
-    );
+    s += &format!("  set private {{\n    type ipv4_addr; flags interval;{}\n  }}\n", elements(&private.subnets));
     s += &format!("  set underlay {{\n    type ipv4_addr;{}\n  }}\n", elements(&private.underlays));
     let mut tenants: Vec<&str> = private.members.keys().map(String::as_str).collect();
     for e in entries {
@@ -259,9 +256,9 @@ pub fn render(bridge: &str, gateway: Ipv4Addr, entries: &[Entry<'_>], private: &
         }
         s += "  }\n";
     }
-    if let Some((net, len)) = opts.outbound_nat {
+    if let Some(net) = opts.outbound_nat {
         s += &format!(
-            "  chain postrouting {{\n    type nat hook postrouting priority 100; policy accept;\n    ip saddr {net}/{len} oifname != \"{bridge}\" ip daddr != @private masquerade\n  }}\n"
+            "  chain postrouting {{\n    type nat hook postrouting priority 100; policy accept;\n    ip saddr {net} oifname != \"{bridge}\" ip daddr != @private masquerade\n  }}\n"
         );
     }
     s += "}\n";
@@ -370,7 +367,7 @@ mod tests {
             Ipv4Addr::new(10, 200, 0, 1),
             &e,
             &Private::default(),
-            Options { outbound_nat: Some((Ipv4Addr::new(10, 200, 0, 0), 16)), ..Options::default() },
+            Options { outbound_nat: Some(nimbus_core::net::Subnet { addr: Ipv4Addr::new(10, 200, 0, 0), len: 16 }), ..Options::default() },
         );
         assert!(nat.contains("ip saddr 10.200.0.0/16 oifname != \"nimbus0\" ip daddr != @private masquerade"), "{nat}");
         assert!(!t.contains("dnat"), "no forwards unless an instance has a port");
@@ -412,7 +409,10 @@ mod tests {
         b.addr = Ipv4Addr::new(10, 200, 0, 4);
         b.tenant = "org-b";
         let private = Private {
-            subnets: vec![(Ipv4Addr::new(10, 200, 0, 0), 24), (Ipv4Addr::new(10, 201, 0, 0), 24)],
+            subnets: vec![
+                nimbus_core::net::Subnet { addr: Ipv4Addr::new(10, 200, 0, 0), len: 24 },
+                nimbus_core::net::Subnet { addr: Ipv4Addr::new(10, 201, 0, 0), len: 24 },
+            ],
             members: [("org-a".to_owned(), vec![Ipv4Addr::new(10, 200, 0, 3), Ipv4Addr::new(10, 201, 0, 7)])].into_iter().collect(),
             underlays: vec![Ipv4Addr::new(198, 51, 100, 2)],
             tunnel: Some("vx-nimbus0".into()),

@@ -34,6 +34,17 @@ fn ip(args: &[&str]) -> Result<String> {
     }
 }
 
+/// The interface of this namespace that holds address `addr`: `(name, MTU)`.
+pub fn link_holding(addr: std::net::IpAddr) -> Option<(String, u32)> {
+    let out = super::tool("ip", &["-j", "addr", "show"], None).ok()?;
+    let links: Vec<serde_json::Value> = serde_json::from_str(&out).ok()?;
+    let want = addr.to_string();
+    links.iter().find_map(|l| {
+        l["addr_info"].as_array()?.iter().any(|a| a["local"].as_str() == Some(want.as_str())).then_some(())?;
+        Some((l["ifname"].as_str()?.to_owned(), l["mtu"].as_u64().and_then(|m| u32::try_from(m).ok())?))
+    })
+}
+
 /// Moves this process into the named network namespace (`/run/netns/NAME`, as `ip netns add`
 /// makes): how one machine runs several agents as separate hosts (the test bed). Only the
 /// network namespace changes; mounts, `/sys/fs/cgroup` included, stay the machine's. Must run

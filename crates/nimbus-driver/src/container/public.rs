@@ -15,16 +15,6 @@ pub struct Publics {
     uplink_addr: Option<IpAddr>,
 }
 
-fn uplink_of(addr: IpAddr) -> Option<String> {
-    let out = tool("ip", &["-j", "addr", "show"], None).ok()?;
-    let links: Vec<serde_json::Value> = serde_json::from_str(&out).ok()?;
-    let want = addr.to_string();
-    links.iter().find_map(|l| {
-        let has = l["addr_info"].as_array()?.iter().any(|a| a["local"].as_str() == Some(want.as_str()));
-        has.then(|| l["ifname"].as_str().map(str::to_owned)).flatten()
-    })
-}
-
 impl Publics {
     pub fn new(data_dir: &Path, uplink_addr: Option<IpAddr>) -> Publics {
         Publics { state: data_dir.join("public-addresses.json"), uplink_addr }
@@ -43,7 +33,8 @@ impl Publics {
         }
         let dev = self
             .uplink_addr
-            .and_then(uplink_of)
+            .and_then(super::net::link_holding)
+            .map(|(name, _)| name)
             .ok_or_else(|| "public addresses need the host's uplink: start the agent with --public-ip or --underlay".to_owned())?;
         let mut batch = String::new();
         for a in ours.difference(want) {
