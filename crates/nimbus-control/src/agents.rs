@@ -316,28 +316,18 @@ pub async fn report(c: &Control, host: &HostId, req: proto::ReportRequest) -> Re
     if vpn_changed {
         c.hosts().wake(host);
     }
-    if !changed_clusters.is_empty() {
-        // In a transaction of its own, after this host's: hosts are locked in id order only.
-        changed_clusters.sort();
-        changed_clusters.dedup();
-        let mut hosts = Vec::new();
-        for cl in &changed_clusters {
-            hosts.extend(c.store().cluster_host_ids(cl).await?);
-        }
-        hosts.sort();
-        hosts.dedup();
-        let mut tx = c.store().begin().await?;
-        for h in &hosts {
-            Store::host_bump_generation_in_txn(&mut tx, h).await?;
-        }
-        Store::commit(tx).await?;
-        for h in &hosts {
-            c.hosts().wake(h);
-        }
+    // Who must re-read: every host of a cluster whose nodes' addresses changed (their peers),
+    // and the other hosts of every org whose members changed. One transaction, after this one.
+    changed_clusters.sort();
+    changed_clusters.dedup();
+    let mut hosts = Vec::new();
+    for cl in &changed_clusters {
+        hosts.extend(c.store().cluster_host_ids(cl).await?);
     }
     member_orgs.sort();
     member_orgs.dedup();
-    crate::fabric::members_changed(c, &member_orgs, std::slice::from_ref(host)).await?;
+    hosts.extend(crate::fabric::hosts_of_orgs(c, &member_orgs).await?.into_iter().filter(|h| h != host));
+    crate::fabric::wake_hosts(c, hosts).await?;
     Ok(proto::ReportResponse { desired_generation: gen })
 }
 

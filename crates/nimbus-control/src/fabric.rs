@@ -14,53 +14,12 @@ use std::net::Ipv4Addr;
 
 use nimbus_core::ids::{HostId, OrgId};
 use nimbus_core::model::{Host, Instance};
+use nimbus_core::net::Subnet;
 use nimbus_core::Error;
 use nimbus_proto as proto;
 use nimbus_store::{Conn, Store};
 
 use crate::Control;
-
-/// An IPv4 subnet `addr/len` with no host bits set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Subnet {
-    pub addr: Ipv4Addr,
-    pub len: u8,
-}
-
-impl Subnet {
-    /// An instance subnet: `/8` to `/30`.
-    pub fn parse(s: &str) -> Option<Subnet> {
-        Self::parse_any(s).filter(|s| (8..=30).contains(&s.len))
-    }
-
-    /// Any prefix `/0` to `/32` with no host bits set.
-    pub fn parse_any(s: &str) -> Option<Subnet> {
-        let (a, l) = s.split_once('/')?;
-        let addr: Ipv4Addr = a.parse().ok()?;
-        let len: u8 = l.parse().ok().filter(|l| *l <= 32)?;
-        if u32::from(addr) & !Self::mask(len) != 0 {
-            return None;
-        }
-        Some(Subnet { addr, len })
-    }
-
-    fn mask(len: u8) -> u32 {
-        if len == 0 {
-            0
-        } else {
-            u32::MAX << (32 - u32::from(len))
-        }
-    }
-
-    pub fn overlaps(&self, o: &Subnet) -> bool {
-        let m = Self::mask(self.len.min(o.len));
-        u32::from(self.addr) & m == u32::from(o.addr) & m
-    }
-
-    pub fn contains(&self, a: Ipv4Addr) -> bool {
-        u32::from(a) & Self::mask(self.len) == u32::from(self.addr)
-    }
-}
 
 /// The region's VXLAN network identifier: a stable 24-bit value from its name (FNV-1a), never 0.
 pub fn vni(region: &str) -> u32 {
@@ -113,13 +72,8 @@ fn network_of(h: &Host, vpns: &[nimbus_core::model::Vpn]) -> Option<proto::HostN
     Some(proto::HostNetwork {
         underlay: h.underlay.clone()?,
         instance_subnet: h.instance_subnet.clone()?,
-        routes: vpns.iter().filter(|v| v.host_id == h.id).map(tunnel_subnet).collect(),
+        routes: vpns.iter().filter(|v| v.host_id == h.id).map(nimbus_core::model::Vpn::tunnel_subnet).collect(),
     })
-}
-
-/// A VPN's tunnel subnet (its gateway and client addresses).
-fn tunnel_subnet(v: &nimbus_core::model::Vpn) -> String {
-    format!("10.201.{}.0/24", v.tunnel_index)
 }
 
 /// The instance subnets of `region`'s hosts that take part in its private network.
@@ -137,7 +91,7 @@ pub async fn for_host(c: &Control, me: &Host, instances: &[Instance]) -> Result<
     let peers = hosts.iter().filter(|h| h.id != me.id).filter_map(|h| network_of(h, &vpns)).collect();
     // Private sources: every instance subnet and every VPN tunnel of the region.
     let mut private: Vec<String> = hosts.iter().filter_map(|h| h.instance_subnet.clone()).collect();
-    private.extend(vpns.iter().map(tunnel_subnet));
+    private.extend(vpns.iter().map(nimbus_core::model::Vpn::tunnel_subnet));
     private.sort();
     private.dedup();
     let mut orgs: Vec<OrgId> = instances.iter().map(|i| i.org_id.clone()).collect();
@@ -160,37 +114,46 @@ pub async fn for_host(c: &Control, me: &Host, instances: &[Instance]) -> Result<
     })
 }
 
-/// The members of `orgs` changed (an address appeared, an instance is going): every host that
-/// serves one of them re-reads its desired state, except those in `skip` (already bumped, or
-/// the host whose report made the change, which knows its own instances). In a transaction of
-/// its own, after the change's: hosts are bumped in id order only.
-pub async fn members_changed(c: &Control, orgs: &[OrgId], skip: &[HostId]) -> Result<(), Error> {
-    if orgs.is_empty() {
-        return Ok(());
-    }
-    let mut tx = c.store().begin().await?;
+/// The hosts that must hear when the members of `orgs` change (an address appeared, an
+/// instance is going): every host that serves one of them.
+pub async fn hosts_of_orgs(c: &Control, orgs: &[OrgId]) -> Result<Vec<HostId>, Error> {
+    let mut conn = c.store().reader().await?;
     let mut hosts = Vec::new();
     for o in orgs {
-        hosts.extend(Store::network_hosts_of_org_in(&mut tx, o).await?);
+        hosts.extend(Store::network_hosts_of_org_in(&mut conn, o).await?);
     }
-    hosts.sort();
-    hosts.dedup();
+    Ok(hosts)
+}
+
+/// The members of `orgs` changed: their hosts re-read their desired state, except those in
+/// `skip` (already bumped, or the host whose report made the change, which knows its own
+/// instances).
+pub async fn members_changed(c: &Control, orgs: &[OrgId], skip: &[HostId]) -> Result<(), Error> {
+    let mut hosts = hosts_of_orgs(c, orgs).await?;
     hosts.retain(|h| !skip.contains(h));
-    Store::network_bump_hosts_in_txn(&mut tx, &hosts).await?;
-    Store::commit(tx).await?;
-    for h in &hosts {
-        c.hosts().wake(h);
-    }
-    Ok(())
+    wake_hosts(c, hosts).await
 }
 
 /// A host joined the region's network or changed its place in it: every other host of the
 /// region re-reads its peers.
 pub async fn peers_changed(c: &Control, region: &str, me: &HostId) -> Result<(), Error> {
-    let mut hosts: Vec<HostId> = c.store().host_list(Some(region), false).await?.into_iter().map(|h| h.id).filter(|h| h != me).collect();
+    let hosts = c.store().host_list(Some(region), false).await?.into_iter().map(|h| h.id).filter(|h| h != me).collect();
+    wake_hosts(c, hosts).await
+}
+
+/// Bumps the desired generation of `hosts` and wakes their long-polls: in a transaction of its
+/// own, after the change's, and in id order (hosts are locked in id order only, so concurrent
+/// bumps cannot deadlock).
+pub async fn wake_hosts(c: &Control, mut hosts: Vec<HostId>) -> Result<(), Error> {
+    if hosts.is_empty() {
+        return Ok(());
+    }
     hosts.sort();
+    hosts.dedup();
     let mut tx = c.store().begin().await?;
-    Store::network_bump_hosts_in_txn(&mut tx, &hosts).await?;
+    for h in &hosts {
+        Store::host_bump_generation_in_txn(&mut tx, h).await?;
+    }
     Store::commit(tx).await?;
     for h in &hosts {
         c.hosts().wake(h);
@@ -204,18 +167,6 @@ mod tests {
 
     fn net(u: &str, s: &str) -> proto::HostNetwork {
         proto::HostNetwork { underlay: u.into(), instance_subnet: s.into(), routes: vec![] }
-    }
-
-    #[test]
-    fn subnets_parse_overlap_and_contain() {
-        let a = Subnet::parse("10.210.1.0/24").expect("a");
-        let b = Subnet::parse("10.210.0.0/16").expect("b");
-        let c = Subnet::parse("10.210.2.0/24").expect("c");
-        assert!(a.overlaps(&b) && b.overlaps(&a) && !a.overlaps(&c));
-        assert!(a.contains(Ipv4Addr::new(10, 210, 1, 77)) && !a.contains(Ipv4Addr::new(10, 210, 2, 1)));
-        for bad in ["10.210.1.1/24", "10.210.1.0", "10.210.1.0/31", "10.0.0.0/7", "fd00::/64", "x/24"] {
-            assert!(Subnet::parse(bad).is_none(), "{bad}");
-        }
     }
 
     #[test]

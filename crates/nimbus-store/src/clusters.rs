@@ -138,11 +138,10 @@ impl Store {
         message: Option<&str>,
         now: i64,
     ) -> Result<bool, Error> {
-        let placeholders: Vec<String> = (0..from.len()).map(|i| format!("${}", i + 6)).collect();
         let sql = format!(
             "UPDATE clusters SET state = $1, operation_status = $2, message = $3, updated_at = $4, \
              deleted_at = CASE WHEN $1 = 'DELETED' THEN $4 ELSE deleted_at END WHERE id = $5 AND state IN ({})",
-            placeholders.join(", ")
+            crate::placeholders(6, from.len())
         );
         let mut q = sqlx::query(&sql).bind(to).bind(operation_status).bind(message).bind(now).bind(id);
         for f in from {

@@ -61,6 +61,11 @@ pub struct Store {
     reader: AnyPool,
 }
 
+/// `$from, $from+1, …` for `n` values (an `IN (…)` list: SQLite has no array binds).
+pub(crate) fn placeholders(from: usize, n: usize) -> String {
+    (from..from + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+}
+
 /// Maps a database failure to the domain error, keeping the cause as internal context. A lost
 /// race that PostgreSQL resolved by aborting us (deadlock, serialization failure) is a retryable
 /// `Conflict`, not an internal error.

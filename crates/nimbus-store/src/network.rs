@@ -36,32 +36,20 @@ impl Store {
     }
 
     /// Hosts that run (or keep) an instance of `org`, or serve one of its VPNs: those whose
-    /// filters (or gateways) name its members.
+    /// filters (or gateways) name its members. In id order.
     pub async fn network_hosts_of_org_in(c: &mut Conn, org: &OrgId) -> Result<Vec<HostId>, Error> {
-        let rows = sqlx::query(
-            "SELECT host_id FROM instances WHERE org_id = $1 AND host_id IS NOT NULL AND state <> 'terminated' \
-             UNION SELECT host_id FROM vpns WHERE org_id = $1",
-        )
-        .bind(org.as_str())
-        .fetch_all(&mut *c)
-        .await
-        .map_err(db_err("listing hosts of an org"))?;
-        let mut out: Vec<HostId> = Vec::with_capacity(rows.len());
+        let mut out = Self::host_ids_with_org_instances_in(&mut *c, org).await?;
+        let rows = sqlx::query("SELECT DISTINCT host_id FROM vpns WHERE org_id = $1")
+            .bind(org.as_str())
+            .fetch_all(&mut *c)
+            .await
+            .map_err(db_err("listing the org's VPN hosts"))?;
         for r in &rows {
             out.push(HostId::from_trusted(crate::rows::get::<String>(r, "host_id")?));
         }
         out.sort();
         out.dedup();
         Ok(out)
-    }
-
-    /// Bumps the desired generation of every host in `hosts` (sorted: hosts are locked in id
-    /// order only, so concurrent bumps cannot deadlock).
-    pub async fn network_bump_hosts_in_txn(tx: &mut Conn, hosts: &[HostId]) -> Result<(), Error> {
-        for h in hosts {
-            Self::host_bump_generation_in_txn(tx, h).await?;
-        }
-        Ok(())
     }
 
     /// Host ports in use on `host` by live instances: SSH forwards and opened forwards.
@@ -94,18 +82,21 @@ impl Store {
         Self::forward_rows(&rows)
     }
 
-    /// The same for the given instances (any host).
+    /// The same for the given instances (any host): one query per 500 instances, not per
+    /// instance (a Voltage Park listing renders every VM of the org).
     pub async fn network_forwards_of(&self, ids: &[InstanceId]) -> Result<Vec<(InstanceId, i64, i64)>, Error> {
         let mut out = Vec::new();
-        for id in ids {
-            let rows = sqlx::query(
-                "SELECT instance_id, external_port, internal_port FROM port_forwards WHERE instance_id = $1 ORDER BY external_port",
-            )
-            .bind(id.as_str())
-            .fetch_all(self.r())
-            .await
-            .map_err(db_err("listing forwards"))?;
-            out.extend(Self::forward_rows(&rows)?);
+        for chunk in ids.chunks(500) {
+            let sql = format!(
+                "SELECT instance_id, external_port, internal_port FROM port_forwards WHERE instance_id IN ({}) \
+                 ORDER BY instance_id, external_port",
+                crate::placeholders(1, chunk.len())
+            );
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(id.as_str());
+            }
+            out.extend(Self::forward_rows(&q.fetch_all(self.r()).await.map_err(db_err("listing forwards"))?)?);
         }
         Ok(out)
     }

@@ -15,7 +15,7 @@ use sqlx::any::AnyRow;
 use tokio::sync::Notify;
 
 use crate::rows::{self, get, json, to_json};
-use crate::{db_err, Conn, Store};
+use crate::{db_err, placeholders, Conn, Store};
 
 static COMMITS: LazyLock<Notify> = LazyLock::new(Notify::new);
 
@@ -28,11 +28,6 @@ pub fn commit_hint() -> &'static Notify {
 
 pub(crate) fn committed() {
     COMMITS.notify_waiters();
-}
-
-/// `$from, $from+1, …` for `n` values.
-fn placeholders(from: usize, n: usize) -> String {
-    (from..from + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
 }
 
 const WEBHOOK_COLS: &str = "id, org_id, url, events, created_at, updated_at";
