@@ -142,6 +142,11 @@ fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
 }
 
+/// The mode of a file that may not exist yet (0 then).
+fn mode_if_any(p: &Path) -> u32 {
+    std::fs::metadata(p).map(|m| m.permissions().mode() & 0o777).unwrap_or(0)
+}
+
 /// Expiry follows the control plane's clock; an expired token is refused like an unknown one,
 /// and a host it registered keeps working with its secret.
 #[tokio::test]
@@ -334,13 +339,15 @@ async fn agent_endpoints_refuse_unauthenticated_requests_before_reading_the_body
 async fn agent_data_dir_is_private_and_tightened_on_start() {
     let mut s = TestServer::builder().host("us-east-1", sim_host("h", 8, 0)).start().await;
     let dir = s.dir.0.join("agent-0");
+    // The server records the host before the agent has written its secret to agent.json.
+    s.wait_for("agent.json written", || async { mode_if_any(&dir.join("agent.json")) != 0 }).await;
     assert_eq!(mode(&dir), 0o711);
     assert_eq!(mode(&dir.join("agent.json")), 0o600);
     s.stop_agent(0).await;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(dir.join("agent.json"), std::fs::Permissions::from_mode(0o644)).unwrap();
     s.restart_agent(0);
-    s.wait_for("the data dir tightened", || async { mode(&dir) == 0o711 && mode(&dir.join("agent.json")) == 0o600 }).await;
+    s.wait_for("the data dir tightened", || async { mode_if_any(&dir) == 0o711 && mode_if_any(&dir.join("agent.json")) == 0o600 }).await;
     assert_eq!(s.control.store().host_list(None, false).await.unwrap().len(), 1, "the same host, by its secret");
     s.shutdown().await;
 }
