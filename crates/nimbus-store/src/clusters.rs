@@ -85,7 +85,7 @@ impl Store {
         ))
         .bind(org.as_str())
         .bind(i64::from(inactive))
-        .fetch_all(self.r())
+        .fetch_all(&self.r())
         .await
         .map_err(db_err("listing clusters"))?
         .iter()
@@ -96,7 +96,7 @@ impl Store {
     /// Every cluster that is creating or created, of every org (the reconciler).
     pub async fn cluster_list_live(&self) -> Result<Vec<Cluster>, Error> {
         sqlx::query(&format!("SELECT {COLS} FROM clusters WHERE state IN ('CREATING', 'CREATED') ORDER BY created_at, id"))
-            .fetch_all(self.r())
+            .fetch_all(&self.r())
             .await
             .map_err(db_err("listing live clusters"))?
             .iter()
@@ -108,7 +108,7 @@ impl Store {
         sqlx::query(&format!("SELECT {COLS} FROM clusters WHERE org_id = $1 AND id = $2"))
             .bind(org.as_str())
             .bind(id)
-            .fetch_optional(self.r())
+            .fetch_optional(&self.r())
             .await
             .map_err(db_err("reading cluster"))?
             .as_ref()
@@ -182,7 +182,7 @@ impl Store {
     pub async fn cluster_host_ids(&self, id: &str) -> Result<Vec<nimbus_core::ids::HostId>, Error> {
         sqlx::query("SELECT DISTINCT host_id FROM instances WHERE cluster_id = $1 AND state <> 'terminated' AND host_id IS NOT NULL")
             .bind(id)
-            .fetch_all(self.r())
+            .fetch_all(&self.r())
             .await
             .map_err(db_err("listing cluster hosts"))?
             .iter()
@@ -197,7 +197,7 @@ impl Store {
             crate::rows::INSTANCE_COLS
         ))
         .bind(id)
-        .fetch_all(self.r())
+        .fetch_all(&self.r())
         .await
         .map_err(db_err("listing cluster nodes"))?
         .iter()
@@ -209,7 +209,7 @@ impl Store {
     pub async fn cluster_node_ids(&self, id: &str) -> Result<Vec<InstanceId>, Error> {
         sqlx::query("SELECT id FROM instances WHERE cluster_id = $1")
             .bind(id)
-            .fetch_all(self.r())
+            .fetch_all(&self.r())
             .await
             .map_err(db_err("listing cluster nodes"))?
             .iter()

@@ -18,6 +18,9 @@ pub struct NewEvent<'a> {
     pub now: i64,
 }
 
+/// The `LISTEN` channel that hears of committed events (PostgreSQL).
+pub const EVENTS_CHANNEL: &str = "nimbus_events";
+
 impl Store {
     pub async fn event_append_in_txn(tx: &mut Conn, e: NewEvent<'_>) -> Result<(), Error> {
         sqlx::query(
@@ -32,9 +35,18 @@ impl Store {
         .bind(e.actor_key_id.map(|k| k.as_str().to_owned()))
         .bind(to_json(&e.payload))
         .bind(e.now)
-        .execute(tx)
+        .execute(&mut *tx)
         .await
         .map_err(db_err("appending event"))?;
+        // Delivered at commit (and once per transaction: PostgreSQL folds equal notifications),
+        // so the replica dispatching webhooks hears of events committed through any other.
+        if tx.backend_name() == "PostgreSQL" {
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(EVENTS_CHANNEL)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err("notifying of an event"))?;
+        }
         Ok(())
     }
 
@@ -60,7 +72,7 @@ impl Store {
         .bind(end.unwrap_or(i64::MAX))
         .bind(resource_type.unwrap_or(""))
         .bind(limit)
-        .fetch_all(self.r())
+        .fetch_all(&self.r())
         .await
         .map_err(db_err("listing events"))?
         .iter()

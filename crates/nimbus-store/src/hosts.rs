@@ -162,7 +162,7 @@ impl Store {
     pub async fn host_id_by_secret(&self, secret_hash: &str) -> Result<Option<HostId>, Error> {
         let row = sqlx::query("SELECT id FROM hosts WHERE secret_hash = $1")
             .bind(secret_hash)
-            .fetch_optional(self.r())
+            .fetch_optional(&self.r())
             .await
             .map_err(db_err("looking up host credential"))?;
         row.map(|r| get::<String>(&r, "id").map(HostId::from_trusted)).transpose()

@@ -48,7 +48,7 @@ impl Store {
         .bind(hash)
         .bind(now)
         .bind(expired_before)
-        .execute(&self.writer)
+        .execute(&self.w())
         .await
         .map_err(db_err("claiming idempotency key"))?;
         if claimed.rows_affected() == 1 {
@@ -58,7 +58,7 @@ impl Store {
             sqlx::query("SELECT request_hash, status, content_type, body FROM idempotency_keys WHERE api_key_id = $1 AND idem_key = $2")
                 .bind(key.as_str())
                 .bind(idem)
-                .fetch_optional(&self.writer)
+                .fetch_optional(&self.w())
                 .await
                 .map_err(db_err("reading idempotency key"))?;
         let Some(r) = row else {
@@ -87,7 +87,7 @@ impl Store {
             .bind(&resp.body_b64)
             .bind(key.as_str())
             .bind(idem)
-            .execute(&self.writer)
+            .execute(&self.w())
             .await
             .map_err(db_err("storing idempotent response"))?;
         Ok(())

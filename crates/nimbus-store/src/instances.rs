@@ -87,7 +87,7 @@ impl Store {
         let row = sqlx::query(&format!("SELECT {INSTANCE_COLS} FROM instances WHERE id = $1 AND org_id = $2"))
             .bind(id.as_str())
             .bind(org.as_str())
-            .fetch_optional(self.r())
+            .fetch_optional(&self.r())
             .await
             .map_err(db_err("reading instance"))?;
         row.as_ref().map(rows::instance).transpose()
@@ -107,7 +107,7 @@ impl Store {
     pub async fn instance_list_by_org(&self, org: &OrgId) -> Result<Vec<Instance>, Error> {
         sqlx::query(&format!("SELECT {INSTANCE_COLS} FROM instances WHERE org_id = $1 AND state <> 'terminated' ORDER BY created_at, id"))
             .bind(org.as_str())
-            .fetch_all(self.r())
+            .fetch_all(&self.r())
             .await
             .map_err(db_err("listing instances"))?
             .iter()

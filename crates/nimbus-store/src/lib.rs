@@ -13,9 +13,11 @@
 
 mod clusters;
 mod events;
+mod ha;
 mod hosts;
 mod idempotency;
 mod instances;
+mod leases;
 mod metrics;
 mod migrate;
 mod network;
@@ -30,16 +32,19 @@ mod vpns;
 mod webhooks;
 
 use std::str::FromStr;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use nimbus_core::Error;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions};
 
-pub use events::NewEvent;
+pub use events::{NewEvent, EVENTS_CHANNEL};
+pub use ha::OnNotify;
 pub use hosts::{HostRegistration, NewHostToken};
 pub use idempotency::{Claim, StoredResponse};
 pub use instances::{InstanceUpdate, NewInstance};
+pub use leases::{Fence, FENCE};
 pub use service_accounts::ServiceAccountChange;
 pub use usage::{Credit, LedgerEntry, LedgerLine, LedgerTransaction};
 pub use volumes::AttachOutcome;
@@ -57,6 +62,15 @@ pub enum Backend {
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
+    /// Behind a lock because a PostgreSQL failover swaps them (see `ha`).
+    pools: Arc<RwLock<Pools>>,
+    /// The database hosts when the URL names several (PostgreSQL).
+    ha: Option<Arc<ha::Ha>>,
+    url: String,
+}
+
+#[derive(Clone)]
+struct Pools {
     writer: AnyPool,
     reader: AnyPool,
 }
@@ -69,6 +83,10 @@ pub(crate) fn placeholders(from: usize, n: usize) -> String {
 /// Maps a database failure to the domain error, keeping the cause as internal context. A lost
 /// race that PostgreSQL resolved by aborting us (deadlock, serialization failure) is a retryable
 /// `Conflict`, not an internal error.
+///
+/// A database that cannot be reached, or that stopped taking writes (a primary going away in a
+/// failover), is `Unavailable`: the request may be retried, and nothing in it was committed
+/// unless the commit itself was cut off (which an idempotency key covers).
 pub(crate) fn db_err(context: &str) -> impl FnOnce(sqlx::Error) -> Error + '_ {
     move |e| {
         let code = e.as_database_error().and_then(|d| d.code().map(|c| c.into_owned()));
@@ -76,9 +94,19 @@ pub(crate) fn db_err(context: &str) -> impl FnOnce(sqlx::Error) -> Error + '_ {
             Some("40P01") | Some("40001") => {
                 Error::conflict(nimbus_core::ConflictReason::Concurrent, "a concurrent change won; retry the request")
             }
+            // Connection exceptions, operator intervention (shutdown), read-only transaction.
+            Some(c) if c.starts_with("08") || c.starts_with("57P") || c == "25006" => unavailable(context, &e),
+            _ if matches!(e, sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_)) => {
+                unavailable(context, &e)
+            }
             _ => Error::internal(format!("{context}: {e}")),
         }
     }
+}
+
+fn unavailable(context: &str, e: &sqlx::Error) -> Error {
+    tracing::warn!(error = %e, "{context}: the database is unavailable");
+    Error::Unavailable { message: "the database is unavailable; retry the request".into() }
 }
 
 /// Like [`db_err`], but a unique-constraint violation becomes `AlreadyExists`.
@@ -123,9 +151,11 @@ impl Store {
         } else {
             return Err(Error::invalid("database-url", "must start with sqlite: or postgres://"));
         };
-        let opts = AnyConnectOptions::from_str(url).map_err(|e| Error::invalid("database-url", e.to_string()))?.disable_statement_logging();
         let store = match backend {
             Backend::Sqlite => {
+                let opts = AnyConnectOptions::from_str(url)
+                    .map_err(|e| Error::invalid("database-url", e.to_string()))?
+                    .disable_statement_logging();
                 let writer = AnyPoolOptions::new()
                     .max_connections(1)
                     .acquire_timeout(Duration::from_secs(30))
@@ -143,17 +173,23 @@ impl Store {
                     .connect_with(opts)
                     .await
                     .map_err(db_err("opening SQLite readers"))?;
-                Store { backend, writer, reader }
+                Store { backend, pools: Arc::new(RwLock::new(Pools { writer, reader })), ha: None, url: url.to_owned() }
             }
             Backend::Postgres => {
-                let pool = AnyPoolOptions::new()
-                    .max_connections(16)
-                    .acquire_timeout(Duration::from_secs(30))
-                    .connect_with(opts)
-                    .await
-                    .map_err(db_err("connecting to PostgreSQL"))?;
+                let urls = ha::split_hosts(url)?;
+                let (first, ha) = if urls.len() > 1 {
+                    let i = ha::find_primary(&urls, Duration::from_secs(60)).await?;
+                    (urls[i].clone(), Some(Arc::new(ha::Ha::new(urls, i))))
+                } else {
+                    (urls[0].clone(), None)
+                };
+                let pool = ha::pool(&first, false).await?;
                 migrate::run(&pool, backend).await?;
-                Store { backend, writer: pool.clone(), reader: pool }
+                let store = Store { backend, pools: Arc::new(RwLock::new(Pools { writer: pool.clone(), reader: pool })), ha, url: first };
+                if store.ha.is_some() {
+                    ha::spawn_monitor(store.clone());
+                }
+                store
             }
         };
         Ok(store)
@@ -165,14 +201,23 @@ impl Store {
 
     /// Starts a write transaction. Every state change goes through one of these, together with
     /// its outbox event.
+    ///
+    /// Inside a [`FENCE`] scope (a background loop holding a lease), the transaction first
+    /// proves the lease is still this holder's, so a paused ex-holder cannot write.
     pub async fn begin(&self) -> Result<Tx, Error> {
+        let mut tx = self.begin_unfenced().await?;
+        leases::fence_in_txn(&mut tx).await?;
+        Ok(tx)
+    }
+
+    pub(crate) async fn begin_unfenced(&self) -> Result<Tx, Error> {
         match self.backend {
             // Take SQLite's write lock up front: a deferred transaction that reads and then
             // writes fails at once (SQLITE_BUSY_SNAPSHOT) when another process (the admin CLI
             // beside a running server) wrote meanwhile, whereas BEGIN IMMEDIATE waits for the
             // lock within busy_timeout.
-            Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await,
-            Backend::Postgres => self.writer.begin().await,
+            Backend::Sqlite => self.w().begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.w().begin().await,
         }
         .map_err(db_err("beginning transaction"))
     }
@@ -185,16 +230,34 @@ impl Store {
 
     /// A connection for several related reads outside a transaction.
     pub async fn reader(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>, Error> {
-        self.reader.acquire().await.map_err(db_err("acquiring read connection"))
+        self.r().acquire().await.map_err(db_err("acquiring read connection"))
+    }
+
+    fn pools(&self) -> Pools {
+        self.pools.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The pool for reads outside a transaction.
-    pub(crate) fn r(&self) -> &AnyPool {
-        &self.reader
+    pub(crate) fn r(&self) -> AnyPool {
+        self.pools().reader
+    }
+
+    /// The pool for writes.
+    pub(crate) fn w(&self) -> AnyPool {
+        self.pools().writer
+    }
+
+    /// Points the store at another PostgreSQL host (a failover); returns the old pool.
+    fn swap(&self, pool: AnyPool) -> AnyPool {
+        let mut p = self.pools.write().unwrap_or_else(|p| p.into_inner());
+        let old = std::mem::replace(&mut p.writer, pool.clone());
+        p.reader = pool;
+        old
     }
 
     pub async fn close(&self) {
-        self.writer.close().await;
-        self.reader.close().await;
+        let p = self.pools();
+        p.writer.close().await;
+        p.reader.close().await;
     }
 }

@@ -27,6 +27,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (17, "host_network", include_str!("../migrations/0017_host_network.sql")),
     (18, "port_forwards", include_str!("../migrations/0018_port_forwards.sql")),
     (19, "public_addresses", include_str!("../migrations/0019_public_addresses.sql")),
+    (20, "leases", include_str!("../migrations/0020_leases.sql")),
 ];
 
 fn render(sql: &str, backend: Backend) -> String {

@@ -25,7 +25,7 @@ impl Store {
             ))
             .bind(org.as_str())
             .bind(region)
-            .fetch_all(self.r())
+            .fetch_all(&self.r())
             .await
             .map_err(db_err("listing network members"))?;
             for r in &rows {
@@ -76,7 +76,7 @@ impl Store {
              WHERE f.host_id = $1 AND i.state <> 'terminated' ORDER BY f.external_port",
         )
         .bind(host.as_str())
-        .fetch_all(self.r())
+        .fetch_all(&self.r())
         .await
         .map_err(db_err("listing host forwards"))?;
         Self::forward_rows(&rows)
@@ -96,7 +96,7 @@ impl Store {
             for id in chunk {
                 q = q.bind(id.as_str());
             }
-            out.extend(Self::forward_rows(&q.fetch_all(self.r()).await.map_err(db_err("listing forwards"))?)?);
+            out.extend(Self::forward_rows(&q.fetch_all(&self.r()).await.map_err(db_err("listing forwards"))?)?);
         }
         Ok(out)
     }
@@ -212,7 +212,7 @@ impl Store {
              WHERE i.host_id = $1 AND i.state <> 'terminated'",
         )
         .bind(host.as_str())
-        .fetch_all(self.r())
+        .fetch_all(&self.r())
         .await
         .map_err(db_err("listing host public addresses"))?;
         rows.iter()
@@ -230,7 +230,7 @@ impl Store {
              AND i.state <> 'terminated' ORDER BY i.created_at, i.id"
         ))
         .bind(id)
-        .fetch_all(self.r())
+        .fetch_all(&self.r())
         .await
         .map_err(db_err("listing rental peers"))?
         .iter()

@@ -32,7 +32,7 @@ impl Store {
     pub async fn org_get_by_name(&self, name: &str) -> Result<Option<Org>, Error> {
         let row = sqlx::query("SELECT id, name, email, plan, created_at, spend_limit_cents, spend_limit_action, spend_limit_reached FROM orgs WHERE name = $1")
             .bind(name)
-            .fetch_optional(self.r())
+            .fetch_optional(&self.r())
             .await
             .map_err(db_err("reading org"))?;
         row.as_ref().map(rows::org).transpose()
@@ -43,7 +43,7 @@ impl Store {
             "SELECT id, name, email, plan, created_at, spend_limit_cents, spend_limit_action, spend_limit_reached FROM orgs WHERE id = $1",
         )
         .bind(id.as_str())
-        .fetch_optional(self.r())
+        .fetch_optional(&self.r())
         .await
         .map_err(db_err("reading org"))?;
         row.as_ref().map(rows::org).transpose()
@@ -51,7 +51,7 @@ impl Store {
 
     pub async fn org_list(&self) -> Result<Vec<Org>, Error> {
         sqlx::query("SELECT id, name, email, plan, created_at, spend_limit_cents, spend_limit_action, spend_limit_reached FROM orgs ORDER BY created_at, id")
-            .fetch_all(self.r())
+            .fetch_all(&self.r())
             .await
             .map_err(db_err("listing orgs"))?
             .iter()
@@ -63,7 +63,7 @@ impl Store {
     pub async fn org_instances_generation(&self, org: &OrgId) -> Result<i64, Error> {
         let row = sqlx::query("SELECT instances_generation FROM orgs WHERE id = $1")
             .bind(org.as_str())
-            .fetch_one(self.r())
+            .fetch_one(&self.r())
             .await
             .map_err(db_err("reading instances generation"))?;
         get(&row, "instances_generation")
@@ -92,7 +92,7 @@ impl Store {
     pub async fn org_global_rules(&self, org: &OrgId) -> Result<Vec<FirewallRule>, Error> {
         let row = sqlx::query("SELECT global_firewall_rules FROM orgs WHERE id = $1")
             .bind(org.as_str())
-            .fetch_one(self.r())
+            .fetch_one(&self.r())
             .await
             .map_err(db_err("reading global firewall rules"))?;
         rows::json(&row, "global_firewall_rules")
@@ -166,7 +166,7 @@ impl Store {
             "{API_KEY_SELECT} WHERE k.secret_hash = $1 AND k.revoked_at IS NULL AND (k.service_account_id IS NULL OR sa.deleted_at IS NULL)"
         ))
         .bind(secret_hash)
-        .fetch_optional(self.r())
+        .fetch_optional(&self.r())
         .await
         .map_err(db_err("looking up api key"))?;
         row.as_ref().map(rows::api_key).transpose()
@@ -175,7 +175,7 @@ impl Store {
     pub async fn api_key_list_by_org(&self, org: &OrgId) -> Result<Vec<ApiKey>, Error> {
         sqlx::query(&format!("{API_KEY_SELECT} WHERE k.org_id = $1 ORDER BY k.created_at, k.id"))
             .bind(org.as_str())
-            .fetch_all(self.r())
+            .fetch_all(&self.r())
             .await
             .map_err(db_err("listing api keys"))?
             .iter()
@@ -224,7 +224,7 @@ impl Store {
         sqlx::query(&format!("{API_KEY_SELECT} WHERE k.org_id = $1 AND k.service_account_id = $2 ORDER BY k.created_at, k.id"))
             .bind(org.as_str())
             .bind(sa.as_str())
-            .fetch_all(self.r())
+            .fetch_all(&self.r())
             .await
             .map_err(db_err("listing service account keys"))?
             .iter()

@@ -56,7 +56,7 @@ impl Store {
     pub async fn rental_list(&self, org: &OrgId) -> Result<Vec<Rental>, Error> {
         sqlx::query(&format!("SELECT {COLS} FROM rentals WHERE org_id = $1 AND terminated_at IS NULL ORDER BY created_at, id"))
             .bind(org.as_str())
-            .fetch_all(self.r())
+            .fetch_all(&self.r())
             .await
             .map_err(db_err("listing rentals"))?
             .iter()
@@ -69,7 +69,7 @@ impl Store {
         sqlx::query(&format!("SELECT {COLS} FROM rentals WHERE org_id = $1 AND id = $2 AND terminated_at IS NULL"))
             .bind(org.as_str())
             .bind(id)
-            .fetch_optional(self.r())
+            .fetch_optional(&self.r())
             .await
             .map_err(db_err("reading rental"))?
             .as_ref()

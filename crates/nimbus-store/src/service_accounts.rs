@@ -40,7 +40,7 @@ impl Store {
     pub async fn service_account_list_by_org(&self, org: &OrgId) -> Result<Vec<ServiceAccount>, Error> {
         sqlx::query(&format!("SELECT {COLS} FROM service_accounts WHERE org_id = $1 AND deleted_at IS NULL ORDER BY created_at, id"))
             .bind(org.as_str())
-            .fetch_all(self.r())
+            .fetch_all(&self.r())
             .await
             .map_err(db_err("listing service accounts"))?
             .iter()

@@ -41,7 +41,7 @@ impl Store {
     pub async fn ssh_key_list_by_org(&self, org: &OrgId) -> Result<Vec<SshKey>, Error> {
         sqlx::query("SELECT id, org_id, name, public_key, created_at FROM ssh_keys WHERE org_id = $1 ORDER BY created_at, id")
             .bind(org.as_str())
-            .fetch_all(self.r())
+            .fetch_all(&self.r())
             .await
             .map_err(db_err("listing SSH keys"))?
             .iter()
@@ -114,7 +114,7 @@ impl Store {
     pub async fn file_system_list_by_org(&self, org: &OrgId) -> Result<Vec<FileSystem>, Error> {
         sqlx::query(&format!("SELECT {FS_COLS} FROM file_systems f WHERE f.org_id = $1 ORDER BY f.created_at, f.id"))
             .bind(org.as_str())
-            .fetch_all(self.r())
+            .fetch_all(&self.r())
             .await
             .map_err(db_err("listing file systems"))?
             .iter()
@@ -312,7 +312,7 @@ impl Store {
 
     pub async fn image_list(&self) -> Result<Vec<Image>, Error> {
         sqlx::query("SELECT id, name, description, family, version, architecture, created_at, updated_at FROM images ORDER BY family, name")
-            .fetch_all(self.r())
+            .fetch_all(&self.r())
             .await
             .map_err(db_err("listing images"))?
             .iter()

@@ -179,7 +179,7 @@ impl Store {
     pub async fn webhook_list_by_org(&self, org: &OrgId) -> Result<Vec<Webhook>, Error> {
         sqlx::query(&format!("SELECT {WEBHOOK_COLS} FROM webhooks WHERE org_id = $1 ORDER BY created_at, id"))
             .bind(org.as_str())
-            .fetch_all(self.r())
+            .fetch_all(&self.r())
             .await
             .map_err(db_err("listing webhooks"))?
             .iter()
@@ -191,7 +191,7 @@ impl Store {
         sqlx::query(&format!("SELECT {WEBHOOK_COLS} FROM webhooks WHERE id = $1 AND org_id = $2"))
             .bind(id.as_str())
             .bind(org.as_str())
-            .fetch_optional(self.r())
+            .fetch_optional(&self.r())
             .await
             .map_err(db_err("reading webhook"))?
             .as_ref()
@@ -236,7 +236,7 @@ impl Store {
             .bind(webhook.as_str())
             .bind(state.unwrap_or(""))
             .bind(event_type.unwrap_or(""))
-            .fetch_one(self.r())
+            .fetch_one(&self.r())
             .await
             .map_err(db_err("counting webhook deliveries"))?;
         let dir = if oldest_first { "ASC" } else { "DESC" };
@@ -248,7 +248,7 @@ impl Store {
         .bind(event_type.unwrap_or(""))
         .bind(limit)
         .bind(offset)
-        .fetch_all(self.r())
+        .fetch_all(&self.r())
         .await
         .map_err(db_err("listing webhook deliveries"))?
         .iter()
@@ -262,7 +262,7 @@ impl Store {
         let row = sqlx::query(&format!("SELECT {DELIVERY_COLS} FROM webhook_deliveries WHERE id = $1 AND webhook_id = $2"))
             .bind(id.as_str())
             .bind(webhook.as_str())
-            .fetch_optional(self.r())
+            .fetch_optional(&self.r())
             .await
             .map_err(db_err("reading webhook delivery"))?;
         let Some(row) = row else { return Ok(None) };
@@ -284,7 +284,7 @@ impl Store {
         for d in list.iter() {
             q = q.bind(d.id.as_str());
         }
-        for r in q.fetch_all(self.r()).await.map_err(db_err("listing webhook attempts"))? {
+        for r in q.fetch_all(&self.r()).await.map_err(db_err("listing webhook attempts"))? {
             let id: String = get(&r, "delivery_id")?;
             if let Some(d) = list.iter_mut().find(|d| d.id.as_str() == id) {
                 d.history.push(WebhookAttempt {
@@ -396,7 +396,7 @@ impl Store {
         )
         .bind(after)
         .bind(limit)
-        .fetch_all(self.r())
+        .fetch_all(&self.r())
         .await
         .map_err(db_err("reading outbox"))?
         .iter()
@@ -418,7 +418,7 @@ impl Store {
         for s in seqs {
             q = q.bind(*s);
         }
-        q.fetch_all(self.r()).await.map_err(db_err("reading outbox"))?.iter().map(rows::event).collect()
+        q.fetch_all(&self.r()).await.map_err(db_err("reading outbox"))?.iter().map(rows::event).collect()
     }
 
     /// The webhooks of these organizations.
@@ -498,7 +498,7 @@ impl Store {
         .bind(now)
         .bind(per_webhook)
         .bind(limit)
-        .fetch_all(self.r())
+        .fetch_all(&self.r())
         .await
         .map_err(db_err("listing due webhook deliveries"))?
         .iter()
@@ -509,7 +509,7 @@ impl Store {
     /// When the next pending delivery is due, if any.
     pub async fn webhook_delivery_next_due(&self) -> Result<Option<i64>, Error> {
         sqlx::query_scalar("SELECT MIN(next_attempt_at) FROM webhook_deliveries WHERE state = 'pending'")
-            .fetch_one(self.r())
+            .fetch_one(&self.r())
             .await
             .map_err(db_err("reading next webhook delivery"))
     }
