@@ -50,6 +50,7 @@ pub struct ServerHandle {
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<std::io::Result<()>>>,
     background: Vec<JoinHandle<()>>,
+    control: Control,
 }
 
 impl ServerHandle {
@@ -73,9 +74,11 @@ impl ServerHandle {
     /// Stops accepting, lets in-flight requests finish, stops background loops.
     pub async fn shutdown(self) -> std::io::Result<()> {
         let _ = self.shutdown.send(true);
+        self.control.wake_all_agents();
         for b in &self.background {
             b.abort();
         }
+        nimbus_control::reconcile::release(&self.control).await;
         let mut r = Ok(());
         for t in self.tasks {
             if let Ok(Err(e)) = t.await {
@@ -120,11 +123,12 @@ pub fn start_with(control: Control, listener: TcpListener, opts: ServeOptions) -
     };
     let l = Arc::new(Listen::new(router_for(state, main_planes), &limits, opts.tls.clone(), hsts));
     tasks.push(tokio::spawn(l.accept_loop(listener, rx)));
-    let mut background = vec![nimbus_control::reconcile::spawn(control.clone()), nimbus_control::webhook_delivery::spawn(control)];
+    let mut background = vec![nimbus_control::reconcile::spawn(control.clone()), nimbus_control::webhook_delivery::spawn(control.clone())];
+    background.extend(nimbus_control::notify::spawn_replica_wakeups(&control));
     if let Some(t) = &opts.tls {
         background.push(t.spawn_reloader(Duration::from_millis(limits.tls_reload_poll_ms)));
     }
-    Ok(ServerHandle { addr, agent_addr, tls: opts.tls, shutdown: tx, tasks, background })
+    Ok(ServerHandle { addr, agent_addr, tls: opts.tls, shutdown: tx, tasks, background, control })
 }
 
 /// Open connections, in all and per client address.

@@ -55,6 +55,8 @@ struct Inner {
     config: Config,
     hosts: notify::HostNotifier,
     auth_cache: auth::AuthCache,
+    /// This process among the replicas: names it as a lease holder and as a wake-up's sender.
+    replica_id: String,
 }
 
 impl Control {
@@ -62,7 +64,14 @@ impl Control {
     pub async fn new(store: Store, clock: Arc<dyn Clock>, config: Config) -> nimbus_core::Result<Control> {
         config.validate()?;
         let c = Control {
-            inner: Arc::new(Inner { store, clock, config, hosts: notify::HostNotifier::default(), auth_cache: auth::AuthCache::default() }),
+            inner: Arc::new(Inner {
+                store,
+                clock,
+                config,
+                hosts: notify::HostNotifier::default(),
+                auth_cache: auth::AuthCache::default(),
+                replica_id: format!("replica-{}", &nimbus_core::ids::random_hex_id()[..16]),
+            }),
         };
         images::sync_configured(&c).await?;
         Ok(c)
@@ -87,6 +96,17 @@ impl Control {
     /// The configured region named `name`, or an invalid-value error labelled `label`.
     pub fn require_region(&self, label: &str, name: &str) -> nimbus_core::Result<&nimbus_core::catalog::Region> {
         self.config().region(name).ok_or_else(|| nimbus_core::Error::invalid(label, format!("{name:?} is not a region of this cloud")))
+    }
+
+    /// This process's name among the server replicas (random per start).
+    pub fn replica_id(&self) -> &str {
+        &self.inner.replica_id
+    }
+
+    /// Answers every agent long-polling this replica now (a shutting-down replica does, so that
+    /// its agents move to another at once instead of after their poll window).
+    pub fn wake_all_agents(&self) {
+        self.inner.hosts.wake_all_local();
     }
 
     pub(crate) fn hosts(&self) -> &notify::HostNotifier {

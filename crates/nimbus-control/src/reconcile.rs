@@ -2,8 +2,12 @@
 //!
 //! Host liveness: a host that has not reported within `agents.host_timeout_ms` is marked down and
 //! its running instances become `unhealthy`; its next report brings them back (see `agents`).
-//! The task is idempotent (conditional updates only), so several replicas running it at once
-//! waste a little work but never conflict.
+//! Among several replicas, one runs the loop at a time: the holder of the `reconciler` lease
+//! (see nimbus-store's leases module). Every transaction of its passes, including those of the
+//! domain calls a pass makes (a cluster node launched, a spend limit's stop), proves the lease
+//! first, so a replica that was paused past its lease and replaced writes nothing. A replica
+//! that dies is replaced when its lease runs out (`lease_ttl`); one that shuts down cleanly
+//! gives the lease up at once (`release`).
 
 use std::time::Duration;
 
@@ -63,28 +67,67 @@ pub async fn host_liveness_once(c: &Control) -> Result<usize, Error> {
     Ok(n)
 }
 
+/// The lease the loop runs under.
+pub const LEASE: &str = "reconciler";
+
+/// How long a holder's lease lasts past its last renewal: five passes, within 1–15 s. A dead
+/// holder's duties wait that long for another replica.
+pub fn lease_ttl(every: Duration) -> Duration {
+    (every * 5).clamp(Duration::from_secs(1), Duration::from_secs(15))
+}
+
 /// Runs the liveness pass (and the hourly metering roll-up when an hour has passed) forever at
-/// the heartbeat interval.
+/// the heartbeat interval, while this replica holds the lease.
 pub fn spawn(c: Control) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let every = Duration::from_millis(c.config().agents.heartbeat_interval_ms.max(100));
+        let ttl = i64::try_from(lease_ttl(every).as_micros()).unwrap_or(i64::MAX);
+        let mut held = false;
         loop {
             tokio::time::sleep(every).await;
-            if let Err(e) = host_liveness_once(&c).await {
-                tracing::warn!(error = %e, "host liveness pass failed");
-            }
-            if let Err(e) = crate::billing::enforce_spend_limits(&c).await {
-                tracing::warn!(error = %e, "spend-limit pass failed");
-            }
-            if let Err(e) = crate::clusters::reconcile_once(&c).await {
-                tracing::warn!(error = %e, "cluster pass failed");
-            }
-            // Cheap when the last hour is already rolled up (the cursor is read first).
-            if crate::metering::roll_up_due(&c).await.unwrap_or(false) {
-                if let Err(e) = crate::metering::roll_up(&c).await {
-                    tracing::warn!(error = %e, "metering roll-up failed");
+            let now = c.now();
+            let generation = match c.store().lease_acquire(LEASE, c.replica_id(), now, now.saturating_add(ttl)).await {
+                Ok(Some(g)) => g,
+                Ok(None) => {
+                    held = false;
+                    continue;
                 }
+                Err(e) => {
+                    tracing::warn!(error = %e, "renewing the reconciler lease failed");
+                    continue;
+                }
+            };
+            if !held {
+                tracing::info!(replica = c.replica_id(), generation, "this replica runs the reconciler");
+                held = true;
             }
+            let fence = nimbus_store::Fence { name: LEASE.into(), holder: c.replica_id().into(), generation, now };
+            nimbus_store::FENCE.scope(fence, passes(&c)).await;
         }
     })
+}
+
+/// Gives the lease up (a clean shutdown), so another replica takes the loop over at once.
+pub async fn release(c: &Control) {
+    if let Err(e) = c.store().lease_release(LEASE, c.replica_id()).await {
+        tracing::debug!(error = %e, "releasing the reconciler lease failed");
+    }
+}
+
+async fn passes(c: &Control) {
+    if let Err(e) = host_liveness_once(c).await {
+        tracing::warn!(error = %e, "host liveness pass failed");
+    }
+    if let Err(e) = crate::billing::enforce_spend_limits(c).await {
+        tracing::warn!(error = %e, "spend-limit pass failed");
+    }
+    if let Err(e) = crate::clusters::reconcile_once(c).await {
+        tracing::warn!(error = %e, "cluster pass failed");
+    }
+    // Cheap when the last hour is already rolled up (the cursor is read first).
+    if crate::metering::roll_up_due(c).await.unwrap_or(false) {
+        if let Err(e) = crate::metering::roll_up(c).await {
+            tracing::warn!(error = %e, "metering roll-up failed");
+        }
+    }
 }
