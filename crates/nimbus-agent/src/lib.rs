@@ -24,7 +24,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,7 +57,8 @@ pub const METRICS_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// Server root, e.g. `http://127.0.0.1:8080`.
+    /// Server root, e.g. `http://127.0.0.1:8080`, or several replicas' roots separated by
+    /// commas: the agent uses one and moves to the next when it stops answering.
     pub server_url: String,
     /// Host registration token: used when the agent has no host secret yet, or the server
     /// rejects the one it has (after an operator's re-enrolment). Tokens are single-use and
@@ -85,6 +86,9 @@ struct Credentials {
 
 pub struct Agent {
     cfg: AgentConfig,
+    /// The replicas from `cfg.server_url`, and which one is in use.
+    servers: Vec<String>,
+    server: AtomicUsize,
     driver: Arc<dyn Driver>,
     http: reqwest::Client,
     secret: tokio::sync::RwLock<Option<String>>,
@@ -142,10 +146,12 @@ impl Agent {
     /// Fails on a server URL the agent must not use (plain HTTP off loopback without
     /// `insecure`) or a trust setting that does not load.
     pub fn new(cfg: AgentConfig, driver: Arc<dyn Driver>) -> Result<Arc<Agent>, AgentError> {
-        tls::check_server_url(&cfg.server_url, cfg.insecure).map_err(AgentError::Config)?;
+        let servers = tls::server_urls(&cfg.server_url, cfg.insecure).map_err(AgentError::Config)?;
         let http = tls::http_client(&cfg.trust).map_err(AgentError::Config)?;
         Ok(Arc::new(Agent {
             cfg,
+            servers,
+            server: AtomicUsize::new(0),
             driver,
             http,
             secret: tokio::sync::RwLock::new(None),
@@ -287,17 +293,52 @@ impl Agent {
         }
     }
 
+    /// The replica in use now.
+    pub fn server(&self) -> &str {
+        &self.servers[self.server.load(Ordering::SeqCst) % self.servers.len()]
+    }
+
+    /// Moves to the next replica after `from` failed (unless another request moved already).
+    fn next_server(&self, from: usize) {
+        let next = (from + 1) % self.servers.len();
+        if self.server.compare_exchange(from, next, Ordering::SeqCst, Ordering::SeqCst).is_ok() && next != from {
+            tracing::warn!(from = %self.servers[from], to = %self.servers[next], "the server stopped answering; trying another replica");
+        }
+    }
+
+    /// One request to the replica in use. A replica that refuses the connection is skipped at
+    /// once, trying each other replica once; one that fails mid-request (killed, restarting,
+    /// 502/503 from a proxy) is left for the next request. The host's secret is valid with
+    /// every replica (they share the database), so moving needs no re-registration.
     async fn post<Req: Serialize, Resp: for<'de> Deserialize<'de>>(
         &self,
         path: &str,
         bearer: Option<&str>,
         body: &Req,
     ) -> Result<Resp, AgentError> {
-        let mut rb = self.http.post(format!("{}{path}", self.cfg.server_url.trim_end_matches('/'))).json(body);
-        if let Some(b) = bearer {
-            rb = rb.bearer_auth(b);
-        }
-        let resp = rb.send().await.map_err(AgentError::Transport)?;
+        let mut tries = 0;
+        let resp = loop {
+            let i = self.server.load(Ordering::SeqCst) % self.servers.len();
+            let mut rb = self.http.post(format!("{}{path}", self.servers[i])).json(body);
+            if let Some(b) = bearer {
+                rb = rb.bearer_auth(b);
+            }
+            match rb.send().await {
+                Ok(r) if matches!(r.status().as_u16(), 502..=504) && self.servers.len() > 1 => {
+                    self.next_server(i);
+                    let status = r.status().as_u16();
+                    return Err(AgentError::Server { status, body: r.text().await.unwrap_or_default() });
+                }
+                Ok(r) => break r,
+                Err(e) => {
+                    self.next_server(i);
+                    tries += 1;
+                    if !e.is_connect() || tries >= self.servers.len() {
+                        return Err(AgentError::Transport(e));
+                    }
+                }
+            }
+        };
         let status = resp.status();
         if status.as_u16() == 401 {
             return Err(AgentError::Unauthorized);
@@ -509,8 +550,9 @@ impl Agent {
                 }
                 Err(AgentError::Unauthorized) => self.register_until_ok(&stop).await,
                 Err(e) => {
-                    tracing::warn!(error = %e, "desired-state poll failed");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    tracing::warn!(error = %e, server = self.server(), "desired-state poll failed");
+                    // Short: a failed poll has usually moved to another replica already.
+                    tokio::time::sleep(Duration::from_millis(if self.servers.len() > 1 { 100 } else { 500 })).await;
                 }
             }
             if *stop.borrow() {

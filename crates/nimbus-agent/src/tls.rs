@@ -49,6 +49,19 @@ impl ServerTrust {
     }
 }
 
+/// The server URLs of a comma-separated list (the replicas an agent may use, in order of
+/// preference), each checked by [`check_server_url`].
+pub fn server_urls(list: &str, insecure: bool) -> Result<Vec<String>, String> {
+    let urls: Vec<String> = list.split(',').map(|u| u.trim().trim_end_matches('/').to_owned()).collect();
+    if urls.iter().any(String::is_empty) {
+        return Err(format!("server URL list {list:?} has an empty entry"));
+    }
+    for u in &urls {
+        check_server_url(u, insecure)?;
+    }
+    Ok(urls)
+}
+
 /// Refuses a plain-HTTP server URL unless the server is on loopback or `insecure` is given: the
 /// host secret and every instance's keys and `user_data` travel on this connection.
 pub fn check_server_url(url: &str, insecure: bool) -> Result<(), String> {
@@ -169,6 +182,9 @@ mod tests {
         assert!(check_server_url("http://control.example:8080", true).is_ok());
         assert!(check_server_url("https://control.example:8080", false).is_ok());
         assert!(check_server_url("ftp://control.example", true).is_err());
+        assert_eq!(server_urls("http://127.0.0.1:1/, http://127.0.0.1:2", false).unwrap(), ["http://127.0.0.1:1", "http://127.0.0.1:2"]);
+        assert!(server_urls("http://127.0.0.1:1,http://10.0.0.5:2", false).is_err(), "every entry is checked");
+        assert!(server_urls("http://127.0.0.1:1,", false).is_err());
     }
 
     #[test]

@@ -223,7 +223,8 @@ pub struct OfferArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct AgentArgs {
-    /// Server root URL.
+    /// Server root URL, or several replicas' URLs separated by commas (the agent moves to the
+    /// next when one stops answering).
     #[arg(long, env = "NIMBUS_SERVER")]
     pub server: String,
     /// SHA-256 fingerprint of the server's certificate (what `nimbus server` prints), for a
@@ -339,7 +340,7 @@ pub async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
         (None, Some(ca)) => ServerTrust::ca_file(ca).map_err(anyhow::Error::msg)?,
         (None, None) => ServerTrust::PublicRoots,
     };
-    nimbus_agent::tls::check_server_url(&a.server, a.insecure).map_err(anyhow::Error::msg)?;
+    nimbus_agent::tls::server_urls(&a.server, a.insecure).map_err(anyhow::Error::msg)?;
     let driver = make_driver(&a.host, &dir).await?;
     let agent = Agent::new(
         AgentConfig {
