@@ -19,6 +19,7 @@ mod native;
 mod native_lifecycle;
 mod permissions;
 mod ratelimit;
+mod replicas;
 mod scheduling;
 mod sdk;
 mod service_accounts;
