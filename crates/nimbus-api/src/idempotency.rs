@@ -93,6 +93,15 @@ pub async fn layer(State(s): State<ApiState>, req: Request, next: Next) -> Respo
                 "A request with this Idempotency-Key is still in progress; retry shortly.",
             )
         }
+        Ok(Claim::Unknown) => {
+            return dialect_error(
+                &path,
+                StatusCode::CONFLICT,
+                "idempotency_outcome_unknown",
+                "global/idempotency-outcome-unknown",
+                "The request with this Idempotency-Key made its change, but its server failed before answering; read the resource to see the result instead of retrying.",
+            )
+        }
         Ok(Claim::Mismatch) => {
             return dialect_error(
                 &path,
@@ -105,24 +114,38 @@ pub async fn layer(State(s): State<ApiState>, req: Request, next: Next) -> Respo
         Err(e) => return crate::lambda::LambdaError(e).into_response(),
     }
 
-    let resp = next.run(Request::from_parts(parts, Body::from(bytes))).await;
-    let status = resp.status();
-    if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-        let _ = idempotency::release(&s.control, &actor, &key).await;
-        return resp;
-    }
-    let (rparts, rbody) = resp.into_parts();
-    let Ok(out) = axum::body::to_bytes(rbody, MAX_STORED).await else {
-        let _ = idempotency::release(&s.control, &actor, &key).await;
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    // The request runs to its end in a task of its own: a client that disconnects (or times
+    // out) drops this future, and the claim must still be completed or released, or every
+    // retry would be told "in flight" until the claim expires.
+    let control = s.control.clone();
+    let run = async move {
+        let scope = idempotency::scope(&actor, &key);
+        let resp = nimbus_store::IDEMPOTENCY.scope(scope, next.run(Request::from_parts(parts, Body::from(bytes)))).await;
+        let status = resp.status();
+        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+            let _ = idempotency::release(&control, &actor, &key).await;
+            return resp;
+        }
+        let (rparts, rbody) = resp.into_parts();
+        let Ok(out) = axum::body::to_bytes(rbody, MAX_STORED).await else {
+            let _ = idempotency::release(&control, &actor, &key).await;
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        };
+        let stored = StoredResponse {
+            status: status.as_u16(),
+            content_type: rparts.headers.get("content-type").and_then(|v| v.to_str().ok()).map(str::to_owned),
+            body_b64: base64::engine::general_purpose::STANDARD.encode(&out),
+        };
+        if let Err(e) = idempotency::complete(&control, &actor, &key, &stored).await {
+            tracing::warn!(error = %e, "storing an idempotent response failed");
+        }
+        Response::from_parts(rparts, Body::from(out))
     };
-    let stored = StoredResponse {
-        status: status.as_u16(),
-        content_type: rparts.headers.get("content-type").and_then(|v| v.to_str().ok()).map(str::to_owned),
-        body_b64: base64::engine::general_purpose::STANDARD.encode(&out),
-    };
-    if let Err(e) = idempotency::complete(&s.control, &actor, &key, &stored).await {
-        tracing::warn!(error = %e, "storing an idempotent response failed");
+    match tokio::spawn(crate::middleware::carry_request_id(run)).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            tracing::error!(error = %e, "an idempotent request's task failed");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
     }
-    Response::from_parts(rparts, Body::from(out))
 }

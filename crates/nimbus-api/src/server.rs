@@ -125,6 +125,7 @@ pub fn start_with(control: Control, listener: TcpListener, opts: ServeOptions) -
     tasks.push(tokio::spawn(l.accept_loop(listener, rx)));
     let mut background = vec![nimbus_control::reconcile::spawn(control.clone()), nimbus_control::webhook_delivery::spawn(control.clone())];
     background.extend(nimbus_control::notify::spawn_replica_wakeups(&control));
+    background.push(nimbus_control::idempotency::spawn_liveness(control.clone()));
     if let Some(t) = &opts.tls {
         background.push(t.spawn_reloader(Duration::from_millis(limits.tls_reload_poll_ms)));
     }

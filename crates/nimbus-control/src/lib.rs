@@ -57,6 +57,8 @@ struct Inner {
     auth_cache: auth::AuthCache,
     /// This process among the replicas: names it as a lease holder and as a wake-up's sender.
     replica_id: String,
+    /// When this replica last renewed its liveness lease (see `idempotency`).
+    liveness_renewed: std::sync::atomic::AtomicI64,
 }
 
 impl Control {
@@ -71,6 +73,7 @@ impl Control {
                 hosts: notify::HostNotifier::default(),
                 auth_cache: auth::AuthCache::default(),
                 replica_id: format!("replica-{}", &nimbus_core::ids::random_hex_id()[..16]),
+                liveness_renewed: std::sync::atomic::AtomicI64::new(i64::MIN),
             }),
         };
         images::sync_configured(&c).await?;
@@ -107,6 +110,10 @@ impl Control {
     /// its agents move to another at once instead of after their poll window).
     pub fn wake_all_agents(&self) {
         self.inner.hosts.wake_all_local();
+    }
+
+    pub(crate) fn liveness_renewed(&self) -> &std::sync::atomic::AtomicI64 {
+        &self.inner.liveness_renewed
     }
 
     pub(crate) fn hosts(&self) -> &notify::HostNotifier {

@@ -83,12 +83,11 @@ fn options(url: &str) -> Result<AnyConnectOptions, Error> {
 }
 
 /// A pool to one host; lazy when another host may be the primary, so creating it never blocks.
-pub(crate) async fn pool(url: &str, lazy: bool) -> Result<AnyPool, Error> {
-    let o = AnyPoolOptions::new()
-        .max_connections(16)
-        // A request waits this long for the database in a failover, then is told to retry.
-        .acquire_timeout(Duration::from_secs(10))
-        .after_connect(writable);
+/// With several hosts (`ha`), a request waits at most 3 s for a connection, then is told to
+/// retry (503): a pool whose host died keeps retrying its connect until this timeout, even
+/// after the monitor moved to the new primary, so a long wait here is downtime.
+pub(crate) async fn pool(url: &str, lazy: bool, ha: bool) -> Result<AnyPool, Error> {
+    let o = AnyPoolOptions::new().max_connections(16).acquire_timeout(Duration::from_secs(if ha { 3 } else { 10 })).after_connect(writable);
     if lazy {
         Ok(o.connect_lazy_with(options(url)?))
     } else {
@@ -145,7 +144,7 @@ pub(crate) fn spawn_monitor(store: Store) -> tokio::task::JoinHandle<()> {
             if next == now {
                 continue;
             }
-            match self::pool(&ha.urls[next], true).await {
+            match self::pool(&ha.urls[next], true, true).await {
                 Ok(p) => {
                     let old = store.swap(p);
                     ha.set_current(next);

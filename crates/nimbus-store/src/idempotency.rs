@@ -1,4 +1,15 @@
 //! Idempotency keys: claim, complete, release, and expiry.
+//!
+//! A request's claim names its replica and lasts until `claim_until`. The change the request
+//! makes marks the claim `committed` inside its own transaction (the [`IDEMPOTENCY`] scope read
+//! by [`Store::commit`]), so the store always knows whether a claim's effect happened, even
+//! when the answer was lost: the replica died before storing it, or the database went away
+//! between the commit and the answer. So:
+//! - a claim with nothing committed whose replica died (its `replica/<id>` lease ran out) or
+//!   that outlived `claim_until` is taken over, and the request runs again, once;
+//! - a release (the request failed) never deletes a claim whose change committed;
+//! - a committed claim without an answer is never run again: the caller is told the outcome is
+//!   unknown and must read the resource ([`Claim::Unknown`]).
 
 use nimbus_core::ids::ApiKeyId;
 use nimbus_core::Error;
@@ -26,27 +37,73 @@ pub enum Claim {
     InFlight,
     /// Same key, different request.
     Mismatch,
+    /// Same key, same request: its change committed but its answer was lost (its replica
+    /// failed before storing it). Running it again could repeat the change.
+    Unknown,
+}
+
+/// The request an idempotency key is claimed for: set (by the API's middleware) around the
+/// request, read by [`Store::commit`] to mark the claim committed in the same transaction.
+#[derive(Debug, Clone)]
+pub struct IdempotencyScope {
+    pub api_key_id: String,
+    pub idem_key: String,
+}
+
+tokio::task_local! {
+    pub static IDEMPOTENCY: IdempotencyScope;
+}
+
+/// Marks the scope's claim committed inside `tx` (nothing outside a scope).
+pub(crate) async fn mark_committed(tx: &mut crate::Conn) -> Result<(), Error> {
+    let Ok(scope) = IDEMPOTENCY.try_with(IdempotencyScope::clone) else { return Ok(()) };
+    sqlx::query("UPDATE idempotency_keys SET committed = 1 WHERE api_key_id = $1 AND idem_key = $2 AND committed = 0")
+        .bind(&scope.api_key_id)
+        .bind(&scope.idem_key)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err("marking an idempotency key committed"))?;
+    Ok(())
 }
 
 impl Store {
-    /// Claims `(api key, key)` for a request whose hash is `hash`. A row older than
-    /// `expired_before` is forgotten and re-claimed.
+    /// Claims `(api key, key)` for a request whose hash is `hash`, run by `replica` until
+    /// `claim_until` at the latest. A row older than `expired_before` is forgotten and
+    /// re-claimed; so is an abandoned one (see the module doc).
     ///
     /// The common case (a fresh key) is one autocommitted statement: an insert that also takes
-    /// over an expired row, so the claim costs one round trip to the single writer. The primary
-    /// key makes a concurrent claim of the same key lose (PostgreSQL) or wait for us (SQLite's
-    /// single writer): exactly one request owns it. Only a key that is already taken is read
-    /// back, to tell a replay from a mismatch from one still in flight.
-    pub async fn idempotency_claim(&self, key: &ApiKeyId, idem: &str, hash: &str, now: i64, expired_before: i64) -> Result<Claim, Error> {
+    /// over an expired or abandoned row, so the claim costs one round trip to the single
+    /// writer. The primary key makes a concurrent claim of the same key lose (PostgreSQL) or
+    /// wait for us (SQLite's single writer): exactly one request owns it. Only a key that is
+    /// already taken is read back, to tell a replay from a mismatch from one still in flight.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn idempotency_claim(
+        &self,
+        key: &ApiKeyId,
+        idem: &str,
+        hash: &str,
+        replica: &str,
+        now: i64,
+        claim_until: i64,
+        expired_before: i64,
+    ) -> Result<Claim, Error> {
         let claimed = sqlx::query(
-            "INSERT INTO idempotency_keys (api_key_id, idem_key, request_hash, created_at) VALUES ($1, $2, $3, $4) \
+            "INSERT INTO idempotency_keys (api_key_id, idem_key, request_hash, created_at, claimed_by, claim_until, committed) \
+             VALUES ($1, $2, $3, $4, $5, $6, 0) \
              ON CONFLICT (api_key_id, idem_key) DO UPDATE SET request_hash = excluded.request_hash, status = NULL, \
-             content_type = NULL, body = NULL, created_at = excluded.created_at WHERE idempotency_keys.created_at < $5",
+             content_type = NULL, body = NULL, created_at = excluded.created_at, claimed_by = excluded.claimed_by, \
+             claim_until = excluded.claim_until, committed = 0 \
+             WHERE idempotency_keys.created_at < $7 \
+             OR (idempotency_keys.status IS NULL AND idempotency_keys.committed = 0 AND idempotency_keys.request_hash = excluded.request_hash \
+                 AND (idempotency_keys.claim_until < $4 OR NOT EXISTS \
+                     (SELECT 1 FROM leases WHERE leases.name = 'replica/' || idempotency_keys.claimed_by AND leases.until >= $4)))",
         )
         .bind(key.as_str())
         .bind(idem)
         .bind(hash)
         .bind(now)
+        .bind(replica)
+        .bind(claim_until)
         .bind(expired_before)
         .execute(&self.w())
         .await
@@ -54,13 +111,14 @@ impl Store {
         if claimed.rows_affected() == 1 {
             return Ok(Claim::Owned);
         }
-        let row =
-            sqlx::query("SELECT request_hash, status, content_type, body FROM idempotency_keys WHERE api_key_id = $1 AND idem_key = $2")
-                .bind(key.as_str())
-                .bind(idem)
-                .fetch_optional(&self.w())
-                .await
-                .map_err(db_err("reading idempotency key"))?;
+        let row = sqlx::query(
+            "SELECT request_hash, status, content_type, body, committed FROM idempotency_keys WHERE api_key_id = $1 AND idem_key = $2",
+        )
+        .bind(key.as_str())
+        .bind(idem)
+        .fetch_optional(&self.w())
+        .await
+        .map_err(db_err("reading idempotency key"))?;
         let Some(r) = row else {
             // Released between our insert and this read: the caller may retry.
             return Ok(Claim::InFlight);
@@ -70,6 +128,7 @@ impl Store {
             return Ok(Claim::Mismatch);
         }
         Ok(match get::<Option<i64>>(&r, "status")? {
+            None if get::<i64>(&r, "committed")? == 1 && self.idempotency_owner_gone(key, idem, now).await? => Claim::Unknown,
             None => Claim::InFlight,
             Some(st) => Claim::Replay(StoredResponse {
                 status: u16::try_from(st).unwrap_or(500),
@@ -77,6 +136,21 @@ impl Store {
                 body_b64: get::<Option<String>>(&r, "body")?.unwrap_or_default(),
             }),
         })
+    }
+
+    /// Whether the replica running a claim died or the claim outlived its time.
+    async fn idempotency_owner_gone(&self, key: &ApiKeyId, idem: &str, now: i64) -> Result<bool, Error> {
+        let row = sqlx::query(
+            "SELECT 1 FROM idempotency_keys k WHERE k.api_key_id = $1 AND k.idem_key = $2 AND (k.claim_until < $3 OR NOT EXISTS \
+             (SELECT 1 FROM leases WHERE leases.name = 'replica/' || k.claimed_by AND leases.until >= $3))",
+        )
+        .bind(key.as_str())
+        .bind(idem)
+        .bind(now)
+        .fetch_optional(&self.w())
+        .await
+        .map_err(db_err("reading idempotency key"))?;
+        Ok(row.is_some())
     }
 
     /// Stores the response of an owned key (one autocommitted statement).
@@ -96,7 +170,7 @@ impl Store {
     /// Gives an owned key up (the request had no lasting effect: rate limited, failed inside).
     pub async fn idempotency_release(&self, key: &ApiKeyId, idem: &str) -> Result<(), Error> {
         let mut tx = self.begin().await?;
-        sqlx::query("DELETE FROM idempotency_keys WHERE api_key_id = $1 AND idem_key = $2 AND status IS NULL")
+        sqlx::query("DELETE FROM idempotency_keys WHERE api_key_id = $1 AND idem_key = $2 AND status IS NULL AND committed = 0")
             .bind(key.as_str())
             .bind(idem)
             .execute(&mut *tx)

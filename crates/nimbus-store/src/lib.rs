@@ -42,7 +42,7 @@ use sqlx::{AnyPool, ConnectOptions};
 pub use events::{NewEvent, EVENTS_CHANNEL};
 pub use ha::OnNotify;
 pub use hosts::{HostRegistration, NewHostToken};
-pub use idempotency::{Claim, StoredResponse};
+pub use idempotency::{Claim, IdempotencyScope, StoredResponse, IDEMPOTENCY};
 pub use instances::{InstanceUpdate, NewInstance};
 pub use leases::{Fence, FENCE};
 pub use service_accounts::ServiceAccountChange;
@@ -183,7 +183,7 @@ impl Store {
                 } else {
                     (urls[0].clone(), None)
                 };
-                let pool = ha::pool(&first, false).await?;
+                let pool = ha::pool(&first, false, ha.is_some()).await?;
                 migrate::run(&pool, backend).await?;
                 let store = Store { backend, pools: Arc::new(RwLock::new(Pools { writer: pool.clone(), reader: pool })), ha, url: first };
                 if store.ha.is_some() {
@@ -222,7 +222,10 @@ impl Store {
         .map_err(db_err("beginning transaction"))
     }
 
-    pub async fn commit(tx: Tx) -> Result<(), Error> {
+    /// Commits; inside an [`IDEMPOTENCY`] scope the request's claim is marked committed in the
+    /// same transaction first.
+    pub async fn commit(mut tx: Tx) -> Result<(), Error> {
+        idempotency::mark_committed(&mut tx).await?;
         tx.commit().await.map_err(db_err("committing transaction"))?;
         webhooks::committed();
         Ok(())

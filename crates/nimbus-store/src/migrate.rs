@@ -28,6 +28,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (18, "port_forwards", include_str!("../migrations/0018_port_forwards.sql")),
     (19, "public_addresses", include_str!("../migrations/0019_public_addresses.sql")),
     (20, "leases", include_str!("../migrations/0020_leases.sql")),
+    (21, "idempotency_owner", include_str!("../migrations/0021_idempotency_owner.sql")),
 ];
 
 fn render(sql: &str, backend: Backend) -> String {
