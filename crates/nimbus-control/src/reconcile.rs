@@ -82,7 +82,12 @@ pub fn spawn(c: Control) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let every = Duration::from_millis(c.config().agents.heartbeat_interval_ms.max(100));
         let ttl = i64::try_from(lease_ttl(every).as_micros()).unwrap_or(i64::MAX);
+        let host_timeout = i64::try_from(c.config().agents.host_timeout_ms).unwrap_or(i64::MAX / 1000).saturating_mul(1000);
         let mut held = false;
+        // Hosts are judged only after this replica has held the lease, with the database
+        // answering, for a whole host timeout: reports that failed while the database was away
+        // (a failover) or while no replica ran the loop do not make a host "down".
+        let mut judge_from = i64::MAX;
         loop {
             tokio::time::sleep(every).await;
             let now = c.now();
@@ -94,15 +99,17 @@ pub fn spawn(c: Control) -> tokio::task::JoinHandle<()> {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "renewing the reconciler lease failed");
+                    held = false;
                     continue;
                 }
             };
             if !held {
                 tracing::info!(replica = c.replica_id(), generation, "this replica runs the reconciler");
                 held = true;
+                judge_from = now.saturating_add(host_timeout);
             }
             let fence = nimbus_store::Fence { name: LEASE.into(), holder: c.replica_id().into(), generation, now };
-            nimbus_store::FENCE.scope(fence, passes(&c)).await;
+            nimbus_store::FENCE.scope(fence, passes(&c, now >= judge_from)).await;
         }
     })
 }
@@ -114,9 +121,11 @@ pub async fn release(c: &Control) {
     }
 }
 
-async fn passes(c: &Control) {
-    if let Err(e) = host_liveness_once(c).await {
-        tracing::warn!(error = %e, "host liveness pass failed");
+async fn passes(c: &Control, judge_hosts: bool) {
+    if judge_hosts {
+        if let Err(e) = host_liveness_once(c).await {
+            tracing::warn!(error = %e, "host liveness pass failed");
+        }
     }
     if let Err(e) = crate::billing::enforce_spend_limits(c).await {
         tracing::warn!(error = %e, "spend-limit pass failed");
