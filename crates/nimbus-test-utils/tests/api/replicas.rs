@@ -246,3 +246,39 @@ async fn one_replica_runs_the_reconciler_and_another_takes_over() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Idempotency claims across replica failures: a live replica's claim is in flight for the
+/// others; a dead replica's claim with nothing committed is taken over (the request runs once
+/// more); a claim whose change committed in its own transaction is never run again, even when
+/// its replica died before answering, and no release removes it.
+#[tokio::test]
+async fn idempotency_claims_of_a_dead_replica_are_taken_over_unless_committed() {
+    use nimbus_core::ids::ApiKeyId;
+    use nimbus_store::{Claim, IdempotencyScope, IDEMPOTENCY};
+    let dir = TempDir::new("idem-owner");
+    let url = nimbus_test_utils::test_database_url(&dir.0).await;
+    let store = Store::connect(&url).await.unwrap();
+    const S: i64 = 1_000_000;
+    let key = ApiKeyId::generate();
+    let claim = |idem: &'static str, replica: &'static str, now: i64| {
+        let (store, key) = (store.clone(), key.clone());
+        async move { store.idempotency_claim(&key, idem, "h", replica, now, now + 60 * S, now - 86_400 * S).await.unwrap() }
+    };
+    // Replica a is alive until 105 s.
+    store.lease_acquire("replica/a", "a", 100 * S, 105 * S).await.unwrap();
+    assert_eq!(claim("k1", "a", 100 * S).await, Claim::Owned);
+    assert_eq!(claim("k1", "b", 101 * S).await, Claim::InFlight, "a is alive: its claim runs");
+    // a dies (its liveness runs out at 105 s) with nothing committed: b takes the claim over.
+    assert_eq!(claim("k1", "b", 106 * S).await, Claim::Owned);
+
+    // k2: a's change commits (marked in the change's transaction), then a dies unanswered.
+    store.lease_acquire("replica/a", "a", 110 * S, 115 * S).await.unwrap();
+    assert_eq!(claim("k2", "a", 110 * S).await, Claim::Owned);
+    let scope = IdempotencyScope { api_key_id: key.as_str().to_owned(), idem_key: "k2".into() };
+    IDEMPOTENCY.scope(scope, async { Store::commit(store.begin().await.unwrap()).await.unwrap() }).await;
+    store.idempotency_release(&key, "k2").await.unwrap();
+    assert_eq!(claim("k2", "b", 112 * S).await, Claim::InFlight, "a still alive, and the release kept the committed claim");
+    assert_eq!(claim("k2", "b", 116 * S).await, Claim::Unknown, "a died after committing: never run again");
+    // Another request under the same key is still a mismatch.
+    assert_eq!(store.idempotency_claim(&key, "k2", "other", "b", 117 * S, 177 * S, 0).await.unwrap(), Claim::Mismatch);
+}
