@@ -69,10 +69,16 @@ pub async fn check_registration_credential(c: &Control, credential: &str) -> Res
 /// inventory and keeps the secret (answered again in the response, so an agent that crashed
 /// before saving the response loses nothing).
 pub async fn register(c: &Control, req: proto::RegisterRequest) -> Result<proto::RegisterResponse, Error> {
-    if req.protocol_version != proto::PROTOCOL_VERSION {
+    if !(proto::OLDEST_PROTOCOL_VERSION..=proto::PROTOCOL_VERSION).contains(&req.protocol_version) {
         return Err(Error::invalid(
             "protocol_version",
-            format!("server speaks agent protocol {}, agent speaks {}", proto::PROTOCOL_VERSION, req.protocol_version),
+            format!(
+                "server speaks agent protocol {} and accepts {} to {}; agent speaks {} (upgrade servers first, then agents)",
+                proto::PROTOCOL_VERSION,
+                proto::OLDEST_PROTOCOL_VERSION,
+                proto::PROTOCOL_VERSION,
+                req.protocol_version
+            ),
         ));
     }
     let inv = &req.inventory;

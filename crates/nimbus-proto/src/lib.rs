@@ -19,8 +19,19 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Bumped on incompatible changes; the server refuses agents that speak another version.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The version this build speaks. A server accepts agents of this version and of the one
+/// before (`OLDEST_PROTOCOL_VERSION`), so servers are upgraded first and agents after, host by
+/// host (docs/operations.md). Every field a version adds has a serde default, so each side
+/// reads the other's older messages; an agent ignores fields it does not know.
+///
+/// - 1: registration, reports, desired-state long-polls, volumes, snapshots, VPN gateways.
+/// - 2: the host network (`Inventory::network`, `DesiredResponse::fabric`) and per-instance
+///   port forwards and public addresses (`DesiredInstance::port_forwards`, `public_address`).
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// The oldest agent protocol a server accepts (tested with version 1's own types, frozen in
+/// nimbus-test-utils' tests/api/proto_v1.rs).
+pub const OLDEST_PROTOCOL_VERSION: u32 = PROTOCOL_VERSION - 1;
 
 pub const PATH_REGISTER: &str = "/internal/agent/v1/register";
 pub const PATH_REPORT: &str = "/internal/agent/v1/report";

@@ -18,6 +18,8 @@ mod metrics;
 mod native;
 mod native_lifecycle;
 mod permissions;
+mod proto_v1;
+mod protocol;
 mod ratelimit;
 mod replicas;
 mod scheduling;
