@@ -82,6 +82,9 @@ pub enum BenchCmd {
     /// The measuring peer `bench network` runs inside instances' network namespaces.
     #[command(hide = true)]
     TcpPeer(crate::bench_network::TcpPeerArgs),
+    /// Launch -> agent apply when the agent long-polls another replica than the one taking the
+    /// launch (PostgreSQL LISTEN/NOTIFY), beside the same replica.
+    Replicas(crate::bench_replicas::ReplicasArgs),
     /// Idle resident memory of `nimbus server`.
     Rss {
         #[arg(long, default_value_t = 3)]
@@ -102,6 +105,7 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Cluster(a) => crate::bench_cluster::run(a).await,
         BenchCmd::Launch(a) => crate::bench_launch::run(a).await,
         BenchCmd::Network(a) => crate::bench_network::run(a).await,
+        BenchCmd::Replicas(a) => crate::bench_replicas::run(a).await,
         BenchCmd::TcpPeer(a) => tokio::task::spawn_blocking(move || crate::bench_network::tcp_peer(&a)).await?,
     }
 }

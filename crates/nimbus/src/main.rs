@@ -10,6 +10,7 @@ mod bench_launch;
 mod bench_metering;
 mod bench_middleware;
 mod bench_network;
+mod bench_replicas;
 mod bench_tls;
 mod bench_webhooks;
 mod billing_cmd;
