@@ -85,6 +85,9 @@ pub enum BenchCmd {
     /// Launch -> agent apply when the agent long-polls another replica than the one taking the
     /// launch (PostgreSQL LISTEN/NOTIFY), beside the same replica.
     Replicas(crate::bench_replicas::ReplicasArgs),
+    /// The control plane at fleet size with sim hosts (simulated, for scale only): heartbeat
+    /// latency and database CPU per 1,000 hosts, launch placements/s, and instance lists.
+    Scale(crate::bench_scale::ScaleArgs),
     /// Idle resident memory of `nimbus server`.
     Rss {
         #[arg(long, default_value_t = 3)]
@@ -106,6 +109,7 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Launch(a) => crate::bench_launch::run(a).await,
         BenchCmd::Network(a) => crate::bench_network::run(a).await,
         BenchCmd::Replicas(a) => crate::bench_replicas::run(a).await,
+        BenchCmd::Scale(a) => crate::bench_scale::run(a).await,
         BenchCmd::TcpPeer(a) => tokio::task::spawn_blocking(move || crate::bench_network::tcp_peer(&a)).await?,
     }
 }
@@ -241,14 +245,29 @@ pub(crate) async fn drive<F>(
 where
     F: Fn(usize) -> anyhow::Result<Request<Full<Bytes>>> + Send + Sync + 'static,
 {
+    drive_on(name, vec![addr], concurrency, limit, duration, make).await
+}
+
+/// [`drive`] over several servers: connection `c` goes to `addrs[c % addrs.len()]`.
+pub(crate) async fn drive_on<F>(
+    name: &str,
+    addrs: Vec<std::net::SocketAddr>,
+    concurrency: usize,
+    limit: Option<usize>,
+    duration: Option<Duration>,
+    make: F,
+) -> anyhow::Result<Phase>
+where
+    F: Fn(usize) -> anyhow::Result<Request<Full<Bytes>>> + Send + Sync + 'static,
+{
     let make = Arc::new(make);
     let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..concurrency {
+    for c in 0..concurrency {
         let make = make.clone();
         let counter = counter.clone();
-        let mut sender = connect(addr).await?;
+        let mut sender = connect(addrs[c % addrs.len()]).await?;
         tasks.push(tokio::spawn(async move {
             let mut lats = Vec::new();
             let mut errors = 0usize;

@@ -166,7 +166,7 @@ pub async fn run(a: ReplicasArgs) -> anyhow::Result<()> {
 }
 
 /// A new database on the server `admin_url` names: (name, URL).
-async fn fresh_database(admin_url: &str) -> anyhow::Result<(String, String)> {
+pub(crate) async fn fresh_database(admin_url: &str) -> anyhow::Result<(String, String)> {
     use sqlx::Connection;
     sqlx::any::install_default_drivers();
     let name = format!("nimbus_bench_{}", &nimbus_core::ids::random_hex_id()[..12]);
@@ -177,7 +177,7 @@ async fn fresh_database(admin_url: &str) -> anyhow::Result<(String, String)> {
     Ok((name.clone(), format!("{base}/{name}")))
 }
 
-async fn drop_database(admin_url: &str, name: &str) -> anyhow::Result<()> {
+pub(crate) async fn drop_database(admin_url: &str, name: &str) -> anyhow::Result<()> {
     use sqlx::Connection;
     let mut c = sqlx::AnyConnection::connect(admin_url).await?;
     sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut c).await?;

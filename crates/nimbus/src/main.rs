@@ -11,6 +11,7 @@ mod bench_metering;
 mod bench_middleware;
 mod bench_network;
 mod bench_replicas;
+mod bench_scale;
 mod bench_tls;
 mod bench_webhooks;
 mod billing_cmd;

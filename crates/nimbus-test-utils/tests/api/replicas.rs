@@ -85,6 +85,21 @@ impl Replicas {
         Agent::new(cfg, Arc::new(nimbus_driver::sim::SimDriver::new(sim))).unwrap()
     }
 
+    /// [`Self::agent`] with a fresh host token, running until the sender says stop; returns
+    /// once it has registered.
+    async fn run_agent(&self, servers: String) -> (Arc<Agent>, tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+        let token = admin::host_token_create(&self.replicas[0].0, "us-east-1").await.unwrap();
+        let agent = self.agent(servers, &token);
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let run = tokio::spawn(agent.clone().run(stop));
+        let t = Instant::now();
+        while self.hosts_up().await < 1 {
+            assert!(t.elapsed() < Duration::from_secs(10), "the agent did not register");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (agent, stop_tx, run)
+    }
+
     async fn launch(&self, i: usize) -> String {
         let body = json!({"region_name": "us-east-1", "instance_type_name": "cpu_1x_small", "ssh_key_names": ["k"]});
         let (st, v) = self.call(i, reqwest::Method::POST, "/instance-operations/launch", Some(body)).await;
@@ -114,15 +129,7 @@ impl Replicas {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_launch_through_one_replica_wakes_an_agent_polling_another() {
     let Some(r) = Replicas::start(2, "replicas-wake").await else { return };
-    let token = admin::host_token_create(&r.replicas[0].0, "us-east-1").await.unwrap();
-    let agent = r.agent(r.url(0), &token);
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let run = tokio::spawn(agent.clone().run(stop));
-    let t = Instant::now();
-    while r.hosts_up().await < 1 {
-        assert!(t.elapsed() < Duration::from_secs(10), "the agent did not register");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (_agent, stop_tx, run) = r.run_agent(r.url(0)).await;
     let (st, v) = r.call(1, reqwest::Method::POST, "/ssh-keys", Some(json!({"name": "k"}))).await;
     assert_eq!(st, 200, "{v}");
     // Let the agent settle into a long-poll on replica 0.
@@ -148,15 +155,7 @@ async fn a_launch_through_one_replica_wakes_an_agent_polling_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_moves_to_another_replica_as_the_same_host() {
     let Some(mut r) = Replicas::start(2, "replicas-failover").await else { return };
-    let token = admin::host_token_create(&r.replicas[0].0, "us-east-1").await.unwrap();
-    let agent = r.agent(format!("{},{}", r.url(0), r.url(1)), &token);
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let run = tokio::spawn(agent.clone().run(stop));
-    let t = Instant::now();
-    while r.hosts_up().await < 1 {
-        assert!(t.elapsed() < Duration::from_secs(10), "the agent did not register");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (agent, stop_tx, run) = r.run_agent(format!("{},{}", r.url(0), r.url(1))).await;
     let host_before = r.replicas[1].0.store().host_list(None, true).await.unwrap()[0].id.clone();
     assert_eq!(r.call(1, reqwest::Method::POST, "/ssh-keys", Some(json!({"name": "k"}))).await.0, 200);
     let first = r.launch(0).await;
