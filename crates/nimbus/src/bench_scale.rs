@@ -11,8 +11,8 @@
 //! 2. **Placements**: `concurrency` connections over all replicas send Lambda launches of
 //!    `quantity` instances each until `instances` are placed (the hosts keep heartbeating):
 //!    placements/s, beside Nomad's published C1M figure (3,750/s).
-//! 3. **Lists** with every instance in one org: `GET /api/v1/instances` (all of them, Lambda
-//!    has no paging) and the native first page `GET /v1/instances?limit=100`.
+//! 3. **Lists** with every instance in one org, the heartbeats stopped: `GET /api/v1/instances`
+//!    (all of them, Lambda has no paging) and the native first page `GET /v1/instances?limit=100`.
 //!
 //! Sim hosts report no instances (their launches stay `booting`): the figures are the control
 //! plane's, not a driver's.
@@ -60,7 +60,8 @@ pub struct ScaleArgs {
     pub concurrency: usize,
 }
 
-/// CPU seconds used so far by every process named `postgres` on this machine.
+/// CPU seconds used so far by every process named `postgres` on this machine, and by the
+/// backends that exited (the postmaster's reaped children: its cutime+cstime).
 fn postgres_cpu_seconds() -> f64 {
     let tick = 100.0; // USER_HZ on Linux
     let mut total = 0u64;
@@ -72,7 +73,7 @@ fn postgres_cpu_seconds() -> f64 {
                 let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
                 let f: Vec<&str> = rest.split_whitespace().collect();
                 let n = |i: usize| f.get(i - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-                total += n(14) + n(15);
+                total += n(14) + n(15) + n(16) + n(17);
             }
         }
     }
@@ -89,6 +90,9 @@ pub async fn run(a: ScaleArgs) -> anyhow::Result<()> {
         ..Config::default()
     };
     cfg.quotas.instances_per_org = i64::try_from(a.instances)? + 1_000;
+    // Every sim host connects from 127.0.0.1: the per-address cap (512) would refuse most.
+    cfg.http.max_connections = 1 << 20;
+    cfg.http.max_connections_per_ip = 1 << 20;
     cfg.quotas.max_launch_quantity = i64::try_from(a.quantity)?;
     let mut controls = Vec::new();
     let mut servers = Vec::new();
@@ -244,6 +248,14 @@ pub async fn run(a: ScaleArgs) -> anyhow::Result<()> {
         a.replicas,
         place.errors
     );
+    // The lists with the heartbeats stopped: on one machine both ends of every sim host's
+    // connection hold a descriptor, and the lists need connections of their own.
+    stop.store(true, Ordering::Relaxed);
+    for b in beaters {
+        b.abort();
+    }
+    drop(http);
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let k = http_key.clone();
     let list = drive_on(&format!("GET /api/v1/instances ({placed})"), addrs.clone(), 4, None, Some(Duration::from_secs(10)), move |_| {
         request("GET", "/api/v1/instances", &k, None)
@@ -257,10 +269,6 @@ pub async fn run(a: ScaleArgs) -> anyhow::Result<()> {
     .await?;
     page.print();
 
-    stop.store(true, Ordering::Relaxed);
-    for b in beaters {
-        b.abort();
-    }
     for s in servers {
         let _ = s.shutdown().await;
     }
