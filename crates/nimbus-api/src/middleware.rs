@@ -46,13 +46,13 @@ tokio::task_local! {
     pub static REQUEST_ID: String;
 }
 
-/// The current request's id, or a fresh one outside a request.
 /// `f` with the current request id, for work the request hands to a task of its own (task
 /// locals do not cross `tokio::spawn`).
 pub fn carry_request_id<F: std::future::Future>(f: F) -> impl std::future::Future<Output = F::Output> {
     REQUEST_ID.scope(current_request_id(), f)
 }
 
+/// The current request's id, or a fresh one outside a request.
 pub fn current_request_id() -> String {
     REQUEST_ID.try_with(Clone::clone).unwrap_or_else(|_| random_hex_id())
 }
