@@ -25,14 +25,11 @@ pub const CLAIM_MICROS: i64 = 60 * 1_000_000;
 const LIVENESS_MICROS: i64 = 5 * 1_000_000;
 const RENEW_EVERY_MICROS: i64 = 1_000_000;
 
-/// The liveness lease's name for `replica`.
-pub fn liveness_lease(replica: &str) -> String {
-    format!("replica/{replica}")
-}
-
 async fn renew_liveness(c: &Control) -> Result<(), Error> {
     let now = c.now();
-    c.store().lease_acquire(&liveness_lease(c.replica_id()), c.replica_id(), now, now.saturating_add(LIVENESS_MICROS)).await?;
+    c.store()
+        .lease_acquire(&nimbus_store::liveness_lease(c.replica_id()), c.replica_id(), now, now.saturating_add(LIVENESS_MICROS))
+        .await?;
     c.liveness_renewed().store(now, Ordering::SeqCst);
     Ok(())
 }
@@ -68,24 +65,34 @@ pub fn scope(actor: &Actor, key: &str) -> IdempotencyScope {
 
 /// Stores the answer; retried in the background while the database does not take it.
 pub async fn complete(c: &Control, actor: &Actor, key: &str, resp: &StoredResponse) -> Result<(), Error> {
-    match c.store().idempotency_complete(&actor.key_id, key, resp).await {
-        Err(Error::Unavailable { .. }) => {
-            let (c, actor, key, resp) = (c.clone(), actor.clone(), key.to_owned(), resp.clone());
-            tokio::spawn(async move {
-                retry("storing an idempotent answer", || c.store().idempotency_complete(&actor.key_id, &key, &resp)).await
-            });
-            Ok(())
-        }
-        r => r,
-    }
+    let (c, key_id, key, resp) = (c.clone(), actor.key_id.clone(), key.to_owned(), resp.clone());
+    now_or_later("storing an idempotent answer", move || {
+        let (c, key_id, key, resp) = (c.clone(), key_id.clone(), key.clone(), resp.clone());
+        async move { c.store().idempotency_complete(&key_id, &key, &resp).await }
+    })
+    .await
 }
 
 /// Gives the key up; retried in the background while the database does not take it.
 pub async fn release(c: &Control, actor: &Actor, key: &str) -> Result<(), Error> {
-    match c.store().idempotency_release(&actor.key_id, key).await {
+    let (c, key_id, key) = (c.clone(), actor.key_id.clone(), key.to_owned());
+    now_or_later("releasing an idempotency key", move || {
+        let (c, key_id, key) = (c.clone(), key_id.clone(), key.clone());
+        async move { c.store().idempotency_release(&key_id, &key).await }
+    })
+    .await
+}
+
+/// Runs `f` once; when the database is unavailable, keeps retrying it in the background
+/// (`retry`) and reports success, since the outcome no longer depends on the caller.
+async fn now_or_later<F, Fut>(what: &'static str, f: F) -> Result<(), Error>
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), Error>> + Send + 'static,
+{
+    match f().await {
         Err(Error::Unavailable { .. }) => {
-            let (c, actor, key) = (c.clone(), actor.clone(), key.to_owned());
-            tokio::spawn(async move { retry("releasing an idempotency key", || c.store().idempotency_release(&actor.key_id, &key)).await });
+            tokio::spawn(retry(what, f));
             Ok(())
         }
         r => r,
@@ -93,7 +100,7 @@ pub async fn release(c: &Control, actor: &Actor, key: &str) -> Result<(), Error>
 }
 
 /// Retries `f` every 250 ms for up to 10 minutes while the database is unavailable.
-async fn retry<F, Fut>(what: &str, f: F)
+async fn retry<F, Fut>(what: &'static str, f: F)
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<(), Error>>,

@@ -42,6 +42,23 @@ pub enum Claim {
     Unknown,
 }
 
+/// A replica's liveness lease is named this prefix and its replica id.
+pub const LIVENESS_PREFIX: &str = "replica/";
+
+/// SQL that is true when the claim in row `t` is abandoned: it outlived its `claim_until`, or
+/// the liveness lease of the replica that made it ran out (`now` and `prefix` are placeholders
+/// bound to the time and [`LIVENESS_PREFIX`]). The claim and its read-back decide with it.
+fn owner_gone(t: &str, now: &str, prefix: &str) -> String {
+    format!(
+        "({t}.claim_until < {now} OR NOT EXISTS (SELECT 1 FROM leases WHERE leases.name = {prefix} || {t}.claimed_by AND leases.until >= {now}))"
+    )
+}
+
+/// The liveness lease's name for `replica`.
+pub fn liveness_lease(replica: &str) -> String {
+    format!("{LIVENESS_PREFIX}{replica}")
+}
+
 /// The request an idempotency key is claimed for: set (by the API's middleware) around the
 /// request, read by [`Store::commit`] to mark the claim committed in the same transaction.
 #[derive(Debug, Clone)]
@@ -87,7 +104,7 @@ impl Store {
         claim_until: i64,
         expired_before: i64,
     ) -> Result<Claim, Error> {
-        let claimed = sqlx::query(
+        let claimed = sqlx::query(&format!(
             "INSERT INTO idempotency_keys (api_key_id, idem_key, request_hash, created_at, claimed_by, claim_until, committed) \
              VALUES ($1, $2, $3, $4, $5, $6, 0) \
              ON CONFLICT (api_key_id, idem_key) DO UPDATE SET request_hash = excluded.request_hash, status = NULL, \
@@ -95,9 +112,9 @@ impl Store {
              claim_until = excluded.claim_until, committed = 0 \
              WHERE idempotency_keys.created_at < $7 \
              OR (idempotency_keys.status IS NULL AND idempotency_keys.committed = 0 AND idempotency_keys.request_hash = excluded.request_hash \
-                 AND (idempotency_keys.claim_until < $4 OR NOT EXISTS \
-                     (SELECT 1 FROM leases WHERE leases.name = 'replica/' || idempotency_keys.claimed_by AND leases.until >= $4)))",
-        )
+                 AND {})",
+            owner_gone("idempotency_keys", "$4", "$8")
+        ))
         .bind(key.as_str())
         .bind(idem)
         .bind(hash)
@@ -105,17 +122,22 @@ impl Store {
         .bind(replica)
         .bind(claim_until)
         .bind(expired_before)
+        .bind(LIVENESS_PREFIX)
         .execute(&self.w())
         .await
         .map_err(db_err("claiming idempotency key"))?;
         if claimed.rows_affected() == 1 {
             return Ok(Claim::Owned);
         }
-        let row = sqlx::query(
-            "SELECT request_hash, status, content_type, body, committed FROM idempotency_keys WHERE api_key_id = $1 AND idem_key = $2",
-        )
+        let row = sqlx::query(&format!(
+            "SELECT request_hash, status, content_type, body, committed, CASE WHEN {} THEN 1 ELSE 0 END AS owner_gone \
+             FROM idempotency_keys WHERE api_key_id = $1 AND idem_key = $2",
+            owner_gone("idempotency_keys", "$3", "$4")
+        ))
         .bind(key.as_str())
         .bind(idem)
+        .bind(now)
+        .bind(LIVENESS_PREFIX)
         .fetch_optional(&self.w())
         .await
         .map_err(db_err("reading idempotency key"))?;
@@ -128,7 +150,7 @@ impl Store {
             return Ok(Claim::Mismatch);
         }
         Ok(match get::<Option<i64>>(&r, "status")? {
-            None if get::<i64>(&r, "committed")? == 1 && self.idempotency_owner_gone(key, idem, now).await? => Claim::Unknown,
+            None if get::<i64>(&r, "committed")? == 1 && get::<i64>(&r, "owner_gone")? == 1 => Claim::Unknown,
             None => Claim::InFlight,
             Some(st) => Claim::Replay(StoredResponse {
                 status: u16::try_from(st).unwrap_or(500),
@@ -136,21 +158,6 @@ impl Store {
                 body_b64: get::<Option<String>>(&r, "body")?.unwrap_or_default(),
             }),
         })
-    }
-
-    /// Whether the replica running a claim died or the claim outlived its time.
-    async fn idempotency_owner_gone(&self, key: &ApiKeyId, idem: &str, now: i64) -> Result<bool, Error> {
-        let row = sqlx::query(
-            "SELECT 1 FROM idempotency_keys k WHERE k.api_key_id = $1 AND k.idem_key = $2 AND (k.claim_until < $3 OR NOT EXISTS \
-             (SELECT 1 FROM leases WHERE leases.name = 'replica/' || k.claimed_by AND leases.until >= $3))",
-        )
-        .bind(key.as_str())
-        .bind(idem)
-        .bind(now)
-        .fetch_optional(&self.w())
-        .await
-        .map_err(db_err("reading idempotency key"))?;
-        Ok(row.is_some())
     }
 
     /// Stores the response of an owned key (one autocommitted statement).

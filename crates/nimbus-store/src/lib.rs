@@ -42,7 +42,7 @@ use sqlx::{AnyPool, ConnectOptions};
 pub use events::{NewEvent, EVENTS_CHANNEL};
 pub use ha::OnNotify;
 pub use hosts::{HostRegistration, NewHostToken};
-pub use idempotency::{Claim, IdempotencyScope, StoredResponse, IDEMPOTENCY};
+pub use idempotency::{liveness_lease, Claim, IdempotencyScope, StoredResponse, IDEMPOTENCY};
 pub use instances::{InstanceUpdate, NewInstance};
 pub use leases::{Fence, FENCE};
 pub use service_accounts::ServiceAccountChange;
