@@ -53,46 +53,37 @@ impl Store {
     /// expired at `now`. The generation when held, `None` while another holder's is live.
     pub async fn lease_acquire(&self, name: &str, holder: &str, now: i64, until: i64) -> Result<Option<i64>, Error> {
         let mut tx = self.begin_unfenced().await?;
-        let renewed = sqlx::query("UPDATE leases SET until = $1 WHERE name = $2 AND holder = $3 AND until >= $4")
+        let renewed = sqlx::query("UPDATE leases SET until = $1 WHERE name = $2 AND holder = $3 AND until >= $4 RETURNING generation")
             .bind(until)
             .bind(name)
             .bind(holder)
             .bind(now)
-            .execute(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await
-            .map_err(db_err("renewing a lease"))?
-            .rows_affected();
-        if renewed == 0 {
-            sqlx::query("INSERT INTO leases (name, holder, generation, until) VALUES ($1, NULL, 0, 0) ON CONFLICT (name) DO NOTHING")
+            .map_err(db_err("renewing a lease"))?;
+        let row = match renewed {
+            Some(r) => Some(r),
+            None => {
+                sqlx::query("INSERT INTO leases (name, holder, generation, until) VALUES ($1, NULL, 0, 0) ON CONFLICT (name) DO NOTHING")
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err("creating a lease"))?;
+                sqlx::query(
+                    "UPDATE leases SET holder = $1, generation = generation + 1, until = $2 \
+                     WHERE name = $3 AND (holder IS NULL OR until < $4) RETURNING generation",
+                )
+                .bind(holder)
+                .bind(until)
                 .bind(name)
-                .execute(&mut *tx)
+                .bind(now)
+                .fetch_optional(&mut *tx)
                 .await
-                .map_err(db_err("creating a lease"))?;
-            let taken = sqlx::query(
-                "UPDATE leases SET holder = $1, generation = generation + 1, until = $2 WHERE name = $3 AND (holder IS NULL OR until < $4)",
-            )
-            .bind(holder)
-            .bind(until)
-            .bind(name)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err("taking a lease"))?
-            .rows_affected();
-            if taken == 0 {
-                tx.commit().await.map_err(db_err("committing lease transaction"))?;
-                return Ok(None);
+                .map_err(db_err("taking a lease"))?
             }
-        }
-        let generation: i64 = sqlx::query("SELECT generation FROM leases WHERE name = $1")
-            .bind(name)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db_err("reading a lease"))?
-            .try_get(0)
-            .map_err(db_err("reading a lease"))?;
+        };
         tx.commit().await.map_err(db_err("committing lease transaction"))?;
-        Ok(Some(generation))
+        row.map(|r| r.try_get(0)).transpose().map_err(db_err("reading a lease"))
     }
 
     /// Gives `holder`'s lease up (a clean shutdown), so another replica takes it at once.
