@@ -83,33 +83,32 @@ pub fn spawn(c: Control) -> tokio::task::JoinHandle<()> {
         let every = Duration::from_millis(c.config().agents.heartbeat_interval_ms.max(100));
         let ttl = i64::try_from(lease_ttl(every).as_micros()).unwrap_or(i64::MAX);
         let host_timeout = i64::try_from(c.config().agents.host_timeout_ms).unwrap_or(i64::MAX / 1000).saturating_mul(1000);
-        let mut held = false;
-        // Hosts are judged only after this replica has held the lease, with the database
-        // answering, for a whole host timeout: reports that failed while the database was away
-        // (a failover) or while no replica ran the loop do not make a host "down".
-        let mut judge_from = i64::MAX;
+        // While held: from when on hosts are judged. Only after this replica has held the lease,
+        // with the database answering, for a whole host timeout: reports that failed while the
+        // database was away (a failover) or while no replica ran the loop do not make a host
+        // "down".
+        let mut judge_from: Option<i64> = None;
         loop {
             tokio::time::sleep(every).await;
             let now = c.now();
             let generation = match c.store().lease_acquire(LEASE, c.replica_id(), now, now.saturating_add(ttl)).await {
                 Ok(Some(g)) => g,
                 Ok(None) => {
-                    held = false;
+                    judge_from = None;
                     continue;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "renewing the reconciler lease failed");
-                    held = false;
+                    judge_from = None;
                     continue;
                 }
             };
-            if !held {
+            let from = *judge_from.get_or_insert_with(|| {
                 tracing::info!(replica = c.replica_id(), generation, "this replica runs the reconciler");
-                held = true;
-                judge_from = now.saturating_add(host_timeout);
-            }
+                now.saturating_add(host_timeout)
+            });
             let fence = nimbus_store::Fence { name: LEASE.into(), holder: c.replica_id().into(), generation, now };
-            nimbus_store::FENCE.scope(fence, passes(&c, now >= judge_from)).await;
+            nimbus_store::FENCE.scope(fence, passes(&c, now >= from)).await;
         }
     })
 }
