@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nimbus_agent::{Agent, AgentConfig};
+use nimbus_api::server::ServerHandle;
 use nimbus_control::config::{AgentTimings, RateLimits};
 use nimbus_control::{admin, Config, Control};
 use nimbus_core::auth::Permissions;
@@ -48,17 +49,8 @@ pub async fn run(a: ReplicasArgs) -> anyhow::Result<()> {
         agents: AgentTimings { heartbeat_interval_ms: 1_000, host_timeout_ms: 30_000 },
         ..Config::default()
     };
-    let mut urls = Vec::new();
-    let mut servers = Vec::new();
-    let mut controls = Vec::new();
-    for _ in 0..a.replicas {
-        let control = Control::new(Store::connect(&db.1).await.map_err(e)?, Arc::new(SystemClock), cfg.clone()).await.map_err(e)?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let server = nimbus_api::server::start(control.clone(), listener)?;
-        urls.push(server.url());
-        servers.push(server);
-        controls.push(control);
-    }
+    let (controls, servers) = start_replicas(&db.1, a.replicas, &cfg).await?;
+    let urls: Vec<String> = servers.iter().map(ServerHandle::url).collect();
     let c0 = &controls[0];
     let org = admin::org_create(c0, &format!("bench-replicas-{}", &nimbus_core::ids::random_hex_id()[..8]), None).await.map_err(e)?;
     let (_, key) = admin::api_key_create(c0, &org, "bench", Permissions::admin(), None).await.map_err(e)?;
@@ -137,9 +129,7 @@ pub async fn run(a: ReplicasArgs) -> anyhow::Result<()> {
     }
     let _ = stop_tx.send(true);
     let _ = run.await;
-    for s in servers {
-        let _ = s.shutdown().await;
-    }
+    stop_replicas(controls, servers).await;
     let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1000.0);
     println!(
         "{} replicas on PostgreSQL, one sim host whose agent long-polls replica 0 (25 s window), {} launches per path",
@@ -158,11 +148,32 @@ pub async fn run(a: ReplicasArgs) -> anyhow::Result<()> {
         v.sort();
         println!("{:<34} {:>10} {:>10} {:>10}", name, ms(pct(&v, 0.5)), ms(pct(&v, 0.99)), ms(pct(&v, 1.0)));
     }
+    let _ = std::fs::remove_dir_all(&dir);
+    drop_database(&a.database_url, &db.0).await
+}
+
+/// `n` replicas in this process on the database at `url`, each with its own HTTP listener on
+/// 127.0.0.1.
+pub(crate) async fn start_replicas(url: &str, n: usize, cfg: &Config) -> anyhow::Result<(Vec<Control>, Vec<ServerHandle>)> {
+    let e = |e: nimbus_core::Error| anyhow::anyhow!("{e}");
+    let (mut controls, mut servers) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        let control = Control::new(Store::connect(url).await.map_err(e)?, Arc::new(SystemClock), cfg.clone()).await.map_err(e)?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        servers.push(nimbus_api::server::start(control.clone(), listener)?);
+        controls.push(control);
+    }
+    Ok((controls, servers))
+}
+
+/// Shuts the replicas down and closes their stores (so their database can be dropped).
+pub(crate) async fn stop_replicas(controls: Vec<Control>, servers: Vec<ServerHandle>) {
+    for s in servers {
+        let _ = s.shutdown().await;
+    }
     for c in controls {
         c.store().close().await;
     }
-    let _ = std::fs::remove_dir_all(&dir);
-    drop_database(&a.database_url, &db.0).await
 }
 
 /// A new database on the server `admin_url` names: (name, URL).

@@ -23,15 +23,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nimbus_control::config::{AgentTimings, RateLimits};
-use nimbus_control::{admin, agents, Config, Control};
+use nimbus_control::{admin, agents, Config};
 use nimbus_core::auth::Permissions;
-use nimbus_core::clock::SystemClock;
 use nimbus_proto as proto;
-use nimbus_store::Store;
 use rand::Rng;
 
 use crate::bench::{drive_on, pct, request, Phase};
-use crate::bench_replicas::{drop_database, fresh_database};
+use crate::bench_replicas::{drop_database, fresh_database, start_replicas, stop_replicas};
 
 #[derive(clap::Args, Debug)]
 pub struct ScaleArgs {
@@ -94,17 +92,8 @@ pub async fn run(a: ScaleArgs) -> anyhow::Result<()> {
     cfg.http.max_connections = 1 << 20;
     cfg.http.max_connections_per_ip = 1 << 20;
     cfg.quotas.max_launch_quantity = i64::try_from(a.quantity)?;
-    let mut controls = Vec::new();
-    let mut servers = Vec::new();
-    let mut addrs: Vec<SocketAddr> = Vec::new();
-    for _ in 0..a.replicas {
-        let control = Control::new(Store::connect(&db.1).await.map_err(e)?, Arc::new(SystemClock), cfg.clone()).await.map_err(e)?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let server = nimbus_api::server::start(control.clone(), listener)?;
-        addrs.push(server.addr);
-        servers.push(server);
-        controls.push(control);
-    }
+    let (controls, servers) = start_replicas(&db.1, a.replicas, &cfg).await?;
+    let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
     let c0 = controls[0].clone();
     let org = admin::org_create(&c0, "bench-scale", None).await.map_err(e)?;
     let (_, key) = admin::api_key_create(&c0, &org, "bench", Permissions::admin(), None).await.map_err(e)?;
@@ -269,11 +258,6 @@ pub async fn run(a: ScaleArgs) -> anyhow::Result<()> {
     .await?;
     page.print();
 
-    for s in servers {
-        let _ = s.shutdown().await;
-    }
-    for c in controls {
-        c.store().close().await;
-    }
+    stop_replicas(controls, servers).await;
     drop_database(&a.database_url, &db.0).await
 }
