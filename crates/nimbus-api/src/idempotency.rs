@@ -72,8 +72,8 @@ pub async fn layer(State(s): State<ApiState>, req: Request, next: Next) -> Respo
     h.update(&bytes);
     let hash = hex::encode(h.finalize());
 
-    match idempotency::claim(&s.control, &actor, &key, &hash).await {
-        Ok(Claim::Owned) => {}
+    let claim = match idempotency::claim(&s.control, &actor, &key, &hash).await {
+        Ok(Claim::Owned(claim)) => claim,
         Ok(Claim::Replay(r)) => {
             let body = base64::engine::general_purpose::STANDARD.decode(r.body_b64).unwrap_or_default();
             let mut resp = Response::new(Body::from(body));
@@ -112,23 +112,22 @@ pub async fn layer(State(s): State<ApiState>, req: Request, next: Next) -> Respo
             )
         }
         Err(e) => return crate::lambda::LambdaError(e).into_response(),
-    }
+    };
 
     // The request runs to its end in a task of its own: a client that disconnects (or times
     // out) drops this future, and the claim must still be completed or released, or every
     // retry would be told "in flight" until the claim expires.
     let control = s.control.clone();
     let run = async move {
-        let scope = idempotency::scope(&actor, &key);
-        let resp = nimbus_store::IDEMPOTENCY.scope(scope, next.run(Request::from_parts(parts, Body::from(bytes)))).await;
+        let resp = nimbus_store::IDEMPOTENCY.scope(claim.clone(), next.run(Request::from_parts(parts, Body::from(bytes)))).await;
         let status = resp.status();
         if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-            let _ = idempotency::release(&control, &actor, &key).await;
+            let _ = idempotency::release(&control, &claim).await;
             return resp;
         }
         let (rparts, rbody) = resp.into_parts();
         let Ok(out) = axum::body::to_bytes(rbody, MAX_STORED).await else {
-            let _ = idempotency::release(&control, &actor, &key).await;
+            let _ = idempotency::release(&control, &claim).await;
             return StatusCode::INTERNAL_SERVER_ERROR.into_response();
         };
         let stored = StoredResponse {
@@ -136,7 +135,7 @@ pub async fn layer(State(s): State<ApiState>, req: Request, next: Next) -> Respo
             content_type: rparts.headers.get("content-type").and_then(|v| v.to_str().ok()).map(str::to_owned),
             body_b64: base64::engine::general_purpose::STANDARD.encode(&out),
         };
-        if let Err(e) = idempotency::complete(&control, &actor, &key, &stored).await {
+        if let Err(e) = idempotency::complete(&control, &claim, &stored).await {
             tracing::warn!(error = %e, "storing an idempotent response failed");
         }
         Response::from_parts(rparts, Body::from(out))

@@ -6,7 +6,8 @@
 //! database away in a failover) the release is retried in the background until it lands; a
 //! claim whose replica died is taken over once that replica's liveness lease (`replica/<id>`,
 //! renewed every second, see `spawn_liveness`) runs out; a request whose change committed is
-//! never run twice.
+//! never run twice, and a claim taken over from a replica that was only cut off is fenced: that
+//! replica's commit is refused.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -58,27 +59,24 @@ pub async fn claim(c: &Control, actor: &Actor, key: &str, request_hash: &str) ->
         .await
 }
 
-/// What a request holding `key` runs inside, so its change marks the claim committed.
-pub fn scope(actor: &Actor, key: &str) -> IdempotencyScope {
-    IdempotencyScope { api_key_id: actor.key_id.as_str().to_owned(), idem_key: key.to_owned() }
-}
-
-/// Stores the answer; retried in the background while the database does not take it.
-pub async fn complete(c: &Control, actor: &Actor, key: &str, resp: &StoredResponse) -> Result<(), Error> {
-    let (c, key_id, key, resp) = (c.clone(), actor.key_id.clone(), key.to_owned(), resp.clone());
+/// Stores the answer of an owned claim (the request runs inside the claim, as
+/// `nimbus_store::IDEMPOTENCY`, so that its change marks it committed); retried in the
+/// background while the database does not take it.
+pub async fn complete(c: &Control, claim: &IdempotencyScope, resp: &StoredResponse) -> Result<(), Error> {
+    let (c, claim, resp) = (c.clone(), claim.clone(), resp.clone());
     now_or_later("storing an idempotent answer", move || {
-        let (c, key_id, key, resp) = (c.clone(), key_id.clone(), key.clone(), resp.clone());
-        async move { c.store().idempotency_complete(&key_id, &key, &resp).await }
+        let (c, claim, resp) = (c.clone(), claim.clone(), resp.clone());
+        async move { c.store().idempotency_complete(&claim, &resp).await }
     })
     .await
 }
 
-/// Gives the key up; retried in the background while the database does not take it.
-pub async fn release(c: &Control, actor: &Actor, key: &str) -> Result<(), Error> {
-    let (c, key_id, key) = (c.clone(), actor.key_id.clone(), key.to_owned());
+/// Gives the claim up; retried in the background while the database does not take it.
+pub async fn release(c: &Control, claim: &IdempotencyScope) -> Result<(), Error> {
+    let (c, claim) = (c.clone(), claim.clone());
     now_or_later("releasing an idempotency key", move || {
-        let (c, key_id, key) = (c.clone(), key_id.clone(), key.clone());
-        async move { c.store().idempotency_release(&key_id, &key).await }
+        let (c, claim) = (c.clone(), claim.clone());
+        async move { c.store().idempotency_release(&claim).await }
     })
     .await
 }

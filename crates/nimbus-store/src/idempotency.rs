@@ -7,6 +7,11 @@
 //! between the commit and the answer. So:
 //! - a claim with nothing committed whose replica died (its `replica/<id>` lease ran out) or
 //!   that outlived `claim_until` is taken over, and the request runs again, once;
+//! - a claim is fenced: its change commits, its answer is stored and its release lands only
+//!   while the claim is still the one it made (same replica, same claim time). A replica that
+//!   was cut off long enough for its claim to be taken over (the database away in a failover
+//!   outlasts its liveness lease) and then tries to commit is refused, so the request's change
+//!   is made by exactly one of the two;
 //! - a release (the request failed) never deletes a claim whose change committed;
 //! - a committed claim without an answer is never run again: the caller is told the outcome is
 //!   unknown and must read the resource ([`Claim::Unknown`]).
@@ -29,8 +34,9 @@ pub struct StoredResponse {
 /// The outcome of trying to claim a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
-    /// This request owns the key and must run, then `complete` or `release` it.
-    Owned,
+    /// This request owns the key and must run inside this scope, then `complete` or `release`
+    /// it.
+    Owned(IdempotencyScope),
     /// Same key, same request, already answered.
     Replay(StoredResponse),
     /// Same key, same request, still running elsewhere.
@@ -59,27 +65,45 @@ pub fn liveness_lease(replica: &str) -> String {
     format!("{LIVENESS_PREFIX}{replica}")
 }
 
-/// The request an idempotency key is claimed for: set (by the API's middleware) around the
-/// request, read by [`Store::commit`] to mark the claim committed in the same transaction.
-#[derive(Debug, Clone)]
+/// One claim of an idempotency key: set (by the API's middleware) around the request, read by
+/// [`Store::commit`] to mark the claim committed in the same transaction. `claimed_by` and
+/// `claimed_at` name this claim rather than the key, so a claim that was taken over meanwhile
+/// no longer matches (see the module doc).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyScope {
     pub api_key_id: String,
     pub idem_key: String,
+    pub claimed_by: String,
+    pub claimed_at: i64,
+}
+
+/// `WHERE` of a statement that acts on one claim: `$1`..`$4` are the scope's fields.
+const THIS_CLAIM: &str = "api_key_id = $1 AND idem_key = $2 AND claimed_by = $3 AND created_at = $4";
+
+fn bind_claim<'q>(
+    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    scope: &'q IdempotencyScope,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    q.bind(&scope.api_key_id).bind(&scope.idem_key).bind(&scope.claimed_by).bind(scope.claimed_at)
 }
 
 tokio::task_local! {
     pub static IDEMPOTENCY: IdempotencyScope;
 }
 
-/// Marks the scope's claim committed inside `tx` (nothing outside a scope).
+/// Marks the scope's claim committed inside `tx` (nothing outside a scope). Fails, so that
+/// the transaction is rolled back, when the claim is no longer this one: it was taken over by
+/// a retry that runs the request instead.
 pub(crate) async fn mark_committed(tx: &mut crate::Conn) -> Result<(), Error> {
     let Ok(scope) = IDEMPOTENCY.try_with(IdempotencyScope::clone) else { return Ok(()) };
-    sqlx::query("UPDATE idempotency_keys SET committed = 1 WHERE api_key_id = $1 AND idem_key = $2 AND committed = 0")
-        .bind(&scope.api_key_id)
-        .bind(&scope.idem_key)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err("marking an idempotency key committed"))?;
+    let q = format!("UPDATE idempotency_keys SET committed = 1 WHERE {THIS_CLAIM}");
+    let r = bind_claim(sqlx::query(&q), &scope).execute(&mut *tx).await.map_err(db_err("marking an idempotency key committed"))?;
+    if r.rows_affected() != 1 {
+        return Err(Error::conflict(
+            nimbus_core::error::ConflictReason::Concurrent,
+            "this request's Idempotency-Key was taken over by a retry while the request ran; its change was not made",
+        ));
+    }
     Ok(())
 }
 
@@ -127,7 +151,12 @@ impl Store {
         .await
         .map_err(db_err("claiming idempotency key"))?;
         if claimed.rows_affected() == 1 {
-            return Ok(Claim::Owned);
+            return Ok(Claim::Owned(IdempotencyScope {
+                api_key_id: key.as_str().to_owned(),
+                idem_key: idem.to_owned(),
+                claimed_by: replica.to_owned(),
+                claimed_at: now,
+            }));
         }
         let row = sqlx::query(&format!(
             "SELECT request_hash, status, content_type, body, committed, CASE WHEN {} THEN 1 ELSE 0 END AS owner_gone \
@@ -160,29 +189,25 @@ impl Store {
         })
     }
 
-    /// Stores the response of an owned key (one autocommitted statement).
-    pub async fn idempotency_complete(&self, key: &ApiKeyId, idem: &str, resp: &StoredResponse) -> Result<(), Error> {
-        sqlx::query("UPDATE idempotency_keys SET status = $1, content_type = $2, body = $3 WHERE api_key_id = $4 AND idem_key = $5")
+    /// Stores the response of an owned claim (one autocommitted statement); nothing when the
+    /// claim was taken over meanwhile (the request that took it stores its own).
+    pub async fn idempotency_complete(&self, claim: &IdempotencyScope, resp: &StoredResponse) -> Result<(), Error> {
+        let q = format!("UPDATE idempotency_keys SET status = $5, content_type = $6, body = $7 WHERE {THIS_CLAIM}");
+        bind_claim(sqlx::query(&q), claim)
             .bind(i64::from(resp.status))
             .bind(resp.content_type.clone())
             .bind(&resp.body_b64)
-            .bind(key.as_str())
-            .bind(idem)
             .execute(&self.w())
             .await
             .map_err(db_err("storing idempotent response"))?;
         Ok(())
     }
 
-    /// Gives an owned key up (the request had no lasting effect: rate limited, failed inside).
-    pub async fn idempotency_release(&self, key: &ApiKeyId, idem: &str) -> Result<(), Error> {
-        let mut tx = self.begin().await?;
-        sqlx::query("DELETE FROM idempotency_keys WHERE api_key_id = $1 AND idem_key = $2 AND status IS NULL AND committed = 0")
-            .bind(key.as_str())
-            .bind(idem)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err("releasing idempotency key"))?;
-        Store::commit(tx).await
+    /// Gives an owned claim up (the request had no lasting effect: rate limited, failed
+    /// inside); never one whose change committed, nor one another request has taken over.
+    pub async fn idempotency_release(&self, claim: &IdempotencyScope) -> Result<(), Error> {
+        let q = format!("DELETE FROM idempotency_keys WHERE {THIS_CLAIM} AND status IS NULL AND committed = 0");
+        bind_claim(sqlx::query(&q), claim).execute(&self.w()).await.map_err(db_err("releasing idempotency key"))?;
+        Ok(())
     }
 }

@@ -249,11 +249,13 @@ async fn one_replica_runs_the_reconciler_and_another_takes_over() {
 /// Idempotency claims across replica failures: a live replica's claim is in flight for the
 /// others; a dead replica's claim with nothing committed is taken over (the request runs once
 /// more); a claim whose change committed in its own transaction is never run again, even when
-/// its replica died before answering, and no release removes it.
+/// its replica died before answering, and no release removes it; and a replica that was only
+/// cut off (its liveness ran out while its request still ran) cannot commit, answer or release
+/// under a claim that was taken over: the request's change is made once, by the new owner.
 #[tokio::test]
 async fn idempotency_claims_of_a_dead_replica_are_taken_over_unless_committed() {
     use nimbus_core::ids::ApiKeyId;
-    use nimbus_store::{Claim, IdempotencyScope, IDEMPOTENCY};
+    use nimbus_store::{Claim, IdempotencyScope, StoredResponse, IDEMPOTENCY};
     let dir = TempDir::new("idem-owner");
     let url = nimbus_test_utils::test_database_url(&dir.0).await;
     let store = Store::connect(&url).await.unwrap();
@@ -263,19 +265,38 @@ async fn idempotency_claims_of_a_dead_replica_are_taken_over_unless_committed() 
         let (store, key) = (store.clone(), key.clone());
         async move { store.idempotency_claim(&key, idem, "h", replica, now, now + 60 * S, now - 86_400 * S).await.unwrap() }
     };
+    let owned = |c: Claim| -> IdempotencyScope {
+        match c {
+            Claim::Owned(scope) => scope,
+            other => panic!("expected to own the claim, got {other:?}"),
+        }
+    };
+    // A change under a claim: one transaction that marks it committed, or is refused.
+    let commit_under = |scope: IdempotencyScope| {
+        let store = store.clone();
+        async move { IDEMPOTENCY.scope(scope, async { Store::commit(store.begin().await.unwrap()).await }).await }
+    };
     // Replica a is alive until 105 s.
     store.lease_acquire("replica/a", "a", 100 * S, 105 * S).await.unwrap();
-    assert_eq!(claim("k1", "a", 100 * S).await, Claim::Owned);
+    let a1 = owned(claim("k1", "a", 100 * S).await);
     assert_eq!(claim("k1", "b", 101 * S).await, Claim::InFlight, "a is alive: its claim runs");
-    // a dies (its liveness runs out at 105 s) with nothing committed: b takes the claim over.
-    assert_eq!(claim("k1", "b", 106 * S).await, Claim::Owned);
+    // a's liveness runs out at 105 s with nothing committed: b takes the claim over.
+    let b1 = owned(claim("k1", "b", 106 * S).await);
+    // a was only cut off and its request goes on: its commit is refused, its release and its
+    // answer touch nothing; b's request commits and answers.
+    assert!(commit_under(a1.clone()).await.is_err(), "a replica whose claim was taken over must not commit");
+    store.idempotency_release(&a1).await.unwrap();
+    let answer = |body: &str| StoredResponse { status: 200, content_type: None, body_b64: body.into() };
+    store.idempotency_complete(&a1, &answer("a")).await.unwrap();
+    commit_under(b1.clone()).await.unwrap();
+    store.idempotency_complete(&b1, &answer("b")).await.unwrap();
+    assert_eq!(claim("k1", "c", 107 * S).await, Claim::Replay(answer("b")), "b's answer, not a's");
 
     // k2: a's change commits (marked in the change's transaction), then a dies unanswered.
     store.lease_acquire("replica/a", "a", 110 * S, 115 * S).await.unwrap();
-    assert_eq!(claim("k2", "a", 110 * S).await, Claim::Owned);
-    let scope = IdempotencyScope { api_key_id: key.as_str().to_owned(), idem_key: "k2".into() };
-    IDEMPOTENCY.scope(scope, async { Store::commit(store.begin().await.unwrap()).await.unwrap() }).await;
-    store.idempotency_release(&key, "k2").await.unwrap();
+    let a2 = owned(claim("k2", "a", 110 * S).await);
+    commit_under(a2.clone()).await.unwrap();
+    store.idempotency_release(&a2).await.unwrap();
     assert_eq!(claim("k2", "b", 112 * S).await, Claim::InFlight, "a still alive, and the release kept the committed claim");
     assert_eq!(claim("k2", "b", 116 * S).await, Claim::Unknown, "a died after committing: never run again");
     // Another request under the same key is still a mismatch.
