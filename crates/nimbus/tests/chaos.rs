@@ -278,7 +278,13 @@ impl Tenant {
             }
             let r = rb.send().await;
             match r {
-                Ok(r) if r.status().as_u16() == 200 => return Some(r.json().await.unwrap()),
+                // The body may be cut off by the same timeout: the answer is lost, and the
+                // retry under the same key replays it.
+                Ok(r) if r.status().as_u16() == 200 => {
+                    if let Ok(v) = r.json().await {
+                        return Some(v);
+                    }
+                }
                 Ok(r) if r.status().as_u16() == 409 => {
                     let v: Value = r.json().await.unwrap_or_default();
                     if v["error"]["code"] == "global/idempotency-outcome-unknown" {
