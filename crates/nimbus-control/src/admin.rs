@@ -389,6 +389,23 @@ pub async fn org_credit(c: &Control, org: &Org, cents: i64, reason: &str) -> Res
     Ok(credit)
 }
 
+/// Every registered host with its capacity and GPUs (`nimbus admin hosts`, the operator console).
+pub async fn hosts(c: &Control) -> Result<Vec<nimbus_core::model::Host>, Error> {
+    c.store().host_list(None, false).await
+}
+
+/// Every organization with its instances that hold capacity now, against the per-org quota.
+pub async fn orgs_with_usage(c: &Control) -> Result<Vec<(Org, i64)>, Error> {
+    let orgs = c.store().org_list().await?;
+    let mut conn = c.store().reader().await?;
+    let mut out = Vec::with_capacity(orgs.len());
+    for o in orgs {
+        let live = Store::instance_count_live_by_org_in(&mut conn, &o.id).await?;
+        out.push((o, live));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse_ttl;

@@ -1,4 +1,4 @@
-//! Authentication of tenant API keys.
+//! Authentication of tenant API keys (and of console sessions, which act as their key).
 //!
 //! Keys are looked up by the SHA-256 of the presented secret. A short in-process cache (2 s) keeps
 //! hot paths off the database; revocation through this process clears it at once, and another
@@ -55,6 +55,10 @@ impl AuthCache {
 pub async fn authenticate(c: &Control, secret: &str) -> Result<Actor, Error> {
     if secret.is_empty() || secret.len() > 256 {
         return Err(Error::Unauthenticated);
+    }
+    // A console session acts as its key, with the key's permissions read afresh each time.
+    if secret.starts_with(crate::console::SESSION_PREFIX) {
+        return crate::console::session(c, secret).await?.actor.ok_or(Error::Unauthenticated);
     }
     let hash = hash_secret(secret);
     let now = c.now();

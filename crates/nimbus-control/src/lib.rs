@@ -15,6 +15,7 @@ pub mod billing;
 pub mod capacity;
 pub mod clusters;
 pub mod config;
+pub mod console;
 pub mod egress;
 pub mod fabric;
 pub mod firewall;

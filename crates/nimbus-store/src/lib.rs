@@ -12,6 +12,7 @@
 //! under the row lock.
 
 mod clusters;
+mod console;
 mod events;
 mod ha;
 mod hosts;
@@ -39,6 +40,7 @@ use nimbus_core::Error;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions};
 
+pub use console::ConsoleSession;
 pub use events::{NewEvent, EVENTS_CHANNEL};
 pub use ha::OnNotify;
 pub use hosts::{HostRegistration, NewHostToken};

@@ -29,6 +29,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (19, "public_addresses", include_str!("../migrations/0019_public_addresses.sql")),
     (20, "leases", include_str!("../migrations/0020_leases.sql")),
     (21, "idempotency_owner", include_str!("../migrations/0021_idempotency_owner.sql")),
+    (22, "console_sessions", include_str!("../migrations/0022_console_sessions.sql")),
 ];
 
 fn render(sql: &str, backend: Backend) -> String {

@@ -10,7 +10,7 @@ use crate::{db_err, unique_err, Conn, Store};
 
 /// The columns of an API key. A key of a service account has the account's permissions: they are
 /// read through the account here, so a change to the account applies to its keys at once.
-const API_KEY_SELECT: &str = "SELECT k.id, k.org_id, k.name, k.prefix, COALESCE(sa.permissions, k.permissions) AS permissions, \
+pub(crate) const API_KEY_SELECT: &str = "SELECT k.id, k.org_id, k.name, k.prefix, COALESCE(sa.permissions, k.permissions) AS permissions, \
      k.created_at, k.revoked_at, k.expires_at, k.created_by, k.service_account_id, o.plan FROM api_keys k \
      JOIN orgs o ON o.id = k.org_id LEFT JOIN service_accounts sa ON sa.id = k.service_account_id";
 

@@ -26,6 +26,15 @@ pub enum AdminCmd {
         #[command(subcommand)]
         cmd: HostTokenCmd,
     },
+    /// Prints a one-use link that signs an operator in to the web console (hosts, organizations).
+    ConsoleLink {
+        /// The server's URL as a browser reaches it.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// How long the link is valid: `30m`, `24h`, `7d` (s, m, h, d).
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
     /// Registered hosts and their capacity (`hosts` alone lists them).
     Hosts {
         #[command(subcommand)]
@@ -162,6 +171,12 @@ pub async fn run(store: &StoreArgs, cmd: AdminCmd) -> anyhow::Result<()> {
             eprintln!("host token for {region}, {} use(s), valid until {} (shown once):", t.uses, to_rfc3339(t.expires_at));
             println!("{}", t.secret);
         }
+        AdminCmd::ConsoleLink { url, ttl } => {
+            let ttl_secs = admin::parse_ttl(&ttl).map_err(e)?;
+            let link = nimbus_control::console::operator_link_create(&c, ttl_secs.saturating_mul(1_000_000)).await.map_err(e)?;
+            eprintln!("operator console login link, one use, valid for {ttl}:");
+            println!("{}/console/login?link={link}", url.trim_end_matches('/'));
+        }
         AdminCmd::Hosts { cmd: Some(HostsCmd::ReEnrol { host, ttl }) } => {
             let ttl_secs = admin::parse_ttl(&ttl).map_err(e)?;
             let t = admin::host_reenrol(&c, &host, ttl_secs).await.map_err(e)?;
@@ -171,7 +186,7 @@ pub async fn run(store: &StoreArgs, cmd: AdminCmd) -> anyhow::Result<()> {
         }
         AdminCmd::Hosts { cmd: None | Some(HostsCmd::List) } => {
             println!("{:<32}  {:<12}  {:<6}  {:<10}  {:>11}  {:>15}  GPUS", "ID", "REGION", "STATUS", "DRIVER", "VCPU", "MEM MiB");
-            for h in c.store().host_list(None, false).await.map_err(e)? {
+            for h in admin::hosts(&c).await.map_err(e)? {
                 let free_gpus = h.gpus.iter().filter(|g| g.instance_id.is_none()).count();
                 println!(
                     "{:<32}  {:<12}  {:<6}  {:<10}  {:>5}/{:<5}  {:>7}/{:<7}  {}/{}",
