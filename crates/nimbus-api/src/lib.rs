@@ -9,6 +9,7 @@ pub mod agent;
 pub mod auth;
 pub mod authfail;
 pub mod clusters;
+pub mod console;
 pub mod idempotency;
 pub mod input;
 pub mod lambda;
@@ -74,7 +75,8 @@ pub fn router_for(state: ApiState, planes: Planes) -> Router {
                     .merge(voltage::router())
                     .merge(clusters::router()),
             )
-            .nest("/v1", native::router());
+            .nest("/v1", native::router())
+            .merge(console::router());
     }
     if planes.agent {
         r = r.nest("/internal/agent/v1", agent::router());
@@ -83,6 +85,7 @@ pub fn router_for(state: ApiState, planes: Planes) -> Router {
         .fallback(middleware::not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), idempotency::layer))
         .layer(axum::middleware::from_fn_with_state(authfail::Guard::new(&state), authfail::layer))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), console::layer))
         .with_state(state)
         .layer(axum::middleware::from_fn(middleware::request_id))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(middleware::panic_response))

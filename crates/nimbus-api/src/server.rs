@@ -176,6 +176,10 @@ impl Drop for Admitted {
 }
 
 /// One listener's way of serving.
+/// In a request's extensions when it came over HTTPS (the console's cookie is then `Secure`).
+#[derive(Debug, Clone, Copy)]
+pub struct OverTls;
+
 struct Listen {
     app: Router,
     tls: Option<Arc<ServerTls>>,
@@ -264,6 +268,7 @@ impl Listen {
         let activity = Arc::new(Activity::new());
         let io = TokioIo::new(Tracked { inner: io, activity: activity.clone() });
         let (app, hsts, body_timeout, act) = (self.app.clone(), self.hsts.clone(), self.body_timeout, activity.clone());
+        let over_tls = self.tls.is_some();
         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
             let busy = act.begin();
             let (app, hsts) = (app.clone(), hsts.clone());
@@ -276,6 +281,9 @@ impl Listen {
                     }
                 });
                 req.extensions_mut().insert(ConnectInfo(peer));
+                if over_tls {
+                    req.extensions_mut().insert(OverTls);
+                }
                 let mut resp = match app.oneshot(req).await {
                     Ok(r) => r,
                     Err(never) => match never {},

@@ -517,6 +517,7 @@ pub async fn run_dev(d: DevArgs) -> anyhow::Result<()> {
     println!("  URL:      {url}");
     println!("  API key:  {key}");
     println!("  Data dir: {}", dir.display());
+    print_console(&control, &url).await?;
     println!("Try:  curl -u {key}: {url}/api/v1/instance-types");
     shutdown_signal().await;
     let _ = stop_tx.send(true);
@@ -608,6 +609,7 @@ async fn run_dev_hosts(d: &DevArgs, control: Control, listener: TcpListener, dir
     println!("  URL:      {url}");
     println!("  API key:  {key}");
     println!("  Data dir: {}", dir.display());
+    print_console(&control, &url).await?;
     for h in &bed.hosts {
         println!("  host {}: netns {}, underlay {}, instances {}", h.index, h.netns, h.underlay, h.subnet);
     }
@@ -619,6 +621,15 @@ async fn run_dev_hosts(d: &DevArgs, control: Control, listener: TcpListener, dir
         let _ = c.wait().await;
     }
     handle.shutdown().await?;
+    Ok(())
+}
+
+/// The console's URL on a line of its own (sign in there with the API key), and a one-use
+/// operator login link for the hosts and organizations pages.
+async fn print_console(control: &nimbus_control::Control, url: &str) -> anyhow::Result<()> {
+    let link = nimbus_control::console::operator_link_create(control, 3600 * 1_000_000).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("Console: {url}/console/");
+    println!("  operator console (one use, 1 h): {url}/console/login?link={link}");
     Ok(())
 }
 
