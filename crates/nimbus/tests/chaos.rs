@@ -483,6 +483,11 @@ async fn replicas_and_the_database_fail_while_tenants_churn() {
                 "64",
                 "--sim-memory-gib",
                 "512",
+                // Room for 64 small instances a host on every axis: capacity returns only when
+                // the agent reports a termination done, and through a failover those reports
+                // lag, so a host sized for 20 (the default disk) ran out mid-churn.
+                "--sim-disk-gib",
+                "1000",
             ])
             .arg("--data-dir")
             .arg(dir.join(format!("agent-{i}")))
