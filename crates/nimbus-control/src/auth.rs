@@ -70,14 +70,7 @@ pub async fn authenticate(c: &Control, secret: &str) -> Result<Actor, Error> {
         return Err(Error::Unauthenticated);
     }
     let expires_at = key.expires_at;
-    let actor = Actor {
-        org_id: key.org_id,
-        key_id: key.id,
-        key_prefix: key.prefix,
-        permissions: key.permissions,
-        plan: key.plan,
-        service_account_id: key.service_account_id.map(|s| s.to_string()),
-    };
+    let actor = Actor::of_key(key);
     c.inner.auth_cache.put(hash, actor.clone(), now, expires_at);
     Ok(actor)
 }

@@ -87,14 +87,7 @@ pub async fn session(c: &Control, secret: &str) -> Result<Session, Error> {
             if key.expires_at.is_some_and(|e| e <= now) {
                 return Err(Error::Unauthenticated);
             }
-            Some(Actor {
-                org_id: key.org_id,
-                key_id: key.id,
-                key_prefix: key.prefix,
-                permissions: key.permissions,
-                plan: key.plan,
-                service_account_id: key.service_account_id.map(|s| s.to_string()),
-            })
+            Some(Actor::of_key(key))
         }
         None if row.operator => None,
         None => return Err(Error::Unauthenticated),

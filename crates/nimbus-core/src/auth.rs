@@ -118,6 +118,18 @@ pub struct Actor {
 }
 
 impl Actor {
+    /// The caller a key (as the store reads it, with its current permissions) acts as.
+    pub fn of_key(key: crate::model::ApiKey) -> Actor {
+        Actor {
+            org_id: key.org_id,
+            key_id: key.id,
+            key_prefix: key.prefix,
+            permissions: key.permissions,
+            plan: key.plan,
+            service_account_id: key.service_account_id.map(|s| s.to_string()),
+        }
+    }
+
     pub fn require(&self, p: Permission) -> Result<(), Error> {
         if self.permissions.allows(p) {
             Ok(())

@@ -9,6 +9,7 @@ mod bad_input_sweep;
 mod billing;
 mod clients;
 mod clusters;
+mod console;
 mod containers;
 mod hosts;
 mod idempotency;
