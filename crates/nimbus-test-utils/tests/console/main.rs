@@ -70,13 +70,20 @@ async fn a_tenant_and_an_operator_use_the_console_in_a_real_browser() {
     b.wait_text("#signin-error", 10, |t| t.contains("failed")).await;
     let _ = b.console_log().await; // the refused sign-in's 401 is logged by the browser; as it should be
     b.run("document.getElementById('api-key').value = ''; return true;", json!([])).await;
-    b.type_into("#api-key", &s.key).await;
-    b.click("#signin-form button").await;
+    // By keyboard: the key, then Enter.
+    b.type_into("#api-key", &format!("{}\u{E007}", s.key)).await;
     b.wait("#nav-instances[aria-current=page]").await;
     let cookie = b.cookie("nimbus_session").await.expect("a session cookie");
     assert_eq!(cookie["httpOnly"], true, "{cookie}");
     assert_eq!(cookie["sameSite"], "Strict", "{cookie}");
     let secret = cookie["value"].as_str().unwrap().to_owned();
+
+    // A file system made with the storage page's form, then chosen in the launch dialog.
+    b.goto(&format!("{}/console/#/storage", s.url)).await;
+    b.type_into("#fs-name", "shared-fs").await;
+    b.click("#fs-form-submit").await;
+    b.wait_text("#page table", 10, |t| t.contains("shared-fs")).await;
+    b.goto(&format!("{}/console/#/instances", s.url)).await;
 
     // Launch with a generated key: the dialog offers only types with capacity, with prices.
     b.click("#launch").await;
@@ -98,6 +105,7 @@ async fn a_tenant_and_an_operator_use_the_console_in_a_real_browser() {
     )
     .await;
     b.type_into("#launch-name", "from-the-console").await;
+    b.click("#launch-fs input[value=shared-fs]").await;
     b.screenshot(&dir.join("launch.png")).await;
     b.click("#launch-submit").await;
     b.wait("#private-key-download").await;
@@ -115,6 +123,7 @@ async fn a_tenant_and_an_operator_use_the_console_in_a_real_browser() {
     let list = s.call(&s.key, "GET", "/instances", None).await.1;
     let inst = list["data"].as_array().unwrap().iter().find(|i| i["name"] == "from-the-console").unwrap().clone();
     let id = inst["id"].as_str().unwrap().to_owned();
+    assert_eq!(inst["file_system_names"], json!(["shared-fs"]), "the file system chosen in the dialog: {inst}");
     assert_eq!(b.wait_text("#ssh-line", 10, |t| t.starts_with("ssh ")).await, format!("ssh ubuntu@{}", inst["ip"].as_str().unwrap()));
     b.wait_text("#metrics", 20, |t| t.contains("CPU") && t.contains("Memory") && t.contains("Network in") && t.contains("latest")).await;
     b.screenshot(&dir.join("instance.png")).await;
@@ -132,11 +141,29 @@ async fn a_tenant_and_an_operator_use_the_console_in_a_real_browser() {
         b.wait(&format!("#nav-{page}[aria-current=page]")).await;
         b.wait("#page h1").await;
         tokio::time::sleep(Duration::from_millis(600)).await;
-        assert!(b.find("#page .error").await.is_none(), "{page}: {}", b.text("#page").await);
+        let text = b.text("#page").await;
+        assert!(b.find("#page .error").await.is_none() && !text.contains("[object "), "{page}: {text}");
         b.screenshot(&dir.join(format!("{page}.png"))).await;
     }
     let audit = b.text("#page").await;
     assert!(audit.contains("console.signed_in"), "the audit page lists the sign-in: {audit}");
+
+    // The keys page makes a key whose secret is shown once and works; billing sets a limit.
+    b.goto(&format!("{}/console/#/keys", s.url)).await;
+    b.type_into("#new-key-name", "made-in-console").await;
+    b.click("#key-form-submit").await;
+    let new_secret = b.wait_text("#new-key-secret", 10, |t| t.starts_with("nmb_")).await;
+    let (st, _) = s.call(&new_secret, "GET", "/instances", None).await;
+    assert_eq!(st, 200, "the key the console made works");
+    let (st, _) = s.call(&new_secret, "POST", "/instance-operations/launch", Some(json!({}))).await;
+    assert_eq!(st, 403, "with exactly the permissions chosen (READ)");
+    b.goto(&format!("{}/console/#/billing", s.url)).await;
+    b.run("document.getElementById('limit-usd').value = ''; return true;", json!([])).await;
+    b.type_into("#limit-usd", "50").await;
+    b.click("#limit-form-submit").await;
+    b.wait_text("#limit-form-status", 10, |t| t.contains("Saved")).await;
+    let acct = s.native(&s.key, "GET", "/account", None).await.1;
+    assert_eq!(acct["data"]["spend_limit_cents"], 5000, "{acct}");
 
     // Every form field has a label; the page fits a phone's width.
     let unlabelled = b

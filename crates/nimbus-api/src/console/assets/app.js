@@ -12,7 +12,7 @@ function h(tag, attrs, ...kids) {
     else if (v === true) e.setAttribute(k, '');
     else if (v !== false && v != null) e.setAttribute(k, v);
   }
-  for (const kid of kids.flat()) if (kid != null) e.append(kid instanceof Node ? kid : String(kid));
+  for (const kid of kids.flat(Infinity)) if (kid != null) e.append(kid instanceof Node ? kid : String(kid));
   return e;
 }
 
@@ -33,7 +33,8 @@ async function api(method, path, body) {
 
 const can = (p) => !!S.session && (S.session.permissions.includes(p) || S.session.permissions.includes('ADMIN'));
 const usd = (cents) => '$' + (cents / 100).toFixed(2);
-const microsUsd = (m) => '$' + (m / 1e6).toFixed(2);
+// Under a cent, four decimals: a few minutes of a small instance are not $0.00.
+const microsUsd = (m) => '$' + (m / 1e6).toFixed(m > 0 && m < 10000 ? 4 : 2);
 const gib = (b) => (b / 1073741824).toFixed(2) + ' GiB';
 
 function table(cols, rows, empty) {
@@ -47,7 +48,7 @@ function statusCell(s) { return h('span', { class: 'status status-' + s }, s); }
 
 function setPage(title, ...kids) {
   const page = document.getElementById('page');
-  page.replaceChildren(h('h1', {}, title), ...kids);
+  page.replaceChildren(h('h1', {}, title), ...kids.flat(2));
   document.title = title + ' · Nimbus console';
 }
 
@@ -64,6 +65,18 @@ function confirmDialog(text, action) {
     document.body.append(d);
     d.showModal();
   });
+}
+
+// A small form: labelled fields, a submit button, and a status line for its outcome.
+function miniForm(id, fields, submitLabel, onSubmit) {
+  const status = h('div', { role: 'status', id: id + '-status' });
+  const form = h('form', { id }, fields.map(([fid, label, input]) => [h('label', { for: fid }, label), input]),
+    h('p', {}, h('button', { type: 'submit', id: id + '-submit' }, submitLabel)), status);
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    try { await onSubmit(status); } catch (e) { status.replaceChildren(errorBox(e)); }
+  });
+  return form;
 }
 
 // ---- sign-in -------------------------------------------------------------------------------
@@ -315,9 +328,13 @@ async function sshKeysPage() {
 
 async function storagePage() {
   const [fs, vols, snaps] = await Promise.all([api('GET', '/api/v1/file-systems'), api('GET', '/v1/volumes'), api('GET', '/v1/snapshots')]);
+  const fsName = h('input', { id: 'fs-name', required: true });
+  const fsRegion = h('input', { id: 'fs-region', value: 'us-east-1', required: true });
+  const create = can('CREATE') ? [h('h2', {}, 'Create a file system'), miniForm('fs-form', [['fs-name', 'Name', fsName], ['fs-region', 'Region', fsRegion]],
+    'Create file system', async () => { await api('POST', '/api/v1/filesystems', { name: fsName.value.trim(), region: fsRegion.value.trim() }); storagePage(); })] : [];
   setPage('Storage',
     h('h2', {}, 'File systems'), table([['Name', (f) => f.name], ['Region', (f) => f.region.name], ['In use', (f) => f.is_in_use ? 'yes' : 'no'],
-      ['Used', (f) => f.bytes_used == null ? '—' : gib(f.bytes_used)]], fs.data),
+      ['Used', (f) => f.bytes_used == null ? '—' : gib(f.bytes_used)]], fs.data), create,
     h('h2', {}, 'Volumes'), table([['Name', (v) => v.name], ['Region', (v) => v.region], ['Size', (v) => v.size_gib + ' GiB'],
       ['Status', (v) => statusCell(v.status)], ['Instance', (v) => v.instance_id || '—']], vols.data),
     h('h2', {}, 'Snapshots'), table([['Name', (s) => s.name], ['Of', (s) => s.source_type + ' ' + s.source_id], ['Size', (s) => s.size_gib + ' GiB'],
@@ -352,6 +369,7 @@ async function billingPage() {
   const bars = document.createElementNS('http://www.w3.org/2000/svg', 'svg');
   bars.setAttribute('viewBox', '0 0 700 120');
   bars.setAttribute('class', 'chart bars');
+  bars.setAttribute('preserveAspectRatio', 'none');
   bars.setAttribute('role', 'img');
   bars.setAttribute('aria-label', 'Spend per day, last 7 days');
   usage.forEach((u, k) => {
@@ -363,6 +381,13 @@ async function billingPage() {
   const bySku = {};
   for (const u of usage) for (const l of u.lines) bySku[l.sku] = (bySku[l.sku] || 0) + l.amount_micros;
   const a = acct.data;
+  const limit = h('input', { id: 'limit-usd', type: 'number', min: '0', step: '1', value: a.spend_limit_cents == null ? '' : String(a.spend_limit_cents / 100) });
+  const action = h('select', { id: 'limit-action' }, ['notify', 'stop'].map((x) => h('option', { value: x, selected: x === a.spend_limit_action }, x)));
+  const limitForm = can('EDIT') ? [h('h2', {}, 'Spend limit'), miniForm('limit-form', [['limit-usd', 'Monthly limit in US dollars (0: none)', limit],
+    ['limit-action', 'When it is reached', action]], 'Save limit', async (st) => {
+    await api('PATCH', '/v1/account', { spend_limit_cents: Math.round(Number(limit.value || 0) * 100), spend_limit_action: action.value });
+    st.replaceChildren(h('p', {}, 'Saved.'));
+  })] : [];
   setPage('Billing',
     h('div', { class: 'cards' },
       h('div', { class: 'card' }, h('h3', {}, 'Month to date'), microsUsd(est.data.month_to_date_micros)),
@@ -371,14 +396,21 @@ async function billingPage() {
     h('h2', {}, 'Usage by day (last 7 days)'), bars,
     h('p', { class: 'muted' }, days.map((d, k) => d.toISOString().slice(5, 10) + ' ' + microsUsd(usage[k].total_micros)).join(' · ')),
     h('h2', {}, 'By type (last 7 days)'), table([['Type', (r) => r[0]], ['Amount', (r) => microsUsd(r[1])]], Object.entries(bySku)),
-    h('h2', {}, 'Invoices'), table([['Period', (i) => i.period], ['Status', (i) => i.status], ['Total', (i) => '$' + i.total_usd]], inv.data));
+    h('h2', {}, 'Invoices'), table([['Period', (i) => i.period], ['Status', (i) => i.status], ['Total', (i) => '$' + i.total_usd]], inv.data), limitForm);
 }
 
 async function keysPage() {
   const [keys, sas] = await Promise.all([api('GET', '/v1/account/api-keys'), api('GET', '/v1/service-accounts')]);
+  const name = h('input', { id: 'new-key-name', required: true });
+  const perms = h('select', { id: 'new-key-perms', multiple: true, size: 5 }, ['READ', 'CREATE', 'EDIT', 'DELETE', 'ADMIN'].map((p) => h('option', { value: p, selected: p === 'READ' }, p)));
+  const create = can('ADMIN') ? [h('h2', {}, 'Create an API key'), miniForm('key-form', [['new-key-name', 'Name', name], ['new-key-perms', 'Permissions', perms]],
+    'Create key', async (st) => {
+      const k = (await api('POST', '/v1/account/api-keys', { name: name.value.trim(), permissions: [...perms.selectedOptions].map((o) => o.value) })).data;
+      st.replaceChildren(h('p', {}, 'Key ' + k.name + ' created. Copy its secret now; it is not shown again:'), h('pre', { id: 'new-key-secret' }, k.secret));
+    })] : [];
   setPage('API keys and service accounts',
     h('h2', {}, 'API keys'), table([['Name', (k) => k.name], ['Prefix', (k) => h('code', {}, k.prefix)], ['Permissions', (k) => k.permissions.join(', ')],
-      ['Created', (k) => k.created_at], ['Expires', (k) => k.expires_at || 'never']], keys.data),
+      ['Created', (k) => k.created_at], ['Expires', (k) => k.expires_at || 'never']], keys.data), create,
     h('h2', {}, 'Service accounts'), table([['Name', (s) => s.name], ['Permissions', (s) => (s.permissions || []).join(', ')], ['Created', (s) => s.created_at]], sas.data));
 }
 
