@@ -11,6 +11,9 @@ struct Dev {
     child: Child,
     url: String,
     key: String,
+    /// The `Console:` line's URL and the operator login link printed under it.
+    console: String,
+    operator_link: String,
     dir: std::path::PathBuf,
 }
 
@@ -36,19 +39,40 @@ fn start_dev(extra: &[&str]) -> Dev {
         .expect("spawn nimbus dev");
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
-    let (mut url, mut key) = (String::new(), String::new());
+    let (mut url, mut key, mut console, mut operator_link) = (String::new(), String::new(), String::new(), String::new());
     while let Some(Ok(line)) = lines.next() {
         if let Some(u) = line.trim().strip_prefix("URL:") {
             url = u.trim().to_owned();
         }
         if let Some(k) = line.trim().strip_prefix("API key:") {
             key = k.trim().to_owned();
+        }
+        // On a line of its own, from its first column.
+        if let Some(c) = line.strip_prefix("Console: ") {
+            console = c.trim().to_owned();
+        }
+        if let Some((_, l)) = line.split_once("operator console (one use, 1 h): ") {
+            operator_link = l.trim().to_owned();
             break;
         }
     }
     assert!(url.starts_with("http://127.0.0.1:") && !key.is_empty(), "dev did not print URL and key");
+    assert_eq!(console, format!("{url}/console/"), "dev prints the console's URL");
     std::thread::spawn(move || for _ in lines {});
-    Dev { child, url, key, dir }
+    Dev { child, url, key, console, operator_link, dir }
+}
+
+/// `GET` over a plain TCP connection: the status and the raw head and body.
+fn http_get(url: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").expect("an http URL");
+    let (host, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
+    let mut s = std::net::TcpStream::connect(host).expect("connect");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, out)
 }
 
 fn cli(dev: &Dev, args: &[&str]) -> String {
@@ -165,6 +189,18 @@ fn admin_cli_creates_orgs_and_keys_that_work() {
     assert!(admin(&["org", "list"]).contains("acme"));
     assert!(admin(&["api-key", "list", "--org", "acme"]).contains("READ"));
     assert!(admin(&["hosts"]).contains("us-east-1"));
+
+    // The console nimbus dev names, and operator login links: the one dev printed and one from
+    // `nimbus admin console-link`, each good once.
+    let (st, page) = http_get(&dev.console);
+    assert!(st == 200 && page.contains("Nimbus console"), "{page}");
+    let link = admin(&["console-link", "--url", &dev.url]).trim().to_owned();
+    for l in [&dev.operator_link, &link] {
+        assert!(l.starts_with(&format!("{}/console/login?link=nbl_", dev.url)), "{l}");
+        let (st, head) = http_get(l);
+        assert!(st == 303 && head.to_ascii_lowercase().contains("set-cookie: nimbus_session=nbs_"), "{head}");
+        assert_eq!(http_get(l).0, 401, "a login link works once");
+    }
     let as_acme = |args: &[&str]| Command::new(BIN).args(args).env("NIMBUS_URL", &dev.url).env("NIMBUS_API_KEY", &key).output().unwrap();
     let out = as_acme(&["instance", "list", "--json"]);
     assert!(out.status.success());
