@@ -63,6 +63,9 @@ async fn a_tenant_and_an_operator_use_the_console_in_a_real_browser() {
 
     // Sign in.
     b.goto(&format!("{}/console/", s.url)).await;
+    let loaded = b.run("return document.readyState;", json!([])).await;
+    let errs = errors(&b).await;
+    assert!(errs.is_empty(), "console errors on loading the page ({loaded}): {errs:?}");
     b.wait("#signin:not([hidden]) #api-key").await;
     b.screenshot(&dir.join("signin.png")).await;
     b.type_into("#api-key", "nmb_not-a-key").await;
@@ -135,6 +138,17 @@ async fn a_tenant_and_an_operator_use_the_console_in_a_real_browser() {
     b.type_into("#filter", "no-such-instance").await;
     b.wait_text("#instances", 5, |t| !t.contains("from-the-console")).await;
 
+    // A cluster, so that its page shows one and its nodes.
+    let r = s
+        .http
+        .post(s.lambda("/clusters"))
+        .bearer_auth(&s.key)
+        .json(&json!({"name": "console-cluster", "provider": "GCP", "spec": {"serverless": {"regions": ["us-east-1"]}}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+
     // Every other tenant page renders, with no error on it.
     for page in ["ssh-keys", "storage", "firewall", "clusters", "billing", "keys", "audit"] {
         b.goto(&format!("{}/console/#/{page}", s.url)).await;
@@ -145,6 +159,12 @@ async fn a_tenant_and_an_operator_use_the_console_in_a_real_browser() {
         assert!(b.find("#page .error").await.is_none() && !text.contains("[object "), "{page}: {text}");
         b.screenshot(&dir.join(format!("{page}.png"))).await;
     }
+    b.goto(&format!("{}/console/#/clusters", s.url)).await;
+    b.wait_text("#page", 20, |t| t.contains("console-cluster") && t.contains("LIVE")).await;
+    b.screenshot(&dir.join("clusters.png")).await;
+    b.goto(&format!("{}/console/#/audit", s.url)).await;
+    b.wait("#nav-audit[aria-current=page]").await;
+    b.wait("#page table").await;
     let audit = b.text("#page").await;
     assert!(audit.contains("console.signed_in"), "the audit page lists the sign-in: {audit}");
 

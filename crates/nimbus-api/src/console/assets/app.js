@@ -349,10 +349,12 @@ async function firewallPage() {
 }
 
 async function clustersPage() {
-  const v = await api('GET', '/api/v1/clusters');
-  const list = v.clusters || v.data || [];
-  setPage('Clusters', table([['Name', (c) => c.name], ['State', (c) => statusCell(c.state || c.operation_status || '')],
-    ['Regions', (c) => (c.regions || []).map((r) => r.name + ' (' + (r.node_count || 0) + ' nodes)').join(', ')], ['ID', (c) => c.id]], list));
+  const list = (await api('GET', '/api/v1/clusters')).clusters || [];
+  const nodes = await Promise.all(list.map((c) => api('GET', '/api/v1/clusters/' + encodeURIComponent(c.id) + '/nodes').then((v) => v.nodes, () => [])));
+  setPage('Clusters', table([['Name', (c) => c.name], ['Plan', (c) => c.plan], ['State', (c) => statusCell(c.state)],
+    ['Regions', (c) => (c.regions || []).map((r) => r.name).join(', ')],
+    ['Nodes', (c) => h('ul', { class: 'nodes' }, nodes[list.indexOf(c)].map((n) => h('li', {}, n.name + ' (' + n.region_name + '): ' + n.status)))],
+    ['ID', (c) => c.id]], list));
 }
 
 async function billingPage() {
