@@ -12,15 +12,7 @@ use crate::add_key;
 
 #[tokio::test]
 async fn exact_charges_across_a_month_boundary() {
-    let t0 = parse_rfc3339("2026-01-31T22:00:00Z").unwrap();
-    let clock = Arc::new(ManualClock::new(t0));
-    let s = TestServer::builder()
-        .clock(clock.clone())
-        // The clock jumps by hours; the sim host must not be declared lost meanwhile.
-        .config(|c| c.agents.host_timeout_ms = 30 * 24 * 3_600_000)
-        .host("us-east-1", sim_host("h", 8, 0))
-        .start()
-        .await;
+    let (s, clock) = crate::one_small_host_at("2026-01-31T22:00:00Z").await;
     let key_id = add_key(&s, "k").await["id"].as_str().unwrap().to_owned();
     // cpu_1x_small: 2 ¢/h = 20,000 µ$/h, 10 GiB disk; storage 137 µ$/GiB-h → 1,370 µ$/h.
     let body = json!({"instance_type": "cpu_1x_small", "region": "us-east-1", "ssh_keys": [key_id]});

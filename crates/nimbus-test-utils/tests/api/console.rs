@@ -2,12 +2,9 @@
 //! becomes a cookie that acts as the key; mutating requests need the CSRF token; sessions end
 //! at sign-out, at 12 hours, and with their key; a session's secret is no API key.
 
-use std::sync::Arc;
-
 use nimbus_control::admin;
 use nimbus_core::auth::Permissions;
-use nimbus_core::clock::{parse_rfc3339, ManualClock};
-use nimbus_test_utils::{sim_host, TestServer};
+use nimbus_test_utils::TestServer;
 use serde_json::{json, Value};
 
 async fn sign_in(s: &TestServer, key: &str) -> (u16, Option<String>, Value) {
@@ -32,13 +29,7 @@ async fn with_cookie(s: &TestServer, cookie: &str, method: &str, path: &str, csr
 
 #[tokio::test]
 async fn a_session_acts_as_its_key_until_it_ends() {
-    let clock = Arc::new(ManualClock::new(parse_rfc3339("2026-05-01T08:00:00Z").unwrap()));
-    let s = TestServer::builder()
-        .clock(clock.clone())
-        .config(|c| c.agents.host_timeout_ms = 30 * 24 * 3_600_000)
-        .host("us-east-1", sim_host("h", 8, 0))
-        .start()
-        .await;
+    let (s, clock) = crate::one_small_host_at("2026-05-01T08:00:00Z").await;
     let (st, cookie, v) = sign_in(&s, "nmb_wrong").await;
     assert_eq!((st, cookie.is_none()), (401, true), "{v}");
 

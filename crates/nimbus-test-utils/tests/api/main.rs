@@ -70,6 +70,19 @@ pub fn assert_error(status: u16, body: &Value, want_status: u16, want_code: &str
 
 /// Two sim hosts of 64 vCPUs and 8 H100s in us-east-1 (distinct address blocks) under a manual
 /// clock starting at `start` (RFC 3339); hosts never time out while the clock jumps ahead.
+/// One 8-vCPU sim host, and a manual clock at `start` that may jump by hours (hosts are not
+/// declared lost meanwhile).
+pub async fn one_small_host_at(start: &str) -> (TestServer, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::new(parse_rfc3339(start).unwrap()));
+    let s = TestServer::builder()
+        .clock(clock.clone())
+        .config(|c| c.agents.host_timeout_ms = 30 * 24 * 3_600_000)
+        .host("us-east-1", sim_host("h", 8, 0))
+        .start()
+        .await;
+    (s, clock)
+}
+
 pub async fn two_h100_hosts_at(start: &str) -> (TestServer, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::new(parse_rfc3339(start).unwrap()));
     let mut a = sim_host("a", 64, 8);
