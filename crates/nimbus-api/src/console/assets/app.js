@@ -321,7 +321,7 @@ async function sshKeysPage() {
     } catch (e) { out.replaceChildren(errorBox(e)); }
   });
   setPage('SSH keys', table([['Name', (k) => k.name], ['Public key', (k) => h('code', {}, k.public_key.slice(0, 60) + '…')],
-    ['', (k) => can('DELETE') ? h('button', { type: 'button', class: 'secondary', on: { click: async () => {
+    ['', (k) => can('DELETE') ? h('button', { type: 'button', class: 'secondary', 'aria-label': 'Delete key ' + k.name, on: { click: async () => {
       if (await confirmDialog('Delete key ' + k.name + '?', 'Delete')) { await api('DELETE', '/api/v1/ssh-keys/' + k.id); sshKeysPage(); } } } }, 'Delete') : '']], keys),
   can('CREATE') ? [h('h2', {}, 'Add or generate a key'), form] : []);
 }
