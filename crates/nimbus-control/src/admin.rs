@@ -396,14 +396,16 @@ pub async fn hosts(c: &Control) -> Result<Vec<nimbus_core::model::Host>, Error> 
 
 /// Every organization with its instances that hold capacity now, against the per-org quota.
 pub async fn orgs_with_usage(c: &Control) -> Result<Vec<(Org, i64)>, Error> {
-    let orgs = c.store().org_list().await?;
-    let mut conn = c.store().reader().await?;
-    let mut out = Vec::with_capacity(orgs.len());
-    for o in orgs {
-        let live = Store::instance_count_live_by_org_in(&mut conn, &o.id).await?;
-        out.push((o, live));
-    }
-    Ok(out)
+    let live = c.store().instance_count_live_per_org().await?;
+    Ok(c.store()
+        .org_list()
+        .await?
+        .into_iter()
+        .map(|o| {
+            let n = live.get(&o.id).copied().unwrap_or(0);
+            (o, n)
+        })
+        .collect())
 }
 
 #[cfg(test)]

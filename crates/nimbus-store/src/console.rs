@@ -3,11 +3,10 @@
 //! operator's) and its CSRF token.
 
 use nimbus_core::ids::ApiKeyId;
-use nimbus_core::model::ApiKey;
 use nimbus_core::Error;
 
 use crate::rows::get;
-use crate::{db_err, rows, Conn, Store};
+use crate::{db_err, Conn, Store};
 
 /// A console session as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,18 +88,5 @@ impl Store {
             .await
             .map_err(db_err("using a console login link"))?;
         Ok(r.rows_affected() == 1)
-    }
-
-    /// A live (unrevoked) key by id, with its current permissions.
-    pub async fn api_key_live_by_id(&self, id: &ApiKeyId) -> Result<Option<ApiKey>, Error> {
-        let row = sqlx::query(&format!(
-            "{} WHERE k.id = $1 AND k.revoked_at IS NULL AND (k.service_account_id IS NULL OR sa.deleted_at IS NULL)",
-            crate::orgs::API_KEY_SELECT
-        ))
-        .bind(id.as_str())
-        .fetch_optional(&self.r())
-        .await
-        .map_err(db_err("looking up api key"))?;
-        row.as_ref().map(rows::api_key).transpose()
     }
 }

@@ -10,9 +10,12 @@ use crate::{db_err, unique_err, Conn, Store};
 
 /// The columns of an API key. A key of a service account has the account's permissions: they are
 /// read through the account here, so a change to the account applies to its keys at once.
-pub(crate) const API_KEY_SELECT: &str = "SELECT k.id, k.org_id, k.name, k.prefix, COALESCE(sa.permissions, k.permissions) AS permissions, \
+const API_KEY_SELECT: &str = "SELECT k.id, k.org_id, k.name, k.prefix, COALESCE(sa.permissions, k.permissions) AS permissions, \
      k.created_at, k.revoked_at, k.expires_at, k.created_by, k.service_account_id, o.plan FROM api_keys k \
      JOIN orgs o ON o.id = k.org_id LEFT JOIN service_accounts sa ON sa.id = k.service_account_id";
+
+/// A key that authenticates: not revoked, and not of a deleted service account.
+const LIVE_KEY: &str = "k.revoked_at IS NULL AND (k.service_account_id IS NULL OR sa.deleted_at IS NULL)";
 
 impl Store {
     pub async fn org_insert_in_txn(tx: &mut Conn, org: &Org, rules: &[FirewallRule]) -> Result<(), Error> {
@@ -162,13 +165,21 @@ impl Store {
 
     /// The live (not revoked) key with this secret hash.
     pub async fn api_key_by_hash(&self, secret_hash: &str) -> Result<Option<ApiKey>, Error> {
-        let row = sqlx::query(&format!(
-            "{API_KEY_SELECT} WHERE k.secret_hash = $1 AND k.revoked_at IS NULL AND (k.service_account_id IS NULL OR sa.deleted_at IS NULL)"
-        ))
-        .bind(secret_hash)
-        .fetch_optional(&self.r())
-        .await
-        .map_err(db_err("looking up api key"))?;
+        let row = sqlx::query(&format!("{API_KEY_SELECT} WHERE k.secret_hash = $1 AND {LIVE_KEY}"))
+            .bind(secret_hash)
+            .fetch_optional(&self.r())
+            .await
+            .map_err(db_err("looking up api key"))?;
+        row.as_ref().map(rows::api_key).transpose()
+    }
+
+    /// A live key by id (a console session's), with its current permissions.
+    pub async fn api_key_live_by_id(&self, id: &ApiKeyId) -> Result<Option<ApiKey>, Error> {
+        let row = sqlx::query(&format!("{API_KEY_SELECT} WHERE k.id = $1 AND {LIVE_KEY}"))
+            .bind(id.as_str())
+            .fetch_optional(&self.r())
+            .await
+            .map_err(db_err("looking up api key"))?;
         row.as_ref().map(rows::api_key).transpose()
     }
 

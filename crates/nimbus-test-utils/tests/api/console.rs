@@ -79,7 +79,20 @@ async fn a_session_acts_as_its_key_until_it_ends() {
     admin::api_key_revoke(&s.control, &s.org, key.id.as_str()).await.unwrap();
     assert_eq!(with_cookie(&s, &cookie, "GET", "/api/v1/instances", None, None).await.0, 401, "revoking the key ends its sessions");
 
-    // Operator data needs an operator session.
+    // Operator data needs an operator session; the organizations page counts live instances.
     assert_eq!(s.http.get(format!("{}/console/api/hosts", s.url)).bearer_auth(&s.key).send().await.unwrap().status().as_u16(), 401);
+    crate::launch(&s, &s.key, "cpu_1x_small", "from-session").await;
+    let gone = crate::launch(&s, &s.key, "cpu_1x_small", "from-session").await;
+    s.expect("POST", "/instance-operations/terminate", Some(json!({"instance_ids": [gone]})), 200).await;
+    let other = admin::org_create(&s.control, "no-instances", None).await.unwrap();
+    let link = nimbus_control::console::operator_link_create(&s.control, 60_000_000).await.unwrap();
+    let no_redirect = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let r = no_redirect.get(format!("{}/console/login?link={link}", s.url)).send().await.unwrap();
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let (st, orgs) = with_cookie(&s, &cookie, "GET", "/console/api/orgs", None, None).await;
+    assert_eq!(st, 200, "{orgs}");
+    let count = |id: &str| orgs["data"].as_array().unwrap().iter().find(|o| o["id"] == id).map(|o| o["instances"].clone());
+    assert_eq!(count(s.org.id.as_str()), Some(json!(1)), "one live, one terminated: {orgs}");
+    assert_eq!(count(other.id.as_str()), Some(json!(0)), "{orgs}");
     s.shutdown().await;
 }
