@@ -84,6 +84,8 @@ async fn a_session_acts_as_its_key_until_it_ends() {
     crate::launch(&s, &s.key, "cpu_1x_small", "from-session").await;
     let gone = crate::launch(&s, &s.key, "cpu_1x_small", "from-session").await;
     s.expect("POST", "/instance-operations/terminate", Some(json!({"instance_ids": [gone]})), 200).await;
+    // Until its host confirms, a terminating instance still counts (it holds capacity).
+    s.wait_native_status(&format!("/instances/{gone}"), "terminated").await;
     let other = admin::org_create(&s.control, "no-instances", None).await.unwrap();
     let link = nimbus_control::console::operator_link_create(&s.control, 60_000_000).await.unwrap();
     let no_redirect = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
