@@ -38,7 +38,7 @@ impl AuthCache {
         m.get(hash).filter(|(_, at, exp)| now - at < TTL_MICROS && exp.is_none_or(|e| now < e)).map(|(a, _, _)| a.clone())
     }
 
-    fn put(&self, hash: String, actor: Actor, now: i64, expires_at: Option<i64>) {
+    pub(crate) fn put(&self, hash: String, actor: Actor, now: i64, expires_at: Option<i64>) {
         let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if m.len() >= MAX_ENTRIES {
             m.retain(|_, (_, at, _)| now - *at < TTL_MICROS);
@@ -56,14 +56,14 @@ pub async fn authenticate(c: &Control, secret: &str) -> Result<Actor, Error> {
     if secret.is_empty() || secret.len() > 256 {
         return Err(Error::Unauthenticated);
     }
-    // A console session acts as its key, with the key's permissions read afresh each time.
-    if secret.starts_with(crate::console::SESSION_PREFIX) {
-        return crate::console::session(c, secret).await?.actor.ok_or(Error::Unauthenticated);
-    }
     let hash = hash_secret(secret);
     let now = c.now();
     if let Some(a) = c.inner.auth_cache.get(&hash, now) {
         return Ok(a);
+    }
+    // A console session acts as its key (`console::session` caches it here, as a key is).
+    if secret.starts_with(crate::console::SESSION_PREFIX) {
+        return crate::console::session(c, secret).await?.actor.ok_or(Error::Unauthenticated);
     }
     let key = c.store().api_key_by_hash(&hash).await?.ok_or(Error::Unauthenticated)?;
     if key.expires_at.is_some_and(|e| e <= now) {

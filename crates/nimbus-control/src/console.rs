@@ -4,6 +4,12 @@
 //! resolves it to the key's actor with the key's permissions as they are now (a key revoked or
 //! narrowed takes its sessions with it). Sessions last [`SESSION_MICROS`] at most, never past
 //! their key's expiry, and end at sign-out.
+//!
+//! A request with a session cookie is resolved here once, from the database, by the API's
+//! session layer; the actor then goes into the API-key cache, so the same request's extractors
+//! find it there instead of reading the session again. A session secret presented as a bearer
+//! token is therefore trusted for as long as a key is ([`crate::auth::CACHE_TTL`]) after a
+//! sign-out or revocation made through another replica.
 
 use nimbus_core::auth::{hash_secret, new_secret, Actor};
 use nimbus_core::Error;
@@ -31,9 +37,14 @@ pub struct NewSession {
 pub struct Session {
     /// `None` for an operator session.
     pub actor: Option<Actor>,
-    pub operator: bool,
     pub csrf: String,
     pub expires_at: i64,
+}
+
+impl Session {
+    pub fn is_operator(&self) -> bool {
+        self.actor.is_none()
+    }
 }
 
 async fn start(c: &Control, actor: Option<&Actor>, key_expiry: Option<i64>) -> Result<NewSession, Error> {
@@ -80,24 +91,30 @@ pub async fn session(c: &Control, secret: &str) -> Result<Session, Error> {
         return Err(Error::Unauthenticated);
     }
     let now = c.now();
-    let row = c.store().console_session_get(&hash_secret(secret), now).await?.ok_or(Error::Unauthenticated)?;
+    let hash = hash_secret(secret);
+    let row = c.store().console_session_get(&hash, now).await?.ok_or(Error::Unauthenticated)?;
     let actor = match &row.api_key_id {
         Some(id) => {
             let key = c.store().api_key_live_by_id(id).await?.ok_or(Error::Unauthenticated)?;
             if key.expires_at.is_some_and(|e| e <= now) {
                 return Err(Error::Unauthenticated);
             }
-            Some(Actor::of_key(key))
+            let actor = Actor::of_key(key);
+            c.inner.auth_cache.put(hash, actor.clone(), now, Some(row.expires_at));
+            Some(actor)
         }
         None if row.operator => None,
         None => return Err(Error::Unauthenticated),
     };
-    Ok(Session { actor, operator: row.operator, csrf: row.csrf, expires_at: row.expires_at })
+    Ok(Session { actor, csrf: row.csrf, expires_at: row.expires_at })
 }
 
 /// Ends the session (idempotent).
 pub async fn sign_out(c: &Control, secret: &str) -> Result<(), Error> {
-    c.store().console_session_delete(&hash_secret(secret)).await
+    c.store().console_session_delete(&hash_secret(secret)).await?;
+    // As a revocation does: nothing this process cached still lets the session in.
+    c.inner.auth_cache.clear();
+    Ok(())
 }
 
 /// A one-use operator login link's secret, valid for `ttl_micros` (`nimbus admin console-link`).

@@ -185,7 +185,7 @@ async fn session_create(State(s): State<ApiState>, req: Request) -> Response {
     };
     match console::sign_in(&s.control, api_key.trim()).await {
         Ok((new, actor)) => {
-            let session = Session { actor: Some(actor), operator: false, csrf: new.csrf.clone(), expires_at: new.expires_at };
+            let session = Session { actor: Some(actor), csrf: new.csrf.clone(), expires_at: new.expires_at };
             let max_age = (new.expires_at - s.control.now()) / 1_000_000;
             let mut resp = Json(json!({"data": session_json(&session, &new.csrf)})).into_response();
             resp.headers_mut().insert(SET_COOKIE, set_cookie(&new.secret, max_age, over_tls));
@@ -231,7 +231,7 @@ async fn link_login(State(s): State<ApiState>, Query(q): Query<Link>, req: Reque
 
 fn operator(session: Option<Extension<Session>>) -> Result<(), NativeError> {
     match session {
-        Some(Extension(s)) if s.operator => Ok(()),
+        Some(Extension(s)) if s.is_operator() => Ok(()),
         Some(_) => Err(Error::Forbidden { message: "operator pages need an operator session (nimbus admin console-link)".into() }.into()),
         None => Err(Error::Unauthenticated.into()),
     }
