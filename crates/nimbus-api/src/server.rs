@@ -175,11 +175,11 @@ impl Drop for Admitted {
     }
 }
 
-/// One listener's way of serving.
 /// In a request's extensions when it came over HTTPS (the console's cookie is then `Secure`).
 #[derive(Debug, Clone, Copy)]
 pub struct OverTls;
 
+/// One listener's way of serving.
 struct Listen {
     app: Router,
     tls: Option<Arc<ServerTls>>,

@@ -80,6 +80,11 @@ fn set_cookie(value: &str, max_age_s: i64, secure: bool) -> HeaderValue {
     HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static("nimbus_session=; Path=/; Max-Age=0"))
 }
 
+/// The cookie that carries a new session, for as long as the session lasts.
+fn session_cookie(s: &ApiState, new: &console::NewSession, over_tls: bool) -> HeaderValue {
+    set_cookie(&new.secret, (new.expires_at - s.control.now()) / 1_000_000, over_tls)
+}
+
 /// Equal without telling by its timing where two tokens first differ.
 fn same_token(a: &str, b: &str) -> bool {
     Sha256::digest(a.as_bytes()) == Sha256::digest(b.as_bytes())
@@ -142,17 +147,17 @@ pub async fn layer(State(s): State<ApiState>, mut req: Request, next: Next) -> R
     next.run(req).await
 }
 
-fn session_json(s: &Session, csrf: &str) -> Value {
+fn session_json(s: &Session) -> Value {
     match &s.actor {
         Some(a) => json!({
             "operator": false,
             "org_id": a.org_id.as_str(),
             "key_prefix": a.key_prefix,
             "permissions": a.permissions.names(),
-            "csrf_token": csrf,
+            "csrf_token": s.csrf,
             "expires_at": to_rfc3339(s.expires_at),
         }),
-        None => json!({"operator": true, "permissions": [], "csrf_token": csrf, "expires_at": to_rfc3339(s.expires_at)}),
+        None => json!({"operator": true, "permissions": [], "csrf_token": s.csrf, "expires_at": to_rfc3339(s.expires_at)}),
     }
 }
 
@@ -160,7 +165,7 @@ fn session_json(s: &Session, csrf: &str) -> Value {
 /// `data: null` when nobody is (the page then shows the sign-in form; not an error).
 async fn session_get(session: Option<Extension<Session>>) -> Response {
     match session {
-        Some(Extension(s)) => Json(json!({"data": session_json(&s, &s.csrf)})).into_response(),
+        Some(Extension(s)) => Json(json!({"data": session_json(&s)})).into_response(),
         None => Json(json!({"data": null})).into_response(),
     }
 }
@@ -186,9 +191,8 @@ async fn session_create(State(s): State<ApiState>, req: Request) -> Response {
     match console::sign_in(&s.control, api_key.trim()).await {
         Ok((new, actor)) => {
             let session = Session { actor: Some(actor), csrf: new.csrf.clone(), expires_at: new.expires_at };
-            let max_age = (new.expires_at - s.control.now()) / 1_000_000;
-            let mut resp = Json(json!({"data": session_json(&session, &new.csrf)})).into_response();
-            resp.headers_mut().insert(SET_COOKIE, set_cookie(&new.secret, max_age, over_tls));
+            let mut resp = Json(json!({"data": session_json(&session)})).into_response();
+            resp.headers_mut().insert(SET_COOKIE, session_cookie(&s, &new, over_tls));
             resp
         }
         Err(e) => NativeError::from(e).into_response(),
@@ -220,9 +224,8 @@ async fn link_login(State(s): State<ApiState>, Query(q): Query<Link>, req: Reque
     let over_tls = req.extensions().get::<crate::server::OverTls>().is_some();
     match console::operator_sign_in(&s.control, &q.link).await {
         Ok(new) => {
-            let max_age = (new.expires_at - s.control.now()) / 1_000_000;
             let mut resp = Redirect::to("/console/#/hosts").into_response();
-            resp.headers_mut().insert(SET_COOKIE, set_cookie(&new.secret, max_age, over_tls));
+            resp.headers_mut().insert(SET_COOKIE, session_cookie(&s, &new, over_tls));
             resp
         }
         Err(e) => NativeError::from(e).into_response(),
