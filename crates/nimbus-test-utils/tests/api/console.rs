@@ -7,10 +7,14 @@ use nimbus_core::auth::Permissions;
 use nimbus_test_utils::TestServer;
 use serde_json::{json, Value};
 
+/// `name=value` of the cookie a response sets, if it sets one.
+fn cookie_set_by(r: &reqwest::Response) -> Option<String> {
+    r.headers().get("set-cookie").and_then(|v| v.to_str().ok()).and_then(|v| v.split(';').next()).map(str::to_owned)
+}
+
 async fn sign_in(s: &TestServer, key: &str) -> (u16, Option<String>, Value) {
     let r = s.http.post(format!("{}/console/session", s.url)).json(&json!({"api_key": key})).send().await.unwrap();
-    let status = r.status().as_u16();
-    let cookie = r.headers().get("set-cookie").and_then(|v| v.to_str().ok()).and_then(|v| v.split(';').next()).map(str::to_owned);
+    let (status, cookie) = (r.status().as_u16(), cookie_set_by(&r));
     (status, cookie, r.json().await.unwrap_or_default())
 }
 
@@ -90,7 +94,7 @@ async fn a_session_acts_as_its_key_until_it_ends() {
     let link = nimbus_control::console::operator_link_create(&s.control, 60_000_000).await.unwrap();
     let no_redirect = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     let r = no_redirect.get(format!("{}/console/login?link={link}", s.url)).send().await.unwrap();
-    let cookie = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let cookie = cookie_set_by(&r).expect("the link sets a session cookie");
     let (st, orgs) = with_cookie(&s, &cookie, "GET", "/console/api/orgs", None, None).await;
     assert_eq!(st, 200, "{orgs}");
     let count = |id: &str| orgs["data"].as_array().unwrap().iter().find(|o| o["id"] == id).map(|o| o["instances"].clone());
