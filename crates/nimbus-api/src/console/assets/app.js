@@ -67,6 +67,13 @@ function confirmDialog(text, action) {
   });
 }
 
+// A generated key pair's private key, offered once as a file (the server keeps no copy).
+function privateKeyDownload(k) {
+  const url = URL.createObjectURL(new Blob([k.private_key], { type: 'application/x-pem-file' }));
+  return h('p', {}, 'Key pair ' + k.name + ' generated. Its private key is shown only now: ',
+    h('a', { href: url, download: k.name + '.pem', id: 'private-key-download' }, 'download ' + k.name + '.pem'));
+}
+
 // A small form: labelled fields, a submit button, and a status line for its outcome.
 function miniForm(id, fields, submitLabel, onSubmit) {
   const status = h('div', { role: 'status', id: id + '-status' });
@@ -216,9 +223,7 @@ async function launchDialog() {
       if (!keyName) {
         const k = (await api('POST', '/api/v1/ssh-keys', { name: newKey.value.trim() })).data;
         keyName = k.name;
-        const blob = new Blob([k.private_key], { type: 'application/x-pem-file' });
-        out.append(h('p', {}, 'Key pair ' + k.name + ' generated. Its private key is shown only now: ',
-          h('a', { href: URL.createObjectURL(blob), download: k.name + '.pem', id: 'private-key-download' }, 'download ' + k.name + '.pem')));
+        out.append(privateKeyDownload(k));
       }
       const body = { region_name: regionSel.value, instance_type_name: typeSel.value, ssh_key_names: [keyName],
         file_system_names: [...fsBox.querySelectorAll('input.fs:checked')].map((c) => c.value) };
@@ -315,8 +320,7 @@ async function sshKeysPage() {
       if (pub.value.trim()) body.public_key = pub.value.trim();
       const k = (await api('POST', '/api/v1/ssh-keys', body)).data;
       if (k.private_key) {
-        const url = URL.createObjectURL(new Blob([k.private_key], { type: 'application/x-pem-file' }));
-        out.replaceChildren(h('p', {}, 'Generated. Download the private key now (it is not kept): ', h('a', { href: url, download: k.name + '.pem' }, k.name + '.pem')));
+        out.replaceChildren(privateKeyDownload(k));
       } else sshKeysPage();
     } catch (e) { out.replaceChildren(errorBox(e)); }
   });
