@@ -625,6 +625,7 @@ mod tests {
             memory_mib: 1024,
             disk_gib: 10,
             gpu_indices: vec![],
+            mig_devices: vec![],
             ssh_public_keys: vec![],
             user_data: user_data.map(str::to_owned),
             power: proto::Power::Running,

@@ -493,6 +493,7 @@ pub async fn desired(c: &Control, host: &HostId, req: proto::DesiredRequest) -> 
             memory_mib: i.resources.memory_mib,
             disk_gib: i.resources.disk_gib,
             gpu_indices: i.gpu_indices.clone(),
+            mig_devices: vec![],
             ssh_public_keys: i.ssh_public_keys.clone(),
             user_data: match &i.user_data {
                 Some(_) if held.contains(i.id.as_str()) => {

@@ -99,6 +99,7 @@ impl Driver for SimDriver {
                     model: model.clone(),
                     memory_mib: 81_559,
                     uuid: format!("GPU-sim-{}-{index}", self.cfg.hostname),
+                    mig_devices: Vec::new(),
                 });
             }
         }

@@ -44,6 +44,32 @@ pub struct GpuInfo {
     pub model: String,
     pub memory_mib: i64,
     pub uuid: String,
+    /// The MIG devices an operator created on this GPU (MIG mode on); empty when MIG is off.
+    /// Nimbus never changes MIG mode or the partitioning itself.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mig_devices: Vec<MigInfo>,
+}
+
+/// One MIG device (a GPU instance plus compute instance) of a GPU, as NVML lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigInfo {
+    /// NVML's MIG device UUID (`MIG-…`).
+    pub uuid: String,
+    /// The profile, e.g. `1g.18gb` (from the MIG device's name, `NVIDIA H200 MIG 1g.18gb`).
+    pub profile: String,
+    pub memory_mib: i64,
+    /// GPU instance and compute instance ids: they name the `nvidia-caps` access nodes.
+    pub gpu_instance_id: i64,
+    pub compute_instance_id: i64,
+}
+
+/// A MIG device given to an instance: the parent GPU's NVML index and the MIG device's ids.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigDeviceRef {
+    pub parent_index: i64,
+    pub uuid: String,
+    pub gpu_instance_id: i64,
+    pub compute_instance_id: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -204,6 +230,9 @@ pub struct DesiredInstance {
     pub memory_mib: i64,
     pub disk_gib: i64,
     pub gpu_indices: Vec<i64>,
+    /// MIG devices it gets (GPU slices), besides or instead of whole GPUs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mig_devices: Vec<MigDeviceRef>,
     pub ssh_public_keys: Vec<String>,
     #[serde(default)]
     pub user_data: Option<String>,

@@ -732,6 +732,7 @@ mod tests {
             memory_mib: 1024,
             disk_gib: 10,
             gpu_indices: gpus,
+            mig_devices: vec![],
             ssh_public_keys: vec![],
             user_data: None,
             power: Power::Running,

@@ -64,6 +64,7 @@ pub fn gpus() -> Vec<GpuInfo> {
             model: d.name().unwrap_or_else(|_| "unknown GPU".into()),
             memory_mib: d.memory_info().map(|m| (m.total / (1024 * 1024)) as i64).unwrap_or(0),
             uuid: d.uuid().unwrap_or_default(),
+            mig_devices: Vec::new(),
         });
     }
     out

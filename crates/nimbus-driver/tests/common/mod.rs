@@ -101,6 +101,7 @@ impl Host {
             memory_mib: 512,
             disk_gib: 10,
             gpu_indices: vec![],
+            mig_devices: vec![],
             ssh_public_keys: vec![self.pubkey.clone()],
             user_data: None,
             power: Power::Running,
