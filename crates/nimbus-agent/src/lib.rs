@@ -21,13 +21,14 @@
 //! file system (an ancestor at 0700 makes that EACCES). The driver's own files there (its
 //! per-instance ledgers) are the driver's to keep private.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use nimbus_core::gpu_health::{idle_action, GpuState, IdleAction, Signals};
 use nimbus_driver::files::write_private;
 use nimbus_driver::Driver;
 use nimbus_proto as proto;
@@ -109,6 +110,12 @@ pub struct Agent {
     held: std::sync::Mutex<BTreeSet<String>>,
     /// Serialises writes of files in the data dir (their temp files have fixed names).
     files: std::sync::Mutex<()>,
+    /// What the agent knows of each GPU's health, by index (kept in `gpu-health.json`).
+    gpu_states: std::sync::Mutex<BTreeMap<i64, GpuState>>,
+    /// GPUs the host's instances hold, as of the last apply; `None` until the first apply, or
+    /// while an instance the server no longer wants could not be destroyed: then every GPU
+    /// counts as held, and none is reset or called clean.
+    gpus_held: std::sync::Mutex<Option<BTreeSet<i64>>>,
 }
 
 /// The data dir: not listable by others, but traversable (see the module doc).
@@ -164,6 +171,8 @@ impl Agent {
             watching: std::sync::Mutex::new(HashSet::new()),
             held: std::sync::Mutex::new(BTreeSet::new()),
             files: std::sync::Mutex::new(()),
+            gpu_states: std::sync::Mutex::new(BTreeMap::new()),
+            gpus_held: std::sync::Mutex::new(None),
         }))
     }
 
@@ -230,7 +239,102 @@ impl Agent {
             held.insert(name);
         }
         *self.held.lock().unwrap_or_else(|p| p.into_inner()) = held;
+        let gpus = self.gpu_health_path();
+        tighten(&gpus, PRIVATE_FILE_MODE)?;
+        match std::fs::read(&gpus) {
+            Ok(b) => match serde_json::from_slice(&b) {
+                Ok(states) => *self.gpu_states.lock().unwrap_or_else(|p| p.into_inner()) = states,
+                // Starting afresh is safe: every GPU is then dirty until checked.
+                Err(e) => tracing::warn!(error = %e, "unreadable gpu-health.json; GPUs are checked again"),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
         Ok(())
+    }
+
+    fn gpu_health_path(&self) -> PathBuf {
+        self.cfg.data_dir.join("gpu-health.json")
+    }
+
+    /// One look at the host's GPUs: updates what the agent knows of each, resets idle ones
+    /// that need it (see `nimbus_core::gpu_health::idle_action`), and says where each stands.
+    /// `None` when the driver could not look: the server then keeps what it had.
+    pub async fn gpu_health(&self) -> Option<Vec<proto::GpuHealthReport>> {
+        let signals = match self.driver.gpu_signals().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading GPU health failed");
+                return None;
+            }
+        };
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_owned()).unwrap_or_default();
+        let held = self.gpus_held.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let resets = self.driver.gpu_resets();
+        let before = self.gpu_states.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut out = Vec::with_capacity(signals.len());
+        for s in &signals {
+            let in_use = held.as_ref().is_none_or(|h| h.contains(&s.index));
+            let (mut a, action) = {
+                let mut states = self.gpu_states.lock().unwrap_or_else(|p| p.into_inner());
+                let st = states.entry(s.index).or_insert_with(|| GpuState::new(&s.uuid, &boot));
+                let a = st.observe(s, &boot);
+                if held.is_some() && in_use {
+                    st.dirty = true;
+                }
+                // A GPU in MIG mode is never reset: that would destroy the operator's MIG devices.
+                let action = if in_use { IdleAction::Nothing } else { idle_action(st, &a, s.processes, resets && !s.mig_mode) };
+                (a, action)
+            };
+            match action {
+                IdleAction::Reset => match self.driver.reset_gpu(s.index).await {
+                    Ok(()) => {
+                        tracing::info!(gpu = s.index, uuid = %s.uuid, "GPU reset");
+                        let mut states = self.gpu_states.lock().unwrap_or_else(|p| p.into_inner());
+                        if let Some(st) = states.get_mut(&s.index) {
+                            st.reset_done();
+                            // What the look saw was from before the reset; the next look sees afresh.
+                            let after = Signals { index: s.index, uuid: s.uuid.clone(), processes: Some(0), ..Signals::default() };
+                            a = st.observe(&after, &boot);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(gpu = s.index, error = %e, "GPU reset failed");
+                        // Between tenants the reset is a "where the GPU allows" extra: with no
+                        // process left it is checked all the same. A condition only a reset
+                        // clears keeps it out.
+                        if !a.condition.cleared_by_reset() {
+                            if let Some(st) = self.gpu_states.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&s.index) {
+                                st.dirty = false;
+                            }
+                        }
+                        a.reasons.push(format!("reset failed: {e}"));
+                    }
+                },
+                IdleAction::MarkClean => {
+                    if let Some(st) = self.gpu_states.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&s.index) {
+                        st.dirty = false;
+                    }
+                }
+                IdleAction::Wait => a.reasons.push(format!(
+                    "{} process(es) of its last instance still use it",
+                    s.processes.map_or("unknown".into(), |n| n.to_string())
+                )),
+                IdleAction::Nothing => {}
+            }
+            let clean = self.gpu_states.lock().unwrap_or_else(|p| p.into_inner()).get(&s.index).is_some_and(|st| !st.dirty);
+            out.push(proto::GpuHealthReport { index: s.index, uuid: s.uuid.clone(), condition: a.condition, reasons: a.reasons, clean });
+        }
+        let after = self.gpu_states.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if after != before {
+            let _g = self.files.lock().unwrap_or_else(|p| p.into_inner());
+            let written =
+                serde_json::to_vec_pretty(&after).map_err(std::io::Error::other).and_then(|b| write_private(&self.gpu_health_path(), &b));
+            if let Err(e) = written {
+                tracing::warn!(error = %e, "saving gpu-health.json failed");
+            }
+        }
+        Some(out)
     }
 
     /// Instances whose user data this agent keeps (what it tells the server it holds).
@@ -407,12 +511,14 @@ impl Agent {
             }
             Err(e) => tracing::debug!(error = %e, "measuring volumes failed"),
         }
+        let gpus = self.gpu_health().await;
         let req = proto::ReportRequest {
             instances,
             applied_generation: self.applied_generation.load(Ordering::SeqCst),
             volumes: storage.volumes,
             snapshots: storage.snapshots,
             vpns: self.vpn_reports.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            gpus,
         };
         let secret = self.secret().await;
         self.post(proto::PATH_REPORT, secret.as_deref(), &req).await
@@ -451,11 +557,19 @@ impl Agent {
             }
         }
         self.applied.lock().unwrap_or_else(|p| p.into_inner()).retain(|id, _| wanted.contains(id.as_str()));
+        let mut all_gone = true;
         for id in actual.keys().filter(|id| !wanted.contains(id.as_str())) {
             if let Err(e) = self.driver.destroy(id).await {
                 tracing::warn!(instance = %id, error = %e, "driver failed to destroy instance");
+                all_gone = false;
             }
         }
+        let held: BTreeSet<i64> = desired
+            .instances
+            .iter()
+            .flat_map(|d| d.gpu_indices.iter().copied().chain(d.mig_devices.iter().map(|m| m.parent_index)))
+            .collect();
+        *self.gpus_held.lock().unwrap_or_else(|p| p.into_inner()) = all_gone.then_some(held);
         // Again after instances: which volumes are mounted where has changed, and a volume that
         // was detached is deleted only once unmounted.
         self.sync_storage(desired).await;

@@ -84,6 +84,25 @@ pub struct Instance {
     pub updated_at: String,
 }
 
+/// A GPU, or MIG device, of an instance (`GET /v1/instances/{id}/gpus`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct InstanceGpu {
+    /// Its number inside the instance (GPUs are numbered from 0 there, in host order).
+    pub index: i64,
+    pub uuid: String,
+    /// As NVML names it, e.g. `NVIDIA H200`.
+    pub model: String,
+    pub memory_mib: i64,
+    /// The MIG profile (e.g. `1g.18gb`) when this is a MIG device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mig_profile: Option<String>,
+    /// `ok`, `degraded`, `drain`, `reset_required`, `reboot_required` or `service_required`;
+    /// from `reset_required` on, the instance is `unhealthy`.
+    pub health: String,
+    /// Why, e.g. `Xid 79: GPU has fallen off the bus`.
+    pub reasons: Vec<String>,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct InstanceUpdate {
     /// New name (1 to 64 characters); absent leaves it unchanged.

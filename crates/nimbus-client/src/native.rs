@@ -180,6 +180,10 @@ impl NativeClient {
     pub async fn instance_network(&self, id: &str) -> Result<w::InstanceNetwork> {
         self.get(&format!("/instances/{id}/network")).await
     }
+    /// Its GPUs (or MIG devices) with their health.
+    pub async fn instance_gpus(&self, id: &str) -> Result<Vec<w::InstanceGpu>> {
+        self.get(&format!("/instances/{id}/gpus")).await
+    }
 
     /// Polls until the instance reaches `status` (e.g. `running`, `stopped`), failing early when
     /// it is terminating or terminated and `status` is neither, or after `timeout`.

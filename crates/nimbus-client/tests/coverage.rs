@@ -81,6 +81,7 @@ const NATIVE: &[NativeRow] = &[
     }),
     ("instance_metrics_get", |c| drop(c.instance_metrics("x", 60))),
     ("instance_network_get", |c| drop(c.instance_network("x"))),
+    ("instance_gpus_list", |c| drop(c.instance_gpus("x"))),
     ("instance_resize", |c| drop(c.instance_resize("x", "t"))),
     ("instance_restart", |c| drop(c.instance_restart("x"))),
     ("instance_start", |c| drop(c.instance_start("x"))),

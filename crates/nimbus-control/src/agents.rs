@@ -94,11 +94,7 @@ pub async fn register(c: &Control, req: proto::RegisterRequest) -> Result<proto:
     if inv.vcpus < 0 || inv.memory_mib < 0 || inv.disk_gib < 0 || inv.gpus.len() > 64 {
         return Err(Error::invalid("inventory", "sizes must be non-negative and at most 64 GPUs"));
     }
-    let gpus: Vec<Gpu> = inv
-        .gpus
-        .iter()
-        .map(|g| Gpu { index: g.index, model: g.model.clone(), memory_mib: g.memory_mib, uuid: g.uuid.clone(), instance_id: None })
-        .collect();
+    let gpus = inventory_gpus(&inv.gpus)?;
     let now = c.now();
     let mut tx = c.store().begin().await?;
     let fresh = new_secret(HOST_SECRET_PREFIX);
@@ -179,6 +175,44 @@ pub async fn register(c: &Control, req: proto::RegisterRequest) -> Result<proto:
     })
 }
 
+/// The GPUs (and MIG devices) of an inventory, checked: an agent's word goes into placement
+/// and into the device nodes an instance gets, so it must be well-formed.
+fn inventory_gpus(gpus: &[proto::GpuInfo]) -> Result<Vec<Gpu>, Error> {
+    let mut out: Vec<Gpu> = Vec::with_capacity(gpus.len());
+    let mut uuids = std::collections::HashSet::new();
+    for g in gpus {
+        if g.index < 0 || out.iter().any(|o| o.index == g.index) || g.memory_mib < 0 || g.model.len() > 256 || g.uuid.len() > 128 {
+            return Err(Error::invalid("inventory.gpus", format!("GPU {} is malformed or listed twice", g.index)));
+        }
+        if g.mig_devices.len() > 64 {
+            return Err(Error::invalid("inventory.gpus", format!("GPU {} lists more than 64 MIG devices", g.index)));
+        }
+        let mut gpu = Gpu::new(g.index, &g.model, g.memory_mib, &g.uuid);
+        for m in &g.mig_devices {
+            let ok = !m.uuid.is_empty()
+                && m.uuid.len() <= 128
+                && uuids.insert(m.uuid.clone())
+                && nimbus_core::catalog::valid_mig_profile(&m.profile)
+                && m.memory_mib >= 0
+                && (0..=1024).contains(&m.gpu_instance_id)
+                && (0..=1024).contains(&m.compute_instance_id);
+            if !ok {
+                return Err(Error::invalid("inventory.gpus", format!("MIG device {:?} of GPU {} is malformed", m.uuid, g.index)));
+            }
+            gpu.mig_devices.push(nimbus_core::model::MigDevice {
+                uuid: m.uuid.clone(),
+                profile: m.profile.clone(),
+                memory_mib: m.memory_mib,
+                gpu_instance_id: m.gpu_instance_id,
+                compute_instance_id: m.compute_instance_id,
+                instance_id: None,
+            });
+        }
+        out.push(gpu);
+    }
+    Ok(out)
+}
+
 fn machine_taken() -> Error {
     Error::conflict(
         nimbus_core::ConflictReason::InvalidState,
@@ -211,12 +245,28 @@ async fn system_event(tx: &mut Conn, inst: &Instance, kind: &str, payload: serde
 /// What one report changes, decided from a snapshot of the host's instances.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Change {
-    Transition { index: usize, to: InstanceState, addrs: InstanceUpdate },
-    Addresses { index: usize, addrs: InstanceUpdate },
+    /// `why` says what made it so when it was not the instance's own report (a failed GPU).
+    Transition {
+        index: usize,
+        to: InstanceState,
+        addrs: InstanceUpdate,
+        why: Option<String>,
+    },
+    Addresses {
+        index: usize,
+        addrs: InstanceUpdate,
+    },
 }
 
-/// Pure decision of a report's effects (no IO; unit-tested below).
-pub(crate) fn plan(instances: &[Instance], req: &proto::ReportRequest, generation: i64) -> Vec<Change> {
+/// Pure decision of a report's effects (no IO; unit-tested below). `failing` maps the id of
+/// every instance whose GPU cannot be relied on now to why: such an instance is `unhealthy`
+/// however its processes look, until its GPU is back.
+pub(crate) fn plan(
+    instances: &[Instance],
+    req: &proto::ReportRequest,
+    generation: i64,
+    failing: &HashMap<InstanceId, String>,
+) -> Vec<Change> {
     use proto::ActualState as A;
     use InstanceState as S;
     let reports: HashMap<&str, &proto::InstanceReport> = req.instances.iter().map(|r| (r.id.as_str(), r)).collect();
@@ -236,8 +286,16 @@ pub(crate) fn plan(instances: &[Instance], req: &proto::ReportRequest, generatio
             (S::Terminating, None) if req.applied_generation >= generation => Some(S::Terminated),
             _ => None,
         };
+        let gpu_failed = failing.get(&inst.id);
+        let (target, why) = match (gpu_failed, target) {
+            (Some(_), Some(S::Active)) if inst.state == S::Unhealthy => (None, None),
+            (Some(w), Some(S::Active) | None) if matches!(inst.state, S::Booting | S::Starting | S::Restarting | S::Active) => {
+                (Some(S::Unhealthy), Some(w.clone()))
+            }
+            (_, t) => (t, None),
+        };
         match target {
-            Some(to) => out.push(Change::Transition { index, to, addrs }),
+            Some(to) => out.push(Change::Transition { index, to, addrs, why }),
             // Most reports repeat what the store already has; only a real change is written.
             None if addresses_changed(inst, &addrs) => out.push(Change::Addresses { index, addrs }),
             None => {}
@@ -256,7 +314,9 @@ pub async fn report(c: &Control, host: &HostId, req: proto::ReportRequest) -> Re
     let now = c.now();
     let gen = c.store().host_desired_generation(host).await?;
     let instances = c.store().instance_list_by_host(host).await?;
-    let changes = plan(&instances, &req, gen);
+    let gpus_before = c.store().host_get(host).await?.map(|h| h.gpus).unwrap_or_default();
+    let failing = failing_instances(&gpus_before, req.gpus.as_deref());
+    let changes = plan(&instances, &req, gen, &failing);
     let mut tx = c.store().begin().await?;
     Store::host_seen_in_txn(&mut tx, host, now).await?;
     let mut changed_orgs: Vec<OrgId> = Vec::new();
@@ -266,7 +326,7 @@ pub async fn report(c: &Control, host: &HostId, req: proto::ReportRequest) -> Re
     let mut changed_clusters: Vec<String> = Vec::new();
     for change in changes {
         let (inst, applied) = match change {
-            Change::Transition { index, to, addrs } => {
+            Change::Transition { index, to, addrs, why } => {
                 let inst = &instances[index];
                 let ok = Store::instance_transition_in_txn(&mut tx, &inst.id, inst.state, to, &addrs, now).await?;
                 if ok && private_changed(inst, &addrs) {
@@ -278,13 +338,13 @@ pub async fn report(c: &Control, host: &HostId, req: proto::ReportRequest) -> Re
                 if ok {
                     crate::metering::instance_moved(c, &mut tx, inst, inst.state, to, now).await?;
                     if to == InstanceState::Terminated {
-                        Store::host_release_in_txn(&mut tx, host, &inst.held(), &inst.id).await?;
+                        Store::host_release_in_txn(&mut tx, host, &inst.held(), &inst.id, false).await?;
                         for v in Store::volume_detach_all_in_txn(&mut tx, &inst.id, now).await? {
                             let p = json!({"volume_id": v, "instance_id": inst.id, "reason": "instance terminated"});
                             org_event(&mut tx, &inst.org_id, "volume.detached", "volume", v.as_str(), p, now).await?;
                         }
                     }
-                    let msg = req.instances.iter().find(|r| r.id == inst.id.as_str()).and_then(|r| r.message.clone());
+                    let msg = why.or_else(|| req.instances.iter().find(|r| r.id == inst.id.as_str()).and_then(|r| r.message.clone()));
                     let payload = json!({"from": inst.state.as_str(), "message": msg});
                     system_event(&mut tx, inst, &format!("instance.{}", to.as_str()), payload, now).await?;
                 }
@@ -309,6 +369,7 @@ pub async fn report(c: &Control, host: &HostId, req: proto::ReportRequest) -> Re
     for org in &changed_orgs {
         Store::org_bump_instances_generation_in_txn(&mut tx, org).await?;
     }
+    apply_gpu_report(&mut tx, host, &gpus_before, &req, now).await?;
     apply_storage_report(&mut tx, host, &req, now).await?;
     crate::vpn::apply_reports(&mut tx, host, &req.vpns).await?;
     // A VPN gateway forwards only to its org's instance addresses, which arrive with reports:
@@ -335,6 +396,69 @@ pub async fn report(c: &Control, host: &HostId, req: proto::ReportRequest) -> Re
     hosts.extend(crate::fabric::hosts_of_orgs(c, &member_orgs).await?.into_iter().filter(|h| h != host));
     crate::fabric::wake_hosts(c, hosts).await?;
     Ok(proto::ReportResponse { desired_generation: gen })
+}
+
+/// The instances of a host whose GPUs (whole, or the parent of a MIG device) cannot be relied
+/// on now, with why: by the report's health where it has one, else by what the store knows.
+fn failing_instances(gpus: &[Gpu], reported: Option<&[proto::GpuHealthReport]>) -> HashMap<InstanceId, String> {
+    let mut out = HashMap::new();
+    for g in gpus {
+        let (condition, reasons) = match reported.and_then(|r| r.iter().find(|h| h.index == g.index && h.uuid == g.uuid)) {
+            Some(h) => (h.condition, h.reasons.as_slice()),
+            None => (g.health, g.health_reasons.as_slice()),
+        };
+        if !condition.fails_instance() {
+            continue;
+        }
+        let why =
+            format!("GPU {} ({}) is {}: {}", g.index, g.uuid, condition.as_str(), reasons.first().map_or("no detail", String::as_str));
+        for holder in g.instance_id.iter().chain(g.mig_devices.iter().filter_map(|m| m.instance_id.as_ref())) {
+            out.entry(holder.clone()).or_insert_with(|| why.clone());
+        }
+    }
+    out
+}
+
+/// Records the GPUs' health as reported, with an operator event per condition change. An
+/// agent that reports no health (protocol 1) checks nothing between tenants, as before: its
+/// free GPUs count as clean.
+async fn apply_gpu_report(tx: &mut Conn, host: &HostId, before: &[Gpu], req: &proto::ReportRequest, now: i64) -> Result<(), Error> {
+    let Some(reports) = &req.gpus else {
+        return Store::host_gpus_mark_clean_in_txn(tx, host).await;
+    };
+    for r in reports.iter().take(64) {
+        let reasons: Vec<String> = r.reasons.iter().take(16).map(|t| t.chars().take(300).collect()).collect();
+        let update = nimbus_store::GpuHealthUpdate {
+            index: r.index,
+            uuid: &r.uuid,
+            condition: r.condition,
+            reasons: &reasons,
+            clean: r.clean,
+            applied_generation: req.applied_generation,
+            now,
+        };
+        Store::host_gpu_health_in_txn(tx, host, &update).await?;
+        let Some(was) = before.iter().find(|g| g.index == r.index && g.uuid == r.uuid) else { continue };
+        if was.health != r.condition {
+            let payload = json!({
+                "gpu_index": r.index, "uuid": r.uuid, "from": was.health.as_str(), "to": r.condition.as_str(), "reasons": reasons,
+            });
+            Store::event_append_in_txn(
+                tx,
+                NewEvent {
+                    org_id: None,
+                    kind: "host.gpu_health_changed",
+                    resource_type: "host",
+                    resource_id: host.as_str(),
+                    actor_key_id: None,
+                    payload,
+                    now,
+                },
+            )
+            .await?;
+        }
+    }
+    Ok(())
 }
 
 fn private_changed(inst: &Instance, u: &InstanceUpdate) -> bool {
@@ -449,6 +573,20 @@ pub async fn desired(c: &Control, host: &HostId, req: proto::DesiredRequest) -> 
     }
     let gen = c.store().host_desired_generation(host).await?;
     let instances = c.store().instance_list_by_host(host).await?;
+    let host_gpus = c.store().host_get(host).await?.map(|h| h.gpus).unwrap_or_default();
+    let mig_of = |i: &Instance| -> Vec<proto::MigDeviceRef> {
+        host_gpus
+            .iter()
+            .flat_map(|g| g.mig_devices.iter().map(move |m| (g.index, m)))
+            .filter(|(_, m)| m.instance_id.as_ref() == Some(&i.id))
+            .map(|(parent, m)| proto::MigDeviceRef {
+                parent_index: parent,
+                uuid: m.uuid.clone(),
+                gpu_instance_id: m.gpu_instance_id,
+                compute_instance_id: m.compute_instance_id,
+            })
+            .collect()
+    };
     let images = c.store().image_list().await?;
     let firewall = firewall_by_instance(c, &instances).await?;
     let forwards = c.store().network_forwards_by_host(host).await?;
@@ -493,7 +631,7 @@ pub async fn desired(c: &Control, host: &HostId, req: proto::DesiredRequest) -> 
             memory_mib: i.resources.memory_mib,
             disk_gib: i.resources.disk_gib,
             gpu_indices: i.gpu_indices.clone(),
-            mig_devices: vec![],
+            mig_devices: mig_of(i),
             ssh_public_keys: i.ssh_public_keys.clone(),
             user_data: match &i.user_data {
                 Some(_) if held.contains(i.id.as_str()) => {
@@ -629,18 +767,59 @@ mod tests {
             volumes: vec![],
             snapshots: vec![],
             vpns: vec![],
+            gpus: None,
         };
-        let changes = plan(&insts, &req(7), 7);
+        let none = HashMap::new();
+        let changes = plan(&insts, &req(7), 7, &none);
         assert_eq!(changes.len(), 2, "{changes:?}");
-        assert!(matches!(&changes[0], Change::Transition { index: 0, to: S::Active, addrs } if addrs.ip.as_deref() == Some("2.2.2.2")));
+        assert!(
+            matches!(&changes[0], Change::Transition { index: 0, to: S::Active, addrs, why: None } if addrs.ip.as_deref() == Some("2.2.2.2"))
+        );
         // Restarting waits for the requested restart generation; an unchanged active instance
         // writes nothing.
         assert!(matches!(&changes[1], Change::Transition { index: 3, to: S::Terminated, .. }));
         // An agent behind the latest generation cannot prove a terminating instance gone.
-        assert_eq!(plan(&insts, &req(6), 7).len(), 1);
+        assert_eq!(plan(&insts, &req(6), 7, &none).len(), 1);
         // An active instance found stopped (it died) is unhealthy until it runs again.
         let died = proto::ReportRequest { instances: vec![rep(&active_same, A::Stopped, 0, "1.1.1.1")], ..req(7) };
-        let changes = plan(std::slice::from_ref(&active_same), &died, 7);
+        let changes = plan(std::slice::from_ref(&active_same), &died, 7, &none);
         assert!(matches!(&changes[..], [Change::Transition { index: 0, to: S::Unhealthy, .. }]), "{changes:?}");
+    }
+
+    #[test]
+    fn a_failed_gpu_makes_its_instance_unhealthy_until_it_is_back() {
+        use proto::ActualState as A;
+        use InstanceState as S;
+        let active = inst(S::Active, 0, Some("1.1.1.1"));
+        let booting = inst(S::Booting, 0, None);
+        let stopped = inst(S::Stopped, 0, Some("1.1.1.1"));
+        let insts = vec![active.clone(), booting.clone(), stopped.clone()];
+        let req = proto::ReportRequest {
+            instances: vec![
+                rep(&active, A::Running, 0, "1.1.1.1"),
+                rep(&booting, A::Running, 0, "1.1.1.2"),
+                rep(&stopped, A::Stopped, 0, "1.1.1.1"),
+            ],
+            applied_generation: 7,
+            ..Default::default()
+        };
+        let why = "GPU 0 (GPU-x) is reset_required: Xid 48: double-bit ECC error".to_owned();
+        let failing: HashMap<InstanceId, String> = insts.iter().map(|i| (i.id.clone(), why.clone())).collect();
+        let changes = plan(&insts, &req, 7, &failing);
+        assert_eq!(changes.len(), 2, "the stopped instance is left alone: {changes:?}");
+        for (c, index) in changes.iter().zip([0, 1]) {
+            assert!(
+                matches!(c, Change::Transition { index: i, to: S::Unhealthy, why: Some(w), .. } if *i == index && w.contains("Xid 48")),
+                "{c:?}"
+            );
+        }
+        // Running processes do not make it active again while the GPU is out...
+        let unhealthy = inst(S::Unhealthy, 0, Some("1.1.1.1"));
+        let req = proto::ReportRequest { instances: vec![rep(&unhealthy, A::Running, 0, "1.1.1.1")], ..req };
+        let failing: HashMap<InstanceId, String> = [(unhealthy.id.clone(), why)].into();
+        assert!(plan(std::slice::from_ref(&unhealthy), &req, 7, &failing).is_empty());
+        // ...and do once it is back.
+        let changes = plan(std::slice::from_ref(&unhealthy), &req, 7, &HashMap::new());
+        assert!(matches!(&changes[..], [Change::Transition { to: S::Active, why: None, .. }]), "{changes:?}");
     }
 }

@@ -408,6 +408,18 @@ impl Config {
             if (t.gpus > 0) == t.gpu_model.is_empty() {
                 return Err(Error::invalid("config.instance_types", format!("{}: gpu_model is required exactly when gpus > 0", t.name)));
             }
+            if t.gpu_memory_gib < 0 || (t.gpus == 0 && t.gpu_memory_gib > 0) {
+                return Err(Error::invalid(
+                    "config.instance_types",
+                    format!("{}: gpu_memory_gib needs gpus > 0 and is not negative", t.name),
+                ));
+            }
+            if !t.mig_profile.is_empty() && (t.gpus == 0 || !nimbus_core::catalog::valid_mig_profile(&t.mig_profile)) {
+                return Err(Error::invalid(
+                    "config.instance_types",
+                    format!("{}: mig_profile {:?} needs gpus > 0 and must look like `1g.18gb`", t.name, t.mig_profile),
+                ));
+            }
         }
         if self.images.is_empty() {
             return Err(Error::invalid("config.images", "at least one image is required"));
@@ -490,8 +502,19 @@ fn gpu_type(name: &str, count: i64, model_desc: &str, gpu_model: &str, shape: (i
         storage_gib: disk,
         gpus: count,
         gpu_model: gpu_model.to_owned(),
+        gpu_memory_gib: 0,
+        mig_profile: String::new(),
         privileged: false,
     }
+}
+
+fn with_gpu_memory(t: InstanceType, gib: i64) -> InstanceType {
+    InstanceType { gpu_memory_gib: gib, ..t }
+}
+
+/// A MIG type: `gpu_memory_gib` is the parent GPU's floor, `profile` the slice's.
+fn mig_type(t: InstanceType, gib: i64, profile: &str) -> InstanceType {
+    InstanceType { gpu_memory_gib: gib, mig_profile: profile.to_owned(), ..t }
 }
 
 fn cpu_type(name: &str, desc: &str, vcpus: i64, mem: i64, disk: i64, cents: i64) -> InstanceType {
@@ -505,6 +528,8 @@ fn cpu_type(name: &str, desc: &str, vcpus: i64, mem: i64, disk: i64, cents: i64)
         storage_gib: disk,
         gpus: 0,
         gpu_model: String::new(),
+        gpu_memory_gib: 0,
+        mig_profile: String::new(),
         privileged: false,
     }
 }
@@ -531,6 +556,19 @@ fn default_instance_types() -> Vec<InstanceType> {
         gpu_type("gpu_8x_h100_sxm5", 8, "H100 (80 GB SXM5)", "H100 HBM3", (208, 1800, 22_528, 2392)),
         gpu_type("gpu_1x_gh200", 1, "GH200 (96 GB)", "GH200", (64, 432, 4096, 149)),
         gpu_type("gpu_8x_v100", 8, "Tesla V100 (16 GB)", "V100", (92, 448, 5996, 440)),
+        // Current GPUs. Their shapes follow Lambda's per-GPU share of an 8-GPU host, and the
+        // prices are Nimbus's operator defaults, not Lambda's list prices (which this build
+        // could not check): an operator sets their own in the config. NVML names them
+        // `NVIDIA H200` / `NVIDIA H200 NVL` (143,771 MiB) and `NVIDIA B200` (183,359 MiB); the
+        // memory floor keeps a future smaller part of the same name from matching.
+        with_gpu_memory(gpu_type("gpu_1x_h200", 1, "H200 (141 GB SXM5)", "H200", (26, 225, 2816, 379)), 130),
+        with_gpu_memory(gpu_type("gpu_8x_h200", 8, "H200 (141 GB SXM5)", "H200", (208, 1800, 22_528, 3032)), 130),
+        with_gpu_memory(gpu_type("gpu_1x_b200", 1, "B200 (180 GB SXM6)", "B200", (26, 362, 2816, 499)), 170),
+        with_gpu_memory(gpu_type("gpu_8x_b200", 8, "B200 (180 GB SXM6)", "B200", (208, 2900, 22_528, 3992)), 170),
+        // MIG slices of an H200, on MIG devices an operator created (docs/gpu.md, "MIG
+        // devices"); about a seventh (1g) and three sevenths (3g) of a 1x H200's shape and price.
+        mig_type(gpu_type("gpu_1x_h200_1g", 1, "H200 MIG 1g.18gb (18 GB)", "H200", (3, 32, 400, 59)), 130, "1g.18gb"),
+        mig_type(gpu_type("gpu_1x_h200_3g", 1, "H200 MIG 3g.71gb (71 GB)", "H200", (11, 96, 1200, 169)), 130, "3g.71gb"),
         cpu_type("cpu_1x_small", "1 vCPU, 1 GiB RAM (CPU only)", 1, 1, 10, 2),
         cpu_type("cpu_2x_medium", "2 vCPUs, 4 GiB RAM (CPU only)", 2, 4, 40, 8),
         cpu_type("cpu_4x_large", "4 vCPUs, 16 GiB RAM (CPU only)", 4, 16, 100, 20),
@@ -563,6 +601,38 @@ mod tests {
             assert_eq!(count.len(), 1, "{}", t.name);
             assert!(rest.contains(" GB"), "{}", t.name);
         }
+    }
+
+    /// The current GPUs' types match what NVML reports for those GPUs, by name and memory,
+    /// and nothing else.
+    #[test]
+    fn current_gpu_types_match_nvml_names_and_memory() {
+        let c = Config::default();
+        let matching = |model: &str, mib: i64| -> Vec<String> {
+            c.instance_types.iter().filter(|t| t.gpus > 0 && t.gpu_want().accepts(model, mib)).map(|t| t.name.clone()).collect()
+        };
+        let h200 = ["gpu_1x_h200", "gpu_8x_h200", "gpu_1x_h200_1g", "gpu_1x_h200_3g"];
+        assert_eq!(matching("NVIDIA H200", 143_771), h200);
+        assert_eq!(matching("NVIDIA H200 NVL", 143_771), h200);
+        let migs: Vec<&str> = c.instance_types.iter().filter(|t| !t.mig_profile.is_empty()).map(|t| t.mig_profile.as_str()).collect();
+        assert_eq!(migs, ["1g.18gb", "3g.71gb"]);
+        assert_eq!(matching("NVIDIA B200", 183_359), ["gpu_1x_b200", "gpu_8x_b200"]);
+        assert!(matching("NVIDIA H200", 96 * 1024).is_empty(), "an H200 name with less memory is not the H200 sold");
+        assert!(matching("NVIDIA GH200 480GB", 97_871).iter().all(|t| t == "gpu_1x_gh200"));
+        assert_eq!(matching("NVIDIA H100 80GB HBM3", 81_559).len(), 4, "the H100 SXM5 types, not the H200 ones");
+        let b200 = c.instance_type("gpu_8x_b200").expect("b200");
+        assert_eq!((b200.gpus, b200.description.as_str()), (8, "8x B200 (180 GB SXM6)"));
+    }
+
+    #[test]
+    fn gpu_memory_and_mig_profiles_are_checked() {
+        let t = |extra: &str| {
+            format!("[[instance_types]]\nname = \"x\"\ndescription = \"1x X\"\ngpu_description = \"X\"\nprice_cents_per_hour = 1\nvcpus = 1\nmemory_gib = 1\nstorage_gib = 1\n{extra}")
+        };
+        assert!(Config::from_toml(&t("gpus = 1\ngpu_model = \"H200\"\ngpu_memory_gib = 130\nmig_profile = \"1g.18gb\"\n")).is_ok());
+        assert!(Config::from_toml(&t("gpus = 0\ngpu_memory_gib = 10\n")).is_err(), "memory without GPUs");
+        assert!(Config::from_toml(&t("gpus = 1\ngpu_model = \"H200\"\nmig_profile = \"big\"\n")).is_err(), "not a profile");
+        assert!(Config::from_toml(&t("gpus = 0\nmig_profile = \"1g.18gb\"\n")).is_err(), "a slice of no GPU");
     }
 
     #[test]

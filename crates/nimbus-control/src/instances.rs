@@ -143,6 +143,8 @@ pub async fn launch(c: &Control, actor: &Actor, spec: LaunchSpec) -> Result<Vec<
                 storage_gib: 0,
                 gpus: w.gpus_per_node,
                 gpu_model: w.gpu_model.clone(),
+                gpu_memory_gib: 0,
+                mig_profile: String::new(),
                 privileged: false,
             };
             &whole_host_type
@@ -296,7 +298,7 @@ pub async fn launch(c: &Control, actor: &Actor, spec: LaunchSpec) -> Result<Vec<
             let Some((p, resources)) = placed else { break 'each };
             let id = InstanceId::generate();
             let host_id = hosts[p.host_index].id.clone();
-            if !Store::host_claim_in_txn(&mut tx, &host_id, &resources, &p.gpu_indices, &id).await? {
+            if !Store::host_claim_in_txn(&mut tx, &host_id, &resources, &p.gpu_indices, &p.mig_devices, &id).await? {
                 hosts = pinned(Store::host_list_in(&mut tx, Some(&spec.region), true).await?);
                 continue;
             }
@@ -329,6 +331,9 @@ pub async fn launch(c: &Control, actor: &Actor, spec: LaunchSpec) -> Result<Vec<
             h.used.disk_gib += resources.disk_gib;
             for g in h.gpus.iter_mut().filter(|g| p.gpu_indices.contains(&g.index)) {
                 g.instance_id = Some(id.clone());
+            }
+            for m in h.gpus.iter_mut().flat_map(|g| g.mig_devices.iter_mut()).filter(|m| p.mig_devices.contains(&m.uuid)) {
+                m.instance_id = Some(id.clone());
             }
             let inst = Instance {
                 hostname: spec
@@ -449,6 +454,48 @@ pub async fn get_for(c: &Control, actor: &Actor, id: &str, p: Permission) -> Res
 async fn find(c: &Control, actor: &Actor, id: &str) -> Result<Instance, Error> {
     let iid = parse_id(id)?;
     c.store().instance_get(&actor.org_id, &iid).await?.ok_or_else(|| Error::not_found("instance", id))
+}
+
+/// One GPU (or MIG device) an instance holds, with its health.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceGpu {
+    /// The GPU's index on its host (inside the instance the GPUs are numbered from 0).
+    pub host_index: i64,
+    pub uuid: String,
+    pub model: String,
+    pub memory_mib: i64,
+    /// The MIG profile, for a MIG device (then `uuid` and `memory_mib` are the device's).
+    pub mig_profile: Option<String>,
+    pub health: nimbus_core::gpu_health::Condition,
+    pub reasons: Vec<String>,
+}
+
+/// The GPUs an instance of the caller's organization holds, with their health as its host's
+/// agent last reported it. What is wrong with a GPU is the tenant's to know: it is their
+/// instance that turns `unhealthy` over it.
+pub async fn gpus(c: &Control, actor: &Actor, id: &str) -> Result<Vec<InstanceGpu>, Error> {
+    let i = get(c, actor, id).await?;
+    let Some(host) = i.host_id.as_ref() else { return Ok(Vec::new()) };
+    let Some(h) = c.store().host_get(host).await? else { return Ok(Vec::new()) };
+    let mut out = Vec::new();
+    for g in &h.gpus {
+        let of_gpu = |uuid: &str, memory_mib: i64, mig_profile: Option<String>| InstanceGpu {
+            host_index: g.index,
+            uuid: uuid.to_owned(),
+            model: g.model.clone(),
+            memory_mib,
+            mig_profile,
+            health: g.health,
+            reasons: g.health_reasons.clone(),
+        };
+        if g.instance_id.as_ref() == Some(&i.id) {
+            out.push(of_gpu(&g.uuid, g.memory_mib, None));
+        }
+        for m in g.mig_devices.iter().filter(|m| m.instance_id.as_ref() == Some(&i.id)) {
+            out.push(of_gpu(&m.uuid, m.memory_mib, Some(m.profile.clone())));
+        }
+    }
+    Ok(out)
 }
 
 pub async fn rename(c: &Control, actor: &Actor, id: &str, name: Option<&str>) -> Result<Instance, Error> {
@@ -649,7 +696,7 @@ async fn stop_releasing_once(c: &Control, actor: &Actor, id: &str) -> Result<Ins
     }
     // The disk stays claimed: it still lies on this host.
     let compute = nimbus_core::catalog::Resources { disk_gib: 0, ..i.resources };
-    Store::host_release_in_txn(&mut tx, &host_id, &compute, &i.id).await?;
+    Store::host_release_in_txn(&mut tx, &host_id, &compute, &i.id, false).await?;
     if !Store::instance_set_released_in_txn(&mut tx, &i.id, true, &[], now).await? {
         return Err(Error::conflict(ConflictReason::Concurrent, format!("instance {} changed meanwhile; retry", i.id)));
     }
@@ -664,28 +711,43 @@ async fn stop_releasing_once(c: &Control, actor: &Actor, id: &str) -> Result<Ins
     find(c, actor, id).await
 }
 
+/// What an instance of type `t` would get on `host` now: whole GPUs (those in `keep` first, so
+/// that a grow adds GPUs rather than reshuffling them), or MIG devices for a MIG type; at most
+/// `t.gpus`, possibly fewer.
+fn gpus_for(host: &nimbus_core::model::Host, t: &InstanceType, keep: &[i64]) -> (Vec<i64>, Vec<String>) {
+    let want = usize::try_from(t.gpus).unwrap_or(0);
+    if want == 0 {
+        return (Vec::new(), Vec::new());
+    }
+    if !t.mig_profile.is_empty() {
+        return (Vec::new(), scheduler::free_mig_devices(host, t.gpu_want(), &t.mig_profile).into_iter().take(want).collect());
+    }
+    let mut free = scheduler::free_gpus(host, t.gpu_want());
+    free.sort_by_key(|g| (!keep.contains(g), *g));
+    (free.into_iter().take(want).collect(), Vec::new())
+}
+
 /// Claims back the processors, memory and GPUs of a released instance on its host, in `tx`.
 async fn reclaim(c: &Control, tx: &mut nimbus_store::Conn, i: &Instance, now: i64) -> Result<Vec<i64>, Error> {
     let host_id = i.host_id.clone().ok_or_else(|| Error::internal("instance without a host"))?;
-    let itype = c.config().instance_type(&i.instance_type).cloned();
-    let (want, model) = itype.map(|t| (t.gpus, t.gpu_model)).unwrap_or((0, String::new()));
+    let cfg = c.config();
+    let itype = cfg.instance_type(&i.instance_type);
     let host = Store::host_list_in(tx, Some(&i.region), false)
         .await?
         .into_iter()
         .find(|h| h.id == host_id)
         .ok_or_else(|| Error::internal("instance host vanished"))?;
-    let gpus: Vec<i64> = host
-        .gpus
-        .iter()
-        .filter(|g| g.instance_id.is_none() && nimbus_core::catalog::gpu_model_matches(&model, &g.model))
-        .map(|g| g.index)
-        .take(usize::try_from(want).unwrap_or(0))
-        .collect();
+    let (gpus, migs) = match itype {
+        Some(t) => gpus_for(&host, t, &[]),
+        None => (Vec::new(), Vec::new()),
+    };
     let compute = nimbus_core::catalog::Resources { vcpus: i.resources.vcpus, memory_mib: i.resources.memory_mib, disk_gib: 0 };
     let full = || Error::InsufficientCapacity {
         message: format!("the host of instance {} has no room to start it again (it must start where its disk is)", i.id),
     };
-    if i64::try_from(gpus.len()).unwrap_or(0) < want || !Store::host_claim_in_txn(tx, &host_id, &compute, &gpus, &i.id).await? {
+    let want = itype.map_or(0, |t| t.gpus);
+    let got = if migs.is_empty() { gpus.len() } else { migs.len() };
+    if i64::try_from(got).unwrap_or(0) < want || !Store::host_claim_in_txn(tx, &host_id, &compute, &gpus, &migs, &i.id).await? {
         return Err(full());
     }
     if !Store::instance_set_released_in_txn(tx, &i.id, false, &gpus, now).await? {
@@ -755,24 +817,16 @@ pub async fn resize(c: &Control, actor: &Actor, id: &str, new_type: &str) -> Res
     let req = Request::for_type(&i.region, itype);
     let now = c.now();
     let mut tx = c.store().begin().await?;
-    Store::host_release_in_txn(&mut tx, &host_id, &i.held(), &i.id).await?;
+    Store::host_release_in_txn(&mut tx, &host_id, &i.held(), &i.id, true).await?;
     let host = Store::host_list_in(&mut tx, Some(&i.region), false)
         .await?
         .into_iter()
         .find(|h| h.id == host_id)
         .ok_or_else(|| Error::internal("instance host vanished"))?;
-    // Keep the GPUs it had where possible, so a grow adds GPUs rather than reshuffling them.
-    let mut free: Vec<i64> = host
-        .gpus
-        .iter()
-        .filter(|g| g.instance_id.is_none() && nimbus_core::catalog::gpu_model_matches(req.gpu_model, &g.model))
-        .map(|g| g.index)
-        .collect();
-    free.sort_by_key(|g| (!i.gpu_indices.contains(g), *g));
-    let want = usize::try_from(req.gpus).unwrap_or(0);
-    let fits_gpus = free.len() >= want;
-    let gpus: Vec<i64> = free.into_iter().take(want).collect();
-    if !fits_gpus || !Store::host_claim_in_txn(&mut tx, &host_id, &req.resources, &gpus, &i.id).await? {
+    let (gpus, migs) = gpus_for(&host, itype, &i.gpu_indices);
+    let got = if itype.mig_profile.is_empty() { gpus.len() } else { migs.len() };
+    let fits_gpus = got >= usize::try_from(req.gpus).unwrap_or(0);
+    if !fits_gpus || !Store::host_claim_in_txn(&mut tx, &host_id, &req.resources, &gpus, &migs, &i.id).await? {
         drop(tx);
         return Err(Error::InsufficientCapacity {
             message: format!("the host of instance {} cannot fit {} (it must stay on the host that holds its disk)", i.id, itype.name),

@@ -6,74 +6,91 @@
 //! fewest (best fit, so that large contiguous GPU sets stay free for large requests), then the one
 //! with the least free vCPU, then the oldest host (stable order).
 
-use nimbus_core::catalog::{gpu_model_matches, InstanceType, Resources};
+use nimbus_core::catalog::{GpuWant, InstanceType, Resources};
 use nimbus_core::model::{Host, HostStatus};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request<'a> {
     pub region: &'a str,
     pub resources: Resources,
+    /// Whole GPUs, or MIG devices when `mig_profile` is set.
     pub gpus: i64,
-    pub gpu_model: &'a str,
+    pub gpu: GpuWant<'a>,
+    pub mig_profile: &'a str,
 }
 
 impl<'a> Request<'a> {
     pub fn for_type(region: &'a str, t: &'a InstanceType) -> Self {
-        Request { region, resources: t.resources(), gpus: t.gpus, gpu_model: &t.gpu_model }
+        Request { region, resources: t.resources(), gpus: t.gpus, gpu: t.gpu_want(), mig_profile: &t.mig_profile }
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Placement {
     pub host_index: usize,
     pub gpu_indices: Vec<i64>,
+    /// UUIDs of the MIG devices it gets.
+    pub mig_devices: Vec<String>,
 }
 
-/// Free GPU indices on `host` that match `model`, in index order.
-fn free_matching_gpus(host: &Host, model: &str) -> Vec<i64> {
-    host.gpus.iter().filter(|g| g.instance_id.is_none() && gpu_model_matches(model, &g.model)).map(|g| g.index).collect()
+/// Whole GPUs of `host` a new instance may get (free, healthy, checked since their last
+/// tenant, not in MIG mode) that are what `want` asks, in index order.
+pub fn free_gpus(host: &Host, want: GpuWant<'_>) -> Vec<i64> {
+    host.gpus.iter().filter(|g| g.placeable() && want.accepts(&g.model, g.memory_mib)).map(|g| g.index).collect()
+}
+
+/// Free MIG devices of `profile` on healthy GPUs that are what `want` asks, as UUIDs, in GPU
+/// then device order. A MIG device is not checked between tenants the way a whole GPU is
+/// (its parent stays in use by the other slices; docs/gpu.md, "MIG devices").
+pub fn free_mig_devices(host: &Host, want: GpuWant<'_>, profile: &str) -> Vec<String> {
+    host.gpus
+        .iter()
+        .filter(|g| g.health.placeable() && want.accepts(&g.model, g.memory_mib))
+        .flat_map(|g| g.mig_devices.iter().filter(|m| m.instance_id.is_none() && m.profile == profile).map(|m| m.uuid.clone()))
+        .collect()
 }
 
 /// A host nothing runs on, with exactly `gpus` GPUs (of `model` when there are any), for a
 /// whole-host instance: the placement takes all its GPUs and the resources are its total. The
 /// oldest such host first, so that whole-host rentals fill hosts in a stable order.
 pub fn place_whole(hosts: &[Host], region: &str, gpus: i64, model: &str) -> Option<(Placement, Resources)> {
-    let empty = |h: &Host| h.used == Resources::default() && h.gpus.iter().all(|g| g.instance_id.is_none());
+    let want = GpuWant { model, min_memory_mib: 0 };
     let (i, h) = hosts.iter().enumerate().find(|(_, h)| {
         h.status == HostStatus::Up
             && h.region == region
-            && empty(h)
+            && h.used == Resources::default()
             && i64::try_from(h.gpus.len()).is_ok_and(|n| n == gpus)
-            && h.gpus.iter().all(|g| gpu_model_matches(model, &g.model))
+            && h.gpus.iter().all(|g| g.placeable() && want.accepts(&g.model, g.memory_mib))
     })?;
-    Some((Placement { host_index: i, gpu_indices: h.gpus.iter().map(|g| g.index).collect() }, h.total))
+    Some((Placement { host_index: i, gpu_indices: h.gpus.iter().map(|g| g.index).collect(), mig_devices: Vec::new() }, h.total))
 }
 
 /// Chooses where `req` goes, or `None` when no host can take it.
 pub fn place(hosts: &[Host], req: &Request<'_>) -> Option<Placement> {
-    let mut best: Option<(usize, (usize, i64), Vec<i64>)> = None;
+    let want = usize::try_from(req.gpus).unwrap_or(0);
+    let mut best: Option<(usize, (usize, i64), Placement)> = None;
     for (i, h) in hosts.iter().enumerate() {
         if h.status != HostStatus::Up || h.region != req.region || !req.resources.fits_in(&h.free()) {
             continue;
         }
-        let gpus = if req.gpus > 0 {
-            let free = free_matching_gpus(h, req.gpu_model);
-            if (free.len() as i64) < req.gpus {
-                continue;
-            }
-            free
+        let (free, placement) = if req.gpus <= 0 {
+            (0, Placement { host_index: i, ..Placement::default() })
+        } else if req.mig_profile.is_empty() {
+            let free = free_gpus(h, req.gpu);
+            (free.len(), Placement { host_index: i, gpu_indices: free.into_iter().take(want).collect(), mig_devices: Vec::new() })
         } else {
-            Vec::new()
+            let free = free_mig_devices(h, req.gpu, req.mig_profile);
+            (free.len(), Placement { host_index: i, gpu_indices: Vec::new(), mig_devices: free.into_iter().take(want).collect() })
         };
-        let score = (gpus.len(), h.free().vcpus);
+        if free < want {
+            continue;
+        }
+        let score = (free, h.free().vcpus);
         if best.as_ref().is_none_or(|(_, s, _)| score < *s) {
-            best = Some((i, score, gpus));
+            best = Some((i, score, placement));
         }
     }
-    best.map(|(i, _, free)| Placement {
-        host_index: i,
-        gpu_indices: free.into_iter().take(usize::try_from(req.gpus).unwrap_or(0)).collect(),
-    })
+    best.map(|(_, _, p)| p)
 }
 
 /// Like [`place`], but on a host none of `avoid` names while one fits (nodes of a cluster go to
@@ -83,7 +100,7 @@ pub fn place_spread(hosts: &[Host], req: &Request<'_>, avoid: &[nimbus_core::ids
     let others: Vec<usize> = (0..hosts.len()).filter(|&i| !avoid.contains(&hosts[i].id)).collect();
     let subset: Vec<Host> = others.iter().map(|&i| hosts[i].clone()).collect();
     match place(&subset, req) {
-        Some(p) => Some(Placement { host_index: others[p.host_index], gpu_indices: p.gpu_indices }),
+        Some(p) => Some(Placement { host_index: others[p.host_index], ..p }),
         None => place(hosts, req),
     }
 }
@@ -107,11 +124,8 @@ mod tests {
                 .iter()
                 .enumerate()
                 .map(|(i, (m, busy))| Gpu {
-                    index: i as i64,
-                    model: (*m).into(),
-                    memory_mib: 81_920,
-                    uuid: format!("GPU-{i}"),
                     instance_id: busy.then(InstanceId::generate),
+                    ..Gpu::new(i as i64, m, 81_920, &format!("GPU-{i}"))
                 })
                 .collect(),
             status: HostStatus::Up,
@@ -140,7 +154,13 @@ mod tests {
     }
 
     fn req(gpus: i64, model: &'static str, vcpus: i64) -> Request<'static> {
-        Request { region: "us-east-1", resources: Resources { vcpus, memory_mib: 1024, disk_gib: 10 }, gpus, gpu_model: model }
+        Request {
+            region: "us-east-1",
+            resources: Resources { vcpus, memory_mib: 1024, disk_gib: 10 },
+            gpus,
+            gpu: GpuWant { model, min_memory_mib: 0 },
+            mig_profile: "",
+        }
     }
 
     #[test]
@@ -151,7 +171,7 @@ mod tests {
             host("us-east-1", 64, &[("NVIDIA H100 80GB HBM3", true), ("NVIDIA H100 80GB HBM3", false)]),
         ];
         let p = place(&hosts, &req(1, "H100 HBM3", 8)).expect("fits host 2");
-        assert_eq!(p, Placement { host_index: 2, gpu_indices: vec![1] });
+        assert_eq!(p, Placement { host_index: 2, gpu_indices: vec![1], mig_devices: vec![] });
         assert!(place(&hosts, &req(2, "H100 HBM3", 8)).is_none());
         assert!(place(&hosts, &req(1, "GH200", 8)).is_none());
     }
@@ -163,7 +183,7 @@ mod tests {
         let p = place(&hosts, &req(1, "H100 HBM3", 8)).expect("fits");
         assert_eq!(p.host_index, 1, "the small host takes the small request");
         let p = place(&hosts, &req(8, "H100 HBM3", 8)).expect("fits");
-        assert_eq!(p, Placement { host_index: 0, gpu_indices: (0..8).collect() });
+        assert_eq!(p, Placement { host_index: 0, gpu_indices: (0..8).collect(), mig_devices: vec![] });
     }
 
     #[test]
@@ -186,5 +206,63 @@ mod tests {
         let all: Vec<_> = hosts.iter().map(|h| h.id.clone()).collect();
         assert_eq!(place_spread(&hosts, &req(0, "", 1), &all).map(|p| p.host_index), Some(2));
         assert_eq!(place_spread(&hosts, &req(0, "", 5), &[]).map(|p| p.host_index), Some(0));
+    }
+
+    #[test]
+    fn unhealthy_unchecked_and_mig_gpus_are_not_placed_whole() {
+        use nimbus_core::gpu_health::Condition;
+        let mut h = host("us-east-1", 64, &[("NVIDIA H200", false); 5]);
+        h.gpus[0].health = Condition::ResetRequired;
+        h.gpus[1].health = Condition::Drain;
+        h.gpus[2].clean = false;
+        h.gpus[3].mig_devices = vec![mig("MIG-a", "1g.18gb")];
+        h.gpus[4].health = Condition::Degraded;
+        let hosts = vec![h];
+        let p = place(&hosts, &req(1, "H200", 8)).expect("the degraded GPU is still placeable");
+        assert_eq!(p.gpu_indices, vec![4]);
+        assert!(place(&hosts, &req(2, "H200", 8)).is_none(), "only one GPU is fit for a tenant");
+        assert!(place_whole(&hosts, "us-east-1", 5, "H200").is_none(), "a whole host needs every GPU fit");
+    }
+
+    #[test]
+    fn gpu_memory_is_part_of_the_match() {
+        let mut hosts = vec![host("us-east-1", 64, &[("NVIDIA H200", false)])];
+        let mut r = req(1, "H200", 8);
+        r.gpu.min_memory_mib = 130 * 1024;
+        assert!(place(&hosts, &r).is_none(), "81,920 MiB is not an H200's memory");
+        hosts[0].gpus[0].memory_mib = 143_771;
+        assert!(place(&hosts, &r).is_some());
+    }
+
+    fn mig(uuid: &str, profile: &str) -> nimbus_core::model::MigDevice {
+        nimbus_core::model::MigDevice {
+            uuid: uuid.into(),
+            profile: profile.into(),
+            memory_mib: 16_384,
+            gpu_instance_id: 1,
+            compute_instance_id: 0,
+            instance_id: None,
+        }
+    }
+
+    #[test]
+    fn mig_requests_get_free_devices_of_their_profile_on_healthy_gpus() {
+        use nimbus_core::gpu_health::Condition;
+        let mut a = host("us-east-1", 64, &[("NVIDIA H200", false), ("NVIDIA H200", false)]);
+        a.gpus[0].mig_devices = vec![mig("MIG-0a", "1g.18gb"), mig("MIG-0b", "1g.18gb"), mig("MIG-0c", "3g.71gb")];
+        a.gpus[0].mig_devices[0].instance_id = Some(InstanceId::generate());
+        a.gpus[1].mig_devices = vec![mig("MIG-1a", "1g.18gb")];
+        a.gpus[1].health = Condition::ResetRequired;
+        let hosts = vec![a];
+        let mut r = req(1, "H200", 8);
+        r.mig_profile = "1g.18gb";
+        let p = place(&hosts, &r).expect("one free 1g slice on a healthy GPU");
+        assert_eq!((p.gpu_indices.clone(), p.mig_devices.clone()), (vec![], vec!["MIG-0b".to_owned()]));
+        r.gpus = 2;
+        assert!(place(&hosts, &r).is_none(), "the slice on the unhealthy GPU does not count");
+        r.gpus = 1;
+        r.mig_profile = "7g.141gb";
+        assert!(place(&hosts, &r).is_none(), "no device of that profile");
+        assert!(place(&hosts, &req(1, "H200", 8)).is_none(), "whole-GPU requests never take a MIG-mode GPU");
     }
 }

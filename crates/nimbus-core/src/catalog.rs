@@ -45,6 +45,16 @@ pub struct InstanceType {
     /// Empty for CPU-only types.
     #[serde(default)]
     pub gpu_model: String,
+    /// Memory each of its GPUs must have at least, in GiB (as NVML reports the total), so that a
+    /// name shared by several memory sizes (`H200`, `H100 NVL`) matches only the one sold.
+    /// 0: any.
+    #[serde(default)]
+    pub gpu_memory_gib: i64,
+    /// When set, each of its `gpus` is a MIG device of this profile (e.g. `1g.18gb`) on a GPU
+    /// matching `gpu_model`, one that an operator created; empty: whole GPUs. Nimbus never
+    /// changes MIG mode or a GPU's partitioning itself.
+    #[serde(default)]
+    pub mig_profile: String,
     /// Instances of this type run without a user namespace: root inside is root on the host.
     /// Off by default; an operator turns it on per type, for tenants they trust, and the
     /// agent logs every such start (docs/security.md).
@@ -53,6 +63,11 @@ pub struct InstanceType {
 }
 
 impl InstanceType {
+    /// What each of its GPUs must be.
+    pub fn gpu_want(&self) -> GpuWant<'_> {
+        GpuWant { model: &self.gpu_model, min_memory_mib: self.gpu_memory_gib.saturating_mul(1024) }
+    }
+
     pub fn resources(&self) -> Resources {
         Resources { vcpus: self.vcpus, memory_mib: self.memory_gib * 1024, disk_gib: self.storage_gib }
     }
@@ -76,6 +91,20 @@ impl Resources {
     }
 }
 
+/// What a GPU must be to serve a request: its NVML name must match `model` (see
+/// [`gpu_model_matches`]) and its memory be at least `min_memory_mib`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GpuWant<'a> {
+    pub model: &'a str,
+    pub min_memory_mib: i64,
+}
+
+impl GpuWant<'_> {
+    pub fn accepts(&self, model: &str, memory_mib: i64) -> bool {
+        gpu_model_matches(self.model, model) && memory_mib >= self.min_memory_mib
+    }
+}
+
 /// True when a host GPU model name (as NVML reports it, e.g. `NVIDIA A100-SXM4-40GB`) satisfies an
 /// instance type's pattern: every token of the pattern must equal a token of the model name,
 /// ignoring case and punctuation. Whole tokens, so that `A10` never matches an `A100`.
@@ -86,6 +115,20 @@ pub fn gpu_model_matches(pattern: &str, host_model: &str) -> bool {
     let host = tokens(host_model);
     let want = tokens(pattern);
     !want.is_empty() && want.iter().all(|t| host.contains(t))
+}
+
+/// A MIG profile name as NVML prints it: `<n>g.<m>gb`, optionally with a `+me`/`+gfx`-style
+/// suffix (`1g.18gb+me`), e.g. `1g.18gb`, `3g.71gb`, `7g.141gb`.
+pub fn valid_mig_profile(p: &str) -> bool {
+    let (core, suffix) = match p.split_once('+') {
+        Some((c, s)) => (c, Some(s)),
+        None => (p, None),
+    };
+    let Some((g, mem)) = core.split_once("g.") else { return false };
+    let digits = |s: &str| !s.is_empty() && s.len() <= 4 && s.bytes().all(|b| b.is_ascii_digit());
+    digits(g)
+        && mem.strip_suffix("gb").is_some_and(digits)
+        && suffix.is_none_or(|s| !s.is_empty() && s.len() <= 8 && s.bytes().all(|b| b.is_ascii_lowercase()))
 }
 
 #[cfg(test)]
@@ -99,5 +142,26 @@ mod tests {
         assert!(gpu_model_matches("h100 pcie", "NVIDIA H100 PCIe"));
         assert!(gpu_model_matches("a100", "NVIDIA A100-SXM4-40GB"));
         assert!(!gpu_model_matches("A10", "NVIDIA H100"));
+        assert!(!gpu_model_matches("H200", "NVIDIA GH200 144G HBM3e"), "GH200 is not an H200");
+    }
+
+    #[test]
+    fn mig_profiles() {
+        for ok in ["1g.18gb", "7g.141gb", "1g.18gb+me", "2g.35gb"] {
+            assert!(valid_mig_profile(ok), "{ok}");
+        }
+        for bad in ["", "1g", "g.18gb", "1g.gb", "1g.18GB", "1g.18gb+", "1g.18gb+m e", "../1g.18gb"] {
+            assert!(!valid_mig_profile(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn gpu_wants_check_memory_too() {
+        let h200 = GpuWant { model: "H200", min_memory_mib: 130 * 1024 };
+        assert!(h200.accepts("NVIDIA H200", 143_771));
+        assert!(h200.accepts("NVIDIA H200 NVL", 143_771));
+        assert!(!h200.accepts("NVIDIA H200", 81_559), "memory below the type's");
+        assert!(!h200.accepts("NVIDIA H100 80GB HBM3", 143_771), "the name still has to match");
+        assert!(GpuWant { model: "H100", min_memory_mib: 0 }.accepts("NVIDIA H100 PCIe", 81_559));
     }
 }

@@ -11,6 +11,7 @@ pub mod clock;
 pub mod cloudinit;
 pub mod error;
 pub mod firewall;
+pub mod gpu_health;
 pub mod ids;
 pub mod instance;
 pub mod metering;

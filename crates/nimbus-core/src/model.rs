@@ -84,6 +84,47 @@ pub struct Gpu {
     pub uuid: String,
     /// The instance holding this GPU, if any.
     pub instance_id: Option<InstanceId>,
+    /// As its agent last reported (`nimbus_core::gpu_health`).
+    pub health: crate::gpu_health::Condition,
+    pub health_reasons: Vec<String>,
+    /// Checked idle (and reset) since its last instance let it go.
+    pub clean: bool,
+    /// MIG devices an operator made of it (MIG mode on): only those are placed, never the
+    /// whole GPU.
+    pub mig_devices: Vec<MigDevice>,
+}
+
+impl Gpu {
+    /// A GPU straight from a host's inventory: free, healthy, clean.
+    pub fn new(index: i64, model: &str, memory_mib: i64, uuid: &str) -> Gpu {
+        Gpu {
+            index,
+            model: model.to_owned(),
+            memory_mib,
+            uuid: uuid.to_owned(),
+            instance_id: None,
+            health: crate::gpu_health::Condition::Ok,
+            health_reasons: Vec::new(),
+            clean: true,
+            mig_devices: Vec::new(),
+        }
+    }
+
+    /// A new instance may get it, whole.
+    pub fn placeable(&self) -> bool {
+        self.instance_id.is_none() && self.clean && self.health.placeable() && self.mig_devices.is_empty()
+    }
+}
+
+/// One MIG device of a host GPU.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigDevice {
+    pub uuid: String,
+    pub profile: String,
+    pub memory_mib: i64,
+    pub gpu_instance_id: i64,
+    pub compute_instance_id: i64,
+    pub instance_id: Option<InstanceId>,
 }
 
 #[derive(Debug, Clone)]

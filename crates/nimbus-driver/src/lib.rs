@@ -89,4 +89,24 @@ pub trait Driver: Send + Sync + 'static {
     async fn volume_usage(&self) -> Result<Vec<(String, i64)>> {
         Ok(Vec::new())
     }
+
+    /// One look at every GPU of the host (Xid events since the previous call, ECC, row
+    /// remaps, throttling, processes); the agent keeps the state and decides what it means
+    /// (`nimbus_core::gpu_health`). Hosts without GPUs see nothing.
+    async fn gpu_signals(&self) -> Result<Vec<nimbus_core::gpu_health::Signals>> {
+        Ok(Vec::new())
+    }
+
+    /// Whether this host resets idle GPUs (between tenants, and to clear a condition a reset
+    /// clears); an operator may turn it off (`--gpu-reset never`). Off: an idle GPU with no
+    /// processes left counts as checked.
+    fn gpu_resets(&self) -> bool {
+        false
+    }
+
+    /// Resets one idle GPU (no process uses it). The agent calls it only between tenants and
+    /// for conditions a reset clears, and only where the operator allows resets.
+    async fn reset_gpu(&self, index: i64) -> Result<()> {
+        Err(DriverError::Host(format!("this driver cannot reset GPU {index}")))
+    }
 }

@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use nimbus_proto::{ActualState, DesiredInstance, GpuInfo, InstanceReport, Inventory, Power};
+use nimbus_core::gpu_health::Signals;
+use nimbus_proto::{ActualState, DesiredInstance, GpuInfo, InstanceReport, Inventory, MigInfo, Power};
 
 use crate::{Driver, DriverError, Result};
 
@@ -25,6 +26,29 @@ pub struct SimConfig {
     pub state_file: Option<PathBuf>,
     /// Third octet block for fake addresses, so several sim hosts hand out distinct ones.
     pub address_block: u8,
+    /// MIG devices an "operator created": `(GPU index, profile, count)`, e.g. `(0, "1g.18gb", 7)`.
+    pub mig_devices: Vec<(i64, String, i64)>,
+    /// Fault injection: a JSON file the test writes, `{"<GPU index>": Signals}` (see
+    /// `nimbus_core::gpu_health::Signals`; `xids` lists every Xid so far, each delivered once).
+    /// Every GPU reset the agent asks for is appended to `<file>.resets`, one index a line.
+    pub faults_file: Option<PathBuf>,
+}
+
+/// What NVML reports as the total memory of a GPU of this name (sim inventory).
+pub fn sim_gpu_memory_mib(model: &str) -> i64 {
+    if nimbus_core::catalog::gpu_model_matches("H200", model) {
+        143_771
+    } else if nimbus_core::catalog::gpu_model_matches("B200", model) {
+        183_359
+    } else {
+        81_559
+    }
+}
+
+/// A MIG profile's memory as its name says (`1g.18gb` → 18 GiB less NVML's reserve).
+fn profile_memory_mib(profile: &str) -> i64 {
+    let gb = profile.split_once("g.").and_then(|(_, m)| m.split(['g', '+']).next()).and_then(|n| n.parse::<i64>().ok()).unwrap_or(0);
+    (gb * 1024 - 256).max(0)
 }
 
 impl Default for SimConfig {
@@ -37,6 +61,8 @@ impl Default for SimConfig {
             gpus: Vec::new(),
             state_file: None,
             address_block: 0,
+            mig_devices: Vec::new(),
+            faults_file: None,
         }
     }
 }
@@ -47,6 +73,8 @@ pub struct SimDriver {
     next_addr: Mutex<u32>,
     /// Volume ids per instance, from the last ensure.
     specs: Mutex<BTreeMap<String, Vec<String>>>,
+    /// Xids of the faults file already delivered, per GPU index.
+    xids_seen: Mutex<BTreeMap<i64, usize>>,
 }
 
 impl SimDriver {
@@ -54,7 +82,13 @@ impl SimDriver {
         let state: BTreeMap<String, InstanceReport> =
             cfg.state_file.as_ref().and_then(|p| std::fs::read(p).ok()).and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
         let next = state.len() as u32 + 1;
-        SimDriver { cfg, state: Mutex::new(state), next_addr: Mutex::new(next), specs: Mutex::new(BTreeMap::new()) }
+        SimDriver {
+            cfg,
+            state: Mutex::new(state),
+            next_addr: Mutex::new(next),
+            specs: Mutex::new(BTreeMap::new()),
+            xids_seen: Mutex::new(BTreeMap::new()),
+        }
     }
 
     fn persist(&self, m: &BTreeMap<String, InstanceReport>) -> Result<()> {
@@ -94,12 +128,25 @@ impl Driver for SimDriver {
         for (model, count) in &self.cfg.gpus {
             for _ in 0..*count {
                 let index = gpus.len() as i64;
+                let mut mig_devices = Vec::new();
+                for (_, profile, n) in self.cfg.mig_devices.iter().filter(|(g, _, _)| *g == index) {
+                    for _ in 0..*n {
+                        let gi = mig_devices.len() as i64 + 1;
+                        mig_devices.push(MigInfo {
+                            uuid: format!("MIG-sim-{}-{index}-{gi}", self.cfg.hostname),
+                            profile: profile.clone(),
+                            memory_mib: profile_memory_mib(profile),
+                            gpu_instance_id: gi,
+                            compute_instance_id: 0,
+                        });
+                    }
+                }
                 gpus.push(GpuInfo {
                     index,
                     model: model.clone(),
-                    memory_mib: 81_559,
+                    memory_mib: sim_gpu_memory_mib(model),
                     uuid: format!("GPU-sim-{}-{index}", self.cfg.hostname),
-                    mig_devices: Vec::new(),
+                    mig_devices,
                 });
             }
         }
@@ -114,6 +161,44 @@ impl Driver for SimDriver {
             public_ip: None,
             network: None,
         })
+    }
+
+    /// Healthy, idle GPUs unless the faults file says otherwise (re-read on every look).
+    async fn gpu_signals(&self) -> Result<Vec<Signals>> {
+        let inv = self.inventory().await?;
+        let faults: BTreeMap<String, Signals> = match &self.cfg.faults_file {
+            Some(p) => match std::fs::read(p) {
+                Ok(b) => serde_json::from_slice(&b).map_err(|e| DriverError::Host(format!("sim faults file {}: {e}", p.display())))?,
+                Err(_) => BTreeMap::new(),
+            },
+            None => BTreeMap::new(),
+        };
+        let mut seen = self.xids_seen.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(inv
+            .gpus
+            .iter()
+            .map(|g| {
+                let f = faults.get(&g.index.to_string()).cloned().unwrap_or_default();
+                let done = seen.entry(g.index).or_insert(0);
+                let xids = f.xids.get(*done..).map(<[u64]>::to_vec).unwrap_or_default();
+                *done = (*done).max(f.xids.len());
+                Signals { index: g.index, uuid: g.uuid.clone(), xids, processes: Some(f.processes.unwrap_or(0)), ..f }
+            })
+            .collect())
+    }
+
+    fn gpu_resets(&self) -> bool {
+        true
+    }
+
+    async fn reset_gpu(&self, index: i64) -> Result<()> {
+        if let Some(p) = &self.cfg.faults_file {
+            use std::io::Write;
+            let log = p.with_extension("resets");
+            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&log).map_err(|e| DriverError::Host(e.to_string()))?;
+            writeln!(f, "{index}").map_err(|e| DriverError::Host(e.to_string()))?;
+        }
+        Ok(())
     }
 
     async fn list(&self) -> Result<Vec<InstanceReport>> {

@@ -203,6 +203,24 @@ pub struct ReportRequest {
     /// VPN gateways the host serves.
     #[serde(default)]
     pub vpns: Vec<VpnReport>,
+    /// The health of every GPU (see `nimbus_core::gpu_health`). `None` from agents that do
+    /// not report it (protocol 1): the server leaves what it knows unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<Vec<GpuHealthReport>>,
+}
+
+/// One GPU's health, as its agent assessed it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuHealthReport {
+    pub index: i64,
+    pub uuid: String,
+    pub condition: nimbus_core::gpu_health::Condition,
+    /// Why, most important first (`Xid 79: GPU has fallen off the bus`).
+    #[serde(default)]
+    pub reasons: Vec<String>,
+    /// Checked idle (and reset, where the host allows) since an instance last used it: it
+    /// may be given to the next tenant.
+    pub clean: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

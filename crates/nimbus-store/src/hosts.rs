@@ -44,6 +44,27 @@ pub struct HostRegistration<'a> {
     pub now: i64,
 }
 
+/// One GPU's reported health (`Store::host_gpu_health_in_txn`).
+pub struct GpuHealthUpdate<'a> {
+    pub index: i64,
+    pub uuid: &'a str,
+    pub condition: nimbus_core::gpu_health::Condition,
+    pub reasons: &'a [String],
+    pub clean: bool,
+    pub applied_generation: i64,
+    pub now: i64,
+}
+
+/// The SQL list of the health values a GPU is placed in (`Condition::placeable`).
+fn placeable_health() -> String {
+    nimbus_core::gpu_health::Condition::ALL
+        .iter()
+        .filter(|c| c.placeable())
+        .map(|c| format!("'{}'", c.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 const HOST_COLS: &str = "id, name, region, driver, cpu_model, vcpus_total, memory_mib_total, disk_gib_total, \
     vcpus_used, memory_mib_used, disk_gib_used, status, last_seen_at, desired_generation, created_at, public_ip, underlay, instance_subnet";
 
@@ -124,7 +145,8 @@ impl Store {
                 .await
                 .map_err(db_err("updating gpu"))?;
             if updated.rows_affected() == 0 {
-                sqlx::query("INSERT INTO host_gpus (host_id, idx, model, memory_mib, uuid) VALUES ($1, $2, $3, $4, $5)")
+                // A GPU the server has not seen is clean only once its agent says so.
+                sqlx::query("INSERT INTO host_gpus (host_id, idx, model, memory_mib, uuid, clean) VALUES ($1, $2, $3, $4, $5, 0)")
                     .bind(id.as_str())
                     .bind(g.index)
                     .bind(&g.model)
@@ -133,6 +155,35 @@ impl Store {
                     .execute(&mut *tx)
                     .await
                     .map_err(db_err("inserting gpu"))?;
+            }
+            for m in &g.mig_devices {
+                let updated = sqlx::query(
+                    "UPDATE host_mig_devices SET parent_idx = $1, profile = $2, memory_mib = $3, gpu_instance_id = $4, \
+                     compute_instance_id = $5 WHERE host_id = $6 AND uuid = $7",
+                )
+                .bind(g.index)
+                .bind(&m.profile)
+                .bind(m.memory_mib)
+                .bind(m.gpu_instance_id)
+                .bind(m.compute_instance_id)
+                .bind(id.as_str())
+                .bind(&m.uuid)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err("updating mig device"))?;
+                if updated.rows_affected() == 0 {
+                    sqlx::query(&format!("INSERT INTO host_mig_devices ({}) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL)", rows::MIG_COLS))
+                        .bind(id.as_str())
+                        .bind(&m.uuid)
+                        .bind(g.index)
+                        .bind(&m.profile)
+                        .bind(m.memory_mib)
+                        .bind(m.gpu_instance_id)
+                        .bind(m.compute_instance_id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err("inserting mig device"))?;
+                }
             }
         }
         let gpus = Self::host_gpus_in(&mut *tx, &id).await?;
@@ -144,18 +195,51 @@ impl Store {
                 .await
                 .map_err(db_err("removing gpu"))?;
         }
+        // MIG devices the operator destroyed go, unless an instance still holds one (it keeps
+        // it on the books until it is gone; nothing new is placed there).
+        let reported: Vec<&str> = r.gpus.iter().flat_map(|g| g.mig_devices.iter().map(|m| m.uuid.as_str())).collect();
+        for g in &gpus {
+            for m in g.mig_devices.iter().filter(|m| !reported.contains(&m.uuid.as_str()) && m.instance_id.is_none()) {
+                sqlx::query("DELETE FROM host_mig_devices WHERE host_id = $1 AND uuid = $2")
+                    .bind(id.as_str())
+                    .bind(&m.uuid)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err("removing mig device"))?;
+            }
+        }
         Ok(id)
     }
 
     async fn host_gpus_in(c: &mut Conn, host: &HostId) -> Result<Vec<Gpu>, Error> {
-        sqlx::query("SELECT idx, model, memory_mib, uuid, instance_id FROM host_gpus WHERE host_id = $1 ORDER BY idx")
+        let gpus = sqlx::query(&format!("SELECT {} FROM host_gpus WHERE host_id = $1 ORDER BY idx", rows::GPU_COLS))
             .bind(host.as_str())
-            .fetch_all(c)
+            .fetch_all(&mut *c)
             .await
-            .map_err(db_err("listing gpus"))?
-            .iter()
-            .map(rows::gpu)
-            .collect()
+            .map_err(db_err("listing gpus"))?;
+        let migs = sqlx::query(&format!("SELECT {} FROM host_mig_devices WHERE host_id = $1 ORDER BY parent_idx, uuid", rows::MIG_COLS))
+            .bind(host.as_str())
+            .fetch_all(&mut *c)
+            .await
+            .map_err(db_err("listing mig devices"))?;
+        let mut by_host = Self::gpus_by_host(&gpus, &migs)?;
+        Ok(by_host.remove(host.as_str()).unwrap_or_default())
+    }
+
+    /// GPU rows (with their MIG devices) grouped by host id.
+    fn gpus_by_host(gpu_rows: &[AnyRow], mig_rows: &[AnyRow]) -> Result<std::collections::HashMap<String, Vec<Gpu>>, Error> {
+        let mut by_host: std::collections::HashMap<String, Vec<Gpu>> = std::collections::HashMap::new();
+        for g in gpu_rows {
+            by_host.entry(get(g, "host_id")?).or_default().push(rows::gpu(g)?);
+        }
+        for m in mig_rows {
+            let host: String = get(m, "host_id")?;
+            let parent: i64 = get(m, "parent_idx")?;
+            if let Some(g) = by_host.get_mut(&host).and_then(|gs| gs.iter_mut().find(|g| g.index == parent)) {
+                g.mig_devices.push(rows::mig_device(m)?);
+            }
+        }
+        Ok(by_host)
     }
 
     /// The host whose agent credential hashes to `secret_hash`.
@@ -266,14 +350,15 @@ impl Store {
     /// Attaches GPUs to host rows with one query for all of them (the launch path reads every host
     /// of a region, so one query per host would dominate its cost).
     async fn hosts_with_gpus(c: &mut Conn, rows: Vec<AnyRow>) -> Result<Vec<Host>, Error> {
-        let gpu_rows = sqlx::query("SELECT host_id, idx, model, memory_mib, uuid, instance_id FROM host_gpus ORDER BY host_id, idx")
+        let gpu_rows = sqlx::query(&format!("SELECT {} FROM host_gpus ORDER BY host_id, idx", rows::GPU_COLS))
             .fetch_all(&mut *c)
             .await
             .map_err(db_err("listing gpus"))?;
-        let mut by_host: std::collections::HashMap<String, Vec<Gpu>> = std::collections::HashMap::new();
-        for g in &gpu_rows {
-            by_host.entry(get(g, "host_id")?).or_default().push(rows::gpu(g)?);
-        }
+        let mig_rows = sqlx::query(&format!("SELECT {} FROM host_mig_devices ORDER BY host_id, parent_idx, uuid", rows::MIG_COLS))
+            .fetch_all(&mut *c)
+            .await
+            .map_err(db_err("listing mig devices"))?;
+        let mut by_host = Self::gpus_by_host(&gpu_rows, &mig_rows)?;
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
             let id: String = get(row, "id")?;
@@ -320,6 +405,7 @@ impl Store {
         host: &HostId,
         want: &Resources,
         gpu_indices: &[i64],
+        mig_devices: &[String],
         instance: &InstanceId,
     ) -> Result<bool, Error> {
         let mut sp = sqlx::Connection::begin(&mut *tx).await.map_err(db_err("opening claim savepoint"))?;
@@ -341,13 +427,36 @@ impl Store {
             return Ok(false);
         }
         for idx in gpu_indices {
-            let r = sqlx::query("UPDATE host_gpus SET instance_id = $1 WHERE host_id = $2 AND idx = $3 AND instance_id IS NULL")
-                .bind(instance.as_str())
-                .bind(host.as_str())
-                .bind(*idx)
-                .execute(&mut *sp)
-                .await
-                .map_err(db_err("claiming gpu"))?;
+            // Re-checks what made the scheduler choose it: a report may have found it unhealthy,
+            // or a release made it unchecked, since the hosts were read.
+            let r = sqlx::query(&format!(
+                "UPDATE host_gpus SET instance_id = $1 WHERE host_id = $2 AND idx = $3 AND instance_id IS NULL AND clean = 1 \
+                 AND health IN ({}) AND NOT EXISTS (SELECT 1 FROM host_mig_devices m WHERE m.host_id = $2 AND m.parent_idx = $3)",
+                placeable_health()
+            ))
+            .bind(instance.as_str())
+            .bind(host.as_str())
+            .bind(*idx)
+            .execute(&mut *sp)
+            .await
+            .map_err(db_err("claiming gpu"))?;
+            if r.rows_affected() != 1 {
+                sp.rollback().await.map_err(db_err("rolling back claim"))?;
+                return Ok(false);
+            }
+        }
+        for uuid in mig_devices {
+            let r = sqlx::query(&format!(
+                "UPDATE host_mig_devices SET instance_id = $1 WHERE host_id = $2 AND uuid = $3 AND instance_id IS NULL \
+                 AND EXISTS (SELECT 1 FROM host_gpus g WHERE g.host_id = $2 AND g.idx = host_mig_devices.parent_idx AND g.health IN ({}))",
+                placeable_health()
+            ))
+            .bind(instance.as_str())
+            .bind(host.as_str())
+            .bind(uuid)
+            .execute(&mut *sp)
+            .await
+            .map_err(db_err("claiming mig device"))?;
             if r.rows_affected() != 1 {
                 sp.rollback().await.map_err(db_err("rolling back claim"))?;
                 return Ok(false);
@@ -357,8 +466,16 @@ impl Store {
         Ok(true)
     }
 
-    /// Returns an instance's capacity and GPUs to its host.
-    pub async fn host_release_in_txn(tx: &mut Conn, host: &HostId, res: &Resources, instance: &InstanceId) -> Result<(), Error> {
+    /// Returns an instance's capacity and GPUs to its host. `same_tenant`: they go straight back
+    /// to the same instance in this transaction (a resize), so its GPUs need no check between
+    /// tenants.
+    pub async fn host_release_in_txn(
+        tx: &mut Conn,
+        host: &HostId,
+        res: &Resources,
+        instance: &InstanceId,
+        same_tenant: bool,
+    ) -> Result<(), Error> {
         sqlx::query(
             "UPDATE hosts SET vcpus_used = vcpus_used - $1, memory_mib_used = memory_mib_used - $2, \
              disk_gib_used = disk_gib_used - $3 WHERE id = $4",
@@ -370,13 +487,59 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(db_err("releasing host capacity"))?;
-        sqlx::query("UPDATE host_gpus SET instance_id = NULL WHERE host_id = $1 AND instance_id = $2")
+        // Its GPUs go to the next tenant only once its agent checked them idle at (or after)
+        // this generation (see migration 0023).
+        sqlx::query(
+            "UPDATE host_gpus SET instance_id = NULL, clean = CASE WHEN $3 = 1 THEN clean ELSE 0 END, \
+             released_generation = (SELECT desired_generation FROM hosts WHERE id = $1) WHERE host_id = $1 AND instance_id = $2",
+        )
+        .bind(host.as_str())
+        .bind(instance.as_str())
+        .bind(i64::from(same_tenant))
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err("releasing gpus"))?;
+        sqlx::query("UPDATE host_mig_devices SET instance_id = NULL WHERE host_id = $1 AND instance_id = $2")
             .bind(host.as_str())
             .bind(instance.as_str())
             .execute(&mut *tx)
             .await
-            .map_err(db_err("releasing gpus"))?;
+            .map_err(db_err("releasing mig devices"))?;
         Ok(())
+    }
+
+    /// The free GPUs of a host whose agent does not check GPUs (protocol 1) are clean.
+    pub async fn host_gpus_mark_clean_in_txn(tx: &mut Conn, host: &HostId) -> Result<(), Error> {
+        sqlx::query("UPDATE host_gpus SET clean = 1 WHERE host_id = $1 AND instance_id IS NULL AND clean = 0")
+            .bind(host.as_str())
+            .execute(tx)
+            .await
+            .map_err(db_err("marking gpus clean"))?;
+        Ok(())
+    }
+
+    /// Records what an agent reported of one GPU's health (matched by index and UUID, so a
+    /// report about a GPU since replaced changes nothing). `clean` is taken only from a report
+    /// that applied the generation the GPU was released at. True when anything changed.
+    pub async fn host_gpu_health_in_txn(tx: &mut Conn, host: &HostId, u: &GpuHealthUpdate<'_>) -> Result<bool, Error> {
+        let reasons = serde_json::to_string(u.reasons).map_err(|e| Error::internal(e.to_string()))?;
+        let r = sqlx::query(
+            "UPDATE host_gpus SET health_since = CASE WHEN health = $1 THEN health_since ELSE $2 END, health = $1, \
+             health_reasons = $3, clean = CASE WHEN $4 = 0 THEN 0 WHEN released_generation <= $5 THEN 1 ELSE clean END \
+             WHERE host_id = $6 AND idx = $7 AND uuid = $8 AND (health <> $1 OR health_reasons <> $3 OR clean <> $4)",
+        )
+        .bind(u.condition.as_str())
+        .bind(u.now)
+        .bind(&reasons)
+        .bind(i64::from(u.clean))
+        .bind(u.applied_generation)
+        .bind(host.as_str())
+        .bind(u.index)
+        .bind(u.uuid)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err("recording gpu health"))?;
+        Ok(r.rows_affected() > 0)
     }
 
     pub async fn host_bump_generation_in_txn(tx: &mut Conn, host: &HostId) -> Result<(), Error> {

@@ -43,7 +43,7 @@ use sqlx::{AnyPool, ConnectOptions};
 pub use console::ConsoleSession;
 pub use events::{NewEvent, EVENTS_CHANNEL};
 pub use ha::OnNotify;
-pub use hosts::{HostRegistration, NewHostToken};
+pub use hosts::{GpuHealthUpdate, HostRegistration, NewHostToken};
 pub use idempotency::{liveness_lease, Claim, IdempotencyScope, StoredResponse, IDEMPOTENCY};
 pub use instances::{InstanceUpdate, NewInstance};
 pub use leases::{Fence, FENCE};

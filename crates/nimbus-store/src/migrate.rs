@@ -30,6 +30,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (20, "leases", include_str!("../migrations/0020_leases.sql")),
     (21, "idempotency_owner", include_str!("../migrations/0021_idempotency_owner.sql")),
     (22, "console_sessions", include_str!("../migrations/0022_console_sessions.sql")),
+    (23, "gpu_health_mig", include_str!("../migrations/0023_gpu_health_mig.sql")),
 ];
 
 fn render(sql: &str, backend: Backend) -> String {

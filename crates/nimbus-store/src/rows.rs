@@ -94,12 +94,34 @@ pub(crate) fn host(row: &AnyRow, gpus: Vec<Gpu>) -> Result<Host, Error> {
     })
 }
 
+pub(crate) const GPU_COLS: &str = "host_id, idx, model, memory_mib, uuid, instance_id, health, health_reasons, clean";
+
 pub(crate) fn gpu(row: &AnyRow) -> Result<Gpu, Error> {
+    let health: String = get(row, "health")?;
+    let reasons: String = get(row, "health_reasons")?;
     Ok(Gpu {
         index: get(row, "idx")?,
         model: get(row, "model")?,
         memory_mib: get(row, "memory_mib")?,
         uuid: get(row, "uuid")?,
+        instance_id: get::<Option<String>>(row, "instance_id")?.map(InstanceId::from_trusted),
+        // A value this build does not know (a newer replica wrote it) is not placed on.
+        health: nimbus_core::gpu_health::Condition::parse(&health).unwrap_or(nimbus_core::gpu_health::Condition::ServiceRequired),
+        health_reasons: serde_json::from_str(&reasons).unwrap_or_default(),
+        clean: get::<i64>(row, "clean")? != 0,
+        mig_devices: Vec::new(),
+    })
+}
+
+pub(crate) const MIG_COLS: &str = "host_id, uuid, parent_idx, profile, memory_mib, gpu_instance_id, compute_instance_id, instance_id";
+
+pub(crate) fn mig_device(row: &AnyRow) -> Result<nimbus_core::model::MigDevice, Error> {
+    Ok(nimbus_core::model::MigDevice {
+        uuid: get(row, "uuid")?,
+        profile: get(row, "profile")?,
+        memory_mib: get(row, "memory_mib")?,
+        gpu_instance_id: get(row, "gpu_instance_id")?,
+        compute_instance_id: get(row, "compute_instance_id")?,
         instance_id: get::<Option<String>>(row, "instance_id")?.map(InstanceId::from_trusted),
     })
 }

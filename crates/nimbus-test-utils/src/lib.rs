@@ -199,6 +199,7 @@ pub fn sim_host(name: &str, vcpus: i64, h100s: i64) -> SimConfig {
         gpus: if h100s > 0 { vec![("NVIDIA H100 80GB HBM3".to_owned(), h100s)] } else { vec![] },
         state_file: None,
         address_block: 0,
+        ..SimConfig::default()
     }
 }
 
@@ -230,6 +231,17 @@ impl TestServer {
         }
         self.spawn_agent(&token, agent_dir, HostDriver::Sim(sim));
         self.wait_for("host registration", || async { self.control.store().host_list(None, true).await.unwrap().len() > before }).await;
+        // A new host's GPUs are placed once its agent has checked them (its first reports).
+        self.wait_for("the new host's GPUs checked", || async {
+            self.control
+                .store()
+                .host_list(None, true)
+                .await
+                .unwrap()
+                .iter()
+                .all(|h| h.gpus.iter().all(|g| g.clean || g.instance_id.is_some()))
+        })
+        .await;
         self.agents.len() - 1
     }
 

@@ -201,6 +201,27 @@ pub async fn run(store: &StoreArgs, cmd: AdminCmd) -> anyhow::Result<()> {
                     h.gpus.len() - free_gpus,
                     h.gpus.len()
                 );
+                // Operators act on these: one line per GPU that is not simply fine.
+                for g in
+                    h.gpus.iter().filter(|g| g.health != nimbus_core::gpu_health::Condition::Ok || !g.clean || !g.mig_devices.is_empty())
+                {
+                    let mig = if g.mig_devices.is_empty() {
+                        String::new()
+                    } else {
+                        let used = g.mig_devices.iter().filter(|m| m.instance_id.is_some()).count();
+                        format!(" mig {used}/{} in use", g.mig_devices.len())
+                    };
+                    let checked = if g.clean { "" } else { " (being checked before its next tenant)" };
+                    println!(
+                        "  gpu {} {} {}{}{}{}",
+                        g.index,
+                        g.uuid,
+                        g.health.as_str(),
+                        mig,
+                        checked,
+                        g.health_reasons.first().map(|r| format!(": {r}")).unwrap_or_default()
+                    );
+                }
             }
         }
     }

@@ -145,13 +145,17 @@ pub(crate) async fn spawn_sim_hosts(
         tokio::spawn(agent.run(stop.clone()));
     }
     let deadline = Instant::now() + Duration::from_secs(30);
-    while control.store().host_list(None, true).await.map_err(|e| anyhow::anyhow!("{e}"))?.len() < hosts {
+    // Registered, and their GPUs checked by their agents (a GPU is placed only then).
+    loop {
+        let up = control.store().host_list(None, true).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        if up.len() >= hosts && up.iter().all(|h| h.gpus.iter().all(|g| g.clean)) {
+            return Ok(());
+        }
         if Instant::now() > deadline {
-            bail!("sim hosts did not register");
+            bail!("sim hosts did not register and report their GPUs");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Ok(())
 }
 
 pub(crate) fn temp_dir(tag: &str) -> anyhow::Result<std::path::PathBuf> {
@@ -325,6 +329,7 @@ async fn api(n: usize, concurrency: usize, secs: Duration, hosts: usize, databas
         gpus: vec![("NVIDIA H100 80GB HBM3".to_owned(), 8)],
         state_file: None,
         address_block: h as u8,
+        ..SimConfig::default()
     })
     .await?;
     let mut c = connect(addr).await?;

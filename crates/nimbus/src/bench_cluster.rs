@@ -55,6 +55,7 @@ pub async fn run(a: ClusterArgs) -> anyhow::Result<()> {
         gpus: vec![],
         state_file: None,
         address_block: h as u8,
+        ..SimConfig::default()
     })
     .await?;
     let http = reqwest::Client::new();

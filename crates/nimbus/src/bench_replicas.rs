@@ -63,6 +63,7 @@ pub async fn run(a: ReplicasArgs) -> anyhow::Result<()> {
         gpus: vec![],
         state_file: None,
         address_block: 0,
+        ..SimConfig::default()
     };
     let driver = Arc::new(SimDriver::new(sim));
     let agent = Agent::new(

@@ -125,6 +125,13 @@ pub struct SimArgs {
     /// Fake GPUs as `MODEL:COUNT`, e.g. `"NVIDIA H100 80GB HBM3:8"`; repeatable.
     #[arg(long)]
     pub sim_gpus: Vec<String>,
+    /// Fake MIG devices as `GPU_INDEX:PROFILE:COUNT`, e.g. `0:1g.18gb:7`; repeatable.
+    #[arg(long)]
+    pub sim_mig: Vec<String>,
+    /// Fault injection for the fake GPUs: a JSON file `{"<GPU index>": {"xids": [79], ...}}`
+    /// read on every report (docs/gpu.md, "GPU health").
+    #[arg(long)]
+    pub sim_gpu_faults: Option<PathBuf>,
 }
 
 /// Which driver a host runs and how it is set up (shared by `nimbus agent` and `nimbus dev`).
@@ -141,6 +148,12 @@ pub struct DriverArgs {
     pub net: HostNetArgs,
     #[command(flatten)]
     pub sim: SimArgs,
+    /// Whether the agent resets idle GPUs (`nvidia-smi --gpu-reset`) between tenants and to
+    /// clear a condition only a reset clears: `auto` (the default) or `never` (then a GPU whose
+    /// last tenant's processes are gone counts as checked, and one that needs a reset stays
+    /// out until an operator resets it).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "never"])]
+    pub gpu_reset: String,
 }
 
 /// The names and addresses a container host's instances live under. Several agents on one
@@ -261,6 +274,16 @@ fn sim_driver(args: &SimArgs, data_dir: &Path, hostname: &str) -> anyhow::Result
         let (model, count) = g.rsplit_once(':').context("--sim-gpus takes MODEL:COUNT")?;
         gpus.push((model.to_owned(), count.parse::<i64>().context("--sim-gpus COUNT must be a number")?));
     }
+    let mut mig_devices = Vec::new();
+    for m in &args.sim_mig {
+        let bad = || anyhow::anyhow!("--sim-mig takes GPU_INDEX:PROFILE:COUNT, e.g. 0:1g.18gb:7");
+        let mut parts = m.splitn(3, ':');
+        let (Some(g), Some(p), Some(n)) = (parts.next(), parts.next(), parts.next()) else { return Err(bad()) };
+        if !nimbus_core::catalog::valid_mig_profile(p) {
+            return Err(bad());
+        }
+        mig_devices.push((g.parse::<i64>().map_err(|_| bad())?, p.to_owned(), n.parse::<i64>().map_err(|_| bad())?));
+    }
     let cfg = SimConfig {
         hostname: hostname.to_owned(),
         vcpus: args.sim_vcpus.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as i64).unwrap_or(2)),
@@ -269,6 +292,8 @@ fn sim_driver(args: &SimArgs, data_dir: &Path, hostname: &str) -> anyhow::Result
         gpus,
         state_file: Some(data_dir.join("sim-instances.json")),
         address_block: 0,
+        mig_devices,
+        faults_file: args.sim_gpu_faults.clone(),
     };
     Ok(Arc::new(SimDriver::new(cfg)))
 }
@@ -289,7 +314,7 @@ fn local_hostname() -> String {
 /// The driver named on the command line. `container` needs root and builds the default image on
 /// first use.
 pub async fn make_driver(args: &DriverArgs, dir: &Path) -> anyhow::Result<Arc<dyn Driver>> {
-    let DriverArgs { driver: name, sim, images, offer, net } = args;
+    let DriverArgs { driver: name, sim, images, offer, net, gpu_reset } = args;
     match name.as_str() {
         "sim" => {
             announce_sim();
@@ -316,6 +341,7 @@ pub async fn make_driver(args: &DriverArgs, dir: &Path) -> anyhow::Result<Arc<dy
             cfg.outbound_nat = offer.outbound_nat;
             cfg.underlay = net.underlay;
             cfg.public_ip = offer.public_ip;
+            cfg.gpu_reset = gpu_reset == "auto";
             cfg.launcher = Some(nimbus_driver::container::runtime::Launcher::current_exe()?);
             if offer.offer_vcpus.is_some() || offer.offer_memory_gib.is_some() || offer.offer_disk_gib.is_some() {
                 std::fs::create_dir_all(&cfg.data_dir)?;
@@ -508,7 +534,9 @@ pub async fn run_dev(d: DevArgs) -> anyhow::Result<()> {
     let t = std::time::Instant::now();
     while t.elapsed() < Duration::from_secs(15) {
         let up = control.store().host_list(None, true).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        if up.len() > hosts_before || (hosts_before > 0 && up.iter().any(|h| h.last_seen_at >= started)) {
+        let registered = up.len() > hosts_before || (hosts_before > 0 && up.iter().any(|h| h.last_seen_at >= started));
+        // ...and its GPUs were checked by the agent (a GPU is placed only then).
+        if registered && up.iter().all(|h| h.gpus.iter().all(|g| g.clean || g.instance_id.is_some())) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

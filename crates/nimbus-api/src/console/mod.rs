@@ -252,8 +252,11 @@ async fn operator_hosts(State(s): State<ApiState>, session: Option<Extension<Ses
             json!({
                 "id": h.id.as_str(), "name": h.name, "region": h.region, "driver": h.driver, "status": h.status.as_str(),
                 "cpu_model": h.cpu_model, "total": res(&h.total), "used": res(&h.used), "free": res(&h.free()),
-                "gpus": h.gpus.iter().map(|g| json!({"index": g.index, "model": g.model, "memory_mib": g.memory_mib,
-                    "instance_id": g.instance_id.as_ref().map(|i| i.as_str().to_owned())})).collect::<Vec<_>>(),
+                "gpus": h.gpus.iter().map(|g| json!({"index": g.index, "model": g.model, "memory_mib": g.memory_mib, "uuid": g.uuid,
+                    "instance_id": g.instance_id.as_ref().map(|i| i.as_str().to_owned()),
+                    "health": g.health.as_str(), "reasons": g.health_reasons, "clean": g.clean,
+                    "mig_devices": g.mig_devices.iter().map(|m| json!({"uuid": m.uuid, "profile": m.profile, "memory_mib": m.memory_mib,
+                        "instance_id": m.instance_id.as_ref().map(|i| i.as_str().to_owned())})).collect::<Vec<_>>()})).collect::<Vec<_>>(),
                 "last_seen_at": to_rfc3339(h.last_seen_at),
                 "heartbeat_age_s": (now - h.last_seen_at).max(0) / 1_000_000,
             })

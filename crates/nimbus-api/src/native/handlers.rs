@@ -338,6 +338,36 @@ pub async fn instance_network(State(s): State<ApiState>, NativeActor(a): NativeA
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/instances/{id}/gpus",
+    tag = "instances",
+    operation_id = "instance_gpus_list",
+    summary = "The GPUs (or MIG devices) of an instance, with their health",
+    params(("id" = String, Path, description = "Instance id")),
+    responses(
+        (status = 200, description = "Success", body = w::Envelope<Vec<w::InstanceGpu>>),
+        (status = 404, description = "Not found", body = w::ErrorEnvelope)
+    )
+)]
+pub async fn instance_gpus(State(s): State<ApiState>, NativeActor(a): NativeActor, NativePath(id): NativePath<String>) -> NResult {
+    let gpus = instances::gpus(&s.control, &a, &id).await?;
+    let data: Vec<w::InstanceGpu> = gpus
+        .into_iter()
+        .enumerate()
+        .map(|(n, g)| w::InstanceGpu {
+            index: n as i64,
+            uuid: g.uuid,
+            model: g.model,
+            memory_mib: g.memory_mib,
+            mig_profile: g.mig_profile,
+            health: g.health.as_str().to_owned(),
+            reasons: g.reasons,
+        })
+        .collect();
+    Ok(ok(data, None))
+}
+
 pub async fn unknown_endpoint(uri: axum::http::Uri) -> NResult {
     Err(Error::NotFound { kind: "endpoint", id: uri.path().to_owned() }.into())
 }

@@ -36,6 +36,7 @@ pub fn api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(instance_start))
         .routes(routes!(instance_resize))
         .routes(routes!(instance_network))
+        .routes(routes!(instance_gpus))
         .routes(routes!(storage::volumes_list, storage::volume_create))
         .routes(routes!(storage::volume_get, storage::volume_delete))
         .routes(routes!(storage::volume_attach))

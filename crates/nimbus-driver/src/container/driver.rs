@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -68,6 +68,10 @@ pub struct ContainerConfig {
     /// The address clients reach this host on (`--public-ip`): VPN endpoints are there. `None`:
     /// the source address of the host's default route.
     pub public_ip: Option<std::net::IpAddr>,
+    /// Reset idle GPUs between tenants and to clear a condition a reset clears
+    /// (`--gpu-reset auto`, the default); `false`: never (`--gpu-reset never`), e.g. on a
+    /// machine whose GPU settings are not the operator's to touch.
+    pub gpu_reset: bool,
 }
 
 impl ContainerConfig {
@@ -90,6 +94,7 @@ impl ContainerConfig {
             weaken: Weaken::default(),
             underlay: None,
             public_ip: None,
+            gpu_reset: true,
         }
     }
 }
@@ -121,6 +126,9 @@ pub struct ContainerDriver {
     sampler: Mutex<super::metrics::Sampler>,
     /// NVML for GPU metrics, loaded on first use; `None` on hosts without the NVIDIA driver.
     nvml: std::sync::OnceLock<Option<nvml_wrapper::Nvml>>,
+    /// NVML for GPU health (shared with the blocking thread a look runs on) and the Xid watcher.
+    health_nvml: std::sync::OnceLock<Option<Arc<nvml_wrapper::Nvml>>>,
+    xids: Arc<super::health::XidWatch>,
     vpns: super::vpn::Gateways,
     storage: super::storage::Storage,
     ranges: idmap::Ranges,
@@ -224,6 +232,8 @@ impl ContainerDriver {
             lock: Mutex::new(()),
             sampler: Mutex::new(super::metrics::Sampler::default()),
             nvml: std::sync::OnceLock::new(),
+            health_nvml: std::sync::OnceLock::new(),
+            xids: Arc::default(),
         })
     }
 
@@ -674,6 +684,28 @@ impl Driver for ContainerDriver {
 
     async fn sync_vpns(&self, vpns: &[nimbus_proto::VpnGateway]) -> Result<Vec<nimbus_proto::VpnReport>> {
         Ok(self.vpns.sync(vpns))
+    }
+
+    async fn gpu_signals(&self) -> Result<Vec<nimbus_core::gpu_health::Signals>> {
+        let Some(nvml) = self.health_nvml.get_or_init(|| nvml_wrapper::Nvml::init().ok().map(Arc::new)).clone() else {
+            return Ok(Vec::new());
+        };
+        self.xids.ensure_started();
+        let xids = self.xids.clone();
+        tokio::task::spawn_blocking(move || super::health::signals(&nvml, &xids))
+            .await
+            .map_err(|e| DriverError::Host(format!("GPU health look: {e}")))
+    }
+
+    fn gpu_resets(&self) -> bool {
+        self.cfg.gpu_reset
+    }
+
+    async fn reset_gpu(&self, index: i64) -> Result<()> {
+        if !self.cfg.gpu_reset {
+            return Err(DriverError::Host("GPU resets are turned off on this host (--gpu-reset never)".into()));
+        }
+        super::health::reset(index).await.map_err(DriverError::Host)
     }
 
     async fn volume_usage(&self) -> Result<Vec<(String, i64)>> {

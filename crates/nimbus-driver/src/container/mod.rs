@@ -9,6 +9,7 @@ pub mod driver;
 pub mod fabric;
 pub mod firewall;
 pub mod gpu;
+pub mod health;
 pub mod idmap;
 pub mod image;
 pub mod inventory;

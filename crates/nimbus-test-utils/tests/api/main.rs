@@ -11,6 +11,7 @@ mod clients;
 mod clusters;
 mod console;
 mod containers;
+mod gpu_health;
 mod hosts;
 mod idempotency;
 mod isolation;

@@ -131,6 +131,7 @@ const NATIVE: &[Row] = &[
     (Native, "GET", "/v1/instances/{id}/metrics", Read, None),
     (Native, "GET", "/v1/instances/{id}/metrics/stream", Read, None),
     (Native, "GET", "/v1/instances/{id}/network", Read, None),
+    (Native, "GET", "/v1/instances/{id}/gpus", Read, None),
     (Native, "POST", "/v1/instances/{id}/restart", Edit, None),
     (Native, "POST", "/v1/instances/{id}/stop", Edit, None),
     (Native, "POST", "/v1/instances/{id}/start", Edit, None),

@@ -260,6 +260,7 @@ async fn storage_used_capacity_and_status_follow_host_reports() {
         }],
         snapshots: vec![],
         vpns: vec![],
+        gpus: None,
     };
     let get = || async { vp(&s, "GET", &format!("/storage/{id}"), None, 200).await };
 

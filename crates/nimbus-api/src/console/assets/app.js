@@ -437,7 +437,9 @@ async function hostsPage() {
     return table([['Host', (x) => h('span', {}, x.name, h('br'), h('small', { class: 'muted' }, x.id))], ['Region', (x) => x.region],
       ['Status', (x) => statusCell(x.status)], ['Driver', (x) => x.driver],
       ['vCPUs free', (x) => x.free.vcpus + ' / ' + x.total.vcpus], ['Memory free', (x) => (x.free.memory_mib / 1024).toFixed(0) + ' / ' + (x.total.memory_mib / 1024).toFixed(0) + ' GiB'],
-      ['GPUs', (x) => x.gpus.length ? h('ul', {}, x.gpus.map((g) => h('li', {}, '#' + g.index + ' ' + g.model + (g.instance_id ? ' (in use)' : ' (free)')))) : '—'],
+      ['GPUs', (x) => x.gpus.length ? h('ul', {}, x.gpus.map((g) => h('li', {},
+        '#' + g.index + ' ' + g.model + (g.instance_id ? ' (in use)' : g.mig_devices.length ? ' (MIG: ' + g.mig_devices.length + ' devices)' : g.clean ? ' (free)' : ' (being checked)') +
+        (g.health === 'ok' ? '' : ' — ' + g.health + (g.reasons.length ? ': ' + g.reasons[0] : ''))))) : '—'],
       ['Heartbeat', (x) => x.heartbeat_age_s + ' s ago']], hosts, 'No hosts registered.');
   };
   const box = h('div', { id: 'hosts' }, await load());

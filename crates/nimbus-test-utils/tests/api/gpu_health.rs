@@ -1,0 +1,165 @@
+//! GPU health and the check between tenants, end to end through a real agent with the sim
+//! driver's fault injection (a JSON file of NVML-like signals per GPU): an Xid by its bucket
+//! takes a GPU out and its instance `unhealthy` (event, Lambda status, native GPU list); a reset
+//! of the idle GPU brings it back; a GPU goes to the next tenant only once its last tenant's
+//! processes are gone; an unknown Xid drains; a GPU that fell off the bus stays out until the
+//! host reboots.
+
+use std::path::{Path, PathBuf};
+
+use nimbus_core::gpu_health::Condition;
+use nimbus_test_utils::{sim_host, TestServer};
+use serde_json::{json, Value};
+
+use crate::{add_key, launch};
+
+fn faults(path: &Path, v: Value) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec(&v).expect("json")).expect("write faults");
+    std::fs::rename(&tmp, path).expect("rename faults");
+}
+
+fn resets(path: &Path) -> Vec<i64> {
+    std::fs::read_to_string(path.with_extension("resets")).unwrap_or_default().lines().filter_map(|l| l.parse().ok()).collect()
+}
+
+async fn gpu(s: &TestServer, index: i64) -> nimbus_core::model::Gpu {
+    let hosts = s.control.store().host_list(None, false).await.expect("hosts");
+    hosts[0].gpus.iter().find(|g| g.index == index).cloned().expect("gpu")
+}
+
+/// Host index of the GPU an instance holds.
+async fn gpu_of(s: &TestServer, id: &str) -> i64 {
+    let hosts = s.control.store().host_list(None, false).await.expect("hosts");
+    hosts[0].gpus.iter().find(|g| g.instance_id.as_ref().is_some_and(|i| i.as_str() == id)).map(|g| g.index).expect("holds a GPU")
+}
+
+async fn try_launch(s: &TestServer, itype: &str) -> (u16, Value) {
+    s.call(
+        &s.key,
+        "POST",
+        "/instance-operations/launch",
+        Some(json!({"region_name": "us-east-1", "instance_type_name": itype, "ssh_key_names": ["k"]})),
+    )
+    .await
+}
+
+async fn terminate(s: &TestServer, id: &str) {
+    s.expect("POST", "/instance-operations/terminate", Some(json!({"instance_ids": [id]})), 200).await;
+    s.wait_status(&s.key, id, "terminated").await;
+}
+
+/// A server with one sim host of `gpus` H100s whose faults file is the returned path (in the
+/// returned dir, which must live as long as the test).
+async fn start_with_faults(gpus: i64) -> (TestServer, nimbus_test_utils::TempDir, PathBuf) {
+    let dir = nimbus_test_utils::TempDir::new("gpu-faults");
+    let file = dir.0.join("faults.json");
+    let mut h = sim_host("h", 64, gpus);
+    h.faults_file = Some(file.clone());
+    let s = TestServer::builder().host("us-east-1", h).start().await;
+    add_key(&s, "k").await;
+    (s, dir, file)
+}
+
+#[tokio::test]
+async fn an_xid_takes_its_gpu_and_instance_out_until_a_reset() {
+    let (s, _dir, file) = start_with_faults(2).await;
+    let first = launch(&s, &s.key, "gpu_1x_h100_sxm5", "k").await;
+    s.wait_status(&s.key, &first, "active").await;
+    let g = gpu_of(&s, &first).await;
+    let reset_before = resets(&file).iter().filter(|i| **i == g).count();
+
+    // Xid 13 is the application's fault: nothing changes (a few reports later).
+    faults(&file, json!({ g.to_string(): {"xids": [13]} }));
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    assert_eq!(gpu(&s, g).await.health, Condition::Ok);
+    assert_eq!(s.wait_status(&s.key, &first, "active").await["status"], "active");
+
+    // Xid 48 (double-bit ECC, RESET_GPU): the instance is unhealthy, with the reason.
+    faults(&file, json!({ g.to_string(): {"xids": [13, 48]} }));
+    s.wait_status(&s.key, &first, "unhealthy").await;
+    let bad = gpu(&s, g).await;
+    assert_eq!(bad.health, Condition::ResetRequired);
+    assert!(bad.health_reasons.iter().any(|r| r.contains("Xid 48")), "{:?}", bad.health_reasons);
+    let listed = s.nexpect("GET", &format!("/instances/{first}/gpus"), None, 200).await;
+    assert_eq!(listed[0]["health"], "reset_required", "{listed}");
+    assert_eq!(listed[0]["index"], 0, "numbered from 0 inside the instance");
+    assert!(listed[0]["reasons"][0].as_str().is_some_and(|r| r.contains("Xid 48")), "{listed}");
+    let events = s.control.store().event_list_by_org(&s.org.id, 0, None, None, Some("instance"), 1000).await.expect("events");
+    let unhealthy = events.iter().find(|e| e.kind == "instance.unhealthy" && e.resource_id == first).expect("an instance.unhealthy event");
+    assert!(unhealthy.payload["message"].as_str().is_some_and(|m| m.contains("Xid 48")), "{}", unhealthy.payload);
+    let host_events = s.control.store().event_list_after(0, 10_000).await.expect("host events");
+    assert!(
+        host_events.iter().any(|e| e.kind == "host.gpu_health_changed" && e.payload["to"] == "reset_required"),
+        "operators get a host event"
+    );
+    // The GPU itself stays out: a second 1-GPU instance gets the other GPU, a third gets none.
+    let second = launch(&s, &s.key, "gpu_1x_h100_sxm5", "k").await;
+    assert_ne!(gpu_of(&s, &second).await, g);
+    let (st, v) = try_launch(&s, "gpu_1x_h100_sxm5").await;
+    assert_eq!((st, v["error"]["code"].as_str()), (400, Some("instance-operations/launch/insufficient-capacity")), "{v}");
+
+    // Terminating it frees the GPU, which the agent resets (it is idle): back in service.
+    terminate(&s, &first).await;
+    s.wait_for("the GPU reset and back", || async {
+        let now = gpu(&s, g).await;
+        now.health == Condition::Ok && now.clean
+    })
+    .await;
+    assert!(resets(&file).iter().filter(|i| **i == g).count() > reset_before, "the agent reset the GPU: {:?}", resets(&file));
+    let third = launch(&s, &s.key, "gpu_1x_h100_sxm5", "k").await;
+    assert_eq!(gpu_of(&s, &third).await, g, "the reset GPU is placed again");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_gpu_goes_to_the_next_tenant_only_once_the_last_ones_processes_are_gone() {
+    let (s, _dir, file) = start_with_faults(1).await;
+    let id = launch(&s, &s.key, "gpu_1x_h100_sxm5", "k").await;
+    s.wait_status(&s.key, &id, "active").await;
+    // A process of the instance outlives it (say, stuck in the driver).
+    faults(&file, json!({"0": {"processes": 1}}));
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let resets_before = resets(&file).len();
+    terminate(&s, &id).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
+    let g = gpu(&s, 0).await;
+    assert!(g.instance_id.is_none() && !g.clean, "released but not checked: {g:?}");
+    let (st, v) = try_launch(&s, "gpu_1x_h100_sxm5").await;
+    assert_eq!(st, 400, "not placed while its last tenant's process runs: {v}");
+    assert_eq!(resets(&file).len(), resets_before, "never reset under a running process");
+    // The process goes: the agent resets it and it is placed again.
+    faults(&file, json!({"0": {"processes": 0}}));
+    s.wait_for("the GPU checked", || async { gpu(&s, 0).await.clean }).await;
+    assert!(resets(&file).len() > resets_before);
+    let (st, v) = try_launch(&s, "gpu_1x_h100_sxm5").await;
+    assert_eq!(st, 200, "{v}");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn unknown_xids_drain_and_a_gpu_off_the_bus_stays_out_after_a_reset() {
+    let (s, _dir, file) = start_with_faults(2).await;
+    let id = launch(&s, &s.key, "gpu_1x_h100_sxm5", "k").await;
+    s.wait_status(&s.key, &id, "active").await;
+    let g = gpu_of(&s, &id).await;
+    let other = 1 - g;
+    // An Xid Nimbus has no bucket for drains the GPU: its instance keeps running, nothing new
+    // is placed on it.
+    faults(&file, json!({ g.to_string(): {"xids": [4242]} }));
+    s.wait_for("the unknown Xid drains", || async { gpu(&s, g).await.health == Condition::Drain }).await;
+    assert_eq!(s.wait_status(&s.key, &id, "active").await["status"], "active");
+    // Then it falls off the bus (RESTART_BM).
+    faults(&file, json!({ g.to_string(): {"xids": [4242, 79]} }));
+    s.wait_status(&s.key, &id, "unhealthy").await;
+    terminate(&s, &id).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
+    let lost = gpu(&s, g).await;
+    assert_eq!(lost.health, Condition::RebootRequired, "a reset does not bring back a GPU that fell off the bus");
+    assert!(lost.health_reasons.iter().any(|r| r.contains("Xid 79")), "{:?}", lost.health_reasons);
+    let again = launch(&s, &s.key, "gpu_1x_h100_sxm5", "k").await;
+    assert_eq!(gpu_of(&s, &again).await, other);
+    let (st, _) = try_launch(&s, "gpu_1x_h100_sxm5").await;
+    assert_eq!(st, 400, "the lost GPU is not placed");
+    s.shutdown().await;
+}
