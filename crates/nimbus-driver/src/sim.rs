@@ -182,7 +182,14 @@ impl Driver for SimDriver {
                 let done = seen.entry(g.index).or_insert(0);
                 let xids = f.xids.get(*done..).map(<[u64]>::to_vec).unwrap_or_default();
                 *done = (*done).max(f.xids.len());
-                Signals { index: g.index, uuid: g.uuid.clone(), xids, processes: Some(f.processes.unwrap_or(0)), ..f }
+                Signals {
+                    index: g.index,
+                    uuid: g.uuid.clone(),
+                    xids,
+                    processes: Some(f.processes.unwrap_or(0)),
+                    mig_mode: !g.mig_devices.is_empty(),
+                    ..f
+                }
             })
             .collect())
     }

@@ -3,7 +3,7 @@
 //! takes a GPU out and its instance `unhealthy` (event, Lambda status, native GPU list); a reset
 //! of the idle GPU brings it back; a GPU goes to the next tenant only once its last tenant's
 //! processes are gone; an unknown Xid drains; a GPU that fell off the bus stays out until the
-//! host reboots.
+//! host reboots. MIG types get MIG devices.
 
 use std::path::{Path, PathBuf};
 
@@ -161,5 +161,49 @@ async fn unknown_xids_drain_and_a_gpu_off_the_bus_stays_out_after_a_reset() {
     assert_eq!(gpu_of(&s, &again).await, other);
     let (st, _) = try_launch(&s, "gpu_1x_h100_sxm5").await;
     assert_eq!(st, 400, "the lost GPU is not placed");
+    s.shutdown().await;
+}
+
+/// MIG: types of a MIG profile are placed on free MIG devices of that profile (which the
+/// operator made; sim inventory here), reach the agent as MIG device references, are listed
+/// as the instance's GPUs, and whole-GPU types never take a GPU in MIG mode.
+#[tokio::test]
+async fn mig_types_get_mig_devices_and_whole_gpu_types_do_not() {
+    let mut h = sim_host("h", 64, 0);
+    h.gpus = vec![("NVIDIA H200".to_owned(), 2)];
+    h.mig_devices = vec![(0, "1g.18gb".to_owned(), 2), (0, "3g.71gb".to_owned(), 1)];
+    let s = TestServer::builder().host("us-east-1", h).start().await;
+    add_key(&s, "k").await;
+    let types = s.expect("GET", "/instance-types", None, 200).await;
+    assert_eq!(types["data"]["gpu_1x_h200_1g"]["regions_with_capacity_available"][0]["name"], "us-east-1", "{types}");
+
+    let a = launch(&s, &s.key, "gpu_1x_h200_1g", "k").await;
+    let b = launch(&s, &s.key, "gpu_1x_h200_1g", "k").await;
+    s.wait_status(&s.key, &a, "active").await;
+    let (st, v) = try_launch(&s, "gpu_1x_h200_1g").await;
+    assert_eq!(st, 400, "two 1g devices only: {v}");
+    let listed = s.nexpect("GET", &format!("/instances/{a}/gpus"), None, 200).await;
+    assert_eq!((listed[0]["mig_profile"].as_str(), listed[0]["model"].as_str()), (Some("1g.18gb"), Some("NVIDIA H200")), "{listed}");
+    let other = s.nexpect("GET", &format!("/instances/{b}/gpus"), None, 200).await;
+    assert_ne!(listed[0]["uuid"], other[0]["uuid"], "each instance its own device");
+
+    // What the agent is told: the MIG device's parent and ids, and no whole GPU.
+    let host = s.control.store().host_list(None, false).await.expect("hosts")[0].id.clone();
+    let d = nimbus_control::agents::desired(&s.control, &host, nimbus_proto::DesiredRequest::default()).await.expect("desired");
+    let da = d.instances.iter().find(|i| i.id == a).expect("a is desired");
+    assert!(da.gpu_indices.is_empty());
+    assert_eq!(da.mig_devices.len(), 1);
+    assert_eq!((da.mig_devices[0].parent_index, da.mig_devices[0].uuid.as_str()), (0, listed[0]["uuid"].as_str().expect("uuid")));
+
+    // A whole H200 comes from GPU 1 (not in MIG mode); there is no second one.
+    let whole = launch(&s, &s.key, "gpu_1x_h200", "k").await;
+    assert_eq!(gpu_of(&s, &whole).await, 1);
+    let (st, _) = try_launch(&s, "gpu_1x_h200").await;
+    assert_eq!(st, 400, "GPU 0 is in MIG mode: never placed whole");
+
+    // A terminated instance's device goes back.
+    terminate(&s, &a).await;
+    let (st, v) = try_launch(&s, "gpu_1x_h200_1g").await;
+    assert_eq!(st, 200, "{v}");
     s.shutdown().await;
 }
