@@ -420,3 +420,49 @@ fn host_token_limits_and_reenrol_from_the_cli() {
     assert!(note.contains(&host) && note.contains("revoked"), "{note}");
     fails(&dev, &["hosts", "re-enrol", "no-such-host"]);
 }
+
+/// `nimbus dev --sim-gpus/--sim-mig/--sim-gpu-faults`: H200 types show capacity by name and
+/// memory, MIG types on the sim MIG devices, and a GPU that falls off the bus shows in
+/// `nimbus admin hosts` with its reason.
+#[test]
+fn dev_sim_gpu_health_and_mig_through_the_cli() {
+    let faults = std::env::temp_dir().join(format!("nimbus-cli-faults-{}.json", nimbus_core::ids::random_hex_id()));
+    let dev = start_dev(&[
+        "--sim-gpus",
+        "NVIDIA H200:2",
+        "--sim-mig",
+        "0:1g.18gb:7",
+        "--sim-gpu-faults",
+        faults.to_str().expect("utf8 path"),
+        "--sim-vcpus",
+        "64",
+        "--sim-memory-gib",
+        "512",
+        "--sim-disk-gib",
+        "10000",
+    ]);
+    let types = cli(&dev, &["types"]);
+    let row = |t: &str| row_of(&types, t);
+    assert!(row("gpu_1x_h200").contains("us-east-1"), "the whole H200 (GPU 1): {types}");
+    assert!(row("gpu_1x_h200_1g").contains("us-east-1"), "{types}");
+    assert!(!row("gpu_1x_h100_sxm5").contains("us-east-1"), "an H200 is no H100: {types}");
+    assert!(!row("gpu_1x_h200_3g").contains("us-east-1"), "no 3g device was made: {types}");
+    assert!(admin_run(&dev, &["hosts"]).status.success());
+    std::fs::write(&faults, r#"{"1": {"xids": [79]}}"#).expect("faults");
+    let t = std::time::Instant::now();
+    loop {
+        let (hosts, _) = ok(&dev, &["hosts"]);
+        if hosts.lines().any(|l| l.contains("gpu 1 ") && l.contains("reboot_required") && l.contains("Xid 79")) {
+            assert!(hosts.contains("mig 0/7 in use"), "{hosts}");
+            break;
+        }
+        assert!(t.elapsed() < std::time::Duration::from_secs(20), "the lost GPU never showed: {hosts}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(!row_of(&cli(&dev, &["types"]), "gpu_1x_h200").contains("us-east-1"), "the lost GPU offers no capacity");
+    let _ = std::fs::remove_file(&faults);
+}
+
+fn row_of(table: &str, t: &str) -> String {
+    table.lines().find(|l| l.starts_with(&format!("{t} "))).unwrap_or_default().to_owned()
+}
