@@ -33,6 +33,8 @@ use std::process::Command;
 
 use nimbus_proto::MigDeviceRef;
 
+use super::cdi;
+
 /// Char major of the NVIDIA GPU and control nodes (fixed by the driver).
 pub const NVIDIA_MAJOR: u32 = 195;
 /// Minor of `/dev/nvidiactl`.
@@ -44,7 +46,7 @@ pub const LIB_DIR: &str = "/usr/lib/nimbus-nvidia";
 /// The `ld.so.conf.d` entry that puts [`LIB_DIR`] first in the instance's library search.
 pub const LD_CONF: &str = "/etc/ld.so.conf.d/000-nimbus-nvidia.conf";
 /// Where the driver's tools appear inside an instance.
-const BIN_DIR: &str = "/usr/bin";
+pub(crate) const BIN_DIR: &str = "/usr/bin";
 /// The host directories searched for the tools, in order (the default root `PATH`).
 const HOST_PATH: [&str; 6] = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"];
 /// The driver's tools an instance gets when the host has them.
@@ -125,6 +127,20 @@ pub struct GpuPlan {
     pub proc_entries: Vec<String>,
     /// Contents of [`LD_CONF`].
     pub ld_conf: String,
+    /// Where the device nodes and files came from.
+    #[serde(default)]
+    pub source: PlanSource,
+}
+
+/// What decided a plan's control nodes, libraries and tools.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlanSource {
+    /// The host's `ldconfig -p`, `PATH` and `/dev`.
+    #[default]
+    Discovery,
+    /// The host's NVIDIA CDI spec ([`super::cdi`]).
+    Cdi,
 }
 
 impl GpuPlan {
@@ -135,13 +151,13 @@ impl GpuPlan {
 }
 
 /// `abs` (an absolute path on the host) under `root`.
-fn under(root: &Path, abs: impl AsRef<Path>) -> PathBuf {
+pub(crate) fn under(root: &Path, abs: impl AsRef<Path>) -> PathBuf {
     let abs = abs.as_ref();
     root.join(abs.strip_prefix("/").unwrap_or(abs))
 }
 
 /// Whether `s` can travel in the init script's line format.
-fn safe(s: &str) -> bool {
+pub(crate) fn safe(s: &str) -> bool {
     !s.is_empty() && !s.contains(['|', '\n', '\r'])
 }
 
@@ -252,7 +268,7 @@ pub fn gpus_from_nvml() -> Option<Vec<HostGpu>> {
 /// The device node at `path` under `root` if it exists. Its numbers come from the node itself
 /// when it is a character device, otherwise (fake trees in tests) from `expected`; a node whose
 /// numbers cannot be known is left out.
-fn node(root: &Path, path: &str, expected: Option<(u32, u32)>) -> Option<DeviceNode> {
+pub(crate) fn node(root: &Path, path: &str, expected: Option<(u32, u32)>) -> Option<DeviceNode> {
     let meta = std::fs::metadata(under(root, path)).ok()?;
     let numbers = if meta.file_type().is_char_device() { Some(dev_numbers(meta.rdev())) } else { expected };
     match numbers {
@@ -411,7 +427,7 @@ fn normalize(p: &Path) -> PathBuf {
 
 /// The regular file `path` (absolute, on the host) leads to once its symbolic links are
 /// followed, resolved under `root`; `None` when it leads nowhere.
-fn resolve(root: &Path, path: &Path) -> Option<PathBuf> {
+pub(crate) fn resolve(root: &Path, path: &Path) -> Option<PathBuf> {
     let mut p = path.to_owned();
     for _ in 0..40 {
         let meta = std::fs::symlink_metadata(under(root, &p)).ok()?;
@@ -517,12 +533,15 @@ impl Host {
         let mut plan = GpuPlan { ld_conf: format!("{LIB_DIR}\n"), ..GpuPlan::default() };
 
         let wanted: BTreeSet<i64> = indices.iter().copied().collect();
+        let mut whole: Vec<&HostGpu> = Vec::new();
         for &index in &wanted {
             let Some(g) = self.gpus.iter().find(|g| i64::from(g.index) == index) else {
                 return Err(GpuError::UnknownIndex { index, count: self.gpus.len(), source_name: self.gpus_source });
             };
             self.add_gpu(&mut plan, g)?;
+            whole.push(g);
         }
+        let mut migs: Vec<cdi::WantedMig> = Vec::new();
         for m in mig {
             let Some(g) = self.gpus.iter().find(|g| i64::from(g.index) == m.parent_index) else {
                 return Err(GpuError::UnknownMigParent {
@@ -533,9 +552,10 @@ impl Host {
                 });
             };
             self.add_gpu(&mut plan, g)?;
-            for n in mig_nodes(root, &majors, g, m)? {
-                if !plan.devices.contains(&n) {
-                    plan.devices.push(n);
+            let caps = mig_nodes(root, &majors, g, m)?;
+            for n in &caps {
+                if !plan.devices.contains(n) {
+                    plan.devices.push(n.clone());
                 }
             }
             // NVML inside reads the two caps' minors there. Only this GPU instance's directory:
@@ -544,18 +564,62 @@ impl Host {
             if !plan.proc_entries.contains(&entry) {
                 plan.proc_entries.push(entry);
             }
+            migs.push(cdi::WantedMig { parent: g, mig: m, caps });
         }
-        plan.devices.extend(control_nodes(root, &majors));
+
+        let selection = match cdi::find(root) {
+            Ok(None) => None,
+            Ok(Some((path, spec))) => match cdi::select(&spec, root, &majors, &whole, &migs) {
+                Ok(sel) => {
+                    tracing::info!(spec = %path, "GPU plan from the host's CDI spec");
+                    Some(sel)
+                }
+                Err(reason) => {
+                    tracing::warn!(spec = %path, %reason, "CDI spec not used for this instance; discovering the driver instead");
+                    None
+                }
+            },
+            Err(reason) => {
+                tracing::warn!(%reason, "CDI spec unreadable; discovering the driver instead");
+                None
+            }
+        };
+        let (entries, only) = match &selection {
+            Some(sel) => {
+                plan.source = PlanSource::Cdi;
+                plan.devices.extend(sel.devices.iter().cloned());
+                // The spec's files first (each under its own name), then every name the ld
+                // cache knows one of them by, for the soname links.
+                let mut e: Vec<LdEntry> = sel
+                    .libraries
+                    .iter()
+                    .filter_map(|p| Some(LdEntry { name: p.file_name()?.to_str()?.to_owned(), path: p.clone() }))
+                    .collect();
+                e.extend(parse_ldconfig(&self.ldconfig, self.arch));
+                let real: BTreeSet<PathBuf> = sel.libraries.iter().filter_map(|p| resolve(root, p)).collect();
+                (e, Some(real))
+            }
+            None => {
+                plan.devices.extend(control_nodes(root, &majors));
+                (parse_ldconfig(&self.ldconfig, self.arch).into_iter().filter(|e| is_driver_library(&e.name)).collect(), None)
+            }
+        };
 
         // Libraries: each real file once under its own name, and a link for every other name the
         // cache knows it by (`libcuda.so.1` → `libcuda.so.550.54.15`), first entry winning.
         let mut files: BTreeMap<String, PathBuf> = BTreeMap::new();
         let mut links: BTreeMap<String, String> = BTreeMap::new();
-        for e in parse_ldconfig(&self.ldconfig, self.arch).into_iter().filter(|e| is_driver_library(&e.name)) {
+        for e in entries {
             if !safe(&e.name) || e.name.contains('/') || files.contains_key(&e.name) || links.contains_key(&e.name) {
                 continue;
             }
+            if LIB_EXCLUDED.iter().any(|p| e.name.starts_with(p)) {
+                continue;
+            }
             let Some(real) = resolve(root, &e.path) else { continue };
+            if only.as_ref().is_some_and(|o| !o.contains(&real)) {
+                continue;
+            }
             let Some(real_name) = real.file_name().and_then(|n| n.to_str()).map(str::to_owned) else { continue };
             if !safe(&real_name) || !safe(&real.display().to_string()) || links.contains_key(&real_name) {
                 continue;
@@ -565,13 +629,27 @@ impl Host {
                 links.insert(e.name, real_name);
             }
         }
+        if only.is_some() {
+            // A spec may list libraries the ld cache does not know (a driver outside the
+            // search path): their soname is the one every driver release uses.
+            for req in REQUIRED_LIBS {
+                let stem = req.trim_end_matches('1');
+                let found = files.keys().find(|n| n.starts_with(stem) && n.as_str() != req).cloned();
+                if let (false, false, Some(target)) = (files.contains_key(req), links.contains_key(req), found) {
+                    links.insert(req.to_owned(), target);
+                }
+            }
+        }
         let missing: Vec<&str> = REQUIRED_LIBS.iter().copied().filter(|l| !files.contains_key(*l) && !links.contains_key(*l)).collect();
         if !missing.is_empty() {
             return Err(GpuError::MissingLibraries { missing: missing.join(", ") });
         }
         plan.files = files.into_iter().map(|(name, src)| (src, format!("{LIB_DIR}/{name}"))).collect();
         plan.links = links.into_iter().map(|(name, target)| (target, format!("{LIB_DIR}/{name}"))).collect();
-        plan.files.extend(binaries(root));
+        // Tools: the spec's where it lists them, the rest from `PATH`.
+        let listed: Vec<(PathBuf, String)> = selection.map(|s| s.binaries).unwrap_or_default();
+        let found = binaries(root).into_iter().filter(|(_, inside)| !listed.iter().any(|(_, l)| l == inside));
+        plan.files.extend(listed.iter().cloned().chain(found));
         Ok(plan)
     }
 
@@ -1022,6 +1100,151 @@ mod tests {
         let empty = TempDir::new();
         let e = host(&empty.0).plan_with_mig(&[], &[mig(0, 1, 0)]).expect_err("no driver");
         assert_eq!(e, GpuError::NoDriver { indices: vec![0], path: "/dev/nvidiactl".into() });
+    }
+
+    /// `fake_host` with NVIDIA's CDI spec at `path`, a library only the spec knows about (in a
+    /// directory outside the ld cache) and the `/dev/dri` nodes it names.
+    fn cdi_host(path: &str, spec: &str) -> TempDir {
+        let t = fake_host();
+        put(&t.0, path, spec);
+        put(&t.0, "/usr/lib64/nvidia/libnvidia-ptxjitcompiler.so.550.54.15", "ELF");
+        put(&t.0, "/dev/dri/card1", "");
+        put(&t.0, "/dev/dri/renderD128", "");
+        t
+    }
+
+    const CDI_PATH: &str = "/var/run/cdi/nvidia.yaml";
+
+    fn paths(plan: &GpuPlan) -> Vec<&str> {
+        plan.devices.iter().map(|d| d.path.as_str()).collect()
+    }
+
+    #[test]
+    fn a_cdi_spec_decides_the_libraries_tools_and_control_nodes() {
+        let t = cdi_host(CDI_PATH, cdi::FIXTURE);
+        let plan = host(&t.0).plan(&[0]).expect("plan");
+        assert_eq!(plan.source, PlanSource::Cdi);
+        assert_eq!(
+            paths(&plan),
+            vec!["/dev/nvidia0", "/dev/nvidia-modeset", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidiactl"],
+            "the /dev/dri nodes of a fake tree have no numbers and are left out"
+        );
+        let lib = |d: &str, n: &str| (PathBuf::from(format!("{d}/{n}")), format!("{LIB_DIR}/{n}"));
+        let bin = |d: &str, n: &str| (PathBuf::from(format!("{d}/{n}")), format!("/usr/bin/{n}"));
+        let x86 = "/lib/x86_64-linux-gnu";
+        assert_eq!(
+            plan.files,
+            vec![
+                lib(x86, "libcuda.so.550.54.15"),
+                lib(x86, "libnvidia-ml.so.550.54.15"),
+                lib("/usr/lib64/nvidia", "libnvidia-ptxjitcompiler.so.550.54.15"),
+                bin("/usr/bin", "nvidia-smi"),
+                bin("/usr/bin", "nvidia-persistenced"),
+                bin("/usr/local/bin", "nvidia-cuda-mps-control"),
+            ],
+            "the spec's libraries (not libcudadebugger, which only the ld cache has); its tool, and \
+             the tools it does not list from PATH; never firmware or sockets"
+        );
+        let link = |n: &str, t: &str| (t.to_owned(), format!("{LIB_DIR}/{n}"));
+        assert_eq!(
+            plan.links,
+            vec![
+                link("libcuda.so", "libcuda.so.550.54.15"),
+                link("libcuda.so.1", "libcuda.so.550.54.15"),
+                link("libnvidia-ml.so", "libnvidia-ml.so.550.54.15"),
+                link("libnvidia-ml.so.1", "libnvidia-ml.so.550.54.15"),
+            ]
+        );
+        assert_eq!(serde_json::to_value(&plan).expect("json")["source"], "cdi");
+
+        // GPU index 1 is its own device: nothing of device 0 (nvidia0, its dri nodes) or `all`.
+        let one = host(&t.0).plan(&[1]).expect("plan");
+        assert_eq!(paths(&one)[..2], ["/dev/nvidia2", "/dev/nvidia-modeset"]);
+        assert!(!paths(&one).iter().any(|p| *p == "/dev/nvidia0" || p.starts_with("/dev/dri") || p.contains("caps")));
+
+        // Without an ld cache entry, the soname links of the required libraries still exist.
+        let no_cache = Host { ldconfig: String::new(), ..host(&t.0) };
+        let plan = no_cache.plan(&[0]).expect("plan");
+        assert_eq!(plan.links, vec![link("libcuda.so.1", "libcuda.so.550.54.15"), link("libnvidia-ml.so.1", "libnvidia-ml.so.550.54.15")]);
+    }
+
+    #[test]
+    fn a_cdi_spec_selects_mig_devices_by_uuid_or_by_their_caps() {
+        let t = cdi_host(CDI_PATH, cdi::FIXTURE);
+        let h = host(&t.0);
+        let a = h.plan_with_mig(&[], &[mig(0, 1, 0)]).expect("A, by UUID");
+        assert_eq!(a.source, PlanSource::Cdi);
+        assert_eq!(paths(&a)[..3], ["/dev/nvidia0", "/dev/nvidia-caps/nvidia-cap12", "/dev/nvidia-caps/nvidia-cap13"]);
+        // B has no UUID entry; `0:1` lists exactly its caps.
+        let b = h.plan_with_mig(&[], &[mig(0, 2, 0)]).expect("B, by index name");
+        assert_eq!(b.source, PlanSource::Cdi);
+        let caps: Vec<&str> = paths(&b).into_iter().filter(|p| p.contains("caps")).collect();
+        assert_eq!(caps, vec!["/dev/nvidia-caps/nvidia-cap21", "/dev/nvidia-caps/nvidia-cap22"]);
+        // A stale entry naming A's UUID with B's caps is not believed: the driver's caps win.
+        let stale = cdi::FIXTURE.replace("  name: MIG-gi1-ci0", "  name: MIG-old").replace("  name: \"0:1\"", "  name: MIG-gi1-ci0");
+        let t = cdi_host(CDI_PATH, &stale);
+        let a = host(&t.0).plan_with_mig(&[], &[mig(0, 1, 0)]).expect("plan");
+        assert_eq!(a.source, PlanSource::Discovery);
+        assert_eq!(paths(&a)[..3], ["/dev/nvidia0", "/dev/nvidia-caps/nvidia-cap12", "/dev/nvidia-caps/nvidia-cap13"]);
+    }
+
+    #[test]
+    fn a_stale_broken_or_hostile_cdi_spec_never_widens_the_plan() {
+        let discovered = host(&fake_host().0).plan(&[1]).expect("plan");
+        let same_as_discovery = |spec: &str, path: &str| {
+            let t = cdi_host(path, spec);
+            let plan = host(&t.0).plan(&[1]).expect("plan");
+            assert_eq!(plan.source, PlanSource::Discovery, "{spec}");
+            assert_eq!(plan, discovered, "{spec}");
+        };
+        // A spec that does not parse, of another kind, or from before the GPUs were renumbered.
+        same_as_discovery("cdiVersion: 0.5.0\nkind: nvidia.com/gpu\ndevices: [{name: 0", CDI_PATH);
+        same_as_discovery(&cdi::FIXTURE.replace("kind: nvidia.com/gpu", "kind: example.com/gpu"), CDI_PATH);
+        same_as_discovery(&cdi::FIXTURE.replace("    - path: /dev/nvidia2\n", "    - path: /dev/nvidia0\n"), CDI_PATH);
+        same_as_discovery(&cdi::FIXTURE.replace("  name: \"1\"", "  name: \"7\""), CDI_PATH);
+        // The broken spec of the higher-priority directory is not replaced by an older one.
+        let t = cdi_host(CDI_PATH, "{not yaml");
+        put(&t.0, "/etc/cdi/nvidia.yaml", cdi::FIXTURE);
+        assert_eq!(host(&t.0).plan(&[1]).expect("plan").source, PlanSource::Discovery);
+        // A JSON spec in /etc/cdi is read.
+        let json = serde_json::to_string(&serde_norway::from_str::<serde_json::Value>(cdi::FIXTURE).expect("yaml")).expect("json");
+        let t = cdi_host("/etc/cdi/nvidia.json", &json);
+        assert_eq!(host(&t.0).plan(&[1]).expect("plan").source, PlanSource::Cdi);
+
+        // Nodes and files the spec may not give are refused one by one.
+        let hostile = cdi::FIXTURE
+            .replace(
+                "  - path: /dev/nvidiactl\n",
+                "  - path: /dev/nvidiactl\n  - path: /dev/nvidia-caps/nvidia-cap1\n  - path: /dev/nvidia1\n  - path: /dev/kmsg\n",
+            )
+            .replace(
+                "  - containerPath: /usr/bin/nvidia-smi\n",
+                "  - containerPath: /x\n    hostPath: /usr/lib64/nvidia/../../../etc/libshadow.so.1\n  \
+                 - containerPath: /y\n    hostPath: /usr/lib64/nvidia/libevil.so.1\n  \
+                 - containerPath: /z\n    hostPath: /usr/lib64/nvidia/libgone.so.1\n  \
+                 - containerPath: /usr/bin/nvidia-smi\n",
+            )
+            .replace(
+                "    - path: /dev/nvidia0\n    - path: /dev/dri/card1\n",
+                "    - path: /dev/nvidia0\n    - path: /dev/dri/../kmsg\n    - path: /dev/dri/card1\n",
+            );
+        let t = cdi_host(CDI_PATH, &hostile);
+        put(&t.0, "/etc/libshadow.so.1", "secret");
+        put(&t.0, "/etc/shadow", "secret");
+        symlink(&t.0, "/usr/lib64/nvidia/libevil.so.1", "/etc/shadow");
+        // A render node that is a link to a real node outside the fake tree.
+        std::fs::remove_file(t.0.join("dev/dri/card1")).expect("rm");
+        symlink(&t.0, "/dev/dri/card1", "/dev/null");
+        let plan = host(&t.0).plan(&[0]).expect("plan");
+        assert_eq!(plan.source, PlanSource::Cdi);
+        assert_eq!(
+            paths(&plan),
+            vec!["/dev/nvidia0", "/dev/nvidia-modeset", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidiactl"],
+            "no config cap, other GPU, foreign node, `..` path or linked node from the spec"
+        );
+        let srcs: Vec<String> = plan.files.iter().map(|(s, _)| s.display().to_string()).collect();
+        assert!(srcs.iter().all(|s| !s.starts_with("/etc") && !s.contains("evil") && !s.contains("gone")), "{srcs:?}");
+        assert_eq!(srcs.len(), 6, "{srcs:?}");
     }
 
     #[test]
