@@ -23,6 +23,9 @@
 //!   set (`devices.rs`: the v1 whitelist and the cgroup v2 eBPF program), so even a node it
 //!   makes itself with `mknod` for another GPU does not open.
 //!
+//! Where the host has NVIDIA's CDI spec, it names the libraries, tools and control nodes instead
+//! of the `ldconfig -p` and `PATH` scan ([`super::cdi`]; [`GpuPlan::source`] says which one).
+//!
 //! Discovery reads a root directory (`/` in production, a fake tree in tests) and parses text, so
 //! all of it is tested without a GPU; only [`Host::read`] touches NVML and runs programs.
 
