@@ -79,6 +79,7 @@ fn a_gpu_plan_is_applied_inside_an_unprivileged_container() {
         links: vec![(real_name.clone(), format!("{}/libz.so.1", gpu::LIB_DIR))],
         proc_entries: vec![],
         ld_conf: format!("{}\n", gpu::LIB_DIR),
+        source: gpu::PlanSource::Discovery,
     };
     let spec = runtime::Spec {
         id: id.clone(),

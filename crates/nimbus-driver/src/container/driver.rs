@@ -182,7 +182,7 @@ fn gpu_plan(spec: &DesiredInstance, read_host: impl FnOnce() -> gpu::Host) -> Re
     if spec.gpu_indices.is_empty() {
         return Ok(None);
     }
-    read_host().plan(&spec.gpu_indices).map(Some).map_err(|e| err(&spec.id, e))
+    read_host().plan_with_mig(&spec.gpu_indices, &spec.mig_devices).map(Some).map_err(|e| err(&spec.id, e))
 }
 
 impl ContainerDriver {

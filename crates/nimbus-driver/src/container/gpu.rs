@@ -1,23 +1,30 @@
 //! GPUs inside container instances: which host device nodes, driver libraries and tools an
-//! instance with `gpu_indices` gets, worked out as a [`GpuPlan`] that `runtime` applies while it
-//! builds the container.
+//! instance with `gpu_indices` and `mig_devices` gets, worked out as a [`GpuPlan`] that `runtime`
+//! applies while it builds the container.
 //!
 //! What an instance gets, following what `nvidia-container-cli` does for Docker:
 //! - `/dev/nvidia<minor>` of each of its GPUs (NVML index → minor number), plus the control nodes
-//!   the host has (`nvidiactl`, `nvidia-uvm`, `nvidia-uvm-tools`, `nvidia-modeset`,
-//!   `nvidia-caps/*`), bind-mounted into its private `/dev`. The other GPUs' nodes are simply not
-//!   there, and that is what makes NVML and CUDA inside see only the instance's GPUs (renumbered
-//!   from 0).
+//!   the host has (`nvidiactl`, `nvidia-uvm`, `nvidia-uvm-tools`, `nvidia-modeset`),
+//!   bind-mounted into its private `/dev`. The other GPUs' nodes are simply not there, and that
+//!   is what makes NVML and CUDA inside see only the instance's GPUs (renumbered from 0).
+//! - For a MIG device, its parent GPU's node and exactly two `nvidia-caps` nodes: its GPU
+//!   instance's and its compute instance's (minors from procfs). Two tenants share the parent
+//!   node, so these caps are what fences one slice from the other; no other cap (other slices,
+//!   `mig/config`, `mig/monitor`) is ever given, to MIG or whole-GPU instances.
 //! - The host driver's user-space libraries (found in the host's `ldconfig -p`), read-only, in a
 //!   tmpfs at [`LIB_DIR`] with their soname links, an `ld.so.conf.d` entry for that directory,
 //!   and `ldconfig` run inside; the driver's tools (`nvidia-smi`, …) read-only in `/usr/bin`.
 //!   User space must match the host's kernel module exactly, so it always comes from the host.
 //! - A tmpfs over `/proc/driver/nvidia` holding the driver's `version`, `registry` and `params`
 //!   (with `ModifyDeviceFiles: 0`, so the libraries inside never try to create the missing
-//!   nodes of other GPUs) and bind mounts of only the instance's `gpus/<bus id>` entries.
+//!   nodes of other GPUs) and bind mounts of only the instance's `gpus/<bus id>` entries (and
+//!   of its MIG devices' `capabilities/gpu<minor>/mig/gi<G>` directories).
 //! - A device filter that lets the instance open only its own GPUs' nodes besides the base
 //!   set (`devices.rs`: the v1 whitelist and the cgroup v2 eBPF program), so even a node it
 //!   makes itself with `mknod` for another GPU does not open.
+//!
+//! Where the host has NVIDIA's CDI spec, it names the libraries, tools and control nodes instead
+//! of the `ldconfig -p` and `PATH` scan ([`super::cdi`]; [`GpuPlan::source`] says which one).
 //!
 //! Discovery reads a root directory (`/` in production, a fake tree in tests) and parses text, so
 //! all of it is tested without a GPU; only [`Host::read`] touches NVML and runs programs.
@@ -26,6 +33,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 use std::process::Command;
+
+use nimbus_proto::MigDeviceRef;
+
+use super::cdi;
 
 /// Char major of the NVIDIA GPU and control nodes (fixed by the driver).
 pub const NVIDIA_MAJOR: u32 = 195;
@@ -38,7 +49,7 @@ pub const LIB_DIR: &str = "/usr/lib/nimbus-nvidia";
 /// The `ld.so.conf.d` entry that puts [`LIB_DIR`] first in the instance's library search.
 pub const LD_CONF: &str = "/etc/ld.so.conf.d/000-nimbus-nvidia.conf";
 /// Where the driver's tools appear inside an instance.
-const BIN_DIR: &str = "/usr/bin";
+pub(crate) const BIN_DIR: &str = "/usr/bin";
 /// The host directories searched for the tools, in order (the default root `PATH`).
 const HOST_PATH: [&str; 6] = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"];
 /// The driver's tools an instance gets when the host has them.
@@ -72,6 +83,14 @@ pub enum GpuError {
     MissingNode { index: i64, minor: u32, path: PathBuf },
     #[error("the NVIDIA driver's user-space libraries ({missing}) are not in this host's `ldconfig -p`; install the driver's user-space packages")]
     MissingLibraries { missing: String },
+    #[error("MIG device {uuid}: its parent GPU index {parent_index} is not on this host ({count} GPU(s) found through {source_name})")]
+    UnknownMigParent { uuid: String, parent_index: i64, count: usize, source_name: &'static str },
+    #[error("MIG device {uuid} (GPU {parent_index}, GPU instance {gpu_instance_id}, compute instance {compute_instance_id}) is not on this host: {path} names no device minor (was the GPU repartitioned?)")]
+    UnknownMigDevice { uuid: String, parent_index: i64, gpu_instance_id: i64, compute_instance_id: i64, path: PathBuf },
+    #[error(
+        "capability node {path} of MIG device {uuid} does not exist or has unknown numbers (`nvidia-modprobe -f {proc_path}` creates it)"
+    )]
+    MissingCapNode { uuid: String, path: PathBuf, proc_path: PathBuf },
 }
 
 /// One GPU of the host as the driver numbers it.
@@ -83,6 +102,8 @@ pub struct HostGpu {
     pub minor: u32,
     /// PCI bus id as `/proc/driver/nvidia/gpus` names it (`0000:3b:00.0`); empty when unknown.
     pub bus_id: String,
+    /// `GPU-…`, to find the GPU in a CDI spec by UUID; empty when unknown.
+    pub uuid: String,
 }
 
 /// A character device an instance gets, at the same path inside as on the host.
@@ -109,6 +130,20 @@ pub struct GpuPlan {
     pub proc_entries: Vec<String>,
     /// Contents of [`LD_CONF`].
     pub ld_conf: String,
+    /// Where the device nodes and files came from.
+    #[serde(default)]
+    pub source: PlanSource,
+}
+
+/// What decided a plan's control nodes, libraries and tools.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlanSource {
+    /// The host's `ldconfig -p`, `PATH` and `/dev`.
+    #[default]
+    Discovery,
+    /// The host's NVIDIA CDI spec ([`super::cdi`]).
+    Cdi,
 }
 
 impl GpuPlan {
@@ -119,13 +154,13 @@ impl GpuPlan {
 }
 
 /// `abs` (an absolute path on the host) under `root`.
-fn under(root: &Path, abs: impl AsRef<Path>) -> PathBuf {
+pub(crate) fn under(root: &Path, abs: impl AsRef<Path>) -> PathBuf {
     let abs = abs.as_ref();
     root.join(abs.strip_prefix("/").unwrap_or(abs))
 }
 
 /// Whether `s` can travel in the init script's line format.
-fn safe(s: &str) -> bool {
+pub(crate) fn safe(s: &str) -> bool {
     !s.is_empty() && !s.contains(['|', '\n', '\r'])
 }
 
@@ -171,10 +206,18 @@ pub fn normalize_bus_id(bus_id: &str) -> String {
     }
 }
 
-/// What one `/proc/driver/nvidia/gpus/<bus id>/information` says: (minor, bus id, excluded).
-fn parse_information(text: &str) -> Option<(u32, Option<String>, bool)> {
+/// What one `/proc/driver/nvidia/gpus/<bus id>/information` says.
+struct Information {
+    minor: u32,
+    bus: Option<String>,
+    uuid: String,
+    excluded: bool,
+}
+
+fn parse_information(text: &str) -> Option<Information> {
     let mut minor = None;
     let mut bus = None;
+    let mut uuid = String::new();
     let mut excluded = false;
     for line in text.lines() {
         let Some((k, v)) = line.split_once(':') else { continue };
@@ -183,10 +226,11 @@ fn parse_information(text: &str) -> Option<(u32, Option<String>, bool)> {
             "Device Minor" => minor = v.parse::<u32>().ok(),
             "Bus Location" => bus = Some(normalize_bus_id(v)),
             "GPU Excluded" => excluded = v.eq_ignore_ascii_case("yes"),
+            "GPU UUID" => uuid = v.to_owned(),
             _ => {}
         }
     }
-    minor.map(|m| (m, bus, excluded))
+    minor.map(|minor| Information { minor, bus, uuid, excluded })
 }
 
 /// The GPUs as the kernel driver lists them in `/proc/driver/nvidia/gpus/*/information`, indexed
@@ -194,20 +238,20 @@ fn parse_information(text: &str) -> Option<(u32, Option<String>, bool)> {
 /// NVML is not at hand). GPUs the driver was told to exclude are skipped, as NVML skips them.
 pub fn gpus_from_proc(root: &Path) -> Vec<HostGpu> {
     let dir = under(root, "/proc/driver/nvidia/gpus");
-    let mut found: Vec<(String, u32)> = std::fs::read_dir(&dir)
+    let mut found: Vec<(String, u32, String)> = std::fs::read_dir(&dir)
         .map(|rd| {
             rd.filter_map(|e| e.ok())
                 .filter_map(|e| {
                     let name = e.file_name().into_string().ok()?;
                     let text = std::fs::read_to_string(e.path().join("information")).ok()?;
-                    let (minor, bus, excluded) = parse_information(&text)?;
-                    (!excluded).then(|| (bus.unwrap_or_else(|| normalize_bus_id(&name)), minor))
+                    let i = parse_information(&text)?;
+                    (!i.excluded).then(|| (i.bus.unwrap_or_else(|| normalize_bus_id(&name)), i.minor, i.uuid))
                 })
                 .collect()
         })
         .unwrap_or_default();
     found.sort();
-    found.into_iter().enumerate().map(|(i, (bus_id, minor))| HostGpu { index: i as u32, minor, bus_id }).collect()
+    found.into_iter().enumerate().map(|(i, (bus_id, minor, uuid))| HostGpu { index: i as u32, minor, bus_id, uuid }).collect()
 }
 
 /// The GPUs NVML sees, with their minor numbers; `None` when NVML does not load.
@@ -219,7 +263,7 @@ pub fn gpus_from_nvml() -> Option<Vec<HostGpu>> {
         let Ok(d) = nvml.device_by_index(i) else { continue };
         let Ok(minor) = d.minor_number() else { continue };
         let bus_id = d.pci_info().map(|p| normalize_bus_id(&p.bus_id)).unwrap_or_default();
-        out.push(HostGpu { index: i, minor, bus_id });
+        out.push(HostGpu { index: i, minor, bus_id, uuid: d.uuid().unwrap_or_default() });
     }
     Some(out)
 }
@@ -227,7 +271,7 @@ pub fn gpus_from_nvml() -> Option<Vec<HostGpu>> {
 /// The device node at `path` under `root` if it exists. Its numbers come from the node itself
 /// when it is a character device, otherwise (fake trees in tests) from `expected`; a node whose
 /// numbers cannot be known is left out.
-fn node(root: &Path, path: &str, expected: Option<(u32, u32)>) -> Option<DeviceNode> {
+pub(crate) fn node(root: &Path, path: &str, expected: Option<(u32, u32)>) -> Option<DeviceNode> {
     let meta = std::fs::metadata(under(root, path)).ok()?;
     let numbers = if meta.file_type().is_char_device() { Some(dev_numbers(meta.rdev())) } else { expected };
     match numbers {
@@ -245,11 +289,11 @@ pub fn gpu_node(root: &Path, minor: u32) -> Option<DeviceNode> {
 }
 
 /// The control nodes that exist: `nvidiactl`, `nvidia-uvm`, `nvidia-uvm-tools`,
-/// `nvidia-modeset` and everything in `nvidia-caps/`. `majors` is [`char_majors`] of the host.
+/// `nvidia-modeset`. `majors` is [`char_majors`] of the host. The `nvidia-caps` nodes are not
+/// control nodes: each grants one MIG capability (see [`mig_nodes`]).
 pub fn control_nodes(root: &Path, majors: &BTreeMap<String, u32>) -> Vec<DeviceNode> {
     let uvm = majors.get("nvidia-uvm").copied();
-    let caps = majors.get("nvidia-caps").copied();
-    let mut out: Vec<DeviceNode> = [
+    [
         ("/dev/nvidiactl", Some((NVIDIA_MAJOR, NVIDIACTL_MINOR))),
         ("/dev/nvidia-uvm", uvm.map(|m| (m, 0))),
         ("/dev/nvidia-uvm-tools", uvm.map(|m| (m, 1))),
@@ -257,19 +301,78 @@ pub fn control_nodes(root: &Path, majors: &BTreeMap<String, u32>) -> Vec<DeviceN
     ]
     .into_iter()
     .filter_map(|(p, n)| node(root, p, n))
-    .collect();
-    let mut cap_names: Vec<String> = std::fs::read_dir(under(root, "/dev/nvidia-caps"))
-        .map(|rd| rd.filter_map(|e| e.ok()).filter_map(|e| e.file_name().into_string().ok()).filter(|n| safe(n)).collect())
-        .unwrap_or_default();
-    cap_names.sort();
-    for name in cap_names {
-        // `nvidia-cap<N>` has minor N in the `nvidia-caps` major.
-        let minor = name.strip_prefix("nvidia-cap").and_then(|n| n.parse::<u32>().ok());
-        if let Some(n) = node(root, &format!("/dev/nvidia-caps/{name}"), caps.zip(minor)) {
-            out.push(n);
-        }
-    }
+    .collect()
+}
+
+/// The minor of a capability's `/dev/nvidia-caps/nvidia-cap<N>`: the `DeviceFileMinor:` line
+/// of its procfs `access` (or `config`, `monitor`) file.
+pub fn parse_cap_minor(text: &str) -> Option<u32> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k.trim() == "DeviceFileMinor").then(|| v.trim().parse::<u32>().ok()).flatten()
+    })
+}
+
+/// The procfs directory (relative to `/proc/driver/nvidia`) of GPU instance `gi` of the GPU
+/// with minor `minor`: it holds the GPU instance's `access` and a `ci<C>/access` per compute
+/// instance.
+fn gi_dir(minor: u32, gi: i64) -> String {
+    format!("capabilities/gpu{minor}/mig/gi{gi}")
+}
+
+/// The (GPU instance, compute instance) ids of the MIG devices the driver lists for the GPU with
+/// minor `minor` in `/proc/driver/nvidia/capabilities/gpu<minor>/mig/gi<G>/ci<C>`, sorted.
+pub fn mig_instances(root: &Path, minor: u32) -> Vec<(i64, i64)> {
+    let ids = |dir: &Path, prefix: &str| -> Vec<i64> {
+        std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter_map(|e| e.file_name().into_string().ok()?.strip_prefix(prefix)?.parse::<i64>().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mig = under(root, "/proc/driver/nvidia").join(format!("capabilities/gpu{minor}/mig"));
+    let mut out: Vec<(i64, i64)> =
+        ids(&mig, "gi").into_iter().flat_map(|gi| ids(&mig.join(format!("gi{gi}")), "ci").into_iter().map(move |ci| (gi, ci))).collect();
+    out.sort();
     out
+}
+
+/// The two capability nodes of MIG device `m` (its GPU instance's and its compute instance's
+/// `nvidia-cap<N>`, N from procfs) on `parent`, which is what `nvidia-container-cli` gives a
+/// container for one MIG device. Opening the parent's `/dev/nvidia<minor>` alone gives no MIG
+/// device; these two select the slice, so they are the only caps an instance ever gets.
+pub fn mig_nodes(root: &Path, majors: &BTreeMap<String, u32>, parent: &HostGpu, m: &MigDeviceRef) -> Result<[DeviceNode; 2], GpuError> {
+    let dir = gi_dir(parent.minor, m.gpu_instance_id);
+    let unknown = |path: &str| GpuError::UnknownMigDevice {
+        uuid: m.uuid.clone(),
+        parent_index: m.parent_index,
+        gpu_instance_id: m.gpu_instance_id,
+        compute_instance_id: m.compute_instance_id,
+        path: PathBuf::from(format!("/proc/driver/nvidia/{path}")),
+    };
+    let gi_access = format!("{dir}/access");
+    let ci_access = format!("{dir}/ci{}/access", m.compute_instance_id);
+    // Negative ids would name no directory anyway; refusing them keeps `-` out of the paths.
+    if m.gpu_instance_id < 0 || m.compute_instance_id < 0 {
+        return Err(unknown(&ci_access));
+    }
+    let caps = majors.get("nvidia-caps").copied();
+    let cap = |rel: &str| -> Result<DeviceNode, GpuError> {
+        let text = std::fs::read_to_string(under(root, "/proc/driver/nvidia").join(rel)).unwrap_or_default();
+        let minor = parse_cap_minor(&text).ok_or_else(|| unknown(rel))?;
+        let path = format!("/dev/nvidia-caps/nvidia-cap{minor}");
+        // A real node whose numbers disagree with procfs is some other capability's node.
+        node(root, &path, caps.map(|c| (c, minor))).filter(|n| n.minor == minor && caps.is_none_or(|c| c == n.major)).ok_or_else(|| {
+            GpuError::MissingCapNode {
+                uuid: m.uuid.clone(),
+                path: PathBuf::from(&path),
+                proc_path: PathBuf::from(format!("/proc/driver/nvidia/{rel}")),
+            }
+        })
+    };
+    Ok([cap(&gi_access)?, cap(&ci_access)?])
 }
 
 /// One library of the host's `ldconfig -p`.
@@ -327,7 +430,7 @@ fn normalize(p: &Path) -> PathBuf {
 
 /// The regular file `path` (absolute, on the host) leads to once its symbolic links are
 /// followed, resolved under `root`; `None` when it leads nowhere.
-fn resolve(root: &Path, path: &Path) -> Option<PathBuf> {
+pub(crate) fn resolve(root: &Path, path: &Path) -> Option<PathBuf> {
     let mut p = path.to_owned();
     for _ in 0..40 {
         let meta = std::fs::symlink_metadata(under(root, &p)).ok()?;
@@ -394,6 +497,16 @@ impl Host {
             if gpu_node(&root, g.minor).is_none() {
                 modprobe(&[&format!("-c={}", g.minor)]);
             }
+            // The caps nodes of MIG devices appear only when something asks for them.
+            for (gi, ci) in mig_instances(&root, g.minor) {
+                let dir = format!("/proc/driver/nvidia/{}", gi_dir(g.minor, gi));
+                for access in [format!("{dir}/access"), format!("{dir}/ci{ci}/access")] {
+                    let minor = std::fs::read_to_string(&access).ok().and_then(|t| parse_cap_minor(&t));
+                    if minor.is_some_and(|n| !Path::new(&format!("/dev/nvidia-caps/nvidia-cap{n}")).exists()) {
+                        modprobe(&["-f", &access]);
+                    }
+                }
+            }
         }
         host.ldconfig = ["ldconfig", "/sbin/ldconfig", "/usr/sbin/ldconfig"]
             .iter()
@@ -403,50 +516,113 @@ impl Host {
         host
     }
 
-    /// The plan for an instance with GPUs `indices` (NVML indices; duplicates are ignored).
+    /// The plan for an instance with whole GPUs `indices` only (what `nimbus host inventory
+    /// --gpu-plan` shows); see [`Host::plan_with_mig`].
     pub fn plan(&self, indices: &[i64]) -> Result<GpuPlan, GpuError> {
+        self.plan_with_mig(indices, &[])
+    }
+
+    /// The plan for an instance with whole GPUs `indices` (NVML indices) and MIG devices `mig`;
+    /// duplicates are ignored.
+    pub fn plan_with_mig(&self, indices: &[i64], mig: &[MigDeviceRef]) -> Result<GpuPlan, GpuError> {
         let root = &self.root;
         let ctl = under(root, "/dev/nvidiactl");
         if !ctl.exists() {
-            return Err(GpuError::NoDriver { indices: indices.to_vec(), path: PathBuf::from("/dev/nvidiactl") });
+            let mut asked = indices.to_vec();
+            asked.extend(mig.iter().map(|m| m.parent_index));
+            return Err(GpuError::NoDriver { indices: asked, path: PathBuf::from("/dev/nvidiactl") });
         }
         let majors = char_majors(&std::fs::read_to_string(under(root, "/proc/devices")).unwrap_or_default());
         let mut plan = GpuPlan { ld_conf: format!("{LIB_DIR}\n"), ..GpuPlan::default() };
 
         let wanted: BTreeSet<i64> = indices.iter().copied().collect();
+        let mut whole: Vec<&HostGpu> = Vec::new();
         for &index in &wanted {
             let Some(g) = self.gpus.iter().find(|g| i64::from(g.index) == index) else {
                 return Err(GpuError::UnknownIndex { index, count: self.gpus.len(), source_name: self.gpus_source });
             };
-            let node = gpu_node(root, g.minor).ok_or_else(|| GpuError::MissingNode {
-                index,
-                minor: g.minor,
-                path: PathBuf::from(format!("/dev/nvidia{}", g.minor)),
-            })?;
-            plan.devices.push(node);
-            let entry = format!("gpus/{}", g.bus_id);
-            if safe(&g.bus_id) && under(root, "/proc/driver/nvidia").join(&entry).is_dir() {
-                plan.proc_entries.push(entry);
-            } else {
-                tracing::warn!(index, bus_id = %g.bus_id, "no /proc/driver/nvidia/gpus entry for this GPU");
+            self.add_gpu(&mut plan, g)?;
+            whole.push(g);
+        }
+        let mut migs: Vec<cdi::WantedMig> = Vec::new();
+        for m in mig {
+            let Some(g) = self.gpus.iter().find(|g| i64::from(g.index) == m.parent_index) else {
+                return Err(GpuError::UnknownMigParent {
+                    uuid: m.uuid.clone(),
+                    parent_index: m.parent_index,
+                    count: self.gpus.len(),
+                    source_name: self.gpus_source,
+                });
+            };
+            self.add_gpu(&mut plan, g)?;
+            let caps = mig_nodes(root, &majors, g, m)?;
+            for n in &caps {
+                if !plan.devices.contains(n) {
+                    plan.devices.push(n.clone());
+                }
             }
+            // NVML inside reads the two caps' minors there. Only this GPU instance's directory:
+            // the other instances' entries (and `mig/config`, `mig/monitor`) stay out of sight.
+            let entry = gi_dir(g.minor, m.gpu_instance_id);
+            if !plan.proc_entries.contains(&entry) {
+                plan.proc_entries.push(entry);
+            }
+            migs.push(cdi::WantedMig { parent: g, mig: m, caps });
         }
-        plan.devices.extend(control_nodes(root, &majors));
-        if plan.devices.iter().any(|d| d.path.starts_with("/dev/nvidia-caps/")) && under(root, "/proc/driver/nvidia/capabilities").is_dir()
-        {
-            // NVML finds the minors of the capability nodes there.
-            plan.proc_entries.push("capabilities".into());
-        }
+
+        let selection = match cdi::find(root) {
+            Ok(None) => None,
+            Ok(Some((path, spec))) => match cdi::select(&spec, root, &majors, &whole, &migs) {
+                Ok(sel) => {
+                    tracing::info!(spec = %path, "GPU plan from the host's CDI spec");
+                    Some(sel)
+                }
+                Err(reason) => {
+                    tracing::warn!(spec = %path, %reason, "CDI spec not used for this instance; discovering the driver instead");
+                    None
+                }
+            },
+            Err(reason) => {
+                tracing::warn!(%reason, "CDI spec unreadable; discovering the driver instead");
+                None
+            }
+        };
+        let (entries, only) = match &selection {
+            Some(sel) => {
+                plan.source = PlanSource::Cdi;
+                plan.devices.extend(sel.devices.iter().cloned());
+                // The spec's files first (each under its own name), then every name the ld
+                // cache knows one of them by, for the soname links.
+                let mut e: Vec<LdEntry> = sel
+                    .libraries
+                    .iter()
+                    .filter_map(|p| Some(LdEntry { name: p.file_name()?.to_str()?.to_owned(), path: p.clone() }))
+                    .collect();
+                e.extend(parse_ldconfig(&self.ldconfig, self.arch));
+                let real: BTreeSet<PathBuf> = sel.libraries.iter().filter_map(|p| resolve(root, p)).collect();
+                (e, Some(real))
+            }
+            None => {
+                plan.devices.extend(control_nodes(root, &majors));
+                (parse_ldconfig(&self.ldconfig, self.arch).into_iter().filter(|e| is_driver_library(&e.name)).collect(), None)
+            }
+        };
 
         // Libraries: each real file once under its own name, and a link for every other name the
         // cache knows it by (`libcuda.so.1` → `libcuda.so.550.54.15`), first entry winning.
         let mut files: BTreeMap<String, PathBuf> = BTreeMap::new();
         let mut links: BTreeMap<String, String> = BTreeMap::new();
-        for e in parse_ldconfig(&self.ldconfig, self.arch).into_iter().filter(|e| is_driver_library(&e.name)) {
+        for e in entries {
             if !safe(&e.name) || e.name.contains('/') || files.contains_key(&e.name) || links.contains_key(&e.name) {
                 continue;
             }
+            if LIB_EXCLUDED.iter().any(|p| e.name.starts_with(p)) {
+                continue;
+            }
             let Some(real) = resolve(root, &e.path) else { continue };
+            if only.as_ref().is_some_and(|o| !o.contains(&real)) {
+                continue;
+            }
             let Some(real_name) = real.file_name().and_then(|n| n.to_str()).map(str::to_owned) else { continue };
             if !safe(&real_name) || !safe(&real.display().to_string()) || links.contains_key(&real_name) {
                 continue;
@@ -456,14 +632,49 @@ impl Host {
                 links.insert(e.name, real_name);
             }
         }
+        if only.is_some() {
+            // A spec may list libraries the ld cache does not know (a driver outside the
+            // search path): their soname is the one every driver release uses.
+            for req in REQUIRED_LIBS {
+                let stem = req.trim_end_matches('1');
+                let found = files.keys().find(|n| n.starts_with(stem) && n.as_str() != req).cloned();
+                if let (false, false, Some(target)) = (files.contains_key(req), links.contains_key(req), found) {
+                    links.insert(req.to_owned(), target);
+                }
+            }
+        }
         let missing: Vec<&str> = REQUIRED_LIBS.iter().copied().filter(|l| !files.contains_key(*l) && !links.contains_key(*l)).collect();
         if !missing.is_empty() {
             return Err(GpuError::MissingLibraries { missing: missing.join(", ") });
         }
         plan.files = files.into_iter().map(|(name, src)| (src, format!("{LIB_DIR}/{name}"))).collect();
         plan.links = links.into_iter().map(|(name, target)| (target, format!("{LIB_DIR}/{name}"))).collect();
-        plan.files.extend(binaries(root));
+        // Tools: the spec's where it lists them, the rest from `PATH`.
+        let listed: Vec<(PathBuf, String)> = selection.map(|s| s.binaries).unwrap_or_default();
+        let found = binaries(root).into_iter().filter(|(_, inside)| !listed.iter().any(|(_, l)| l == inside));
+        plan.files.extend(listed.iter().cloned().chain(found));
         Ok(plan)
+    }
+
+    /// GPU `g`'s node and its `/proc/driver/nvidia/gpus` entry, once, whether the instance has
+    /// the whole GPU or MIG devices of it.
+    fn add_gpu(&self, plan: &mut GpuPlan, g: &HostGpu) -> Result<(), GpuError> {
+        let node = gpu_node(&self.root, g.minor).ok_or_else(|| GpuError::MissingNode {
+            index: i64::from(g.index),
+            minor: g.minor,
+            path: PathBuf::from(format!("/dev/nvidia{}", g.minor)),
+        })?;
+        if plan.devices.contains(&node) {
+            return Ok(());
+        }
+        plan.devices.push(node);
+        let entry = format!("gpus/{}", g.bus_id);
+        if safe(&g.bus_id) && under(&self.root, "/proc/driver/nvidia").join(&entry).is_dir() {
+            plan.proc_entries.push(entry);
+        } else {
+            tracing::warn!(index = g.index, bus_id = %g.bus_id, "no /proc/driver/nvidia/gpus entry for this GPU");
+        }
+        Ok(())
     }
 }
 
@@ -496,10 +707,15 @@ mod tests {
     const PROC_DEVICES: &str = "Character devices:\n  1 mem\n  5 /dev/tty\n136 pts\n195 nvidia-frontend\n234 nvidia-caps\n \
         508 nvidia-uvm\n\nBlock devices:\n  7 loop\n  8 sd\n509 nvidia-uvm-block-confusion\n";
 
+    fn uuid(minor: u32) -> String {
+        format!("GPU-5d6e1f0a-7b3c-4e2d-9a8b-00000000000{minor}")
+    }
+
     fn information(minor: u32, bus: &str, excluded: bool) -> String {
         format!(
-            "Model: \t\t NVIDIA H100 80GB HBM3\nIRQ:   \t\t 244\nGPU UUID: \t GPU-x\nBus Type: \t PCIe\nBus Location: \t {bus}\n\
+            "Model: \t\t NVIDIA H100 80GB HBM3\nIRQ:   \t\t 244\nGPU UUID: \t {}\nBus Type: \t PCIe\nBus Location: \t {bus}\n\
              Device Minor: \t {minor}\nGPU Excluded:\t {}\n",
+            uuid(minor),
             if excluded { "Yes" } else { "No" }
         )
     }
@@ -518,8 +734,11 @@ mod tests {
         Cache generated by: ldconfig (GNU libc) stable release version 2.36\n";
 
     /// A host with 4 GPUs (index = bus order; minors deliberately not in index order, GPU on bus
-    /// 0000:c1 excluded by the driver), uvm, modeset, two capability nodes, the driver's
-    /// libraries as a distribution installs them (versioned file plus soname links) and tools.
+    /// 0000:c1 excluded by the driver), uvm, modeset, the driver's libraries as a distribution
+    /// installs them (versioned file plus soname links) and tools. GPU index 0 (minor 0) is in
+    /// MIG mode with two MIG devices, A (GPU instance 1, compute instance 0, caps 12 and 13) and
+    /// B (GPU instance 2, compute instance 0, caps 21 and 22), besides the global `mig/config`
+    /// (cap 1) and `mig/monitor` (cap 2), as the driver lays them out.
     fn fake_host() -> TempDir {
         let t = TempDir::new();
         let r = &t.0;
@@ -530,8 +749,19 @@ mod tests {
             put(r, &format!("/proc/driver/nvidia/gpus/{bus}/information"), &information(minor, bus, excluded));
             put(r, &format!("/dev/nvidia{minor}"), "");
         }
-        put(r, "/proc/driver/nvidia/capabilities/mig/config", "DeviceFileMinor: 1\n");
-        for n in ["nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset", "nvidia-caps/nvidia-cap1", "nvidia-caps/nvidia-cap2"] {
+        let cap = |n: u32| format!("DeviceFileMinor: {n}\nDeviceFileMode: 292\nDeviceFileModify: 1\n");
+        for (path, minor) in [
+            ("mig/config", 1),
+            ("mig/monitor", 2),
+            ("gpu0/mig/gi1/access", 12),
+            ("gpu0/mig/gi1/ci0/access", 13),
+            ("gpu0/mig/gi2/access", 21),
+            ("gpu0/mig/gi2/ci0/access", 22),
+        ] {
+            put(r, &format!("/proc/driver/nvidia/capabilities/{path}"), &cap(minor));
+            put(r, &format!("/dev/nvidia-caps/nvidia-cap{minor}"), "");
+        }
+        for n in ["nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset"] {
             put(r, &format!("/dev/{n}"), "");
         }
         let lib = "/lib/x86_64-linux-gnu";
@@ -605,9 +835,9 @@ mod tests {
         assert_eq!(
             gpus_from_proc(&t.0),
             vec![
-                HostGpu { index: 0, minor: 0, bus_id: "0000:1a:00.0".into() },
-                HostGpu { index: 1, minor: 2, bus_id: "0000:3b:00.0".into() },
-                HostGpu { index: 2, minor: 1, bus_id: "0000:5e:00.0".into() },
+                HostGpu { index: 0, minor: 0, bus_id: "0000:1a:00.0".into(), uuid: uuid(0) },
+                HostGpu { index: 1, minor: 2, bus_id: "0000:3b:00.0".into(), uuid: uuid(2) },
+                HostGpu { index: 2, minor: 1, bus_id: "0000:5e:00.0".into(), uuid: uuid(1) },
             ]
         );
         let empty = TempDir::new();
@@ -626,8 +856,6 @@ mod tests {
                 ("/dev/nvidia-uvm", 508, 0),
                 ("/dev/nvidia-uvm-tools", 508, 1),
                 ("/dev/nvidia-modeset", 195, 254),
-                ("/dev/nvidia-caps/nvidia-cap1", 234, 1),
-                ("/dev/nvidia-caps/nvidia-cap2", 234, 2),
             ]
         );
         // Without a uvm major the uvm nodes of a fake tree cannot be numbered and are left out;
@@ -696,12 +924,11 @@ mod tests {
                 ("/dev/nvidia-uvm", 508, 0),
                 ("/dev/nvidia-uvm-tools", 508, 1),
                 ("/dev/nvidia-modeset", 195, 254),
-                ("/dev/nvidia-caps/nvidia-cap1", 234, 1),
-                ("/dev/nvidia-caps/nvidia-cap2", 234, 2),
             ],
-            "index 1 is minor 2 (bus 3b), index 2 is minor 1 (bus 5e); never nvidia0"
+            "index 1 is minor 2 (bus 3b), index 2 is minor 1 (bus 5e); never nvidia0, and no MIG \
+             capability (neither config/monitor nor GPU 0's MIG devices)"
         );
-        assert_eq!(plan.proc_entries, vec!["gpus/0000:3b:00.0", "gpus/0000:5e:00.0", "capabilities"]);
+        assert_eq!(plan.proc_entries, vec!["gpus/0000:3b:00.0", "gpus/0000:5e:00.0"]);
         let lib = |n: &str| (PathBuf::from(format!("/lib/x86_64-linux-gnu/{n}")), format!("{LIB_DIR}/{n}"));
         let bin = |d: &str, n: &str| (PathBuf::from(format!("{d}/{n}")), format!("/usr/bin/{n}"));
         assert_eq!(
@@ -738,7 +965,7 @@ mod tests {
         let json = serde_json::to_value(&plan).expect("serializes");
         assert_eq!(json["devices"][0]["path"], "/dev/nvidia0");
         assert_eq!(json["devices"][1]["path"], "/dev/nvidiactl");
-        assert_eq!(json["proc_entries"], serde_json::json!(["gpus/0000:1a:00.0", "capabilities"]));
+        assert_eq!(json["proc_entries"], serde_json::json!(["gpus/0000:1a:00.0"]), "a whole GPU in MIG mode gets no caps");
         let back: GpuPlan = serde_json::from_value(json).expect("deserializes");
         assert_eq!(back, plan);
     }
@@ -769,6 +996,258 @@ mod tests {
         // A dangling library link is as good as no library.
         std::fs::remove_file(t.0.join("lib/x86_64-linux-gnu/libcuda.so.550.54.15")).expect("rm");
         assert_eq!(h.plan(&[0]).expect_err("dangling"), GpuError::MissingLibraries { missing: "libcuda.so.1".into() });
+    }
+
+    fn mig(parent_index: i64, gi: i64, ci: i64) -> MigDeviceRef {
+        MigDeviceRef { parent_index, uuid: format!("MIG-gi{gi}-ci{ci}"), gpu_instance_id: gi, compute_instance_id: ci }
+    }
+
+    #[test]
+    fn mig_capability_minors_and_instances_come_from_procfs() {
+        assert_eq!(parse_cap_minor("DeviceFileMinor: 12\nDeviceFileMode: 292\nDeviceFileModify: 1\n"), Some(12));
+        assert_eq!(parse_cap_minor("DeviceFileMode: 292\n"), None);
+        assert_eq!(parse_cap_minor("DeviceFileMinor: twelve\n"), None);
+        let t = fake_host();
+        assert_eq!(mig_instances(&t.0, 0), vec![(1, 0), (2, 0)]);
+        assert!(mig_instances(&t.0, 2).is_empty(), "GPUs without MIG mode have none");
+    }
+
+    #[test]
+    fn a_mig_plan_gives_the_parent_and_only_its_own_two_capability_nodes() {
+        let t = fake_host();
+        let h = host(&t.0);
+        let plan = h.plan_with_mig(&[], &[mig(0, 1, 0)]).expect("plan");
+        let devs: Vec<(&str, u32, u32)> = plan.devices.iter().map(|n| (n.path.as_str(), n.major, n.minor)).collect();
+        assert_eq!(
+            devs,
+            vec![
+                ("/dev/nvidia0", 195, 0),
+                ("/dev/nvidia-caps/nvidia-cap12", 234, 12),
+                ("/dev/nvidia-caps/nvidia-cap13", 234, 13),
+                ("/dev/nvidiactl", 195, 255),
+                ("/dev/nvidia-uvm", 508, 0),
+                ("/dev/nvidia-uvm-tools", 508, 1),
+                ("/dev/nvidia-modeset", 195, 254),
+            ],
+            "A's GPU instance and compute instance caps; never B's (21, 22), config (1) or monitor (2)"
+        );
+        assert_eq!(plan.proc_entries, vec!["gpus/0000:1a:00.0", "capabilities/gpu0/mig/gi1"]);
+        // The device filter is exactly the plan: nothing of B, config or monitor gets through.
+        let numbers = plan.device_numbers();
+        assert_eq!(numbers, devs.iter().map(|&(_, a, b)| (a, b)).collect::<Vec<_>>());
+        for other in [(234, 21), (234, 22), (234, 1), (234, 2)] {
+            assert!(!numbers.contains(&other), "{other:?}");
+        }
+        assert!(!plan.files.is_empty() && !plan.links.is_empty(), "libraries and tools as for whole GPUs");
+
+        let b = h.plan_with_mig(&[], &[mig(0, 2, 0)]).expect("plan B");
+        let caps: Vec<&str> = b.devices.iter().map(|d| d.path.as_str()).filter(|p| p.contains("caps")).collect();
+        assert_eq!(caps, vec!["/dev/nvidia-caps/nvidia-cap21", "/dev/nvidia-caps/nvidia-cap22"]);
+        // Both slices and a whole GPU: one parent node, each cap once.
+        let both = h.plan_with_mig(&[1], &[mig(0, 1, 0), mig(0, 2, 0), mig(0, 1, 0)]).expect("plan");
+        let paths: Vec<&str> = both.devices.iter().map(|d| d.path.as_str()).take(6).collect();
+        assert_eq!(
+            paths,
+            vec![
+                "/dev/nvidia2",
+                "/dev/nvidia0",
+                "/dev/nvidia-caps/nvidia-cap12",
+                "/dev/nvidia-caps/nvidia-cap13",
+                "/dev/nvidia-caps/nvidia-cap21",
+                "/dev/nvidia-caps/nvidia-cap22"
+            ]
+        );
+        assert_eq!(
+            both.proc_entries,
+            vec!["gpus/0000:3b:00.0", "gpus/0000:1a:00.0", "capabilities/gpu0/mig/gi1", "capabilities/gpu0/mig/gi2"]
+        );
+    }
+
+    #[test]
+    fn mig_plans_fail_clearly_for_devices_the_host_lacks() {
+        let t = fake_host();
+        let h = host(&t.0);
+        let e = h.plan_with_mig(&[], &[mig(7, 1, 0)]).expect_err("no such parent");
+        assert_eq!(
+            e.to_string(),
+            "MIG device MIG-gi1-ci0: its parent GPU index 7 is not on this host (3 GPU(s) found through /proc/driver/nvidia/gpus)"
+        );
+        let e = h.plan_with_mig(&[], &[mig(0, 3, 0)]).expect_err("no such GPU instance");
+        assert_eq!(
+            e,
+            GpuError::UnknownMigDevice {
+                uuid: "MIG-gi3-ci0".into(),
+                parent_index: 0,
+                gpu_instance_id: 3,
+                compute_instance_id: 0,
+                path: "/proc/driver/nvidia/capabilities/gpu0/mig/gi3/access".into(),
+            }
+        );
+        assert!(e.to_string().contains("is not on this host"), "{e}");
+        let e = h.plan_with_mig(&[], &[mig(0, 1, 1)]).expect_err("no such compute instance");
+        assert!(matches!(&e, GpuError::UnknownMigDevice { path, .. } if path.ends_with("gi1/ci1/access")), "{e:?}");
+        // A GPU without MIG mode has no GPU instances.
+        assert!(matches!(h.plan_with_mig(&[], &[mig(1, 1, 0)]), Err(GpuError::UnknownMigDevice { .. })));
+        assert!(matches!(h.plan_with_mig(&[], &[mig(0, -1, 0)]), Err(GpuError::UnknownMigDevice { .. })));
+        std::fs::remove_file(t.0.join("dev/nvidia-caps/nvidia-cap13")).expect("rm");
+        let e = h.plan_with_mig(&[], &[mig(0, 1, 0)]).expect_err("missing cap node");
+        assert_eq!(
+            e,
+            GpuError::MissingCapNode {
+                uuid: "MIG-gi1-ci0".into(),
+                path: "/dev/nvidia-caps/nvidia-cap13".into(),
+                proc_path: "/proc/driver/nvidia/capabilities/gpu0/mig/gi1/ci0/access".into(),
+            }
+        );
+        assert!(h.plan_with_mig(&[], &[mig(0, 2, 0)]).is_ok(), "the other MIG device is unaffected");
+        let empty = TempDir::new();
+        let e = host(&empty.0).plan_with_mig(&[], &[mig(0, 1, 0)]).expect_err("no driver");
+        assert_eq!(e, GpuError::NoDriver { indices: vec![0], path: "/dev/nvidiactl".into() });
+    }
+
+    /// `fake_host` with NVIDIA's CDI spec at `path`, a library only the spec knows about (in a
+    /// directory outside the ld cache) and the `/dev/dri` nodes it names.
+    fn cdi_host(path: &str, spec: &str) -> TempDir {
+        let t = fake_host();
+        put(&t.0, path, spec);
+        put(&t.0, "/usr/lib64/nvidia/libnvidia-ptxjitcompiler.so.550.54.15", "ELF");
+        put(&t.0, "/dev/dri/card1", "");
+        put(&t.0, "/dev/dri/renderD128", "");
+        t
+    }
+
+    const CDI_PATH: &str = "/var/run/cdi/nvidia.yaml";
+
+    fn paths(plan: &GpuPlan) -> Vec<&str> {
+        plan.devices.iter().map(|d| d.path.as_str()).collect()
+    }
+
+    #[test]
+    fn a_cdi_spec_decides_the_libraries_tools_and_control_nodes() {
+        let t = cdi_host(CDI_PATH, cdi::FIXTURE);
+        let plan = host(&t.0).plan(&[0]).expect("plan");
+        assert_eq!(plan.source, PlanSource::Cdi);
+        assert_eq!(
+            paths(&plan),
+            vec!["/dev/nvidia0", "/dev/nvidia-modeset", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidiactl"],
+            "the /dev/dri nodes of a fake tree have no numbers and are left out"
+        );
+        let lib = |d: &str, n: &str| (PathBuf::from(format!("{d}/{n}")), format!("{LIB_DIR}/{n}"));
+        let bin = |d: &str, n: &str| (PathBuf::from(format!("{d}/{n}")), format!("/usr/bin/{n}"));
+        let x86 = "/lib/x86_64-linux-gnu";
+        assert_eq!(
+            plan.files,
+            vec![
+                lib(x86, "libcuda.so.550.54.15"),
+                lib(x86, "libnvidia-ml.so.550.54.15"),
+                lib("/usr/lib64/nvidia", "libnvidia-ptxjitcompiler.so.550.54.15"),
+                bin("/usr/bin", "nvidia-smi"),
+                bin("/usr/bin", "nvidia-persistenced"),
+                bin("/usr/local/bin", "nvidia-cuda-mps-control"),
+            ],
+            "the spec's libraries (not libcudadebugger, which only the ld cache has); its tool, and \
+             the tools it does not list from PATH; never firmware or sockets"
+        );
+        let link = |n: &str, t: &str| (t.to_owned(), format!("{LIB_DIR}/{n}"));
+        assert_eq!(
+            plan.links,
+            vec![
+                link("libcuda.so", "libcuda.so.550.54.15"),
+                link("libcuda.so.1", "libcuda.so.550.54.15"),
+                link("libnvidia-ml.so", "libnvidia-ml.so.550.54.15"),
+                link("libnvidia-ml.so.1", "libnvidia-ml.so.550.54.15"),
+            ]
+        );
+        assert_eq!(serde_json::to_value(&plan).expect("json")["source"], "cdi");
+
+        // GPU index 1 is its own device: nothing of device 0 (nvidia0, its dri nodes) or `all`.
+        let one = host(&t.0).plan(&[1]).expect("plan");
+        assert_eq!(paths(&one)[..2], ["/dev/nvidia2", "/dev/nvidia-modeset"]);
+        assert!(!paths(&one).iter().any(|p| *p == "/dev/nvidia0" || p.starts_with("/dev/dri") || p.contains("caps")));
+
+        // Without an ld cache entry, the soname links of the required libraries still exist.
+        let no_cache = Host { ldconfig: String::new(), ..host(&t.0) };
+        let plan = no_cache.plan(&[0]).expect("plan");
+        assert_eq!(plan.links, vec![link("libcuda.so.1", "libcuda.so.550.54.15"), link("libnvidia-ml.so.1", "libnvidia-ml.so.550.54.15")]);
+    }
+
+    #[test]
+    fn a_cdi_spec_selects_mig_devices_by_uuid_or_by_their_caps() {
+        let t = cdi_host(CDI_PATH, cdi::FIXTURE);
+        let h = host(&t.0);
+        let a = h.plan_with_mig(&[], &[mig(0, 1, 0)]).expect("A, by UUID");
+        assert_eq!(a.source, PlanSource::Cdi);
+        assert_eq!(paths(&a)[..3], ["/dev/nvidia0", "/dev/nvidia-caps/nvidia-cap12", "/dev/nvidia-caps/nvidia-cap13"]);
+        // B has no UUID entry; `0:1` lists exactly its caps.
+        let b = h.plan_with_mig(&[], &[mig(0, 2, 0)]).expect("B, by index name");
+        assert_eq!(b.source, PlanSource::Cdi);
+        let caps: Vec<&str> = paths(&b).into_iter().filter(|p| p.contains("caps")).collect();
+        assert_eq!(caps, vec!["/dev/nvidia-caps/nvidia-cap21", "/dev/nvidia-caps/nvidia-cap22"]);
+        // A stale entry naming A's UUID with B's caps is not believed: the driver's caps win.
+        let stale = cdi::FIXTURE.replace("  name: MIG-gi1-ci0", "  name: MIG-old").replace("  name: \"0:1\"", "  name: MIG-gi1-ci0");
+        let t = cdi_host(CDI_PATH, &stale);
+        let a = host(&t.0).plan_with_mig(&[], &[mig(0, 1, 0)]).expect("plan");
+        assert_eq!(a.source, PlanSource::Discovery);
+        assert_eq!(paths(&a)[..3], ["/dev/nvidia0", "/dev/nvidia-caps/nvidia-cap12", "/dev/nvidia-caps/nvidia-cap13"]);
+    }
+
+    #[test]
+    fn a_stale_broken_or_hostile_cdi_spec_never_widens_the_plan() {
+        let discovered = host(&fake_host().0).plan(&[1]).expect("plan");
+        let same_as_discovery = |spec: &str, path: &str| {
+            let t = cdi_host(path, spec);
+            let plan = host(&t.0).plan(&[1]).expect("plan");
+            assert_eq!(plan.source, PlanSource::Discovery, "{spec}");
+            assert_eq!(plan, discovered, "{spec}");
+        };
+        // A spec that does not parse, of another kind, or from before the GPUs were renumbered.
+        same_as_discovery("cdiVersion: 0.5.0\nkind: nvidia.com/gpu\ndevices: [{name: 0", CDI_PATH);
+        same_as_discovery(&cdi::FIXTURE.replace("kind: nvidia.com/gpu", "kind: example.com/gpu"), CDI_PATH);
+        same_as_discovery(&cdi::FIXTURE.replace("    - path: /dev/nvidia2\n", "    - path: /dev/nvidia0\n"), CDI_PATH);
+        same_as_discovery(&cdi::FIXTURE.replace("  name: \"1\"", "  name: \"7\""), CDI_PATH);
+        // The broken spec of the higher-priority directory is not replaced by an older one.
+        let t = cdi_host(CDI_PATH, "{not yaml");
+        put(&t.0, "/etc/cdi/nvidia.yaml", cdi::FIXTURE);
+        assert_eq!(host(&t.0).plan(&[1]).expect("plan").source, PlanSource::Discovery);
+        // A JSON spec in /etc/cdi is read.
+        let json = serde_json::to_string(&serde_norway::from_str::<serde_json::Value>(cdi::FIXTURE).expect("yaml")).expect("json");
+        let t = cdi_host("/etc/cdi/nvidia.json", &json);
+        assert_eq!(host(&t.0).plan(&[1]).expect("plan").source, PlanSource::Cdi);
+
+        // Nodes and files the spec may not give are refused one by one.
+        let hostile = cdi::FIXTURE
+            .replace(
+                "  - path: /dev/nvidiactl\n",
+                "  - path: /dev/nvidiactl\n  - path: /dev/nvidia-caps/nvidia-cap1\n  - path: /dev/nvidia1\n  - path: /dev/kmsg\n",
+            )
+            .replace(
+                "  - containerPath: /usr/bin/nvidia-smi\n",
+                "  - containerPath: /x\n    hostPath: /usr/lib64/nvidia/../../../etc/libshadow.so.1\n  \
+                 - containerPath: /y\n    hostPath: /usr/lib64/nvidia/libevil.so.1\n  \
+                 - containerPath: /z\n    hostPath: /usr/lib64/nvidia/libgone.so.1\n  \
+                 - containerPath: /usr/bin/nvidia-smi\n",
+            )
+            .replace(
+                "    - path: /dev/nvidia0\n    - path: /dev/dri/card1\n",
+                "    - path: /dev/nvidia0\n    - path: /dev/dri/../kmsg\n    - path: /dev/dri/card1\n",
+            );
+        let t = cdi_host(CDI_PATH, &hostile);
+        put(&t.0, "/etc/libshadow.so.1", "secret");
+        put(&t.0, "/etc/shadow", "secret");
+        symlink(&t.0, "/usr/lib64/nvidia/libevil.so.1", "/etc/shadow");
+        // A render node that is a link to a real node outside the fake tree.
+        std::fs::remove_file(t.0.join("dev/dri/card1")).expect("rm");
+        symlink(&t.0, "/dev/dri/card1", "/dev/null");
+        let plan = host(&t.0).plan(&[0]).expect("plan");
+        assert_eq!(plan.source, PlanSource::Cdi);
+        assert_eq!(
+            paths(&plan),
+            vec!["/dev/nvidia0", "/dev/nvidia-modeset", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidiactl"],
+            "no config cap, other GPU, foreign node, `..` path or linked node from the spec"
+        );
+        let srcs: Vec<String> = plan.files.iter().map(|(s, _)| s.display().to_string()).collect();
+        assert!(srcs.iter().all(|s| !s.starts_with("/etc") && !s.contains("evil") && !s.contains("gone")), "{srcs:?}");
+        assert_eq!(srcs.len(), 6, "{srcs:?}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! real sshd. Each piece is tested on the real kernel facility it drives; the isolation model
 //! is in docs/security.md.
 
+pub mod cdi;
 pub mod cgroup;
 pub mod devices;
 pub mod driver;
