@@ -39,6 +39,7 @@ pub fn run(cmd: HostCmd) -> anyhow::Result<()> {
                         "files": p.files.iter().map(|(from, to)| format!("{} -> {to}", from.display())).collect::<Vec<_>>(),
                         "links": p.links.iter().map(|(target, link)| format!("{link} -> {target}")).collect::<Vec<_>>(),
                         "proc_entries": p.proc_entries,
+                        "source": p.source,
                     }),
                     Err(e) => json!({ "error": e.to_string() }),
                 };

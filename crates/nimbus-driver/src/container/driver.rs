@@ -179,7 +179,7 @@ fn write_hosts(path: &Path, hostname: &str, peers: &[nimbus_proto::Peer]) -> std
 /// looked at), an error naming the problem when this host cannot give it the GPUs it asks for,
 /// so that an instance never runs without the GPUs it was scheduled with.
 fn gpu_plan(spec: &DesiredInstance, read_host: impl FnOnce() -> gpu::Host) -> Result<Option<GpuPlan>> {
-    if spec.gpu_indices.is_empty() {
+    if spec.gpu_indices.is_empty() && spec.mig_devices.is_empty() {
         return Ok(None);
     }
     read_host().plan_with_mig(&spec.gpu_indices, &spec.mig_devices).map(Some).map_err(|e| err(&spec.id, e))
@@ -796,5 +796,17 @@ mod tests {
         let DriverError::Instance { id, message } = &e else { panic!("{e:?}") };
         assert_eq!(id, "0123456789abcdef0123456789abcdef");
         assert_eq!(message, "the instance asks for GPUs [0, 1] but this host has no NVIDIA driver loaded (/dev/nvidiactl does not exist)");
+    }
+
+    /// An instance with only MIG devices is planned too: it never starts without its slice.
+    #[test]
+    fn instances_with_only_mig_devices_are_planned() {
+        let empty = crate::container::TempDir::new();
+        let mut s = spec(vec![]);
+        s.mig_devices =
+            vec![nimbus_proto::MigDeviceRef { parent_index: 0, uuid: "MIG-x".into(), gpu_instance_id: 1, compute_instance_id: 0 }];
+        let host = || gpu::Host { root: empty.0.clone(), gpus: vec![], gpus_source: "NVML", ldconfig: String::new(), arch: "x86-64" };
+        let e = gpu_plan(&s, host).expect_err("no driver here: the start fails instead of running without its MIG device");
+        assert!(e.to_string().contains("no NVIDIA driver"), "{e}");
     }
 }
