@@ -511,10 +511,13 @@ impl Agent {
             }
             Err(e) => tracing::debug!(error = %e, "measuring volumes failed"),
         }
+        // Read before the GPUs are looked at: the server trusts a GPU's "checked" only from a
+        // report whose generation the look had already applied.
+        let applied_generation = self.applied_generation.load(Ordering::SeqCst);
         let gpus = self.gpu_health().await;
         let req = proto::ReportRequest {
             instances,
-            applied_generation: self.applied_generation.load(Ordering::SeqCst),
+            applied_generation,
             volumes: storage.volumes,
             snapshots: storage.snapshots,
             vpns: self.vpn_reports.lock().unwrap_or_else(|p| p.into_inner()).clone(),

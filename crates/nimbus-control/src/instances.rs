@@ -746,8 +746,10 @@ async fn reclaim(c: &Control, tx: &mut nimbus_store::Conn, i: &Instance, now: i6
         message: format!("the host of instance {} has no room to start it again (it must start where its disk is)", i.id),
     };
     let want = itype.map_or(0, |t| t.gpus);
-    let got = if migs.is_empty() { gpus.len() } else { migs.len() };
-    if i64::try_from(got).unwrap_or(0) < want || !Store::host_claim_in_txn(tx, &host_id, &compute, &gpus, &migs, &i.id).await? {
+    // One of the two is empty: a type has whole GPUs or MIG devices.
+    if i64::try_from(gpus.len() + migs.len()).unwrap_or(0) < want
+        || !Store::host_claim_in_txn(tx, &host_id, &compute, &gpus, &migs, &i.id).await?
+    {
         return Err(full());
     }
     if !Store::instance_set_released_in_txn(tx, &i.id, false, &gpus, now).await? {
@@ -824,14 +826,17 @@ pub async fn resize(c: &Control, actor: &Actor, id: &str, new_type: &str) -> Res
         .find(|h| h.id == host_id)
         .ok_or_else(|| Error::internal("instance host vanished"))?;
     let (gpus, migs) = gpus_for(&host, itype, &i.gpu_indices);
-    let got = if itype.mig_profile.is_empty() { gpus.len() } else { migs.len() };
-    let fits_gpus = got >= usize::try_from(req.gpus).unwrap_or(0);
+    // One of the two is empty: a type has whole GPUs or MIG devices.
+    let fits_gpus = gpus.len() + migs.len() >= usize::try_from(req.gpus).unwrap_or(0);
     if !fits_gpus || !Store::host_claim_in_txn(&mut tx, &host_id, &req.resources, &gpus, &migs, &i.id).await? {
         drop(tx);
         return Err(Error::InsufficientCapacity {
             message: format!("the host of instance {} cannot fit {} (it must stay on the host that holds its disk)", i.id, itype.name),
         });
     }
+    // The GPUs a shrink gave up were this tenant's: checked before anyone else gets them.
+    let dropped: Vec<i64> = i.gpu_indices.iter().copied().filter(|g| !gpus.contains(g)).collect();
+    Store::host_gpus_mark_unchecked_in_txn(&mut tx, &host_id, &dropped).await?;
     if !Store::instance_set_type_in_txn(&mut tx, &i.id, &itype.name, &req.resources, &gpus, now).await? {
         return Err(Error::conflict(ConflictReason::Concurrent, format!("instance {} changed meanwhile; retry", i.id)));
     }

@@ -467,8 +467,9 @@ impl Store {
     }
 
     /// Returns an instance's capacity and GPUs to its host. `same_tenant`: they go straight back
-    /// to the same instance in this transaction (a resize), so its GPUs need no check between
-    /// tenants.
+    /// to the same instance in this transaction (a resize), so they count as checked for it
+    /// (while held, its agent reports them unchecked); the caller marks the ones it does not
+    /// take back unchecked (`host_gpus_mark_unchecked_in_txn`).
     pub async fn host_release_in_txn(
         tx: &mut Conn,
         host: &HostId,
@@ -490,7 +491,7 @@ impl Store {
         // Its GPUs go to the next tenant only once its agent checked them idle at (or after)
         // this generation (see migration 0023).
         sqlx::query(
-            "UPDATE host_gpus SET instance_id = NULL, clean = CASE WHEN $3 = 1 THEN clean ELSE 0 END, \
+            "UPDATE host_gpus SET instance_id = NULL, clean = CASE WHEN $3 = 1 THEN 1 ELSE 0 END, \
              released_generation = (SELECT desired_generation FROM hosts WHERE id = $1) WHERE host_id = $1 AND instance_id = $2",
         )
         .bind(host.as_str())
@@ -505,6 +506,23 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(db_err("releasing mig devices"))?;
+        Ok(())
+    }
+
+    /// GPUs an instance let go without a release (a resize that kept fewer of them) must be
+    /// checked by the host's agent before their next tenant, as a release makes them.
+    pub async fn host_gpus_mark_unchecked_in_txn(tx: &mut Conn, host: &HostId, indices: &[i64]) -> Result<(), Error> {
+        for idx in indices {
+            sqlx::query(
+                "UPDATE host_gpus SET clean = 0, released_generation = (SELECT desired_generation FROM hosts WHERE id = $1) \
+                 WHERE host_id = $1 AND idx = $2 AND instance_id IS NULL",
+            )
+            .bind(host.as_str())
+            .bind(*idx)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err("marking a gpu unchecked"))?;
+        }
         Ok(())
     }
 

@@ -207,3 +207,30 @@ async fn mig_types_get_mig_devices_and_whole_gpu_types_do_not() {
     assert_eq!(st, 200, "{v}");
     s.shutdown().await;
 }
+
+/// A resize that keeps fewer GPUs gives the others up: they are checked before their next
+/// tenant, exactly as after a termination.
+#[tokio::test]
+async fn gpus_a_resize_gives_up_are_checked_before_their_next_tenant() {
+    let (s, _dir, file) = start_with_faults(2).await;
+    let id = launch(&s, &s.key, "gpu_2x_h100_sxm5", "k").await;
+    s.wait_status(&s.key, &id, "active").await;
+    // Both GPUs have a process of this tenant that will outlive the shrink.
+    faults(&file, json!({"0": {"processes": 1}, "1": {"processes": 1}}));
+    s.nexpect("POST", &format!("/instances/{id}/stop"), None, 200).await;
+    s.wait_native_status(&format!("/instances/{id}"), "stopped").await;
+    s.nexpect("POST", &format!("/instances/{id}/resize"), Some(json!({"instance_type": "gpu_1x_h100_sxm5"})), 200).await;
+    let kept = gpu_of(&s, &id).await;
+    let given_up = 1 - kept;
+    // At once, in the resize's own transaction (before its agent has even heard of it).
+    assert!(!gpu(&s, given_up).await.clean, "given up unchecked");
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    assert!(!gpu(&s, given_up).await.clean, "not handed on while the process runs");
+    let (st, v) = try_launch(&s, "gpu_1x_h100_sxm5").await;
+    assert_eq!(st, 400, "{v}");
+    faults(&file, json!({}));
+    s.wait_for("the given-up GPU checked", || async { gpu(&s, given_up).await.clean }).await;
+    let (st, v) = try_launch(&s, "gpu_1x_h100_sxm5").await;
+    assert_eq!(st, 200, "{v}");
+    s.shutdown().await;
+}
