@@ -105,6 +105,10 @@ def test_list_get_update(nat, instance):
     assert isinstance(net, InstanceNetwork) and net.instance_id == instance.id and net.ssh_port == 22
     m = instance.metrics()
     assert isinstance(m, InstanceMetrics) and m.instance_id == instance.id and m.start and m.step_seconds
+    assert instance.gpu_devices() == [] and instance.gpus == 0, "a CPU instance has no GPUs"
+    with pytest.raises(NimbusApiError) as e:
+        nat.instances.gpus("i-does-not-exist")
+    assert e.value.status == 404
 
 
 def test_stop_start_resize_restart(nat, instance):

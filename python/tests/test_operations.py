@@ -50,6 +50,7 @@ NATIVE_CALLS: Dict[str, Tuple[tuple, dict]] = {
     "instances.resize": (("X", "t"), {}),
     "instances.network": (("X",), {}),
     "instances.metrics": (("X",), {}),
+    "instances.gpus": (("X",), {}),
     "volumes.create": (("v", "r", 1), {}),
     "volumes.get": (("X",), {}),
     "volumes.delete": (("X",), {}),

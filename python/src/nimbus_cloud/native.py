@@ -31,6 +31,7 @@ from .native_models import (
     Estimate,
     FirewallRule,
     Instance,
+    InstanceGpu,
     InstanceMetrics,
     InstanceNetwork,
     Invoice,
@@ -61,6 +62,7 @@ OPERATIONS: Dict[str, Tuple[str, str, str]] = {
     "instance_resize": ("POST", "/instances/{id}/resize", "instances.resize"),
     "instance_network_get": ("GET", "/instances/{id}/network", "instances.network"),
     "instance_metrics_get": ("GET", "/instances/{id}/metrics", "instances.metrics"),
+    "instance_gpus_list": ("GET", "/instances/{id}/gpus", "instances.gpus"),
     "volume_create": ("POST", "/volumes", "volumes.create"),
     "volumes_list": ("GET", "/volumes", "volumes.list"),
     "volume_get": ("GET", "/volumes/{id}", "volumes.get"),
@@ -306,6 +308,10 @@ class Instances(_Group):
         """Means per ``step`` seconds between ``start`` and ``end`` (RFC 3339)."""
         params = {"from": start, "to": end, "step": step}
         return self._client._one(InstanceMetrics, "GET", f"/instances/{_seg(instance_id)}/metrics", params=params)
+
+    def gpus(self, instance_id: str) -> List[InstanceGpu]:
+        """The instance's GPUs (or MIG devices) and their health; empty for a CPU instance."""
+        return list(self._client._page(InstanceGpu, f"/instances/{_seg(instance_id)}/gpus", {}))
 
     def wait_until_ready(self, instance_id: str, timeout: float = 600) -> Instance:
         """Waits until the instance is ``running``."""

@@ -132,6 +132,10 @@ class Instance(_Bound):
     def metrics(self, **kw: Any) -> "InstanceMetrics":
         return self._c().instances.metrics(self.id or "", **kw)
 
+    def gpu_devices(self) -> List["InstanceGpu"]:
+        """Its GPUs (or MIG devices) with their health; ``gpus`` is only their number."""
+        return self._c().instances.gpus(self.id or "")
+
 
 @dataclass
 class InstanceNetwork(Model):
@@ -142,6 +146,19 @@ class InstanceNetwork(Model):
     private_ip: Optional[str] = None
     ssh_port: Optional[int] = None
     firewall_ruleset_ids: List[str] = field(default_factory=list)
+
+
+@dataclass
+class InstanceGpu(Model):
+    """A GPU, or MIG device, of an instance, with its health (``ok`` ... ``service_required``)."""
+
+    index: Optional[int] = None
+    uuid: Optional[str] = None
+    model: Optional[str] = None
+    memory_mib: Optional[int] = None
+    mig_profile: Optional[str] = None
+    health: Optional[str] = None
+    reasons: List[str] = field(default_factory=list)
 
 
 @dataclass
