@@ -427,6 +427,8 @@ fn host_token_limits_and_reenrol_from_the_cli() {
 #[test]
 fn dev_sim_gpu_health_and_mig_through_the_cli() {
     let faults = std::env::temp_dir().join(format!("nimbus-cli-faults-{}.json", nimbus_core::ids::random_hex_id()));
+    // The sim keeps its reset log beside the fault file; both go, pass or fail.
+    let _cleanup = RemoveOnDrop(vec![faults.clone(), faults.with_extension("resets")]);
     let dev = start_dev(&[
         "--sim-gpus",
         "NVIDIA H200:2",
@@ -460,7 +462,16 @@ fn dev_sim_gpu_health_and_mig_through_the_cli() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     assert!(!row_of(&cli(&dev, &["types"]), "gpu_1x_h200").contains("us-east-1"), "the lost GPU offers no capacity");
-    let _ = std::fs::remove_file(&faults);
+}
+
+struct RemoveOnDrop(Vec<std::path::PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }
 
 fn row_of(table: &str, t: &str) -> String {
