@@ -540,6 +540,18 @@ impl Agent {
         self.sync_storage(desired).await;
         let actual: HashMap<String, proto::InstanceReport> = self.driver.list().await?.into_iter().map(|r| (r.id.clone(), r)).collect();
         let wanted: HashSet<&str> = desired.instances.iter().map(|d| d.id.as_str()).collect();
+        // An instance that should run but whose processes died is restarted below, and its
+        // tenant lost every process in it: the server hears of that first (a heartbeat might not
+        // fall between the death and this restart), so the instance is `unhealthy` until back.
+        let died = desired
+            .instances
+            .iter()
+            .any(|d| d.power == proto::Power::Running && actual.get(&d.id).is_some_and(|a| a.state == proto::ActualState::Stopped));
+        if died {
+            if let Err(e) = self.report().await {
+                tracing::warn!(error = %e, "reporting dead instances before restarting them failed");
+            }
+        }
         for d in &desired.instances {
             let res = match (actual.get(&d.id), d.power) {
                 (None, _) => self.driver.ensure(d).await.map(|_| ()),

@@ -824,6 +824,66 @@ async fn voltage_vm_ssh_through_its_port_forward_power_and_delete() {
 /// Seed 003 end to end: a 3-node dedicated cluster on the container driver; node 1 reaches
 /// node 2 by name over SSH on the private network; a node killed from the host becomes
 /// `NOT_READY` and then `LIVE` again; delete leaves no capacity allocated and nothing on the host.
+/// Every process of an instance killed from the host: the agent starts it again by itself, and
+/// the server hears of the death first (`unhealthy`, with its event), even when no heartbeat
+/// falls between the death and the restart. The heartbeat here is longer than the whole test, so
+/// only the agent's report before restarting can tell the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_whose_processes_die_is_unhealthy_until_the_agent_restarts_it() {
+    let Some(images) = ready() else { return };
+    let mut s = TestServer::builder()
+        .config(|c| {
+            c.agents.heartbeat_interval_ms = 600_000;
+            c.agents.host_timeout_ms = 1_200_000;
+        })
+        .start()
+        .await;
+    let rig = rig(&mut s, &images, "died-host", "nbd", 246, Duration::from_secs(5)).await;
+    let cg = Cgroups::detect(&rig.cfg.cgroup_mount, &rig.cfg.cgroup_parent).unwrap();
+    s.expect("POST", "/ssh-keys", Some(json!({"name": "d", "public_key": rig.public.trim()})), 200).await;
+    let v = s
+        .expect(
+            "POST",
+            "/instance-operations/launch",
+            Some(json!({"region_name": "us-east-1", "instance_type_name": "cpu_1x_small", "ssh_key_names": ["d"], "quantity": 1})),
+            200,
+        )
+        .await;
+    let id = v["data"]["instance_ids"][0].as_str().unwrap().to_owned();
+    let inst = s.wait_status(&s.key, &id, "active").await;
+    let ip = inst["ip"].as_str().unwrap().to_owned();
+    assert!(ssh(&rig.key, &ip, "true").0);
+
+    let pids = cg.pids(&id);
+    assert!(!pids.is_empty(), "the instance has processes");
+    for pid in pids {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    let t = Instant::now();
+    let died = loop {
+        let events = s.control.store().event_list_by_org(&s.org.id, 0, None, None, Some("instance"), 1000).await.unwrap();
+        if let Some(e) = events.into_iter().find(|e| e.kind == "instance.unhealthy" && e.resource_id == id) {
+            break e;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "the dead instance was never unhealthy");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(died.payload["from"], "active", "{}", died.payload);
+    let back = s.wait_status(&s.key, &id, "active").await;
+    assert_eq!(back["ip"].as_str(), Some(ip.as_str()), "same address after the restart");
+    let mut up = false;
+    for _ in 0..50 {
+        if ssh(&rig.key, &ip, "true").0 {
+            up = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(up, "the restarted instance answers SSH");
+    s.expect("POST", "/instance-operations/terminate", Some(json!({"instance_ids": [id]})), 200).await;
+    s.wait_status(&s.key, &id, "terminated").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_nodes_reach_each_other_by_name_and_come_back() {
     let Some(images) = ready() else { return };
