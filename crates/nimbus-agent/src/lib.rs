@@ -769,6 +769,7 @@ mod tests {
             peers: vec![],
             tenant: "t".into(),
             privileged: false,
+            machine: proto::Machine::Container,
         }
     }
 

@@ -664,6 +664,8 @@ pub async fn desired(c: &Control, host: &HostId, req: proto::DesiredRequest) -> 
             peers: peers_of(i),
             tenant: i.org_id.to_string(),
             privileged: c.config().instance_type(&i.instance_type).is_some_and(|t| t.privileged),
+            // TODO(helper): the type's `machine` from the catalog.
+            machine: proto::Machine::Container,
         })
         .collect();
     let host_volumes = volumes

@@ -12,6 +12,7 @@
 pub mod container;
 pub mod files;
 pub mod sim;
+pub mod vm;
 
 use async_trait::async_trait;
 use nimbus_proto::{DesiredInstance, HostSnapshot, HostVolume, InstanceReport, Inventory, MetricSample, SnapshotReport, VolumeReport};

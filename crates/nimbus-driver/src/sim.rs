@@ -147,6 +147,7 @@ impl Driver for SimDriver {
                     memory_mib: sim_gpu_memory_mib(model),
                     uuid: format!("GPU-sim-{}-{index}", self.cfg.hostname),
                     mig_devices,
+                    pci_bus_id: format!("00000000:{:02x}:00.0", 0x17 + index),
                 });
             }
         }
@@ -160,6 +161,8 @@ impl Driver for SimDriver {
             driver: "sim".to_owned(),
             public_ip: None,
             network: None,
+            // A sim instance is the same nothing either way; VM types are placeable on sim hosts.
+            machines: vec![nimbus_proto::Machine::Container, nimbus_proto::Machine::Vm],
         })
     }
 

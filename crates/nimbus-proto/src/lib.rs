@@ -48,6 +48,10 @@ pub struct GpuInfo {
     /// Nimbus never changes MIG mode or the partitioning itself.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mig_devices: Vec<MigInfo>,
+    /// Its PCI address as NVML gives it (`00000000:17:00.0`); the VM driver passes the GPU
+    /// through by it. Empty from agents that do not read it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pci_bus_id: String,
 }
 
 /// One MIG device (a GPU instance plus compute instance) of a GPU, as NVML lists it.
@@ -89,6 +93,29 @@ pub struct Inventory {
     /// for a host that takes no part in the region's private network (sim, or a lone host).
     #[serde(default)]
     pub network: Option<HostNetwork>,
+    /// What kinds of instance this host can run. Empty (an older agent) means containers only.
+    /// `vm` is listed only where a probe guest actually booted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub machines: Vec<Machine>,
+}
+
+/// What an instance is on its host: a Linux container, or a QEMU virtual machine (the
+/// instance type's `machine` in the server's catalog).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Machine {
+    #[default]
+    Container,
+    Vm,
+}
+
+impl Machine {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Machine::Container => "container",
+            Machine::Vm => "vm",
+        }
+    }
 }
 
 /// A host's place in its region's private network.
@@ -292,6 +319,13 @@ pub struct DesiredInstance {
     /// per instance type, for trusted tenants only.
     #[serde(default)]
     pub privileged: bool,
+    /// Container or VM; absent from older servers, which only ran containers.
+    #[serde(default, skip_serializing_if = "is_container")]
+    pub machine: Machine,
+}
+
+fn is_container(m: &Machine) -> bool {
+    *m == Machine::Container
 }
 
 /// A node of the same cluster.

@@ -56,6 +56,7 @@ pub async fn metering(transitions: usize, intervals: usize) -> anyhow::Result<()
                 driver: "sim".into(),
                 public_ip: None,
                 network: None,
+                machines: vec![],
             },
         },
     )

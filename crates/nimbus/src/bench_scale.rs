@@ -132,6 +132,7 @@ pub async fn run(a: ScaleArgs) -> anyhow::Result<()> {
                         driver: "sim".into(),
                         public_ip: None,
                         network: None,
+                        machines: vec![],
                     },
                 };
                 let r = agents::register(&c, req).await.map_err(|e| anyhow::anyhow!("{e}"))?;

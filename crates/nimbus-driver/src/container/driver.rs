@@ -779,6 +779,7 @@ mod tests {
             peers: vec![],
             tenant: "org".into(),
             privileged: false,
+            machine: Default::default(),
         }
     }
 

@@ -96,6 +96,7 @@ pub fn gpus() -> Vec<GpuInfo> {
             memory_mib: d.memory_info().map(|m| (m.total / (1024 * 1024)) as i64).unwrap_or(0),
             uuid,
             mig_devices,
+            pci_bus_id: d.pci_info().map(|p| p.bus_id).unwrap_or_default(),
         });
     }
     out
@@ -307,6 +308,7 @@ pub fn read(data_dir: &Path) -> Inventory {
         driver: "container".into(),
         public_ip: None,
         network: None,
+        machines: vec![nimbus_proto::Machine::Container],
     }
 }
 

@@ -79,6 +79,7 @@ impl Host {
                 driver: "container".into(),
                 public_ip: None,
                 network: None,
+                machines: vec![],
             }),
             sshd_grace: Duration::from_secs(20),
             launcher: Some(Launcher::binary(env!("CARGO_BIN_EXE_nimbus-launch"))),
@@ -116,6 +117,7 @@ impl Host {
             peers: vec![],
             tenant: tenant.into(),
             privileged: false,
+            machine: Default::default(),
         }
     }
 

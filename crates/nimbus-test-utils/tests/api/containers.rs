@@ -94,6 +94,7 @@ fn host_config(data: &std::path::Path, images: &std::path::Path, prefix: &str, n
             driver: "container".into(),
             public_ip: None,
             network: None,
+            machines: vec![],
         }),
         sshd_grace,
         launcher: Some(nimbus_driver::container::runtime::Launcher::binary(env!("CARGO_BIN_EXE_nimbus-test-launch"))),

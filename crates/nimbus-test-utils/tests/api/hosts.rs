@@ -125,6 +125,7 @@ fn reg(credential: &str, machine: &str) -> proto::RegisterRequest {
             driver: "sim".into(),
             public_ip: None,
             network: None,
+            machines: vec![],
         },
     }
 }

@@ -1,0 +1,1 @@
+//! Placeholder: GPU passthrough with VFIO (being written).
