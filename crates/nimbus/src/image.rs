@@ -31,6 +31,10 @@ pub enum ImageCmd {
         /// Debian mirror; default: the one apt is configured with.
         #[arg(long)]
         mirror: Option<String>,
+        /// Also make the image bootable as a VM: the guest kernel and initramfs (Debian's cloud
+        /// kernel and busybox-static, by apt-get download) and the image's qcow2 base disk.
+        #[arg(long)]
+        vm: bool,
     },
     /// Lists cached images.
     List {
@@ -109,11 +113,33 @@ pub fn ensure_default(dir: &std::path::Path, name: &str, mirror: Option<String>)
     Ok(path)
 }
 
+/// The guest kernel and `name`'s VM base disk, made if missing.
+pub fn ensure_vm(dir: &std::path::Path, name: &str) -> anyhow::Result<()> {
+    for (tool, pkg) in [("qemu-system-x86_64", "qemu-system-x86"), ("qemu-img", "qemu-utils"), ("genisoimage", "genisoimage")] {
+        if !have(tool) {
+            anyhow::bail!("VMs need {tool}: apt-get install {pkg}");
+        }
+    }
+    let boot = nimbus_driver::vm::guest::prepare(dir, |l| eprintln!("{l}")).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let started = std::time::Instant::now();
+    let base = nimbus_driver::vm::disk::ensure_base(dir, name).map_err(|e| anyhow::anyhow!("{e}"))?;
+    eprintln!("VM boot files: {} and {}", boot.kernel.display(), boot.initrd.display());
+    eprintln!("VM base disk of {name}: {} ({:.1} s)", base.display(), started.elapsed().as_secs_f64());
+    Ok(())
+}
+
 pub async fn run(cmd: ImageCmd) -> anyhow::Result<()> {
     match cmd {
-        ImageCmd::Build { dir, name, mirror } => {
+        ImageCmd::Build { dir, name, mirror, vm } => {
             let d = dir.path();
-            tokio::task::spawn_blocking(move || ensure_default(&d, &name, mirror)).await??;
+            tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+                ensure_default(&d, &name, mirror)?;
+                if vm {
+                    ensure_vm(&d, &name)?;
+                }
+                Ok(())
+            })
+            .await??;
         }
         ImageCmd::List { dir } => {
             let d = dir.path();

@@ -72,6 +72,9 @@ pub struct ContainerConfig {
     /// (`--gpu-reset auto`, the default); `false`: never (`--gpu-reset never`), e.g. on a
     /// machine whose GPU settings are not the operator's to touch.
     pub gpu_reset: bool,
+    /// Offer VMs where this host can run them (QEMU, genisoimage and a guest kernel prepared
+    /// with `nimbus image build --vm`); `false`: containers only.
+    pub vms: bool,
 }
 
 impl ContainerConfig {
@@ -95,6 +98,7 @@ impl ContainerConfig {
             underlay: None,
             public_ip: None,
             gpu_reset: true,
+            vms: true,
         }
     }
 }
@@ -142,10 +146,24 @@ pub struct ContainerDriver {
     /// process has programmed it yet.
     fabric: Mutex<(nimbus_proto::Fabric, bool)>,
     publics: super::public::Publics,
+    /// `Some` where VMs can run; filled in by the KVM probe (see `vm.rs`).
+    vm: Option<Arc<std::sync::OnceLock<vm::VmHost>>>,
 }
+
+mod vm;
 
 /// Where the driver keeps the last private network it was sent.
 const FABRIC_FILE: &str = "fabric.json";
+
+/// How long one banner probe waits, and the pause between probes. A VM's sshd (a fork in an
+/// emulated guest, under TCG) can take far longer than a container's to say hello, and a probe
+/// that hangs up early only fills its `MaxStartups`.
+fn banner_wait(m: nimbus_proto::Machine) -> (Duration, Duration) {
+    match m {
+        nimbus_proto::Machine::Container => (Duration::from_millis(50), Duration::from_millis(5)),
+        nimbus_proto::Machine::Vm => (Duration::from_secs(3), Duration::from_millis(100)),
+    }
+}
 
 /// How long a banner seen from a live instance counts.
 const HEALTH_RECHECK: Duration = Duration::from_secs(5);
@@ -217,7 +235,9 @@ impl ContainerDriver {
         if cfg.weaken.any() {
             tracing::error!(weaken = ?cfg.weaken, "WEAKENED container host: isolation layers are off (tests only)");
         }
+        let vm = if cfg.vms { vm::vm_capable(&cfg.images_dir).map(vm::probe_in_background) } else { None };
         Ok(ContainerDriver {
+            vm,
             healthy: Mutex::new(std::collections::HashMap::new()),
             fabric: Mutex::new((fabric, false)),
             publics: super::public::Publics::new(&cfg.data_dir, cfg.public_ip.or(cfg.underlay.map(std::net::IpAddr::V4))),
@@ -458,7 +478,9 @@ impl ContainerDriver {
 
     /// Whether instance `id`'s sshd answers now; remembered either way.
     fn probe(&self, id: &str, addr: Option<Ipv4Addr>) -> bool {
-        let ok = addr.is_some_and(|a| runtime::ssh_banner(a, Duration::from_millis(150)));
+        let machine = self.ledger(id).map(|l| l.spec.machine).unwrap_or_default();
+        let wait = banner_wait(machine).0.max(Duration::from_millis(150));
+        let ok = addr.is_some_and(|a| runtime::ssh_banner(a, wait));
         if ok {
             self.mark_healthy(id);
         } else {
@@ -481,6 +503,10 @@ impl ContainerDriver {
         ledger.spec = spec.clone();
         // The ledger first: whatever follows can be found and undone after a crash.
         self.write_ledger(id, &ledger)?;
+        if spec.machine == nimbus_proto::Machine::Vm {
+            self.start_vm_locked(&mut ledger)?;
+            return Ok(self.observe(id));
+        }
         let rs = self.runtime_spec(&ledger)?;
         // A disk restored from a snapshot starts as its copy (then gets this instance's keys).
         if let (true, Some(snap)) = (!rs.dir.join("upper").exists(), &spec.source_snapshot) {
@@ -534,6 +560,7 @@ impl ContainerDriver {
     /// Kills the instance and releases its namespace and volume mounts; the disk stays.
     fn stop_locked(&self, id: &str) -> Result<()> {
         self.forget_health(id);
+        self.quit_vm(id);
         runtime::stop(&self.cgroups, id).map_err(|e| err(id, e))?;
         self.net.destroy(id, None);
         super::storage::unmount_all(&self.dir(id));
@@ -572,6 +599,10 @@ impl Driver for ContainerDriver {
             instance_subnet: self.subnet().to_string(),
             routes: vec![],
         });
+        inv.machines = vec![nimbus_proto::Machine::Container];
+        if self.vm.is_some() {
+            inv.machines.push(nimbus_proto::Machine::Vm);
+        }
         Ok(inv)
     }
 
@@ -632,15 +663,17 @@ impl Driver for ContainerDriver {
     }
 
     async fn wait_ready(&self, id: &str) -> bool {
-        let Some(addr) = self.ledger(id).map(|l| self.net.address(l.addr_index)) else { return false };
+        let Some(l) = self.ledger(id) else { return false };
+        let addr = self.net.address(l.addr_index);
+        let (wait, pause) = banner_wait(l.spec.machine);
         let deadline = std::time::Instant::now() + self.cfg.sshd_grace;
-        // Off the async threads: each probe is a blocking connect of at most 50 ms.
+        // Off the async threads: each probe is a blocking connect of at most `wait`.
         let ready = tokio::task::spawn_blocking(move || {
             while std::time::Instant::now() < deadline {
-                if runtime::ssh_banner(addr, Duration::from_millis(50)) {
+                if runtime::ssh_banner(addr, wait) {
                     return true;
                 }
-                std::thread::sleep(Duration::from_millis(5));
+                std::thread::sleep(pause);
             }
             false
         })
@@ -655,6 +688,7 @@ impl Driver for ContainerDriver {
     async fn destroy(&self, id: &str) -> Result<()> {
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         self.forget_health(id);
+        self.quit_vm(id);
         runtime::stop(&self.cgroups, id).map_err(|e| err(id, e))?;
         self.net.destroy(id, self.ledger(id).map(|l| self.net.address(l.addr_index)));
         let dir = self.dir(id);

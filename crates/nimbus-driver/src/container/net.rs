@@ -157,6 +157,18 @@ impl Network {
         }
     }
 
+    /// Makes `name` a tap device that `owner` (QEMU's unprivileged uid) may open, on the bridge
+    /// (a VM's port, named as a container's veth so that the same firewall rules apply).
+    pub fn ensure_tap(&self, name: &str, owner: u32) -> Result<()> {
+        if !link_exists(name) {
+            ip(&["tuntap", "add", "dev", name, "mode", "tap", "user", &owner.to_string(), "group", &owner.to_string()])?;
+        }
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
+        ip(&["link", "set", name, "master", &self.bridge])?;
+        ip(&["link", "set", name, "up"])?;
+        Ok(())
+    }
+
     /// The host end of instance `id`'s veth (a bridge port).
     pub fn port(&self, id: &str) -> String {
         self.veth_name(id)

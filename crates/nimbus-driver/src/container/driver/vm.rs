@@ -1,0 +1,155 @@
+//! Instances the host runs as VMs (`DesiredInstance.machine == vm`): the driver's host-wide
+//! parts (address, ledger, cgroup, bridge port, firewall, stop, destroy, health) are the
+//! containers'; what differs is how the instance starts: a tap on the bridge with the
+//! instance's MAC (so the same anti-spoofing rules hold), a qcow2 overlay, a NoCloud seed
+//! and a QEMU process (`crate::vm`).
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use crate::vm::{disk, guest, qemu, seed};
+
+use super::*;
+
+/// What this host runs VMs with, decided once: the guest kernel, and KVM or TCG.
+#[derive(Debug, Clone)]
+pub(super) struct VmHost {
+    pub boot: guest::Boot,
+    pub accel: qemu::Accel,
+}
+
+/// Whether VMs can run here at all (QEMU, the seed tool and a prepared guest kernel), without
+/// booting anything.
+pub(super) fn vm_capable(images_dir: &std::path::Path) -> Option<guest::Boot> {
+    let boot = guest::prepared(images_dir)?;
+    let has = |p: &str, arg: &str| std::process::Command::new(p).arg(arg).output().is_ok_and(|o| o.status.success());
+    (has(qemu::QEMU, "--version") && has("genisoimage", "--version")).then_some(boot)
+}
+
+/// Starts the KVM probe in the background; the first VM start waits for its answer.
+pub(super) fn probe_in_background(boot: guest::Boot) -> std::sync::Arc<OnceLock<VmHost>> {
+    let cell = std::sync::Arc::new(OnceLock::new());
+    let c = cell.clone();
+    std::thread::spawn(move || {
+        let accel = if qemu::kvm_boots(&boot, Duration::from_secs(10)) {
+            tracing::info!("KVM boots guests here: VMs run with KVM");
+            qemu::Accel::Kvm
+        } else {
+            tracing::warn!("KVM does not boot a guest here (or there is no /dev/kvm): VMs run under TCG emulation, which is slow");
+            qemu::Accel::Tcg
+        };
+        let _ = c.set(VmHost { boot, accel });
+    });
+    cell
+}
+
+impl ContainerDriver {
+    fn vm_host(&self, id: &str) -> Result<VmHost> {
+        let cell = self
+            .vm
+            .as_ref()
+            .ok_or_else(|| err(id, "this host runs no VMs (no QEMU, genisoimage or guest kernel: nimbus image build --vm)"))?;
+        let t = std::time::Instant::now();
+        loop {
+            if let Some(h) = cell.get() {
+                return Ok(h.clone());
+            }
+            if t.elapsed() > Duration::from_secs(20) {
+                return Err(err(id, "the KVM probe never finished"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts VM instance `ledger` (already written) unless its QEMU runs; the caller holds the lock.
+    pub(super) fn start_vm_locked(&self, ledger: &mut Ledger) -> Result<()> {
+        let spec = ledger.spec.clone();
+        let id = spec.id.as_str();
+        if runtime::running(&self.cgroups, id) {
+            return self.sync_firewall();
+        }
+        let host = self.vm_host(id)?;
+        let base = disk::ensure_base(&self.cfg.images_dir, &spec.image).map_err(|e| err(id, e))?;
+        let rs = self.runtime_spec(ledger)?;
+        let dir = rs.dir.clone();
+        std::fs::create_dir_all(&dir).map_err(|e| err(id, e))?;
+        let disk_path = dir.join("disk.qcow2");
+        if !disk_path.exists() && spec.source_snapshot.is_some() {
+            return Err(err(id, "VMs cannot be made from snapshots yet"));
+        }
+        disk::ensure_overlay(&base, &disk_path, spec.disk_gib).map_err(|e| err(id, e))?;
+        // The guest's root is the VM's own; QEMU runs as the tenant's unprivileged host uid.
+        let uid = self.ranges.base_for(&spec.tenant).map_err(|e| err(id, e))?;
+        runtime::write_seed(&runtime::Spec { userns: None, ..rs.clone() }).map_err(|e| err(id, e))?;
+        write_hosts(&dir.join("hosts"), &spec.hostname, &spec.peers).map_err(|e| err(id, e))?;
+        let addr = self.net.address(ledger.addr_index);
+        let mac = super::super::launch::mac_for(addr);
+        let iso = dir.join("seed.iso");
+        let s = seed::SeedSpec {
+            instance_id: id,
+            hostname: &spec.hostname,
+            address: addr,
+            prefix_len: self.cfg.prefix_len,
+            gateway: self.cfg.gateway,
+            mac: &mac,
+            user_data: spec.user_data.as_deref(),
+            mounts: &[],
+        };
+        seed::write(&rs.seed_dir(), &s, Some(&dir.join("hosts")), &iso).map_err(|e| err(id, e))?;
+        for f in [&disk_path, &iso] {
+            std::os::unix::fs::chown(f, Some(uid), Some(uid)).map_err(|e| err(id, e))?;
+        }
+        // Guest memory plus QEMU's own (device emulation, TCG's translation cache).
+        let limits = Limits { memory_bytes: rs.limits.memory_bytes + (384 << 20), ..rs.limits };
+        let mut rules: Vec<(u32, u32)> = vec![(10, 200)];
+        if host.accel == qemu::Accel::Kvm {
+            rules.push((10, 232));
+        }
+        self.cgroups.create(id, limits, Some(&super::super::devices::rules_with(&rules)), None).map_err(|e| err(id, e))?;
+        self.net.destroy(id, None);
+        let tap = self.net.port(id);
+        self.net.ensure_tap(&tap, uid).map_err(|e| err(id, e))?;
+        ledger.started_at = now_secs();
+        self.write_ledger(id, ledger)?;
+        self.sync_firewall()?;
+        let vm = qemu::VmSpec {
+            name: id.to_owned(),
+            boot: host.boot,
+            disk: disk_path,
+            seed: iso,
+            tap,
+            mac,
+            vcpus: spec.vcpus,
+            memory_mib: spec.memory_mib,
+            accel: host.accel,
+            runas: (uid, uid),
+            qmp: dir.join("qmp.sock"),
+            console: dir.join("console.log"),
+            virtiofs: vec![],
+            vfio_args: vec![],
+        };
+        if let Err(e) = qemu::start(&vm, &self.cgroups, id) {
+            let _ = self.cgroups.destroy(id);
+            self.net.destroy(id, None);
+            return Err(err(id, e));
+        }
+        tracing::info!(instance = %id, accel = ?host.accel, "VM started");
+        Ok(())
+    }
+
+    /// Asks a VM's QEMU to quit (it flushes the disk first) and waits a moment for it, so that
+    /// the kill that follows finds nothing mid-write. Not a VM, or no answer: nothing.
+    pub(super) fn quit_vm(&self, id: &str) {
+        if self.ledger(id).is_none_or(|l| l.spec.machine != nimbus_proto::Machine::Vm) {
+            return;
+        }
+        let sock = self.dir(id).join("qmp.sock");
+        if let Ok(mut q) = qemu::Qmp::connect(&sock, Duration::from_secs(2)) {
+            let _ = q.execute("quit", serde_json::json!({}));
+            let t = std::time::Instant::now();
+            while runtime::running(&self.cgroups, id) && t.elapsed() < Duration::from_secs(3) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}

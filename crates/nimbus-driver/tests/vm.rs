@@ -1,0 +1,98 @@
+//! The VM side of the host driver on the real thing: QEMU (TCG here; KVM where the probe boots
+//! a guest), a tap on the host's bridge, the seed ISO, sshd inside the guest. One VM, through
+//! its whole life: start, SSH in, user data ran, restart, stop with the disk kept, start again,
+//! an agent restart that adopts the running VM, destroy leaving nothing.
+//!
+//! Skips (and says why) without root, the debian-12 image, QEMU or the guest kernel
+//! (`nimbus image build --vm`, which scripts/test runs).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use nimbus_driver::container::driver::ContainerDriver;
+use nimbus_driver::Driver;
+use nimbus_proto::{ActualState, Machine, Power};
+
+fn vm_ready(h: &Host) -> bool {
+    if nimbus_driver::vm::guest::prepared(&h.cfg.images_dir).is_none() {
+        eprintln!("SKIPPED: no guest kernel in {} (nimbus image build --vm)", h.cfg.images_dir.display());
+        return false;
+    }
+    true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_boots_answers_ssh_restarts_stops_and_leaves_nothing() {
+    let Some(h) = Host::with("vm", 247, |c| c.sshd_grace = std::time::Duration::from_secs(90)) else { return };
+    if !vm_ready(&h) {
+        return;
+    }
+    let inv = h.driver.inventory().await.unwrap();
+    assert!(inv.machines.contains(&Machine::Vm), "a host with QEMU and a guest kernel offers VMs: {:?}", inv.machines);
+
+    let mut spec = h.spec("tenant-a", "vm-one");
+    spec.machine = Machine::Vm;
+    spec.user_data = Some("#cloud-config\nruncmd:\n  - echo ran-in-vm > /tmp/ud.txt\n".into());
+    let t = std::time::Instant::now();
+    let ip = h.launch(&spec).await;
+    let boot = t.elapsed();
+    let (ok, out) = h.ssh(&ip, "hostname; whoami; uname -r; cat /proc/cmdline; sudo -n true && echo sudo-ok");
+    eprintln!("VM start -> sshd: {boot:?}, first ssh at {:?}", t.elapsed());
+    assert!(ok, "{out}\n{}", h.console(&spec.id));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "vm-one");
+    assert_eq!(lines[1], "ubuntu");
+    assert!(lines[2].contains("cloud-amd64"), "the guest runs its own kernel: {out}");
+    assert_ne!(lines[2], String::from_utf8_lossy(&std::process::Command::new("uname").arg("-r").output().unwrap().stdout).trim());
+    assert!(out.contains("sudo-ok"), "{out}");
+    assert!(eventually(30, || h.ssh(&ip, "cat /tmp/ud.txt").1.trim() == "ran-in-vm"), "user data ran once on first boot");
+
+    // QEMU runs unprivileged, in the instance's cgroup.
+    let cg = h.cgroups();
+    let pids = cg.pids(&spec.id);
+    assert!(!pids.is_empty(), "QEMU is in the instance's cgroup");
+    let uids: Vec<String> = pids
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+        .filter_map(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2).unwrap_or("").to_owned()))
+        .collect();
+    assert!(!uids.is_empty() && uids.iter().all(|u| u != "0"), "QEMU dropped root (effective uids {uids:?})");
+
+    // Disk survives restart and stop/start; a file written before is there after.
+    assert!(h.ssh(&ip, "echo kept > ~/note && sync").0);
+    let r = h.driver.restart(&spec).await.unwrap();
+    assert_ne!(r.state, ActualState::Failed);
+    assert!(h.driver.wait_ready(&spec.id).await, "{}", h.console(&spec.id));
+    assert!(eventually(30, || h.ssh(&ip, "cat ~/note").1.trim() == "kept"), "the disk survived the restart");
+    assert!(h.ssh(&ip, "test ! -e /tmp/ud.txt || cat /var/lib/nimbus/instance-id").0);
+    h.driver.stop(&spec.id).await.unwrap();
+    let st = h.driver.list().await.unwrap().into_iter().find(|r| r.id == spec.id).unwrap().state;
+    assert_eq!(st, ActualState::Stopped);
+    assert!(cg.pids(&spec.id).is_empty(), "no QEMU left after stop");
+    let mut again = spec.clone();
+    again.power = Power::Running;
+    h.launch(&again).await;
+    assert!(eventually(30, || h.ssh(&ip, "cat ~/note").1.trim() == "kept"), "the disk survived stop/start");
+
+    // A new agent process (a new driver on the same data dir) adopts the running VM.
+    let adopted = ContainerDriver::new(h.cfg.clone()).unwrap();
+    let listed = adopted.list().await.unwrap();
+    let me = listed.iter().find(|r| r.id == spec.id).expect("the VM is listed by a new driver");
+    // Within its start grace a new driver has not probed it yet: `creating` until it has.
+    assert!(matches!(me.state, ActualState::Running | ActualState::Creating), "adopted: {:?}", me.state);
+    let qemu_before = cg.pids(&spec.id);
+    assert!(adopted.wait_ready(&spec.id).await);
+    let me = adopted.list().await.unwrap().into_iter().find(|r| r.id == spec.id).unwrap();
+    assert_eq!(me.state, ActualState::Running, "adopted, still running");
+    assert_eq!(cg.pids(&spec.id), qemu_before, "the same QEMU: adopting started nothing");
+    assert!(h.ssh(&ip, "true").0);
+
+    // Destroy: no process, no cgroup, no tap, no directory.
+    adopted.destroy(&spec.id).await.unwrap();
+    assert!(cg.pids(&spec.id).is_empty());
+    assert!(!cg.exists(&spec.id), "no cgroup left");
+    assert!(!nimbus_driver::container::net::link_exists(&format!("nh{}", &spec.id[..12])), "no tap left");
+    assert!(!h.instance_dir(&spec.id).exists(), "no instance directory left");
+}
