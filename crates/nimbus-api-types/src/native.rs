@@ -78,10 +78,18 @@ pub struct Instance {
     pub memory_gib: i64,
     pub storage_gib: i64,
     pub gpus: i64,
+    /// `container` or `vm`: what it runs as on its host (its instance type's `machine`).
+    /// Servers older than VMs do not send it; their instances are containers.
+    #[serde(default = "container")]
+    pub machine: String,
     pub ssh_key_names: Vec<String>,
     pub tags: BTreeMap<String, String>,
     pub created_at: String,
     pub updated_at: String,
+}
+
+fn container() -> String {
+    "container".to_owned()
 }
 
 /// A GPU, or MIG device, of an instance (`GET /v1/instances/{id}/gpus`).

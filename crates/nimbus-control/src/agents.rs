@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use nimbus_core::auth::{hash_secret, new_secret};
-use nimbus_core::catalog::Resources;
+use nimbus_core::catalog::{Machine, Resources};
 use nimbus_core::ids::*;
 use nimbus_core::instance::InstanceState;
 use nimbus_core::model::{Gpu, Instance, VolumeHostState};
@@ -95,6 +95,7 @@ pub async fn register(c: &Control, req: proto::RegisterRequest) -> Result<proto:
         return Err(Error::invalid("inventory", "sizes must be non-negative and at most 64 GPUs"));
     }
     let gpus = inventory_gpus(&inv.gpus)?;
+    let machines = inventory_machines(&inv.machines);
     let now = c.now();
     let mut tx = c.store().begin().await?;
     let fresh = new_secret(HOST_SECRET_PREFIX);
@@ -144,6 +145,7 @@ pub async fn register(c: &Control, req: proto::RegisterRequest) -> Result<proto:
             secret_hash: new_secret_hash.as_deref(),
             public_ip: inv.public_ip.as_deref(),
             network: inv.network.as_ref().map(|n| (n.underlay.as_str(), n.instance_subnet.as_str())),
+            machines: &machines,
             now,
         },
     )
@@ -156,7 +158,13 @@ pub async fn register(c: &Control, req: proto::RegisterRequest) -> Result<proto:
             resource_type: "host",
             resource_id: host_id.as_str(),
             actor_key_id: None,
-            payload: json!({"name": inv.hostname, "region": region, "gpus": inv.gpus.len(), "driver": inv.driver}),
+            payload: json!({
+                "name": inv.hostname,
+                "region": region,
+                "gpus": inv.gpus.len(),
+                "driver": inv.driver,
+                "machines": machines.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
+            }),
             now,
         },
     )
@@ -173,6 +181,29 @@ pub async fn register(c: &Control, req: proto::RegisterRequest) -> Result<proto:
         region,
         heartbeat_interval_ms: c.config().agents.heartbeat_interval_ms,
     })
+}
+
+/// What an inventory says its host runs, in the catalog's terms, sorted and without repeats.
+/// Empty stays empty (an older agent: containers only, `Host::runs`).
+fn inventory_machines(machines: &[proto::Machine]) -> Vec<Machine> {
+    let mut out: Vec<Machine> = machines.iter().copied().map(machine_from_proto).collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn machine_from_proto(m: proto::Machine) -> Machine {
+    match m {
+        proto::Machine::Container => Machine::Container,
+        proto::Machine::Vm => Machine::Vm,
+    }
+}
+
+fn machine_to_proto(m: Machine) -> proto::Machine {
+    match m {
+        Machine::Container => proto::Machine::Container,
+        Machine::Vm => proto::Machine::Vm,
+    }
 }
 
 /// The GPUs (and MIG devices) of an inventory, checked: an agent's word goes into placement
@@ -664,8 +695,9 @@ pub async fn desired(c: &Control, host: &HostId, req: proto::DesiredRequest) -> 
             peers: peers_of(i),
             tenant: i.org_id.to_string(),
             privileged: c.config().instance_type(&i.instance_type).is_some_and(|t| t.privileged),
-            // TODO(helper): the type's `machine` from the catalog.
-            machine: proto::Machine::Container,
+            // The type's, as the scheduler placed it (only on a host that runs it). A type gone
+            // from the catalog is run as a container, as every instance was before VMs.
+            machine: machine_to_proto(c.config().machine_of(&i.instance_type)),
         })
         .collect();
     let host_volumes = volumes

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use nimbus_core::catalog::{InstanceType, Region, LAMBDA_REGION_CODES};
+use nimbus_core::catalog::{InstanceType, Machine, Region, LAMBDA_REGION_CODES};
 use nimbus_core::Error;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -376,6 +376,8 @@ impl Default for Config {
 
 impl Config {
     pub fn from_toml(s: &str) -> Result<Config, Error> {
+        let raw: toml::Table = toml::from_str(s).map_err(|e| Error::invalid("config", e.to_string()))?;
+        check_machines(&raw)?;
         let c: Config = toml::from_str(s).map_err(|e| Error::invalid("config", e.to_string()))?;
         c.validate()?;
         Ok(c)
@@ -418,6 +420,13 @@ impl Config {
                 return Err(Error::invalid(
                     "config.instance_types",
                     format!("{}: mig_profile {:?} needs gpus > 0 and must look like `1g.18gb`", t.name, t.mig_profile),
+                ));
+            }
+            // A VM gets whole GPUs passed through by PCI address; a MIG slice has none of its own.
+            if t.machine == Machine::Vm && !t.mig_profile.is_empty() {
+                return Err(Error::invalid(
+                    "config.instance_types",
+                    format!("{}: machine = \"vm\" cannot have a mig_profile (MIG devices are not passed to VMs)", t.name),
                 ));
             }
         }
@@ -466,9 +475,31 @@ impl Config {
         self.instance_types.iter().find(|t| t.name == name)
     }
 
+    /// What instances of the type named `instance_type` run as. A name the catalog no longer has
+    /// (and whole-host instances, which name none) is a container, as every instance was
+    /// before VMs.
+    pub fn machine_of(&self, instance_type: &str) -> Machine {
+        self.instance_type(instance_type).map_or(Machine::Container, |t| t.machine)
+    }
+
     pub fn region(&self, name: &str) -> Option<&Region> {
         self.regions.iter().find(|r| r.name == name)
     }
+}
+
+/// Every `[[instance_types]]` `machine` is one Nimbus knows, checked before the typed parse so
+/// that the error names the type (serde's names only the value and a line).
+fn check_machines(raw: &toml::Table) -> Result<(), Error> {
+    let Some(types) = raw.get("instance_types").and_then(toml::Value::as_array) else { return Ok(()) };
+    for t in types {
+        let Some(m) = t.get("machine") else { continue };
+        if m.as_str().and_then(Machine::parse).is_none() {
+            let name = t.get("name").and_then(toml::Value::as_str).unwrap_or("(unnamed)");
+            let known: Vec<&str> = Machine::ALL.iter().map(|m| m.as_str()).collect();
+            return Err(Error::invalid("config.instance_types", format!("{name}: machine {m} is not one of {}", known.join(", "))));
+        }
+    }
+    Ok(())
 }
 
 fn default_regions() -> Vec<Region> {
@@ -505,6 +536,7 @@ fn gpu_type(name: &str, count: i64, model_desc: &str, gpu_model: &str, shape: (i
         gpu_memory_gib: 0,
         mig_profile: String::new(),
         privileged: false,
+        machine: Machine::Container,
     }
 }
 
@@ -515,6 +547,11 @@ fn with_gpu_memory(t: InstanceType, gib: i64) -> InstanceType {
 /// A MIG type: `gpu_memory_gib` is the parent GPU's floor, `profile` the slice's.
 fn mig_type(t: InstanceType, gib: i64, profile: &str) -> InstanceType {
     InstanceType { gpu_memory_gib: gib, mig_profile: profile.to_owned(), ..t }
+}
+
+/// The same shape and price as `t`, run as a virtual machine.
+fn as_vm(t: InstanceType, name: &str, description: &str) -> InstanceType {
+    InstanceType { name: name.to_owned(), description: description.to_owned(), machine: Machine::Vm, ..t }
 }
 
 fn cpu_type(name: &str, desc: &str, vcpus: i64, mem: i64, disk: i64, cents: i64) -> InstanceType {
@@ -531,6 +568,7 @@ fn cpu_type(name: &str, desc: &str, vcpus: i64, mem: i64, disk: i64, cents: i64)
         gpu_memory_gib: 0,
         mig_profile: String::new(),
         privileged: false,
+        machine: Machine::Container,
     }
 }
 
@@ -554,6 +592,12 @@ fn default_instance_types() -> Vec<InstanceType> {
         gpu_type("gpu_2x_h100_sxm5", 2, "H100 (80 GB SXM5)", "H100 HBM3", (52, 450, 5632, 658)),
         gpu_type("gpu_4x_h100_sxm5", 4, "H100 (80 GB SXM5)", "H100 HBM3", (104, 900, 11_264, 1316)),
         gpu_type("gpu_8x_h100_sxm5", 8, "H100 (80 GB SXM5)", "H100 HBM3", (208, 1800, 22_528, 2392)),
+        // The VM twin of gpu_1x_h100_sxm5, for hosts whose agent runs VMs (docs/gpu.md).
+        as_vm(
+            gpu_type("gpu_1x_h100_sxm5", 1, "H100 (80 GB SXM5)", "H100 HBM3", (26, 225, 2816, 329)),
+            "gpu_1x_h100_sxm5_vm",
+            "1x H100 (80 GB SXM5) VM",
+        ),
         gpu_type("gpu_1x_gh200", 1, "GH200 (96 GB)", "GH200", (64, 432, 4096, 149)),
         gpu_type("gpu_8x_v100", 8, "Tesla V100 (16 GB)", "V100", (92, 448, 5996, 440)),
         // Current GPUs. Their shapes follow Lambda's per-GPU share of an 8-GPU host, and the
@@ -570,6 +614,7 @@ fn default_instance_types() -> Vec<InstanceType> {
         mig_type(gpu_type("gpu_1x_h200_1g", 1, "H200 MIG 1g.18gb (18 GB)", "H200", (3, 32, 400, 59)), 130, "1g.18gb"),
         mig_type(gpu_type("gpu_1x_h200_3g", 1, "H200 MIG 3g.71gb (71 GB)", "H200", (11, 96, 1200, 169)), 130, "3g.71gb"),
         cpu_type("cpu_1x_small", "1 vCPU, 1 GiB RAM (CPU only)", 1, 1, 10, 2),
+        as_vm(cpu_type("cpu_1x_small", "", 1, 1, 10, 2), "cpu_1x_small_vm", "1 vCPU, 1 GiB RAM (CPU only, VM)"),
         cpu_type("cpu_2x_medium", "2 vCPUs, 4 GiB RAM (CPU only)", 2, 4, 40, 8),
         cpu_type("cpu_4x_large", "4 vCPUs, 16 GiB RAM (CPU only)", 4, 16, 100, 20),
     ]
@@ -619,7 +664,11 @@ mod tests {
         assert_eq!(matching("NVIDIA B200", 183_359), ["gpu_1x_b200", "gpu_8x_b200"]);
         assert!(matching("NVIDIA H200", 96 * 1024).is_empty(), "an H200 name with less memory is not the H200 sold");
         assert!(matching("NVIDIA GH200 480GB", 97_871).iter().all(|t| t == "gpu_1x_gh200"));
-        assert_eq!(matching("NVIDIA H100 80GB HBM3", 81_559).len(), 4, "the H100 SXM5 types, not the H200 ones");
+        assert_eq!(
+            matching("NVIDIA H100 80GB HBM3", 81_559),
+            ["gpu_1x_h100_sxm5", "gpu_2x_h100_sxm5", "gpu_4x_h100_sxm5", "gpu_8x_h100_sxm5", "gpu_1x_h100_sxm5_vm"],
+            "the H100 SXM5 types (and the VM one), not the H200 ones"
+        );
         let b200 = c.instance_type("gpu_8x_b200").expect("b200");
         assert_eq!((b200.gpus, b200.description.as_str()), (8, "8x B200 (180 GB SXM6)"));
     }
@@ -633,6 +682,51 @@ mod tests {
         assert!(Config::from_toml(&t("gpus = 0\ngpu_memory_gib = 10\n")).is_err(), "memory without GPUs");
         assert!(Config::from_toml(&t("gpus = 1\ngpu_model = \"H200\"\nmig_profile = \"big\"\n")).is_err(), "not a profile");
         assert!(Config::from_toml(&t("gpus = 0\nmig_profile = \"1g.18gb\"\n")).is_err(), "a slice of no GPU");
+    }
+
+    #[test]
+    fn machines_parse_and_are_checked() {
+        let t = |name: &str, extra: &str| {
+            format!("[[instance_types]]\nname = \"{name}\"\ndescription = \"1x X\"\ngpu_description = \"X\"\nprice_cents_per_hour = 1\nvcpus = 1\nmemory_gib = 1\nstorage_gib = 1\ngpus = 0\n{extra}")
+        };
+        let c = Config::from_toml(&t("x", "machine = \"vm\"\n")).expect("vm parses");
+        assert_eq!(c.instance_type("x").map(|t| t.machine), Some(Machine::Vm));
+        let c = Config::from_toml(&t("x", "machine = \"container\"\n")).expect("container parses");
+        assert_eq!(c.instance_type("x").map(|t| t.machine), Some(Machine::Container));
+        let c = Config::from_toml(&t("x", "")).expect("no machine parses");
+        assert_eq!(c.instance_type("x").map(|t| t.machine), Some(Machine::Container), "containers by default");
+
+        for bad in ["\"qemu\"", "\"VM\"", "1"] {
+            let e = Config::from_toml(&t("my_type", &format!("machine = {bad}\n"))).expect_err(bad).to_string();
+            assert!(e.contains("my_type") && e.contains("container, vm"), "{bad}: {e}");
+        }
+
+        let gpu = "gpus = 1\ngpu_model = \"H200\"\n";
+        let mig = format!("{gpu}mig_profile = \"1g.18gb\"\n");
+        assert!(Config::from_toml(&t("x", &format!("{gpu}machine = \"vm\"\n")).replace("gpus = 0\n", "")).is_ok(), "whole GPUs in a VM");
+        assert!(Config::from_toml(&t("x", &mig).replace("gpus = 0\n", "")).is_ok(), "MIG in a container");
+        let e = Config::from_toml(&t("slice_vm", &format!("{mig}machine = \"vm\"\n")).replace("gpus = 0\n", "")).expect_err("MIG VM");
+        assert!(e.to_string().contains("slice_vm"), "{e}");
+
+        let d = Config::default();
+        let (small, small_vm) = (d.instance_type("cpu_1x_small").unwrap(), d.instance_type("cpu_1x_small_vm").unwrap());
+        assert_eq!((small.machine, small_vm.machine), (Machine::Container, Machine::Vm));
+        assert_eq!(
+            InstanceType {
+                name: small.name.clone(),
+                description: small.description.clone(),
+                machine: Machine::Container,
+                ..small_vm.clone()
+            },
+            *small
+        );
+        let (h100, h100_vm) = (d.instance_type("gpu_1x_h100_sxm5").unwrap(), d.instance_type("gpu_1x_h100_sxm5_vm").unwrap());
+        assert_eq!(h100_vm.machine, Machine::Vm);
+        assert_eq!(
+            InstanceType { name: h100.name.clone(), description: h100.description.clone(), machine: Machine::Container, ..h100_vm.clone() },
+            *h100
+        );
+        assert!(d.instance_types.iter().filter(|t| t.machine == Machine::Vm).all(|t| t.name.ends_with("_vm")));
     }
 
     #[test]

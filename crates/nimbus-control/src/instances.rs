@@ -3,7 +3,7 @@
 //! (see `agents`).
 
 use nimbus_core::auth::{Actor, Permission};
-use nimbus_core::catalog::InstanceType;
+use nimbus_core::catalog::{InstanceType, Machine};
 use nimbus_core::ids::*;
 use nimbus_core::instance::InstanceState;
 use nimbus_core::model::{FileSystemMount, Instance};
@@ -146,6 +146,7 @@ pub async fn launch(c: &Control, actor: &Actor, spec: LaunchSpec) -> Result<Vec<
                 gpu_memory_gib: 0,
                 mig_profile: String::new(),
                 privileged: false,
+                machine: Machine::Container,
             };
             &whole_host_type
         }
@@ -298,7 +299,7 @@ pub async fn launch(c: &Control, actor: &Actor, spec: LaunchSpec) -> Result<Vec<
             let Some((p, resources)) = placed else { break 'each };
             let id = InstanceId::generate();
             let host_id = hosts[p.host_index].id.clone();
-            if !Store::host_claim_in_txn(&mut tx, &host_id, &resources, &p.gpu_indices, &p.mig_devices, &id).await? {
+            if !Store::host_claim_in_txn(&mut tx, &host_id, itype.machine, &resources, &p.gpu_indices, &p.mig_devices, &id).await? {
                 hosts = pinned(Store::host_list_in(&mut tx, Some(&spec.region), true).await?);
                 continue;
             }
@@ -748,7 +749,7 @@ async fn reclaim(c: &Control, tx: &mut nimbus_store::Conn, i: &Instance, now: i6
     let want = itype.map_or(0, |t| t.gpus);
     // One of the two is empty: a type has whole GPUs or MIG devices.
     if i64::try_from(gpus.len() + migs.len()).unwrap_or(0) < want
-        || !Store::host_claim_in_txn(tx, &host_id, &compute, &gpus, &migs, &i.id).await?
+        || !Store::host_claim_in_txn(tx, &host_id, cfg.machine_of(&i.instance_type), &compute, &gpus, &migs, &i.id).await?
     {
         return Err(full());
     }
@@ -815,6 +816,20 @@ pub async fn resize(c: &Control, actor: &Actor, id: &str, new_type: &str) -> Res
     if i.instance_type == itype.name {
         return Ok(i);
     }
+    // Its disk is a container's upper directory or a VM's image: it cannot become the other.
+    let was = cfg.machine_of(&i.instance_type);
+    if was != itype.machine {
+        return Err(Error::invalid(
+            "instance_type",
+            format!(
+                "{} is a {} type and instance {} is a {}; a resize keeps what an instance runs as",
+                itype.name,
+                itype.machine.as_str(),
+                i.id,
+                was.as_str()
+            ),
+        ));
+    }
     let host_id = i.host_id.clone().ok_or_else(|| Error::internal("stopped instance without a host"))?;
     let req = Request::for_type(&i.region, itype);
     let now = c.now();
@@ -828,7 +843,7 @@ pub async fn resize(c: &Control, actor: &Actor, id: &str, new_type: &str) -> Res
     let (gpus, migs) = gpus_for(&host, itype, &i.gpu_indices);
     // One of the two is empty: a type has whole GPUs or MIG devices.
     let fits_gpus = gpus.len() + migs.len() >= usize::try_from(req.gpus).unwrap_or(0);
-    if !fits_gpus || !Store::host_claim_in_txn(&mut tx, &host_id, &req.resources, &gpus, &migs, &i.id).await? {
+    if !fits_gpus || !Store::host_claim_in_txn(&mut tx, &host_id, req.machine, &req.resources, &gpus, &migs, &i.id).await? {
         drop(tx);
         return Err(Error::InsufficientCapacity {
             message: format!("the host of instance {} cannot fit {} (it must stay on the host that holds its disk)", i.id, itype.name),

@@ -4,9 +4,10 @@
 //!
 //! Policy: among hosts that fit, prefer the one whose free GPUs of the requested model are
 //! fewest (best fit, so that large contiguous GPU sets stay free for large requests), then the one
-//! with the least free vCPU, then the oldest host (stable order).
+//! with the least free vCPU, then the oldest host (stable order). A host is considered at all only
+//! when it runs what the request is (`Host::runs`: a VM type only where the agent reported VMs).
 
-use nimbus_core::catalog::{GpuWant, InstanceType, Resources};
+use nimbus_core::catalog::{GpuWant, InstanceType, Machine, Resources};
 use nimbus_core::model::{Host, HostStatus};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,11 +18,13 @@ pub struct Request<'a> {
     pub gpus: i64,
     pub gpu: GpuWant<'a>,
     pub mig_profile: &'a str,
+    /// Container or VM: only hosts that run it are candidates.
+    pub machine: Machine,
 }
 
 impl<'a> Request<'a> {
     pub fn for_type(region: &'a str, t: &'a InstanceType) -> Self {
-        Request { region, resources: t.resources(), gpus: t.gpus, gpu: t.gpu_want(), mig_profile: &t.mig_profile }
+        Request { region, resources: t.resources(), gpus: t.gpus, gpu: t.gpu_want(), mig_profile: &t.mig_profile, machine: t.machine }
     }
 }
 
@@ -52,12 +55,14 @@ pub fn free_mig_devices(host: &Host, want: GpuWant<'_>, profile: &str) -> Vec<St
 
 /// A host nothing runs on, with exactly `gpus` GPUs (of `model` when there are any), for a
 /// whole-host instance: the placement takes all its GPUs and the resources are its total. The
-/// oldest such host first, so that whole-host rentals fill hosts in a stable order.
+/// oldest such host first, so that whole-host rentals fill hosts in a stable order. Whole-host
+/// instances are containers, so the host must run containers.
 pub fn place_whole(hosts: &[Host], region: &str, gpus: i64, model: &str) -> Option<(Placement, Resources)> {
     let want = GpuWant { model, min_memory_mib: 0 };
     let (i, h) = hosts.iter().enumerate().find(|(_, h)| {
         h.status == HostStatus::Up
             && h.region == region
+            && h.runs(Machine::Container)
             && h.used == Resources::default()
             && i64::try_from(h.gpus.len()).is_ok_and(|n| n == gpus)
             && h.gpus.iter().all(|g| g.placeable() && want.accepts(&g.model, g.memory_mib))
@@ -70,7 +75,7 @@ pub fn place(hosts: &[Host], req: &Request<'_>) -> Option<Placement> {
     let want = usize::try_from(req.gpus).unwrap_or(0);
     let mut best: Option<(usize, (usize, i64), Placement)> = None;
     for (i, h) in hosts.iter().enumerate() {
-        if h.status != HostStatus::Up || h.region != req.region || !req.resources.fits_in(&h.free()) {
+        if h.status != HostStatus::Up || h.region != req.region || !h.runs(req.machine) || !req.resources.fits_in(&h.free()) {
             continue;
         }
         let (free, placement) = if req.gpus <= 0 {
@@ -135,6 +140,7 @@ mod tests {
             public_ip: None,
             underlay: None,
             instance_subnet: None,
+            machines: vec![Machine::Container],
         }
     }
 
@@ -160,7 +166,70 @@ mod tests {
             gpus,
             gpu: GpuWant { model, min_memory_mib: 0 },
             mig_profile: "",
+            machine: Machine::Container,
         }
+    }
+
+    fn vm(mut r: Request<'static>) -> Request<'static> {
+        r.machine = Machine::Vm;
+        r
+    }
+
+    #[test]
+    fn vm_requests_go_only_to_hosts_that_run_vms() {
+        let container_only = host("us-east-1", 64, &[("NVIDIA H100 80GB HBM3", false)]);
+        let mut older = container_only.clone();
+        older.machines = vec![];
+        let mut both = host("us-east-1", 128, &[("NVIDIA H100 80GB HBM3", false)]);
+        both.machines = vec![Machine::Container, Machine::Vm];
+        let mut vm_only = host("us-east-1", 256, &[]);
+        vm_only.machines = vec![Machine::Vm];
+
+        assert!(place(std::slice::from_ref(&container_only), &vm(req(0, "", 1))).is_none(), "a container-only host takes no VM");
+        assert!(place(std::slice::from_ref(&older), &vm(req(0, "", 1))).is_none(), "an agent that lists nothing runs containers only");
+        assert!(place(std::slice::from_ref(&container_only), &vm(req(1, "H100", 1))).is_none(), "GPU VMs neither");
+        assert!(place(std::slice::from_ref(&older), &req(0, "", 1)).is_some(), "it does run containers");
+
+        // Best fit would pick the smaller container hosts; the VM request skips them.
+        let hosts = vec![container_only.clone(), older.clone(), both.clone(), vm_only.clone()];
+        assert_eq!(place(&hosts, &vm(req(1, "H100", 1))).map(|p| p.host_index), Some(2));
+        assert_eq!(place(&hosts, &vm(req(0, "", 1))).map(|p| p.host_index), Some(2), "the fuller VM host first");
+        assert_eq!(place(&hosts, &req(0, "", 1)).map(|p| p.host_index), Some(0));
+        assert_eq!(place(std::slice::from_ref(&vm_only), &req(0, "", 1)), None, "a host that lists only VMs takes no container");
+        assert_eq!(place(std::slice::from_ref(&vm_only), &vm(req(0, "", 1))).map(|p| p.host_index), Some(0));
+
+        // Spread falls back to any host, but only among those that run VMs.
+        let avoid = vec![both.id.clone(), vm_only.id.clone()];
+        assert_eq!(place_spread(&hosts, &vm(req(0, "", 1)), &avoid).map(|p| p.host_index), Some(2));
+        assert!(place_spread(&hosts[..2], &vm(req(0, "", 1)), &[]).is_none());
+
+        // Whole hosts are containers.
+        let mut empty_vm = host("us-east-1", 8, &[]);
+        empty_vm.machines = vec![Machine::Vm];
+        assert!(place_whole(&[empty_vm.clone()], "us-east-1", 0, "").is_none());
+        empty_vm.machines.push(Machine::Container);
+        assert!(place_whole(&[empty_vm], "us-east-1", 0, "").is_some());
+    }
+
+    #[test]
+    fn requests_for_a_type_carry_its_machine() {
+        let t = InstanceType {
+            name: "x".into(),
+            description: String::new(),
+            gpu_description: String::new(),
+            price_cents_per_hour: 1,
+            vcpus: 1,
+            memory_gib: 1,
+            storage_gib: 1,
+            gpus: 0,
+            gpu_model: String::new(),
+            gpu_memory_gib: 0,
+            mig_profile: String::new(),
+            privileged: false,
+            machine: Machine::Vm,
+        };
+        assert_eq!(Request::for_type("us-east-1", &t).machine, Machine::Vm);
+        assert!(place(&[host("us-east-1", 8, &[])], &Request::for_type("us-east-1", &t)).is_none());
     }
 
     #[test]

@@ -60,6 +60,35 @@ pub struct InstanceType {
     /// agent logs every such start (docs/security.md).
     #[serde(default)]
     pub privileged: bool,
+    /// What its instances run as on a host: a container (the default) or a virtual machine.
+    /// It is placed only on hosts whose agent says it can run that ([`crate::model::Host::runs`]).
+    #[serde(default)]
+    pub machine: Machine,
+}
+
+/// What an instance is on its host: a Linux container or a virtual machine (QEMU). The agent
+/// protocol has its own copy; the control plane maps between them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Machine {
+    #[default]
+    Container,
+    Vm,
+}
+
+impl Machine {
+    pub const ALL: [Machine; 2] = [Machine::Container, Machine::Vm];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Machine::Container => "container",
+            Machine::Vm => "vm",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Machine> {
+        Machine::ALL.into_iter().find(|m| m.as_str() == s)
+    }
 }
 
 impl InstanceType {
@@ -143,6 +172,16 @@ mod tests {
         assert!(gpu_model_matches("a100", "NVIDIA A100-SXM4-40GB"));
         assert!(!gpu_model_matches("A10", "NVIDIA H100"));
         assert!(!gpu_model_matches("H200", "NVIDIA GH200 144G HBM3e"), "GH200 is not an H200");
+    }
+
+    #[test]
+    fn machines_round_trip_by_name() {
+        for m in Machine::ALL {
+            assert_eq!(Machine::parse(m.as_str()), Some(m));
+            assert_eq!(serde_json::to_value(m).unwrap(), serde_json::Value::String(m.as_str().to_owned()));
+        }
+        assert_eq!(Machine::parse("VM"), None);
+        assert_eq!(Machine::default(), Machine::Container);
     }
 
     #[test]

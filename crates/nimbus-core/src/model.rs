@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Permissions;
-use crate::catalog::Resources;
+use crate::catalog::{Machine, Resources};
 use crate::firewall::FirewallRule;
 use crate::ids::*;
 use crate::instance::InstanceState;
@@ -147,11 +147,23 @@ pub struct Host {
     /// part in the region's private network.
     pub underlay: Option<String>,
     pub instance_subnet: Option<String>,
+    /// What kinds of instance its agent says it can run, as last registered. Empty (an agent
+    /// older than VMs) means containers only.
+    pub machines: Vec<Machine>,
 }
 
 impl Host {
     pub fn free(&self) -> Resources {
         self.total.minus(&self.used)
+    }
+
+    /// Whether instances that are `m` may be placed here.
+    pub fn runs(&self, m: Machine) -> bool {
+        if self.machines.is_empty() {
+            m == Machine::Container
+        } else {
+            self.machines.contains(&m)
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! Hosts: registration, inventory, liveness, and the capacity ledger the scheduler claims from.
 
-use nimbus_core::catalog::Resources;
+use nimbus_core::catalog::{Machine, Resources};
 use nimbus_core::ids::*;
 use nimbus_core::model::{Gpu, Host};
 use nimbus_core::Error;
@@ -41,6 +41,8 @@ pub struct HostRegistration<'a> {
     pub public_ip: Option<&'a str>,
     /// Its underlay address and instance subnet, validated by the caller.
     pub network: Option<(&'a str, &'a str)>,
+    /// What kinds of instance it can run; empty: containers only.
+    pub machines: &'a [Machine],
     pub now: i64,
 }
 
@@ -65,21 +67,31 @@ fn placeable_health() -> String {
         .join(", ")
 }
 
+/// The SQL condition on a `hosts` row that it runs `m` instances (`Host::runs`). The column holds
+/// a JSON array of machine names (migration 0024); `[]` means containers only.
+fn runs_sql(m: Machine) -> &'static str {
+    match m {
+        Machine::Container => "(machines = '[]' OR machines LIKE '%\"container\"%')",
+        Machine::Vm => "machines LIKE '%\"vm\"%'",
+    }
+}
+
 const HOST_COLS: &str = "id, name, region, driver, cpu_model, vcpus_total, memory_mib_total, disk_gib_total, \
-    vcpus_used, memory_mib_used, disk_gib_used, status, last_seen_at, desired_generation, created_at, public_ip, underlay, instance_subnet";
+    vcpus_used, memory_mib_used, disk_gib_used, status, last_seen_at, desired_generation, created_at, public_ip, underlay, instance_subnet, machines";
 
 impl Store {
     /// Registers a new host, or refreshes (and with a new secret, takes over) an existing one,
     /// keeping its id, its capacity ledger and its GPU assignments. Returns the host id. Who may
     /// do which is the caller's decision (`control::agents::register`); this only writes it.
     pub async fn host_register_in_txn(tx: &mut Conn, r: &HostRegistration<'_>) -> Result<HostId, Error> {
+        let machines = serde_json::to_string(r.machines).map_err(|e| Error::internal(format!("encoding host machines: {e}")))?;
         let id = match r.host {
             Some(id) => {
                 let q = sqlx::query(
                     "UPDATE hosts SET name = $1, driver = $2, cpu_model = $3, vcpus_total = $4, memory_mib_total = $5, \
                      disk_gib_total = $6, secret_hash = COALESCE($7, secret_hash), status = 'up', last_seen_at = $8, \
                      desired_generation = desired_generation + 1, public_ip = $10, machine_id = $11, \
-                     token_id = COALESCE($12, token_id), underlay = $13, instance_subnet = $14 WHERE id = $9",
+                     token_id = COALESCE($12, token_id), underlay = $13, instance_subnet = $14, machines = $15 WHERE id = $9",
                 )
                 .bind(r.name)
                 .bind(r.driver)
@@ -94,7 +106,8 @@ impl Store {
                 .bind(r.machine_id)
                 .bind(r.token_id.map(HostTokenId::as_str))
                 .bind(r.network.map(|n| n.0))
-                .bind(r.network.map(|n| n.1));
+                .bind(r.network.map(|n| n.1))
+                .bind(&machines);
                 let done = q.execute(&mut *tx).await.map_err(db_err("updating host"))?;
                 if done.rows_affected() != 1 {
                     return Err(Error::not_found("host", id.as_str()));
@@ -109,7 +122,7 @@ impl Store {
                 sqlx::query(
                     "INSERT INTO hosts (id, name, region, token_id, machine_id, secret_hash, driver, cpu_model, \
                      vcpus_total, memory_mib_total, disk_gib_total, status, last_seen_at, created_at, public_ip, \
-                     underlay, instance_subnet) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'up', $12, $12, $13, $14, $15)",
+                     underlay, instance_subnet, machines) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'up', $12, $12, $13, $14, $15, $16)",
                 )
                 .bind(id.as_str())
                 .bind(r.name)
@@ -126,6 +139,7 @@ impl Store {
                 .bind(r.public_ip)
                 .bind(r.network.map(|n| n.0))
                 .bind(r.network.map(|n| n.1))
+                .bind(&machines)
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err("inserting host"))?;
@@ -400,21 +414,25 @@ impl Store {
     /// concurrent claims serialize on the row locks and the loser sees `false`, never an
     /// over-commit. The claim runs in a savepoint: when a later step fails (a GPU taken
     /// meanwhile), the earlier steps are undone and the caller's transaction stays usable.
+    /// `machine` is re-checked too: a host that re-registered without VMs since it was read
+    /// takes no VM.
     pub async fn host_claim_in_txn(
         tx: &mut Conn,
         host: &HostId,
+        machine: Machine,
         want: &Resources,
         gpu_indices: &[i64],
         mig_devices: &[String],
         instance: &InstanceId,
     ) -> Result<bool, Error> {
         let mut sp = sqlx::Connection::begin(&mut *tx).await.map_err(db_err("opening claim savepoint"))?;
-        let r = sqlx::query(
+        let r = sqlx::query(&format!(
             "UPDATE hosts SET vcpus_used = vcpus_used + $1, memory_mib_used = memory_mib_used + $2, \
              disk_gib_used = disk_gib_used + $3, desired_generation = desired_generation + 1 \
              WHERE id = $4 AND status = 'up' AND vcpus_used + $1 <= vcpus_total \
-             AND memory_mib_used + $2 <= memory_mib_total AND disk_gib_used + $3 <= disk_gib_total",
-        )
+             AND memory_mib_used + $2 <= memory_mib_total AND disk_gib_used + $3 <= disk_gib_total AND {}",
+            runs_sql(machine)
+        ))
         .bind(want.vcpus)
         .bind(want.memory_mib)
         .bind(want.disk_gib)

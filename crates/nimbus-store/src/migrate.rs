@@ -31,6 +31,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (21, "idempotency_owner", include_str!("../migrations/0021_idempotency_owner.sql")),
     (22, "console_sessions", include_str!("../migrations/0022_console_sessions.sql")),
     (23, "gpu_health_mig", include_str!("../migrations/0023_gpu_health_mig.sql")),
+    (24, "host_machines", include_str!("../migrations/0024_host_machines.sql")),
 ];
 
 fn render(sql: &str, backend: Backend) -> String {

@@ -91,7 +91,15 @@ pub(crate) fn host(row: &AnyRow, gpus: Vec<Gpu>) -> Result<Host, Error> {
         public_ip: get(row, "public_ip")?,
         underlay: get(row, "underlay")?,
         instance_subnet: get(row, "instance_subnet")?,
+        machines: machines(&get::<String>(row, "machines")?),
     })
+}
+
+/// A host's `machines` column (a JSON array of names). A name this build does not know (a
+/// newer replica wrote it) is dropped, so nothing is placed on the strength of it.
+fn machines(json: &str) -> Vec<nimbus_core::catalog::Machine> {
+    let names: Vec<String> = serde_json::from_str(json).unwrap_or_default();
+    names.iter().filter_map(|n| nimbus_core::catalog::Machine::parse(n)).collect()
 }
 
 pub(crate) const GPU_COLS: &str = "host_id, idx, model, memory_mib, uuid, instance_id, health, health_reasons, clean";

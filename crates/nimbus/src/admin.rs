@@ -185,15 +185,22 @@ pub async fn run(store: &StoreArgs, cmd: AdminCmd) -> anyhow::Result<()> {
             println!("{}", t.secret);
         }
         AdminCmd::Hosts { cmd: None | Some(HostsCmd::List) } => {
-            println!("{:<32}  {:<12}  {:<6}  {:<10}  {:>11}  {:>15}  GPUS", "ID", "REGION", "STATUS", "DRIVER", "VCPU", "MEM MiB");
+            println!(
+                "{:<32}  {:<12}  {:<6}  {:<10}  {:<12}  {:>11}  {:>15}  GPUS",
+                "ID", "REGION", "STATUS", "DRIVER", "MACHINES", "VCPU", "MEM MiB"
+            );
             for h in admin::hosts(&c).await.map_err(e)? {
                 let free_gpus = h.gpus.iter().filter(|g| g.instance_id.is_none()).count();
+                // What it takes: an agent that lists nothing runs containers only.
+                let machines =
+                    nimbus_core::catalog::Machine::ALL.iter().filter(|m| h.runs(**m)).map(|m| m.as_str()).collect::<Vec<_>>().join(",");
                 println!(
-                    "{:<32}  {:<12}  {:<6}  {:<10}  {:>5}/{:<5}  {:>7}/{:<7}  {}/{}",
+                    "{:<32}  {:<12}  {:<6}  {:<10}  {:<12}  {:>5}/{:<5}  {:>7}/{:<7}  {}/{}",
                     h.id,
                     h.region,
                     h.status.as_str(),
                     h.driver,
+                    machines,
                     h.used.vcpus,
                     h.total.vcpus,
                     h.used.memory_mib,

@@ -68,6 +68,8 @@ class Instance(_Bound):
     memory_gib: Optional[int] = None
     storage_gib: Optional[int] = None
     gpus: Optional[int] = None
+    #: ``container`` or ``vm``: what it runs as on its host (older servers do not say: container).
+    machine: Optional[str] = None
     ssh_key_names: List[str] = field(default_factory=list)
     tags: Dict[str, str] = field(default_factory=dict)
     created_at: Optional[str] = None

@@ -34,7 +34,8 @@ fn status(s: InstanceState) -> &'static str {
     }
 }
 
-pub(super) fn render(i: &Instance) -> w::Instance {
+/// An instance as the native API shows it; `cfg` says what its type runs as.
+pub(super) fn render(cfg: &nimbus_control::config::Config, i: &Instance) -> w::Instance {
     let gpus = i.gpu_indices.len() as i64;
     w::Instance {
         id: i.id.to_string(),
@@ -49,6 +50,7 @@ pub(super) fn render(i: &Instance) -> w::Instance {
         memory_gib: i.resources.memory_mib / 1024,
         storage_gib: i.resources.disk_gib,
         gpus,
+        machine: cfg.machine_of(&i.instance_type).as_str().to_owned(),
         ssh_key_names: i.ssh_key_names.clone(),
         tags: i.tags.iter().cloned().collect(),
         created_at: to_rfc3339(i.created_at),
@@ -107,7 +109,7 @@ pub async fn instances_list(State(s): State<ApiState>, NativeActor(a): NativeAct
         }
     };
     let (items, pg) = page::apply(all, &q, field, key, |i| i.id.to_string());
-    Ok(ok(items.iter().map(render).collect::<Vec<_>>(), Some(pg)))
+    Ok(ok(items.iter().map(|i| render(s.control.config(), i)).collect::<Vec<_>>(), Some(pg)))
 }
 
 #[utoipa::path(
@@ -163,7 +165,7 @@ pub async fn instance_create(
     let ids = instances::launch(&s.control, &a, spec).await?;
     let id = ids.first().ok_or_else(|| Error::internal("launch placed nothing"))?;
     let i = instances::get_for(&s.control, &a, id.as_str(), nimbus_core::auth::Permission::Create).await?;
-    Ok((axum::http::StatusCode::CREATED, ok(render(&i), None)).into_response())
+    Ok((axum::http::StatusCode::CREATED, ok(render(s.control.config(), &i), None)).into_response())
 }
 
 #[utoipa::path(
@@ -181,7 +183,7 @@ pub async fn instance_create(
 )]
 pub async fn instance_get(State(s): State<ApiState>, NativeActor(a): NativeActor, NativePath(id): NativePath<String>) -> NResult {
     let i = instances::get(&s.control, &a, &id).await?;
-    Ok(ok(render(&i), None))
+    Ok(ok(render(s.control.config(), &i), None))
 }
 
 #[utoipa::path(
@@ -207,7 +209,7 @@ pub async fn instance_update(
 ) -> NResult {
     let tags = body.tags.map(|t| t.into_iter().collect::<Vec<_>>());
     let i = instances::update(&s.control, &a, &id, body.name.as_deref().map(Some), tags).await?;
-    Ok(ok(render(&i), None))
+    Ok(ok(render(s.control.config(), &i), None))
 }
 
 #[utoipa::path(
@@ -225,7 +227,7 @@ pub async fn instance_update(
 pub async fn instance_delete(State(s): State<ApiState>, NativeActor(a): NativeActor, NativePath(id): NativePath<String>) -> NResult {
     let mut list = instances::terminate(&s.control, &a, std::slice::from_ref(&id)).await?;
     let i = list.pop().ok_or_else(|| Error::not_found("instance", &id))?;
-    Ok(ok(render(&i), None))
+    Ok(ok(render(s.control.config(), &i), None))
 }
 
 #[utoipa::path(
@@ -244,7 +246,7 @@ pub async fn instance_delete(State(s): State<ApiState>, NativeActor(a): NativeAc
 pub async fn instance_restart(State(s): State<ApiState>, NativeActor(a): NativeActor, NativePath(id): NativePath<String>) -> NResult {
     let mut list = instances::restart(&s.control, &a, std::slice::from_ref(&id)).await?;
     let i = list.pop().ok_or_else(|| Error::not_found("instance", &id))?;
-    Ok(ok(render(&i), None))
+    Ok(ok(render(s.control.config(), &i), None))
 }
 
 #[utoipa::path(
@@ -261,7 +263,7 @@ pub async fn instance_restart(State(s): State<ApiState>, NativeActor(a): NativeA
     )
 )]
 pub async fn instance_stop(State(s): State<ApiState>, NativeActor(a): NativeActor, NativePath(id): NativePath<String>) -> NResult {
-    Ok(ok(render(&instances::stop(&s.control, &a, &id).await?), None))
+    Ok(ok(render(s.control.config(), &instances::stop(&s.control, &a, &id).await?), None))
 }
 
 #[utoipa::path(
@@ -278,7 +280,7 @@ pub async fn instance_stop(State(s): State<ApiState>, NativeActor(a): NativeActo
     )
 )]
 pub async fn instance_start(State(s): State<ApiState>, NativeActor(a): NativeActor, NativePath(id): NativePath<String>) -> NResult {
-    Ok(ok(render(&instances::start(&s.control, &a, &id).await?), None))
+    Ok(ok(render(s.control.config(), &instances::start(&s.control, &a, &id).await?), None))
 }
 
 #[utoipa::path(
@@ -307,7 +309,7 @@ pub async fn instance_resize(
         let allowed = s.control.config().instance_types.iter().map(|t| t.name.clone()).collect();
         return Err(NativeError::with_allowed(Error::invalid("instance_type", "unknown instance type"), &body.instance_type, allowed));
     }
-    Ok(ok(render(&instances::resize(&s.control, &a, &id, &body.instance_type).await?), None))
+    Ok(ok(render(s.control.config(), &instances::resize(&s.control, &a, &id, &body.instance_type).await?), None))
 }
 
 #[utoipa::path(

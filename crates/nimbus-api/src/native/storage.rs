@@ -353,6 +353,6 @@ pub async fn snapshot_restore(
     let req = volumes::RestoreRequest { name: b.name, size_gib: b.size_gib, instance_type: b.instance_type, ssh_key_ids: b.ssh_keys };
     match volumes::snapshot_restore(&s.control, &a, &id, req).await? {
         volumes::Restored::Volume(v) => created(w::RestoreResult { volume: Some(render_volume(&v)), instance: None }),
-        volumes::Restored::Instance(i) => created(w::RestoreResult { volume: None, instance: Some(render(&i)) }),
+        volumes::Restored::Instance(i) => created(w::RestoreResult { volume: None, instance: Some(render(s.control.config(), &i)) }),
     }
 }

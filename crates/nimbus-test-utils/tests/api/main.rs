@@ -16,6 +16,7 @@ mod hosts;
 mod idempotency;
 mod isolation;
 mod lambda;
+mod machines;
 mod metrics;
 mod native;
 mod native_lifecycle;
