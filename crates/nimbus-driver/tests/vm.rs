@@ -34,12 +34,14 @@ async fn a_vm_boots_answers_ssh_restarts_stops_and_leaves_nothing() {
 
     let mut spec = h.spec("tenant-a", "vm-one");
     spec.machine = Machine::Vm;
+    spec.file_system_mounts =
+        vec![nimbus_proto::MountSpec { file_system_id: "fs-shared".into(), mount_point: "/lambda/nfs/shared".into() }];
     spec.user_data = Some("#cloud-config\nruncmd:\n  - echo ran-in-vm > /tmp/ud.txt\n".into());
     let t = std::time::Instant::now();
     let ip = h.launch(&spec).await;
     let boot = t.elapsed();
-    let (ok, out) = h.ssh(&ip, "hostname; whoami; uname -r; cat /proc/cmdline; sudo -n true && echo sudo-ok");
-    eprintln!("VM start -> sshd: {boot:?}, first ssh at {:?}", t.elapsed());
+    let (ok, out) = h.ssh(&ip, "hostname; whoami; uname -r; sudo -n true && echo sudo-ok; cut -d\" \" -f1 /proc/uptime");
+    eprintln!("VM start -> sshd: {boot:?}, first ssh at {:?}; guest uptime then {} s", t.elapsed(), out.lines().last().unwrap_or(""));
     assert!(ok, "{out}\n{}", h.console(&spec.id));
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "vm-one");
@@ -59,6 +61,43 @@ async fn a_vm_boots_answers_ssh_restarts_stops_and_leaves_nothing() {
         .filter_map(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2).unwrap_or("").to_owned()))
         .collect();
     assert!(!uids.is_empty() && uids.iter().all(|u| u != "0"), "QEMU dropped root (effective uids {uids:?})");
+
+    // A file system shared with a container of the same tenant, both ways, as the same user.
+    let shared = |s: &mut nimbus_proto::DesiredInstance| {
+        s.file_system_mounts =
+            vec![nimbus_proto::MountSpec { file_system_id: "fs-shared".into(), mount_point: "/lambda/nfs/shared".into() }]
+    };
+    let mut ct = h.spec("tenant-a", "ct-one");
+    shared(&mut ct);
+    let ct_ip = h.launch(&ct).await;
+    assert!(h.ssh(&ct_ip, "echo from-container > /lambda/nfs/shared/c.txt").0);
+    let (ok, out) =
+        h.ssh(&ip, "cat /lambda/nfs/shared/c.txt && echo from-vm > /lambda/nfs/shared/v.txt && stat -c %U /lambda/nfs/shared/c.txt");
+    assert!(
+        ok && out.lines().collect::<Vec<_>>() == ["from-container", "ubuntu"],
+        "the VM reads the container's file as its ubuntu's: {out}"
+    );
+    let (ok, out) = h.ssh(&ct_ip, "cat /lambda/nfs/shared/v.txt; stat -c %U /lambda/nfs/shared/v.txt");
+    assert!(
+        ok && out.lines().collect::<Vec<_>>() == ["from-vm", "ubuntu"],
+        "the container reads the VM's file, owned by its ubuntu: {out}"
+    );
+    let fs_dir = h.cfg.data_dir.join("file-systems").join("fs-shared");
+    let owner = |f: &str| std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(fs_dir.join(f)).unwrap());
+    assert_eq!(owner("v.txt"), owner("c.txt"), "one host uid for the tenant's ubuntu, VM or container");
+    assert_ne!(owner("v.txt"), 0, "never host root");
+    let vfsd: Vec<String> = cg
+        .pids(&spec.id)
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+        .filter(|s| s.lines().next().is_some_and(|l| l.contains("virtiofsd")))
+        .filter_map(|s| s.lines().find(|l| l.starts_with("Uid:")).map(str::to_owned))
+        .collect();
+    assert!(
+        !vfsd.is_empty() && vfsd.iter().all(|u| !u.split_whitespace().skip(1).any(|x| x == "0")),
+        "virtiofsd is not host root: {vfsd:?}"
+    );
+    h.driver.destroy(&ct.id).await.unwrap();
 
     // Disk survives restart and stop/start; a file written before is there after.
     assert!(h.ssh(&ip, "echo kept > ~/note && sync").0);

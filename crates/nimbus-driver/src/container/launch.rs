@@ -174,6 +174,9 @@ pub fn main(args: &[String]) -> i32 {
     // Nothing the agent had open reaches the instance.
     let _ = sys::close_from(3);
     sys::ignore_signal(libc::SIGPIPE);
+    if args.first().map(String::as_str) == Some(USERNS_EXEC) {
+        return userns_exec_main(&args[1..]);
+    }
     let Some(path) = args.first() else {
         println!("error usage: launcher SPEC.json");
         return 2;
@@ -200,6 +203,84 @@ pub fn main(args: &[String]) -> i32 {
             println!("error {}", e.replace('\n', " "));
             1
         }
+    }
+}
+
+/// The launcher's other mode: `--userns-exec BASE COUNT PROCS PROGRAM ARGS...` joins the cgroups
+/// whose `cgroup.procs` files PROCS lists (`:`-separated) and runs PROGRAM as root of a fresh
+/// user namespace whose ids 0..COUNT are host ids BASE.. (a tenant's range), and
+/// waits for it. A VM's virtiofsd runs so: the files a guest's user makes on a shared file
+/// system belong to the same host uid as that user's files in the tenant's containers, and
+/// the daemon is never host root. The launcher exits once PROGRAM runs. (`unshare(1)` cannot: it needs newuidmap to map a range, and
+/// a map written after its exec comes too late for the program's capabilities.)
+pub const USERNS_EXEC: &str = "--userns-exec";
+
+fn userns_exec_main(args: &[String]) -> i32 {
+    let parse = |i: usize| args.get(i).and_then(|a| a.parse::<u32>().ok());
+    let (Some(base), Some(count), Some(procs), Some(program)) = (parse(0), parse(1), args.get(2), args.get(3)) else {
+        eprintln!("usage: launcher {USERNS_EXEC} BASE COUNT CGROUP_PROCS_FILES PROGRAM [ARGS...]");
+        return 2;
+    };
+    // Into the instance's cgroups first, so that PROGRAM is born there.
+    for f in procs.split(':').filter(|f| !f.is_empty()) {
+        if let Err(e) = std::fs::write(f, std::process::id().to_string()) {
+            eprintln!("{USERNS_EXEC}: joining {f}: {e}");
+            return 1;
+        }
+    }
+    if base == 0 {
+        eprintln!("{USERNS_EXEC}: base 0 would be host root");
+        return 2;
+    }
+    match userns_exec(base, count, program, &args[4..]) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("{USERNS_EXEC}: {e}");
+            1
+        }
+    }
+}
+
+fn userns_exec(base: u32, count: u32, program: &str, args: &[String]) -> Result<i32> {
+    let (ours, theirs) = sys::seqpacket_pair().map_err(ctx("socketpair"))?;
+    let pid = sys::clone3(libc::CLONE_NEWUSER as u64).map_err(ctx("clone3"))?;
+    if pid == 0 {
+        drop(ours);
+        let mut buf = [0u8; 16];
+        let go = matches!(sys::recv_msg(&theirs, &mut buf), Ok((n, _)) if &buf[..n] == b"maps");
+        if !go {
+            std::process::exit(1);
+        }
+        // Root of the new namespace (host uid `base`) for good: the exec below then keeps the
+        // namespace's capabilities, and nothing of host root's identity is left.
+        let become_root = sys::setgroups_empty().and_then(|_| sys::setresgid(0)).and_then(|_| sys::setresuid(0));
+        if let Err(e) = become_root {
+            eprintln!("{USERNS_EXEC}: becoming the namespace's root: {e}");
+            std::process::exit(1);
+        }
+        let mut cmd = std::process::Command::new(program);
+        cmd.args(args);
+        let e = std::os::unix::process::CommandExt::exec(&mut cmd);
+        eprintln!("{USERNS_EXEC}: {program}: {e}");
+        std::process::exit(127);
+    }
+    drop(theirs);
+    let mapped = ["uid_map", "gid_map"].iter().try_for_each(|f| {
+        let p = format!("/proc/{pid}/{f}");
+        std::fs::write(&p, format!("0 {base} {count}\n")).map_err(|e| format!("{p}: {e}"))
+    });
+    if let Err(e) = mapped {
+        let _ = sys::kill(pid, libc::SIGKILL);
+        let _ = sys::waitpid(pid);
+        return Err(e);
+    }
+    sys::send_msg(&ours, b"maps", None).map_err(ctx("signalling the child"))?;
+    // The socket closes when the child execs (it is close-on-exec); this root process then
+    // leaves, so nothing of host root stays beside the program.
+    let mut buf = [0u8; 64];
+    match sys::recv_msg(&ours, &mut buf) {
+        Ok((0, _)) => Ok(0),
+        _ => Ok(sys::waitpid(pid).unwrap_or(1)),
     }
 }
 

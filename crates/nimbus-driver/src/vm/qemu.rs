@@ -54,7 +54,7 @@ pub fn args(s: &VmSpec) -> Vec<String> {
     let accel = match s.accel {
         Accel::Kvm => "kvm".to_owned(),
         // TCG's translation cache defaults to 1 GiB; the cgroup has room for 64 MiB of it.
-        Accel::Tcg => "tcg,tb-size=64".to_owned(),
+        Accel::Tcg => "tcg,tb-size=256".to_owned(),
     };
     let cpu = match s.accel {
         Accel::Kvm => "host",
@@ -248,7 +248,7 @@ mod tests {
     #[test]
     fn the_command_line_is_minimal_and_unprivileged() {
         let a = args(&spec());
-        assert_eq!(after(&a, "-accel"), ["tcg,tb-size=64"]);
+        assert_eq!(after(&a, "-accel"), ["tcg,tb-size=256"]);
         assert_eq!(after(&a, "-smp"), ["2"]);
         assert_eq!(after(&a, "-m"), ["2048M"]);
         assert_eq!(after(&a, "-runas"), ["1001000:1001000"], "QEMU drops root");

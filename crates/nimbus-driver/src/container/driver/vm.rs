@@ -4,12 +4,17 @@
 //! instance's MAC (so the same anti-spoofing rules hold), a qcow2 overlay, a NoCloud seed
 //! and a QEMU process (`crate::vm`).
 
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::vm::{disk, guest, qemu, seed};
 
 use super::*;
+
+/// Debian's virtiofsd (shipped with QEMU 7.2 in qemu-system-common).
+const VIRTIOFSD: &str = "/usr/lib/qemu/virtiofsd";
 
 /// What this host runs VMs with, decided once: the guest kernel, and KVM or TCG.
 #[derive(Debug, Clone)]
@@ -31,7 +36,7 @@ pub(super) fn probe_in_background(boot: guest::Boot) -> std::sync::Arc<OnceLock<
     let cell = std::sync::Arc::new(OnceLock::new());
     let c = cell.clone();
     std::thread::spawn(move || {
-        let accel = if qemu::kvm_boots(&boot, Duration::from_secs(10)) {
+        let accel = if qemu::kvm_boots(&boot, Duration::from_secs(5)) {
             tracing::info!("KVM boots guests here: VMs run with KVM");
             qemu::Accel::Kvm
         } else {
@@ -85,6 +90,7 @@ impl ContainerDriver {
         let addr = self.net.address(ledger.addr_index);
         let mac = super::super::launch::mac_for(addr);
         let iso = dir.join("seed.iso");
+        let shares: Vec<(String, String)> = rs.mounts.iter().enumerate().map(|(i, (_, at))| (format!("fs{i}"), at.clone())).collect();
         let s = seed::SeedSpec {
             instance_id: id,
             hostname: &spec.hostname,
@@ -93,7 +99,7 @@ impl ContainerDriver {
             gateway: self.cfg.gateway,
             mac: &mac,
             user_data: spec.user_data.as_deref(),
-            mounts: &[],
+            mounts: &shares,
         };
         seed::write(&rs.seed_dir(), &s, Some(&dir.join("hosts")), &iso).map_err(|e| err(id, e))?;
         for f in [&disk_path, &iso] {
@@ -112,6 +118,17 @@ impl ContainerDriver {
         ledger.started_at = now_secs();
         self.write_ledger(id, ledger)?;
         self.sync_firewall()?;
+        let mut virtiofs = Vec::new();
+        for (i, (host_dir, _)) in rs.mounts.iter().enumerate() {
+            match self.start_virtiofsd(id, i, host_dir, uid) {
+                Ok(sock) => virtiofs.push((format!("fs{i}"), sock)),
+                Err(e) => {
+                    let _ = self.cgroups.destroy(id);
+                    self.net.destroy(id, None);
+                    return Err(err(id, e));
+                }
+            }
+        }
         let vm = qemu::VmSpec {
             name: id.to_owned(),
             boot: host.boot,
@@ -125,7 +142,7 @@ impl ContainerDriver {
             runas: (uid, uid),
             qmp: dir.join("qmp.sock"),
             console: dir.join("console.log"),
-            virtiofs: vec![],
+            virtiofs,
             vfio_args: vec![],
         };
         if let Err(e) = qemu::start(&vm, &self.cgroups, id) {
@@ -135,6 +152,48 @@ impl ContainerDriver {
         }
         tracing::info!(instance = %id, accel = ?host.accel, "VM started");
         Ok(())
+    }
+
+    /// Serves `host_dir` to the VM over vhost-user (its `i`-th share): virtiofsd as root of a
+    /// user namespace over the tenant's id range (`--userns-exec` of the launcher), so the
+    /// guest's users are the tenant's container users on the host and the daemon is never
+    /// host root. It gets its listening socket on stdin (made here, owned by QEMU's uid) and
+    /// lives in the instance's cgroup, so it goes with the VM.
+    fn start_virtiofsd(&self, id: &str, i: usize, host_dir: &std::path::Path, base: u32) -> std::result::Result<PathBuf, String> {
+        let dir = self.dir(id);
+        let sock = dir.join(format!("vfs-{i}.sock"));
+        let _ = std::fs::remove_file(&sock);
+        let listener = std::os::unix::net::UnixListener::bind(&sock).map_err(|e| format!("{}: {e}", sock.display()))?;
+        std::os::unix::fs::chown(&sock, Some(base), Some(base)).map_err(|e| format!("{}: {e}", sock.display()))?;
+        let log_path = dir.join("virtiofsd.log");
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+        let mut child = std::process::Command::new(&self.launcher.program)
+            .args(&self.launcher.args)
+            .arg(super::super::launch::USERNS_EXEC)
+            .arg(base.to_string())
+            .arg(idmap::RANGE.to_string())
+            .arg(self.cgroups.procs_files(id, false).iter().map(|p| p.to_string_lossy().into_owned()).collect::<Vec<_>>().join(":"))
+            .arg(VIRTIOFSD)
+            .arg("--fd=0")
+            .arg("-o")
+            .arg(format!("source={}", host_dir.display()))
+            .args(["-o", "cache=auto", "-o", "sandbox=namespace"])
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(listener)))
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("starting virtiofsd: {e}"))?;
+        // The launcher leaves once virtiofsd runs; its status says whether it got that far.
+        let status = child.wait().map_err(|e| format!("virtiofsd's launcher: {e}"))?;
+        if !status.success() {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            return Err(format!("virtiofsd did not start ({status}): {}", log.lines().last().unwrap_or("")));
+        }
+        Ok(sock)
     }
 
     /// Asks a VM's QEMU to quit (it flushes the disk first) and waits a moment for it, so that
