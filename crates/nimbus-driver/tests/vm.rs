@@ -134,4 +134,5 @@ async fn a_vm_boots_answers_ssh_restarts_stops_and_leaves_nothing() {
     assert!(!cg.exists(&spec.id), "no cgroup left");
     assert!(!nimbus_driver::container::net::link_exists(&format!("nh{}", &spec.id[..12])), "no tap left");
     assert!(!h.instance_dir(&spec.id).exists(), "no instance directory left");
+    assert!(!std::path::Path::new("/run/nimbus-vm").join(&spec.id).exists(), "no socket directory left");
 }

@@ -562,6 +562,7 @@ impl ContainerDriver {
         self.forget_health(id);
         self.quit_vm(id);
         runtime::stop(&self.cgroups, id).map_err(|e| err(id, e))?;
+        self.remove_vm_run_dir(id);
         self.net.destroy(id, None);
         super::storage::unmount_all(&self.dir(id));
         Ok(())
@@ -690,6 +691,7 @@ impl Driver for ContainerDriver {
         self.forget_health(id);
         self.quit_vm(id);
         runtime::stop(&self.cgroups, id).map_err(|e| err(id, e))?;
+        self.remove_vm_run_dir(id);
         self.net.destroy(id, self.ledger(id).map(|l| self.net.address(l.addr_index)));
         let dir = self.dir(id);
         // Volumes first: removing the directory must never reach into a mounted volume.

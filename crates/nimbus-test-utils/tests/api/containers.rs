@@ -67,6 +67,14 @@ impl Drop for HostCleanup {
                 let _ = Command::new("ip").args(["netns", "del", &name]).status();
             }
         }
+        // Ports left on the bridge (a VM's tap outlives its QEMU) go with it.
+        if let Ok(out) = Command::new("ip").args(["-o", "link", "show", "master", &self.cfg.bridge]).output() {
+            for l in String::from_utf8_lossy(&out.stdout).lines() {
+                if let Some(name) = l.split(": ").nth(1).and_then(|n| n.split('@').next()) {
+                    let _ = Command::new("ip").args(["link", "del", name]).status();
+                }
+            }
+        }
         let _ = Command::new("ip").args(["link", "del", &self.cfg.bridge]).stderr(std::process::Stdio::null()).status();
         nimbus_driver::container::firewall::remove(&self.cfg.bridge);
         // VPN gateways the driver made (a failed test may not have deleted its VPN through the API).
@@ -989,4 +997,101 @@ async fn cluster_nodes_reach_each_other_by_name_and_come_back() {
     s.wait_for("no node directory left", || async { std::fs::read_dir(data.join("instances")).map(|d| d.count() == 0).unwrap_or(true) })
         .await;
     assert!(cg.list().is_empty(), "no cgroup left");
+}
+
+/// Polls the Lambda API until instance `id` is `status` (VMs under TCG boot in seconds, not
+/// the milliseconds `wait_status` allows).
+async fn wait_lambda_status(s: &TestServer, id: &str, status: &str, secs: u64) -> serde_json::Value {
+    let t = Instant::now();
+    loop {
+        let (st, v) = s.call(&s.key, "GET", &format!("/instances/{id}"), None).await;
+        assert_eq!(st, 200, "{v}");
+        if v["data"]["status"] == status {
+            return v["data"].clone();
+        }
+        assert!(t.elapsed() < Duration::from_secs(secs), "instance {id} never became {status}: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A VM through the Lambda API, as a Lambda client uses one: launched with a file system,
+/// `active` only once its sshd answers (SSH works at the first try), the file system shared
+/// with a container of the same org both ways, restarted with its disk kept, terminated with
+/// nothing left on the host. Skips without the guest kernel (`nimbus image build --vm`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_through_the_lambda_api_shares_a_file_system_and_leaves_nothing() {
+    let Some(images) = ready() else { return };
+    if nimbus_driver::vm::guest::prepared(&images).is_none() {
+        eprintln!("SKIPPED: no guest kernel in {} (nimbus image build --vm)", images.display());
+        return;
+    }
+    let mut s = TestServer::builder().start().await;
+    let rig = rig(&mut s, &images, "vm-host", "nbm", 239, Duration::from_secs(120)).await;
+    let cg = Cgroups::detect(&rig.cfg.cgroup_mount, &rig.cfg.cgroup_parent).unwrap();
+    s.expect("POST", "/ssh-keys", Some(json!({"name": "vm", "public_key": rig.public.trim()})), 200).await;
+    s.expect("POST", "/filesystems", Some(json!({"name": "shared", "region": "us-east-1"})), 200).await;
+    let types = s.expect("GET", "/instance-types", None, 200).await;
+    assert!(
+        types["data"]["cpu_1x_small_vm"]["regions_with_capacity_available"].as_array().is_some_and(|r| !r.is_empty()),
+        "a host that runs VMs offers the VM type: {}",
+        types["data"]["cpu_1x_small_vm"]
+    );
+    let launch = |t: &str, host: &str| {
+        json!({"region_name": "us-east-1", "instance_type_name": t, "ssh_key_names": ["vm"], "file_system_names": ["shared"],
+            "hostname": host, "quantity": 1})
+    };
+    let t = Instant::now();
+    let v = s.expect("POST", "/instance-operations/launch", Some(launch("cpu_1x_small_vm", "vm-one")), 200).await;
+    let vm = v["data"]["instance_ids"][0].as_str().unwrap().to_owned();
+    let inst = wait_lambda_status(&s, &vm, "active", 180).await;
+    let ip = inst["ip"].as_str().unwrap().to_owned();
+    let (ok, out) = ssh(&rig.key, &ip, "hostname; uname -r; echo from-vm > /lambda/nfs/shared/vm.txt && echo wrote");
+    eprintln!("VM launch -> active -> first ssh: {:?}", t.elapsed());
+    assert!(ok, "SSH works at the first try once active: {out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.first(), Some(&"vm-one"), "{out}");
+    assert!(lines.get(1).is_some_and(|k| k.contains("cloud-amd64")), "its own kernel: {out}");
+    assert!(out.contains("wrote"), "{out}");
+    let qemu = cg.pids(&vm);
+    assert!(!qemu.is_empty(), "the VM's QEMU is in its cgroup");
+
+    let v = s.expect("POST", "/instance-operations/launch", Some(launch("cpu_1x_small", "ct-one")), 200).await;
+    let ct = v["data"]["instance_ids"][0].as_str().unwrap().to_owned();
+    let cinst = wait_lambda_status(&s, &ct, "active", 60).await;
+    let cip = cinst["ip"].as_str().unwrap().to_owned();
+    let (ok, out) = ssh(
+        &rig.key,
+        &cip,
+        "cat /lambda/nfs/shared/vm.txt; stat -c %U /lambda/nfs/shared/vm.txt; echo from-ct > /lambda/nfs/shared/ct.txt",
+    );
+    assert!(
+        ok && out.lines().take(2).collect::<Vec<_>>() == ["from-vm", "ubuntu"],
+        "the container reads the VM's file as its ubuntu's: {out}"
+    );
+    let (ok, out) = ssh(&rig.key, &ip, "cat /lambda/nfs/shared/ct.txt; stat -c %U /lambda/nfs/shared/ct.txt");
+    assert!(ok && out.lines().collect::<Vec<_>>() == ["from-ct", "ubuntu"], "the VM reads the container's file: {out}");
+
+    // Restart through the API: the disk is kept, the VM answers again.
+    assert!(ssh(&rig.key, &ip, "echo kept > ~/note; sync").0);
+    s.expect("POST", "/instance-operations/restart", Some(json!({"instance_ids": [vm]})), 200).await;
+    wait_lambda_status(&s, &vm, "active", 180).await;
+    let (ok, out) = ssh(&rig.key, &ip, "cat ~/note");
+    assert!(ok && out.trim() == "kept", "the disk survived the restart: {out}");
+    assert_ne!(cg.pids(&vm), qemu, "a restart is a new QEMU");
+
+    s.expect("POST", "/instance-operations/terminate", Some(json!({"instance_ids": [vm, ct]})), 200).await;
+    wait_lambda_status(&s, &vm, "terminated", 60).await;
+    wait_lambda_status(&s, &ct, "terminated", 60).await;
+    s.wait_for("no instance directory left", || async {
+        std::fs::read_dir(rig.data.join("instances")).map(|d| d.count() == 0).unwrap_or(true)
+    })
+    .await;
+    assert!(cg.pids(&vm).is_empty() && !cg.exists(&vm), "no QEMU and no cgroup left");
+    assert!(!std::path::Path::new("/run/nimbus-vm").join(&vm).exists(), "no socket directory left");
+    let ports =
+        String::from_utf8_lossy(&Command::new("ip").args(["-o", "link", "show", "master", &rig.cfg.bridge]).output().unwrap().stdout)
+            .into_owned();
+    assert!(ports.trim().is_empty(), "no tap or veth left on the bridge: {ports}");
+    let hosts = s.control.store().host_list(None, true).await.unwrap();
+    assert!(hosts.iter().all(|h| h.used == nimbus_core::catalog::Resources::default()), "capacity released");
 }

@@ -16,6 +16,14 @@ use super::*;
 /// Debian's virtiofsd (shipped with QEMU 7.2 in qemu-system-common).
 const VIRTIOFSD: &str = "/usr/lib/qemu/virtiofsd";
 
+/// Where a VM's sockets live: a short path, since a socket's path is at most 107 bytes and an
+/// instance directory can be longer. Ids are unique across hosts, so hosts never share one.
+const RUN_DIR: &str = "/run/nimbus-vm";
+
+fn run_dir(id: &str) -> PathBuf {
+    PathBuf::from(RUN_DIR).join(id)
+}
+
 /// What this host runs VMs with, decided once: the guest kernel, and KVM or TCG.
 #[derive(Debug, Clone)]
 pub(super) struct VmHost {
@@ -118,6 +126,8 @@ impl ContainerDriver {
         ledger.started_at = now_secs();
         self.write_ledger(id, ledger)?;
         self.sync_firewall()?;
+        let run = run_dir(id);
+        std::fs::create_dir_all(&run).map_err(|e| err(id, format!("{}: {e}", run.display())))?;
         let mut virtiofs = Vec::new();
         for (i, (host_dir, _)) in rs.mounts.iter().enumerate() {
             match self.start_virtiofsd(id, i, host_dir, uid) {
@@ -140,7 +150,7 @@ impl ContainerDriver {
             memory_mib: spec.memory_mib,
             accel: host.accel,
             runas: (uid, uid),
-            qmp: dir.join("qmp.sock"),
+            qmp: run_dir(id).join("qmp.sock"),
             console: dir.join("console.log"),
             virtiofs,
             vfio_args: vec![],
@@ -161,7 +171,7 @@ impl ContainerDriver {
     /// lives in the instance's cgroup, so it goes with the VM.
     fn start_virtiofsd(&self, id: &str, i: usize, host_dir: &std::path::Path, base: u32) -> std::result::Result<PathBuf, String> {
         let dir = self.dir(id);
-        let sock = dir.join(format!("vfs-{i}.sock"));
+        let sock = run_dir(id).join(format!("vfs-{i}.sock"));
         let _ = std::fs::remove_file(&sock);
         let listener = std::os::unix::net::UnixListener::bind(&sock).map_err(|e| format!("{}: {e}", sock.display()))?;
         std::os::unix::fs::chown(&sock, Some(base), Some(base)).map_err(|e| format!("{}: {e}", sock.display()))?;
@@ -202,7 +212,7 @@ impl ContainerDriver {
         if self.ledger(id).is_none_or(|l| l.spec.machine != nimbus_proto::Machine::Vm) {
             return;
         }
-        let sock = self.dir(id).join("qmp.sock");
+        let sock = run_dir(id).join("qmp.sock");
         if let Ok(mut q) = qemu::Qmp::connect(&sock, Duration::from_secs(2)) {
             let _ = q.execute("quit", serde_json::json!({}));
             let t = std::time::Instant::now();
@@ -210,5 +220,10 @@ impl ContainerDriver {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
+    }
+
+    /// What a VM leaves outside its instance directory (its sockets), removed at destroy.
+    pub(super) fn remove_vm_run_dir(&self, id: &str) {
+        let _ = std::fs::remove_dir_all(run_dir(id));
     }
 }
