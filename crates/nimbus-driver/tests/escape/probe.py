@@ -8,13 +8,22 @@
 # foreign [strings that appear only in host or other-instance command lines]; cgroup "v1"|"v2";
 # net (optional): victim, victim6, spoof_src, open_port, closed_port, gateway, host_ports,
 # host_ip; fd_marker; env_marker.
-import ctypes, errno, json, os, socket, stat, struct, subprocess, sys, time
+#
+# In a VM (vm: true, marker_content: the marker file's content) the host's disk and files are
+# looked for by content: every block device the guest has, and a node with the host disk's
+# numbers, are read for the host disk's data (a 4 KiB run of 0x42, the pattern of the loop
+# device the suite makes) and for the marker's content; the guest has no cgroup file system
+# mounted, so the limit files it lacks are reported absent. only (optional): the checks to
+# run, the others are left out.
+import ctypes, errno, fcntl, json, os, socket, stat, struct, subprocess, sys, time
 
 # Hex, so that the markers in it never appear in any command line the probe scans.
 A = json.loads(bytes.fromhex(sys.argv[1]))
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
 res = {}
+VM = bool(A.get("vm"))
+ONLY = A.get("only")
 
 
 def ename(e=None):
@@ -29,6 +38,8 @@ def sc(nr, *args):
 
 def check(name):
     def run(f):
+        if ONLY is not None and name not in ONLY:
+            return f
         try:
             res[name] = f()
         except Exception as e:  # a check that crashes is reported, never counted as blocked
@@ -68,9 +79,77 @@ def node(path, kind, major, minor):
     return ["open", f"opened and read {n} bytes"]
 
 
+HOST_DATA = b"\x42" * 4096
+_scanned = []
+
+
+def scan_guest_devices():
+    """VM only: reads every block device of the guest (whole up to 256 MiB, else its first 64
+    MiB, where an attached disk's start is) and a node with the host disk's numbers, from the
+    device (its cached pages dropped first); where the host's data or the marker's content is
+    found, and what was read."""
+    if _scanned:
+        return _scanned[0]
+    wanted = {"data": HOST_DATA, "marker": A["marker_content"].encode()}
+    found = {k: [] for k in wanted}
+    read = []
+    devs = []
+    for name in sorted(os.listdir("/sys/class/block")):
+        try:
+            ma, mi = open(f"/sys/class/block/{name}/dev").read().strip().split(":")
+            devs.append((name, int(ma), int(mi)))
+        except OSError:
+            pass
+    devs.append(("the host disk's numbers", *A["disk"]))
+    keep = max(len(w) for w in wanted.values()) - 1
+    for name, ma, mi in devs:
+        path = "/tmp/.escape-scan"
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        os.mknod(path, 0o600 | stat.S_IFBLK, os.makedev(ma, mi))
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as e:
+            read.append(f"{name} {ma}:{mi} {ename(e.errno)}")
+            os.unlink(path)
+            continue
+        try:
+            try:
+                fcntl.ioctl(fd, 0x1261)  # BLKFLSBUF
+            except OSError:
+                pass
+            size = os.lseek(fd, 0, os.SEEK_END)
+            os.lseek(fd, 0, os.SEEK_SET)
+            limit = size if size <= 256 << 20 else 64 << 20
+            done, tail = 0, b""
+            while done < limit:
+                b = os.read(fd, min(1 << 20, limit - done))
+                if not b:
+                    break
+                buf = tail + b
+                for k, w in wanted.items():
+                    if w in buf and name not in found[k]:
+                        found[k].append(name)
+                tail = buf[-keep:]
+                done += len(b)
+            read.append(f"{name} {ma}:{mi} {done >> 10} of {size >> 10} KiB")
+        finally:
+            os.close(fd)
+            os.unlink(path)
+    _scanned.append((found, "; ".join(read)))
+    return _scanned[0]
+
+
 @check("host_disk")
 def _():
-    return node("/tmp/.escape-disk", stat.S_IFBLK, *A["disk"])
+    if not VM:
+        return node("/tmp/.escape-disk", stat.S_IFBLK, *A["disk"])
+    found, read = scan_guest_devices()
+    if found["data"]:
+        return ["open", f"the host disk's data is on the guest's {', '.join(found['data'])} ({read})"]
+    return ["blocked", f"no guest device holds the host disk's data ({read})"]
 
 
 @check("other_gpu")
@@ -81,13 +160,20 @@ def _():
 @check("host_files_via_proc")
 def _():
     tried = ["/proc/1/root" + A["marker"]] + [f"/proc/{p}/root{A['marker']}" for p in range(2, 64)]
+    if VM:
+        tried = [f"/proc/{p}/root{A['marker']}" for p in os.listdir("/proc") if p.isdigit()]
     for p in tried:
         try:
             with open(p) as f:
                 return ["open", f"read {p}: {f.read().strip()}"]
         except OSError:
             pass
-    return ["blocked", f"the host's {A['marker']} is not reachable through /proc/*/root"]
+    if not VM:
+        return ["blocked", f"the host's {A['marker']} is not reachable through /proc/*/root"]
+    found, read = scan_guest_devices()
+    if found["marker"]:
+        return ["open", f"the content of the host's {A['marker']} is on the guest's {', '.join(found['marker'])}"]
+    return ["blocked", f"the host's {A['marker']} is not reachable through /proc/*/root of the guest's {len(tried)} processes, nor its content on any guest device"]
 
 
 @check("foreign_processes")
@@ -113,7 +199,7 @@ HIERARCHIES = ["freezer", "cpu", "cpuacct", "memory", "pids", "devices", "blkio"
 
 @check("release_agent")
 def _():
-    if A["cgroup"] != "v1":
+    if A["cgroup"] != "v1" and not VM:
         return ["blocked", "cgroup v2 has no release_agent"]
     notes = []
     for h in HIERARCHIES:
@@ -130,7 +216,7 @@ def _():
                     fd = os.open(ra, os.O_WRONLY)
                     os.write(fd, cur + b"\n")
                     os.close(fd)
-                    return ["open", f"{h}: the host's release_agent is writable"]
+                    return ["open", f"{h}: the {'guest kernel' if VM else 'host'}'s release_agent is writable"]
                 except OSError as e:
                     notes.append(f"{h}: release_agent {ename(e.errno)}")
         finally:
@@ -160,9 +246,17 @@ def _():
     os.makedirs(d, exist_ok=True)
     if A["cgroup"] == "v1" and libc.mount(b"cgroup", d.encode(), b"cgroup", 0, b"memory") == 0:
         files.append(d + "/memory.limit_in_bytes")
+    if VM:
+        # The guest's own cgroups, where it has any (nothing mounts /sys/fs/cgroup there).
+        files = [f for f in files if os.path.exists(f)] or ["(no cgroup limit file in the guest)"]
+        if A["cgroup"] != "v1" and libc.mount(b"cgroup", d.encode(), b"cgroup", 0, b"memory") == 0:
+            files.append(d + "/memory.limit_in_bytes")
     out = []
     try:
         for f in files:
+            if VM and not os.path.exists(f):
+                out.append(f)
+                continue
             ok, e = write_back(f)
             if ok:
                 return ["open", f"{f} is writable"]
