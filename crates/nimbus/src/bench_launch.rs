@@ -32,12 +32,16 @@ pub struct LaunchArgs {
     /// Sequential rounds per phase.
     #[arg(long, default_value_t = 20)]
     launches: usize,
-    /// Instances kept running during the second phase.
+    /// Instances kept running during the second phase (0: no second phase).
     #[arg(long, default_value_t = 30)]
     busy: usize,
-    /// Instances in the batch phase's one launch request.
+    /// Instances in the batch phase's one launch request (0: no batch phase).
     #[arg(long, default_value_t = 10)]
     batch: usize,
+    /// The instance type launched: `cpu_1x_small_vm` measures the VM driver (TCG where KVM
+    /// does not boot a guest; `nimbus image build --vm` first).
+    #[arg(long = "type", default_value = "cpu_1x_small")]
+    instance_type: String,
     /// Run the LXD peer benchmark at this path after ours (as root; it installs LXD).
     #[arg(long)]
     lxd: Option<PathBuf>,
@@ -109,6 +113,7 @@ impl Bench {
             && !Path::new(&format!("/sys/fs/cgroup/memory/nimbus/{id}")).exists()
             && !Path::new(&format!("/sys/fs/cgroup/nimbus/{id}")).exists()
             && !self.dir.join("agent/container/instances").join(id).exists()
+            && !Path::new("/run/nimbus-vm").join(id).exists()
     }
 
     async fn wait_active(&self, ids: &[String], t0: Instant, limit: Duration) -> anyhow::Result<Vec<(String, Duration)>> {
@@ -231,7 +236,7 @@ pub async fn run(a: LaunchArgs) -> anyhow::Result<()> {
     client.ssh_key_add("bench", Some(std::fs::read_to_string(keyfile.with_extension("pub"))?.trim())).await?;
     let req = w::LaunchRequest {
         region_name: "us-east-1".into(),
-        instance_type_name: "cpu_1x_small".into(),
+        instance_type_name: a.instance_type.clone(),
         ssh_key_names: vec!["bench".into()],
         file_system_names: None,
         file_system_mounts: None,
@@ -246,13 +251,57 @@ pub async fn run(a: LaunchArgs) -> anyhow::Result<()> {
     let b = Bench { client, key: keyfile, dir: dir.clone(), req };
 
     println!(
-        "nimbus bench launch: cpu_1x_small (container driver, unprivileged), {} rounds per phase, {} busy, batch of {}",
-        a.launches, a.busy, a.batch
+        "nimbus bench launch: {} ({}, unprivileged), {} rounds per phase, {} busy, batch of {}",
+        a.instance_type,
+        if a.instance_type.ends_with("_vm") { "VM driver" } else { "container driver" },
+        a.launches,
+        a.busy,
+        a.batch
     );
     // One uncounted warm-up round (page cache, first nft table, first cgroups).
     b.rounds(1).await?;
     let empty = b.rounds(a.launches).await?;
 
+    let busy = if a.busy > 0 { Some(busy_phase(&b, &a, agent_pid).await?) } else { None };
+    let batch = if a.batch > 0 { Some(batch_phase(&b, a.batch).await?) } else { None };
+
+    println!();
+    println!("| phase | measure | n | p50 ms | p95 ms | max ms |");
+    println!("|---|---|---|---|---|---|");
+    empty.row("empty host");
+    if let Some(busy) = busy {
+        busy.row(&format!("{} running", a.busy));
+    }
+    if let Some((all_active, all_ssh, batch_gone)) = batch {
+        println!("| batch of {} (one request) | all `active` | 1 | {:.0} | | |", a.batch, ms(all_active));
+        println!("| batch of {} (one request) | all answer `ssh ubuntu@ip true` | 1 | {:.0} | | |", a.batch, ms(all_ssh));
+        println!("| batch of {} (one request) | terminate → nothing left | 1 | {:.0} | | |", a.batch, ms(batch_gone));
+    }
+
+    agent.kill().await?;
+    server.shutdown().await?;
+    let _ = std::fs::remove_dir_all(&dir);
+
+    if let Some(script) = a.lxd {
+        println!();
+        println!("LXD peer ({}), same machine, same run:", script.display());
+        let out = tokio::process::Command::new("bash")
+            .arg(&script)
+            .env("RUNS", a.launches.to_string())
+            .env("BATCH", a.batch.to_string())
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .await?;
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+        if !out.status.success() {
+            bail!("the LXD benchmark failed: {}", out.status);
+        }
+    }
+    Ok(())
+}
+
+/// Phase 2: `a.busy` instances running while the sequential rounds run again.
+async fn busy_phase(b: &Bench, a: &LaunchArgs, agent_pid: u32) -> anyhow::Result<Series> {
     let (busy_ids, t0) = b.launch_many(a.busy).await?;
     b.wait_active(&busy_ids, t0, Duration::from_secs(120)).await?;
     let t_busy = t0.elapsed();
@@ -268,7 +317,12 @@ pub async fn run(a: LaunchArgs) -> anyhow::Result<()> {
     );
     println!("agent RSS with {} instances running: {:.1} MiB", a.busy, kib as f64 / 1024.0);
 
-    let (ids, t0) = b.launch_many(a.batch).await?;
+    Ok(busy)
+}
+
+/// Phase 3: `n` instances in one request; (all active, all answer SSH, all cleaned up).
+async fn batch_phase(b: &Bench, n: usize) -> anyhow::Result<(Duration, Duration, Duration)> {
+    let (ids, t0) = b.launch_many(n).await?;
     let active = b.wait_active(&ids, t0, Duration::from_secs(60)).await?;
     let all_active = active.iter().map(|(_, d)| *d).max().unwrap_or_default();
     let mut handles = Vec::new();
@@ -291,33 +345,5 @@ pub async fn run(a: LaunchArgs) -> anyhow::Result<()> {
     }
     let batch_gone = b.terminate(&ids).await?;
 
-    println!();
-    println!("| phase | measure | n | p50 ms | p95 ms | max ms |");
-    println!("|---|---|---|---|---|---|");
-    empty.row("empty host");
-    busy.row(&format!("{} running", a.busy));
-    println!("| batch of {} (one request) | all `active` | 1 | {:.0} | | |", a.batch, ms(all_active));
-    println!("| batch of {} (one request) | all answer `ssh ubuntu@ip true` | 1 | {:.0} | | |", a.batch, ms(all_ssh));
-    println!("| batch of {} (one request) | terminate → nothing left | 1 | {:.0} | | |", a.batch, ms(batch_gone));
-
-    agent.kill().await?;
-    server.shutdown().await?;
-    let _ = std::fs::remove_dir_all(&dir);
-
-    if let Some(script) = a.lxd {
-        println!();
-        println!("LXD peer ({}), same machine, same run:", script.display());
-        let out = tokio::process::Command::new("bash")
-            .arg(&script)
-            .env("RUNS", a.launches.to_string())
-            .env("BATCH", a.batch.to_string())
-            .stderr(std::process::Stdio::inherit())
-            .output()
-            .await?;
-        print!("{}", String::from_utf8_lossy(&out.stdout));
-        if !out.status.success() {
-            bail!("the LXD benchmark failed: {}", out.status);
-        }
-    }
-    Ok(())
+    Ok((all_active, all_ssh, batch_gone))
 }
