@@ -136,3 +136,26 @@ async fn a_vm_boots_answers_ssh_restarts_stops_and_leaves_nothing() {
     assert!(!h.instance_dir(&spec.id).exists(), "no instance directory left");
     assert!(!std::path::Path::new("/run/nimbus-vm").join(&spec.id).exists(), "no socket directory left");
 }
+
+/// A VM with a GPU on a host whose IOMMU is off is refused before anything is touched, with a
+/// message that says what to do; nothing of it is left. (Binding, restoring and QEMU's VFIO
+/// arguments are unit-tested on fake sysfs trees in `vm::vfio`; no GPU here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gpu_vm_is_refused_clearly_where_the_iommu_is_off() {
+    let Some(h) = Host::new("vmg", 250, Default::default()) else { return };
+    if !vm_ready(&h) {
+        return;
+    }
+    if nimbus_driver::vm::vfio::iommu_enabled(std::path::Path::new("/sys")) {
+        eprintln!("SKIPPED: this host's IOMMU is on");
+        return;
+    }
+    let mut spec = h.spec("tenant-g", "gpu-vm");
+    spec.machine = Machine::Vm;
+    spec.gpu_indices = vec![0];
+    let e = h.driver.ensure(&spec).await.expect_err("refused").to_string();
+    assert!(e.contains("IOMMU is off") && e.contains("intel_iommu=on"), "{e}");
+    assert!(h.cgroups().pids(&spec.id).is_empty(), "no QEMU started");
+    h.driver.destroy(&spec.id).await.unwrap();
+    assert!(!h.instance_dir(&spec.id).exists());
+}

@@ -692,6 +692,8 @@ impl Driver for ContainerDriver {
         self.quit_vm(id);
         runtime::stop(&self.cgroups, id).map_err(|e| err(id, e))?;
         self.remove_vm_run_dir(id);
+        // Before the directory (and its record of them) goes.
+        self.give_gpus_back(id)?;
         self.net.destroy(id, self.ledger(id).map(|l| self.net.address(l.addr_index)));
         let dir = self.dir(id);
         // Volumes first: removing the directory must never reach into a mounted volume.

@@ -103,4 +103,3 @@ mod tests {
         assert_eq!(virtual_size(&t.0.join("small.qcow2")).unwrap(), BASE_GIB << 30, "at least the base's file system");
     }
 }
-

@@ -97,7 +97,16 @@ pub fn start(s: &VmSpec, cgroups: &crate::container::cgroup::Cgroups, cgroup: &s
     let _ = std::fs::remove_file(&s.qmp);
     let log = s.console.with_file_name("qemu.log");
     let err = std::fs::OpenOptions::new().create(true).append(true).open(&log).map_err(|e| format!("{}: {e}", log.display()))?;
-    let mut child = Command::new(QEMU)
+    // Passed-through devices pin all guest memory for DMA, which QEMU, no longer root after
+    // `-runas`, may only do with the lock limit lifted (prlimit execs QEMU: the same process).
+    let mut cmd = if s.vfio_args.is_empty() {
+        Command::new(QEMU)
+    } else {
+        let mut c = Command::new("prlimit");
+        c.args(["--memlock=unlimited:unlimited", "--", QEMU]);
+        c
+    };
+    let mut child = cmd
         .args(args(s))
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")

@@ -9,12 +9,24 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::vm::{disk, guest, qemu, seed};
+use crate::vm::{disk, guest, qemu, seed, vfio};
 
 use super::*;
 
 /// Debian's virtiofsd (shipped with QEMU 7.2 in qemu-system-common).
 const VIRTIOFSD: &str = "/usr/lib/qemu/virtiofsd";
+
+const SYSFS: &str = "/sys";
+
+/// The instance directory's record of the devices moved to vfio-pci.
+const VFIO_RECORD: &str = "vfio.json";
+
+/// What QEMU gets for a VM's GPUs: its arguments, and the `/dev/vfio` nodes with their numbers.
+#[derive(Default)]
+struct Passthrough {
+    args: Vec<String>,
+    nodes: Vec<(PathBuf, (u32, u32))>,
+}
 
 /// Where a VM's sockets live: a short path, since a socket's path is at most 107 bytes and an
 /// instance directory can be longer. Ids are unique across hosts, so hosts never share one.
@@ -113,12 +125,14 @@ impl ContainerDriver {
         for f in [&disk_path, &iso] {
             std::os::unix::fs::chown(f, Some(uid), Some(uid)).map_err(|e| err(id, e))?;
         }
+        let gpus = self.pass_gpus(&spec, &dir).map_err(|e| err(id, e))?;
         // Guest memory plus QEMU's own (device emulation, TCG's translation cache).
         let limits = Limits { memory_bytes: rs.limits.memory_bytes + (384 << 20), ..rs.limits };
         let mut rules: Vec<(u32, u32)> = vec![(10, 200)];
         if host.accel == qemu::Accel::Kvm {
             rules.push((10, 232));
         }
+        rules.extend(gpus.nodes.iter().map(|(_, n)| *n));
         self.cgroups.create(id, limits, Some(&super::super::devices::rules_with(&rules)), None).map_err(|e| err(id, e))?;
         self.net.destroy(id, None);
         let tap = self.net.port(id);
@@ -153,8 +167,12 @@ impl ContainerDriver {
             qmp: run_dir(id).join("qmp.sock"),
             console: dir.join("console.log"),
             virtiofs,
-            vfio_args: vec![],
+            vfio_args: gpus.args,
         };
+        for (node, _) in &gpus.nodes {
+            // QEMU opens them after dropping root; they are the VM's alone until it is gone.
+            std::os::unix::fs::chown(node, Some(uid), Some(uid)).map_err(|e| err(id, format!("{}: {e}", node.display())))?;
+        }
         if let Err(e) = qemu::start(&vm, &self.cgroups, id) {
             let _ = self.cgroups.destroy(id);
             self.net.destroy(id, None);
@@ -162,6 +180,62 @@ impl ContainerDriver {
         }
         tracing::info!(instance = %id, accel = ?host.accel, "VM started");
         Ok(())
+    }
+
+    /// Hands the instance's GPUs to `vfio-pci` (each with its whole IOMMU group) for QEMU,
+    /// recording what they were bound to in `vfio.json` so that [`Self::give_gpus_back`] can
+    /// return them, also after an agent restart. Refuses, before touching anything, where the
+    /// IOMMU is off or a GPU is not known by its PCI address.
+    fn pass_gpus(&self, spec: &DesiredInstance, dir: &std::path::Path) -> std::result::Result<Passthrough, String> {
+        if spec.gpu_indices.is_empty() && spec.mig_devices.is_empty() {
+            return Ok(Passthrough::default());
+        }
+        if !spec.mig_devices.is_empty() {
+            return Err("MIG devices cannot be passed through to a VM; use a container type for MIG slices".into());
+        }
+        let sysfs = std::path::Path::new(SYSFS);
+        if !vfio::iommu_enabled(sysfs) {
+            return Err(vfio::VfioError::IommuOff(sysfs.join("kernel/iommu_groups")).to_string());
+        }
+        let gpus = super::super::inventory::gpus();
+        let mut bus_ids = Vec::new();
+        for i in &spec.gpu_indices {
+            let g = gpus
+                .iter()
+                .find(|g| g.index == *i)
+                .ok_or_else(|| format!("GPU {i} is not on this host (NVML lists {} GPUs)", gpus.len()))?;
+            if g.pci_bus_id.is_empty() {
+                return Err(format!("NVML gives no PCI address for GPU {i}"));
+            }
+            bus_ids.push(g.pci_bus_id.clone());
+        }
+        let record = dir.join(VFIO_RECORD);
+        let previous: Vec<vfio::Binding> = std::fs::read(&record).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        let bindings = vfio::bind_gpus(sysfs, &bus_ids, &previous).map_err(|e| e.to_string())?;
+        let body = serde_json::to_vec_pretty(&bindings).map_err(|e| e.to_string())?;
+        crate::files::write_private(&record, &body).map_err(|e| format!("{}: {e}", record.display()))?;
+        let addrs: Vec<String> = bindings.iter().map(|b| b.address.clone()).collect();
+        let args = vfio::qemu_args(&addrs).map_err(|e| e.to_string())?;
+        let mut nodes = Vec::new();
+        for n in vfio::vfio_device_nodes(sysfs, &addrs).map_err(|e| e.to_string())? {
+            let rdev = std::os::unix::fs::MetadataExt::rdev(&std::fs::metadata(&n).map_err(|e| format!("{}: {e}", n.display()))?);
+            nodes.push((n, (libc::major(rdev), libc::minor(rdev))));
+        }
+        Ok(Passthrough { args, nodes })
+    }
+
+    /// Gives a terminated VM's GPUs back to their host drivers (and their nodes back to root).
+    pub(super) fn give_gpus_back(&self, id: &str) -> Result<()> {
+        let record = self.dir(id).join(VFIO_RECORD);
+        let Ok(b) = std::fs::read(&record) else { return Ok(()) };
+        let bindings: Vec<vfio::Binding> = serde_json::from_slice(&b).map_err(|e| err(id, format!("{}: {e}", record.display())))?;
+        let sysfs = std::path::Path::new(SYSFS);
+        let addrs: Vec<String> = bindings.iter().map(|b| b.address.clone()).collect();
+        for n in vfio::vfio_device_nodes(sysfs, &addrs).unwrap_or_default() {
+            let _ = std::os::unix::fs::chown(&n, Some(0), Some(0));
+        }
+        vfio::restore(sysfs, &bindings).map_err(|e| err(id, e))?;
+        std::fs::remove_file(&record).map_err(|e| err(id, e))
     }
 
     /// Serves `host_dir` to the VM over vhost-user (its `i`-th share): virtiofsd as root of a
