@@ -251,6 +251,10 @@ pub async fn launch(c: &Control, actor: &Actor, spec: LaunchSpec) -> Result<Vec<
             }
         }
     };
+    if itype.machine == nimbus_core::catalog::Machine::Vm && (spec.source_snapshot.is_some() || !spec.volume_ids.is_empty()) {
+        let what = if spec.source_snapshot.is_some() { "snapshot_id" } else { "volumes" };
+        return Err(Error::invalid(what, format!("{} is a VM type: VMs cannot be made from snapshots or get volumes yet", itype.name)));
+    }
     let restore = match &spec.source_snapshot {
         Some(sid) => {
             let r = crate::volumes::restore_target(&mut tx, actor, sid).await?;

@@ -152,6 +152,7 @@ pub async fn create_shared(c: &Control, actor: &Actor, spec: SharedVolumeSpec) -
     let mut v = new_volume(actor, id, name, Some(spec.display_name.clone()), &region, spec.size_gib, now);
     insert_in_txn(c, &mut tx, actor, &v, now).await?;
     for inst in &insts {
+        refuse_vm(c, inst)?;
         v.host_id = Some(attach_in_txn(&mut tx, actor, &v, inst, false, now).await?);
     }
     Store::commit(tx).await?;
@@ -203,6 +204,18 @@ async fn find(c: &Control, actor: &Actor, id: &str) -> Result<Volume, Error> {
 
 /// Attaches `v` to `inst` inside `tx` (the caller commits and wakes the host); `exclusive`
 /// refuses when it is attached to another instance (the native API's attach).
+/// VMs get no volumes yet (a volume is a host directory; a VM would need a block device): a
+/// clear refusal rather than a volume that never shows up in the guest.
+pub(crate) fn refuse_vm(c: &Control, inst: &Instance) -> Result<(), Error> {
+    if c.config().machine_of(&inst.instance_type) == nimbus_core::catalog::Machine::Vm {
+        return Err(Error::conflict(
+            ConflictReason::InvalidState,
+            format!("instance {} is a VM ({}): volumes cannot be attached to VM instances yet", inst.id, inst.instance_type),
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) async fn attach_in_txn(
     tx: &mut Conn,
     actor: &Actor,
@@ -261,6 +274,7 @@ pub async fn attach(c: &Control, actor: &Actor, id: &str, instance_id: &str) -> 
         Store::host_bump_generation_in_txn(&mut tx, h).await?;
     }
     let v = Store::volume_get_in(&mut tx, &actor.org_id, &vid).await?.ok_or_else(|| Error::not_found("volume", id))?;
+    refuse_vm(c, &inst)?;
     let host = attach_in_txn(&mut tx, actor, &v, &inst, true, now).await?;
     Store::commit(tx).await?;
     c.hosts().wake(&host);
@@ -363,6 +377,7 @@ pub async fn update(c: &Control, actor: &Actor, id: &str, change: VolumeChange) 
         }
         let mut v = v.clone();
         for inst in wanted.iter().filter(|i| !v.attachments.iter().any(|a| a.instance_id == i.id)) {
+            refuse_vm(c, inst)?;
             v.host_id = Some(attach_in_txn(&mut tx, actor, &v, inst, false, now).await?);
         }
     }
