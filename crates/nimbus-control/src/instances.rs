@@ -251,9 +251,17 @@ pub async fn launch(c: &Control, actor: &Actor, spec: LaunchSpec) -> Result<Vec<
             }
         }
     };
-    if itype.machine == nimbus_core::catalog::Machine::Vm && (spec.source_snapshot.is_some() || !spec.volume_ids.is_empty()) {
-        let what = if spec.source_snapshot.is_some() { "snapshot_id" } else { "volumes" };
-        return Err(Error::invalid(what, format!("{} is a VM type: VMs cannot be made from snapshots or get volumes yet", itype.name)));
+    if itype.machine == nimbus_core::catalog::Machine::Vm && !spec.volume_ids.is_empty() {
+        return Err(Error::invalid("volumes", format!("{} is a VM type: VMs cannot get volumes yet", itype.name)));
+    }
+    if let Some(sid) = &spec.source_snapshot {
+        let from = crate::volumes::snapshot_machine(c, &mut tx, actor, sid).await?;
+        if from != itype.machine {
+            return Err(Error::invalid(
+                "instance_type",
+                format!("snapshot {sid} is of a {} instance's disk; {} runs as a {}", from.as_str(), itype.name, itype.machine.as_str()),
+            ));
+        }
     }
     let restore = match &spec.source_snapshot {
         Some(sid) => {

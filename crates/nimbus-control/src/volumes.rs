@@ -204,8 +204,9 @@ async fn find(c: &Control, actor: &Actor, id: &str) -> Result<Volume, Error> {
 
 /// Attaches `v` to `inst` inside `tx` (the caller commits and wakes the host); `exclusive`
 /// refuses when it is attached to another instance (the native API's attach).
-/// VMs get no volumes yet (a volume is a host directory; a VM would need a block device): a
-/// clear refusal rather than a volume that never shows up in the guest.
+/// VMs get no volumes yet (a volume is loop-mounted on the host and bound into containers; a
+/// VM would need it as a block device): a clear refusal rather than a volume that never shows
+/// up in the guest.
 pub(crate) fn refuse_vm(c: &Control, inst: &Instance) -> Result<(), Error> {
     if c.config().machine_of(&inst.instance_type) == nimbus_core::catalog::Machine::Vm {
         return Err(Error::conflict(
@@ -662,4 +663,20 @@ pub async fn restore_to_volume(c: &Control, actor: &Actor, snapshot: &str, name:
 pub(crate) async fn restore_target(tx: &mut Conn, actor: &Actor, snapshot: &str) -> Result<(HostId, SnapshotId, i64), Error> {
     let s = restorable_in(tx, actor, snapshot, SnapshotSourceType::Instance).await?;
     Ok((s.host_id, s.id, s.size_gib))
+}
+
+/// What the instance a snapshot was taken of ran as: a container's disk cannot boot a VM, nor
+/// a VM's start a container.
+pub(crate) async fn snapshot_machine(
+    c: &Control,
+    tx: &mut Conn,
+    actor: &Actor,
+    snapshot: &str,
+) -> Result<nimbus_core::catalog::Machine, Error> {
+    let s = restorable_in(tx, actor, snapshot, SnapshotSourceType::Instance).await?;
+    let source = match InstanceId::parse(&s.source_id) {
+        Some(id) => Store::instance_get_any_in(tx, &id).await?,
+        None => None,
+    };
+    Ok(source.map_or(nimbus_core::catalog::Machine::Container, |i| c.config().machine_of(&i.instance_type)))
 }

@@ -115,6 +115,26 @@ async fn a_vm_boots_answers_ssh_restarts_stops_and_leaves_nothing() {
     h.launch(&again).await;
     assert!(eventually(30, || h.ssh(&ip, "cat ~/note").1.trim() == "kept"), "the disk survived stop/start");
 
+    // A snapshot of the running VM's disk (the guest paused meanwhile) boots a new VM with the
+    // file in it and the new instance's own keys and hostname; a container cannot start from it.
+    let snap = nimbus_proto::HostSnapshot { id: common::new_id(), source: nimbus_proto::SnapshotSource::Instance { id: spec.id.clone() } };
+    let rep = h.driver.sync_storage(&[], std::slice::from_ref(&snap)).await.unwrap();
+    assert!(rep.snapshots.iter().any(|r| r.id == snap.id && r.state == nimbus_proto::SnapshotState::Ready), "{:?}", rep.snapshots);
+    assert!(h.ssh(&ip, "true").0, "the VM runs on after the snapshot (resumed)");
+    let mut copy = h.spec("tenant-a", "vm-copy");
+    copy.machine = Machine::Vm;
+    copy.source_snapshot = Some(snap.id.clone());
+    let copy_ip = h.launch(&copy).await;
+    let (ok, out) = h.ssh(&copy_ip, "cat ~/note; hostname");
+    assert!(ok && out.lines().collect::<Vec<_>>() == ["kept", "vm-copy"], "the copy has the disk and its own name: {out}");
+    h.driver.destroy(&copy.id).await.unwrap();
+    let mut ct_copy = h.spec("tenant-a", "ct-copy");
+    ct_copy.source_snapshot = Some(snap.id.clone());
+    let e = h.driver.ensure(&ct_copy).await.expect_err("a VM's disk starts no container").to_string();
+    assert!(e.contains("VM's disk"), "{e}");
+    h.driver.destroy(&ct_copy.id).await.unwrap();
+    h.driver.sync_storage(&[], &[]).await.unwrap();
+
     // A new agent process (a new driver on the same data dir) adopts the running VM.
     let adopted = ContainerDriver::new(h.cfg.clone()).unwrap();
     let listed = adopted.list().await.unwrap();

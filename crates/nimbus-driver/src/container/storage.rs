@@ -12,9 +12,10 @@
 //! Used bytes are measured on the host mount (`df`'s "used", one `df` for all mounted volumes
 //! per report); a volume mounted nowhere is not measured.
 //!
-//! A snapshot is a copy in `<data>/snapshots/<id>/`: `upper/` for an instance disk (its writable
+//! A snapshot is a copy in `<data>/snapshots/<id>/`: `upper/` for a container's disk (its writable
 //! layer, copied file by file: consistent for a stopped instance, not point-in-time across files
-//! for a running one) or `volume.img` for a volume (frozen with `fsfreeze` while it is copied
+//! for a running one), `disk.qcow2` for a VM's (its overlay, copied with the guest paused, so
+//! crash-consistent) or `volume.img` for a volume (frozen with `fsfreeze` while it is copied
 //! when mounted, so consistent even in use). It is written to a temporary name and renamed when
 //! complete, so a crash never leaves a partial copy that looks complete.
 
@@ -24,6 +25,9 @@ use std::process::{Command, Stdio};
 use nimbus_proto::{HostSnapshot, HostVolume, SnapshotReport, SnapshotSource, SnapshotState, VolumeMount, VolumeReport};
 
 const GIB: u64 = 1 << 30;
+
+/// A VM instance's disk in its directory, and in a snapshot of it.
+pub const VM_DISK: &str = "disk.qcow2";
 
 fn run(cmd: &str, args: &[&str]) -> Result<String, String> {
     let out = Command::new(cmd).args(args).stdin(Stdio::null()).output().map_err(|e| format!("{cmd}: cannot start ({e})"))?;
@@ -253,6 +257,12 @@ impl Storage {
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
         match &s.source {
+            SnapshotSource::Instance { id } if instances_dir.join(id).join(VM_DISK).exists() => {
+                // A VM's disk: its qcow2 overlay (on the image's base, which stays), copied
+                // with the guest paused, so the copy is crash-consistent even while it runs.
+                let _paused = crate::vm::qemu::pause(id);
+                run("cp", &["--reflink=auto", "--sparse=always", &p(&instances_dir.join(id).join(VM_DISK)), &p(&tmp.join(VM_DISK))])?;
+            }
             SnapshotSource::Instance { id } => {
                 let upper = instances_dir.join(id).join("upper");
                 if !upper.exists() {
@@ -373,11 +383,31 @@ impl Storage {
         Ok(())
     }
 
+    /// Seeds a new VM's disk from a snapshot of a VM's disk.
+    pub fn restore_vm_disk(&self, snapshot: &str, disk: &Path) -> Result<(), String> {
+        let dir = self.snapshot_dir(snapshot);
+        let src = dir.join(VM_DISK);
+        if !src.exists() {
+            return Err(if dir.join("upper").exists() {
+                format!("snapshot {snapshot} is of a container's disk; it cannot boot a VM")
+            } else {
+                format!("snapshot {snapshot} is not on this host")
+            });
+        }
+        let tmp = disk.with_extension("restoring");
+        run("cp", &["--reflink=auto", "--sparse=always", &p(&src), &p(&tmp)])?;
+        std::fs::rename(&tmp, disk).map_err(|e| e.to_string())
+    }
+
     /// Seeds a new instance's disk from an instance snapshot.
     pub fn restore_upper(&self, snapshot: &str, upper: &Path) -> Result<(), String> {
         let src = self.snapshot_dir(snapshot).join("upper");
         if !src.exists() {
-            return Err(format!("snapshot {snapshot} is not on this host"));
+            return Err(if self.snapshot_dir(snapshot).join(VM_DISK).exists() {
+                format!("snapshot {snapshot} is of a VM's disk; it cannot start a container")
+            } else {
+                format!("snapshot {snapshot} is not on this host")
+            });
         }
         if let Some(parent) = upper.parent() {
             std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;

@@ -18,6 +18,31 @@ use super::guest::Boot;
 
 pub const QEMU: &str = "qemu-system-x86_64";
 
+/// Where a VM's sockets live: a short path, since a socket's path is at most 107 bytes and an
+/// instance directory can be longer. Ids are unique across hosts, so hosts never share one.
+pub const RUN_DIR: &str = "/run/nimbus-vm";
+
+pub fn run_dir(id: &str) -> PathBuf {
+    PathBuf::from(RUN_DIR).join(id)
+}
+
+/// Pauses VM `id`'s vCPUs (QMP `stop`) for as long as the guard lives, so that a copy of its
+/// disk is what a power cut at that instant would leave; resumed (`cont`) on drop. `None` when
+/// it does not run (nothing to pause).
+pub fn pause(id: &str) -> Option<Paused> {
+    let mut q = Qmp::connect(&run_dir(id).join("qmp.sock"), Duration::from_secs(2)).ok()?;
+    q.execute("stop", serde_json::json!({})).ok()?;
+    Some(Paused(q))
+}
+
+pub struct Paused(Qmp);
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        let _ = self.0.execute("cont", serde_json::json!({}));
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Accel {

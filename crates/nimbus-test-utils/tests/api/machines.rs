@@ -148,6 +148,20 @@ async fn vm_types_land_only_on_hosts_that_run_vms() {
     assert!(v["status"] == "available" && v["instance_id"].is_null(), "nothing attached: {v}");
     s.nexpect("POST", &format!("/volumes/{vid}/attach"), Some(json!({"instance_id": plain})), 200).await;
 
+    // A snapshot restores only to the kind of machine it was taken of.
+    let snap = s.nexpect("POST", "/snapshots", Some(json!({"name": "vm-disk", "instance_id": vm_ids[1]})), 201).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    s.wait_native_status(&format!("/snapshots/{snap}"), "available").await;
+    let as_container = json!({"name": "nope", "instance_type": "cpu_1x_small", "ssh_keys": [kid]});
+    let e = s.nexpect("POST", &format!("/snapshots/{snap}/restore"), Some(as_container), 400).await;
+    assert_eq!(e["error"]["details"]["field"], "instance_type", "{e}");
+    assert!(e["error"]["message"].as_str().is_some_and(|m| m.contains("vm instance's disk")), "{e}");
+    let as_vm = json!({"name": "copy", "instance_type": "cpu_1x_small_vm", "ssh_keys": [kid]});
+    let r = s.nexpect("POST", &format!("/snapshots/{snap}/restore"), Some(as_vm), 201).await;
+    assert_eq!(r["instance"]["machine"], "vm", "{r}");
+
     // A resize keeps what an instance runs as.
     s.nexpect("POST", &format!("/instances/{}/stop", vm_ids[0]), None, 200).await;
     s.wait_native_status(&format!("/instances/{}", vm_ids[0]), "stopped").await;

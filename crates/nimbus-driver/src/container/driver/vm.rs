@@ -28,13 +28,7 @@ struct Passthrough {
     nodes: Vec<(PathBuf, (u32, u32))>,
 }
 
-/// Where a VM's sockets live: a short path, since a socket's path is at most 107 bytes and an
-/// instance directory can be longer. Ids are unique across hosts, so hosts never share one.
-const RUN_DIR: &str = "/run/nimbus-vm";
-
-fn run_dir(id: &str) -> PathBuf {
-    PathBuf::from(RUN_DIR).join(id)
-}
+use crate::vm::qemu::run_dir;
 
 /// What this host runs VMs with, decided once: the guest kernel, and KVM or TCG.
 #[derive(Debug, Clone)]
@@ -99,8 +93,10 @@ impl ContainerDriver {
         let dir = rs.dir.clone();
         std::fs::create_dir_all(&dir).map_err(|e| err(id, e))?;
         let disk_path = dir.join("disk.qcow2");
-        if !disk_path.exists() && spec.source_snapshot.is_some() {
-            return Err(err(id, "VMs cannot be made from snapshots yet"));
+        // A disk restored from a snapshot starts as its copy (and gets this instance's keys on
+        // its first boot, its instance id being new).
+        if let (false, Some(snap)) = (disk_path.exists(), &spec.source_snapshot) {
+            self.storage.restore_vm_disk(snap, &disk_path).map_err(|e| err(id, e))?;
         }
         disk::ensure_overlay(&base, &disk_path, spec.disk_gib).map_err(|e| err(id, e))?;
         // The guest's root is the VM's own; QEMU runs as the tenant's unprivileged host uid.
