@@ -50,13 +50,25 @@ pub(super) fn probe_in_background(boot: guest::Boot) -> std::sync::Arc<OnceLock<
     let cell = std::sync::Arc::new(OnceLock::new());
     let c = cell.clone();
     std::thread::spawn(move || {
-        let accel = if qemu::kvm_boots(&boot, Duration::from_secs(5)) {
-            tracing::info!("KVM boots guests here: VMs run with KVM");
-            qemu::Accel::Kvm
-        } else {
-            tracing::warn!("KVM does not boot a guest here (or there is no /dev/kvm): VMs run under TCG emulation, which is slow");
-            qemu::Accel::Tcg
+        // Once per boot of the host (the answer is kept under /run, which a reboot empties):
+        // an agent restart, or several drivers on one machine, ask the kernel only once.
+        let kept = std::path::Path::new(qemu::RUN_DIR).join("accel");
+        let accel = match std::fs::read_to_string(&kept).ok().and_then(|s| serde_json::from_str::<qemu::Accel>(s.trim()).ok()) {
+            Some(a) => a,
+            None => {
+                let a = if qemu::kvm_boots(&boot, Duration::from_secs(5)) { qemu::Accel::Kvm } else { qemu::Accel::Tcg };
+                if std::fs::create_dir_all(qemu::RUN_DIR).is_ok() {
+                    let _ = std::fs::write(&kept, serde_json::to_string(&a).unwrap_or_default());
+                }
+                a
+            }
         };
+        match accel {
+            qemu::Accel::Kvm => tracing::info!("KVM boots guests here: VMs run with KVM"),
+            qemu::Accel::Tcg => {
+                tracing::warn!("KVM does not boot a guest here (or there is no /dev/kvm): VMs run under TCG emulation, which is slow")
+            }
+        }
         let _ = c.set(VmHost { boot, accel });
     });
     cell
