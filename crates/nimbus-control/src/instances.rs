@@ -251,9 +251,6 @@ pub async fn launch(c: &Control, actor: &Actor, spec: LaunchSpec) -> Result<Vec<
             }
         }
     };
-    if itype.machine == nimbus_core::catalog::Machine::Vm && !spec.volume_ids.is_empty() {
-        return Err(Error::invalid("volumes", format!("{} is a VM type: VMs cannot get volumes yet", itype.name)));
-    }
     if let Some(sid) = &spec.source_snapshot {
         let from = crate::volumes::snapshot_machine(c, &mut tx, actor, sid).await?;
         if from != itype.machine {

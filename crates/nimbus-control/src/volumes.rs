@@ -204,14 +204,19 @@ async fn find(c: &Control, actor: &Actor, id: &str) -> Result<Volume, Error> {
 
 /// Attaches `v` to `inst` inside `tx` (the caller commits and wakes the host); `exclusive`
 /// refuses when it is attached to another instance (the native API's attach).
-/// VMs get no volumes yet (a volume is loop-mounted on the host and bound into containers; a
-/// VM would need it as a block device): a clear refusal rather than a volume that never shows
-/// up in the guest.
+/// A VM gets its volumes when it starts (over virtiofs, from the host's mount): attaching to or
+/// detaching from a VM that runs is refused until it is stopped, rather than accepted and
+/// taking effect only at its next start (a "detached" volume would stay reachable meanwhile).
 pub(crate) fn refuse_vm(c: &Control, inst: &Instance) -> Result<(), Error> {
-    if c.config().machine_of(&inst.instance_type) == nimbus_core::catalog::Machine::Vm {
+    if c.config().machine_of(&inst.instance_type) == nimbus_core::catalog::Machine::Vm && inst.state != InstanceState::Stopped {
         return Err(Error::conflict(
             ConflictReason::InvalidState,
-            format!("instance {} is a VM ({}): volumes cannot be attached to VM instances yet", inst.id, inst.instance_type),
+            format!(
+                "instance {} is a VM ({}) and {}: volumes are attached to and detached from VMs while they are stopped",
+                inst.id,
+                inst.instance_type,
+                inst.state.as_str()
+            ),
         ));
     }
     Ok(())
@@ -294,6 +299,9 @@ pub async fn detach(c: &Control, actor: &Actor, id: &str) -> Result<Volume, Erro
     };
     Store::host_bump_generation_in_txn(&mut tx, &host).await?;
     for a in &v.attachments {
+        if let Some(inst) = Store::instance_get_any_in(&mut tx, &a.instance_id).await? {
+            refuse_vm(c, &inst)?;
+        }
         detach_in_txn(&mut tx, actor, &v, &a.instance_id, now).await?;
     }
     Store::commit(tx).await?;
@@ -374,6 +382,9 @@ pub async fn update(c: &Control, actor: &Actor, id: &str, change: VolumeChange) 
     }
     if let Some(wanted) = &wanted {
         for a in v.attachments.iter().filter(|a| !wanted.iter().any(|i| i.id == a.instance_id)) {
+            if let Some(inst) = Store::instance_get_any_in(&mut tx, &a.instance_id).await? {
+                refuse_vm(c, &inst)?;
+            }
             detach_in_txn(&mut tx, actor, &v, &a.instance_id, now).await?;
         }
         let mut v = v.clone();

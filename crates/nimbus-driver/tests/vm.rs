@@ -179,3 +179,40 @@ async fn a_gpu_vm_is_refused_clearly_where_the_iommu_is_off() {
     h.driver.destroy(&spec.id).await.unwrap();
     assert!(!h.instance_dir(&spec.id).exists());
 }
+
+/// A VM gets its volumes at start, over virtiofs from the host's one mount of each: written
+/// as the guest's ubuntu, the files belong to the tenant's ubuntu on the host, so a container
+/// of the tenant reads them as its own; the storage pass keeps the host mount while the VM
+/// runs and reports the volume in use by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_gets_its_volumes_at_start() {
+    let Some(h) = Host::with("vmv", 251, |c| c.sshd_grace = std::time::Duration::from_secs(90)) else { return };
+    if !vm_ready(&h) {
+        return;
+    }
+    let vol = nimbus_proto::HostVolume { id: common::new_id(), size_gib: 1, tenant: "tenant-v".into(), source_snapshot: None };
+    let vols = std::slice::from_ref(&vol);
+    h.driver.sync_storage(vols, &[]).await.unwrap();
+    let mut spec = h.spec("tenant-v", "vm-vol");
+    spec.machine = Machine::Vm;
+    spec.volumes = vec![nimbus_proto::VolumeMount { volume_id: vol.id.clone(), name: "data".into() }];
+    let ip = h.launch(&spec).await;
+    let (ok, out) =
+        h.ssh(&ip, "echo in-volume > /mnt/volumes/data/v.txt && stat -c %U /mnt/volumes/data/v.txt && df -k /mnt/volumes/data | tail -1");
+    assert!(ok && out.lines().next() == Some("ubuntu"), "the guest's ubuntu writes its volume: {out}");
+    let rep = h.driver.sync_storage(vols, &[]).await.unwrap();
+    let r = rep.volumes.iter().find(|r| r.id == vol.id).expect("reported");
+    assert_eq!(r.mounted_in.as_deref(), Some(spec.id.as_str()), "in use by the running VM, so its host mount stays: {r:?}");
+    assert!(h.ssh(&ip, "cat /mnt/volumes/data/v.txt").1.contains("in-volume"), "still there after the storage pass");
+    h.driver.destroy(&spec.id).await.unwrap();
+    let rep = h.driver.sync_storage(vols, &[]).await.unwrap();
+    assert_eq!(rep.volumes.iter().find(|r| r.id == vol.id).and_then(|r| r.mounted_in.clone()), None, "released with the VM");
+
+    let mut ct = h.spec("tenant-v", "ct-vol");
+    ct.volumes = spec.volumes.clone();
+    let cip = h.launch(&ct).await;
+    let (ok, out) = h.ssh(&cip, "cat /mnt/volumes/data/v.txt; stat -c %U /mnt/volumes/data/v.txt");
+    assert!(ok && out.lines().collect::<Vec<_>>() == ["in-volume", "ubuntu"], "a container of the tenant reads it as its ubuntu's: {out}");
+    h.driver.destroy(&ct.id).await.unwrap();
+    h.driver.sync_storage(&[], &[]).await.unwrap();
+}

@@ -573,8 +573,14 @@ impl ContainerDriver {
         let mut out = Vec::new();
         for id in self.ids() {
             let Some(l) = self.ledger(&id) else { continue };
+            // A running VM uses its volumes' host mounts directly (over virtiofs).
+            let vm_running = l.spec.machine == nimbus_proto::Machine::Vm && runtime::running(&self.cgroups, &id);
             for v in &l.spec.volumes {
-                let at = super::storage::volumes_dir(&self.dir(&id)).join(&v.name);
+                let at = if vm_running {
+                    self.storage.mount_dir(&v.volume_id)
+                } else {
+                    super::storage::volumes_dir(&self.dir(&id)).join(&v.name)
+                };
                 if super::storage::is_mount(&at) {
                     out.push((v.volume_id.clone(), id.clone(), at));
                 }

@@ -132,7 +132,7 @@ impl Storage {
 
     /// Mounts the volume's file system at its host mount (once), growing it first when its
     /// file has grown; returns the mount.
-    fn host_mount(&self, id: &str) -> Result<PathBuf, String> {
+    pub(crate) fn host_mount(&self, id: &str) -> Result<PathBuf, String> {
         let m = self.mount_dir(id);
         if is_mount(&m) {
             return Ok(m);

@@ -134,19 +134,29 @@ async fn vm_types_land_only_on_hosts_that_run_vms() {
     }
     assert_eq!(s.nexpect("GET", &format!("/instances/{plain}"), None, 200).await["machine"], "container");
 
-    // VMs get no volumes yet: every way of giving one a volume is refused, and nothing is attached.
+    // A VM gets its volumes at start: attach and detach wait for it to be stopped.
     let vid = s.nexpect("POST", "/volumes", Some(json!({"name": "data", "region": "us-east-1", "size_gib": 1})), 201).await["id"]
         .as_str()
         .unwrap()
         .to_owned();
     let e = s.nexpect("POST", &format!("/volumes/{vid}/attach"), Some(json!({"instance_id": vm_ids[0]})), 409).await;
-    assert!(e["error"]["message"].as_str().is_some_and(|m| m.contains("VM instances")), "{e}");
-    let with_volume = json!({"instance_type": "cpu_1x_small_vm", "region": "us-east-1", "ssh_keys": [kid], "volumes": [vid]});
-    let e = s.nexpect("POST", "/instances", Some(with_volume), 400).await;
-    assert_eq!(e["error"]["details"]["field"], "volumes", "{e}");
+    assert!(e["error"]["message"].as_str().is_some_and(|m| m.contains("while they are stopped")), "{e}");
     let v = s.nexpect("GET", &format!("/volumes/{vid}"), None, 200).await;
     assert!(v["status"] == "available" && v["instance_id"].is_null(), "nothing attached: {v}");
-    s.nexpect("POST", &format!("/volumes/{vid}/attach"), Some(json!({"instance_id": plain})), 200).await;
+    s.nexpect("POST", &format!("/instances/{}/stop", vm_ids[2]), None, 200).await;
+    s.wait_native_status(&format!("/instances/{}", vm_ids[2]), "stopped").await;
+    s.nexpect("POST", &format!("/volumes/{vid}/attach"), Some(json!({"instance_id": vm_ids[2]})), 200).await;
+    s.nexpect("POST", &format!("/instances/{}/start", vm_ids[2]), None, 200).await;
+    s.wait_native_status(&format!("/instances/{}", vm_ids[2]), "running").await;
+    let e = s.nexpect("POST", &format!("/volumes/{vid}/detach"), None, 409).await;
+    assert!(e["error"]["message"].as_str().is_some_and(|m| m.contains("while they are stopped")), "{e}");
+    let d = desired(vms.id.clone()).await;
+    let vm2 = d.instances.iter().find(|i| i.id == vm_ids[2]).unwrap();
+    assert_eq!(
+        vm2.volumes.iter().map(|m| m.volume_id.clone()).collect::<Vec<_>>(),
+        [vid.clone()],
+        "the agent is told to give it the volume"
+    );
 
     // A snapshot restores only to the kind of machine it was taken of.
     let snap = s.nexpect("POST", "/snapshots", Some(json!({"name": "vm-disk", "instance_id": vm_ids[1]})), 201).await["id"]

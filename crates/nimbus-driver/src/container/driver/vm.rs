@@ -118,7 +118,18 @@ impl ContainerDriver {
         let addr = self.net.address(ledger.addr_index);
         let mac = super::super::launch::mac_for(addr);
         let iso = dir.join("seed.iso");
-        let shares: Vec<(String, String)> = rs.mounts.iter().enumerate().map(|(i, (_, at))| (format!("fs{i}"), at.clone())).collect();
+        // File systems, then volumes (their host mounts, as containers get them by bind mount),
+        // each over virtiofs: `(tag, host directory, mount point in the guest)`.
+        let mut exports: Vec<(String, PathBuf, String)> =
+            rs.mounts.iter().enumerate().map(|(i, (host, at))| (format!("fs{i}"), host.clone(), at.clone())).collect();
+        for (j, v) in spec.volumes.iter().enumerate() {
+            if v.name.is_empty() || v.name.contains('/') || v.name.starts_with('.') {
+                return Err(err(id, format!("bad volume name {:?}", v.name)));
+            }
+            let m = self.storage.host_mount(&v.volume_id).map_err(|e| err(id, e))?;
+            exports.push((format!("vol{j}"), m, format!("/mnt/volumes/{}", v.name)));
+        }
+        let shares: Vec<(String, String)> = exports.iter().map(|(t, _, at)| (t.clone(), at.clone())).collect();
         let s = seed::SeedSpec {
             instance_id: id,
             hostname: &spec.hostname,
@@ -151,9 +162,9 @@ impl ContainerDriver {
         let run = run_dir(id);
         std::fs::create_dir_all(&run).map_err(|e| err(id, format!("{}: {e}", run.display())))?;
         let mut virtiofs = Vec::new();
-        for (i, (host_dir, _)) in rs.mounts.iter().enumerate() {
+        for (i, (tag, host_dir, _)) in exports.iter().enumerate() {
             match self.start_virtiofsd(id, i, host_dir, uid) {
-                Ok(sock) => virtiofs.push((format!("fs{i}"), sock)),
+                Ok(sock) => virtiofs.push((tag.clone(), sock)),
                 Err(e) => {
                     let _ = self.cgroups.destroy(id);
                     self.net.destroy(id, None);
