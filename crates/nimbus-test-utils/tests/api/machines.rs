@@ -154,7 +154,7 @@ async fn vm_types_land_only_on_hosts_that_run_vms() {
     let vm2 = d.instances.iter().find(|i| i.id == vm_ids[2]).unwrap();
     assert_eq!(
         vm2.volumes.iter().map(|m| m.volume_id.clone()).collect::<Vec<_>>(),
-        [vid.clone()],
+        std::slice::from_ref(&vid),
         "the agent is told to give it the volume"
     );
 
