@@ -221,7 +221,11 @@ pub fn kvm_boots(boot: &Boot, timeout: Duration) -> bool {
     if !Path::new("/dev/kvm").exists() {
         return false;
     }
-    let mut child = match Command::new(QEMU)
+    // `timeout` ends a hung probe guest even when this process is gone by then (an agent or a
+    // test that exits first would otherwise leave it behind for good).
+    let limit = format!("{}", timeout.as_secs().max(1) + 1);
+    let mut child = match Command::new("timeout")
+        .args(["-s", "KILL", &limit, QEMU])
         .args(["-machine", "q35", "-accel", "kvm", "-cpu", "host", "-m", "256M", "-nodefaults", "-no-user-config"])
         .args(["-display", "none", "-no-reboot", "-serial", "stdio", "-kernel"])
         .arg(&boot.kernel)
@@ -247,7 +251,8 @@ pub fn kvm_boots(boot: &Boot, timeout: Duration) -> bool {
         }
     });
     let ok = rx.recv_timeout(timeout).is_ok();
-    let _ = child.kill();
+    // Not `kill`: that would end `timeout` and leave its QEMU. A probe that booted powers off
+    // by itself; one that hangs is killed by `timeout` a second later.
     let _ = child.wait();
     ok
 }
