@@ -60,17 +60,16 @@ pub enum HostsCmd {
 
 #[derive(Subcommand)]
 pub enum OrgCmd {
+    /// Creates an organization.
     Create {
         name: String,
         #[arg(long)]
         email: Option<String>,
     },
+    /// Lists organizations.
     List,
     /// Sets the org's rate-limit plan (free, professional, enterprise, or a configured one).
-    SetPlan {
-        org: String,
-        plan: String,
-    },
+    SetPlan { org: String, plan: String },
     /// Grants the org a credit (lowers its balance on invoices and billing reports).
     Credit {
         org: String,
@@ -93,10 +92,12 @@ pub enum KeyCmd {
         #[arg(long, default_value = "cli")]
         name: String,
     },
+    /// Lists an organization's keys (never the secrets).
     List {
         #[arg(long)]
         org: String,
     },
+    /// Revokes a key at once.
     Revoke {
         #[arg(long)]
         org: String,

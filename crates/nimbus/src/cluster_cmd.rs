@@ -40,21 +40,14 @@ pub enum ClusterCmd {
         #[arg(long)]
         all: bool,
     },
-    Get {
-        id: String,
-    },
+    /// Shows one cluster and its nodes.
+    Get { id: String },
     /// Nodes and whether they are LIVE.
-    Nodes {
-        id: String,
-    },
+    Nodes { id: String },
     /// Set a serverless cluster's monthly spend limit (US cents).
-    SpendLimit {
-        id: String,
-        cents: i64,
-    },
-    Delete {
-        id: String,
-    },
+    SpendLimit { id: String, cents: i64 },
+    /// Deletes a cluster and its nodes.
+    Delete { id: String },
 }
 
 /// The `spec` of a create request.

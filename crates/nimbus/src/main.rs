@@ -139,6 +139,9 @@ enum Cmd {
         #[command(flatten)]
         conn: tenant::ConnArgs,
     },
+    /// Prints a shell completion script: `source <(nimbus completions bash)`, or save it where
+    /// your shell loads completions (e.g. `nimbus completions fish > ~/.config/fish/completions/nimbus.fish`).
+    Completions { shell: clap_complete::Shell },
     /// Named endpoints (URL, dialect, key source) for the tenant commands.
     Profile {
         #[command(subcommand)]
@@ -198,6 +201,17 @@ fn main() -> anyhow::Result<()> {
             Cmd::Fs { cmd, conn } => tenant::fs(&conn.with_profile(&profile), cmd).await,
             Cmd::Types { conn, all_profiles: false } => tenant::types(&conn.with_profile(&profile)).await,
             Cmd::Types { conn, all_profiles: true } => tenant::types_all_profiles(&conn).await,
+            Cmd::Completions { shell } => {
+                use clap::CommandFactory;
+                use std::io::Write;
+                // Into a buffer first: clap_complete panics on a failed write (`| head`).
+                let mut script = Vec::new();
+                clap_complete::generate(shell, &mut Cli::command(), "nimbus", &mut script);
+                match std::io::stdout().lock().write_all(&script) {
+                    Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+                    _ => Ok(()),
+                }
+            }
             Cmd::Profile { cmd } => profiles::run(cmd),
             Cmd::Volume { cmd, conn } => storage_cmd::volume(&conn.with_profile(&profile), cmd).await,
             Cmd::Billing { cmd, conn } => billing_cmd::run(&conn.with_profile(&profile), cmd).await,
@@ -208,4 +222,29 @@ fn main() -> anyhow::Result<()> {
             Cmd::Image { cmd } => image::run(cmd).await,
         }
     })
+}
+
+#[cfg(test)]
+mod help_tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn missing(c: &clap::Command, path: &str, out: &mut Vec<String>) {
+        for s in c.get_subcommands() {
+            let p = format!("{path} {}", s.get_name());
+            if !s.is_hide_set() && s.get_about().is_none() {
+                out.push(p.clone());
+            }
+            missing(s, &p, out);
+        }
+    }
+
+    /// `nimbus help` and every `--help` list each subcommand with a line saying what it does.
+    #[test]
+    fn every_subcommand_has_a_one_line_help() {
+        let mut out = Vec::new();
+        missing(&Cli::command(), "nimbus", &mut out);
+        assert!(out.is_empty(), "subcommands without help: {}", out.join(", "));
+        Cli::command().debug_assert();
+    }
 }

@@ -128,12 +128,9 @@ pub enum ProfileCmd {
     /// The profiles (keys are never shown; only where they come from).
     List,
     /// Make a profile the current one.
-    Use {
-        name: String,
-    },
-    Remove {
-        name: String,
-    },
+    Use { name: String },
+    /// Removes a profile.
+    Remove { name: String },
 }
 
 pub fn run(cmd: ProfileCmd) -> anyhow::Result<()> {

@@ -8,6 +8,7 @@ use crate::tenant::ConnArgs;
 
 #[derive(Subcommand)]
 pub enum VolumeCmd {
+    /// Creates a volume of a size in a region.
     Create {
         name: String,
         #[arg(long)]
@@ -15,6 +16,7 @@ pub enum VolumeCmd {
         #[arg(long, default_value = "us-east-1")]
         region: String,
     },
+    /// Lists your volumes.
     List,
     /// Mount it at /mnt/volumes/<name> inside a running instance.
     Attach {
@@ -22,18 +24,16 @@ pub enum VolumeCmd {
         #[arg(long)]
         instance: String,
     },
-    Detach {
-        id: String,
-    },
+    /// Detaches a volume from its instance.
+    Detach { id: String },
     /// Grow it (online when attached).
     Resize {
         id: String,
         #[arg(long)]
         size_gib: i64,
     },
-    Delete {
-        id: String,
-    },
+    /// Deletes a detached volume.
+    Delete { id: String },
 }
 
 #[derive(Subcommand)]
@@ -46,6 +46,7 @@ pub enum SnapshotCmd {
         #[arg(long)]
         volume: Option<String>,
     },
+    /// Lists your snapshots.
     List,
     /// Restore into a new volume (volume snapshots) or a new instance (`--type` and `--ssh-key-id`).
     Restore {
@@ -59,9 +60,8 @@ pub enum SnapshotCmd {
         #[arg(long)]
         ssh_key_id: Vec<String>,
     },
-    Delete {
-        id: String,
-    },
+    /// Deletes a snapshot that nothing is being restored from.
+    Delete { id: String },
 }
 
 fn show<T: serde::Serialize>(conn: &ConnArgs, v: &T, line: impl Fn(&T) -> String) -> anyhow::Result<()> {

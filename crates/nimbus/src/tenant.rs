@@ -81,6 +81,7 @@ fn print_json<T: Serialize>(v: &T) -> anyhow::Result<()> {
 
 #[derive(Subcommand)]
 pub enum InstanceCmd {
+    /// Launches instances (`--type`, `--ssh-key`; `--wait` until they answer SSH).
     Launch {
         #[arg(long, default_value = "us-east-1")]
         region: String,
@@ -112,16 +113,14 @@ pub enum InstanceCmd {
         #[arg(last = true)]
         command: Vec<String>,
     },
+    /// Lists your instances.
     List,
-    Get {
-        id: String,
-    },
-    Terminate {
-        ids: Vec<String>,
-    },
-    Restart {
-        ids: Vec<String>,
-    },
+    /// Shows one instance.
+    Get { id: String },
+    /// Terminates instances (their disks go with them).
+    Terminate { ids: Vec<String> },
+    /// Restarts instances; their disks are kept.
+    Restart { ids: Vec<String> },
     /// Power off, keeping the disk (native API).
     Stop {
         id: String,
@@ -379,13 +378,11 @@ pub enum SshKeyCmd {
         public_key_file: std::path::PathBuf,
     },
     /// Generates a key pair; the private key is printed once.
-    Generate {
-        name: String,
-    },
+    Generate { name: String },
+    /// Lists your SSH keys.
     List,
-    Delete {
-        id: String,
-    },
+    /// Deletes an SSH key (instances that have it keep it).
+    Delete { id: String },
 }
 
 pub async fn ssh_key(conn: &ConnArgs, cmd: SshKeyCmd) -> anyhow::Result<()> {
@@ -431,15 +428,16 @@ pub async fn ssh_key(conn: &ConnArgs, cmd: SshKeyCmd) -> anyhow::Result<()> {
 
 #[derive(Subcommand)]
 pub enum FsCmd {
+    /// Lists your file systems.
     List,
+    /// Creates a file system in a region (mounted at /lambda/nfs/<name> on launch).
     Create {
         name: String,
         #[arg(long, default_value = "us-east-1")]
         region: String,
     },
-    Delete {
-        id: String,
-    },
+    /// Deletes a file system that no instance uses.
+    Delete { id: String },
 }
 
 pub async fn fs(conn: &ConnArgs, cmd: FsCmd) -> anyhow::Result<()> {

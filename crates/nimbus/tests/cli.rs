@@ -477,3 +477,51 @@ impl Drop for RemoveOnDrop {
 fn row_of(table: &str, t: &str) -> String {
     table.lines().find(|l| l.starts_with(&format!("{t} "))).unwrap_or_default().to_owned()
 }
+
+/// `nimbus completions bash|zsh|fish` prints a script its shell accepts, whose completions are
+/// the real subcommands; a pipe closed early is no error; every subcommand has a help line.
+#[test]
+fn completions_complete_the_real_subcommands_and_every_subcommand_has_help() {
+    let run = |args: &[&str]| Command::new(BIN).args(args).output().expect("nimbus");
+    let bash = run(&["completions", "bash"]);
+    assert!(bash.status.success());
+    let script = std::env::temp_dir().join(format!("nimbus-completion-{}.bash", nimbus_core::ids::random_hex_id()));
+    std::fs::write(&script, &bash.stdout).expect("script");
+    // As bash calls a completion function: the words, the index of the current one, and
+    // `$1 $2 $3` = command, current word, previous word.
+    let complete = |words: &str| {
+        let w: Vec<&str> = words.split(' ').collect();
+        let n = w.len() - 1;
+        let (cur, prev) = (w[n], w[n - 1]);
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "source {}; COMP_WORDS=({words}); COMP_CWORD={n}; _nimbus nimbus {cur} {prev}; echo \"${{COMPREPLY[@]}}\"",
+                script.display()
+            ))
+            .output()
+            .expect("bash");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert!(Command::new("bash").arg("-n").arg(&script).status().expect("bash -n").success(), "bash parses it");
+    assert_eq!(complete("nimbus inst"), "instance");
+    let sub: Vec<String> = complete("nimbus instance ''").split_whitespace().map(str::to_owned).collect();
+    for s in ["launch", "list", "get", "terminate", "restart", "ssh"] {
+        assert!(sub.iter().any(|x| x == s), "{s} in {sub:?}");
+    }
+    let _ = std::fs::remove_file(&script);
+    assert!(String::from_utf8_lossy(&run(&["completions", "zsh"]).stdout).starts_with("#compdef nimbus"));
+    assert!(String::from_utf8_lossy(&run(&["completions", "fish"]).stdout).contains("complete -c nimbus"));
+    let bad = run(&["completions", "tcsh"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("possible values: bash"), "{}", String::from_utf8_lossy(&bad.stderr));
+    // Closed pipe: `nimbus completions bash | head -1` ends quietly.
+    let mut child = Command::new(BIN).args(["completions", "bash"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success() && out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    let help = String::from_utf8_lossy(&run(&["instance", "--help"]).stdout).into_owned();
+    for (cmd, what) in [("launch", "Launches"), ("list", "Lists"), ("get", "Shows"), ("terminate", "Terminates")] {
+        assert!(help.lines().any(|l| l.trim_start().starts_with(cmd) && l.contains(what)), "{cmd}: {help}");
+    }
+}
