@@ -36,6 +36,9 @@ struct Cli {
     /// A profile from ~/.config/nimbus/config.toml (`nimbus profile add`); default: the current one.
     #[arg(long, global = true, env = "NIMBUS_PROFILE")]
     profile: Option<String>,
+    /// On failure, print the error's whole chain and, with RUST_BACKTRACE, where it came from.
+    #[arg(long, global = true)]
+    debug: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -164,7 +167,48 @@ enum Cmd {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+/// Errors are for people: the cause in one line (an API error's status, code and message) and a
+/// hint, never a backtrace whatever `RUST_BACKTRACE` says; `--debug` prints everything.
+fn main() -> std::process::ExitCode {
+    let debug = std::env::args().any(|a| a == "--debug");
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            if debug {
+                eprintln!("error: {e:?}");
+                if let Some(c) = e.chain().find_map(|c| c.downcast_ref::<nimbus_client::ClientError>()) {
+                    eprintln!("detail: {c:?}");
+                }
+            } else {
+                eprintln!("error: {e:#}");
+                if let Some(h) = hint(&e) {
+                    eprintln!("hint: {h}");
+                }
+                eprintln!("(--debug shows more)");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// What to try next, for the errors a user can do something about.
+fn hint(e: &anyhow::Error) -> Option<&'static str> {
+    use nimbus_client::ClientError as C;
+    Some(match e.chain().find_map(|c| c.downcast_ref::<C>())? {
+        C::Api { status: 401, .. } => "the API key was refused: check NIMBUS_API_KEY or the profile's key (`nimbus profile list`)",
+        C::Api { status: 403, .. } => "the API key lacks the permission this needs (ask for a key with it)",
+        C::Api { status: 404, .. } => "check the id or name (the list commands show them)",
+        C::Api { status: 409, .. } => "the object is not in a state that allows this; `get` shows its state",
+        C::Api { status: 429, .. } => "rate limited: wait a moment and retry",
+        C::Api { status, .. } if *status >= 500 => "the server failed; its log says why",
+        C::Api { .. } => "the request was refused as invalid; `--help` of the command shows its options",
+        C::Transport(_) => "no answer from the server: is it running, and is NIMBUS_URL (or the profile's URL) right?",
+        C::Unexpected { .. } => "the server answered something that is not a Nimbus API: is NIMBUS_URL right?",
+        C::Wait { .. } => "it may still get there: `get` shows where it is",
+    })
+}
+
+fn run() -> anyhow::Result<()> {
     use anyhow::Context;
     // The container launcher: a single-threaded process that must run before anything else
     // (no tokio runtime, no threads), so it may fork and change namespaces safely.

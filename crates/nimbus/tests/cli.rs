@@ -525,3 +525,35 @@ fn completions_complete_the_real_subcommands_and_every_subcommand_has_help() {
         assert!(help.lines().any(|l| l.trim_start().starts_with(cmd) && l.contains(what)), "{cmd}: {help}");
     }
 }
+
+/// CLI errors are for people: the API's status, code and message in one line and a hint,
+/// never a backtrace whatever RUST_BACKTRACE says; `--debug` shows the chain.
+#[test]
+fn errors_print_the_api_code_and_a_hint_and_never_a_backtrace() {
+    let dev = start_dev(&[]);
+    let run = |key: &str, args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .env("NIMBUS_URL", &dev.url)
+            .env("NIMBUS_API_KEY", key)
+            .env("RUST_BACKTRACE", "full")
+            .output()
+            .expect("run cli");
+        assert_eq!(out.status.code(), Some(1), "{args:?} fails with 1");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let e = run(&dev.key, &["instance", "get", "0123456789abcdef0123456789abcdef"]);
+    assert!(e.starts_with("error: 404 global/object-does-not-exist: "), "the Lambda code and message: {e}");
+    assert!(e.contains("hint: check the id"), "{e}");
+    let e = run("nmb_wrong", &["instance", "list"]);
+    assert!(e.starts_with("error: 401 ") && e.contains("hint: the API key was refused"), "{e}");
+    for e in [&e, &run(&dev.key, &["instance", "get", "0123456789abcdef0123456789abcdef"])] {
+        assert!(!e.contains("backtrace") && !e.contains("Caused by") && e.lines().count() <= 3, "short, no backtrace: {e}");
+    }
+    let d = run("nmb_wrong", &["instance", "list", "--debug"]);
+    assert!(d.contains("Api {") && d.contains("status: 401"), "--debug shows the whole error: {d}");
+    let down =
+        Command::new(BIN).args(["instance", "list"]).env("NIMBUS_URL", "http://127.0.0.1:9").env("NIMBUS_API_KEY", "k").output().unwrap();
+    let e = String::from_utf8_lossy(&down.stderr);
+    assert!(e.contains("hint: no answer from the server"), "{e}");
+}
