@@ -114,14 +114,17 @@ pub async fn run_server(listen: &str, tls: &ServerTlsArgs, store: &StoreArgs) ->
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct SimArgs {
-    /// vCPUs the sim host offers (default: this machine's).
+    /// vCPUs the sim host offers (default: this machine's; with --sim-gpus, as many as a
+    /// server with those GPUs has: 26 per GPU, as an 8-GPU H100 server's 208).
     #[arg(long)]
     pub sim_vcpus: Option<i64>,
-    /// Memory the sim host offers in GiB (default: this machine's).
+    /// Memory the sim host offers in GiB (default: this machine's; with --sim-gpus, 225 GiB per
+    /// GPU).
     #[arg(long)]
     pub sim_memory_gib: Option<i64>,
-    #[arg(long, default_value_t = 200)]
-    pub sim_disk_gib: i64,
+    /// Disk the sim host offers in GiB (default: 200; with --sim-gpus, 2,816 GiB per GPU).
+    #[arg(long)]
+    pub sim_disk_gib: Option<i64>,
     /// Fake GPUs as `MODEL:COUNT`, e.g. `"NVIDIA H100 80GB HBM3:8"`; repeatable.
     #[arg(long)]
     pub sim_gpus: Vec<String>,
@@ -284,11 +287,25 @@ fn sim_driver(args: &SimArgs, data_dir: &Path, hostname: &str) -> anyhow::Result
         }
         mig_devices.push((g.parse::<i64>().map_err(|_| bad())?, p.to_owned(), n.parse::<i64>().map_err(|_| bad())?));
     }
+    // A sim host with GPUs is sized as a server with those GPUs would be (the catalog's 8-GPU
+    // types need 208 vCPUs and 1,800 GiB), not as this laptop: else it offers no GPU type at all.
+    let n_gpus: i64 = gpus.iter().map(|(_, n)| *n).sum();
+    let here_vcpus = std::thread::available_parallelism().map(|n| n.get() as i64).unwrap_or(2);
+    let here_mib = nimbus_driver::container::inventory::memory_mib();
+    let vcpus = args.sim_vcpus.unwrap_or(here_vcpus.max(26 * n_gpus));
+    let memory_mib = args.sim_memory_gib.map(|g| g * 1024).unwrap_or(here_mib.max(225 * 1024 * n_gpus));
+    let disk_gib = args.sim_disk_gib.unwrap_or(200.max(2816 * n_gpus));
+    let gpu_list: Vec<String> = gpus.iter().map(|(m, n)| format!("{n}x {m}")).collect();
+    eprintln!(
+        "sim host: {vcpus} vCPUs, {} GiB memory, {disk_gib} GiB disk, GPUs: {}",
+        memory_mib / 1024,
+        if gpu_list.is_empty() { "none".to_owned() } else { gpu_list.join(", ") }
+    );
     let cfg = SimConfig {
         hostname: hostname.to_owned(),
-        vcpus: args.sim_vcpus.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as i64).unwrap_or(2)),
-        memory_mib: args.sim_memory_gib.map(|g| g * 1024).unwrap_or_else(nimbus_driver::container::inventory::memory_mib),
-        disk_gib: args.sim_disk_gib,
+        vcpus,
+        memory_mib,
+        disk_gib,
         gpus,
         state_file: Some(data_dir.join("sim-instances.json")),
         address_block: 0,

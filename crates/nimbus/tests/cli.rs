@@ -557,3 +557,15 @@ fn errors_print_the_api_code_and_a_hint_and_never_a_backtrace() {
     let e = String::from_utf8_lossy(&down.stderr);
     assert!(e.contains("hint: no answer from the server"), "{e}");
 }
+
+/// `nimbus dev --driver sim --sim-gpus "NVIDIA H100 80GB HBM3:8"` offers the H100 types, up to
+/// the 8-GPU one: the sim host is sized as a server with those GPUs, not as this machine.
+#[test]
+fn a_sim_host_with_gpus_is_sized_to_offer_them() {
+    let dev = start_dev(&["--sim-gpus", "NVIDIA H100 80GB HBM3:8"]);
+    let types = cli(&dev, &["types"]);
+    for t in ["gpu_1x_h100_sxm5", "gpu_8x_h100_sxm5"] {
+        assert!(row_of(&types, t).contains("us-east-1"), "{t} has capacity: {types}");
+    }
+    assert!(!row_of(&types, "gpu_1x_h200").contains("us-east-1"), "no H200 on it: {types}");
+}
