@@ -366,12 +366,7 @@ impl Storage {
             }
         }
         for v in desired {
-            if v.name.is_empty() || v.name.contains('/') || v.name.starts_with('.') {
-                return Err(format!("bad volume name {:?}", v.name));
-            }
-            if !nimbus_core_is_id(&v.volume_id) {
-                return Err(format!("bad volume id {:?}", v.volume_id));
-            }
+            check_mount(v)?;
             let at = d.join(&v.name);
             if is_mount(&at) {
                 continue;
@@ -436,6 +431,18 @@ fn grow_offline(f: &Path) -> Result<(), String> {
     // itself says whether the file system is fit to grow.
     let _ = run("e2fsck", &["-f", "-y", &p(f)]);
     run("resize2fs", &[&p(f)])?;
+    Ok(())
+}
+
+/// A volume mount from the server, before its name becomes a path (`/mnt/volumes/<name>`) and
+/// its id a file name: both checked for anything that could leave their directory.
+pub(crate) fn check_mount(v: &VolumeMount) -> Result<(), String> {
+    if v.name.is_empty() || v.name.contains('/') || v.name.starts_with('.') {
+        return Err(format!("bad volume name {:?}", v.name));
+    }
+    if !nimbus_core_is_id(&v.volume_id) {
+        return Err(format!("bad volume id {:?}", v.volume_id));
+    }
     Ok(())
 }
 

@@ -26,11 +26,16 @@ pub fn run_dir(id: &str) -> PathBuf {
     PathBuf::from(RUN_DIR).join(id)
 }
 
+/// VM `id`'s QMP socket.
+pub fn qmp_socket(id: &str) -> PathBuf {
+    run_dir(id).join("qmp.sock")
+}
+
 /// Pauses VM `id`'s vCPUs (QMP `stop`) for as long as the guard lives, so that a copy of its
 /// disk is what a power cut at that instant would leave; resumed (`cont`) on drop. `None` when
 /// it does not run (nothing to pause).
 pub fn pause(id: &str) -> Option<Paused> {
-    let mut q = Qmp::connect(&run_dir(id).join("qmp.sock"), Duration::from_secs(2)).ok()?;
+    let mut q = Qmp::connect(&qmp_socket(id), Duration::from_secs(2)).ok()?;
     q.execute("stop", serde_json::json!({})).ok()?;
     Some(Paused(q))
 }

@@ -123,9 +123,7 @@ impl ContainerDriver {
         let mut exports: Vec<(String, PathBuf, String)> =
             rs.mounts.iter().enumerate().map(|(i, (host, at))| (format!("fs{i}"), host.clone(), at.clone())).collect();
         for (j, v) in spec.volumes.iter().enumerate() {
-            if v.name.is_empty() || v.name.contains('/') || v.name.starts_with('.') {
-                return Err(err(id, format!("bad volume name {:?}", v.name)));
-            }
+            super::super::storage::check_mount(v).map_err(|e| err(id, e))?;
             let m = self.storage.host_mount(&v.volume_id).map_err(|e| err(id, e))?;
             exports.push((format!("vol{j}"), m, format!("/mnt/volumes/{}", v.name)));
         }
@@ -161,16 +159,15 @@ impl ContainerDriver {
         self.sync_firewall()?;
         let run = run_dir(id);
         std::fs::create_dir_all(&run).map_err(|e| err(id, format!("{}: {e}", run.display())))?;
+        // From here on a failure undoes the cgroup (killing whatever started in it) and the tap.
+        let undo = |e: String| {
+            let _ = self.cgroups.destroy(id);
+            self.net.destroy(id, None);
+            err(id, e)
+        };
         let mut virtiofs = Vec::new();
         for (i, (tag, host_dir, _)) in exports.iter().enumerate() {
-            match self.start_virtiofsd(id, i, host_dir, uid) {
-                Ok(sock) => virtiofs.push((tag.clone(), sock)),
-                Err(e) => {
-                    let _ = self.cgroups.destroy(id);
-                    self.net.destroy(id, None);
-                    return Err(err(id, e));
-                }
-            }
+            virtiofs.push((tag.clone(), self.start_virtiofsd(id, i, host_dir, uid).map_err(undo)?));
         }
         let vm = qemu::VmSpec {
             name: id.to_owned(),
@@ -183,7 +180,7 @@ impl ContainerDriver {
             memory_mib: spec.memory_mib,
             accel: host.accel,
             runas: (uid, uid),
-            qmp: run_dir(id).join("qmp.sock"),
+            qmp: qemu::qmp_socket(id),
             console: dir.join("console.log"),
             virtiofs,
             vfio_args: gpus.args,
@@ -192,11 +189,7 @@ impl ContainerDriver {
             // QEMU opens them after dropping root; they are the VM's alone until it is gone.
             std::os::unix::fs::chown(node, Some(uid), Some(uid)).map_err(|e| err(id, format!("{}: {e}", node.display())))?;
         }
-        if let Err(e) = qemu::start(&vm, &self.cgroups, id) {
-            let _ = self.cgroups.destroy(id);
-            self.net.destroy(id, None);
-            return Err(err(id, e));
-        }
+        qemu::start(&vm, &self.cgroups, id).map_err(undo)?;
         tracing::info!(instance = %id, accel = ?host.accel, "VM started");
         Ok(())
     }
@@ -305,8 +298,7 @@ impl ContainerDriver {
         if self.ledger(id).is_none_or(|l| l.spec.machine != nimbus_proto::Machine::Vm) {
             return;
         }
-        let sock = run_dir(id).join("qmp.sock");
-        if let Ok(mut q) = qemu::Qmp::connect(&sock, Duration::from_secs(2)) {
+        if let Ok(mut q) = qemu::Qmp::connect(&qemu::qmp_socket(id), Duration::from_secs(2)) {
             let _ = q.execute("quit", serde_json::json!({}));
             let t = std::time::Instant::now();
             while runtime::running(&self.cgroups, id) && t.elapsed() < Duration::from_secs(3) {
