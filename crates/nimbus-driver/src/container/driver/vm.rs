@@ -104,7 +104,7 @@ impl ContainerDriver {
         let rs = self.runtime_spec(ledger)?;
         let dir = rs.dir.clone();
         std::fs::create_dir_all(&dir).map_err(|e| err(id, e))?;
-        let disk_path = dir.join("disk.qcow2");
+        let disk_path = dir.join(super::super::storage::VM_DISK);
         // A disk restored from a snapshot starts as its copy (and gets this instance's keys on
         // its first boot, its instance id being new).
         if let (false, Some(snap)) = (disk_path.exists(), &spec.source_snapshot) {
