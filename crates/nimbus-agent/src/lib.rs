@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use metrics::{DriverOp, ServerCall};
 use nimbus_core::gpu_health::{idle_action, GpuState, IdleAction, Signals};
 use nimbus_driver::files::write_private;
 use nimbus_driver::Driver;
@@ -35,6 +36,7 @@ use nimbus_proto as proto;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify};
 
+pub mod metrics;
 pub mod tls;
 
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +118,8 @@ pub struct Agent {
     /// while an instance the server no longer wants could not be destroyed: then every GPU
     /// counts as held, and none is reset or called clean.
     gpus_held: std::sync::Mutex<Option<BTreeSet<i64>>>,
+    /// This agent's Prometheus registry (see the `metrics` module).
+    metrics: metrics::Metrics,
 }
 
 /// The data dir: not listable by others, but traversable (see the module doc).
@@ -173,6 +177,7 @@ impl Agent {
             files: std::sync::Mutex::new(()),
             gpu_states: std::sync::Mutex::new(BTreeMap::new()),
             gpus_held: std::sync::Mutex::new(None),
+            metrics: metrics::Metrics::new(),
         }))
     }
 
@@ -261,13 +266,14 @@ impl Agent {
     /// that need it (see `nimbus_core::gpu_health::idle_action`), and says where each stands.
     /// `None` when the driver could not look: the server then keeps what it had.
     pub async fn gpu_health(&self) -> Option<Vec<proto::GpuHealthReport>> {
-        let signals = match self.driver.gpu_signals().await {
+        let signals = match self.metrics.driver(DriverOp::GpuSignals, self.driver.gpu_signals()).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "reading GPU health failed");
                 return None;
             }
         };
+        self.metrics.xids(&signals);
         let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_owned()).unwrap_or_default();
         let held = self.gpus_held.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let resets = self.driver.gpu_resets();
@@ -287,7 +293,7 @@ impl Agent {
                 (a, action)
             };
             match action {
-                IdleAction::Reset => match self.driver.reset_gpu(s.index).await {
+                IdleAction::Reset => match self.metrics.driver(DriverOp::ResetGpu, self.driver.reset_gpu(s.index)).await {
                     Ok(()) => {
                         tracing::info!(gpu = s.index, uuid = %s.uuid, "GPU reset");
                         let mut states = self.gpu_states.lock().unwrap_or_else(|p| p.into_inner());
@@ -334,6 +340,7 @@ impl Agent {
                 tracing::warn!(error = %e, "saving gpu-health.json failed");
             }
         }
+        self.metrics.gpus_looked(&out);
         Some(out)
     }
 
@@ -416,6 +423,17 @@ impl Agent {
     /// every replica (they share the database), so moving needs no re-registration.
     async fn post<Req: Serialize, Resp: for<'de> Deserialize<'de>>(
         &self,
+        call: ServerCall,
+        bearer: Option<&str>,
+        body: &Req,
+    ) -> Result<Resp, AgentError> {
+        let r = self.post_once(call.path(), bearer, body).await;
+        self.metrics.server_request(call, &r);
+        r
+    }
+
+    async fn post_once<Req: Serialize, Resp: for<'de> Deserialize<'de>>(
+        &self,
         path: &str,
         bearer: Option<&str>,
         body: &Req,
@@ -460,7 +478,7 @@ impl Agent {
     pub async fn register(&self) -> Result<proto::RegisterResponse, AgentError> {
         self.prepare_data_dir()?;
         let mut creds = self.load_creds()?;
-        let mut inventory = self.driver.inventory().await?;
+        let mut inventory = self.metrics.driver(DriverOp::Inventory, self.driver.inventory()).await?;
         if self.cfg.public_ip.is_some() {
             inventory.public_ip = self.cfg.public_ip.clone();
         }
@@ -471,9 +489,9 @@ impl Agent {
             machine_id: creds.machine_id.clone(),
             inventory,
         };
-        let with_token = || self.post::<_, proto::RegisterResponse>(proto::PATH_REGISTER, Some(&self.cfg.token), &req);
+        let with_token = || self.post::<_, proto::RegisterResponse>(ServerCall::Register, Some(&self.cfg.token), &req);
         let resp = match creds.host_secret.as_deref() {
-            Some(secret) => match self.post(proto::PATH_REGISTER, Some(secret), &req).await {
+            Some(secret) => match self.post(ServerCall::Register, Some(secret), &req).await {
                 Err(AgentError::Unauthorized) if !self.cfg.token.is_empty() => {
                     tracing::warn!("the server rejected this host's secret; registering with the host token");
                     with_token().await?
@@ -497,13 +515,13 @@ impl Agent {
 
     /// Sends one report of everything the driver has.
     pub async fn report(&self) -> Result<proto::ReportResponse, AgentError> {
-        let instances = self.driver.list().await?;
+        let instances = self.metrics.driver(DriverOp::List, self.driver.list()).await?;
         // One guard, cloned out before the request is built (two locks of it in one expression
         // would deadlock: a temporary guard lives to the end of the statement).
         let mut storage = self.storage.lock().unwrap_or_else(|p| p.into_inner()).clone();
         // Used bytes change without any desired-state change (an instance writes), so they are
         // measured for every report, not at the last apply.
-        match self.driver.volume_usage().await {
+        match self.metrics.driver(DriverOp::VolumeUsage, self.driver.volume_usage()).await {
             Ok(usage) => {
                 for v in &mut storage.volumes {
                     v.used_bytes = usage.iter().find(|(id, _)| *id == v.id).map(|(_, b)| *b);
@@ -524,21 +542,25 @@ impl Agent {
             gpus,
         };
         let secret = self.secret().await;
-        self.post(proto::PATH_REPORT, secret.as_deref(), &req).await
+        let resp = self.post(ServerCall::Report, secret.as_deref(), &req).await?;
+        self.metrics.reported();
+        Ok(resp)
     }
 
     /// Brings the driver in line with `desired`. Errors on one instance do not stop the others.
     pub async fn apply(self: &Arc<Self>, desired: &proto::DesiredResponse) -> Result<(), AgentError> {
+        let _timer = self.metrics.apply_timer();
         // The private network first: a member change (the common desired change on a busy
         // org) is then in force before any slow instance start.
         if let Some(f) = &desired.fabric {
-            if let Err(e) = self.driver.sync_fabric(f).await {
+            if let Err(e) = self.metrics.driver(DriverOp::SyncFabric, self.driver.sync_fabric(f)).await {
                 tracing::warn!(error = %e, "driver failed to converge the private network");
             }
         }
         // Volumes and snapshots before instances, so an attached volume exists when it is mounted.
         self.sync_storage(desired).await;
-        let actual: HashMap<String, proto::InstanceReport> = self.driver.list().await?.into_iter().map(|r| (r.id.clone(), r)).collect();
+        let actual: HashMap<String, proto::InstanceReport> =
+            self.metrics.driver(DriverOp::List, self.driver.list()).await?.into_iter().map(|r| (r.id.clone(), r)).collect();
         let wanted: HashSet<&str> = desired.instances.iter().map(|d| d.id.as_str()).collect();
         // An instance that should run but whose processes died is restarted below, and its
         // tenant lost every process in it: the server hears of that first (a heartbeat might not
@@ -554,11 +576,19 @@ impl Agent {
         }
         for d in &desired.instances {
             let res = match (actual.get(&d.id), d.power) {
-                (None, _) => self.driver.ensure(d).await.map(|_| ()),
-                (Some(a), proto::Power::Running) if a.restart_generation < d.restart_generation => self.driver.restart(d).await.map(|_| ()),
-                (Some(a), proto::Power::Running) if a.state != proto::ActualState::Running => self.driver.ensure(d).await.map(|_| ()),
-                (Some(a), proto::Power::Stopped) if a.state == proto::ActualState::Running => self.driver.stop(&d.id).await,
-                (Some(_), proto::Power::Running) if self.last_applied(&d.id).as_ref() != Some(d) => self.driver.ensure(d).await.map(|_| ()),
+                (None, _) => self.metrics.driver(DriverOp::Ensure, self.driver.ensure(d)).await.map(|_| ()),
+                (Some(a), proto::Power::Running) if a.restart_generation < d.restart_generation => {
+                    self.metrics.driver(DriverOp::Restart, self.driver.restart(d)).await.map(|_| ())
+                }
+                (Some(a), proto::Power::Running) if a.state != proto::ActualState::Running => {
+                    self.metrics.driver(DriverOp::Ensure, self.driver.ensure(d)).await.map(|_| ())
+                }
+                (Some(a), proto::Power::Stopped) if a.state == proto::ActualState::Running => {
+                    self.metrics.driver(DriverOp::Stop, self.driver.stop(&d.id)).await
+                }
+                (Some(_), proto::Power::Running) if self.last_applied(&d.id).as_ref() != Some(d) => {
+                    self.metrics.driver(DriverOp::Ensure, self.driver.ensure(d)).await.map(|_| ())
+                }
                 _ => Ok(()),
             };
             match res {
@@ -574,7 +604,7 @@ impl Agent {
         self.applied.lock().unwrap_or_else(|p| p.into_inner()).retain(|id, _| wanted.contains(id.as_str()));
         let mut all_gone = true;
         for id in actual.keys().filter(|id| !wanted.contains(id.as_str())) {
-            if let Err(e) = self.driver.destroy(id).await {
+            if let Err(e) = self.metrics.driver(DriverOp::Destroy, self.driver.destroy(id)).await {
                 tracing::warn!(instance = %id, error = %e, "driver failed to destroy instance");
                 all_gone = false;
             }
@@ -589,7 +619,7 @@ impl Agent {
         // was detached is deleted only once unmounted.
         self.sync_storage(desired).await;
         // Gateways after instances, so they forward to addresses that exist.
-        match self.driver.sync_vpns(&desired.vpns).await {
+        match self.metrics.driver(DriverOp::SyncVpns, self.driver.sync_vpns(&desired.vpns)).await {
             Ok(r) => *self.vpn_reports.lock().unwrap_or_else(|p| p.into_inner()) = r,
             Err(e) => tracing::warn!(error = %e, "driver failed to converge VPN gateways"),
         }
@@ -660,7 +690,7 @@ impl Agent {
             };
             let secret = self.secret().await;
             let res = tokio::select! {
-                r = self.post::<_, proto::DesiredResponse>(proto::PATH_DESIRED, secret.as_deref(), &req) => r,
+                r = self.post::<_, proto::DesiredResponse>(ServerCall::Desired, secret.as_deref(), &req) => r,
                 _ = stop.changed() => break,
             };
             match res {
@@ -693,7 +723,7 @@ impl Agent {
     }
 
     async fn sync_storage(&self, desired: &proto::DesiredResponse) {
-        match self.driver.sync_storage(&desired.volumes, &desired.snapshots).await {
+        match self.metrics.driver(DriverOp::SyncStorage, self.driver.sync_storage(&desired.volumes, &desired.snapshots)).await {
             Ok(r) => *self.storage.lock().unwrap_or_else(|p| p.into_inner()) = r,
             Err(e) => tracing::warn!(error = %e, "driver failed to converge volumes and snapshots"),
         }
@@ -702,7 +732,7 @@ impl Agent {
     /// Samples every running instance once and ships the samples; metrics are best effort, so
     /// a failure is logged and the next tick tries again with fresh samples.
     pub async fn send_metrics(&self) {
-        let samples = match self.driver.sample().await {
+        let samples = match self.metrics.driver(DriverOp::Sample, self.driver.sample()).await {
             Ok(s) if s.is_empty() => return,
             Ok(s) => s,
             Err(e) => {
@@ -712,7 +742,7 @@ impl Agent {
         };
         let secret = self.secret().await;
         let req = proto::MetricsRequest { samples };
-        if let Err(e) = self.post::<_, serde_json::Value>(proto::PATH_METRICS, secret.as_deref(), &req).await {
+        if let Err(e) = self.post::<_, serde_json::Value>(ServerCall::Metrics, secret.as_deref(), &req).await {
             tracing::debug!(error = %e, "sending metrics failed");
         }
     }

@@ -13,6 +13,7 @@ pub mod console;
 pub mod idempotency;
 pub mod input;
 pub mod lambda;
+pub mod metrics;
 pub mod middleware;
 pub mod native;
 pub mod openapi;
@@ -36,12 +37,19 @@ pub struct ApiState {
     pub control: Control,
     pub limiter: Arc<ratelimit::RateLimiter>,
     pub lambda_cache: Arc<lambda::ListCache>,
+    /// The bearer token that opens `/metrics` on a tenant listener; none: it is not served there.
+    pub metrics_token: Option<Arc<metrics::Token>>,
 }
 
 impl ApiState {
     pub fn new(control: Control) -> Self {
         let limits = control.config().rate_limits.clone();
-        ApiState { control, limiter: Arc::new(ratelimit::RateLimiter::new(limits)), lambda_cache: Arc::new(lambda::ListCache::default()) }
+        ApiState {
+            control,
+            limiter: Arc::new(ratelimit::RateLimiter::new(limits)),
+            lambda_cache: Arc::new(lambda::ListCache::default()),
+            metrics_token: None,
+        }
     }
 }
 
@@ -50,12 +58,15 @@ impl ApiState {
 pub struct Planes {
     pub tenant: bool,
     pub agent: bool,
+    /// `/metrics` without a token: the operator's own listener (`--metrics-listen`).
+    pub metrics: bool,
 }
 
 impl Planes {
-    pub const ALL: Planes = Planes { tenant: true, agent: true };
-    pub const TENANT: Planes = Planes { tenant: true, agent: false };
-    pub const AGENT: Planes = Planes { tenant: false, agent: true };
+    pub const ALL: Planes = Planes { tenant: true, agent: true, metrics: false };
+    pub const TENANT: Planes = Planes { tenant: true, agent: false, metrics: false };
+    pub const AGENT: Planes = Planes { tenant: false, agent: true, metrics: false };
+    pub const METRICS: Planes = Planes { tenant: false, agent: false, metrics: true };
 }
 
 /// The complete application router.
@@ -81,12 +92,19 @@ pub fn router_for(state: ApiState, planes: Planes) -> Router {
     if planes.agent {
         r = r.nest("/internal/agent/v1", agent::router());
     }
+    if planes.metrics {
+        r = r.route("/metrics", get(metrics::open));
+    } else if planes.tenant && state.metrics_token.is_some() {
+        r = r.route("/metrics", get(metrics::with_token));
+    }
     r.route("/healthz", get(|| async { "ok\n" }))
+        .route_layer(axum::middleware::from_fn(middleware::note_route))
         .fallback(middleware::not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), idempotency::layer))
         .layer(axum::middleware::from_fn_with_state(authfail::Guard::new(&state), authfail::layer))
         .layer(axum::middleware::from_fn_with_state(state.clone(), console::layer))
-        .with_state(state)
+        .with_state(state.clone())
+        .layer(axum::middleware::from_fn_with_state(state, middleware::observe))
         .layer(axum::middleware::from_fn(middleware::request_id))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(middleware::panic_response))
 }

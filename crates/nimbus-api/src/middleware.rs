@@ -18,6 +18,72 @@ pub struct InternalErrorContext(pub String);
 #[derive(Clone, Debug)]
 pub struct RequestId(pub String);
 
+/// On a response that refused a request for a rate limit, for the request counter.
+#[derive(Clone, Copy, Debug)]
+struct RateLimitedMark;
+
+/// The route template that answered, copied from the request to the response by
+/// [`note_route`] so that [`observe`], outside the router, can label by it.
+#[derive(Clone, Debug)]
+struct Route(String);
+
+/// A route layer: runs only for requests the router matched.
+pub async fn note_route(path: Option<axum::extract::MatchedPath>, req: Request, next: Next) -> Response {
+    let route = path.map(|p| p.as_str().to_owned());
+    let mut resp = next.run(req).await;
+    if let Some(r) = route {
+        resp.extensions_mut().insert(Route(r));
+    }
+    resp
+}
+
+/// The dialect (or plane) a path belongs to, as a metric label.
+pub fn dialect_label(path: &str) -> &'static str {
+    if path == "/v1" || path.starts_with("/v1/") {
+        "native"
+    } else if let Some(rest) = path.strip_prefix("/api/v1/") {
+        match api_v1_owner(rest) {
+            ApiV1::Clusters => "clusters",
+            ApiV1::Voltage => "voltage",
+            ApiV1::Lambda => "lambda",
+        }
+    } else if path.starts_with("/api/") {
+        "lambda"
+    } else if path.starts_with("/internal/agent/") {
+        "agent"
+    } else if path == "/metrics" || path == "/healthz" {
+        "operator"
+    } else {
+        "console"
+    }
+}
+
+/// Counts and times every request (to its response head; a streamed body is not waited for).
+/// Requests answered before routing (an unknown path, an idempotent replay, a failed-auth
+/// lockout) have the route `none`, so that no client can mint label values.
+pub async fn observe(axum::extract::State(state): axum::extract::State<crate::ApiState>, req: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let dialect = dialect_label(req.uri().path());
+    let method: &'static str = match req.method().as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        _ => "other",
+    };
+    let resp = next.run(req).await;
+    let route = resp.extensions().get::<Route>().map_or("none", |r| r.0.as_str());
+    let t = state.control.telemetry();
+    t.http_request(dialect, route, method, resp.status().as_u16(), started.elapsed().as_secs_f64());
+    if resp.extensions().get::<RateLimitedMark>().is_some() {
+        t.rate_limited(dialect);
+    }
+    resp
+}
+
 /// Whole seconds a client should wait, as `Retry-After` and `retry_after` report it (at least 1).
 pub fn retry_after_secs(d: std::time::Duration) -> u64 {
     d.as_secs_f64().ceil().max(1.0) as u64
@@ -31,6 +97,7 @@ pub fn finish_error_response(mut resp: Response, e: &nimbus_core::Error) -> Resp
             if let Ok(v) = HeaderValue::from_str(&retry_after_secs(*retry_after).to_string()) {
                 resp.headers_mut().insert("retry-after", v);
             }
+            resp.extensions_mut().insert(RateLimitedMark);
         }
         nimbus_core::Error::Internal { internal } => {
             resp.extensions_mut().insert(InternalErrorContext(internal.clone()));

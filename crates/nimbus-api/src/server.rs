@@ -40,12 +40,19 @@ pub struct ServeOptions {
     pub tls: Option<Arc<ServerTls>>,
     /// A separate listener for the agent protocol; the main listener then serves no agent routes.
     pub agent_listener: Option<TcpListener>,
+    /// The operator's listener for `/metrics` (and `/healthz`), without credentials: bind it to
+    /// a management address.
+    pub metrics_listener: Option<TcpListener>,
+    /// Opens `/metrics` on the main listener to a bearer of this token.
+    pub metrics_token: Option<Arc<crate::metrics::Token>>,
 }
 
 pub struct ServerHandle {
     pub addr: SocketAddr,
     /// The agent protocol's own listener, when it has one.
     pub agent_addr: Option<SocketAddr>,
+    /// The metrics listener's address, when there is one (plain HTTP).
+    pub metrics_addr: Option<SocketAddr>,
     pub tls: Option<Arc<ServerTls>>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<std::io::Result<()>>>,
@@ -105,7 +112,8 @@ pub fn start(control: Control, listener: TcpListener) -> std::io::Result<ServerH
 pub fn start_with(control: Control, listener: TcpListener, opts: ServeOptions) -> std::io::Result<ServerHandle> {
     let addr = listener.local_addr()?;
     let (tx, rx) = watch::channel(false);
-    let state = ApiState::new(control.clone());
+    let mut state = ApiState::new(control.clone());
+    state.metrics_token = opts.metrics_token.clone();
     let limits = control.config().http.clone();
     let hsts = opts.tls.as_ref().and_then(|_| {
         (limits.hsts_max_age_s > 0).then(|| HeaderValue::from_str(&format!("max-age={}", limits.hsts_max_age_s)).ok()).flatten()
@@ -121,6 +129,14 @@ pub fn start_with(control: Control, listener: TcpListener, opts: ServeOptions) -
         }
         None => Planes::ALL,
     };
+    let mut metrics_addr = None;
+    if let Some(metrics_listener) = opts.metrics_listener {
+        metrics_addr = Some(metrics_listener.local_addr()?);
+        // Plain HTTP, as scrapers on a management network usually are; nothing in it
+        // authenticates anyone.
+        let l = Arc::new(Listen::new(router_for(state.clone(), Planes::METRICS), &limits, None, None));
+        tasks.push(tokio::spawn(l.accept_loop(metrics_listener, rx.clone())));
+    }
     let l = Arc::new(Listen::new(router_for(state, main_planes), &limits, opts.tls.clone(), hsts));
     tasks.push(tokio::spawn(l.accept_loop(listener, rx)));
     let mut background = vec![nimbus_control::reconcile::spawn(control.clone()), nimbus_control::webhook_delivery::spawn(control.clone())];
@@ -129,7 +145,7 @@ pub fn start_with(control: Control, listener: TcpListener, opts: ServeOptions) -
     if let Some(t) = &opts.tls {
         background.push(t.spawn_reloader(Duration::from_millis(limits.tls_reload_poll_ms)));
     }
-    Ok(ServerHandle { addr, agent_addr, tls: opts.tls, shutdown: tx, tasks, background, control })
+    Ok(ServerHandle { addr, agent_addr, metrics_addr, tls: opts.tls, shutdown: tx, tasks, background, control })
 }
 
 /// Open connections, in all and per client address.

@@ -355,6 +355,8 @@ pub async fn report(c: &Control, host: &HostId, req: proto::ReportRequest) -> Re
     let mut member_orgs: Vec<OrgId> = Vec::new();
     // Clusters whose nodes' addresses changed: every node's host must re-read its peers.
     let mut changed_clusters: Vec<String> = Vec::new();
+    // Observed once the transaction commits, so that a rolled-back report counts nothing.
+    let mut became_active: Vec<(&str, f64)> = Vec::new();
     for change in changes {
         let (inst, applied) = match change {
             Change::Transition { index, to, addrs, why } => {
@@ -365,6 +367,9 @@ pub async fn report(c: &Control, host: &HostId, req: proto::ReportRequest) -> Re
                 }
                 if ok && (addrs != InstanceUpdate::default() || to == InstanceState::Terminated) {
                     changed_clusters.extend(inst.cluster_id.clone());
+                }
+                if ok && inst.state == InstanceState::Booting && to == InstanceState::Active {
+                    became_active.push((crate::telemetry::type_label(c, &inst.instance_type), (now - inst.created_at) as f64 / 1e6));
                 }
                 if ok {
                     crate::metering::instance_moved(c, &mut tx, inst, inst.state, to, now).await?;
@@ -411,6 +416,9 @@ pub async fn report(c: &Control, host: &HostId, req: proto::ReportRequest) -> Re
         Store::host_bump_generation_in_txn(&mut tx, host).await?;
     }
     Store::commit(tx).await?;
+    for (instance_type, seconds) in became_active {
+        c.telemetry().observe_active(instance_type, seconds);
+    }
     if vpn_changed {
         c.hosts().wake(host);
     }

@@ -462,6 +462,10 @@ impl Config {
                 if seen.iter().any(|o| o.overlaps(&s)) {
                     return Err(Error::invalid("config.public_addresses", format!("{pre} overlaps another prefix")));
                 }
+                if s.overlaps(&nimbus_core::net::SIMULATED) {
+                    let sim = nimbus_core::net::SIMULATED;
+                    return Err(Error::invalid("config.public_addresses", format!("{pre} overlaps {sim}, the sim driver's addresses")));
+                }
                 seen.push(s);
             }
         }
@@ -633,6 +637,19 @@ fn default_images() -> Vec<ImageConfig> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The sim driver's addresses tell a client an instance is simulated only while no real
+    /// pool hands them out.
+    #[test]
+    fn a_public_pool_may_not_overlap_the_sim_addresses() {
+        let mut c = Config::default();
+        let region = c.regions[0].name.clone();
+        c.public_addresses = vec![PublicPool { region: region.clone(), prefixes: vec!["198.19.128.0/24".into()] }];
+        let e = c.validate().expect_err("a pool inside 198.19.0.0/16");
+        assert!(e.to_string().contains("sim driver"), "{e}");
+        c.public_addresses = vec![PublicPool { region, prefixes: vec!["198.18.0.0/24".into()] }];
+        c.validate().expect("198.18.0.0/24 is not the sim's");
+    }
 
     #[test]
     fn defaults_are_valid_and_lambda_shaped() {

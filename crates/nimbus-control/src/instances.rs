@@ -99,6 +99,13 @@ fn check_mount_point(p: &str) -> Result<(), Error> {
 /// Launches `spec.quantity` instances; returns the ids of those placed. Fewer than requested
 /// when capacity runs out part-way (as Lambda does); none placed is `InsufficientCapacity`.
 pub async fn launch(c: &Control, actor: &Actor, spec: LaunchSpec) -> Result<Vec<InstanceId>, Error> {
+    let instance_type = crate::telemetry::type_label(c, &spec.instance_type).to_owned();
+    let r = launch_unobserved(c, actor, spec).await;
+    c.telemetry().launched(&instance_type, &r);
+    r
+}
+
+async fn launch_unobserved(c: &Control, actor: &Actor, spec: LaunchSpec) -> Result<Vec<InstanceId>, Error> {
     actor.require(Permission::Create)?;
     let cfg = c.config();
     // A cluster's nodes are one launch per region, bounded by the cluster size limit instead.

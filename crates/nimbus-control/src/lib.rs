@@ -32,6 +32,7 @@ pub mod scheduler;
 pub mod service_accounts;
 pub mod ssh_keys;
 pub mod storage;
+pub mod telemetry;
 pub mod volumes;
 pub mod vpn;
 pub mod webhook_delivery;
@@ -60,6 +61,7 @@ struct Inner {
     replica_id: String,
     /// When this replica last renewed its liveness lease (see `idempotency`).
     liveness_renewed: std::sync::atomic::AtomicI64,
+    telemetry: telemetry::Telemetry,
 }
 
 impl Control {
@@ -75,6 +77,7 @@ impl Control {
                 auth_cache: auth::AuthCache::default(),
                 replica_id: format!("replica-{}", &nimbus_core::ids::random_hex_id()[..16]),
                 liveness_renewed: std::sync::atomic::AtomicI64::new(i64::MIN),
+                telemetry: telemetry::Telemetry::new(),
             }),
         };
         images::sync_configured(&c).await?;
@@ -83,6 +86,11 @@ impl Control {
 
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// This server's Prometheus metrics (`telemetry::render` writes them out).
+    pub fn telemetry(&self) -> &telemetry::Telemetry {
+        &self.inner.telemetry
     }
 
     pub fn config(&self) -> &Config {

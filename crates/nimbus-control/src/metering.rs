@@ -14,7 +14,7 @@ use nimbus_store::{Conn, LedgerEntry, Store};
 
 use crate::Control;
 
-const CURSOR: &str = "hourly";
+pub(crate) const CURSOR: &str = "hourly";
 
 fn open(inst_or_vol: (&nimbus_core::ids::OrgId, &str, &str), kind: Meter, sku: &str, quantity: i64, rate: i64, now: i64) -> UsageInterval {
     let (org, resource_type, resource_id) = inst_or_vol;

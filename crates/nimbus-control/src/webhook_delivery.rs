@@ -467,6 +467,11 @@ async fn attempt(
     if error.is_some() {
         tracing::debug!(delivery = %d.id, url = %d.url, ?status_code, ?error, ?next, "webhook attempt failed");
     }
+    c.telemetry().webhook_attempt(match next {
+        NextStep::Delivered => "delivered",
+        NextStep::RetryAt(_) => "retry",
+        NextStep::GiveUp => "gave_up",
+    });
     let outcome = AttemptOutcome {
         id: d.id,
         webhook_id: d.webhook_id,

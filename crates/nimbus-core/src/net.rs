@@ -3,6 +3,17 @@
 
 use std::net::Ipv4Addr;
 
+/// Where the sim driver's instances get their public addresses: the upper half of RFC 2544's
+/// benchmarking range, never routed and never given to a real instance (the server refuses it in
+/// address pools), so a client seeing one knows that the instance is simulated and that nothing
+/// will ever answer SSH there.
+pub const SIMULATED: Subnet = Subnet { addr: Ipv4Addr::new(198, 19, 0, 0), len: 16 };
+
+/// Whether `ip` is a sim driver's address (see [`SIMULATED`]).
+pub fn is_simulated(ip: &str) -> bool {
+    ip.parse::<Ipv4Addr>().is_ok_and(|a| SIMULATED.contains(a))
+}
+
 /// An IPv4 subnet `addr/len` with no host bits set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Subnet {

@@ -105,8 +105,9 @@ impl SimDriver {
         let k = *n;
         *n += 1;
         let (hi, lo) = ((k >> 8) & 0xff, k & 0xff);
-        // Documentation ranges: never routable, so nothing ever sends traffic to a sim address.
-        (format!("198.51.{}.{}", hi.wrapping_add(u32::from(self.cfg.address_block)) & 0xff, lo), format!("10.255.{hi}.{lo}"))
+        // Never routable (nothing ever sends traffic to a sim address), and telling: a client
+        // that sees one knows the instance is simulated (`nimbus_core::net::SIMULATED`).
+        (format!("198.19.{}.{}", hi.wrapping_add(u32::from(self.cfg.address_block)) & 0xff, lo), format!("10.255.{hi}.{lo}"))
     }
 
     fn with_state<T>(&self, f: impl FnOnce(&mut BTreeMap<String, InstanceReport>) -> T) -> Result<T> {

@@ -22,6 +22,7 @@ mod leases;
 mod metrics;
 mod migrate;
 mod network;
+mod ops;
 mod orgs;
 mod rentals;
 mod rows;
@@ -47,6 +48,7 @@ pub use hosts::{GpuHealthUpdate, HostRegistration, NewHostToken};
 pub use idempotency::{liveness_lease, Claim, IdempotencyScope, StoredResponse, IDEMPOTENCY};
 pub use instances::{InstanceUpdate, NewInstance};
 pub use leases::{Fence, FENCE};
+pub use ops::{DbTimings, InstanceCount, OutboxDepth, PoolStats};
 pub use service_accounts::ServiceAccountChange;
 pub use usage::{Credit, LedgerEntry, LedgerLine, LedgerTransaction};
 pub use volumes::AttachOutcome;
@@ -213,7 +215,8 @@ impl Store {
     }
 
     pub(crate) async fn begin_unfenced(&self) -> Result<Tx, Error> {
-        match self.backend {
+        let started = std::time::Instant::now();
+        let tx = match self.backend {
             // Take SQLite's write lock up front: a deferred transaction that reads and then
             // writes fails at once (SQLITE_BUSY_SNAPSHOT) when another process (the admin CLI
             // beside a running server) wrote meanwhile, whereas BEGIN IMMEDIATE waits for the
@@ -221,21 +224,28 @@ impl Store {
             Backend::Sqlite => self.w().begin_with("BEGIN IMMEDIATE").await,
             Backend::Postgres => self.w().begin().await,
         }
-        .map_err(db_err("beginning transaction"))
+        .map_err(db_err("beginning transaction"))?;
+        DbTimings::get().observe("begin", started);
+        Ok(tx)
     }
 
     /// Commits; inside an [`IDEMPOTENCY`] scope the request's claim is marked committed in the
     /// same transaction first.
     pub async fn commit(mut tx: Tx) -> Result<(), Error> {
         idempotency::mark_committed(&mut tx).await?;
+        let started = std::time::Instant::now();
         tx.commit().await.map_err(db_err("committing transaction"))?;
+        DbTimings::get().observe("commit", started);
         webhooks::committed();
         Ok(())
     }
 
     /// A connection for several related reads outside a transaction.
     pub async fn reader(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>, Error> {
-        self.r().acquire().await.map_err(db_err("acquiring read connection"))
+        let started = std::time::Instant::now();
+        let c = self.r().acquire().await.map_err(db_err("acquiring read connection"))?;
+        DbTimings::get().observe("read_acquire", started);
+        Ok(c)
     }
 
     fn pools(&self) -> Pools {

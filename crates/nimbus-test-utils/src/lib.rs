@@ -88,7 +88,14 @@ pub struct TestServer {
     handle: Option<ServerHandle>,
     agents: Vec<AgentSlot>,
     pub dir: TempDir,
+    /// With `Builder::metrics`: the server's metrics listener (`http://…/metrics`).
+    pub metrics_url: Option<String>,
+    /// With `Builder::metrics`: each agent serves its own `/metrics` too.
+    agent_metrics: bool,
 }
+
+/// The metrics token of a server started with `Builder::metrics`.
+pub const METRICS_TOKEN: &str = "metrics-token-for-tests-0123456789";
 
 #[derive(Clone)]
 pub enum HostDriver {
@@ -102,6 +109,8 @@ struct AgentSlot {
     sim: HostDriver,
     stop: watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// `http://…/metrics` of this agent, with `Builder::metrics`.
+    metrics_url: Option<String>,
 }
 
 pub struct Builder {
@@ -110,6 +119,7 @@ pub struct Builder {
     clock: Option<Arc<dyn nimbus_core::clock::Clock>>,
     tls: bool,
     agent_listener: bool,
+    metrics: bool,
 }
 
 impl Builder {
@@ -122,6 +132,13 @@ impl Builder {
     /// Serve the agent protocol on its own listener (`--agent-listen`), and only there.
     pub fn agent_listener(mut self) -> Self {
         self.agent_listener = true;
+        self
+    }
+
+    /// A metrics listener (`metrics_url`), `/metrics` on the main listener for
+    /// [`METRICS_TOKEN`], and a metrics listener on every agent (`agent_metrics_url`).
+    pub fn metrics(mut self) -> Self {
+        self.metrics = true;
         self
     }
 
@@ -168,6 +185,10 @@ impl Builder {
         if self.agent_listener {
             opts.agent_listener = Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
         }
+        if self.metrics {
+            opts.metrics_listener = Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
+            opts.metrics_token = Some(Arc::new(nimbus_api::metrics::Token::new(METRICS_TOKEN).unwrap()));
+        }
         let handle = nimbus_api::server::start_with(control.clone(), listener, opts).unwrap();
         let mut s = TestServer {
             url: handle.url(),
@@ -178,6 +199,8 @@ impl Builder {
             org,
             key,
             http: http.build().unwrap(),
+            metrics_url: handle.metrics_addr.map(|a| format!("http://{a}/metrics")),
+            agent_metrics: self.metrics,
             handle: Some(handle),
             agents: Vec::new(),
             dir,
@@ -211,7 +234,7 @@ impl TestServer {
             agents: AgentTimings { heartbeat_interval_ms: 200, host_timeout_ms: 5_000 },
             ..Config::default()
         };
-        Builder { config, hosts: Vec::new(), clock: None, tls: false, agent_listener: false }
+        Builder { config, hosts: Vec::new(), clock: None, tls: false, agent_listener: false, metrics: false }
     }
 
     /// One host in us-east-1 with 64 vCPUs and 8 H100s.
@@ -282,8 +305,21 @@ impl TestServer {
         )
         .expect("agent config");
         let (tx, rx) = watch::channel(false);
+        let mut metrics_url = None;
+        if self.agent_metrics {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.set_nonblocking(true).unwrap();
+            metrics_url = Some(format!("http://{}/metrics", l.local_addr().unwrap()));
+            let l = tokio::net::TcpListener::from_std(l).unwrap();
+            tokio::spawn(nimbus_agent::metrics::serve_metrics(agent.clone(), l, rx.clone()));
+        }
         let task = tokio::spawn(agent.run(rx));
-        AgentSlot { token: token.to_owned(), dir, sim, stop: tx, task: Some(task) }
+        AgentSlot { token: token.to_owned(), dir, sim, stop: tx, task: Some(task), metrics_url }
+    }
+
+    /// Agent `i`'s `/metrics`, with `Builder::metrics`.
+    pub fn agent_metrics_url(&self, i: usize) -> Option<String> {
+        self.agents[i].metrics_url.clone()
     }
 
     /// Stops agent `i`: its host goes silent, its sim instances stay in its state file.

@@ -39,7 +39,7 @@ pub async fn run(per_round: usize, rounds: usize) -> anyhow::Result<()> {
     let (cert, tls_key, _) = nimbus_api::tls::ensure_self_signed(&dir, &["127.0.0.1".to_owned()])?;
     let tls = nimbus_api::tls::ServerTls::load(&cert, &tls_key)?;
     let plain = nimbus_api::server::start(control.clone(), tokio::net::TcpListener::bind("127.0.0.1:0").await?)?;
-    let opts = nimbus_api::server::ServeOptions { tls: Some(tls), agent_listener: None };
+    let opts = nimbus_api::server::ServeOptions { tls: Some(tls), ..Default::default() };
     let secure = nimbus_api::server::start_with(control, tokio::net::TcpListener::bind("127.0.0.1:0").await?, opts)?;
     let root = reqwest::Certificate::from_pem(&std::fs::read(&cert)?)?;
     let client = |reuse: bool| {

@@ -55,6 +55,20 @@ pub struct ServerTlsArgs {
     /// firewalled away from tenants.
     #[arg(long, env = "NIMBUS_AGENT_LISTEN")]
     pub agent_listen: Option<String>,
+    /// Serve Prometheus `/metrics` on this address, plain HTTP and without credentials: bind
+    /// it to a management address your scraper reaches and tenants do not.
+    #[arg(long, env = "NIMBUS_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+    /// Also serve `/metrics` on `--listen` to a bearer of this token (16+ characters).
+    #[arg(long, env = "NIMBUS_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+}
+
+async fn bind_opt(addr: Option<&str>) -> anyhow::Result<Option<TcpListener>> {
+    match addr {
+        Some(a) => Ok(Some(TcpListener::bind(a).await.with_context(|| format!("binding {a}"))?)),
+        None => Ok(None),
+    }
 }
 
 fn self_signed_names(listen: &str, extra: &[String]) -> Vec<String> {
@@ -92,16 +106,24 @@ pub async fn run_server(listen: &str, tls: &ServerTlsArgs, store: &StoreArgs) ->
         Some(nimbus_api::tls::ServerTls::load(&cert, &key)?)
     };
     let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
-    let agent_listener = match &tls.agent_listen {
-        Some(a) => Some(TcpListener::bind(a).await.with_context(|| format!("binding {a}"))?),
+    let metrics_token = match &tls.metrics_token {
+        Some(t) => Some(Arc::new(nimbus_api::metrics::Token::new(t).map_err(anyhow::Error::msg).context("--metrics-token")?)),
         None => None,
     };
-    let opts = nimbus_api::server::ServeOptions { tls: server_tls, agent_listener };
+    let opts = nimbus_api::server::ServeOptions {
+        tls: server_tls,
+        agent_listener: bind_opt(tls.agent_listen.as_deref()).await?,
+        metrics_listener: bind_opt(tls.metrics_listen.as_deref()).await?,
+        metrics_token,
+    };
     let handle = nimbus_api::server::start_with(control, listener, opts)?;
     tracing::info!(url = %handle.url(), data_dir = %dir.display(), "nimbus server listening");
     println!("nimbus server listening on {}", handle.url());
     if handle.agent_addr.is_some() {
         println!("agent protocol on {}", handle.agent_url());
+    }
+    if let Some(a) = handle.metrics_addr {
+        println!("metrics on http://{a}/metrics");
     }
     if let Some(t) = &handle.tls {
         println!("certificate fingerprint (sha256): {}", t.fingerprint());
@@ -267,6 +289,10 @@ pub struct AgentArgs {
     /// Stop when the process that started this agent goes (`nimbus dev --hosts`).
     #[arg(long, hide = true)]
     pub exit_with_parent: bool,
+    /// Serve this agent's Prometheus `/metrics` (driver latencies, instances, GPU health) on
+    /// this address, plain HTTP and without credentials: a management address only.
+    #[arg(long, env = "NIMBUS_AGENT_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
     #[command(flatten)]
     pub host: DriverArgs,
 }
@@ -317,7 +343,7 @@ fn sim_driver(args: &SimArgs, data_dir: &Path, hostname: &str) -> anyhow::Result
 
 fn announce_sim() {
     let line = "=".repeat(78);
-    eprintln!("{line}\n  WARNING: this agent uses the `sim` driver. Instances are SIMULATED: nothing runs,\n  their addresses are fake, and SSH will not reach them. The container driver is the\n  next milestone.\n{line}");
+    eprintln!("{line}\n  WARNING: this agent uses the `sim` driver. Instances are SIMULATED: nothing runs,\n  their addresses are fake (198.19.x.x), and SSH will not reach them. For real\n  instances: --driver container (root).\n{line}");
 }
 
 fn local_hostname() -> String {
@@ -375,6 +401,16 @@ pub async fn make_driver(args: &DriverArgs, dir: &Path) -> anyhow::Result<Arc<dy
     }
 }
 
+/// Starts the agent's metrics listener, when it has one; it stops with the agent.
+fn serve_agent_metrics(agent: &Arc<Agent>, listener: Option<TcpListener>, stop: &tokio::sync::watch::Receiver<bool>) {
+    if let Some(l) = listener {
+        if let Ok(a) = l.local_addr() {
+            println!("agent metrics on http://{a}/metrics");
+        }
+        tokio::spawn(nimbus_agent::metrics::serve_metrics(agent.clone(), l, stop.clone()));
+    }
+}
+
 pub async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
     let dir = a.data_dir.clone().unwrap_or_else(|| common::default_data_dir("agent"));
     std::fs::create_dir_all(&dir)?;
@@ -397,7 +433,9 @@ pub async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
         },
         driver,
     )?;
+    let metrics_listener = bind_opt(a.metrics_listen.as_deref()).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    serve_agent_metrics(&agent, metrics_listener, &stop_rx);
     let task = tokio::spawn(agent.run(stop_rx));
     let parent_gone = async {
         if !a.exit_with_parent {
@@ -439,6 +477,12 @@ pub struct DevArgs {
     /// underlay /24, instance subnets S.T.i.0/24), so that a test's bed and a demo's coexist.
     #[arg(long, hide = true, requires = "hosts", default_value = "nbd,198.51.100,10.210")]
     pub bed_layout: String,
+    /// Serve the server's Prometheus `/metrics` on this address (plain HTTP, no credentials).
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
+    /// Serve the local agent's `/metrics` on this address (plain HTTP, no credentials).
+    #[arg(long, conflicts_with = "hosts")]
+    pub agent_metrics_listen: Option<String>,
     #[command(flatten)]
     pub host: DriverArgs,
 }
@@ -528,7 +572,9 @@ pub async fn run_dev(d: DevArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&agent_dir)?;
     // The driver first: a missing image is built (with progress) before anything listens.
     let driver = make_driver(&d.host, &agent_dir).await?;
-    let handle = nimbus_api::server::start(control.clone(), listener)?;
+    let opts = nimbus_api::server::ServeOptions { metrics_listener: bind_opt(d.metrics_listen.as_deref()).await?, ..Default::default() };
+    let agent_metrics = bind_opt(d.agent_metrics_listen.as_deref()).await?;
+    let handle = nimbus_api::server::start_with(control.clone(), listener, opts)?;
     let url = handle.url();
     let hosts_before = control.store().host_list(None, true).await.map_err(|e| anyhow::anyhow!("{e}"))?.len();
     // On one machine the forwarded ports are reached on the loopback address.
@@ -546,6 +592,7 @@ pub async fn run_dev(d: DevArgs) -> anyhow::Result<()> {
         driver,
     )?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    serve_agent_metrics(&agent, agent_metrics, &stop_rx);
     let agent_task = tokio::spawn(agent.run(stop_rx));
     // Print the URL only once the local host offers capacity, so that a script can use it at once.
     let t = std::time::Instant::now();
@@ -562,6 +609,9 @@ pub async fn run_dev(d: DevArgs) -> anyhow::Result<()> {
     println!("  URL:      {url}");
     println!("  API key:  {key}");
     println!("  Data dir: {}", dir.display());
+    if let Some(a) = handle.metrics_addr {
+        println!("  Metrics:  http://{a}/metrics");
+    }
     print_console(&control, &url).await?;
     println!("Try:  curl -u {key}: {url}/api/v1/instance-types");
     shutdown_signal().await;
@@ -610,7 +660,11 @@ async fn run_dev_hosts(d: &DevArgs, control: Control, listener: TcpListener, dir
     })
     .await??;
     let agent_listener = TcpListener::bind((bed.machine_addr(), 0)).await.context("binding the test bed's agent address")?;
-    let opts = nimbus_api::server::ServeOptions { tls: None, agent_listener: Some(agent_listener) };
+    let opts = nimbus_api::server::ServeOptions {
+        agent_listener: Some(agent_listener),
+        metrics_listener: bind_opt(d.metrics_listen.as_deref()).await?,
+        ..Default::default()
+    };
     let handle = nimbus_api::server::start_with(control.clone(), listener, opts)?;
     let token = admin::host_token_create_with(&control, &d.region, admin::HostTokenLimits { uses: i64::from(n), ttl_secs: 600 })
         .await

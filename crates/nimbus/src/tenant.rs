@@ -629,6 +629,14 @@ async fn wait_reachable(c: &LambdaClient, id: &str) -> anyhow::Result<()> {
         let i = c.instance(id).await?;
         progress.show(id, &i.status);
         match (i.status.as_str(), i.ip.as_deref()) {
+            ("active", Some(ip)) if nimbus_core::net::is_simulated(ip) => {
+                eprintln!(
+                    "\n{id}: active ({:.1} s). {ip} is a sim driver's address ({}): the host only simulates instances, so nothing will answer SSH; not waiting for it.",
+                    t.elapsed().as_secs_f64(),
+                    nimbus_core::net::SIMULATED
+                );
+                return Ok(());
+            }
             ("active", Some(ip)) => {
                 let addr = format!("{ip}:22");
                 if let Ok(Ok(mut s)) = tokio::time::timeout(std::time::Duration::from_secs(1), tokio::net::TcpStream::connect(&addr)).await

@@ -15,6 +15,9 @@ struct Dev {
     console: String,
     operator_link: String,
     dir: std::path::PathBuf,
+    /// With `--metrics-listen` / `--agent-metrics-listen`: the URLs it printed.
+    metrics: String,
+    agent_metrics: String,
 }
 
 impl Drop for Dev {
@@ -40,6 +43,7 @@ fn start_dev(extra: &[&str]) -> Dev {
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
     let (mut url, mut key, mut console, mut operator_link) = (String::new(), String::new(), String::new(), String::new());
+    let (mut metrics, mut agent_metrics) = (String::new(), String::new());
     while let Some(Ok(line)) = lines.next() {
         if let Some(u) = line.trim().strip_prefix("URL:") {
             url = u.trim().to_owned();
@@ -48,6 +52,12 @@ fn start_dev(extra: &[&str]) -> Dev {
             key = k.trim().to_owned();
         }
         // On a line of its own, from its first column.
+        if let Some(m) = line.trim().strip_prefix("Metrics:") {
+            metrics = m.trim().to_owned();
+        }
+        if let Some(m) = line.trim().strip_prefix("agent metrics on ") {
+            agent_metrics = m.trim().to_owned();
+        }
         if let Some(c) = line.strip_prefix("Console: ") {
             console = c.trim().to_owned();
         }
@@ -59,7 +69,7 @@ fn start_dev(extra: &[&str]) -> Dev {
     assert!(url.starts_with("http://127.0.0.1:") && !key.is_empty(), "dev did not print URL and key");
     assert_eq!(console, format!("{url}/console/"), "dev prints the console's URL");
     std::thread::spawn(move || for _ in lines {});
-    Dev { child, url, key, console, operator_link, dir }
+    Dev { child, url, key, console, operator_link, dir, metrics, agent_metrics }
 }
 
 /// `GET` over a plain TCP connection: the status and the raw head and body.
@@ -568,4 +578,47 @@ fn a_sim_host_with_gpus_is_sized_to_offer_them() {
         assert!(row_of(&types, t).contains("us-east-1"), "{t} has capacity: {types}");
     }
     assert!(!row_of(&types, "gpu_1x_h200").contains("us-east-1"), "no H200 on it: {types}");
+}
+
+/// The value of the sample `series` (name and labels exactly as exposed) in a Prometheus text
+/// exposition.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// `instance launch --wait` on a sim host stops at `active` and says why (nothing will ever
+/// answer SSH at a sim address), instead of waiting five minutes; `nimbus dev` serves the
+/// server's and the agent's `/metrics` where asked, and they count that instance.
+#[test]
+fn launch_wait_on_a_sim_host_stops_at_active_and_dev_serves_metrics() {
+    let dev = start_dev(&["--metrics-listen", "127.0.0.1:0", "--agent-metrics-listen", "127.0.0.1:0"]);
+    assert!(
+        dev.metrics.starts_with("http://127.0.0.1:") && dev.agent_metrics.starts_with("http://127.0.0.1:"),
+        "{} {}",
+        dev.metrics,
+        dev.agent_metrics
+    );
+    cli(&dev, &["ssh-key", "generate", "k"]);
+    let t = Instant::now();
+    let out = Command::new(BIN)
+        .args(["instance", "launch", "--type", "cpu_1x_small", "--ssh-key", "k", "--wait"])
+        .env("NIMBUS_URL", &dev.url)
+        .env("NIMBUS_API_KEY", &dev.key)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(30), "--wait took {:?}", t.elapsed());
+    assert!(err.contains("active") && err.contains("198.19.") && err.contains("nothing will answer SSH"), "{err}");
+
+    let (st, body) = http_get(&dev.metrics);
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(sample(&body, r#"nimbus_instances{instance_type="cpu_1x_small",state="active"}"#), Some(1.0), "{body}");
+    assert_eq!(sample(&body, r#"nimbus_instance_launches_total{instance_type="cpu_1x_small",result="ok"}"#), Some(1.0), "{body}");
+    let (st, body) = http_get(&dev.agent_metrics);
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(sample(&body, r#"nimbus_agent_instances{state="running"}"#), Some(1.0), "{body}");
+    // The tenant listener serves no /metrics without a metrics token.
+    let (st, _) = http_get(&format!("{}/metrics", dev.url));
+    assert_eq!(st, 404);
 }

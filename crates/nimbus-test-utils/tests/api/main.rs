@@ -21,6 +21,7 @@ mod metrics;
 mod native;
 mod native_lifecycle;
 mod permissions;
+mod prometheus;
 mod proto_v1;
 mod protocol;
 mod ratelimit;
