@@ -749,18 +749,20 @@ impl Agent {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn temp_dir(tag: &str) -> PathBuf {
+    pub(crate) fn temp_dir(tag: &str) -> PathBuf {
         let mut b = [0u8; 8];
         rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut b);
         std::env::temp_dir().join(format!("nimbus-agent-{tag}-{}", hex::encode(b)))
     }
 
-    fn agent(dir: &Path) -> Arc<Agent> {
+    /// An agent on a sim driver; nothing listens at its server address, so every call to the
+    /// server fails at once.
+    pub(crate) fn sim_agent(dir: &Path, sim: nimbus_driver::sim::SimConfig) -> Arc<Agent> {
         let cfg = AgentConfig {
-            server_url: "http://127.0.0.1:9".into(),
+            server_url: "http://127.0.0.1:1".into(),
             token: String::new(),
             data_dir: dir.to_owned(),
             poll_wait: Duration::from_secs(1),
@@ -768,14 +770,18 @@ mod tests {
             trust: tls::ServerTrust::default(),
             insecure: false,
         };
-        Agent::new(cfg, Arc::new(nimbus_driver::sim::SimDriver::new(nimbus_driver::sim::SimConfig::default()))).unwrap()
+        Agent::new(cfg, Arc::new(nimbus_driver::sim::SimDriver::new(sim))).unwrap()
+    }
+
+    fn agent(dir: &Path) -> Arc<Agent> {
+        sim_agent(dir, nimbus_driver::sim::SimConfig::default())
     }
 
     fn mode(p: &Path) -> u32 {
         std::fs::metadata(p).unwrap().permissions().mode() & 0o777
     }
 
-    fn instance(id: &str, user_data: Option<&str>) -> proto::DesiredInstance {
+    pub(crate) fn instance(id: &str, user_data: Option<&str>) -> proto::DesiredInstance {
         proto::DesiredInstance {
             id: id.into(),
             hostname: id.into(),

@@ -488,59 +488,17 @@ pub async fn serve_metrics(agent: Arc<Agent>, listener: TcpListener, mut stop: w
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
-
-    use nimbus_driver::sim::{SimConfig, SimDriver};
+    use nimbus_driver::sim::SimConfig;
 
     use super::*;
-    use crate::{tls, AgentConfig};
-
-    fn temp_dir(tag: &str) -> PathBuf {
-        let mut b = [0u8; 8];
-        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut b);
-        std::env::temp_dir().join(format!("nimbus-agent-metrics-{tag}-{}", hex::encode(b)))
-    }
+    use crate::tests::temp_dir;
 
     fn agent(dir: &std::path::Path, sim: SimConfig) -> Arc<Agent> {
-        let cfg = AgentConfig {
-            // Nothing listens on port 1: every server call fails at once with a refused connection.
-            server_url: "http://127.0.0.1:1".into(),
-            token: String::new(),
-            data_dir: dir.to_owned(),
-            poll_wait: Duration::from_secs(1),
-            public_ip: None,
-            trust: tls::ServerTrust::default(),
-            insecure: false,
-        };
-        Agent::new(cfg, Arc::new(SimDriver::new(sim))).unwrap()
+        crate::tests::sim_agent(dir, sim)
     }
 
     fn running(id: &str) -> proto::DesiredInstance {
-        proto::DesiredInstance {
-            id: id.into(),
-            hostname: id.into(),
-            image: "debian-12".into(),
-            vcpus: 1,
-            memory_mib: 1024,
-            disk_gib: 10,
-            gpu_indices: vec![],
-            mig_devices: vec![],
-            ssh_public_keys: vec![],
-            user_data: None,
-            power: proto::Power::Running,
-            restart_generation: 0,
-            file_system_mounts: vec![],
-            firewall: vec![],
-            volumes: vec![],
-            source_snapshot: None,
-            ssh_port: None,
-            port_forwards: vec![],
-            public_address: None,
-            peers: vec![],
-            tenant: "t".into(),
-            privileged: false,
-            machine: proto::Machine::Container,
-        }
+        crate::tests::instance(id, None)
     }
 
     /// The value of exactly the series `series` (name and labels as exposed), or a panic

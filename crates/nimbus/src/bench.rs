@@ -318,7 +318,13 @@ async fn api(n: usize, concurrency: usize, secs: Duration, hosts: usize, databas
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let (_, key) = admin::api_key_create(&control, &org, "bench", Permissions::admin(), None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let server = nimbus_api::server::start(control.clone(), listener)?;
+    // A scraper reads /metrics through the API port with the metrics token.
+    let token = nimbus_core::ids::random_hex_id();
+    let opts = nimbus_api::server::ServeOptions {
+        metrics_token: Some(Arc::new(nimbus_api::metrics::Token::new(&token).map_err(anyhow::Error::msg)?)),
+        ..Default::default()
+    };
+    let server = nimbus_api::server::start_with(control.clone(), listener, opts)?;
     let addr = server.addr;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     spawn_sim_hosts(&control, &server.url(), &dir, hosts, &stop_rx, |h| SimConfig {
@@ -400,6 +406,12 @@ async fn api(n: usize, concurrency: usize, secs: Duration, hosts: usize, databas
         drive("GET /instance-types", addr, concurrency, None, Some(secs), move |_| request("GET", "/api/v1/instance-types", &k, None))
             .await?;
     types.print();
+    // One scraper, as Prometheus scrapes a target: one request at a time.
+    let scrape = drive(&format!("GET /metrics ({n} instances, 1 conn)"), addr, 1, None, Some(secs), move |_| {
+        request("GET", "/metrics", &token, None)
+    })
+    .await?;
+    scrape.print();
     println!();
     println!("all {n} instances active {:.2} s after the last launch was accepted", settle.as_secs_f64());
     let body_len = {
