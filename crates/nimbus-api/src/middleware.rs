@@ -39,22 +39,12 @@ pub async fn note_route(path: Option<axum::extract::MatchedPath>, req: Request, 
 
 /// The dialect (or plane) a path belongs to, as a metric label.
 pub fn dialect_label(path: &str) -> &'static str {
-    if path == "/v1" || path.starts_with("/v1/") {
-        "native"
-    } else if let Some(rest) = path.strip_prefix("/api/v1/") {
-        match api_v1_owner(rest) {
-            ApiV1::Clusters => "clusters",
-            ApiV1::Voltage => "voltage",
-            ApiV1::Lambda => "lambda",
-        }
-    } else if path.starts_with("/api/") {
-        "lambda"
-    } else if path.starts_with("/internal/agent/") {
-        "agent"
-    } else if path == "/metrics" || path == "/healthz" {
-        "operator"
-    } else {
-        "console"
+    match tenant_dialect(path) {
+        Some(d) => d.label(),
+        None if path.starts_with("/api/") => "lambda",
+        None if path.starts_with("/internal/agent/") => "agent",
+        None if path == "/metrics" || path == "/healthz" => "operator",
+        None => "console",
     }
 }
 
@@ -160,40 +150,58 @@ fn roots(doc: &utoipa::openapi::OpenApi) -> Vec<String> {
     doc.paths.paths.keys().filter_map(|p| p.trim_start_matches('/').split('/').next()).map(str::to_owned).collect()
 }
 
-/// The dialects that share `/api/v1`.
-enum ApiV1 {
+/// The tenant dialects: native under `/v1`, the three that share `/api/v1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dialect {
+    Native,
     Lambda,
     Voltage,
     Clusters,
 }
 
+impl Dialect {
+    fn label(self) -> &'static str {
+        match self {
+            Dialect::Native => "native",
+            Dialect::Lambda => "lambda",
+            Dialect::Voltage => "voltage",
+            Dialect::Clusters => "clusters",
+        }
+    }
+}
+
 /// Which dialect owns `rest` (the path after `/api/v1/`): Voltage Park and clusters by the first
 /// segments of their documents' paths (disjoint from Lambda's), Lambda otherwise.
-fn api_v1_owner(rest: &str) -> ApiV1 {
+fn api_v1_owner(rest: &str) -> Dialect {
     static VOLTAGE: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     static CLUSTERS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     let first = rest.split('/').next().unwrap_or_default();
     if CLUSTERS.get_or_init(|| roots(&crate::clusters::api().1)).iter().any(|r| r == first) {
-        ApiV1::Clusters
+        Dialect::Clusters
     } else if VOLTAGE.get_or_init(|| roots(&crate::voltage::api().1)).iter().any(|r| r == first) {
-        ApiV1::Voltage
+        Dialect::Voltage
     } else {
-        ApiV1::Lambda
+        Dialect::Lambda
     }
 }
 
-/// `e` in the error shape of the tenant dialect `path` belongs to (native under `/v1`; Lambda,
-/// Voltage Park or clusters under `/api/v1/`), for answers given before any dialect's handler
-/// runs; `None` for a path outside them.
-pub fn dialect_error(path: &str, e: nimbus_core::Error) -> Option<Response> {
+/// The tenant dialect `path` belongs to (native under `/v1`; Lambda, Voltage Park or clusters
+/// under `/api/v1/`); `None` for a path outside them.
+fn tenant_dialect(path: &str) -> Option<Dialect> {
     if path.starts_with("/v1/") || path == "/v1" {
-        return Some(crate::native::NativeError::from(e).into_response());
+        return Some(Dialect::Native);
     }
-    let rest = path.strip_prefix("/api/v1/")?;
-    Some(match api_v1_owner(rest) {
-        ApiV1::Clusters => crate::clusters::ClError(e).into_response(),
-        ApiV1::Voltage => crate::voltage::VpError::from(e).into_response(),
-        ApiV1::Lambda => crate::lambda::LambdaError(e).into_response(),
+    path.strip_prefix("/api/v1/").map(api_v1_owner)
+}
+
+/// `e` in the error shape of the tenant dialect `path` belongs to, for answers given before any
+/// dialect's handler runs; `None` for a path outside them.
+pub fn dialect_error(path: &str, e: nimbus_core::Error) -> Option<Response> {
+    Some(match tenant_dialect(path)? {
+        Dialect::Native => crate::native::NativeError::from(e).into_response(),
+        Dialect::Clusters => crate::clusters::ClError(e).into_response(),
+        Dialect::Voltage => crate::voltage::VpError::from(e).into_response(),
+        Dialect::Lambda => crate::lambda::LambdaError(e).into_response(),
     })
 }
 
@@ -235,8 +243,8 @@ mod tests {
                 }
             }
         }
-        assert!(matches!(api_v1_owner("virtual-machines/x"), ApiV1::Voltage));
-        assert!(matches!(api_v1_owner("clusters"), ApiV1::Clusters));
-        assert!(matches!(api_v1_owner("instances"), ApiV1::Lambda));
+        assert!(matches!(api_v1_owner("virtual-machines/x"), Dialect::Voltage));
+        assert!(matches!(api_v1_owner("clusters"), Dialect::Clusters));
+        assert!(matches!(api_v1_owner("instances"), Dialect::Lambda));
     }
 }

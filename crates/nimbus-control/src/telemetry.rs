@@ -59,10 +59,6 @@ struct Scraped {
     scrape_errors: IntCounterVec,
 }
 
-fn opts(name: &str, help: &str) -> Opts {
-    Opts::new(name, help)
-}
-
 /// Registers `m` in `r`. Names and labels are this module's constants, so a failure is a bug
 /// found by the first test that builds a `Control`, not a runtime condition.
 fn reg<M: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: M) -> M {
@@ -74,7 +70,7 @@ fn reg<M: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: M) -> 
 
 macro_rules! metric {
     ($r:expr, $ty:ident, $name:expr, $help:expr, $labels:expr) => {
-        reg($r, $ty::new(opts($name, $help), $labels).unwrap_or_else(|e| panic!("{}: {e}", $name)))
+        reg($r, $ty::new(Opts::new($name, $help), $labels).unwrap_or_else(|e| panic!("{}: {e}", $name)))
     };
     ($r:expr, $ty:ident, $name:expr, $help:expr) => {
         reg($r, $ty::new($name, $help).unwrap_or_else(|e| panic!("{}: {e}", $name)))
